@@ -1,3 +1,62 @@
+//! tbot: keeps short-lived SSH credentials fresh, brokers SSH connections,
+//! and reports the health of all it runs over HTTP.
+//!
+//! The data flow, one module per room: `cli` → `config` → `services` (run by
+//! `supervisor`, one thread each) → `health` (the table) → `diag` (the
+//! diagnostics HTTP service). `daemon` wires them together.
+
+mod atomic_file;
+mod cli;
+mod config;
+mod daemon;
+mod diag;
+mod duration;
+mod fsutil;
+mod health;
+mod log;
+mod metrics;
+mod services;
+mod signals;
+mod supervisor;
+mod systemd;
+mod threads;
+mod timefmt;
+mod wait;
+
+use cli::Command;
+
 fn main() {
-    println!("Hello, world!");
+    let env = |k: &str| std::env::var(k).ok();
+    let command = match cli::parse(std::env::args_os().skip(1), &env) {
+        Ok(c) => c,
+        Err(cli::Usage(msg)) => {
+            eprintln!("tbot: {msg}");
+            std::process::exit(daemon::EXIT_USAGE);
+        }
+    };
+    let code = match command {
+        Command::Help(cmd) => {
+            print!("{}", cli::help(cmd));
+            daemon::EXIT_OK
+        }
+        Command::Version => {
+            println!("tbot {}", env!("CARGO_PKG_VERSION"));
+            daemon::EXIT_OK
+        }
+        Command::Wait(args) => wait::run(&args),
+        Command::ProxyCommand { .. } => {
+            eprintln!("tbot: ssh-multiplexer-proxy-command is not implemented in this build");
+            daemon::EXIT_FAILURE
+        }
+        Command::Start(args) => {
+            // Before any thread exists, so that every thread inherits it.
+            if let Err(e) = signals::block() {
+                eprintln!("tbot: blocking signals: {e}");
+                std::process::exit(daemon::EXIT_FAILURE);
+            }
+            supervisor::install_panic_hook();
+            daemon::start(args)
+        }
+    };
+    std::process::exit(code);
 }

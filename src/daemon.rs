@@ -1,0 +1,196 @@
+//! `tbot start`: configuration → services → health table → diagnostics,
+//! then wait for SIGINT/SIGTERM and stop everything in order.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::cli::StartArgs;
+use crate::config::Config;
+use crate::health::{Applier, Health};
+use crate::log::{self, Format};
+use crate::metrics::Metrics;
+use crate::services::{self, Bus, Shared};
+use crate::{diag, signals, supervisor, systemd};
+
+/// How long services get to stop after a signal before tbot exits anyway.
+const STOP_GRACE: Duration = Duration::from_millis(1500);
+
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_FAILURE: i32 = 1;
+pub const EXIT_USAGE: i32 = 2;
+
+/// Loads the configuration and applies command-line overrides, logging each.
+pub fn configure(args: &StartArgs) -> Result<Config, String> {
+    let Some(path) = &args.config else {
+        return Err("no configuration file: pass -c FILE or set TBOT_CONFIG_PATH".into());
+    };
+    let mut config = crate::config::load(Path::new(path)).map_err(|e| e.to_string())?;
+    config.file = path.display().to_string();
+    log::configure(
+        args.log_format.unwrap_or(Format::Text),
+        config.debug || args.debug == Some(true),
+    );
+    if let Some(addr) = &args.diag_addr {
+        if let Some(file) = config.diag_addr.as_ref().filter(|f| *f != addr) {
+            log::info(
+                "--diag-addr overrides diag_addr from the configuration file",
+                &[("flag", addr), ("file", file)],
+            );
+        }
+        config.diag_addr = Some(addr.clone());
+    }
+    if args.debug == Some(true) && !config.debug {
+        let source = if args.debug_from_env {
+            "TBOT_DEBUG"
+        } else {
+            "-d"
+        };
+        log::info(
+            "debug mode enabled on the command line over debug: false in the file",
+            &[("by", &source)],
+        );
+        config.debug = true;
+    }
+    log::info(
+        "configuration loaded",
+        &[
+            ("file", &config.file),
+            ("services", &config.services.len()),
+            ("debug", &config.debug),
+        ],
+    );
+    Ok(config)
+}
+
+pub fn start(args: StartArgs) -> i32 {
+    log::configure(
+        args.log_format.unwrap_or(Format::Text),
+        args.debug == Some(true),
+    );
+    let config = match configure(&args) {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            eprintln!("tbot: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    match run(config) {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            log::error("tbot failed", &[("error", &e)]);
+            eprintln!("tbot: {e}");
+            EXIT_FAILURE
+        }
+    }
+}
+
+fn run(config: Arc<Config>) -> Result<(), String> {
+    let metrics = Arc::new(Metrics::try_new().map_err(|e| format!("metrics: {e}"))?);
+    let specs = services::build(&config);
+    let health = Health::new(
+        specs.iter().map(|s| (s.name.as_str(), s.service.kind())),
+        metrics.clone(),
+    );
+
+    // The port first: a busy or bad address stops tbot before any service
+    // has touched the disk.
+    let listener = match &config.diag_addr {
+        Some(addr) => Some(diag::bind(addr)?),
+        None => None,
+    };
+
+    let (updates_tx, updates_rx) = crossbeam_channel::unbounded();
+    let applier = Applier {
+        health: health.clone(),
+        updates: updates_rx,
+    };
+    let applier = crate::threads::spawn("health", move || applier.run())
+        .map_err(|e| format!("health thread: {e}"))?;
+
+    let diag = match listener {
+        Some(l) => Some(diag::start(
+            l,
+            diag::Options {
+                max_connections: config.diag_max_connections,
+                debug: config.debug,
+            },
+            health.clone(),
+            metrics.clone(),
+        )?),
+        None => None,
+    };
+
+    let shared = Arc::new(Shared {
+        config: config.clone(),
+        health: health.clone(),
+        metrics,
+        reissue: Bus::default(),
+    });
+    let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+    let running = supervisor::start(specs, &updates_tx, &stop_rx, &shared)
+        .map_err(|e| format!("starting services: {e}"))?;
+    drop(updates_tx);
+    log::info(
+        "tbot started",
+        &[
+            ("version", &env!("CARGO_PKG_VERSION")),
+            ("services", &running.len()),
+        ],
+    );
+
+    let ready_health = health.clone();
+    let ready_stop = stop_rx.clone();
+    let notifier = crate::threads::spawn("sd-notify", move || {
+        let stopping = || {
+            matches!(
+                ready_stop.try_recv(),
+                Err(crossbeam_channel::TryRecvError::Disconnected)
+            )
+        };
+        while !stopping() {
+            if ready_health.wait_all_reported("", Duration::from_secs(3600), &stopping) {
+                log::info("every service has reported", &[]);
+                systemd::notify("READY=1");
+                return;
+            }
+        }
+    })
+    .map_err(|e| format!("sd-notify thread: {e}"))?;
+    drop(stop_rx);
+
+    let signal = signals::wait();
+    log::info("stopping", &[("signal", &signal)]);
+    systemd::notify("STOPPING=1");
+    drop(stop_tx);
+
+    let deadline = Instant::now() + STOP_GRACE;
+    for r in running {
+        while !r.handle.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if !r.handle.is_finished() {
+            log::warn(
+                "service did not stop in time; exiting anyway",
+                &[("service", &r.name)],
+            );
+            continue;
+        }
+        if r.handle.join().is_err() {
+            log::error(
+                "service thread panicked while stopping",
+                &[("service", &r.name)],
+            );
+        }
+    }
+    let _ = notifier.join();
+    if let Some(d) = diag {
+        d.shutdown();
+    }
+    drop(shared);
+    if applier.is_finished() {
+        let _ = applier.join();
+    }
+    log::info("stopped", &[]);
+    Ok(())
+}

@@ -1,0 +1,631 @@
+//! The `/debug/pprof/` endpoints (debug mode only; the caller decides).
+//!
+//! Independent of the HTTP library: the serving loop hands over the path
+//! after `/debug/pprof` and the raw query string, and writes back a [`Reply`].
+//! CPU profiles block for seconds, so [`route`] returns them as a
+//! [`ProfileJob`] that the caller runs on its own thread with
+//! [`run_profile`], after taking the process-wide slot with
+//! [`try_start_profile`].
+
+use std::fs;
+use std::io;
+use std::panic::{self, AssertUnwindSafe};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use pprof::protos::Message;
+use serde::Serialize;
+
+const DEFAULT_SECONDS: u64 = 30;
+const MAX_SECONDS: u64 = 300;
+const FREQUENCY_HZ: i32 = 99;
+const BLOCKLIST: &[&str] = &["libc", "libgcc", "pthread", "vdso"];
+
+const TEXT: &str = "text/plain; charset=utf-8";
+
+/// An HTTP answer, independent of the HTTP library.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    fn new(status: u16, content_type: &'static str, body: Vec<u8>) -> Reply {
+        Reply {
+            status,
+            content_type,
+            headers: vec![("X-Content-Type-Options", "nosniff".to_string())],
+            body,
+        }
+    }
+
+    /// A one-line plain-text answer.
+    fn text(status: u16, message: &str) -> Reply {
+        Reply::new(status, TEXT, format!("{message}\n").into_bytes())
+    }
+
+    /// The answer when [`try_start_profile`] returns `None`.
+    pub fn profile_busy() -> Reply {
+        Reply::text(409, "a CPU profile is already running; try again later")
+    }
+}
+
+#[derive(Debug)]
+pub enum Action {
+    Reply(Reply),
+    /// Must run off the serving thread: see [`try_start_profile`] and [`run_profile`].
+    Profile(ProfileJob),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProfileKind {
+    /// pprof protobuf, for `go tool pprof`.
+    Pprof,
+    /// SVG flame graph.
+    Flamegraph,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProfileJob {
+    /// Sampling time, validated by [`route`] to 1..=300.
+    pub seconds: u64,
+    pub kind: ProfileKind,
+}
+
+/// `rest` is the path after "/debug/pprof" (e.g. "/", "/profile", "/threads"),
+/// `query` the raw query string without '?'.
+pub fn route(rest: &str, query: &str) -> Action {
+    match rest {
+        "" | "/" => Action::Reply(index()),
+        "/profile" => profile_action(query, ProfileKind::Pprof),
+        "/flamegraph" => profile_action(query, ProfileKind::Flamegraph),
+        "/threads" => Action::Reply(threads(query)),
+        "/cmdline" => Action::Reply(cmdline()),
+        _ => Action::Reply(Reply::text(
+            404,
+            "not found; see /debug/pprof/ for the debug endpoints",
+        )),
+    }
+}
+
+const ENDPOINTS: &[(&str, &str, &str)] = &[
+    (
+        "profile",
+        "profile?seconds=30",
+        "CPU profile in pprof protobuf format (for go tool pprof); seconds 1..=300, default 30.",
+    ),
+    (
+        "flamegraph",
+        "flamegraph?seconds=30",
+        "CPU profile rendered as an SVG flame graph; seconds 1..=300, default 30.",
+    ),
+    (
+        "threads",
+        "threads",
+        "Every OS thread of the process: id, name, state and CPU time (?format=json for JSON).",
+    ),
+    (
+        "cmdline",
+        "cmdline",
+        "The command line of the process, arguments separated by NUL bytes.",
+    ),
+];
+
+fn index() -> Reply {
+    let mut html = String::from(
+        "<!DOCTYPE html>\n<html>\n<head><title>/debug/pprof/</title></head>\n<body>\n\
+         <h1>/debug/pprof/</h1>\n<p>Only one CPU profile runs at a time.</p>\n<dl>\n",
+    );
+    for (name, link, description) in ENDPOINTS {
+        html.push_str(&format!(
+            "<dt><a href=\"/debug/pprof/{link}\">{name}</a></dt>\n<dd>{description}</dd>\n"
+        ));
+    }
+    html.push_str("</dl>\n</body>\n</html>\n");
+    Reply::new(200, "text/html; charset=utf-8", html.into_bytes())
+}
+
+fn profile_action(query: &str, kind: ProfileKind) -> Action {
+    match parse_seconds(query) {
+        Ok(seconds) => Action::Profile(ProfileJob { seconds, kind }),
+        Err(message) => Action::Reply(Reply::text(400, &message)),
+    }
+}
+
+/// The first `seconds` parameter: absent means the default, otherwise plain
+/// decimal digits in 1..=300.
+fn parse_seconds(query: &str) -> Result<u64, String> {
+    let Some(value) = query_param(query, "seconds") else {
+        return Ok(DEFAULT_SECONDS);
+    };
+    let parsed = if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        value.parse::<u64>().ok()
+    } else {
+        None
+    };
+    match parsed {
+        Some(n) if (1..=MAX_SECONDS).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "invalid seconds {value:?}: must be a whole number from 1 to {MAX_SECONDS} (default {DEFAULT_SECONDS})"
+        )),
+    }
+}
+
+/// The value of the first `key` in a raw query string; `key` without `=` gives "".
+/// Values are not percent-decoded (the parameters here are digits or words).
+fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == key).then_some(v)
+    })
+}
+
+static PROFILE_RUNNING: AtomicBool = AtomicBool::new(false);
+
+/// Holds the process-wide profiling slot; dropping it frees the slot.
+#[must_use = "dropping the slot frees it at once"]
+#[derive(Debug)]
+pub struct ProfileSlot {
+    _private: (),
+}
+
+impl Drop for ProfileSlot {
+    fn drop(&mut self) {
+        PROFILE_RUNNING.store(false, Ordering::Release);
+    }
+}
+
+/// One at a time per process: returns None when a profile is already running
+/// (caller answers 409, see [`Reply::profile_busy`]).
+pub fn try_start_profile() -> Option<ProfileSlot> {
+    PROFILE_RUNNING
+        .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .ok()
+        .map(|_| ProfileSlot { _private: () })
+}
+
+/// Blocking: samples for `job.seconds` and renders. Called on a dedicated
+/// thread, holding the slot (released when this returns).
+pub fn run_profile(job: &ProfileJob, _slot: ProfileSlot) -> Reply {
+    sample_and_render(job).unwrap_or_else(|message| Reply::text(500, &message))
+}
+
+fn sample_and_render(job: &ProfileJob) -> Result<Reply, String> {
+    let guard = pprof::ProfilerGuardBuilder::default()
+        .frequency(FREQUENCY_HZ)
+        .blocklist(BLOCKLIST)
+        .build()
+        .map_err(|e| format!("cannot start the CPU profiler: {e}"))?;
+    thread::sleep(Duration::from_secs(job.seconds));
+    let report = guard
+        .report()
+        .frames_post_processor(drop_unwinder_frames)
+        .build()
+        .map_err(|e| format!("cannot build the CPU profile report: {e}"))?;
+    drop(guard);
+
+    match job.kind {
+        ProfileKind::Pprof => {
+            let profile = report
+                .pprof()
+                .map_err(|e| format!("cannot convert the CPU profile to pprof format: {e}"))?;
+            let mut reply = Reply::new(200, "application/octet-stream", profile.encode_to_vec());
+            reply.headers.push((
+                "Content-Disposition",
+                "attachment; filename=\"profile\"".to_string(),
+            ));
+            Ok(reply)
+        }
+        ProfileKind::Flamegraph => {
+            let mut svg = Vec::new();
+            // pprof 0.15 unwraps the renderer's errors; keep a panic there
+            // from taking down the caller's thread.
+            panic::catch_unwind(AssertUnwindSafe(|| report.flamegraph(&mut svg)))
+                .map_err(|_| "the flame graph renderer panicked".to_string())?
+                .map_err(|e| format!("cannot render the flame graph: {e}"))?;
+            if svg.is_empty() {
+                // pprof writes nothing when there are no samples.
+                svg = empty_flamegraph(job.seconds).into_bytes();
+            }
+            Ok(Reply::new(200, "image/svg+xml", svg))
+        }
+    }
+}
+
+/// pprof 0.15 cuts its signal handler from each stack but, in unoptimised
+/// builds, keeps the un-inlined unwinder frames above it, which would then
+/// own all the flat time. Drop them from the leaf end.
+fn drop_unwinder_frames(frames: &mut pprof::Frames) {
+    let unwinder = frames
+        .frames
+        .iter()
+        .take_while(|frame| frame.iter().any(|symbol| is_unwinder(&symbol.name())))
+        .count();
+    frames.frames.drain(..unwinder);
+}
+
+fn is_unwinder(name: &str) -> bool {
+    name.starts_with("backtrace::") || name.starts_with("<pprof::backtrace::")
+}
+
+fn empty_flamegraph(seconds: u64) -> String {
+    format!(
+        "<?xml version=\"1.0\" standalone=\"no\"?>\n\
+         <svg version=\"1.1\" width=\"600\" height=\"40\" xmlns=\"http://www.w3.org/2000/svg\">\
+         <text x=\"10\" y=\"25\">No CPU samples in {seconds} s: the process was idle.</text></svg>\n"
+    )
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+struct ThreadInfo {
+    tid: u32,
+    name: String,
+    state: char,
+    cpu_seconds: f64,
+}
+
+fn threads(query: &str) -> Reply {
+    let json = match query_param(query, "format") {
+        None | Some("text") => false,
+        Some("json") => true,
+        Some(other) => {
+            return Reply::text(
+                400,
+                &format!("invalid format {other:?}: must be \"text\" or \"json\""),
+            )
+        }
+    };
+    let list = match list_threads(Path::new("/proc/self/task")) {
+        Ok(list) => list,
+        Err(message) => return Reply::text(500, &message),
+    };
+    if json {
+        match serde_json::to_vec(&list) {
+            Ok(body) => Reply::new(200, "application/json", body),
+            Err(e) => Reply::text(500, &format!("cannot encode the thread list: {e}")),
+        }
+    } else {
+        Reply::new(200, TEXT, threads_table(&list).into_bytes())
+    }
+}
+
+fn threads_table(list: &[ThreadInfo]) -> String {
+    let mut table = format!("{:<8} {:<5} {:>11}  NAME\n", "TID", "STATE", "CPU_SECONDS");
+    for t in list {
+        table.push_str(&format!(
+            "{:<8} {:<5} {:>11.2}  {}\n",
+            t.tid, t.state, t.cpu_seconds, t.name
+        ));
+    }
+    table
+}
+
+/// Threads under `task_dir` (`/proc/<pid>/task`), sorted by id. A thread that
+/// exits while we read is skipped.
+fn list_threads(task_dir: &Path) -> Result<Vec<ThreadInfo>, String> {
+    // SAFETY: sysconf has no preconditions; it only reads a constant.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks_per_second <= 0 {
+        return Err(format!(
+            "sysconf(_SC_CLK_TCK) failed: {}",
+            io::Error::last_os_error()
+        ));
+    }
+    let entries =
+        fs::read_dir(task_dir).map_err(|e| format!("cannot list {}: {e}", task_dir.display()))?;
+    let mut list = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("cannot list {}: {e}", task_dir.display()))?;
+        let Some(tid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        // Unreadable means the thread has gone; skip it.
+        let Ok(stat) = fs::read(entry.path().join("stat")) else {
+            continue;
+        };
+        let stat = String::from_utf8_lossy(&stat);
+        let Some(fields) = parse_stat(&stat) else {
+            continue;
+        };
+        // tbot's own threads keep their whole name (the kernel keeps 15 bytes).
+        let full = crate::threads::full_name(tid);
+        let name = match full.map_or_else(
+            || fs::read(entry.path().join("comm")),
+            |n| Ok(n.into_bytes()),
+        ) {
+            Ok(comm) => String::from_utf8_lossy(&comm)
+                .trim_end_matches('\n')
+                .to_string(),
+            Err(_) => fields.name,
+        };
+        list.push(ThreadInfo {
+            tid,
+            name,
+            state: fields.state,
+            cpu_seconds: fields.cpu_ticks as f64 / ticks_per_second as f64,
+        });
+    }
+    list.sort_by_key(|t| t.tid);
+    Ok(list)
+}
+
+#[derive(Debug, PartialEq)]
+struct StatFields {
+    name: String,
+    state: char,
+    /// utime + stime, in clock ticks.
+    cpu_ticks: u64,
+}
+
+/// Parses `/proc/<pid>/task/<tid>/stat`: `tid (comm) state ppid ...`, where
+/// comm may itself contain spaces and parentheses, so the fields start after
+/// the last ')'. utime and stime are fields 14 and 15.
+fn parse_stat(stat: &str) -> Option<StatFields> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let name = stat.get(open + 1..close)?.to_string();
+    let mut fields = stat.get(close + 1..)?.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    // After state (field 3), utime is field 14: skip fields 4..=13.
+    let utime: u64 = fields.nth(10)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(StatFields {
+        name,
+        state,
+        cpu_ticks: utime.saturating_add(stime),
+    })
+}
+
+/// The command line, arguments joined by NUL as Go's /debug/pprof/cmdline does.
+fn cmdline() -> Reply {
+    use std::os::unix::ffi::OsStrExt;
+    let args: Vec<Vec<u8>> = std::env::args_os().map(|a| a.as_bytes().to_vec()).collect();
+    Reply::new(200, TEXT, args.join(&0u8))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{mpsc, Mutex, MutexGuard};
+
+    /// Tests that take the profiling slot run one at a time.
+    static SLOT_TESTS: Mutex<()> = Mutex::new(());
+
+    fn serial() -> MutexGuard<'static, ()> {
+        SLOT_TESTS.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn reply(action: Action) -> Reply {
+        match action {
+            Action::Reply(r) => r,
+            Action::Profile(job) => panic!("expected a reply, got {job:?}"),
+        }
+    }
+
+    fn body(r: &Reply) -> &str {
+        std::str::from_utf8(&r.body).unwrap()
+    }
+
+    #[test]
+    fn seconds_default_and_bounds() {
+        for (query, want) in [
+            ("", 30),
+            ("debug=1", 30),
+            ("seconds=1", 1),
+            ("seconds=300", 300),
+            ("seconds=007", 7),
+            ("foo=bar&seconds=5", 5),
+            ("seconds=5&seconds=abc", 5),
+        ] {
+            match route("/profile", query) {
+                Action::Profile(job) => assert_eq!(
+                    job,
+                    ProfileJob {
+                        seconds: want,
+                        kind: ProfileKind::Pprof
+                    },
+                    "query {query:?}"
+                ),
+                Action::Reply(r) => panic!("query {query:?}: got {} {}", r.status, body(&r)),
+            }
+        }
+        match route("/flamegraph", "seconds=2") {
+            Action::Profile(job) => assert_eq!(job.kind, ProfileKind::Flamegraph),
+            Action::Reply(r) => panic!("got {}", r.status),
+        }
+    }
+
+    #[test]
+    fn seconds_invalid_forms_are_400() {
+        for query in [
+            "seconds=0",
+            "seconds=301",
+            "seconds=-1",
+            "seconds=abc",
+            "seconds=1.5",
+            "seconds=",
+            "seconds",
+            "seconds=+5",
+            "seconds= 5",
+            "seconds=99999999999999999999999",
+        ] {
+            for path in ["/profile", "/flamegraph"] {
+                let r = reply(route(path, query));
+                assert_eq!(r.status, 400, "{path}?{query}");
+                assert!(r.content_type.starts_with("text/plain"));
+                let text = body(&r);
+                assert!(text.contains("1 to 300"), "{text}");
+                assert_eq!(text.lines().count(), 1, "{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn index_unknown_and_cmdline() {
+        for rest in ["", "/"] {
+            let r = reply(route(rest, ""));
+            assert_eq!(r.status, 200);
+            assert!(r.content_type.starts_with("text/html"));
+            for (name, _, _) in ENDPOINTS {
+                assert!(body(&r).contains(&format!("/debug/pprof/{name}")), "{name}");
+            }
+        }
+        for rest in ["/nope", "/profile/", "//", "/threads/x", "profile"] {
+            let r = reply(route(rest, ""));
+            assert_eq!(r.status, 404, "{rest}");
+            assert!(r.content_type.starts_with("text/plain"));
+        }
+        let r = reply(route("/cmdline", ""));
+        assert_eq!(r.status, 200);
+        assert_eq!(r.content_type, "text/plain; charset=utf-8");
+        let want: Vec<String> = std::env::args().collect();
+        assert_eq!(body(&r), want.join("\0"));
+    }
+
+    #[test]
+    fn one_profile_slot_per_process() {
+        let _serial = serial();
+        let slot = try_start_profile().expect("slot should be free");
+        assert!(try_start_profile().is_none(), "second slot while held");
+        drop(slot);
+        let again = try_start_profile();
+        assert!(again.is_some(), "slot should be free after drop");
+    }
+
+    #[test]
+    fn parse_stat_handles_odd_names() {
+        let line = "4242 ((a) b)) S 1 4242 4242 0 -1 4194560 100 0 0 0 \
+                    250 50 0 0 20 0 3 0 12345 1000 200 18446744073709551615";
+        assert_eq!(
+            parse_stat(line),
+            Some(StatFields {
+                name: "(a) b)".to_string(),
+                state: 'S',
+                cpu_ticks: 300,
+            })
+        );
+        assert_eq!(parse_stat("4242 (x) S 1 2"), None, "truncated");
+        assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn threads_lists_a_named_thread() {
+        let (started_tx, started_rx) = mpsc::channel();
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let handle = thread::Builder::new()
+            .name("tbot-test-xyz".to_string())
+            .spawn(move || {
+                started_tx.send(()).unwrap();
+                let _ = stop_rx.recv();
+            })
+            .unwrap();
+        started_rx.recv().unwrap();
+        // Let it reach the blocking recv.
+        thread::sleep(Duration::from_millis(50));
+
+        let text_reply = reply(route("/threads", ""));
+        let json_reply = reply(route("/threads", "format=json"));
+        stop_tx.send(()).unwrap();
+        handle.join().unwrap();
+
+        assert_eq!(text_reply.status, 200);
+        let text = body(&text_reply);
+        assert!(text.starts_with("TID"), "{text}");
+        let row = text
+            .lines()
+            .find(|l| l.ends_with("  tbot-test-xyz"))
+            .unwrap_or_else(|| panic!("no row for the thread in:\n{text}"));
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        assert!(cols[0].parse::<u32>().is_ok(), "{row}");
+        assert!(["S", "R"].contains(&cols[1]), "{row}");
+        assert!(cols[2].parse::<f64>().unwrap() >= 0.0, "{row}");
+
+        assert_eq!(json_reply.status, 200);
+        assert_eq!(json_reply.content_type, "application/json");
+        let list: Vec<serde_json::Value> = serde_json::from_slice(&json_reply.body).unwrap();
+        let ours = list
+            .iter()
+            .find(|t| t["name"] == "tbot-test-xyz")
+            .unwrap_or_else(|| panic!("no entry for the thread in {list:?}"));
+        assert!(ours["tid"].as_u64().unwrap() > 0);
+        assert!(
+            ["S", "R"].contains(&ours["state"].as_str().unwrap()),
+            "{ours}"
+        );
+        assert!(ours["cpu_seconds"].as_f64().unwrap() >= 0.0);
+        assert_eq!(list.len(), text.lines().count() - 1);
+
+        assert_eq!(reply(route("/threads", "format=xml")).status, 400);
+    }
+
+    #[inline(never)]
+    fn burn_cpu_for_profile_test(stop: &AtomicBool) -> u64 {
+        let mut x: u64 = 1;
+        while !stop.load(Ordering::Relaxed) {
+            for _ in 0..10_000 {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+        }
+        x
+    }
+
+    fn profile_while_busy(kind: ProfileKind) -> Reply {
+        let stop = AtomicBool::new(false);
+        thread::scope(|s| {
+            s.spawn(|| burn_cpu_for_profile_test(&stop));
+            let slot = try_start_profile().expect("slot should be free");
+            let r = run_profile(&ProfileJob { seconds: 1, kind }, slot);
+            stop.store(true, Ordering::Relaxed);
+            r
+        })
+    }
+
+    #[test]
+    fn cpu_profile_and_flamegraph() {
+        let _serial = serial();
+
+        let r = profile_while_busy(ProfileKind::Pprof);
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.content_type, "application/octet-stream");
+        assert!(r
+            .headers
+            .iter()
+            .any(|(k, v)| *k == "Content-Disposition" && v.contains("filename=\"profile\"")));
+        assert!(!r.body.is_empty());
+        let profile = pprof::protos::Profile::decode(r.body.as_slice()).unwrap();
+        assert!(!profile.sample.is_empty(), "no samples");
+        assert!(
+            profile
+                .string_table
+                .iter()
+                .any(|s| s.contains("burn_cpu_for_profile_test")),
+            "busy function not among the symbols"
+        );
+        let name_of_location = |id: u64| {
+            let loc = profile.location.iter().find(|l| l.id == id).unwrap();
+            let func = profile
+                .function
+                .iter()
+                .find(|f| f.id == loc.line[0].function_id);
+            profile.string_table[func.unwrap().name as usize].clone()
+        };
+        for sample in &profile.sample {
+            let leaf = name_of_location(sample.location_id[0]);
+            assert!(!is_unwinder(&leaf), "profiler frame as leaf: {leaf}");
+        }
+        assert!(try_start_profile().is_some(), "slot freed after the run");
+
+        let r = profile_while_busy(ProfileKind::Flamegraph);
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.content_type, "image/svg+xml");
+        let svg = body(&r);
+        assert!(svg.starts_with("<?xml"), "{}", &svg[..svg.len().min(200)]);
+        assert!(svg.contains("<svg"));
+        assert!(svg.contains("burn_cpu_for_profile_test"));
+    }
+}

@@ -1,0 +1,700 @@
+//! The front door of the diagnostics service: the only code that touches
+//! bytes from untrusted clients.
+//!
+//! tiny_http 0.12 trusts its peers (see shared/notes/tiny_http.md): no
+//! timeouts, no header limits, one thread per connection without bound, body
+//! draining that can abort the process, and an accept loop that dies on the
+//! first error. So tiny_http listens on a private Unix socket, and this front
+//! owns the public TCP listener. One thread polls every connection:
+//!
+//! 1. `Head`: read the request head, bounded in size, header count and time.
+//!    Requests that declare a body are refused (the endpoints take none).
+//! 2. `Backend`: forward a clean copy of the head to tiny_http (always
+//!    `Connection: close`), collect its whole response.
+//! 3. `Reply`: write the response back, bounded in time.
+//!
+//! A connection waiting for its head costs a buffer, not a thread. When the
+//! connection cap is reached, the connection that has waited longest for its
+//! head is closed to make room (slow clients cannot lock others out); if
+//! every slot is busy with a real request, the newcomer gets a quick 503.
+//! Accept errors (EMFILE and friends) never end the loop: a reserve file
+//! descriptor lets the front accept and refuse a client even when the process
+//! is out of descriptors, and new connections resume as soon as fds free up.
+
+use std::fs::File;
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::log;
+
+/// Every limit of the front, explicit.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Connections open at once (all states).
+    pub max_connections: usize,
+    /// Request line plus headers, in bytes. Past it: 431.
+    pub max_head_bytes: usize,
+    /// Header lines. Past it: 431.
+    pub max_headers: usize,
+    /// Time a client has to send its whole request head. Past it: 408.
+    pub head_timeout: Duration,
+    /// Time the endpoints have to answer (`/wait` and profiles stay below).
+    pub response_timeout: Duration,
+    /// Time a client has to take the whole response.
+    pub write_timeout: Duration,
+    /// Largest response relayed.
+    pub max_response_bytes: usize,
+    /// After refusing a request, how long and how much of the client's
+    /// remaining upload is read and dropped so it can see the answer.
+    pub linger_time: Duration,
+    pub linger_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_connections: crate::config::DEFAULT_DIAG_MAX_CONNECTIONS,
+            max_head_bytes: 16 * 1024,
+            max_headers: 64,
+            head_timeout: Duration::from_secs(10),
+            response_timeout: Duration::from_secs(330),
+            write_timeout: Duration::from_secs(10),
+            max_response_bytes: 64 * 1024 * 1024,
+            linger_time: Duration::from_secs(1),
+            linger_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// Descriptors one connection can hold: the client's, ours to tiny_http,
+/// and tiny_http's end of that.
+const FDS_PER_CONNECTION: u64 = 3;
+/// Descriptors kept for everything else in the process.
+const FDS_RESERVED: u64 = 24;
+
+/// Caps `wanted` so that every connection's descriptors fit under the soft
+/// RLIMIT_NOFILE, with room for the rest of the daemon.
+pub fn fit_to_fd_limit(wanted: usize) -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0
+        || lim.rlim_cur == libc::RLIM_INFINITY
+    {
+        return wanted;
+    }
+    let fit = lim.rlim_cur.saturating_sub(FDS_RESERVED) / FDS_PER_CONNECTION;
+    wanted.min(fit.max(1) as usize)
+}
+
+/// Where tiny_http listens now (it moves if the serving loop rebuilds it).
+pub type BackendPath = Arc<Mutex<PathBuf>>;
+
+enum State {
+    Head {
+        buf: Vec<u8>,
+    },
+    Backend {
+        up: UnixStream,
+        out: Vec<u8>,
+        sent: usize,
+        resp: Vec<u8>,
+    },
+    Reply {
+        out: Vec<u8>,
+        sent: usize,
+        linger: bool,
+    },
+    Linger {
+        drained: usize,
+    },
+}
+
+struct Conn {
+    client: TcpStream,
+    peer: SocketAddr,
+    state: State,
+    since: Instant,
+    deadline: Instant,
+}
+
+pub struct Front {
+    listener: TcpListener,
+    backend: BackendPath,
+    limits: Limits,
+    /// Readable (hang-up) when the daemon stops.
+    stop: UnixStream,
+    reserve: Option<File>,
+    conns: Vec<Conn>,
+    accept_paused_until: Option<Instant>,
+    last_accept_error: Option<Instant>,
+}
+
+impl Front {
+    pub fn new(
+        listener: TcpListener,
+        backend: BackendPath,
+        limits: Limits,
+        stop: UnixStream,
+    ) -> io::Result<Front> {
+        listener.set_nonblocking(true)?;
+        stop.set_nonblocking(true)?;
+        Ok(Front {
+            listener,
+            backend,
+            limits,
+            stop,
+            reserve: File::open("/dev/null").ok(),
+            conns: Vec::new(),
+            accept_paused_until: None,
+            last_accept_error: None,
+        })
+    }
+
+    /// Serves until the stop socket hangs up.
+    pub fn run(mut self) {
+        let mut fds: Vec<libc::pollfd> = Vec::new();
+        loop {
+            let now = Instant::now();
+            if self.accept_paused_until.is_some_and(|t| now >= t) {
+                self.accept_paused_until = None;
+            }
+            fds.clear();
+            fds.push(pollfd(self.stop.as_raw_fd(), libc::POLLIN));
+            let listening = self.accept_paused_until.is_none();
+            fds.push(pollfd(
+                if listening {
+                    self.listener.as_raw_fd()
+                } else {
+                    -1
+                },
+                libc::POLLIN,
+            ));
+            for c in &self.conns {
+                fds.push(match &c.state {
+                    State::Head { .. } | State::Linger { .. } => {
+                        pollfd(c.client.as_raw_fd(), libc::POLLIN)
+                    }
+                    State::Backend { up, out, sent, .. } => {
+                        let ev = if *sent < out.len() {
+                            libc::POLLOUT
+                        } else {
+                            libc::POLLIN
+                        };
+                        pollfd(up.as_raw_fd(), ev)
+                    }
+                    State::Reply { .. } => pollfd(c.client.as_raw_fd(), libc::POLLOUT),
+                });
+            }
+            // Clients that hang up while their request is with tiny_http
+            // (a parked /wait) free their slot at once.
+            let watch_start = fds.len();
+            for c in &self.conns {
+                let fd = if matches!(c.state, State::Backend { .. }) {
+                    c.client.as_raw_fd()
+                } else {
+                    -1
+                };
+                fds.push(pollfd(fd, libc::POLLRDHUP));
+            }
+            let mut next = self.conns.iter().map(|c| c.deadline).min();
+            if let Some(t) = self.accept_paused_until {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+            let timeout_ms = match next {
+                None => -1,
+                Some(t) => t
+                    .saturating_duration_since(now)
+                    .as_millis()
+                    .clamp(1, 60_000) as libc::c_int,
+            };
+            // SAFETY: fds is a valid, initialised slice of pollfd for the call.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() != ErrorKind::Interrupted {
+                    log::error("diagnostics front: poll failed", &[("error", &e)]);
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                continue;
+            }
+            if fds[0].revents != 0 {
+                return;
+            }
+            let now = Instant::now();
+            // Walk connections back to front so removal keeps indexes valid.
+            let ready: Vec<(i16, i16)> = (0..self.conns.len())
+                .map(|i| (fds[2 + i].revents, fds[watch_start + i].revents))
+                .collect();
+            for i in (0..self.conns.len()).rev() {
+                let (ev, watch) = ready[i];
+                let keep = if watch & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0 {
+                    false
+                } else if ev != 0 {
+                    self.step(i, now)
+                } else {
+                    now < self.conns[i].deadline || self.expire(i)
+                };
+                if !keep {
+                    self.conns.swap_remove(i);
+                }
+            }
+            if fds[1].revents != 0 {
+                self.accept_all();
+            }
+        }
+    }
+
+    fn accept_all(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, peer)) => self.admit(stream, peer),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) => match e.raw_os_error() {
+                    Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS)
+                    | Some(libc::ENOMEM) => {
+                        self.out_of_descriptors(&e);
+                        return;
+                    }
+                    // The client went away between SYN and accept, a signal,
+                    // or a network error on that one connection.
+                    Some(libc::ECONNABORTED)
+                    | Some(libc::EINTR)
+                    | Some(libc::EPROTO)
+                    | Some(libc::EPERM) => continue,
+                    _ => {
+                        self.note_accept_error(&e);
+                        self.accept_paused_until =
+                            Some(Instant::now() + Duration::from_millis(100));
+                        return;
+                    }
+                },
+            }
+        }
+    }
+
+    /// accept() failed for want of descriptors: free one (the slowest idle
+    /// client, or the reserve), refuse the waiting client, and pause briefly
+    /// when nothing can be freed.
+    fn out_of_descriptors(&mut self, e: &io::Error) {
+        self.note_accept_error(e);
+        if let Some(i) = self.oldest_waiting_for_head() {
+            self.conns.swap_remove(i);
+            return;
+        }
+        if self.reserve.take().is_some() {
+            if let Ok((stream, _)) = self.listener.accept() {
+                let _ = (&stream).write(&simple_response(
+                    503,
+                    "the diagnostics service is out of file descriptors",
+                ));
+            }
+            self.reserve = File::open("/dev/null").ok();
+        }
+        self.accept_paused_until = Some(Instant::now() + Duration::from_millis(50));
+    }
+
+    fn note_accept_error(&mut self, e: &io::Error) {
+        // At most one line a second, however hard the port is hit.
+        let now = Instant::now();
+        if self
+            .last_accept_error
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            self.last_accept_error = Some(now);
+            log::warn(
+                "diagnostics front: accept failed; still listening",
+                &[("error", e)],
+            );
+        }
+    }
+
+    fn oldest_waiting_for_head(&self) -> Option<usize> {
+        self.conns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| matches!(c.state, State::Head { .. } | State::Linger { .. }))
+            .min_by_key(|(_, c)| c.since)
+            .map(|(i, _)| i)
+    }
+
+    fn admit(&mut self, stream: TcpStream, peer: SocketAddr) {
+        if self.conns.len() >= self.limits.max_connections {
+            match self.oldest_waiting_for_head() {
+                Some(i) => {
+                    self.conns.swap_remove(i);
+                }
+                None => {
+                    let _ = stream.set_nonblocking(true);
+                    let _ = (&stream).write(&simple_response(
+                        503,
+                        "too many connections to the diagnostics service",
+                    ));
+                    return;
+                }
+            }
+        }
+        if stream.set_nonblocking(true).is_err() {
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        let now = Instant::now();
+        self.conns.push(Conn {
+            client: stream,
+            peer,
+            state: State::Head {
+                buf: Vec::with_capacity(1024),
+            },
+            since: now,
+            deadline: now + self.limits.head_timeout,
+        });
+    }
+
+    /// A deadline passed. Returns whether to keep the connection.
+    fn expire(&mut self, i: usize) -> bool {
+        let c = &mut self.conns[i];
+        match &c.state {
+            State::Head { buf } if !buf.is_empty() => {
+                let _ =
+                    (&c.client).write(&simple_response(408, "request head not received in time"));
+            }
+            State::Backend { .. } => {
+                let _ = (&c.client).write(&simple_response(
+                    504,
+                    "the diagnostics service did not answer in time",
+                ));
+            }
+            _ => {}
+        }
+        false
+    }
+
+    /// The connection's socket is ready. Returns whether to keep it.
+    fn step(&mut self, i: usize, now: Instant) -> bool {
+        let limits = self.limits.clone();
+        let backend = self.backend.clone();
+        let c = &mut self.conns[i];
+        match &mut c.state {
+            State::Head { buf } => {
+                let mut chunk = [0u8; 4096];
+                let room = (limits.max_head_bytes + 1)
+                    .saturating_sub(buf.len())
+                    .min(chunk.len());
+                let n = match (&c.client).read(&mut chunk[..room]) {
+                    Ok(0) => return false,
+                    Ok(n) => n,
+                    Err(e)
+                        if e.kind() == ErrorKind::WouldBlock
+                            || e.kind() == ErrorKind::Interrupted =>
+                    {
+                        return true
+                    }
+                    Err(_) => return false,
+                };
+                buf.extend_from_slice(&chunk[..n]);
+                match parse_head(buf, &limits, c.peer) {
+                    Parsed::Partial => true,
+                    Parsed::Refuse(status, why) => {
+                        c.state = State::Reply {
+                            out: simple_response(status, why),
+                            sent: 0,
+                            linger: true,
+                        };
+                        c.deadline = now + limits.write_timeout;
+                        true
+                    }
+                    Parsed::Forward(head) => {
+                        let path = backend.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                        match UnixStream::connect(&path)
+                            .and_then(|s| s.set_nonblocking(true).map(|_| s))
+                        {
+                            Ok(up) => {
+                                c.state = State::Backend {
+                                    up,
+                                    out: head,
+                                    sent: 0,
+                                    resp: Vec::new(),
+                                };
+                                c.deadline = now + limits.response_timeout;
+                            }
+                            Err(e) => {
+                                log::warn(
+                                    "diagnostics front: cannot reach the serving loop",
+                                    &[("error", &e)],
+                                );
+                                let out = simple_response(
+                                    503,
+                                    "the diagnostics service is busy; try again",
+                                );
+                                c.state = State::Reply {
+                                    out,
+                                    sent: 0,
+                                    linger: false,
+                                };
+                                c.deadline = now + limits.write_timeout;
+                            }
+                        }
+                        true
+                    }
+                }
+            }
+            State::Backend {
+                up,
+                out,
+                sent,
+                resp,
+            } => {
+                if *sent < out.len() {
+                    return match (&*up).write(&out[*sent..]) {
+                        Ok(n) => {
+                            *sent += n;
+                            true
+                        }
+                        Err(e)
+                            if e.kind() == ErrorKind::WouldBlock
+                                || e.kind() == ErrorKind::Interrupted =>
+                        {
+                            true
+                        }
+                        Err(_) => false,
+                    };
+                }
+                let mut chunk = [0u8; 16 * 1024];
+                match (&*up).read(&mut chunk) {
+                    Ok(0) => {
+                        let out = std::mem::take(resp);
+                        c.state = State::Reply {
+                            out,
+                            sent: 0,
+                            linger: false,
+                        };
+                        c.deadline = now + limits.write_timeout;
+                        true
+                    }
+                    Ok(n) if resp.len() + n > limits.max_response_bytes => {
+                        log::warn(
+                            "diagnostics front: response too large; dropped",
+                            &[("peer", &c.peer)],
+                        );
+                        false
+                    }
+                    Ok(n) => {
+                        resp.extend_from_slice(&chunk[..n]);
+                        true
+                    }
+                    Err(e)
+                        if e.kind() == ErrorKind::WouldBlock
+                            || e.kind() == ErrorKind::Interrupted =>
+                    {
+                        true
+                    }
+                    Err(_) => false,
+                }
+            }
+            State::Reply { out, sent, linger } => match (&c.client).write(&out[*sent..]) {
+                Ok(n) => {
+                    *sent += n;
+                    if *sent < out.len() {
+                        return true;
+                    }
+                    let _ = c.client.shutdown(Shutdown::Write);
+                    if *linger {
+                        c.state = State::Linger { drained: 0 };
+                        c.deadline = now + limits.linger_time;
+                        true
+                    } else {
+                        false
+                    }
+                }
+                Err(e)
+                    if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted =>
+                {
+                    true
+                }
+                Err(_) => false,
+            },
+            State::Linger { drained } => {
+                let mut chunk = [0u8; 16 * 1024];
+                match (&c.client).read(&mut chunk) {
+                    Ok(0) => false,
+                    Ok(n) => {
+                        *drained += n;
+                        *drained < limits.linger_bytes
+                    }
+                    Err(e)
+                        if e.kind() == ErrorKind::WouldBlock
+                            || e.kind() == ErrorKind::Interrupted =>
+                    {
+                        true
+                    }
+                    Err(_) => false,
+                }
+            }
+        }
+    }
+}
+
+fn pollfd(fd: RawFd, events: i16) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    }
+}
+
+enum Parsed {
+    Partial,
+    Refuse(u16, &'static str),
+    /// The head to send to tiny_http.
+    Forward(Vec<u8>),
+}
+
+/// Headers passed on to the endpoints; everything else is dropped.
+const FORWARDED: [&str; 3] = ["host", "accept", "user-agent"];
+
+fn parse_head(buf: &[u8], limits: &Limits, peer: SocketAddr) -> Parsed {
+    let mut headers = vec![httparse::EMPTY_HEADER; limits.max_headers];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Partial) if buf.len() > limits.max_head_bytes => {
+            Parsed::Refuse(431, "request head too large")
+        }
+        Ok(httparse::Status::Partial) => Parsed::Partial,
+        Err(httparse::Error::TooManyHeaders) => Parsed::Refuse(431, "too many header lines"),
+        Err(_) => Parsed::Refuse(400, "malformed request"),
+        Ok(httparse::Status::Complete(_)) => {
+            let (Some(method), Some(path)) = (req.method, req.path) else {
+                return Parsed::Refuse(400, "malformed request");
+            };
+            if !path.starts_with('/') || path.len() > 4096 {
+                return Parsed::Refuse(400, "request target must be an absolute path");
+            }
+            let mut out = format!("{method} {path} HTTP/1.1\r\n");
+            let mut host = false;
+            for h in req.headers.iter() {
+                let name = h.name.to_ascii_lowercase();
+                if name == "content-length" {
+                    match std::str::from_utf8(h.value).ok().map(str::trim) {
+                        Some("0") => continue,
+                        Some(v) if v.bytes().all(|b| b.is_ascii_digit()) && !v.is_empty() => {
+                            return Parsed::Refuse(413, "request bodies are not accepted");
+                        }
+                        _ => return Parsed::Refuse(400, "malformed Content-Length"),
+                    }
+                }
+                if name == "transfer-encoding" {
+                    return Parsed::Refuse(413, "request bodies are not accepted");
+                }
+                if !FORWARDED.contains(&name.as_str()) {
+                    continue;
+                }
+                let Ok(value) = std::str::from_utf8(h.value) else {
+                    continue;
+                };
+                if !value.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+                    continue;
+                }
+                host |= name == "host";
+                out += &format!("{}: {}\r\n", h.name, value.trim());
+            }
+            if !host {
+                out += "Host: tbot\r\n";
+            }
+            out += &format!("X-Tbot-Peer: {peer}\r\nConnection: close\r\n\r\n");
+            Parsed::Forward(out.into_bytes())
+        }
+    }
+}
+
+/// A complete, self-contained answer from the front itself.
+fn simple_response(status: u16, message: &str) -> Vec<u8> {
+    let reason = match status {
+        400 => "Bad Request",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Error",
+    };
+    format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{message}\n",
+        message.len() + 1
+    )
+    .into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: impl AsRef<[u8]>) -> Parsed {
+        parse_head(
+            s.as_ref(),
+            &Limits::default(),
+            "127.0.0.1:9".parse().unwrap(),
+        )
+    }
+
+    #[test]
+    fn forwards_a_clean_head() {
+        let Parsed::Forward(h) =
+            parse("GET /readyz HTTP/1.0\r\nHost: x\r\nCookie: a\r\nConnection: keep-alive\r\n\r\n")
+        else {
+            panic!("not forwarded")
+        };
+        let h = String::from_utf8(h).unwrap();
+        assert!(h.starts_with("GET /readyz HTTP/1.1\r\nHost: x\r\n"), "{h}");
+        assert!(
+            !h.contains("Cookie")
+                && !h.contains("keep-alive")
+                && h.ends_with("Connection: close\r\n\r\n")
+        );
+    }
+
+    #[test]
+    fn refuses_bodies_and_garbage() {
+        assert!(matches!(
+            parse("GET / HTTP/1.1\r\nContent-Length: 1000000000000000\r\n\r\n"),
+            Parsed::Refuse(413, _)
+        ));
+        assert!(matches!(
+            parse("GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n"),
+            Parsed::Refuse(400, _)
+        ));
+        assert!(matches!(
+            parse("GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Parsed::Refuse(413, _)
+        ));
+        assert!(matches!(
+            parse("GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n"),
+            Parsed::Forward(_)
+        ));
+        assert!(matches!(
+            parse(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"),
+            Parsed::Refuse(400, _)
+        ));
+        assert!(matches!(
+            parse("GET http://x/ HTTP/1.1\r\n\r\n"),
+            Parsed::Refuse(400, _)
+        ));
+        assert!(matches!(
+            parse("GET / HTTP/1.1\r\nHost: x"),
+            Parsed::Partial
+        ));
+        let many: String = (0..100).map(|i| format!("X-{i}: y\r\n")).collect();
+        assert!(matches!(
+            parse(&format!("GET / HTTP/1.1\r\n{many}\r\n")),
+            Parsed::Refuse(431, _)
+        ));
+        let long = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(20_000));
+        assert!(matches!(parse(&long), Parsed::Refuse(431, _)));
+    }
+}

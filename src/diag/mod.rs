@@ -1,0 +1,261 @@
+//! The diagnostics service.
+//!
+//! Three pieces, each on its own thread:
+//! - `diag-front` ([`front`]): owns the public TCP port and every untrusted
+//!   byte; hands clean requests to tiny_http over a private Unix socket.
+//! - tiny_http's own threads: parse those requests.
+//! - `diag-http` (this file): the one serving loop. It answers every request
+//!   ([`routes`]), parks `/wait` requests until they can be answered, and
+//!   hands CPU profiles to a thread of their own. Nothing on it blocks.
+
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::health::Health;
+use crate::log;
+use crate::metrics::Metrics;
+
+pub mod debug;
+pub mod front;
+pub mod routes;
+
+/// Binds the public listener. Done before any service starts, so a bad or
+/// busy address fails the start cleanly.
+pub fn bind(addr: &str) -> Result<TcpListener, String> {
+    let addrs: Vec<SocketAddr> = addr
+        .to_socket_addrs()
+        .map_err(|e| format!("diagnostics address {addr}: {e}"))?
+        .collect();
+    let mut last = None;
+    for a in &addrs {
+        match TcpListener::bind(a) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(match last {
+        Some(e) => format!("diagnostics address {addr}: cannot listen: {e}"),
+        None => format!("diagnostics address {addr}: resolves to no address"),
+    })
+}
+
+pub struct Options {
+    pub max_connections: usize,
+    pub debug: bool,
+}
+
+/// State the serving loop shares with whoever needs to wake it.
+struct Loop {
+    server: Mutex<Arc<tiny_http::Server>>,
+    /// `/wait` requests parked right now; health changes wake the loop only
+    /// when there are some.
+    parked: AtomicUsize,
+    stop: AtomicBool,
+}
+
+impl Loop {
+    fn server(&self) -> Arc<tiny_http::Server> {
+        self.server
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn wake(&self) {
+        self.server().unblock();
+    }
+}
+
+/// A running diagnostics service.
+pub struct Diag {
+    pub addr: SocketAddr,
+    state: Arc<Loop>,
+    stop_front: UnixStream,
+    threads: Vec<JoinHandle<()>>,
+    dir: PathBuf,
+}
+
+/// A private directory for tiny_http's socket: mode 0700, so only this user
+/// reaches the serving loop without going through the front.
+fn private_dir() -> Result<PathBuf, String> {
+    use std::os::unix::fs::DirBuilderExt;
+    let pid = std::process::id();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let mut bases = vec![std::env::temp_dir(), PathBuf::from("/tmp")];
+    if let Some(x) = std::env::var_os("XDG_RUNTIME_DIR") {
+        bases.insert(0, PathBuf::from(x));
+    }
+    let mut last = String::new();
+    for base in bases {
+        let dir = base.join(format!("tbot-diag-{pid}-{nanos:x}"));
+        // Unix socket paths are limited to 107 bytes.
+        if dir.as_os_str().len() > 80 {
+            continue;
+        }
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) => last = format!("{}: {e}", dir.display()),
+        }
+    }
+    Err(format!(
+        "cannot create a private directory for the diagnostics socket: {last}"
+    ))
+}
+
+fn backend(dir: &Path, generation: usize) -> Result<(tiny_http::Server, PathBuf), String> {
+    let path = dir.join(format!("http-{generation}.sock"));
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let server = tiny_http::Server::from_listener(listener, None)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok((server, path))
+}
+
+pub fn start(
+    listener: TcpListener,
+    opts: Options,
+    health: Health,
+    metrics: Arc<Metrics>,
+) -> Result<Diag, String> {
+    let addr = listener
+        .local_addr()
+        .map_err(|e| format!("diagnostics listener: {e}"))?;
+    let dir = private_dir()?;
+    let (server, path) = backend(&dir, 0)?;
+    let backend_path: front::BackendPath = Arc::new(Mutex::new(path));
+    let state = Arc::new(Loop {
+        server: Mutex::new(Arc::new(server)),
+        parked: AtomicUsize::new(0),
+        stop: AtomicBool::new(false),
+    });
+
+    let limits = front::Limits {
+        max_connections: front::fit_to_fd_limit(opts.max_connections),
+        ..front::Limits::default()
+    };
+    if limits.max_connections < opts.max_connections {
+        log::warn(
+            "diagnostics connection cap lowered to fit the open-file limit",
+            &[
+                ("wanted", &opts.max_connections),
+                ("cap", &limits.max_connections),
+            ],
+        );
+    }
+    let (stop_front, stop_rx) = UnixStream::pair().map_err(|e| format!("diagnostics: {e}"))?;
+    let front = front::Front::new(listener, backend_path.clone(), limits, stop_rx)
+        .map_err(|e| format!("diagnostics listener: {e}"))?;
+
+    let wake = state.clone();
+    health.on_change(move || {
+        if wake.parked.load(Ordering::Relaxed) > 0 {
+            wake.wake();
+        }
+    });
+
+    let mut threads = Vec::new();
+    threads.push(
+        crate::threads::spawn("diag-front", move || front.run())
+            .map_err(|e| format!("diag-front: {e}"))?,
+    );
+    let serve_state = state.clone();
+    let serve_dir = dir.clone();
+    let ctx = routes::Ctx {
+        health,
+        metrics,
+        debug: opts.debug,
+    };
+    threads.push(
+        crate::threads::spawn("diag-http", move || {
+            serve(serve_state, ctx, serve_dir, backend_path)
+        })
+        .map_err(|e| format!("diag-http: {e}"))?,
+    );
+    if !addr.ip().is_loopback() {
+        log::warn(
+            "the diagnostics service listens on a non-loopback address; anyone who can reach it can read tbot's health, metrics and (in debug mode) profiles",
+            &[("addr", &addr)],
+        );
+    }
+    log::info(
+        "diagnostics service listening",
+        &[("addr", &addr), ("debug", &opts.debug)],
+    );
+    Ok(Diag {
+        addr,
+        state,
+        stop_front,
+        threads,
+        dir,
+    })
+}
+
+impl Diag {
+    /// Stops the front and the serving loop and waits for both.
+    pub fn shutdown(self) {
+        self.state.stop.store(true, Ordering::SeqCst);
+        self.state.wake();
+        let _ = self.stop_front.shutdown(std::net::Shutdown::Both);
+        drop(self.stop_front);
+        for t in self.threads {
+            if t.join().is_err() {
+                log::error("a diagnostics thread panicked", &[]);
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The serving loop.
+fn serve(state: Arc<Loop>, ctx: routes::Ctx, dir: PathBuf, backend_path: front::BackendPath) {
+    let mut parked: Vec<routes::Parked> = Vec::new();
+    let mut generation = 0;
+    while !state.stop.load(Ordering::SeqCst) {
+        let server = state.server();
+        let next = parked.iter().map(|p| p.deadline).min();
+        let received = match next {
+            Some(t) => server.recv_timeout(t.saturating_duration_since(Instant::now())),
+            None => server.recv().map(Some),
+        };
+        match received {
+            Ok(Some(req)) => {
+                if let Some(p) = routes::handle(&ctx, req) {
+                    parked.push(p);
+                }
+            }
+            Ok(None) => {}
+            // `recv` without a request: an unblock (stop or a health change)
+            // or tiny_http's accept thread has died. Tell them apart.
+            Err(e) if e.to_string() == "thread unblocked" => {}
+            Err(e) => {
+                generation += 1;
+                log::warn(
+                    "diagnostics serving loop lost its listener; rebuilding",
+                    &[("error", &e)],
+                );
+                match backend(&dir, generation) {
+                    Ok((s, path)) => {
+                        *state.server.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(s);
+                        *backend_path.lock().unwrap_or_else(|p| p.into_inner()) = path;
+                    }
+                    Err(e) => {
+                        log::error(
+                            "diagnostics: cannot rebuild the serving socket",
+                            &[("error", &e)],
+                        );
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                }
+            }
+        }
+        parked = routes::answer_ready(&ctx, parked);
+        state.parked.store(parked.len(), Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,310 @@
+//! The health table: what every service last said about itself.
+//!
+//! Services never touch the table. They send [`Update`]s over a crossbeam
+//! channel; one thread ([`Applier::run`]) applies them under the mutex, logs
+//! every status change, keeps the `tbot_service_health` gauges in step and
+//! wakes whoever waits for a change (the diagnostics loop's `/wait`, the
+//! heartbeat, systemd readiness).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::Receiver;
+use serde::Serialize;
+
+use crate::log;
+use crate::metrics::Metrics;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Initializing,
+    Healthy,
+    Unhealthy,
+}
+
+impl Status {
+    pub const ALL: [Status; 3] = [Status::Initializing, Status::Healthy, Status::Unhealthy];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Initializing => "initializing",
+            Status::Healthy => "healthy",
+            Status::Unhealthy => "unhealthy",
+        }
+    }
+}
+
+/// One service's report, as sent by the service's thread.
+#[derive(Clone, Debug)]
+pub struct Update {
+    pub service: String,
+    pub status: Status,
+    pub reason: String,
+}
+
+/// One row of the table.
+#[derive(Clone, Debug, Serialize)]
+pub struct Entry {
+    #[serde(skip)]
+    pub kind: &'static str,
+    pub status: Status,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    #[serde(serialize_with = "crate::timefmt::serialize_opt_rfc3339")]
+    pub updated_at: Option<SystemTime>,
+}
+
+impl Entry {
+    pub fn reported(&self) -> bool {
+        self.updated_at.is_some()
+    }
+}
+
+#[derive(Default)]
+struct Table {
+    entries: BTreeMap<String, Entry>,
+    /// Bumped on every applied update; lets waiters notice change cheaply.
+    generation: u64,
+}
+
+/// A point-in-time copy of (part of) the table, as the endpoints render it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Snapshot {
+    pub status: Status,
+    pub services: BTreeMap<String, Entry>,
+}
+
+impl Snapshot {
+    fn of(entries: BTreeMap<String, Entry>) -> Snapshot {
+        let status = overall(entries.values());
+        Snapshot {
+            status,
+            services: entries,
+        }
+    }
+
+    pub fn all_reported(&self) -> bool {
+        self.services.values().all(Entry::reported)
+    }
+}
+
+/// Unhealthy if any service is, else initializing if any has not reported,
+/// else healthy. (An empty set is healthy.)
+fn overall<'a>(entries: impl Iterator<Item = &'a Entry>) -> Status {
+    let mut status = Status::Healthy;
+    for e in entries {
+        match e.status {
+            Status::Unhealthy => return Status::Unhealthy,
+            Status::Initializing => status = Status::Initializing,
+            Status::Healthy => {}
+        }
+    }
+    status
+}
+
+/// Shared handle on the table. Cheap to clone.
+#[derive(Clone)]
+pub struct Health {
+    inner: Arc<(Mutex<Table>, Condvar)>,
+    metrics: Arc<Metrics>,
+    /// Called after every applied update (e.g. to wake the HTTP loop).
+    listeners: Arc<Mutex<Vec<Box<dyn Fn() + Send>>>>,
+}
+
+impl Health {
+    /// A table with every service registered as `initializing`.
+    pub fn new<'a>(
+        services: impl IntoIterator<Item = (&'a str, &'static str)>,
+        metrics: Arc<Metrics>,
+    ) -> Health {
+        let mut table = Table::default();
+        for (name, kind) in services {
+            metrics.set_service_health(name, kind, Status::Initializing);
+            table.entries.insert(
+                name.to_string(),
+                Entry {
+                    kind,
+                    status: Status::Initializing,
+                    reason: String::new(),
+                    updated_at: None,
+                },
+            );
+        }
+        Health {
+            inner: Arc::new((Mutex::new(table), Condvar::new())),
+            metrics,
+            listeners: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        // A panic while holding this lock cannot leave the table half-updated
+        // (every update is a single insert), so poisoning is ignored.
+        self.inner.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a callback run (on the applier thread) after each update.
+    pub fn on_change(&self, f: impl Fn() + Send + 'static) {
+        self.listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Box::new(f));
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot::of(self.lock().entries.clone())
+    }
+
+    /// `None` when no service has that name.
+    pub fn service(&self, name: &str) -> Option<Entry> {
+        self.lock().entries.get(name).cloned()
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
+    /// Blocks until every service but `except` has reported at least once,
+    /// or `timeout`. Returns whether they all had.
+    pub fn wait_all_reported(
+        &self,
+        except: &str,
+        timeout: Duration,
+        stop: &dyn Fn() -> bool,
+    ) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut table = self.lock();
+        loop {
+            if table
+                .entries
+                .iter()
+                .all(|(name, e)| name == except || e.reported())
+            {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline || stop() {
+                return false;
+            }
+            // Wake at least every 100 ms to notice `stop`.
+            let wait = (deadline - now).min(Duration::from_millis(100));
+            table = match self.inner.1.wait_timeout(table, wait) {
+                Ok((t, _)) => t,
+                Err(p) => p.into_inner().0,
+            };
+        }
+    }
+
+    /// Applies one update. Returns true when the status or reason changed.
+    fn apply(&self, u: Update) -> bool {
+        let mut table = self.lock();
+        let Some(entry) = table.entries.get_mut(&u.service) else {
+            log::warn(
+                "health update for an unknown service ignored",
+                &[("service", &u.service)],
+            );
+            return false;
+        };
+        let changed = entry.status != u.status || entry.reason != u.reason;
+        let first = entry.updated_at.is_none();
+        let previous = entry.status;
+        if changed || first {
+            entry.updated_at = Some(SystemTime::now());
+        }
+        entry.status = u.status;
+        entry.reason = u.reason.clone();
+        let kind = entry.kind;
+        table.generation += 1;
+        drop(table);
+        if changed || first {
+            self.metrics.set_service_health(&u.service, kind, u.status);
+            let fields: [(&str, &dyn std::fmt::Display); 4] = [
+                ("service", &u.service),
+                ("from", &previous.as_str()),
+                ("to", &u.status.as_str()),
+                ("reason", &u.reason),
+            ];
+            let n = if u.reason.is_empty() { 3 } else { 4 };
+            match u.status {
+                Status::Unhealthy => log::warn("service status changed", &fields[..n]),
+                _ => log::info("service status changed", &fields[..n]),
+            }
+        }
+        self.inner.1.notify_all();
+        for f in self
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            f();
+        }
+        changed
+    }
+}
+
+/// The one place updates are applied: run on its own thread until every
+/// sender is gone.
+pub struct Applier {
+    pub health: Health,
+    pub updates: Receiver<Update>,
+}
+
+impl Applier {
+    pub fn run(self) {
+        for u in self.updates.iter() {
+            self.health.apply(u);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> Health {
+        let m = Arc::new(Metrics::new());
+        Health::new([("a", "identity"), ("b", "heartbeat")], m)
+    }
+
+    #[test]
+    fn overall_status_follows_the_worst_service() {
+        let h = table();
+        assert_eq!(h.snapshot().status, Status::Initializing);
+        assert!(!h.snapshot().all_reported());
+        h.apply(Update {
+            service: "a".into(),
+            status: Status::Healthy,
+            reason: String::new(),
+        });
+        assert_eq!(h.snapshot().status, Status::Initializing);
+        h.apply(Update {
+            service: "b".into(),
+            status: Status::Healthy,
+            reason: String::new(),
+        });
+        assert_eq!(h.snapshot().status, Status::Healthy);
+        assert!(h.snapshot().all_reported());
+        h.apply(Update {
+            service: "a".into(),
+            status: Status::Unhealthy,
+            reason: "boom".into(),
+        });
+        let s = h.snapshot();
+        assert_eq!(s.status, Status::Unhealthy);
+        assert_eq!(s.services["a"].reason, "boom");
+    }
+
+    #[test]
+    fn unknown_service_updates_are_ignored() {
+        let h = table();
+        assert!(!h.apply(Update {
+            service: "zzz".into(),
+            status: Status::Healthy,
+            reason: String::new()
+        }));
+        assert!(h.service("zzz").is_none());
+    }
+}

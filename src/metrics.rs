@@ -1,0 +1,149 @@
+//! Every Prometheus metric tbot exports, on one registry of its own.
+
+use prometheus::core::Collector;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::health::Status;
+
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+pub struct Metrics {
+    registry: Registry,
+    service_health: IntGaugeVec,
+    pub task_iterations: IntCounterVec,
+    pub task_iterations_failed: IntCounterVec,
+    pub task_iteration_duration: HistogramVec,
+    pub mux_started: IntCounter,
+    pub mux_handled: IntCounterVec,
+    pub mux_in_flight: IntGauge,
+}
+
+fn register<C: Collector + Clone + 'static>(r: &Registry, c: C) -> prometheus::Result<C> {
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+impl Metrics {
+    pub fn try_new() -> prometheus::Result<Metrics> {
+        let r = Registry::new();
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+
+        let info = register(
+            &r,
+            IntGaugeVec::new(
+                Opts::new("tbot_info", "Information about this tbot build; always 1."),
+                &["version"],
+            )?,
+        )?;
+        info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+
+        let service_health = register(
+            &r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "tbot_service_health",
+                    "Health of each tbot service: 1 for its current status, 0 for the others.",
+                ),
+                &["service", "type", "status"],
+            )?,
+        )?;
+        let task_iterations = register(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "tbot_task_iterations_total",
+                    "Iterations of a service's renewal loop.",
+                ),
+                &["service", "name"],
+            )?,
+        )?;
+        let task_iterations_failed = register(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "tbot_task_iterations_failed_total",
+                    "Iterations of a service's renewal loop that failed.",
+                ),
+                &["service", "name"],
+            )?,
+        )?;
+        let task_iteration_duration = register(
+            &r,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "tbot_task_iteration_duration_seconds",
+                    "Time taken by one iteration of a service's renewal loop.",
+                )
+                .buckets(vec![
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                ]),
+                &["service", "name"],
+            )?,
+        )?;
+        let mux_started = register(
+            &r,
+            IntCounter::new(
+                "tbot_ssh_multiplexer_requests_started_total",
+                "Number of SSH connections the multiplexer has started handling.",
+            )?,
+        )?;
+        let mux_handled = register(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "tbot_ssh_multiplexer_requests_handled_total",
+                    "Number of SSH connections the multiplexer has finished handling, by outcome.",
+                ),
+                &["status"],
+            )?,
+        )?;
+        // Both outcomes exist from the start, so rate() works before the first error.
+        mux_handled.with_label_values(&["OK"]);
+        mux_handled.with_label_values(&["ERROR"]);
+        let mux_in_flight = register(
+            &r,
+            IntGauge::new(
+                "tbot_ssh_multiplexer_requests_in_flight",
+                "Number of SSH connections the multiplexer is handling right now.",
+            )?,
+        )?;
+        Ok(Metrics {
+            registry: r,
+            service_health,
+            task_iterations,
+            task_iterations_failed,
+            task_iteration_duration,
+            mux_started,
+            mux_handled,
+            mux_in_flight,
+        })
+    }
+
+    #[cfg(test)]
+    pub fn new() -> Metrics {
+        Metrics::try_new().expect("static metric definitions are valid")
+    }
+
+    pub fn set_service_health(&self, service: &str, kind: &str, status: Status) {
+        for s in Status::ALL {
+            self.service_health
+                .with_label_values(&[service, kind, s.as_str()])
+                .set(i64::from(s == status));
+        }
+    }
+
+    /// The text exposition format 0.0.4.
+    pub fn render(&self) -> Result<Vec<u8>, String> {
+        let mut out = Vec::with_capacity(8 * 1024);
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .map_err(|e| format!("encoding metrics: {e}"))?;
+        Ok(out)
+    }
+}

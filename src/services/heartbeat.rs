@@ -1,0 +1,119 @@
+//! The internal `heartbeat` service: once every other service has reported
+//! (or 30 s have passed), and then every `heartbeat_interval`, it writes a
+//! record of the bot and its services to `storage/heartbeat.json`,
+//! atomically.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::services::{Context, Service};
+use crate::timefmt;
+
+pub const FIRST_REPORT_WAIT: Duration = Duration::from_secs(30);
+
+pub struct Heartbeat {
+    path: PathBuf,
+    interval: Duration,
+    started: Instant,
+}
+
+impl Heartbeat {
+    pub fn new(config: &Config) -> Heartbeat {
+        Heartbeat {
+            path: config.storage.join("heartbeat.json"),
+            interval: config.heartbeat_interval,
+            started: Instant::now(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Record<'a> {
+    time: String,
+    hostname: String,
+    pid: u32,
+    uptime_seconds: u64,
+    version: &'a str,
+    services: Vec<ServiceRecord>,
+}
+
+#[derive(Serialize)]
+struct ServiceRecord {
+    name: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    status: &'static str,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    reason: String,
+}
+
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+impl Heartbeat {
+    fn write(&self, ctx: &Context) -> Result<(), String> {
+        let snap = ctx.shared.health.snapshot();
+        let record = Record {
+            time: timefmt::rfc3339(SystemTime::now()),
+            hostname: hostname(),
+            pid: std::process::id(),
+            uptime_seconds: self.started.elapsed().as_secs(),
+            version: env!("CARGO_PKG_VERSION"),
+            services: snap
+                .services
+                .into_iter()
+                .map(|(name, e)| ServiceRecord {
+                    name,
+                    kind: e.kind,
+                    status: e.status.as_str(),
+                    reason: e.reason,
+                })
+                .collect(),
+        };
+        let mut body =
+            serde_json::to_vec_pretty(&record).map_err(|e| format!("encoding heartbeat: {e}"))?;
+        body.push(b'\n');
+        if let Some(dir) = self.path.parent() {
+            crate::fsutil::create_private_dir(dir)?;
+        }
+        crate::atomic_file::write_atomic(&self.path, &body, 0o600)
+            .map_err(|e| format!("{}: {e}", self.path.display()))
+    }
+}
+
+impl Service for Heartbeat {
+    fn kind(&self) -> &'static str {
+        "heartbeat"
+    }
+
+    fn run(&mut self, ctx: &Context) -> Result<(), String> {
+        ctx.shared
+            .health
+            .wait_all_reported(ctx.name(), FIRST_REPORT_WAIT, &|| ctx.stopping());
+        loop {
+            if ctx.stopping() {
+                return Ok(());
+            }
+            let timer = crate::services::Iteration::start(ctx, "heartbeat");
+            match self.write(ctx) {
+                Ok(()) => {
+                    timer.succeeded();
+                    ctx.healthy()
+                }
+                Err(e) => {
+                    timer.failed();
+                    ctx.unhealthy(e)
+                }
+            }
+            if !ctx.sleep(self.interval) {
+                return Ok(());
+            }
+        }
+    }
+}

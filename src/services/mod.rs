@@ -1,0 +1,217 @@
+//! The services tbot runs, each on its own named thread (see `supervisor`).
+//!
+//! A service is a type implementing [`Service`]. It reports its health through
+//! its [`Context`] and returns from `run` when the context says stop. Adding a
+//! service is one file here plus one arm in [`build`].
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::config::{Config, ServiceConfig};
+use crate::health::{Health, Status, Update};
+use crate::metrics::Metrics;
+
+pub mod heartbeat;
+
+/// What every service implements.
+pub trait Service: Send + 'static {
+    /// The service's `type`, as shown in metrics and the heartbeat record.
+    fn kind(&self) -> &'static str;
+
+    /// Does the service's work until `ctx.stop()` fires, then returns `Ok`.
+    /// Returning early (with an error, `Ok`, or by panicking) makes the
+    /// supervisor report the service unhealthy and call `run` again after a
+    /// backoff.
+    fn run(&mut self, ctx: &Context) -> Result<(), String>;
+}
+
+/// What all services share: built once at start-up.
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub health: Health,
+    pub metrics: Arc<Metrics>,
+    /// "Re-issue now" notices from `ca-rotation` to every identity output.
+    pub reissue: Bus,
+}
+
+/// A fan-out of wake-up notices: each subscriber gets its own channel.
+#[derive(Default)]
+pub struct Bus {
+    subscribers: Mutex<Vec<Sender<()>>>,
+}
+
+impl Bus {
+    pub fn subscribe(&self) -> Receiver<()> {
+        // Capacity 1: a pending notice already says "do it now".
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(tx);
+        rx
+    }
+
+    /// Notifies every live subscriber; forgets the ones that went away.
+    pub fn publish(&self) -> usize {
+        let mut subs = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
+        subs.retain(|tx| {
+            !matches!(
+                tx.try_send(()),
+                Err(crossbeam_channel::TrySendError::Disconnected(_))
+            )
+        });
+        subs.len()
+    }
+}
+
+/// A service's handle on the rest of the daemon.
+pub struct Context {
+    name: String,
+    updates: Sender<Update>,
+    stop: Receiver<()>,
+    pub shared: Arc<Shared>,
+}
+
+impl Context {
+    pub fn new(
+        name: String,
+        updates: Sender<Update>,
+        stop: Receiver<()>,
+        shared: Arc<Shared>,
+    ) -> Context {
+        Context {
+            name,
+            updates,
+            stop,
+            shared,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn report(&self, status: Status, reason: impl Into<String>) {
+        // The applier outlives every service; a send can only fail during
+        // process teardown, when nobody is left to read the table anyway.
+        let _ = self.updates.send(Update {
+            service: self.name.clone(),
+            status,
+            reason: reason.into(),
+        });
+    }
+
+    pub fn healthy(&self) {
+        self.report(Status::Healthy, String::new());
+    }
+
+    pub fn unhealthy(&self, reason: impl Into<String>) {
+        self.report(Status::Unhealthy, reason);
+    }
+
+    /// Never yields a value; becomes ready (disconnected) when tbot stops.
+    /// Use it in `crossbeam_channel::select!`.
+    pub fn stop(&self) -> &Receiver<()> {
+        &self.stop
+    }
+
+    pub fn stopping(&self) -> bool {
+        matches!(
+            self.stop.try_recv(),
+            Err(crossbeam_channel::TryRecvError::Disconnected)
+        )
+    }
+
+    /// Sleeps `d` unless tbot stops first. Returns false when stopping.
+    pub fn sleep(&self, d: Duration) -> bool {
+        !matches!(
+            self.stop.recv_timeout(d),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected)
+        )
+    }
+}
+
+/// One service to run: its unique name and the implementation.
+pub struct Spec {
+    pub name: String,
+    pub service: Box<dyn Service>,
+}
+
+/// Every service of this configuration, internal ones first.
+pub fn build(config: &Config) -> Vec<Spec> {
+    let mut specs = vec![Spec {
+        name: "heartbeat".into(),
+        service: Box::new(heartbeat::Heartbeat::new(config)),
+    }];
+    for s in &config.services {
+        let service: Box<dyn Service> = match s {
+            ServiceConfig::Identity(_) | ServiceConfig::SshMultiplexer(_) => {
+                Box::new(NotYetBuilt { kind: s.kind() })
+            }
+        };
+        specs.push(Spec {
+            name: s.name().to_string(),
+            service,
+        });
+    }
+    specs
+}
+
+/// Stands in for a service type this build cannot run yet: honest about it.
+struct NotYetBuilt {
+    kind: &'static str,
+}
+
+impl Service for NotYetBuilt {
+    fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    fn run(&mut self, ctx: &Context) -> Result<(), String> {
+        ctx.unhealthy(format!(
+            "service type {:?} is not implemented in this build",
+            self.kind
+        ));
+        let _ = ctx.stop().recv();
+        Ok(())
+    }
+}
+
+/// Times one iteration of a service's loop into the `tbot_task_*` metrics.
+pub struct Iteration<'a> {
+    ctx: &'a Context,
+    task: &'static str,
+    started: Instant,
+}
+
+impl<'a> Iteration<'a> {
+    pub fn start(ctx: &'a Context, task: &'static str) -> Iteration<'a> {
+        Iteration {
+            ctx,
+            task,
+            started: Instant::now(),
+        }
+    }
+
+    fn finish(self, failed: bool) {
+        let m = &self.ctx.shared.metrics;
+        let labels = [self.ctx.name(), self.task];
+        m.task_iterations.with_label_values(&labels).inc();
+        if failed {
+            m.task_iterations_failed.with_label_values(&labels).inc();
+        }
+        m.task_iteration_duration
+            .with_label_values(&labels)
+            .observe(self.started.elapsed().as_secs_f64());
+    }
+
+    pub fn succeeded(self) {
+        self.finish(false)
+    }
+
+    pub fn failed(self) {
+        self.finish(true)
+    }
+}

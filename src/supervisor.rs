@@ -1,0 +1,133 @@
+//! Runs each service on its own named OS thread and keeps it running.
+//!
+//! A service whose `run` returns early, fails or panics is reported
+//! `unhealthy` with the reason (the panic message for a panic) and started
+//! again after an exponential backoff (1 s, 2 s, 4 s … 60 s). The backoff
+//! resets once a run has lasted longer than the longest backoff. Nothing a
+//! service does can take the process down.
+
+use std::any::Any;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::health::Update;
+use crate::log;
+use crate::services::{Context, Shared, Spec};
+
+pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// Installs a panic hook that logs one line through tbot's logger (instead
+/// of the default multi-line stderr message) and names the thread.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("unnamed").to_string();
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        log::error(
+            "thread panicked",
+            &[
+                ("thread", &name),
+                ("panic", &panic_message(info.payload())),
+                ("at", &location),
+            ],
+        );
+    }));
+}
+
+/// The text of a panic payload (`panic!("...")` gives `&str` or `String`).
+pub fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-text payload".to_string()
+    }
+}
+
+/// A spawned service thread.
+pub struct Running {
+    pub name: String,
+    pub handle: JoinHandle<()>,
+}
+
+/// Starts every service on a thread named after it.
+pub fn start(
+    specs: Vec<Spec>,
+    updates: &Sender<Update>,
+    stop: &Receiver<()>,
+    shared: &Arc<Shared>,
+) -> std::io::Result<Vec<Running>> {
+    let mut running = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let ctx = Context::new(
+            spec.name.clone(),
+            updates.clone(),
+            stop.clone(),
+            shared.clone(),
+        );
+        let handle = crate::threads::spawn(&spec.name, move || supervise(spec.service, ctx))?;
+        running.push(Running {
+            name: spec.name,
+            handle,
+        });
+    }
+    Ok(running)
+}
+
+fn supervise(mut service: Box<dyn crate::services::Service>, ctx: Context) {
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let started = Instant::now();
+        let outcome = catch_unwind(AssertUnwindSafe(|| service.run(&ctx)));
+        if ctx.stopping() {
+            return;
+        }
+        let reason = match outcome {
+            Ok(Ok(())) => "service stopped unexpectedly".to_string(),
+            Ok(Err(e)) => e,
+            Err(payload) => format!("panicked: {}", panic_message(payload.as_ref())),
+        };
+        if started.elapsed() > MAX_BACKOFF {
+            backoff = FIRST_BACKOFF;
+        }
+        log::error(
+            "service failed; restarting",
+            &[
+                ("service", &ctx.name()),
+                ("reason", &reason),
+                ("restart_in", &crate::duration::format(backoff)),
+            ],
+        );
+        ctx.unhealthy(reason);
+        if !ctx.sleep(backoff) {
+            return;
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn panic_messages_are_extracted() {
+        let p = catch_unwind(|| panic!("boom {}", 7))
+            .err()
+            .map(|p| panic_message(p.as_ref()));
+        assert_eq!(p.as_deref(), Some("boom 7"));
+        let p = catch_unwind(|| panic!("static"))
+            .err()
+            .map(|p| panic_message(p.as_ref()));
+        assert_eq!(p.as_deref(), Some("static"));
+    }
+}

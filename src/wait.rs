@@ -1,0 +1,134 @@
+//! `tbot wait`: poll a running bot's `/wait` until it answers 200.
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use crate::cli::WaitArgs;
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Longest single `/wait` request; the loop asks again after it.
+const MAX_POLL: Duration = Duration::from_secs(10);
+
+/// One HTTP GET with every step bounded by `timeout`. Returns (status, body).
+pub fn http_get(addr: &str, path: &str, timeout: Duration) -> Result<(u16, String), String> {
+    let timeout = timeout.max(Duration::from_millis(10));
+    let sock = addr
+        .to_socket_addrs()
+        .map_err(|e| format!("{addr}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{addr}: resolves to no address"))?;
+    let mut s = TcpStream::connect_timeout(&sock, timeout).map_err(|e| format!("{addr}: {e}"))?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: tbot-wait\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("{addr}: {e}"))?;
+    let mut buf = Vec::new();
+    s.take(1 << 20)
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("{addr}: {e}"))?;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("{addr}: not an HTTP response"))?;
+    Ok((status, body.to_string()))
+}
+
+/// What was not ready, from a /readyz-shaped body.
+fn describe(body: &str, service: Option<&str>) -> String {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(body) else {
+        return body.trim().to_string();
+    };
+    let one = |name: &str, e: &serde_json::Value| {
+        let status = e["status"].as_str().unwrap_or("unknown");
+        match e["reason"].as_str() {
+            Some(r) => format!("{name} is {status}: {r}"),
+            None => format!("{name} is {status}"),
+        }
+    };
+    if let Some(err) = v["error"].as_str() {
+        return err.to_string();
+    }
+    match (service, v["services"].as_object()) {
+        (Some(name), _) => one(name, &v),
+        (None, Some(services)) => {
+            let bad: Vec<String> = services
+                .iter()
+                .filter(|(_, e)| e["status"] != "healthy")
+                .map(|(n, e)| one(n, e))
+                .collect();
+            if bad.is_empty() {
+                "not ready".into()
+            } else {
+                bad.join("; ")
+            }
+        }
+        (None, None) => body.trim().to_string(),
+    }
+}
+
+/// Exit code: 0 ready, 1 timed out.
+pub fn run(args: &WaitArgs) -> i32 {
+    let deadline = Instant::now() + args.timeout;
+    let base = match &args.service {
+        Some(s) => format!("/wait/{}", encode(s)),
+        None => "/wait".to_string(),
+    };
+    let mut backoff = FIRST_BACKOFF;
+    let mut last;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let poll = left.min(MAX_POLL);
+        let path = format!("{base}?timeout={}ms", poll.as_millis());
+        match http_get(&args.diag_addr, &path, poll + Duration::from_secs(2)) {
+            Ok((200, _)) => {
+                crate::log::info(
+                    "ready",
+                    &[
+                        ("addr", &args.diag_addr),
+                        ("service", &args.service.as_deref().unwrap_or("all")),
+                    ],
+                );
+                return 0;
+            }
+            Ok((status, body)) => {
+                last = format!(
+                    "HTTP {status}: {}",
+                    describe(&body, args.service.as_deref())
+                )
+            }
+            Err(e) => last = e,
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            eprintln!(
+                "tbot wait: not ready after {}: {last}",
+                crate::duration::format(args.timeout)
+            );
+            return 1;
+        }
+        std::thread::sleep(backoff.min(left));
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Percent-encodes a service name for the path.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
