@@ -50,6 +50,7 @@ pub struct Issuer {
     ca: PrivateKey,
     key_path: PathBuf,
     fingerprint: String,
+    ca_public: String,
     stamp: KeyFileStamp,
 }
 
@@ -119,7 +120,7 @@ impl Issuer {
         let key_path = storage_dir.join(CA_KEY_FILE);
         let (bytes, stamp) = read_key_file(&key_path)?;
         let ca = parse_ca_key(&bytes).map_err(|e| format!("{}: {e}", key_path.display()))?;
-        Ok(Issuer::new(ca, key_path, stamp))
+        Issuer::new(ca, key_path, stamp)
     }
 
     fn create(key_path: PathBuf) -> Result<Issuer, String> {
@@ -132,17 +133,23 @@ impl Issuer {
             .map_err(|e| at(&format!("encoding the CA key: {e}")))?;
         write_atomic(&key_path, pem.as_bytes(), 0o600).map_err(|e| at(&e))?;
         let stamp = ca_key_stamp_at(&key_path)?;
-        Ok(Issuer::new(ca, key_path, stamp))
+        Issuer::new(ca, key_path, stamp)
     }
 
-    fn new(ca: PrivateKey, key_path: PathBuf, stamp: KeyFileStamp) -> Issuer {
+    fn new(ca: PrivateKey, key_path: PathBuf, stamp: KeyFileStamp) -> Result<Issuer, String> {
         let fingerprint = ca.public_key().fingerprint(HashAlg::Sha256).to_string();
-        Issuer {
+        let mut public = ca.public_key().clone();
+        public.set_comment(CA_COMMENT);
+        let ca_public = public
+            .to_openssh()
+            .map_err(|e| format!("{}: encoding the CA public key: {e}", key_path.display()))?;
+        Ok(Issuer {
             ca,
             key_path,
             fingerprint,
+            ca_public,
             stamp,
-        }
+        })
     }
 
     /// `SHA256:<base64>`, as `ssh-keygen -l` prints it.
@@ -163,13 +170,7 @@ impl Issuer {
     /// `ssh-ed25519 AAAA... tbot-ca` (one line, no newline), for
     /// `TrustedUserCAKeys` / `ssh_ca.pub`.
     pub fn ca_public_openssh(&self) -> String {
-        let mut public = self.ca.public_key().clone();
-        public.set_comment(CA_COMMENT);
-        // Encoding an ed25519 public key into a String cannot fail; fall back
-        // to a bare line rather than panic if the crate ever says otherwise.
-        public
-            .to_openssh()
-            .unwrap_or_else(|e| format!("# cannot encode CA public key: {e}"))
+        self.ca_public.clone()
     }
 
     /// Generates a fresh ed25519 key pair and signs an OpenSSH user
