@@ -13,6 +13,10 @@ mod diag;
 mod duration;
 mod fsutil;
 mod health;
+#[allow(dead_code)] // wired in by the identity services
+mod identity_files;
+#[allow(dead_code)]
+mod issuer;
 mod log;
 mod metrics;
 mod services;
@@ -20,6 +24,14 @@ mod signals;
 mod supervisor;
 mod systemd;
 mod threads;
+#[cfg(test)]
+mod testutil;
+// The integration-test sshd harness, reused so unit tests can prove that the
+// certificates the issuer writes get a real login.
+#[cfg(test)]
+#[path = "../tests/support/sshd.rs"]
+#[allow(dead_code)]
+mod sshd_harness;
 mod timefmt;
 mod wait;
 
