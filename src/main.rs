@@ -23,9 +23,9 @@ mod services;
 mod signals;
 mod supervisor;
 mod systemd;
-mod threads;
 #[cfg(test)]
 mod testutil;
+mod threads;
 // The integration-test sshd harness, reused so unit tests can prove that the
 // certificates the issuer writes get a real login.
 #[cfg(test)]
