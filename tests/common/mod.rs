@@ -102,16 +102,14 @@ impl Tbot {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let t = Tbot::spawn(cmd, dir);
+        let mut t = Tbot::spawn(cmd, dir);
         let addr = t.wait_log_value(
             "diagnostics service listening",
             "addr",
             Duration::from_secs(10),
         );
-        Tbot {
-            addr: addr.and_then(|a| a.parse().ok()),
-            ..t
-        }
+        t.addr = addr.and_then(|a| a.parse().ok());
+        t
     }
 
     /// Spawns any tbot command, capturing stderr into the log.
