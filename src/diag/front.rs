@@ -20,13 +20,16 @@
 //! Accept errors (EMFILE and friends) never end the loop: a reserve file
 //! descriptor lets the front accept and refuse a client even when the process
 //! is out of descriptors, and new connections resume as soon as fds free up.
+//! If tiny_http stops listening on its socket (its accept thread dies on
+//! some accept-time errors, one of them a panic), the front notices the
+//! refused connection and the serving loop rebuilds it.
 
 use std::fs::File;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -97,6 +100,12 @@ pub fn fit_to_fd_limit(wanted: usize) -> usize {
 /// Where tiny_http listens now (it moves if the serving loop rebuilds it).
 pub type BackendPath = Arc<Mutex<PathBuf>>;
 
+/// Called with the path of a backend socket that refused a connection: no
+/// one listens there any more. tiny_http's accept thread can die without a
+/// word (it panics on an unwrapped `try_clone` when the process is out of
+/// descriptors), so the front is the one that notices.
+pub type BackendLost = Arc<dyn Fn(&Path) + Send + Sync>;
+
 enum State {
     Head {
         buf: Vec<u8>,
@@ -128,6 +137,7 @@ struct Conn {
 pub struct Front {
     listener: TcpListener,
     backend: BackendPath,
+    backend_lost: BackendLost,
     limits: Limits,
     /// Readable (hang-up) when the daemon stops.
     stop: UnixStream,
@@ -135,12 +145,14 @@ pub struct Front {
     conns: Vec<Conn>,
     accept_paused_until: Option<Instant>,
     last_accept_error: Option<Instant>,
+    last_backend_error: Option<Instant>,
 }
 
 impl Front {
     pub fn new(
         listener: TcpListener,
         backend: BackendPath,
+        backend_lost: BackendLost,
         limits: Limits,
         stop: UnixStream,
     ) -> io::Result<Front> {
@@ -149,12 +161,14 @@ impl Front {
         Ok(Front {
             listener,
             backend,
+            backend_lost,
             limits,
             stop,
             reserve: File::open("/dev/null").ok(),
             conns: Vec::new(),
             accept_paused_until: None,
             last_accept_error: None,
+            last_backend_error: None,
         })
     }
 
@@ -302,13 +316,7 @@ impl Front {
     }
 
     fn note_accept_error(&mut self, e: &io::Error) {
-        // At most one line a second, however hard the port is hit.
-        let now = Instant::now();
-        if self
-            .last_accept_error
-            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
-        {
-            self.last_accept_error = Some(now);
+        if once_a_second(&mut self.last_accept_error) {
             log::warn(
                 "diagnostics front: accept failed; still listening",
                 &[("error", e)],
@@ -380,6 +388,7 @@ impl Front {
     fn step(&mut self, i: usize, now: Instant) -> bool {
         let limits = self.limits.clone();
         let backend = self.backend.clone();
+        let last_backend_error = &mut self.last_backend_error;
         let c = &mut self.conns[i];
         match &mut c.state {
             State::Head { buf } => {
@@ -425,10 +434,18 @@ impl Front {
                                 c.deadline = now + limits.response_timeout;
                             }
                             Err(e) => {
-                                log::warn(
-                                    "diagnostics front: cannot reach the serving loop",
-                                    &[("error", &e)],
-                                );
+                                if matches!(
+                                    e.kind(),
+                                    ErrorKind::ConnectionRefused | ErrorKind::NotFound
+                                ) {
+                                    (self.backend_lost)(&path);
+                                }
+                                if once_a_second(last_backend_error) {
+                                    log::warn(
+                                        "diagnostics front: cannot reach the serving loop",
+                                        &[("error", &e)],
+                                    );
+                                }
                                 let out = simple_response(
                                     503,
                                     "the diagnostics service is busy; try again",
@@ -469,7 +486,15 @@ impl Front {
                 let mut chunk = [0u8; 16 * 1024];
                 match (&*up).read(&mut chunk) {
                     Ok(0) => {
-                        let out = std::mem::take(resp);
+                        let mut out = std::mem::take(resp);
+                        if out.is_empty() {
+                            // tiny_http dropped the connection (its accept
+                            // thread died with it): say so, not just close.
+                            out = simple_response(
+                                502,
+                                "the diagnostics service closed the connection without answering",
+                            );
+                        }
                         c.state = State::Reply {
                             out,
                             sent: 0,
@@ -539,6 +564,17 @@ impl Front {
             }
         }
     }
+}
+
+/// Rate limit for warnings the network can trigger at will: true at most
+/// once a second, however hard the port is hit.
+fn once_a_second(last: &mut Option<Instant>) -> bool {
+    let now = Instant::now();
+    if last.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {
+        return false;
+    }
+    *last = Some(now);
+    true
 }
 
 fn pollfd(fd: RawFd, events: i16) -> libc::pollfd {
@@ -620,6 +656,7 @@ fn simple_response(status: u16, message: &str) -> Vec<u8> {
         408 => "Request Timeout",
         413 => "Content Too Large",
         431 => "Request Header Fields Too Large",
+        502 => "Bad Gateway",
         503 => "Service Unavailable",
         504 => "Gateway Timeout",
         _ => "Error",
