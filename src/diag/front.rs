@@ -50,6 +50,9 @@ pub struct Limits {
     pub response_timeout: Duration,
     /// Time a client has to take the whole response.
     pub write_timeout: Duration,
+    /// Time the endpoints still have once the client has shut down its
+    /// sending side (a half-close looks the same as a client that went away).
+    pub half_close_grace: Duration,
     /// Largest response relayed.
     pub max_response_bytes: usize,
     /// After refusing a request, how long and how much of the client's
@@ -67,6 +70,7 @@ impl Default for Limits {
             head_timeout: Duration::from_secs(10),
             response_timeout: Duration::from_secs(330),
             write_timeout: Duration::from_secs(10),
+            half_close_grace: Duration::from_secs(2),
             max_response_bytes: 64 * 1024 * 1024,
             linger_time: Duration::from_secs(1),
             linger_bytes: 1024 * 1024,
@@ -132,6 +136,9 @@ struct Conn {
     state: State,
     since: Instant,
     deadline: Instant,
+    /// The client shut down its sending side while its request was with
+    /// tiny_http.
+    half_closed: bool,
 }
 
 pub struct Front {
@@ -208,10 +215,12 @@ impl Front {
                 });
             }
             // Clients that hang up while their request is with tiny_http
-            // (a parked /wait) free their slot at once.
+            // (a parked /wait) free their slot soon: a reset at once, an
+            // end of stream (a close or a mere half-close, which look the
+            // same) after a short grace in which the answer can still go out.
             let watch_start = fds.len();
             for c in &self.conns {
-                let fd = if matches!(c.state, State::Backend { .. }) {
+                let fd = if matches!(c.state, State::Backend { .. }) && !c.half_closed {
                     c.client.as_raw_fd()
                 } else {
                     -1
@@ -249,7 +258,12 @@ impl Front {
                 .collect();
             for i in (0..self.conns.len()).rev() {
                 let (ev, watch) = ready[i];
-                let keep = if watch & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0 {
+                if watch & libc::POLLRDHUP != 0 {
+                    let c = &mut self.conns[i];
+                    c.half_closed = true;
+                    c.deadline = c.deadline.min(now + self.limits.half_close_grace);
+                }
+                let keep = if watch & (libc::POLLHUP | libc::POLLERR) != 0 {
                     false
                 } else if ev != 0 {
                     self.step(i, now)
@@ -362,6 +376,7 @@ impl Front {
             },
             since: now,
             deadline: now + self.limits.head_timeout,
+            half_closed: false,
         });
     }
 
