@@ -999,6 +999,14 @@ fn peer_comparison() {
             took.as_secs_f64() * 1e3
         );
     }
+    let mut s = connect(addr).expect("connect");
+    let _ = s.write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n");
+    let _ = s.shutdown(Shutdown::Write);
+    let resp = read_all(&mut s, Instant::now() + Duration::from_secs(5));
+    println!(
+        "{name}: /livez from a client that half-closes: {:?}",
+        status_of(&resp)
+    );
     let (status, took) = probe_livez(addr);
     println!("{name}: /livez afterwards: {status:?} in {took:?}");
     assert_eq!(status, Some(200), "{name} stopped serving");
