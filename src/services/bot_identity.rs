@@ -37,22 +37,32 @@ impl BotIdentity {
 pub fn install(ctx: &Context, issuer: Issuer) {
     let fingerprint = issuer.fingerprint().to_string();
     let path = issuer.key_path().display().to_string();
-    match ctx.shared.ca.install(issuer) {
-        Installed::Same => return,
-        Installed::First => log::info(
-            "the bot's CA is loaded",
-            &[("path", &path), ("fingerprint", &fingerprint)],
-        ),
-        Installed::Rotated { previous } => log::info(
-            "the bot's CA key changed; re-issuing every identity output",
-            &[
-                ("path", &path),
-                ("previous", &previous),
-                ("fingerprint", &fingerprint),
-            ],
-        ),
+    let ca = &ctx.shared.ca;
+    let changed = match ca.install(issuer) {
+        Installed::Same => false,
+        Installed::First => {
+            log::info(
+                "the bot's CA is loaded",
+                &[("path", &path), ("fingerprint", &fingerprint)],
+            );
+            true
+        }
+        Installed::Rotated { previous } => {
+            log::info(
+                "the bot's CA key changed; re-issuing every identity output",
+                &[
+                    ("path", &path),
+                    ("previous", &previous),
+                    ("fingerprint", &fingerprint),
+                ],
+            );
+            true
+        }
+    };
+    if changed {
+        ctx.shared.reissue.publish();
     }
-    ctx.shared.reissue.publish();
+    ca.mark_attempted();
 }
 
 impl Service for BotIdentity {

@@ -58,7 +58,10 @@ impl CurrentCa {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn mark_attempted(&self) {
+    /// Ends the wait on [`attempted`](CurrentCa::attempted). The loader
+    /// calls it after announcing a first install on the reissue bus, so that
+    /// no output issues before that notice (and then again because of it).
+    pub fn mark_attempted(&self) {
         self.attempted_tx
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -72,6 +75,7 @@ impl CurrentCa {
     }
 
     /// Makes `issuer` the current CA unless it has the current fingerprint.
+    /// Call [`mark_attempted`](CurrentCa::mark_attempted) afterwards.
     pub fn install(&self, issuer: Issuer) -> Installed {
         let outcome = {
             let mut s = self.lock();
@@ -87,7 +91,6 @@ impl CurrentCa {
             }
             outcome
         };
-        self.mark_attempted();
         outcome
     }
 
@@ -138,7 +141,18 @@ mod tests {
             "the bot's CA could not be loaded: ca_key: broken"
         );
 
-        let a = Issuer::load_or_create(&d.0).unwrap();
+        let fresh = CurrentCa::default();
+        assert_eq!(
+            fresh.install(Issuer::load_or_create(&d.0).unwrap()),
+            Installed::First
+        );
+        fresh.mark_attempted();
+        assert!(matches!(
+            fresh.attempted().try_recv(),
+            Err(crossbeam_channel::TryRecvError::Disconnected)
+        ));
+
+        let a = Issuer::load(&d.0).unwrap();
         let fp_a = a.fingerprint().to_string();
         assert_eq!(ca.install(a), Installed::First);
         assert_eq!(ca.get().unwrap().fingerprint(), fp_a);
