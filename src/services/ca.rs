@@ -117,25 +117,25 @@ impl CurrentCa {
 mod tests {
     use super::*;
     use crate::testutil::TestDir;
+    use crossbeam_channel::TryRecvError;
+
+    /// Empty while waiting for the first attempt, Disconnected after it.
+    fn attempted(ca: &CurrentCa) -> Option<TryRecvError> {
+        ca.attempted().try_recv().err()
+    }
 
     #[test]
     fn install_tells_first_same_and_rotated_apart() {
         let d = TestDir::new("current-ca");
         let ca = CurrentCa::default();
-        assert!(matches!(
-            ca.attempted().try_recv(),
-            Err(crossbeam_channel::TryRecvError::Empty)
-        ));
+        assert_eq!(attempted(&ca), Some(TryRecvError::Empty));
         assert_eq!(
             ca.get().unwrap_err(),
             "the bot's CA has not been loaded yet"
         );
 
         ca.record_failure("ca_key: broken");
-        assert!(matches!(
-            ca.attempted().try_recv(),
-            Err(crossbeam_channel::TryRecvError::Disconnected)
-        ));
+        assert_eq!(attempted(&ca), Some(TryRecvError::Disconnected));
         assert_eq!(
             ca.get().unwrap_err(),
             "the bot's CA could not be loaded: ca_key: broken"
@@ -147,10 +147,7 @@ mod tests {
             Installed::First
         );
         fresh.mark_attempted();
-        assert!(matches!(
-            fresh.attempted().try_recv(),
-            Err(crossbeam_channel::TryRecvError::Disconnected)
-        ));
+        assert_eq!(attempted(&fresh), Some(TryRecvError::Disconnected));
 
         let a = Issuer::load(&d.0).unwrap();
         let fp_a = a.fingerprint().to_string();
