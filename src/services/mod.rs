@@ -13,7 +13,11 @@ use crate::config::{Config, ServiceConfig};
 use crate::health::{Health, Status, Update};
 use crate::metrics::Metrics;
 
+pub mod bot_identity;
+pub mod ca;
+pub mod ca_rotation;
 pub mod heartbeat;
+pub mod identity;
 
 /// What every service implements.
 pub trait Service: Send + 'static {
@@ -34,6 +38,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// "Re-issue now" notices from `ca-rotation` to every identity output.
     pub reissue: Bus,
+    /// The CA the identity outputs sign with (see `ca`).
+    pub ca: ca::CurrentCa,
 }
 
 /// A fan-out of wake-up notices: each subscriber gets its own channel.
@@ -141,15 +147,24 @@ pub struct Spec {
 
 /// Every service of this configuration, internal ones first.
 pub fn build(config: &Config) -> Vec<Spec> {
-    let mut specs = vec![Spec {
-        name: "heartbeat".into(),
-        service: Box::new(heartbeat::Heartbeat::new(config)),
-    }];
+    let mut specs = vec![
+        Spec {
+            name: "identity".into(),
+            service: Box::new(bot_identity::BotIdentity::new(config)),
+        },
+        Spec {
+            name: "ca-rotation".into(),
+            service: Box::new(ca_rotation::CaRotation::new(config)),
+        },
+        Spec {
+            name: "heartbeat".into(),
+            service: Box::new(heartbeat::Heartbeat::new(config)),
+        },
+    ];
     for s in &config.services {
         let service: Box<dyn Service> = match s {
-            ServiceConfig::Identity(_) | ServiceConfig::SshMultiplexer(_) => {
-                Box::new(NotYetBuilt { kind: s.kind() })
-            }
+            ServiceConfig::Identity(c) => Box::new(identity::IdentityOutput::new(c.clone())),
+            ServiceConfig::SshMultiplexer(_) => Box::new(NotYetBuilt { kind: s.kind() }),
         };
         specs.push(Spec {
             name: s.name().to_string(),
