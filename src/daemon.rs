@@ -57,6 +57,14 @@ pub fn configure(args: &StartArgs) -> Result<Config, String> {
         &[
             ("file", &config.file),
             ("services", &config.services.len()),
+            (
+                "credential_ttl",
+                &crate::duration::format(config.credential_ttl),
+            ),
+            (
+                "renewal_interval",
+                &crate::duration::format(config.renewal_interval),
+            ),
             ("debug", &config.debug),
         ],
     );

@@ -102,13 +102,16 @@ fn overall<'a>(entries: impl Iterator<Item = &'a Entry>) -> Status {
     status
 }
 
+/// A callback run after each applied update.
+type Listener = Box<dyn Fn() + Send>;
+
 /// Shared handle on the table. Cheap to clone.
 #[derive(Clone)]
 pub struct Health {
     inner: Arc<(Mutex<Table>, Condvar)>,
     metrics: Arc<Metrics>,
     /// Called after every applied update (e.g. to wake the HTTP loop).
-    listeners: Arc<Mutex<Vec<Box<dyn Fn() + Send>>>>,
+    listeners: Arc<Mutex<Vec<Listener>>>,
 }
 
 impl Health {

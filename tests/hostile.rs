@@ -290,6 +290,8 @@ fn start(tag: &str, extra_top: &str, args: &[&str]) -> Tbot {
     let cfg = config_text(dir.path(), extra_top, "");
     let t = Tbot::start(dir, &cfg, args);
     assert_eq!(t.get("/livez").status, 200);
+    // Every service healthy first, so a 503 below means the front refused.
+    t.until("/readyz", Duration::from_secs(10), |r| r.status == 200);
     t
 }
 

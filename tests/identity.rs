@@ -499,8 +499,16 @@ fn sigkill_in_a_tight_renewal_loop_never_leaves_a_broken_file() {
             .spawn()
             .unwrap();
         last_pid = child.id();
-        // Long enough for a few renewals, at a different point each time.
-        std::thread::sleep(Duration::from_millis(120 + rng.below(300)));
+        // Wait for this run's first renewal (a loaded machine can take a
+        // while to start), then kill at a different point each time.
+        let before = fs::read(outs[0].join("key-cert.pub")).ok();
+        let started = std::time::Instant::now();
+        while fs::read(outs[0].join("key-cert.pub")).ok() == before
+            && started.elapsed() < Duration::from_secs(10)
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(rng.below(300)));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
 

@@ -868,7 +868,7 @@ mod tests {
         ));
         let many: String = (0..100).map(|i| format!("X-{i}: y\r\n")).collect();
         assert!(matches!(
-            parse(&format!("GET / HTTP/1.1\r\n{many}\r\n")),
+            parse(format!("GET / HTTP/1.1\r\n{many}\r\n")),
             Parsed::Refuse(431, _)
         ));
         let long = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(20_000));
