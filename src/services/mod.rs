@@ -14,6 +14,7 @@ use crate::health::{Health, Status, Update};
 use crate::metrics::Metrics;
 
 pub mod heartbeat;
+pub mod ssh_multiplexer;
 
 /// What every service implements.
 pub trait Service: Send + 'static {
@@ -147,8 +148,9 @@ pub fn build(config: &Config) -> Vec<Spec> {
     }];
     for s in &config.services {
         let service: Box<dyn Service> = match s {
-            ServiceConfig::Identity(_) | ServiceConfig::SshMultiplexer(_) => {
-                Box::new(NotYetBuilt { kind: s.kind() })
+            ServiceConfig::Identity(_) => Box::new(NotYetBuilt { kind: s.kind() }),
+            ServiceConfig::SshMultiplexer(m) => {
+                Box::new(ssh_multiplexer::SshMultiplexer::new(m, config))
             }
         };
         specs.push(Spec {
