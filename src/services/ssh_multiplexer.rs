@@ -32,6 +32,7 @@
 //! its end; `ERROR`: anything refused or failed before that); `in_flight`
 //! is always started minus handled.
 
+use std::collections::VecDeque;
 use std::fs;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -72,6 +73,10 @@ const OWNERSHIP_CHECK: Duration = Duration::from_secs(2);
 /// as long as `v1.sock`, so the path length check covers both.
 const TEMP_SOCKET_NAME: &str = ".v1.tmp";
 const RELAY_BUFFER: usize = 64 * 1024;
+/// After refusing a request, how long and how much of the client's
+/// remaining input is read and dropped so that it can read the reason.
+const LINGER_TIME: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 64 * 1024;
 
 pub struct SshMultiplexer {
     config: MultiplexerConfig,
@@ -144,17 +149,23 @@ impl Service for SshMultiplexer {
 }
 
 fn accept_loop(socket: &Socket, conns: &Connections, ctx: &Context) -> Result<(), String> {
-    let fd = socket.listener.as_raw_fd();
+    let mut lingering = Lingering::default();
     let mut checked = Instant::now();
+    let mut fds = Vec::new();
     loop {
         if ctx.stopping() {
             return Ok(());
         }
-        let readable = wait_readable(fd, POLL_INTERVAL)
+        fds.clear();
+        fds.push(pollfd(socket.listener.as_raw_fd(), libc::POLLIN));
+        fds.extend(lingering.fds().map(|fd| pollfd(fd, libc::POLLIN)));
+        poll(&mut fds, lingering.timeout(POLL_INTERVAL))
             .map_err(|e| format!("{}: poll: {e}", socket.path.display()))?;
+        let readable = fds[0].revents != 0;
+        lingering.drain();
         while readable && !ctx.stopping() {
             match socket.listener.accept() {
-                Ok((stream, _)) => conns.handle(stream),
+                Ok((stream, _)) => conns.handle(stream, &mut lingering),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e)
                     if matches!(
@@ -182,23 +193,22 @@ fn accept_loop(socket: &Socket, conns: &Connections, ctx: &Context) -> Result<()
     }
 }
 
-/// Waits until `fd` is readable (or hung up); false on timeout.
-pub fn wait_readable(fd: RawFd, timeout: Duration) -> io::Result<bool> {
-    wait_for(fd, libc::POLLIN, timeout)
-}
-
-fn wait_for(fd: RawFd, events: i16, timeout: Duration) -> io::Result<bool> {
-    let mut p = libc::pollfd {
+fn pollfd(fd: RawFd, events: i16) -> libc::pollfd {
+    libc::pollfd {
         fd,
         events,
         revents: 0,
-    };
+    }
+}
+
+/// poll(2) on `fds` for at most `timeout`; the number of ready descriptors.
+fn poll(fds: &mut [libc::pollfd], timeout: Duration) -> io::Result<usize> {
     let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
     loop {
-        // SAFETY: one valid, initialised pollfd.
-        let n = unsafe { libc::poll(&mut p, 1, ms) };
-        if n >= 0 {
-            return Ok(n > 0);
+        // SAFETY: a valid, initialised slice of pollfd of the length given.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        if let Ok(n) = usize::try_from(n) {
+            return Ok(n);
         }
         let e = io::Error::last_os_error();
         if e.kind() != ErrorKind::Interrupted {
@@ -207,9 +217,14 @@ fn wait_for(fd: RawFd, events: i16, timeout: Duration) -> io::Result<bool> {
     }
 }
 
+/// Waits until `fd` is readable (or hung up); false on timeout.
+pub fn wait_readable(fd: RawFd, timeout: Duration) -> io::Result<bool> {
+    poll(&mut [pollfd(fd, libc::POLLIN)], timeout).map(|n| n > 0)
+}
+
 /// Waits until `fd` can be written to, without a time limit.
 pub fn wait_writable(fd: RawFd) -> io::Result<()> {
-    wait_for(fd, libc::POLLOUT, Duration::from_secs(3600)).map(|_| ())
+    poll(&mut [pollfd(fd, libc::POLLOUT)], Duration::from_secs(3600)).map(|_| ())
 }
 
 fn absolute(p: &Path) -> Result<PathBuf, String> {
@@ -464,8 +479,9 @@ impl Drop for Slot {
 }
 
 impl Connections {
-    /// Called on the accept thread for every accepted connection; never blocks.
-    fn handle(&self, stream: UnixStream) {
+    /// Called on the accept thread for every accepted connection; never
+    /// blocks (a refused client lingers in `lingering`).
+    fn handle(&self, stream: UnixStream, lingering: &mut Lingering) {
         let request = Request::start(&self.metrics);
         // Only this thread adds to `active`, so check-then-add cannot overshoot.
         if self.active.load(Ordering::Acquire) >= self.max {
@@ -473,10 +489,7 @@ impl Connections {
                 "too many connections (max_connections is {}); try again later",
                 self.max
             );
-            // A fresh socket's buffer takes a short line without blocking;
-            // nonblocking anyway, so that the accept loop never waits.
-            let _ = stream.set_nonblocking(true);
-            self.fail(&stream, None, &reason);
+            self.refuse(stream, &reason, lingering);
             drop(request);
             return;
         }
@@ -492,19 +505,34 @@ impl Connections {
             // The closure (request, slot, stream) was dropped: counted ERROR.
             let reason = format!("cannot start a connection thread: {e}");
             match fallback {
-                Ok(s) => self.fail(&s, None, &reason),
+                Ok(s) => self.refuse(s, &reason, lingering),
                 Err(_) => fail(&self.service, None, None, &reason),
             }
         }
     }
 
-    fn fail(&self, stream: &UnixStream, target: Option<&str>, reason: &str) {
-        fail(&self.service, Some(stream), target, reason)
+    fn refuse(&self, stream: UnixStream, reason: &str, lingering: &mut Lingering) {
+        // A fresh socket's buffer takes a short line without blocking;
+        // nonblocking anyway, so that the accept loop never waits.
+        let _ = stream.set_nonblocking(true);
+        log_failure(&self.service, None, reason);
+        tell(&stream, reason);
+        lingering.add(stream);
     }
 }
 
-/// Logs a failed request and tells the client why, in one line.
+/// Logs a failed request and tells the client why, in one line, then
+/// lingers (see [`linger`]). For connection threads, which may block.
 fn fail(service: &str, stream: Option<&UnixStream>, target: Option<&str>, reason: &str) {
+    log_failure(service, target, reason);
+    if let Some(s) = stream {
+        let _ = s.set_write_timeout(Some(LINGER_TIME));
+        tell(s, reason);
+        linger(s);
+    }
+}
+
+fn log_failure(service: &str, target: Option<&str>, reason: &str) {
     log::warn(
         "ssh multiplexer request failed",
         &[
@@ -513,10 +541,89 @@ fn fail(service: &str, stream: Option<&UnixStream>, target: Option<&str>, reason
             ("error", &reason),
         ],
     );
-    if let Some(mut s) = stream {
-        let line = format!("{ERROR_PREFIX}{reason}\n");
-        let _ = s.set_write_timeout(Some(Duration::from_secs(1)));
-        let _ = s.write_all(line.as_bytes());
+}
+
+/// Writes the error line and half-closes: nothing else will come.
+fn tell(mut s: &UnixStream, reason: &str) {
+    let _ = s.write_all(format!("{ERROR_PREFIX}{reason}\n").as_bytes());
+    let _ = s.shutdown(std::net::Shutdown::Write);
+}
+
+/// After the error line, reads and drops what the client sends until it
+/// closes, for at most [`LINGER_TIME`] and [`LINGER_BYTES`]. A Unix socket
+/// closed with unread data resets its peer: the client's next read would
+/// fail with ECONNRESET (or its write of the request with EPIPE) instead of
+/// showing the line and a clean end.
+fn linger(s: &UnixStream) {
+    if s.set_nonblocking(true).is_err() {
+        return;
+    }
+    let end = Instant::now() + LINGER_TIME;
+    let mut total = 0;
+    while !drained(s, &mut total) {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() || wait_readable(s.as_raw_fd(), left).is_err() {
+            return;
+        }
+    }
+}
+
+/// Reads what a nonblocking socket holds; true once the client is done
+/// (EOF, an error, or [`LINGER_BYTES`] read in all).
+fn drained(mut s: &UnixStream, total: &mut usize) -> bool {
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(n) => {
+                *total += n;
+                if *total >= LINGER_BYTES {
+                    return true;
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return true,
+        }
+    }
+}
+
+/// Connections refused on the accept thread, lingering there (see
+/// [`linger`]) without blocking it: polled with the listener. At most
+/// [`MAX_LINGERING`]; past that the oldest is closed at once.
+#[derive(Default)]
+struct Lingering(VecDeque<(UnixStream, Instant, usize)>);
+
+const MAX_LINGERING: usize = 64;
+
+impl Lingering {
+    fn add(&mut self, s: UnixStream) {
+        if self.0.len() >= MAX_LINGERING {
+            self.0.pop_front();
+        }
+        let mut total = 0;
+        if !drained(&s, &mut total) {
+            self.0.push_back((s, Instant::now() + LINGER_TIME, total));
+        }
+    }
+
+    fn fds(&self) -> impl Iterator<Item = RawFd> + '_ {
+        self.0.iter().map(|(s, _, _)| s.as_raw_fd())
+    }
+
+    /// How long the accept loop may sleep: until the oldest one's time is up.
+    fn timeout(&self, max: Duration) -> Duration {
+        match self.0.front() {
+            Some((_, until, _)) => until.saturating_duration_since(Instant::now()).min(max),
+            None => max,
+        }
+    }
+
+    /// Reads what each sent; closes those done or out of time.
+    fn drain(&mut self) {
+        let now = Instant::now();
+        self.0
+            .retain_mut(|(s, until, total)| now < *until && !drained(s, total));
     }
 }
 
