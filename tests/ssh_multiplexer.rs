@@ -471,3 +471,219 @@ fn health_says_why_the_socket_cannot_be_bound_and_a_stale_one_is_replaced() {
     assert!(t.wait_log("service failed; restarting", Duration::from_secs(5)));
     assert_eq!(t.get("/readyz/good").status, 200);
 }
+
+// ---------------------------------------------------------------------------
+// Real OpenSSH through the multiplexer, with the bot's own identity output.
+
+#[path = "support/sshd.rs"]
+#[allow(dead_code)] // not every test uses every helper
+mod sshd;
+
+/// tbot with `id` and `mux` (see `mux_config`), once the identity output has
+/// written its files, and an sshd trusting the bot's CA. Returns the
+/// ssh_config the multiplexer wrote.
+fn start_mux_and_sshd(tag: &str) -> (Tbot, sshd::Sshd, PathBuf) {
+    let (t, socket) = start_mux(tag, "");
+    let id = t.dir.join("id");
+    t.until("/readyz/id", Duration::from_secs(20), |r| r.status == 200);
+    for f in ["key", "key-cert.pub", "ssh_ca.pub"] {
+        assert!(id.join(f).exists(), "identity output wrote no {f}");
+    }
+    // sshd re-reads TrustedUserCAKeys per login: give it its own copy.
+    let trusted = t.dir.join("trusted_ca.pub");
+    std::fs::copy(id.join("ssh_ca.pub"), &trusted).unwrap();
+    let sshd = sshd::Sshd::start(&trusted);
+    (t, sshd, socket.with_file_name("ssh_config"))
+}
+
+/// `ssh -F <ssh_config> -p PORT user@127.0.0.1 -- command`, host key
+/// checking off (the ssh_config leaves it to the user), nothing else of the
+/// machine's or the user's own.
+fn ssh(config: &Path, port: u16, user: &str, command: &str) -> Command {
+    let mut cmd = Command::new("ssh");
+    cmd.arg("-F").arg(config);
+    for o in [
+        "BatchMode=yes",
+        "StrictHostKeyChecking=no",
+        "UserKnownHostsFile=/dev/null",
+        "GlobalKnownHostsFile=/dev/null",
+        "IdentityAgent=none",
+        "LogLevel=ERROR",
+        "ConnectTimeout=30",
+    ] {
+        cmd.args(["-o", o]);
+    }
+    cmd.args(["-p", &port.to_string()])
+        .arg(format!("{user}@127.0.0.1"))
+        .args(["--", command])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// Command lines of every process whose arguments contain `needle`.
+fn processes_with(needle: &str) -> Vec<String> {
+    let out = Command::new("ps")
+        .args(["-eo", "pid,args"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Waits for `child` at most `timeout`; kills it (by PID) past that.
+fn wait_child(child: &mut std::process::Child, timeout: Duration) -> std::process::Output {
+    let end = Instant::now() + timeout;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > end {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = child.wait().unwrap();
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    if let Some(mut o) = child.stdout.take() {
+        o.read_to_end(&mut stdout).unwrap();
+    }
+    if let Some(mut e) = child.stderr.take() {
+        e.read_to_end(&mut stderr).unwrap();
+    }
+    std::process::Output {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
+#[test]
+fn ssh_reaches_a_real_sshd_through_the_multiplexer_and_no_helper_lives_on() {
+    let (t, sshd, config) = start_mux_and_sshd("mux-sshd");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let exe = std::fs::canonicalize(BIN).unwrap();
+    assert!(
+        text.contains(&format!(
+            "ProxyCommand '{}' ssh-multiplexer-proxy-command '{}' %h:%p",
+            exe.display(),
+            config.with_file_name("v1.sock").display()
+        )),
+        "{text}"
+    );
+    assert!(text.contains("ProxyUseFdpass yes"), "{text}");
+    let socket = config.with_file_name("v1.sock");
+    let socket = socket.to_str().unwrap();
+
+    let mut child = ssh(
+        &config,
+        sshd.port(),
+        sshd.user(),
+        "echo in-session; sleep 2; echo done",
+    )
+    .spawn()
+    .unwrap();
+    // Once the session runs, the proxy command has handed its socket over
+    // and exited; the ssh client itself is visible to the same scan.
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    assert_eq!(
+        line,
+        "in-session\n",
+        "ssh failed; sshd log:\n{}",
+        sshd.log()
+    );
+    assert_eq!(
+        metric(&t, IN_FLIGHT),
+        1,
+        "the session goes through the multiplexer"
+    );
+    let clients = processes_with(config.to_str().unwrap());
+    assert!(clients.iter().any(|l| l.contains("ssh -F")), "{clients:?}");
+    let helpers: Vec<String> = processes_with("ssh-multiplexer-proxy-command")
+        .into_iter()
+        .filter(|l| l.contains(socket))
+        .collect();
+    assert!(
+        helpers.is_empty(),
+        "proxy command still running: {helpers:?}"
+    );
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    let out = wait_child(&mut child, Duration::from_secs(20));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(rest, "done\n");
+    // The login used the bot's certificate.
+    assert!(
+        sshd.wait_for_log("-CERT SHA256:", Duration::from_secs(5)),
+        "{}",
+        sshd.log()
+    );
+    wait_metric(&t, IN_FLIGHT, 0);
+    assert_eq!((metric(&t, STARTED), metric(&t, OK)), (1, 1));
+
+    // A port nobody listens on: the multiplexer's reason reaches the user.
+    let free = free_port();
+    let out = ssh(&config, free, sshd.user(), "true").output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "connecting to 127.0.0.1:{free}: Connection refused"
+        )),
+        "{err}"
+    );
+    assert_eq!(metric(&t, ERROR), 1);
+    assert_eq!(t.get("/readyz/mux").status, 200);
+}
+
+#[test]
+fn fifty_concurrent_ssh_sessions_through_one_multiplexer() {
+    const SESSIONS: usize = 50;
+    let (t, sshd, config) = start_mux_and_sshd("mux-fifty");
+    let (started0, ok0) = (metric(&t, STARTED), metric(&t, OK));
+    let mut children: Vec<std::process::Child> = (0..SESSIONS)
+        .map(|i| {
+            ssh(
+                &config,
+                sshd.port(),
+                sshd.user(),
+                &format!("sleep 1; echo session-{i}"),
+            )
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    let mut max_in_flight = 0;
+    let end = Instant::now() + Duration::from_secs(60);
+    while children.iter_mut().any(|c| c.try_wait().unwrap().is_none()) && Instant::now() < end {
+        max_in_flight = max_in_flight.max(metric(&t, IN_FLIGHT));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let outs: Vec<std::process::Output> = children
+        .iter_mut()
+        .map(|c| wait_child(c, Duration::from_secs(1)))
+        .collect();
+    for (i, out) in outs.iter().enumerate() {
+        assert!(
+            out.status.success() && out.stdout == format!("session-{i}\n").as_bytes(),
+            "session {i}: {} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(max_in_flight > 0, "in_flight never seen above 0");
+    wait_metric(&t, IN_FLIGHT, 0);
+    assert_eq!(metric(&t, STARTED), started0 + SESSIONS as i64);
+    assert_eq!(metric(&t, OK), ok0 + SESSIONS as i64);
+    assert_eq!(metric(&t, ERROR), 0);
+}
