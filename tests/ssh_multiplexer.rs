@@ -6,7 +6,7 @@ mod common;
 use common::*;
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpListener};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -470,6 +470,19 @@ fn health_says_why_the_socket_cannot_be_bound_and_a_stale_one_is_replaced() {
     // the good one unaffected.
     assert!(t.wait_log("service failed; restarting", Duration::from_secs(5)));
     assert_eq!(t.get("/readyz/good").status, 200);
+
+    // A socket deleted under the service is noticed and bound again.
+    std::fs::remove_file(&good_socket).unwrap();
+    assert!(t.wait_log(
+        "the socket was removed or replaced",
+        Duration::from_secs(10)
+    ));
+    let end = Instant::now() + Duration::from_secs(10);
+    while UnixStream::connect(&good_socket).is_err() {
+        assert!(Instant::now() < end, "socket not bound again\n{}", t.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    t.until("/readyz/good", Duration::from_secs(5), |r| r.status == 200);
 }
 
 // ---------------------------------------------------------------------------

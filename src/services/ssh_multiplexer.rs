@@ -83,6 +83,9 @@ pub struct SshMultiplexer {
     /// The identity output's destination (None only if the configuration
     /// was not validated, which `config::parse` always does).
     identity_dir: Option<PathBuf>,
+    /// Connections being handled. Kept across restarts of `run`: relays
+    /// from before a restart still count against `max_connections`.
+    active: Arc<AtomicUsize>,
 }
 
 impl SshMultiplexer {
@@ -92,6 +95,7 @@ impl SshMultiplexer {
             identity_dir: all
                 .identity(&config.identity)
                 .map(|i| i.destination.clone()),
+            active: Arc::new(AtomicUsize::new(0)),
         }
     }
 }
@@ -131,7 +135,7 @@ impl Service for SshMultiplexer {
         let conns = Connections {
             service: Arc::from(ctx.name()),
             metrics: ctx.shared.metrics.clone(),
-            active: Arc::new(AtomicUsize::new(0)),
+            active: self.active.clone(),
             max: self.config.max_connections,
         };
         let result = accept_loop(&socket, &conns, ctx);
