@@ -498,7 +498,7 @@ mod tests {
         }
         for f in FLAGS {
             assert!(
-                man.contains(&format!("\\-\\-{}", f.long.replace('-', "\\-"))),
+                man.contains(&format!("Fl \\-{}", f.long.replace('-', "\\-"))),
                 "man page lacks --{}",
                 f.long
             );

@@ -118,6 +118,7 @@ impl Config {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
+    #[allow(dead_code)] // checked while parsing
     version: Version,
     #[serde(default)]
     diag_addr: Option<Addr>,
@@ -222,17 +223,34 @@ impl RawService {
 // Scalar types that validate themselves while parsing, so their errors carry
 // serde_yaml's exact location.
 
+/// Deserializes a string and checks it inside the visitor, so that
+/// serde_yaml stamps a refusal with the value's own line and column.
+fn checked_str<'de, D: Deserializer<'de>, T>(
+    d: D,
+    check: fn(&str) -> Result<T, String>,
+) -> Result<T, D::Error> {
+    struct V<T>(fn(&str) -> Result<T, String>);
+    impl<'de, T> Visitor<'de> for V<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+            (self.0)(v).map_err(E::custom)
+        }
+    }
+    d.deserialize_str(V(check))
+}
+
 struct Version;
 impl<'de> Deserialize<'de> for Version {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        if s == "v2" {
-            Ok(Version)
-        } else {
-            Err(de::Error::custom(format!(
+        checked_str(d, |s| match s {
+            "v2" => Ok(Version),
+            _ => Err(format!(
                 "unsupported version {s:?}: this tbot reads version: v2"
-            )))
-        }
+            )),
+        })
     }
 }
 
@@ -240,74 +258,80 @@ impl<'de> Deserialize<'de> for Version {
 struct Dur(Duration);
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        match crate::duration::parse(&s) {
-            Ok(v) if v.is_zero() => Err(de::Error::custom(format!(
-                "invalid duration {s:?}: must be more than zero"
-            ))),
-            Ok(v) => Ok(Dur(v)),
-            Err(e) => Err(de::Error::custom(e)),
-        }
+        checked_str(d, |s| match crate::duration::parse(s)? {
+            v if v.is_zero() => Err(format!("invalid duration {s:?}: must be more than zero")),
+            v => Ok(Dur(v)),
+        })
     }
 }
 
 struct Count(usize);
 impl<'de> Deserialize<'de> for Count {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let n = u64::deserialize(d)?;
-        if (1..=65_535).contains(&n) {
-            Ok(Count(n as usize))
-        } else {
-            Err(de::Error::custom(format!(
-                "invalid count {n}: must be between 1 and 65535"
-            )))
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Count;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a whole number from 1 to 65535")
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Count, E> {
+                if (1..=65_535).contains(&n) {
+                    Ok(Count(n as usize))
+                } else {
+                    Err(E::custom(format!(
+                        "invalid count {n}: must be between 1 and 65535"
+                    )))
+                }
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Count, E> {
+                Err(E::custom(format!(
+                    "invalid count {n}: must be between 1 and 65535"
+                )))
+            }
         }
+        d.deserialize_u64(V)
     }
 }
 
 struct Addr(String);
 impl<'de> Deserialize<'de> for Addr {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        check_addr(&s).map_err(de::Error::custom)?;
-        Ok(Addr(s))
+        checked_str(d, |s| check_addr(s).map(|_| Addr(s.to_string())))
     }
 }
 
 struct Name(String);
 impl<'de> Deserialize<'de> for Name {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        check_name(&s).map_err(de::Error::custom)?;
-        Ok(Name(s))
+        checked_str(d, |s| check_name(s).map(|_| Name(s.to_string())))
     }
 }
 
 struct Principal(String);
 impl<'de> Deserialize<'de> for Principal {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        if s.is_empty()
-            || s.len() > 256
-            || s.chars()
-                .any(|c| c.is_whitespace() || c.is_control() || c == ',')
-        {
-            return Err(de::Error::custom(format!(
-                "invalid principal {s:?}: must be 1 to 256 characters, without spaces or commas"
-            )));
-        }
-        Ok(Principal(s))
+        checked_str(d, |s| {
+            if s.is_empty()
+                || s.len() > 256
+                || s.chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || c == ',')
+            {
+                return Err(format!("invalid principal {s:?}: must be 1 to 256 characters, without spaces or commas"));
+            }
+            Ok(Principal(s.to_string()))
+        })
     }
 }
 
 struct NonEmptyPath(PathBuf);
 impl<'de> Deserialize<'de> for NonEmptyPath {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        if s.is_empty() || s.contains('\0') {
-            return Err(de::Error::custom("invalid path: must be non-empty"));
-        }
-        Ok(NonEmptyPath(PathBuf::from(s)))
+        checked_str(d, |s| {
+            if s.is_empty() || s.contains('\0') {
+                return Err("invalid path: must be non-empty".into());
+            }
+            Ok(NonEmptyPath(PathBuf::from(s)))
+        })
     }
 }
 
@@ -412,6 +436,11 @@ pub fn parse(file: &str, text: &str, base: &Path) -> Result<Config, Error> {
     let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| yaml_error(file, &e))?;
     validate(raw, base).map_err(|(path, message)| {
         let (line, column) = locate(text, &path).unwrap_or((0, 0));
+        let message = if path.is_empty() {
+            message
+        } else {
+            format!("{}: {message}", render_path(&path))
+        };
         Error {
             file: file.to_string(),
             line,
@@ -419,6 +448,19 @@ pub fn parse(file: &str, text: &str, base: &Path) -> Result<Config, Error> {
             message,
         }
     })
+}
+
+/// `services[1].name`, as serde_yaml writes paths.
+fn render_path(path: &[Seg]) -> String {
+    let mut out = String::new();
+    for seg in path {
+        match seg {
+            Seg::Key(k) if out.is_empty() => out += k,
+            Seg::Key(k) => out += &format!(".{k}"),
+            Seg::Index(i) => out += &format!("[{i}]"),
+        }
+    }
+    out
 }
 
 fn yaml_error(file: &str, e: &serde_yaml::Error) -> Error {
@@ -430,9 +472,6 @@ fn yaml_error(file: &str, e: &serde_yaml::Error) -> Error {
     // serde_yaml appends " at line L column C"; the prefix says it already.
     if let Some(i) = message.rfind(" at line ") {
         message.truncate(i);
-    }
-    if message.is_empty() || message == "EOF while parsing a value" {
-        message = "the file is empty; expected a mapping with version: v2".into();
     }
     Error {
         file: file.to_string(),
@@ -795,15 +834,20 @@ services:
         );
         let e = err("version: v2\nstorage: {type: directory, path: /x}\ncredential_ttl: 10m\nrenewal_interval: 20m\n");
         assert!(
-            e.starts_with("c.yaml:4:19: renewal_interval (20m0s) must be shorter"),
+            e.starts_with(
+                "c.yaml:4:19: renewal_interval: renewal_interval (20m0s) must be shorter"
+            ),
             "{e}"
         );
         let e = err("version: v3\n");
-        assert!(e.starts_with("c.yaml:1:10: unsupported version"), "{e}");
+        assert!(
+            e.starts_with("c.yaml:1:10: version: unsupported version"),
+            "{e}"
+        );
         let e = err("version: v2\n");
         assert!(e.starts_with("c.yaml:1:1: missing field `storage`"), "{e}");
         let e = err("");
-        assert!(e.contains("empty"), "{e}");
+        assert!(e.contains("missing field `version`"), "{e}");
         let e = err("version: v2\nstorage: [\n");
         assert!(e.starts_with("c.yaml:"), "{e}");
     }
@@ -813,13 +857,16 @@ services:
         let svc = |name: &str| {
             format!("version: v2\nstorage: {{type: directory, path: /x}}\nservices:\n  - type: identity\n    name: {name}\n    principals: [a]\n    destination: {{type: directory, path: /o}}\n")
         };
-        assert!(err(&svc("Upper")).starts_with("c.yaml:5:11: invalid service name"));
+        assert!(
+            err(&svc("Upper")).starts_with("c.yaml:5:11: services[0].name: invalid service name")
+        );
         assert!(err(&svc(&"a".repeat(65))).contains("invalid service name"));
         assert!(err(&svc("heartbeat")).contains("reserved"));
         assert!(parse_str(&svc(&"a".repeat(64))).is_ok());
         let twice = "version: v2\nstorage: {type: directory, path: /x}\nservices:\n  - type: identity\n    name: a\n    principals: [a]\n    destination: {type: directory, path: /o}\n  - type: identity\n    name: a\n    principals: [a]\n    destination: {type: directory, path: /p}\n";
         assert!(
-            err(twice).starts_with("c.yaml:9:11: service name \"a\" is used twice"),
+            err(twice)
+                .starts_with("c.yaml:9:11: services[1].name: service name \"a\" is used twice"),
             "{}",
             err(twice)
         );
@@ -878,17 +925,17 @@ services:
     fn type_specific_fields_and_references() {
         let e = err("version: v2\nstorage: {type: directory, path: /x}\nservices:\n  - type: ssh-multiplexer\n    principals: [a]\n    destination: {type: directory, path: /o}\n");
         assert!(
-            e.starts_with("c.yaml:5:17: field `principals` does not apply"),
+            e.starts_with("c.yaml:5:17: services[0].principals: field `principals` does not apply"),
             "{e}"
         );
         let e = err("version: v2\nstorage: {type: directory, path: /x}\nservices:\n  - type: ssh-multiplexer\n    identity: nope\n    destination: {type: directory, path: /o}\n");
         assert!(
-            e.starts_with("c.yaml:5:15: \"nope\" is not the name of an identity service"),
+            e.starts_with("c.yaml:5:15: services[0].identity: \"nope\" is not the name of an identity service"),
             "{e}"
         );
         let e = err("version: v2\nstorage: {type: directory, path: /x}\nservices:\n  - type: identity\n    destination: {type: directory, path: /o}\n");
         assert!(
-            e.starts_with("c.yaml:4:5: an identity service needs"),
+            e.starts_with("c.yaml:4:5: services[0]: an identity service needs"),
             "{e}"
         );
     }

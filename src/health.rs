@@ -65,8 +65,6 @@ impl Entry {
 #[derive(Default)]
 struct Table {
     entries: BTreeMap<String, Entry>,
-    /// Bumped on every applied update; lets waiters notice change cheaply.
-    generation: u64,
 }
 
 /// A point-in-time copy of (part of) the table, as the endpoints render it.
@@ -162,10 +160,6 @@ impl Health {
         self.lock().entries.get(name).cloned()
     }
 
-    pub fn generation(&self) -> u64 {
-        self.lock().generation
-    }
-
     /// Blocks until every service but `except` has reported at least once,
     /// or `timeout`. Returns whether they all had.
     pub fn wait_all_reported(
@@ -216,7 +210,6 @@ impl Health {
         entry.status = u.status;
         entry.reason = u.reason.clone();
         let kind = entry.kind;
-        table.generation += 1;
         drop(table);
         if changed || first {
             self.metrics.set_service_health(&u.service, kind, u.status);

@@ -11,6 +11,7 @@ mod config;
 mod daemon;
 mod diag;
 mod duration;
+mod failpoints;
 mod fsutil;
 mod health;
 #[allow(dead_code)] // wired in by the identity services

@@ -73,7 +73,6 @@ impl Loop {
 
 /// A running diagnostics service.
 pub struct Diag {
-    pub addr: SocketAddr,
     state: Arc<Loop>,
     stop_front: UnixStream,
     threads: Vec<JoinHandle<()>>,
@@ -189,7 +188,6 @@ pub fn start(
         &[("addr", &addr), ("debug", &opts.debug)],
     );
     Ok(Diag {
-        addr,
         state,
         stop_front,
         threads,

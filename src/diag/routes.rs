@@ -62,7 +62,11 @@ impl Answer {
     }
 
     fn send(self, req: Request) {
-        let mut resp = Response::from_data(self.body).with_status_code(self.status);
+        // Always Content-Length, never chunked: every body is in memory, and the
+        // front relays to clients of any HTTP version.
+        let mut resp = Response::from_data(self.body)
+            .with_status_code(self.status)
+            .with_chunked_threshold(usize::MAX);
         for (name, value) in
             std::iter::once(("Content-Type", self.content_type.to_string())).chain(self.headers)
         {

@@ -93,6 +93,7 @@ impl Service for Heartbeat {
     }
 
     fn run(&mut self, ctx: &Context) -> Result<(), String> {
+        crate::failpoints::hit("heartbeat-start");
         ctx.shared
             .health
             .wait_all_reported(ctx.name(), FIRST_REPORT_WAIT, &|| ctx.stopping());
@@ -100,6 +101,7 @@ impl Service for Heartbeat {
             if ctx.stopping() {
                 return Ok(());
             }
+            crate::failpoints::hit("heartbeat");
             let timer = crate::services::Iteration::start(ctx, "heartbeat");
             match self.write(ctx) {
                 Ok(()) => {

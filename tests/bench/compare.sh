@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Side by side, in one run on this machine: tbot's diagnostics service and the
+# Go reference peer (../shared/peers/go-diag, tbot's own stack: net/http +
+# client_golang). Measures idle RSS and threads, then wrk throughput and
+# latency per endpoint, then RSS and threads after the load.
+#
+#   tests/bench/compare.sh            # 10 s per endpoint and server
+#   DUR=5 CONNS=32 tests/bench/compare.sh
+#
+# Loopback only; every process started here is killed by PID on exit.
+# Needs: wrk, golang-go, golang-github-prometheus-client-golang-dev, python3.
+set -euo pipefail
+DUR=${DUR:-10}
+CONNS=${CONNS:-16}
+root=$(cd "$(dirname "$0")/../.." && pwd)
+peer="$root/../shared/peers/go-diag"
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+for tool in wrk go python3; do
+  command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install wrk golang-go golang-github-prometheus-client-golang-dev python3)"; exit 1; }
+done
+
+cargo build --release --quiet --manifest-path "$root/Cargo.toml"
+tbot="$root/target/release/tbot"
+(cd "$peer" && GO111MODULE=off GOPATH=/usr/share/gocode go build -o "$work/go-diag" .)
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+threads() { awk '/^Threads:/ {print $2}' "/proc/$1/status"; }
+wait_up() { for _ in $(seq 100); do curl -fs "http://$1/livez" >/dev/null 2>&1 && return 0; sleep 0.05; done; echo "server at $1 did not come up"; exit 1; }
+
+# tbot: one identity output plus the internal services (about as many as
+# go-diag's default 4).
+cat > "$work/tbot.yaml" <<YAML
+version: v2
+storage: {type: directory, path: $work/storage}
+services:
+  - type: identity
+    principals: [bench]
+    destination: {type: directory, path: $work/out}
+YAML
+tport=$(free_port)
+"$tbot" start -c "$work/tbot.yaml" --diag-addr "127.0.0.1:$tport" 2>"$work/tbot.log" &
+tpid=$!; pids+=("$tpid")
+gport=$(free_port)
+"$work/go-diag" -addr "127.0.0.1:$gport" -services 4 2>"$work/go.log" &
+gpid=$!; pids+=("$gpid")
+wait_up "127.0.0.1:$tport"; wait_up "127.0.0.1:$gport"
+sleep 1
+
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r); wrk -t2 -c$CONNS -d${DUR}s per row"
+echo "binary size: tbot $(stat -c %s "$tbot") bytes, go-diag $(stat -c %s "$work/go-diag") bytes"
+printf '%-8s idle: RSS %6s KiB, %3s threads\n' tbot "$(rss_kb $tpid)" "$(threads $tpid)"
+printf '%-8s idle: RSS %6s KiB, %3s threads\n' go-diag "$(rss_kb $gpid)" "$(threads $gpid)"
+echo
+printf '%-22s %-10s %12s %10s %10s\n' server endpoint req/s p50 p99
+row() { # name addr path [extra wrk args]
+  local name=$1 addr=$2 path=$3; shift 3
+  local out; out=$(wrk -t2 -c"$CONNS" -d"${DUR}s" --latency "$@" "http://$addr$path" 2>&1)
+  local rps p50 p99
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  p50=$(awk '$1=="50%" {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  printf '%-22s %-10s %12s %10s %10s\n' "$name" "$path" "$rps" "$p50" "$p99"
+}
+for path in /livez /readyz /metrics; do
+  row tbot "127.0.0.1:$tport" "$path"
+  row go-diag "127.0.0.1:$gport" "$path"
+  row "go-diag (conn close)" "127.0.0.1:$gport" "$path" -H "Connection: close"
+done
+echo
+printf '%-8s after load: RSS %6s KiB, %3s threads\n' tbot "$(rss_kb $tpid)" "$(threads $tpid)"
+printf '%-8s after load: RSS %6s KiB, %3s threads\n' go-diag "$(rss_kb $gpid)" "$(threads $gpid)"

@@ -1,0 +1,249 @@
+//! The diagnostics endpoints, through the real binary: codes, JSON shapes,
+//! content types, /wait parking, metrics (checked by promtool).
+
+mod common;
+use common::*;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn start(extra_top: &str, env: &[(&str, &str)]) -> Tbot {
+    let dir = TempDir::new("diag");
+    let cfg = config_text(dir.path(), extra_top, "");
+    Tbot::start_with(dir, &cfg, &[], env)
+}
+
+fn is_rfc3339_utc(s: &str) -> bool {
+    let b = s.as_bytes();
+    s.len() == 20
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b[10] == b'T'
+        && b[13] == b':'
+        && b[16] == b':'
+        && b[19] == b'Z'
+        && s.chars().filter(|c| c.is_ascii_digit()).count() == 14
+}
+
+#[test]
+fn livez_readyz_shapes_and_content_types() {
+    let t = start("", &[]);
+    let r = t.get("/livez");
+    assert_eq!((r.status, r.body.as_str()), (200, "OK"));
+
+    let r = t.until("/readyz", Duration::from_secs(10), |r| r.status == 200);
+    assert_eq!(r.header("Content-Type"), Some("application/json"));
+    let v = r.json();
+    assert_eq!(v["status"], "healthy");
+    let hb = &v["services"]["heartbeat"];
+    assert_eq!(hb["status"], "healthy");
+    assert!(
+        hb.get("reason").is_none(),
+        "empty reason must be omitted: {hb}"
+    );
+    assert!(is_rfc3339_utc(hb["updated_at"].as_str().unwrap()), "{hb}");
+    // Keys sorted, as in the seed.
+    let keys: Vec<&String> = v["services"].as_object().unwrap().keys().collect();
+    let mut sorted = keys.clone();
+    sorted.sort();
+    assert_eq!(keys, sorted);
+
+    let r = t.get("/readyz/heartbeat");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("Content-Type"), Some("application/json"));
+    assert_eq!(r.json()["status"], "healthy");
+    // Percent-decoded names.
+    assert_eq!(t.get("/readyz/heart%62eat").status, 200);
+    assert_eq!(t.get("/readyz/%68eartbeat").json()["status"], "healthy");
+
+    let r = t.get("/readyz/nope");
+    assert_eq!(r.status, 404);
+    assert_eq!(r.header("Content-Type"), Some("application/json"));
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"error": "Service named \"nope\" not found."})
+    );
+    assert_eq!(t.get("/readyz/%zz").status, 400);
+    assert_eq!(t.get("/readyz/%ff").status, 400);
+}
+
+#[test]
+fn unknown_paths_methods_and_head() {
+    let t = start("", &[]);
+    let r = t.get("/nope");
+    assert_eq!(r.status, 404);
+    assert!(
+        r.body.contains("/readyz") && r.body.contains("/metrics"),
+        "{}",
+        r.body
+    );
+
+    let r = request(t.addr(), b"POST /livez HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("Allow"), Some("GET, HEAD"));
+    let r = request(t.addr(), b"DELETE /readyz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert_eq!(r.status, 405);
+
+    let r = request(t.addr(), b"HEAD /livez HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r.raw_body.is_empty(), "HEAD must not carry a body");
+
+    // Without debug mode, /debug/pprof/ is just another unknown path.
+    for p in [
+        "/debug/pprof/",
+        "/debug/pprof/profile?seconds=1",
+        "/debug/pprof/threads",
+    ] {
+        let r = t.get(p);
+        assert_eq!(r.status, 404, "{p}");
+        assert_eq!(r.body, t.get("/nope").body, "{p}");
+    }
+}
+
+#[test]
+fn a_service_turns_unhealthy_with_a_reason_and_back() {
+    let dir = TempDir::new("flap");
+    // The heartbeat writes into storage; make storage a plain file and it
+    // cannot, with the OS error as the reason.
+    let storage = dir.join("storage");
+    let cfg = config_text(dir.path(), "heartbeat_interval: 200ms\n", "");
+    std::fs::write(&storage, "not a directory").unwrap();
+    let t = Tbot::start(dir, &cfg, &[]);
+
+    let r = t.until("/readyz/heartbeat", Duration::from_secs(10), |r| {
+        r.status == 503 && r.body.contains("unhealthy")
+    });
+    let reason = r.json()["reason"].as_str().unwrap().to_string();
+    assert!(reason.contains(&storage.display().to_string()), "{reason}");
+    assert!(reason.contains("os error"), "{reason}");
+    let all = t.get("/readyz");
+    assert_eq!(all.status, 503);
+    assert_eq!(all.json()["status"], "unhealthy");
+    let m = t.get("/metrics").body;
+    assert!(
+        m.contains(
+            r#"tbot_service_health{service="heartbeat",status="unhealthy",type="heartbeat"} 1"#
+        ),
+        "{m}"
+    );
+
+    std::fs::remove_file(&storage).unwrap();
+    let r = t.until("/readyz/heartbeat", Duration::from_secs(10), |r| {
+        r.status == 200
+    });
+    assert!(r.json().get("reason").is_none());
+    assert!(t.wait_log(
+        "service status changed service=heartbeat from=unhealthy to=healthy",
+        Duration::from_secs(2)
+    ));
+    assert!(t.dir.join("storage/heartbeat.json").exists());
+}
+
+#[test]
+fn wait_parks_without_blocking_other_requests() {
+    // The heartbeat reports only after 3 s.
+    let t = start("", &[("TBOT_FAILPOINTS", "heartbeat-start=sleep:3000")]);
+    let addr = t.addr();
+    assert_eq!(
+        t.get("/readyz").json()["services"]["heartbeat"]["updated_at"],
+        serde_json::Value::Null
+    );
+
+    let started = Instant::now();
+    let waiter = std::thread::spawn(move || get(addr, "/wait"));
+    let short = std::thread::spawn(move || get(addr, "/wait/heartbeat?timeout=500ms"));
+    // While both are parked, the loop keeps serving.
+    std::thread::sleep(Duration::from_millis(100));
+    for _ in 0..20 {
+        let t0 = Instant::now();
+        assert_eq!(get(addr, "/livez").status, 200);
+        assert!(
+            t0.elapsed() < Duration::from_millis(500),
+            "livez stalled behind /wait"
+        );
+    }
+    let r = short.join().unwrap();
+    assert_eq!(r.status, 503, "timed-out wait answers the current state");
+    assert_eq!(r.json()["status"], "initializing");
+    let r = waiter.join().unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "/wait answered before the service reported"
+    );
+    assert_eq!(r.json()["services"]["heartbeat"]["status"], "healthy");
+
+    // Once reported, /wait answers at once.
+    let t0 = Instant::now();
+    assert_eq!(t.get("/wait").status, 200);
+    assert!(t0.elapsed() < Duration::from_secs(1));
+    assert_eq!(t.get("/wait/nope").status, 404);
+    assert_eq!(t.get("/wait?timeout=forever").status, 400);
+}
+
+#[test]
+fn metrics_pass_promtool_and_carry_tbot_series() {
+    let t = start("", &[]);
+    t.until("/readyz", Duration::from_secs(10), |r| r.status == 200);
+    let r = t.get("/metrics");
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("Content-Type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    for want in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_threads",
+        "process_start_time_seconds",
+        "tbot_info{version=\"",
+        r#"tbot_service_health{service="heartbeat",status="healthy",type="heartbeat"} 1"#,
+        r#"tbot_service_health{service="heartbeat",status="initializing",type="heartbeat"} 0"#,
+        r#"tbot_task_iterations_total{name="heartbeat",service="heartbeat"} 1"#,
+        "tbot_ssh_multiplexer_requests_started_total 0",
+        r#"tbot_ssh_multiplexer_requests_handled_total{status="ERROR"} 0"#,
+        "tbot_ssh_multiplexer_requests_in_flight 0",
+    ] {
+        assert!(r.body.contains(want), "missing {want} in:\n{}", r.body);
+    }
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus) must be installed: run tests/run-all.sh");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&r.raw_body)
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn promtool_catches_broken_metrics() {
+    // The check above is only worth something if promtool rejects bad input.
+    let mut p = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("promtool");
+    p.stdin
+        .take()
+        .unwrap()
+        .write_all(b"# TYPE x counter\nx{ 1\n")
+        .unwrap();
+    assert!(!p.wait().unwrap().success());
+}
