@@ -305,6 +305,32 @@ fn recv_fd(sock: &UnixStream) -> OwnedFd {
     }
 }
 
+/// Waits for `child` at most `timeout`; kills it (by PID) past that.
+fn wait_child(child: &mut std::process::Child, timeout: Duration) -> std::process::Output {
+    let end = Instant::now() + timeout;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > end {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = child.wait().unwrap();
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    if let Some(mut o) = child.stdout.take() {
+        o.read_to_end(&mut stdout).unwrap();
+    }
+    if let Some(mut e) = child.stderr.take() {
+        e.read_to_end(&mut stderr).unwrap();
+    }
+    std::process::Output {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
 /// Runs the proxy command with stdout on one end of a socket pair, as ssh
 /// does; returns (exit code, stderr, our end).
 fn proxy_command(socket: &Path, target: &str) -> (Option<i32>, String, UnixStream) {
@@ -318,26 +344,9 @@ fn proxy_command(socket: &Path, target: &str) -> (Option<i32>, String, UnixStrea
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let end = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s.code();
-        }
-        if Instant::now() > end {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    (status, err, ours)
+    let out = wait_child(&mut child, Duration::from_secs(30));
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.code(), err, ours)
 }
 
 #[test]
@@ -420,6 +429,14 @@ fn sigterm_stops_within_2s_with_a_live_relay_and_removes_the_socket() {
     assert!(ssh_config.exists(), "ssh_config stays");
 }
 
+/// Waits until service `name` is unhealthy; its reason.
+fn unhealthy_reason(t: &Tbot, name: &str) -> String {
+    let r = t.until(&format!("/readyz/{name}"), Duration::from_secs(10), |r| {
+        r.status == 503 && r.json()["status"] == "unhealthy"
+    });
+    r.json()["reason"].as_str().unwrap().to_string()
+}
+
 #[test]
 fn health_says_why_the_socket_cannot_be_bound_and_a_stale_one_is_replaced() {
     let dir = TempDir::new("mux-health");
@@ -448,19 +465,13 @@ fn health_says_why_the_socket_cannot_be_bound_and_a_stale_one_is_replaced() {
     assert!(t.log().contains("removed a stale ssh multiplexer socket"));
     assert!(UnixStream::connect(&good_socket).is_ok());
 
-    let r = t.until("/readyz/long", Duration::from_secs(10), |r| {
-        r.status == 503 && r.json()["status"] == "unhealthy"
-    });
-    let reason = r.json()["reason"].as_str().unwrap().to_string();
+    let reason = unhealthy_reason(&t, "long");
     assert!(
         reason.contains("path too long for a Unix socket"),
         "{reason}"
     );
     assert!(reason.contains("v1.sock"), "{reason}");
-    let r = t.until("/readyz/under-file", Duration::from_secs(10), |r| {
-        r.status == 503 && r.json()["status"] == "unhealthy"
-    });
-    let reason = r.json()["reason"].as_str().unwrap().to_string();
+    let reason = unhealthy_reason(&t, "under-file");
     assert!(
         reason.contains("plain-file/mux: Not a directory"),
         "{reason}"
@@ -547,32 +558,6 @@ fn processes_with(needle: &str) -> Vec<String> {
         .filter(|l| l.contains(needle))
         .map(str::to_string)
         .collect()
-}
-
-/// Waits for `child` at most `timeout`; kills it (by PID) past that.
-fn wait_child(child: &mut std::process::Child, timeout: Duration) -> std::process::Output {
-    let end = Instant::now() + timeout;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > end {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let status = child.wait().unwrap();
-    let mut stdout = Vec::new();
-    let mut stderr = Vec::new();
-    if let Some(mut o) = child.stdout.take() {
-        o.read_to_end(&mut stdout).unwrap();
-    }
-    if let Some(mut e) = child.stderr.take() {
-        e.read_to_end(&mut stderr).unwrap();
-    }
-    std::process::Output {
-        status,
-        stdout,
-        stderr,
-    }
 }
 
 #[test]
