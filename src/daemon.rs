@@ -75,6 +75,9 @@ pub fn start(args: StartArgs) -> i32 {
             return EXIT_USAGE;
         }
     };
+    if args.oneshot {
+        return crate::oneshot::run(&config);
+    }
     match run(config) {
         Ok(()) => EXIT_OK,
         Err(e) => {
@@ -126,6 +129,7 @@ fn run(config: Arc<Config>) -> Result<(), String> {
         health: health.clone(),
         metrics,
         reissue: Bus::default(),
+        ca: Default::default(),
     });
     let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
     let running = supervisor::start(specs, &updates_tx, &stop_rx, &shared)

@@ -14,12 +14,11 @@ mod duration;
 mod failpoints;
 mod fsutil;
 mod health;
-#[allow(dead_code)] // wired in by the identity services
 mod identity_files;
-#[allow(dead_code)]
 mod issuer;
 mod log;
 mod metrics;
+mod oneshot;
 mod proxy_command;
 mod services;
 mod signals;

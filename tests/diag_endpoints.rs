@@ -247,3 +247,57 @@ fn promtool_catches_broken_metrics() {
         .unwrap();
     assert!(!p.wait().unwrap().success());
 }
+
+/// Reads one response with a Content-Length body from `s`.
+fn read_one(s: &mut std::net::TcpStream) -> Resp {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            s.read(&mut byte).unwrap(),
+            1,
+            "connection closed mid-head: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.push(byte[0]);
+    }
+    let head = parse_response(&buf).unwrap();
+    let len: usize = head.header("Content-Length").unwrap().parse().unwrap();
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).unwrap();
+    buf.extend_from_slice(&body);
+    parse_response(&buf).unwrap()
+}
+
+#[test]
+fn http11_connections_are_kept_alive_and_pipelining_works() {
+    use std::io::Read;
+    let t = start("", &[]);
+    let mut s = std::net::TcpStream::connect(t.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    for _ in 0..3 {
+        s.write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let r = read_one(&mut s);
+        assert_eq!((r.status, r.body.as_str()), (200, "OK"));
+        assert!(r.header("Connection").is_none(), "{:?}", r.headers);
+    }
+    // Two requests in one write: two answers, in order.
+    s.write_all(b"GET /readyz/heartbeat HTTP/1.1\r\n\r\nGET /nope HTTP/1.1\r\n\r\n")
+        .unwrap();
+    assert_eq!(
+        read_one(&mut s).header("Content-Type"),
+        Some("application/json")
+    );
+    assert_eq!(read_one(&mut s).status, 404);
+    // `Connection: close` is honoured: the answer, then end of stream.
+    s.write_all(b"GET /livez HTTP/1.1\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_one(&mut s).status, 200);
+    let mut rest = Vec::new();
+    assert_eq!(s.read_to_end(&mut rest).unwrap(), 0);
+    // HTTP/1.0 gets one answer and a close.
+    let r = request(t.addr(), b"GET /livez HTTP/1.0\r\n\r\n").unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "OK"));
+}

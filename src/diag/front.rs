@@ -20,13 +20,16 @@
 //! Accept errors (EMFILE and friends) never end the loop: a reserve file
 //! descriptor lets the front accept and refuse a client even when the process
 //! is out of descriptors, and new connections resume as soon as fds free up.
+//! If tiny_http stops listening on its socket (its accept thread dies on
+//! some accept-time errors, one of them a panic), the front notices the
+//! refused connection and the serving loop rebuilds it.
 
 use std::fs::File;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -47,6 +50,9 @@ pub struct Limits {
     pub response_timeout: Duration,
     /// Time a client has to take the whole response.
     pub write_timeout: Duration,
+    /// Time the endpoints still have once the client has shut down its
+    /// sending side (a half-close looks the same as a client that went away).
+    pub half_close_grace: Duration,
     /// Largest response relayed.
     pub max_response_bytes: usize,
     /// After refusing a request, how long and how much of the client's
@@ -64,6 +70,7 @@ impl Default for Limits {
             head_timeout: Duration::from_secs(10),
             response_timeout: Duration::from_secs(330),
             write_timeout: Duration::from_secs(10),
+            half_close_grace: Duration::from_secs(2),
             max_response_bytes: 64 * 1024 * 1024,
             linger_time: Duration::from_secs(1),
             linger_bytes: 1024 * 1024,
@@ -97,6 +104,12 @@ pub fn fit_to_fd_limit(wanted: usize) -> usize {
 /// Where tiny_http listens now (it moves if the serving loop rebuilds it).
 pub type BackendPath = Arc<Mutex<PathBuf>>;
 
+/// Called with the path of a backend socket that refused a connection: no
+/// one listens there any more. tiny_http's accept thread can die without a
+/// word (it panics on an unwrapped `try_clone` when the process is out of
+/// descriptors), so the front is the one that notices.
+pub type BackendLost = Arc<dyn Fn(&Path) + Send + Sync>;
+
 enum State {
     Head {
         buf: Vec<u8>,
@@ -106,15 +119,27 @@ enum State {
         out: Vec<u8>,
         sent: usize,
         resp: Vec<u8>,
+        keep_alive: Option<Vec<u8>>,
     },
     Reply {
         out: Vec<u8>,
         sent: usize,
-        linger: bool,
+        then: Then,
     },
     Linger {
         drained: usize,
     },
+}
+
+/// What happens to a connection once its response is written.
+enum Then {
+    Close,
+    /// Read and drop what the client still sends, then close (after a
+    /// refusal, so the client gets to read it).
+    Linger,
+    /// HTTP/1.1 keep-alive: wait for the next request head; these bytes of
+    /// it (pipelined) arrived already.
+    KeepAlive(Vec<u8>),
 }
 
 struct Conn {
@@ -123,11 +148,15 @@ struct Conn {
     state: State,
     since: Instant,
     deadline: Instant,
+    /// The client shut down its sending side while its request was with
+    /// tiny_http.
+    half_closed: bool,
 }
 
 pub struct Front {
     listener: TcpListener,
     backend: BackendPath,
+    backend_lost: BackendLost,
     limits: Limits,
     /// Readable (hang-up) when the daemon stops.
     stop: UnixStream,
@@ -135,12 +164,14 @@ pub struct Front {
     conns: Vec<Conn>,
     accept_paused_until: Option<Instant>,
     last_accept_error: Option<Instant>,
+    last_backend_error: Option<Instant>,
 }
 
 impl Front {
     pub fn new(
         listener: TcpListener,
         backend: BackendPath,
+        backend_lost: BackendLost,
         limits: Limits,
         stop: UnixStream,
     ) -> io::Result<Front> {
@@ -149,12 +180,14 @@ impl Front {
         Ok(Front {
             listener,
             backend,
+            backend_lost,
             limits,
             stop,
             reserve: File::open("/dev/null").ok(),
             conns: Vec::new(),
             accept_paused_until: None,
             last_accept_error: None,
+            last_backend_error: None,
         })
     }
 
@@ -194,10 +227,12 @@ impl Front {
                 });
             }
             // Clients that hang up while their request is with tiny_http
-            // (a parked /wait) free their slot at once.
+            // (a parked /wait) free their slot soon: a reset at once, an
+            // end of stream (a close or a mere half-close, which look the
+            // same) after a short grace in which the answer can still go out.
             let watch_start = fds.len();
             for c in &self.conns {
-                let fd = if matches!(c.state, State::Backend { .. }) {
+                let fd = if matches!(c.state, State::Backend { .. }) && !c.half_closed {
                     c.client.as_raw_fd()
                 } else {
                     -1
@@ -235,7 +270,12 @@ impl Front {
                 .collect();
             for i in (0..self.conns.len()).rev() {
                 let (ev, watch) = ready[i];
-                let keep = if watch & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0 {
+                if watch & libc::POLLRDHUP != 0 {
+                    let c = &mut self.conns[i];
+                    c.half_closed = true;
+                    c.deadline = c.deadline.min(now + self.limits.half_close_grace);
+                }
+                let keep = if watch & (libc::POLLHUP | libc::POLLERR) != 0 {
                     false
                 } else if ev != 0 {
                     self.step(i, now)
@@ -302,13 +342,7 @@ impl Front {
     }
 
     fn note_accept_error(&mut self, e: &io::Error) {
-        // At most one line a second, however hard the port is hit.
-        let now = Instant::now();
-        if self
-            .last_accept_error
-            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
-        {
-            self.last_accept_error = Some(now);
+        if once_a_second(&mut self.last_accept_error) {
             log::warn(
                 "diagnostics front: accept failed; still listening",
                 &[("error", e)],
@@ -354,6 +388,7 @@ impl Front {
             },
             since: now,
             deadline: now + self.limits.head_timeout,
+            half_closed: false,
         });
     }
 
@@ -379,7 +414,6 @@ impl Front {
     /// The connection's socket is ready. Returns whether to keep it.
     fn step(&mut self, i: usize, now: Instant) -> bool {
         let limits = self.limits.clone();
-        let backend = self.backend.clone();
         let c = &mut self.conns[i];
         match &mut c.state {
             State::Head { buf } => {
@@ -399,57 +433,15 @@ impl Front {
                     Err(_) => return false,
                 };
                 buf.extend_from_slice(&chunk[..n]);
-                match parse_head(buf, &limits, c.peer) {
-                    Parsed::Partial => true,
-                    Parsed::Refuse(status, why) => {
-                        c.state = State::Reply {
-                            out: simple_response(status, why),
-                            sent: 0,
-                            linger: true,
-                        };
-                        c.deadline = now + limits.write_timeout;
-                        true
-                    }
-                    Parsed::Forward(head) => {
-                        let path = backend.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                        match UnixStream::connect(&path)
-                            .and_then(|s| s.set_nonblocking(true).map(|_| s))
-                        {
-                            Ok(up) => {
-                                c.state = State::Backend {
-                                    up,
-                                    out: head,
-                                    sent: 0,
-                                    resp: Vec::new(),
-                                };
-                                c.deadline = now + limits.response_timeout;
-                            }
-                            Err(e) => {
-                                log::warn(
-                                    "diagnostics front: cannot reach the serving loop",
-                                    &[("error", &e)],
-                                );
-                                let out = simple_response(
-                                    503,
-                                    "the diagnostics service is busy; try again",
-                                );
-                                c.state = State::Reply {
-                                    out,
-                                    sent: 0,
-                                    linger: false,
-                                };
-                                c.deadline = now + limits.write_timeout;
-                            }
-                        }
-                        true
-                    }
-                }
+                self.advance_head(i, now);
+                true
             }
             State::Backend {
                 up,
                 out,
                 sent,
                 resp,
+                keep_alive,
             } => {
                 if *sent < out.len() {
                     return match (&*up).write(&out[*sent..]) {
@@ -469,12 +461,22 @@ impl Front {
                 let mut chunk = [0u8; 16 * 1024];
                 match (&*up).read(&mut chunk) {
                     Ok(0) => {
-                        let out = std::mem::take(resp);
-                        c.state = State::Reply {
-                            out,
-                            sent: 0,
-                            linger: false,
-                        };
+                        let mut out = std::mem::take(resp);
+                        let mut then = Then::Close;
+                        if out.is_empty() {
+                            // tiny_http dropped the connection (its accept
+                            // thread died with it): say so, not just close.
+                            out = simple_response(
+                                502,
+                                "the diagnostics service closed the connection without answering",
+                            );
+                        } else if let Some(next) = keep_alive.take().filter(|_| !c.half_closed) {
+                            // tiny_http always closes (we ask it to); the
+                            // client's connection stays open.
+                            out = drop_connection_header(out);
+                            then = Then::KeepAlive(next);
+                        }
+                        c.state = State::Reply { out, sent: 0, then };
                         c.deadline = now + limits.write_timeout;
                         true
                     }
@@ -498,19 +500,27 @@ impl Front {
                     Err(_) => false,
                 }
             }
-            State::Reply { out, sent, linger } => match (&c.client).write(&out[*sent..]) {
+            State::Reply { out, sent, then } => match (&c.client).write(&out[*sent..]) {
                 Ok(n) => {
                     *sent += n;
                     if *sent < out.len() {
                         return true;
                     }
-                    let _ = c.client.shutdown(Shutdown::Write);
-                    if *linger {
-                        c.state = State::Linger { drained: 0 };
-                        c.deadline = now + limits.linger_time;
-                        true
-                    } else {
-                        false
+                    match std::mem::replace(then, Then::Close) {
+                        Then::Close => false,
+                        Then::Linger => {
+                            let _ = c.client.shutdown(Shutdown::Write);
+                            c.state = State::Linger { drained: 0 };
+                            c.deadline = now + limits.linger_time;
+                            true
+                        }
+                        Then::KeepAlive(next) => {
+                            c.state = State::Head { buf: next };
+                            c.since = now;
+                            c.deadline = now + limits.head_timeout;
+                            self.advance_head(i, now);
+                            true
+                        }
                     }
                 }
                 Err(e)
@@ -541,6 +551,100 @@ impl Front {
     }
 }
 
+impl Front {
+    /// A `Head` connection got bytes: refuse, forward, or keep reading.
+    fn advance_head(&mut self, i: usize, now: Instant) {
+        let c = &mut self.conns[i];
+        let State::Head { buf } = &c.state else {
+            return;
+        };
+        if buf.is_empty() {
+            return;
+        }
+        match parse_head(buf, &self.limits, c.peer) {
+            Parsed::Partial => {}
+            Parsed::Refuse(status, why) => {
+                let out = simple_response(status, why);
+                c.reply(out, Then::Linger, now + self.limits.write_timeout);
+            }
+            Parsed::Forward {
+                head,
+                keep_alive,
+                len,
+            } => {
+                let next = keep_alive.then(|| buf[len..].to_vec());
+                let path = self
+                    .backend
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                match UnixStream::connect(&path).and_then(|s| s.set_nonblocking(true).map(|_| s)) {
+                    Ok(up) => {
+                        c.state = State::Backend {
+                            up,
+                            out: head,
+                            sent: 0,
+                            resp: Vec::new(),
+                            keep_alive: next,
+                        };
+                        c.deadline = now + self.limits.response_timeout;
+                    }
+                    Err(e) => {
+                        let out =
+                            simple_response(503, "the diagnostics service is busy; try again");
+                        c.reply(out, Then::Close, now + self.limits.write_timeout);
+                        if matches!(e.kind(), ErrorKind::ConnectionRefused | ErrorKind::NotFound) {
+                            (self.backend_lost)(&path);
+                        }
+                        if once_a_second(&mut self.last_backend_error) {
+                            log::warn(
+                                "diagnostics front: cannot reach the serving loop",
+                                &[("error", &e)],
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Conn {
+    fn reply(&mut self, out: Vec<u8>, then: Then, deadline: Instant) {
+        self.state = State::Reply { out, sent: 0, then };
+        self.deadline = deadline;
+    }
+}
+
+/// Removes `Connection:` lines from a response head.
+fn drop_connection_header(resp: Vec<u8>) -> Vec<u8> {
+    let Some(end) = resp.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return resp;
+    };
+    let mut out = Vec::with_capacity(resp.len());
+    for line in resp[..end].split(|&b| b == b'\n') {
+        if line.len() >= 11 && line[..11].eq_ignore_ascii_case(b"connection:") {
+            continue;
+        }
+        out.extend_from_slice(line);
+        out.push(b'\n');
+    }
+    out.pop();
+    out.extend_from_slice(&resp[end..]);
+    out
+}
+
+/// Rate limit for warnings the network can trigger at will: true at most
+/// once a second, however hard the port is hit.
+fn once_a_second(last: &mut Option<Instant>) -> bool {
+    let now = Instant::now();
+    if last.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {
+        return false;
+    }
+    *last = Some(now);
+    true
+}
+
 fn pollfd(fd: RawFd, events: i16) -> libc::pollfd {
     libc::pollfd {
         fd,
@@ -552,8 +656,14 @@ fn pollfd(fd: RawFd, events: i16) -> libc::pollfd {
 enum Parsed {
     Partial,
     Refuse(u16, &'static str),
-    /// The head to send to tiny_http.
-    Forward(Vec<u8>),
+    Forward {
+        /// The head to send to tiny_http.
+        head: Vec<u8>,
+        /// HTTP/1.1 without `Connection: close`.
+        keep_alive: bool,
+        /// Bytes of the buffer the head took.
+        len: usize,
+    },
 }
 
 /// Headers passed on to the endpoints; everything else is dropped.
@@ -569,7 +679,7 @@ fn parse_head(buf: &[u8], limits: &Limits, peer: SocketAddr) -> Parsed {
         Ok(httparse::Status::Partial) => Parsed::Partial,
         Err(httparse::Error::TooManyHeaders) => Parsed::Refuse(431, "too many header lines"),
         Err(_) => Parsed::Refuse(400, "malformed request"),
-        Ok(httparse::Status::Complete(_)) => {
+        Ok(httparse::Status::Complete(len)) => {
             let (Some(method), Some(path)) = (req.method, req.path) else {
                 return Parsed::Refuse(400, "malformed request");
             };
@@ -578,19 +688,34 @@ fn parse_head(buf: &[u8], limits: &Limits, peer: SocketAddr) -> Parsed {
             }
             let mut out = format!("{method} {path} HTTP/1.1\r\n");
             let mut host = false;
+            let mut keep_alive = req.version == Some(1);
+            // A body is refused; for a method the endpoints do not take, the
+            // better answer is 405.
+            let body = if matches!(method, "GET" | "HEAD") {
+                Parsed::Refuse(413, "request bodies are not accepted")
+            } else {
+                Parsed::Refuse(405, "the diagnostics endpoints take GET and HEAD")
+            };
             for h in req.headers.iter() {
                 let name = h.name.to_ascii_lowercase();
                 if name == "content-length" {
                     match std::str::from_utf8(h.value).ok().map(str::trim) {
                         Some("0") => continue,
                         Some(v) if v.bytes().all(|b| b.is_ascii_digit()) && !v.is_empty() => {
-                            return Parsed::Refuse(413, "request bodies are not accepted");
+                            return body;
                         }
                         _ => return Parsed::Refuse(400, "malformed Content-Length"),
                     }
                 }
                 if name == "transfer-encoding" {
-                    return Parsed::Refuse(413, "request bodies are not accepted");
+                    return body;
+                }
+                if name == "connection"
+                    && h.value
+                        .split(|&b| b == b',')
+                        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+                {
+                    keep_alive = false;
                 }
                 if !FORWARDED.contains(&name.as_str()) {
                     continue;
@@ -608,7 +733,11 @@ fn parse_head(buf: &[u8], limits: &Limits, peer: SocketAddr) -> Parsed {
                 out += "Host: tbot\r\n";
             }
             out += &format!("X-Tbot-Peer: {peer}\r\nConnection: close\r\n\r\n");
-            Parsed::Forward(out.into_bytes())
+            Parsed::Forward {
+                head: out.into_bytes(),
+                keep_alive,
+                len,
+            }
         }
     }
 }
@@ -618,14 +747,21 @@ fn simple_response(status: u16, message: &str) -> Vec<u8> {
     let reason = match status {
         400 => "Bad Request",
         408 => "Request Timeout",
+        405 => "Method Not Allowed",
         413 => "Content Too Large",
         431 => "Request Header Fields Too Large",
+        502 => "Bad Gateway",
         503 => "Service Unavailable",
         504 => "Gateway Timeout",
         _ => "Error",
     };
+    let allow = if status == 405 {
+        "Allow: GET, HEAD\r\n"
+    } else {
+        ""
+    };
     format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{message}\n",
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n{allow}Content-Length: {}\r\nConnection: close\r\n\r\n{message}\n",
         message.len() + 1
     )
     .into_bytes()
@@ -645,17 +781,58 @@ mod tests {
 
     #[test]
     fn forwards_a_clean_head() {
-        let Parsed::Forward(h) =
-            parse("GET /readyz HTTP/1.0\r\nHost: x\r\nCookie: a\r\nConnection: keep-alive\r\n\r\n")
+        let Parsed::Forward {
+            head,
+            keep_alive,
+            len,
+        } = parse(
+            "GET /readyz HTTP/1.0\r\nHost: x\r\nCookie: a\r\nConnection: keep-alive\r\n\r\nGET /x",
+        )
         else {
             panic!("not forwarded")
         };
-        let h = String::from_utf8(h).unwrap();
+        let h = String::from_utf8(head).unwrap();
         assert!(h.starts_with("GET /readyz HTTP/1.1\r\nHost: x\r\n"), "{h}");
         assert!(
             !h.contains("Cookie")
                 && !h.contains("keep-alive")
                 && h.ends_with("Connection: close\r\n\r\n")
+        );
+        assert!(!keep_alive, "HTTP/1.0 closes");
+        assert_eq!(
+            len, 68,
+            "the pipelined bytes after the head are not part of it"
+        );
+        let Parsed::Forward { keep_alive, .. } = parse("GET / HTTP/1.1\r\n\r\n") else {
+            panic!()
+        };
+        assert!(keep_alive);
+        let Parsed::Forward { keep_alive, .. } =
+            parse("GET / HTTP/1.1\r\nConnection: TE, close\r\n\r\n")
+        else {
+            panic!()
+        };
+        assert!(!keep_alive);
+    }
+
+    #[test]
+    fn a_body_on_another_method_is_a_405() {
+        assert!(matches!(
+            parse("POST /livez HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello"),
+            Parsed::Refuse(405, _)
+        ));
+        assert!(String::from_utf8(simple_response(405, "x"))
+            .unwrap()
+            .contains("\r\nAllow: GET, HEAD\r\n"));
+    }
+
+    #[test]
+    fn connection_headers_are_dropped_from_kept_responses() {
+        let r = b"HTTP/1.1 200 OK\r\nServer: x\r\nConnection: close\r\nContent-Length: 2\r\n\r\nOK"
+            .to_vec();
+        assert_eq!(
+            drop_connection_header(r),
+            b"HTTP/1.1 200 OK\r\nServer: x\r\nContent-Length: 2\r\n\r\nOK".to_vec()
         );
     }
 
@@ -675,7 +852,7 @@ mod tests {
         ));
         assert!(matches!(
             parse("GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n"),
-            Parsed::Forward(_)
+            Parsed::Forward { .. }
         ));
         assert!(matches!(
             parse(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"),

@@ -56,6 +56,8 @@ struct Loop {
     /// when there are some.
     parked: AtomicUsize,
     stop: AtomicBool,
+    /// tiny_http no longer listens on its socket: rebuild it.
+    lost: AtomicBool,
 }
 
 impl Loop {
@@ -133,6 +135,7 @@ pub fn start(
         server: Mutex::new(Arc::new(server)),
         parked: AtomicUsize::new(0),
         stop: AtomicBool::new(false),
+        lost: AtomicBool::new(false),
     });
 
     let limits = front::Limits {
@@ -149,8 +152,23 @@ pub fn start(
         );
     }
     let (stop_front, stop_rx) = UnixStream::pair().map_err(|e| format!("diagnostics: {e}"))?;
-    let front = front::Front::new(listener, backend_path.clone(), limits, stop_rx)
-        .map_err(|e| format!("diagnostics listener: {e}"))?;
+    let lost_state = state.clone();
+    let lost_path = backend_path.clone();
+    let backend_lost: front::BackendLost = Arc::new(move |path: &Path| {
+        // Only if the serving loop has not moved on already.
+        if *lost_path.lock().unwrap_or_else(|p| p.into_inner()) == path {
+            lost_state.lost.store(true, Ordering::SeqCst);
+            lost_state.wake();
+        }
+    });
+    let front = front::Front::new(
+        listener,
+        backend_path.clone(),
+        backend_lost,
+        limits,
+        stop_rx,
+    )
+    .map_err(|e| format!("diagnostics listener: {e}"))?;
 
     let wake = state.clone();
     health.on_change(move || {
@@ -216,44 +234,68 @@ fn serve(state: Arc<Loop>, ctx: routes::Ctx, dir: PathBuf, backend_path: front::
     let mut parked: Vec<routes::Parked> = Vec::new();
     let mut generation = 0;
     while !state.stop.load(Ordering::SeqCst) {
-        let server = state.server();
-        let next = parked.iter().map(|p| p.deadline).min();
-        let received = match next {
-            Some(t) => server.recv_timeout(t.saturating_duration_since(Instant::now())),
-            None => server.recv().map(Some),
-        };
-        match received {
-            Ok(Some(req)) => {
-                if let Some(p) = routes::handle(&ctx, req) {
-                    parked.push(p);
-                }
+        if state.lost.swap(false, Ordering::SeqCst) {
+            generation += 1;
+            if !rebuild(&state, &dir, generation, &backend_path) {
+                // Out of descriptors, most likely: try again in a while.
+                std::thread::sleep(Duration::from_secs(1));
+                state.lost.store(true, Ordering::SeqCst);
             }
-            Ok(None) => {}
-            // `recv` without a request: an unblock (stop or a health change)
-            // or tiny_http's accept thread has died. Tell them apart.
-            Err(e) if e.to_string() == "thread unblocked" => {}
-            Err(e) => {
-                generation += 1;
-                log::warn(
-                    "diagnostics serving loop lost its listener; rebuilding",
-                    &[("error", &e)],
-                );
-                match backend(&dir, generation) {
-                    Ok((s, path)) => {
-                        *state.server.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(s);
-                        *backend_path.lock().unwrap_or_else(|p| p.into_inner()) = path;
+        } else {
+            let server = state.server();
+            let next = parked.iter().map(|p| p.deadline).min();
+            let received = match next {
+                Some(t) => server.recv_timeout(t.saturating_duration_since(Instant::now())),
+                None => server.recv().map(Some),
+            };
+            match received {
+                Ok(Some(req)) => {
+                    if let Some(p) = routes::handle(&ctx, req) {
+                        parked.push(p);
                     }
-                    Err(e) => {
-                        log::error(
-                            "diagnostics: cannot rebuild the serving socket",
-                            &[("error", &e)],
-                        );
-                        std::thread::sleep(Duration::from_secs(1));
-                    }
+                }
+                Ok(None) => {}
+                // `recv` without a request: an unblock (stop, a health
+                // change, or the front saying the socket is gone), or
+                // tiny_http's accept thread has died of an accept error.
+                Err(e) if e.to_string() == "thread unblocked" => {}
+                Err(e) => {
+                    log::warn(
+                        "diagnostics serving loop lost its listener; rebuilding",
+                        &[("error", &e)],
+                    );
+                    state.lost.store(true, Ordering::SeqCst);
                 }
             }
         }
         parked = routes::answer_ready(&ctx, parked);
         state.parked.store(parked.len(), Ordering::Relaxed);
+    }
+}
+
+/// Replaces tiny_http with a fresh server on a fresh socket. Parked requests
+/// belong to the old one and are still answered through it.
+fn rebuild(state: &Loop, dir: &Path, generation: usize, backend_path: &front::BackendPath) -> bool {
+    match backend(dir, generation) {
+        Ok((server, path)) => {
+            let old = std::mem::replace(
+                &mut *backend_path.lock().unwrap_or_else(|p| p.into_inner()),
+                path,
+            );
+            *state.server.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(server);
+            let _ = std::fs::remove_file(old);
+            log::info(
+                "diagnostics serving socket rebuilt",
+                &[("generation", &generation)],
+            );
+            true
+        }
+        Err(e) => {
+            log::error(
+                "diagnostics: cannot rebuild the serving socket",
+                &[("error", &e)],
+            );
+            false
+        }
     }
 }

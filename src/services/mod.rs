@@ -13,7 +13,11 @@ use crate::config::{Config, ServiceConfig};
 use crate::health::{Health, Status, Update};
 use crate::metrics::Metrics;
 
+pub mod bot_identity;
+pub mod ca;
+pub mod ca_rotation;
 pub mod heartbeat;
+pub mod identity;
 pub mod ssh_multiplexer;
 
 /// What every service implements.
@@ -35,6 +39,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// "Re-issue now" notices from `ca-rotation` to every identity output.
     pub reissue: Bus,
+    /// The CA the identity outputs sign with (see `ca`).
+    pub ca: ca::CurrentCa,
 }
 
 /// A fan-out of wake-up notices: each subscriber gets its own channel.
@@ -142,13 +148,23 @@ pub struct Spec {
 
 /// Every service of this configuration, internal ones first.
 pub fn build(config: &Config) -> Vec<Spec> {
-    let mut specs = vec![Spec {
-        name: "heartbeat".into(),
-        service: Box::new(heartbeat::Heartbeat::new(config)),
-    }];
+    let mut specs = vec![
+        Spec {
+            name: "identity".into(),
+            service: Box::new(bot_identity::BotIdentity::new(config)),
+        },
+        Spec {
+            name: "ca-rotation".into(),
+            service: Box::new(ca_rotation::CaRotation::new(config)),
+        },
+        Spec {
+            name: "heartbeat".into(),
+            service: Box::new(heartbeat::Heartbeat::new(config)),
+        },
+    ];
     for s in &config.services {
         let service: Box<dyn Service> = match s {
-            ServiceConfig::Identity(_) => Box::new(NotYetBuilt { kind: s.kind() }),
+            ServiceConfig::Identity(c) => Box::new(identity::IdentityOutput::new(c.clone())),
             ServiceConfig::SshMultiplexer(m) => {
                 Box::new(ssh_multiplexer::SshMultiplexer::new(m, config))
             }
@@ -159,26 +175,6 @@ pub fn build(config: &Config) -> Vec<Spec> {
         });
     }
     specs
-}
-
-/// Stands in for a service type this build cannot run yet: honest about it.
-struct NotYetBuilt {
-    kind: &'static str,
-}
-
-impl Service for NotYetBuilt {
-    fn kind(&self) -> &'static str {
-        self.kind
-    }
-
-    fn run(&mut self, ctx: &Context) -> Result<(), String> {
-        ctx.unhealthy(format!(
-            "service type {:?} is not implemented in this build",
-            self.kind
-        ));
-        let _ = ctx.stop().recv();
-        Ok(())
-    }
 }
 
 /// Times one iteration of a service's loop into the `tbot_task_*` metrics.

@@ -285,9 +285,41 @@ pub fn request_timeout(addr: SocketAddr, raw: &[u8], timeout: Duration) -> std::
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
     s.write_all(raw)?;
+    read_response(&mut s, raw.starts_with(b"HEAD "))
+}
+
+/// Reads one response: to the end of its Content-Length body (the server
+/// may keep the connection open), or to end of stream without one.
+pub fn read_response(s: &mut TcpStream, head_request: bool) -> std::io::Result<Resp> {
     let mut buf = Vec::new();
-    s.read_to_end(&mut buf)?;
-    parse_response(&buf)
+    let mut chunk = [0u8; 8192];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = parse_response(&buf[..end + 4])?;
+            if let Some(len) = head
+                .header("Content-Length")
+                .and_then(|l| l.parse::<usize>().ok())
+            {
+                let want = end + 4 + if head_request { 0 } else { len };
+                while buf.len() < want {
+                    let n = s.read(&mut chunk)?;
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                buf.truncate(want);
+                return parse_response(&buf);
+            }
+            s.read_to_end(&mut buf)?;
+            return parse_response(&buf);
+        }
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            return parse_response(&buf);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
 }
 
 pub fn parse_response(buf: &[u8]) -> std::io::Result<Resp> {
