@@ -620,11 +620,16 @@ fn ssh_reaches_a_real_sshd_through_the_multiplexer_and_no_helper_lives_on() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(rest, "done\n");
-    // The login used the bot's certificate.
+    // The login used the bot's certificate (key id tbot/HOST/SERVICE).
     assert!(
         sshd.wait_for_log("-CERT SHA256:", Duration::from_secs(5)),
         "{}",
         sshd.log()
+    );
+    let log = sshd.log();
+    assert!(
+        log.contains("ID tbot/") && log.contains("/id (serial"),
+        "{log}"
     );
     wait_metric(&t, IN_FLIGHT, 0);
     assert_eq!((metric(&t, STARTED), metric(&t, OK)), (1, 1));
