@@ -19,6 +19,7 @@ mod issuer;
 mod log;
 mod metrics;
 mod oneshot;
+mod proxy_command;
 mod services;
 mod signals;
 mod supervisor;
@@ -56,10 +57,7 @@ fn main() {
             daemon::EXIT_OK
         }
         Command::Wait(args) => wait::run(&args),
-        Command::ProxyCommand { .. } => {
-            eprintln!("tbot: ssh-multiplexer-proxy-command is not implemented in this build");
-            daemon::EXIT_FAILURE
-        }
+        Command::ProxyCommand { socket, target } => proxy_command::run(&socket, &target),
         Command::Start(args) => {
             // Before any thread exists, so that every thread inherits it.
             if let Err(e) = signals::block() {

@@ -90,7 +90,7 @@ impl Metrics {
             &r,
             IntCounter::new(
                 "tbot_ssh_multiplexer_requests_started_total",
-                "Number of SSH connections the multiplexer has started handling.",
+                "Connections the SSH multiplexer has accepted on its socket, including those it refused.",
             )?,
         )?;
         let mux_handled = register(
@@ -98,7 +98,7 @@ impl Metrics {
             IntCounterVec::new(
                 Opts::new(
                     "tbot_ssh_multiplexer_requests_handled_total",
-                    "Number of SSH connections the multiplexer has finished handling, by outcome.",
+                    "Connections the SSH multiplexer has finished: OK once a relay to the target ended, ERROR if refused or the target was unreachable.",
                 ),
                 &["status"],
             )?,
@@ -110,7 +110,7 @@ impl Metrics {
             &r,
             IntGauge::new(
                 "tbot_ssh_multiplexer_requests_in_flight",
-                "Number of SSH connections the multiplexer is handling right now.",
+                "Connections the SSH multiplexer is handling now (reading the target, dialing or relaying).",
             )?,
         )?;
         Ok(Metrics {

@@ -18,6 +18,7 @@ pub mod ca;
 pub mod ca_rotation;
 pub mod heartbeat;
 pub mod identity;
+pub mod ssh_multiplexer;
 
 /// What every service implements.
 pub trait Service: Send + 'static {
@@ -164,7 +165,9 @@ pub fn build(config: &Config) -> Vec<Spec> {
     for s in &config.services {
         let service: Box<dyn Service> = match s {
             ServiceConfig::Identity(c) => Box::new(identity::IdentityOutput::new(c.clone())),
-            ServiceConfig::SshMultiplexer(_) => Box::new(NotYetBuilt { kind: s.kind() }),
+            ServiceConfig::SshMultiplexer(m) => {
+                Box::new(ssh_multiplexer::SshMultiplexer::new(m, config))
+            }
         };
         specs.push(Spec {
             name: s.name().to_string(),
@@ -172,26 +175,6 @@ pub fn build(config: &Config) -> Vec<Spec> {
         });
     }
     specs
-}
-
-/// Stands in for a service type this build cannot run yet: honest about it.
-struct NotYetBuilt {
-    kind: &'static str,
-}
-
-impl Service for NotYetBuilt {
-    fn kind(&self) -> &'static str {
-        self.kind
-    }
-
-    fn run(&mut self, ctx: &Context) -> Result<(), String> {
-        ctx.unhealthy(format!(
-            "service type {:?} is not implemented in this build",
-            self.kind
-        ));
-        let _ = ctx.stop().recv();
-        Ok(())
-    }
 }
 
 /// Times one iteration of a service's loop into the `tbot_task_*` metrics.

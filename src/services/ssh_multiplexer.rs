@@ -1,0 +1,1084 @@
+//! The `ssh-multiplexer` service: one Unix socket through which OpenSSH
+//! reaches any TCP target, so that a host needs one tbot, not one helper
+//! process per SSH session.
+//!
+//! Protocol (`v1.sock`): the client writes `host:port` (an optional
+//! `|cluster` suffix is accepted and ignored) and a NUL byte, at most
+//! [`MAX_REQUEST`] bytes in all, within [`REQUEST_DEADLINE`]. The bot dials
+//! the target over TCP (at most [`DIAL_TIMEOUT`] per address) and from then
+//! on relays bytes both ways until both directions have ended; an EOF in one
+//! direction is passed on as a half-close (`shutdown(Write)`) on the other
+//! side. On success the bot writes nothing of its own: the first bytes the
+//! client reads are the target's. On failure (malformed request, unknown
+//! host, refused or unreachable port, too many connections) the bot writes
+//! one line, [`ERROR_PREFIX`] and the reason, then closes.
+//!
+//! `tbot ssh-multiplexer-proxy-command` (see `proxy_command`) peeks at that
+//! first reply, so ssh users see the reason as the proxy command's error;
+//! a raw client, or ssh given the socket some other way, sees the line as
+//! the start of the stream (ssh reports a bad banner).
+//!
+//! Threads: the service thread binds and accepts (polling, so that a stop is
+//! seen within [`POLL_INTERVAL`]); each connection gets a `mux-conn` thread,
+//! which spawns a `mux-conn-down` thread for the target → client direction
+//! once the target is dialed. At most `max_connections` connections are
+//! handled at once; past that a newcomer is refused at once, not queued.
+//! Stopping closes the listener and removes the socket; live relays are not
+//! waited for (they end with the process).
+//!
+//! Metrics: every accepted connection counts once in
+//! `requests_started_total` and, when it ends, once in
+//! `requests_handled_total` (`OK`: the target was dialed and the relay ran to
+//! its end; `ERROR`: anything refused or failed before that); `in_flight`
+//! is always started minus handled.
+
+use std::collections::VecDeque;
+use std::fs;
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::{Config, MultiplexerConfig};
+use crate::identity_files::{CERT_FILE, KEY_FILE};
+use crate::log;
+use crate::metrics::Metrics;
+use crate::services::{Context, Service};
+
+/// The socket's file name in the destination.
+pub const SOCKET_NAME: &str = "v1.sock";
+/// The OpenSSH client configuration's file name in the destination.
+pub const SSH_CONFIG_NAME: &str = "ssh_config";
+/// Longest request, its NUL included.
+pub const MAX_REQUEST: usize = 512;
+/// Time a client has to send its whole request.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+/// Time to establish the TCP connection, per address of the target.
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Starts the one line the bot writes when it cannot serve a request.
+pub const ERROR_PREFIX: &str = "tbot ssh-multiplexer error: ";
+/// Longest path a Unix socket can have (`sun_path` is 108 bytes, NUL included).
+pub const MAX_SOCKET_PATH: usize = 107;
+
+/// How often the accept loop looks at the stop signal.
+const POLL_INTERVAL: Duration = Duration::from_millis(200);
+/// How often the service checks that `v1.sock` is still its own.
+const OWNERSHIP_CHECK: Duration = Duration::from_secs(2);
+/// The name the socket is bound under before it is renamed into place:
+/// as long as `v1.sock`, so the path length check covers both.
+const TEMP_SOCKET_NAME: &str = ".v1.tmp";
+const RELAY_BUFFER: usize = 64 * 1024;
+/// After refusing a request, how long and how much of the client's
+/// remaining input is read and dropped so that it can read the reason.
+const LINGER_TIME: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 64 * 1024;
+
+pub struct SshMultiplexer {
+    config: MultiplexerConfig,
+    /// The identity output's destination (None only if the configuration
+    /// was not validated, which `config::parse` always does).
+    identity_dir: Option<PathBuf>,
+    /// Connections being handled. Kept across restarts of `run`: relays
+    /// from before a restart still count against `max_connections`.
+    active: Arc<AtomicUsize>,
+}
+
+impl SshMultiplexer {
+    pub fn new(config: &MultiplexerConfig, all: &Config) -> SshMultiplexer {
+        SshMultiplexer {
+            config: config.clone(),
+            identity_dir: all
+                .identity(&config.identity)
+                .map(|i| i.destination.clone()),
+            active: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+}
+
+impl Service for SshMultiplexer {
+    fn kind(&self) -> &'static str {
+        "ssh-multiplexer"
+    }
+
+    fn run(&mut self, ctx: &Context) -> Result<(), String> {
+        let dest = absolute(&self.config.destination)?;
+        let identity_dir = match &self.identity_dir {
+            Some(d) => absolute(d)?,
+            None => {
+                return Err(format!(
+                    "{:?} is not the name of an identity service",
+                    self.config.identity
+                ))
+            }
+        };
+        let socket = Socket::bind(&dest)?;
+        let exe = tbot_exe()?;
+        let text = ssh_config_text(&exe, &socket.path, &identity_dir)?;
+        let config_path = dest.join(SSH_CONFIG_NAME);
+        crate::atomic_file::write_atomic(&config_path, text.as_bytes(), 0o600)
+            .map_err(|e| format!("{}: {e}", config_path.display()))?;
+        log::info(
+            "ssh multiplexer listening",
+            &[
+                ("service", &ctx.name()),
+                ("socket", &socket.path.display()),
+                ("ssh_config", &config_path.display()),
+                ("max_connections", &self.config.max_connections),
+            ],
+        );
+        ctx.healthy();
+        let conns = Connections {
+            service: Arc::from(ctx.name()),
+            metrics: ctx.shared.metrics.clone(),
+            active: self.active.clone(),
+            max: self.config.max_connections,
+        };
+        let result = accept_loop(&socket, &conns, ctx);
+        if result.is_ok() {
+            log::info(
+                "ssh multiplexer stopped",
+                &[
+                    ("service", &ctx.name()),
+                    ("open_connections", &conns.active.load(Ordering::Relaxed)),
+                ],
+            );
+        }
+        result
+    }
+}
+
+fn accept_loop(socket: &Socket, conns: &Connections, ctx: &Context) -> Result<(), String> {
+    let mut lingering = Lingering::default();
+    let mut checked = Instant::now();
+    let mut fds = Vec::new();
+    loop {
+        if ctx.stopping() {
+            return Ok(());
+        }
+        fds.clear();
+        fds.push(pollfd(socket.listener.as_raw_fd(), libc::POLLIN));
+        fds.extend(lingering.fds().map(|fd| pollfd(fd, libc::POLLIN)));
+        poll(&mut fds, lingering.timeout(POLL_INTERVAL))
+            .map_err(|e| format!("{}: poll: {e}", socket.path.display()))?;
+        let readable = fds[0].revents != 0;
+        lingering.drain();
+        while readable && !ctx.stopping() {
+            match socket.listener.accept() {
+                Ok((stream, _)) => conns.handle(stream, &mut lingering),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::Interrupted | ErrorKind::ConnectionAborted
+                    ) => {}
+                Err(e) => {
+                    // EMFILE and friends: nothing to refuse a client with.
+                    // Back off briefly rather than spin; never give up.
+                    log::warn(
+                        "ssh multiplexer: accept failed",
+                        &[("service", &ctx.name()), ("error", &e)],
+                    );
+                    if !ctx.sleep(Duration::from_millis(100)) {
+                        return Ok(());
+                    }
+                    break;
+                }
+            }
+        }
+        if checked.elapsed() >= OWNERSHIP_CHECK {
+            socket.check_still_ours()?;
+            checked = Instant::now();
+        }
+    }
+}
+
+fn pollfd(fd: RawFd, events: i16) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    }
+}
+
+/// poll(2) on `fds` for at most `timeout`; the number of ready descriptors.
+fn poll(fds: &mut [libc::pollfd], timeout: Duration) -> io::Result<usize> {
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    loop {
+        // SAFETY: a valid, initialised slice of pollfd of the length given.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        if let Ok(n) = usize::try_from(n) {
+            return Ok(n);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Waits until `fd` is readable (or hung up); false on timeout.
+pub fn wait_readable(fd: RawFd, timeout: Duration) -> io::Result<bool> {
+    poll(&mut [pollfd(fd, libc::POLLIN)], timeout).map(|n| n > 0)
+}
+
+/// Waits until `fd` can be written to, without a time limit.
+pub fn wait_writable(fd: RawFd) -> io::Result<()> {
+    poll(&mut [pollfd(fd, libc::POLLOUT)], Duration::from_secs(3600)).map(|_| ())
+}
+
+fn absolute(p: &Path) -> Result<PathBuf, String> {
+    std::path::absolute(p).map_err(|e| format!("{}: {e}", p.display()))
+}
+
+/// The path of the running tbot binary, for the ssh_config's ProxyCommand.
+fn tbot_exe() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe()
+        .map_err(|e| format!("finding the tbot binary for ssh_config: {e}"))?;
+    // Linux names a binary replaced since start (a package upgrade) "… (deleted)";
+    // the new binary is at the original path.
+    Ok(
+        match exe.to_str().and_then(|s| s.strip_suffix(" (deleted)")) {
+            Some(s) => PathBuf::from(s),
+            None => exe,
+        },
+    )
+}
+
+// ---------------------------------------------------------------------------
+// The socket file.
+
+/// The bound listener; removes `v1.sock` when dropped if the file is still
+/// the one it bound.
+struct Socket {
+    listener: UnixListener,
+    path: PathBuf,
+    /// (device, inode) of the socket file, to tell it from a replacement.
+    id: (u64, u64),
+}
+
+impl Socket {
+    /// Creates `dest` (0700) if missing and binds `dest/v1.sock` (0600),
+    /// replacing a stale socket left by a crash but not a live one.
+    fn bind(dest: &Path) -> Result<Socket, String> {
+        let path = dest.join(SOCKET_NAME);
+        let len = path.as_os_str().len();
+        if len > MAX_SOCKET_PATH {
+            return Err(format!(
+                "{}: path too long for a Unix socket ({len} bytes; at most {MAX_SOCKET_PATH}): choose a shorter destination",
+                path.display()
+            ));
+        }
+        crate::fsutil::create_private_dir(dest)?;
+        remove_if_stale(&path)?;
+
+        // Bind under a temporary name, set the mode, then rename into place:
+        // the socket is never reachable with the umask's mode, and a stale
+        // file is replaced atomically.
+        let tmp = dest.join(TEMP_SOCKET_NAME);
+        match fs::remove_file(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("{}: {e}", tmp.display())),
+        }
+        let listener =
+            UnixListener::bind(&tmp).map_err(|e| format!("{}: bind: {e}", path.display()))?;
+        let placed = (|| {
+            fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600))?;
+            let meta = fs::symlink_metadata(&tmp)?;
+            listener.set_nonblocking(true)?;
+            fs::rename(&tmp, &path)?;
+            Ok::<_, io::Error>((meta.dev(), meta.ino()))
+        })();
+        match placed {
+            Ok(id) => Ok(Socket { listener, path, id }),
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                Err(format!("{}: {e}", path.display()))
+            }
+        }
+    }
+
+    fn is_ours(&self) -> bool {
+        fs::symlink_metadata(&self.path)
+            .map(|m| (m.dev(), m.ino()) == self.id)
+            .unwrap_or(false)
+    }
+
+    fn check_still_ours(&self) -> Result<(), String> {
+        if self.is_ours() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{}: the socket was removed or replaced; binding it again",
+                self.path.display()
+            ))
+        }
+    }
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        if self.is_ours() {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Removes `path` if it is a socket nobody listens on. A live socket (another
+/// tbot) or a file that is not a socket is an error, and left alone.
+fn remove_if_stale(path: &Path) -> Result<(), String> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(format!(
+            "{}: exists and is not a socket; not replacing it",
+            path.display()
+        ));
+    }
+    match UnixStream::connect(path) {
+        Ok(_) => Err(format!(
+            "{}: another process is listening on this socket",
+            path.display()
+        )),
+        Err(e) if matches!(e.kind(), ErrorKind::ConnectionRefused | ErrorKind::NotFound) => {
+            match fs::remove_file(path) {
+                Ok(()) => {
+                    log::info(
+                        "removed a stale ssh multiplexer socket",
+                        &[("socket", &path.display())],
+                    );
+                    Ok(())
+                }
+                Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(format!("{}: removing stale socket: {e}", path.display())),
+            }
+        }
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// ssh_config.
+
+/// The `ssh_config` that sends every host through this multiplexer with the
+/// identity output's key and certificate.
+pub fn ssh_config_text(exe: &Path, socket: &Path, identity_dir: &Path) -> Result<String, String> {
+    let proxy = format!(
+        "{} ssh-multiplexer-proxy-command {} %h:%p",
+        shell_word(exe)?,
+        shell_word(socket)?
+    );
+    let key = config_word(&identity_dir.join(KEY_FILE))?;
+    let cert = config_word(&identity_dir.join(CERT_FILE))?;
+    Ok(format!(
+        "\
+# Written by tbot's ssh-multiplexer; replaced whenever the service starts.
+# Use: ssh -F {config} user@host
+# Host key checking (StrictHostKeyChecking, UserKnownHostsFile) is left to you.
+Host *
+    ProxyCommand {proxy}
+    ProxyUseFdpass yes
+    IdentityFile {key}
+    CertificateFile {cert}
+    IdentitiesOnly yes
+",
+        config = socket.with_file_name(SSH_CONFIG_NAME).display(),
+    ))
+}
+
+fn utf8_path(p: &Path) -> Result<&str, String> {
+    let s = p.to_str().ok_or_else(|| {
+        format!(
+            "{}: path is not UTF-8; cannot write it into ssh_config",
+            p.display()
+        )
+    })?;
+    if s.chars().any(char::is_control) {
+        return Err(format!(
+            "{}: path has control characters; cannot write it into ssh_config",
+            p.display()
+        ));
+    }
+    Ok(s)
+}
+
+/// A path as one word of ProxyCommand: ssh expands `%` tokens, then runs the
+/// line with `sh -c`, so: `%` doubled, then single-quoted for the shell.
+fn shell_word(p: &Path) -> Result<String, String> {
+    let s = utf8_path(p)?.replace('%', "%%");
+    Ok(format!("'{}'", s.replace('\'', r"'\''")))
+}
+
+/// A path as an ssh_config argument that ssh expands (`IdentityFile`,
+/// `CertificateFile`): `%` doubled, double-quoted with `\` and `"` escaped.
+/// `${` cannot be escaped (ssh would read an environment variable).
+fn config_word(p: &Path) -> Result<String, String> {
+    let s = utf8_path(p)?;
+    if s.contains("${") {
+        return Err(format!(
+            "{}: path contains \"${{\", which ssh_config would expand as an environment variable",
+            p.display()
+        ));
+    }
+    let s = s
+        .replace('\\', r"\\")
+        .replace('"', "\\\"")
+        .replace('%', "%%");
+    Ok(format!("\"{s}\""))
+}
+
+// ---------------------------------------------------------------------------
+// Connections.
+
+/// What every connection thread needs.
+struct Connections {
+    service: Arc<str>,
+    metrics: Arc<Metrics>,
+    /// Connections being handled (their `mux-conn` thread is alive).
+    active: Arc<AtomicUsize>,
+    max: usize,
+}
+
+/// One request in the metrics: started and in flight from creation; handled
+/// (`ERROR` unless marked OK) when dropped, even by a panic.
+struct Request {
+    metrics: Arc<Metrics>,
+    ok: bool,
+}
+
+impl Request {
+    fn start(metrics: &Arc<Metrics>) -> Request {
+        metrics.mux_started.inc();
+        metrics.mux_in_flight.inc();
+        Request {
+            metrics: metrics.clone(),
+            ok: false,
+        }
+    }
+}
+
+impl Drop for Request {
+    fn drop(&mut self) {
+        let status = if self.ok { "OK" } else { "ERROR" };
+        self.metrics.mux_handled.with_label_values(&[status]).inc();
+        self.metrics.mux_in_flight.dec();
+    }
+}
+
+/// A taken connection slot, given back when dropped.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Connections {
+    /// Called on the accept thread for every accepted connection; never
+    /// blocks (a refused client lingers in `lingering`).
+    fn handle(&self, stream: UnixStream, lingering: &mut Lingering) {
+        let request = Request::start(&self.metrics);
+        // Only this thread adds to `active`, so check-then-add cannot overshoot.
+        if self.active.load(Ordering::Acquire) >= self.max {
+            let reason = format!(
+                "too many connections (max_connections is {}); try again later",
+                self.max
+            );
+            self.refuse(stream, &reason, lingering);
+            drop(request);
+            return;
+        }
+        self.active.fetch_add(1, Ordering::AcqRel);
+        let slot = Slot(self.active.clone());
+        let fallback = stream.try_clone();
+        let service = self.service.clone();
+        let spawned = crate::threads::spawn("mux-conn", move || {
+            let _slot = slot;
+            serve(stream, request, &service)
+        });
+        if let Err(e) = spawned {
+            // The closure (request, slot, stream) was dropped: counted ERROR.
+            let reason = format!("cannot start a connection thread: {e}");
+            match fallback {
+                Ok(s) => self.refuse(s, &reason, lingering),
+                Err(_) => fail(&self.service, None, None, &reason),
+            }
+        }
+    }
+
+    fn refuse(&self, stream: UnixStream, reason: &str, lingering: &mut Lingering) {
+        // A fresh socket's buffer takes a short line without blocking;
+        // nonblocking anyway, so that the accept loop never waits.
+        let _ = stream.set_nonblocking(true);
+        log_failure(&self.service, None, reason);
+        tell(&stream, reason);
+        lingering.add(stream);
+    }
+}
+
+/// Logs a failed request and tells the client why, in one line, then
+/// lingers (see [`linger`]). For connection threads, which may block.
+fn fail(service: &str, stream: Option<&UnixStream>, target: Option<&str>, reason: &str) {
+    log_failure(service, target, reason);
+    if let Some(s) = stream {
+        let _ = s.set_write_timeout(Some(LINGER_TIME));
+        tell(s, reason);
+        linger(s);
+    }
+}
+
+fn log_failure(service: &str, target: Option<&str>, reason: &str) {
+    log::warn(
+        "ssh multiplexer request failed",
+        &[
+            ("service", &service),
+            ("target", &target.unwrap_or("-")),
+            ("error", &reason),
+        ],
+    );
+}
+
+/// Writes the error line and half-closes: nothing else will come.
+fn tell(mut s: &UnixStream, reason: &str) {
+    let _ = s.write_all(format!("{ERROR_PREFIX}{reason}\n").as_bytes());
+    let _ = s.shutdown(std::net::Shutdown::Write);
+}
+
+/// After the error line, reads and drops what the client sends until it
+/// closes, for at most [`LINGER_TIME`] and [`LINGER_BYTES`]. A Unix socket
+/// closed with unread data resets its peer: the client's next read would
+/// fail with ECONNRESET (or its write of the request with EPIPE) instead of
+/// showing the line and a clean end.
+fn linger(s: &UnixStream) {
+    if s.set_nonblocking(true).is_err() {
+        return;
+    }
+    let end = Instant::now() + LINGER_TIME;
+    let mut total = 0;
+    while !drained(s, &mut total) {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() || wait_readable(s.as_raw_fd(), left).is_err() {
+            return;
+        }
+    }
+}
+
+/// Reads what a nonblocking socket holds; true once the client is done
+/// (EOF, an error, or [`LINGER_BYTES`] read in all).
+fn drained(mut s: &UnixStream, total: &mut usize) -> bool {
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(n) => {
+                *total += n;
+                if *total >= LINGER_BYTES {
+                    return true;
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return true,
+        }
+    }
+}
+
+/// Connections refused on the accept thread, lingering there (see
+/// [`linger`]) without blocking it: polled with the listener. At most
+/// [`MAX_LINGERING`]; past that the oldest is closed at once.
+#[derive(Default)]
+struct Lingering(VecDeque<(UnixStream, Instant, usize)>);
+
+const MAX_LINGERING: usize = 64;
+
+impl Lingering {
+    fn add(&mut self, s: UnixStream) {
+        if self.0.len() >= MAX_LINGERING {
+            self.0.pop_front();
+        }
+        let mut total = 0;
+        if !drained(&s, &mut total) {
+            self.0.push_back((s, Instant::now() + LINGER_TIME, total));
+        }
+    }
+
+    fn fds(&self) -> impl Iterator<Item = RawFd> + '_ {
+        self.0.iter().map(|(s, _, _)| s.as_raw_fd())
+    }
+
+    /// How long the accept loop may sleep: until the oldest one's time is up.
+    fn timeout(&self, max: Duration) -> Duration {
+        match self.0.front() {
+            Some((_, until, _)) => until.saturating_duration_since(Instant::now()).min(max),
+            None => max,
+        }
+    }
+
+    /// Reads what each sent; closes those done or out of time.
+    fn drain(&mut self) {
+        let now = Instant::now();
+        self.0
+            .retain_mut(|(s, until, total)| now < *until && !drained(s, total));
+    }
+}
+
+/// Handles one connection on its own thread: request, dial, relay.
+fn serve(mut client: UnixStream, mut request: Request, service: &str) {
+    let _ = client.set_nonblocking(false);
+    let (text, early) = match read_request(&mut client, REQUEST_DEADLINE) {
+        Ok(r) => r,
+        Err(e) => return fail(service, Some(&client), None, &e),
+    };
+    let target = match Target::parse(&text) {
+        Ok(t) => t,
+        Err(e) => return fail(service, Some(&client), Some(&printable(&text)), &e),
+    };
+    let shown = target.to_string();
+    let upstream = match target.dial(DIAL_TIMEOUT) {
+        Ok(s) => s,
+        Err(e) => return fail(service, Some(&client), Some(&shown), &e),
+    };
+    log::debug(
+        "ssh multiplexer relaying",
+        &[("service", &service), ("target", &shown)],
+    );
+    match relay(&client, &upstream, &early) {
+        Ok((up, down)) => {
+            request.ok = true;
+            log::debug(
+                "ssh multiplexer relay ended",
+                &[
+                    ("service", &service),
+                    ("target", &shown),
+                    ("bytes_up", &up),
+                    ("bytes_down", &down),
+                ],
+            );
+        }
+        Err(e) => fail(service, Some(&client), Some(&shown), &e),
+    }
+}
+
+/// `text` for a log line: control characters escaped, at most 100 chars.
+fn printable(text: &str) -> String {
+    text.chars()
+        .take(100)
+        .flat_map(char::escape_debug)
+        .collect()
+}
+
+/// Reads the request up to its NUL within `deadline`. Returns its text and
+/// whatever the client sent after the NUL (already the relayed stream).
+pub fn read_request(s: &mut UnixStream, deadline: Duration) -> Result<(String, Vec<u8>), String> {
+    let end = Instant::now() + deadline;
+    let mut buf = Vec::with_capacity(MAX_REQUEST);
+    let mut chunk = [0u8; MAX_REQUEST];
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!(
+                "no complete request within {}",
+                crate::duration::format(deadline)
+            ));
+        }
+        s.set_read_timeout(Some(left))
+            .map_err(|e| format!("reading the request: {e}"))?;
+        let n = match s.read(&mut chunk) {
+            Ok(0) => {
+                return Err("the client closed the connection before the request's NUL byte".into())
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => continue,
+            Err(e) => return Err(format!("reading the request: {e}")),
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = buf.iter().position(|&b| b == 0) {
+            if i >= MAX_REQUEST {
+                return Err(too_long());
+            }
+            let rest = buf.split_off(i + 1);
+            buf.pop();
+            let text =
+                String::from_utf8(buf).map_err(|_| "the request is not UTF-8".to_string())?;
+            s.set_read_timeout(None)
+                .map_err(|e| format!("reading the request: {e}"))?;
+            return Ok((text, rest));
+        }
+        if buf.len() >= MAX_REQUEST {
+            return Err(too_long());
+        }
+    }
+}
+
+fn too_long() -> String {
+    format!("request too long: expected host:port and a NUL byte within {MAX_REQUEST} bytes")
+}
+
+/// A parsed `host:port[|cluster]`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl Target {
+    pub fn parse(request: &str) -> Result<Target, String> {
+        let bad = |why: &str| {
+            Err(format!(
+                "malformed request {:?}: {why} (expected host:port or host:port|cluster)",
+                printable(request)
+            ))
+        };
+        let mut fields = request.split('|');
+        let addr = fields.next().unwrap_or_default();
+        let _cluster = fields.next();
+        if fields.next().is_some() {
+            return bad("more than two '|'-separated fields");
+        }
+        let Some((host, port)) = addr.rsplit_once(':') else {
+            return bad("no port");
+        };
+        let port = match port.parse::<u16>() {
+            Ok(p) if p != 0 => p,
+            _ => return bad("the port must be a number from 1 to 65535"),
+        };
+        let host = match host.strip_prefix('[') {
+            Some(h) => match h.strip_suffix(']') {
+                Some(h) => h,
+                None => return bad("unclosed '['"),
+            },
+            None => host,
+        };
+        if host.is_empty() {
+            return bad("no host");
+        }
+        if host.len() > 253
+            || host
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || "[]/\\".contains(c))
+        {
+            return bad("invalid host");
+        }
+        if host.contains(':') && host.parse::<std::net::Ipv6Addr>().is_err() {
+            return bad("a host with ':' must be an IPv6 address");
+        }
+        Ok(Target {
+            host: host.to_string(),
+            port,
+        })
+    }
+
+    /// Resolves the host and connects to the first address that answers.
+    pub fn dial(&self, timeout: Duration) -> Result<TcpStream, String> {
+        let addrs: Vec<SocketAddr> = (self.host.as_str(), self.port)
+            .to_socket_addrs()
+            .map_err(|e| format!("resolving {}: {e}", self.host))?
+            .collect();
+        let mut last = format!("resolving {}: no addresses", self.host);
+        for a in addrs {
+            match TcpStream::connect_timeout(&a, timeout) {
+                Ok(s) => {
+                    // Interactive sessions: no Nagle delay on keystrokes.
+                    let _ = s.set_nodelay(true);
+                    return Ok(s);
+                }
+                Err(e) if e.kind() == ErrorKind::TimedOut => {
+                    last = format!(
+                        "connecting to {a}: no answer within {}",
+                        crate::duration::format(timeout)
+                    )
+                }
+                Err(e) => last = format!("connecting to {a}: {e}"),
+            }
+        }
+        Err(last)
+    }
+}
+
+/// Relays until both directions have ended. Returns the bytes sent up
+/// (client → target) and down; an error only if the relay could not start
+/// (then nothing has been relayed yet).
+fn relay(client: &UnixStream, target: &TcpStream, early: &[u8]) -> Result<(u64, u64), String> {
+    let mut client_w = client
+        .try_clone()
+        .map_err(|e| format!("relay: duplicating the client socket: {e}"))?;
+    let mut target_r = target
+        .try_clone()
+        .map_err(|e| format!("relay: duplicating the target socket: {e}"))?;
+    let down = crate::threads::spawn("mux-conn-down", move || {
+        let n = pump(&mut target_r, &mut client_w);
+        end_direction(&n, &client_w, &target_r);
+        n.unwrap_or(0)
+    })
+    .map_err(|e| format!("cannot start a relay thread: {e}"))?;
+    let (mut from, mut to) = (client, target);
+    let up = to
+        .write_all(early)
+        .and_then(|()| pump(&mut from, &mut to))
+        .map(|n| n + early.len() as u64);
+    end_direction(&up, target, client);
+    let down = down.join().unwrap_or(0);
+    Ok((up.unwrap_or(0), down))
+}
+
+/// After one direction (`from` → `to`) ends: on EOF, pass the half-close
+/// on; on an error, cut both sockets so that the other direction ends too.
+fn end_direction(outcome: &io::Result<u64>, to: &impl AsRawFd, from: &impl AsRawFd) {
+    let shut = |s: RawFd, how| {
+        // SAFETY: shutdown(2) on a descriptor the caller keeps open; its
+        // errors (ENOTCONN once the peer is gone) change nothing here.
+        unsafe { libc::shutdown(s, how) };
+    };
+    match outcome {
+        Ok(_) => shut(to.as_raw_fd(), libc::SHUT_WR),
+        Err(_) => {
+            shut(to.as_raw_fd(), libc::SHUT_RDWR);
+            shut(from.as_raw_fd(), libc::SHUT_RDWR);
+        }
+    }
+}
+
+/// Copies until EOF; returns the bytes copied.
+fn pump(from: &mut impl Read, to: &mut impl Write) -> io::Result<u64> {
+    let mut buf = vec![0u8; RELAY_BUFFER];
+    let mut total = 0u64;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        to.write_all(&buf[..n])?;
+        total += n as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::TestDir;
+
+    fn target(host: &str, port: u16) -> Target {
+        Target {
+            host: host.into(),
+            port,
+        }
+    }
+
+    #[test]
+    fn targets_parse() {
+        assert_eq!(Target::parse("127.0.0.1:22"), Ok(target("127.0.0.1", 22)));
+        assert_eq!(
+            Target::parse("host.example:2222|cluster-a"),
+            Ok(target("host.example", 2222))
+        );
+        assert_eq!(Target::parse("[::1]:22"), Ok(target("::1", 22)));
+        assert_eq!(Target::parse("::1:22|"), Ok(target("::1", 22)));
+        assert_eq!(target("::1", 22).to_string(), "[::1]:22");
+        for bad in [
+            "",
+            "host",
+            "host:",
+            ":22",
+            "host:0",
+            "host:65536",
+            "host:ssh",
+            "a|b|c:22",
+            "host:22|c|d",
+            "[::1:22",
+            "a b:22",
+            "a\nb:22",
+            "fe80:zz:22",
+        ] {
+            let e = Target::parse(bad).expect_err(bad);
+            assert!(e.starts_with("malformed request"), "{bad}: {e}");
+            assert!(!e.contains('\n'), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn requests_are_read_to_the_nul_and_keep_what_follows() {
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        b.write_all(b"127.0.0.1:22|x\0SSH-2.0-client\r\n").unwrap();
+        let (text, early) = read_request(&mut a, Duration::from_secs(5)).unwrap();
+        assert_eq!(text, "127.0.0.1:22|x");
+        assert_eq!(early, b"SSH-2.0-client\r\n");
+
+        // In pieces.
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        let writer = std::thread::spawn(move || {
+            for piece in [&b"local"[..], b"host:", b"22\0"] {
+                b.write_all(piece).unwrap();
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            b
+        });
+        let (text, early) = read_request(&mut a, Duration::from_secs(5)).unwrap();
+        assert_eq!((text.as_str(), early.len()), ("localhost:22", 0));
+        drop(writer.join());
+    }
+
+    #[test]
+    fn bad_requests_are_bounded() {
+        // Too long, without a NUL.
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        b.write_all(&[b'a'; MAX_REQUEST]).unwrap();
+        let e = read_request(&mut a, Duration::from_secs(5)).unwrap_err();
+        assert!(e.starts_with("request too long"), "{e}");
+        // A NUL just past the limit.
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        let mut long = vec![b'a'; MAX_REQUEST];
+        long.push(0);
+        b.write_all(&long).unwrap();
+        assert!(read_request(&mut a, Duration::from_secs(5)).is_err());
+        // Exactly at the limit, NUL included: accepted.
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        let mut max = vec![b'a'; MAX_REQUEST - 1];
+        max.push(0);
+        b.write_all(&max).unwrap();
+        assert_eq!(
+            read_request(&mut a, Duration::from_secs(5))
+                .unwrap()
+                .0
+                .len(),
+            MAX_REQUEST - 1
+        );
+        // Silence: the deadline.
+        let (mut a, _b) = UnixStream::pair().unwrap();
+        let started = Instant::now();
+        let e = read_request(&mut a, Duration::from_millis(200)).unwrap_err();
+        assert!(e.starts_with("no complete request within"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(3));
+        // EOF before the NUL; not UTF-8.
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        b.write_all(b"host:22").unwrap();
+        drop(b);
+        assert!(read_request(&mut a, Duration::from_secs(5))
+            .unwrap_err()
+            .contains("closed"));
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        b.write_all(b"\xff:22\0").unwrap();
+        assert!(read_request(&mut a, Duration::from_secs(5))
+            .unwrap_err()
+            .contains("UTF-8"));
+    }
+
+    #[test]
+    fn ssh_config_quotes_paths() {
+        let text = ssh_config_text(
+            Path::new("/usr/bin/tbot"),
+            Path::new("/opt/mux/v1.sock"),
+            Path::new("/opt/machine-id"),
+        )
+        .unwrap();
+        assert!(text.contains(
+            "\n    ProxyCommand '/usr/bin/tbot' ssh-multiplexer-proxy-command '/opt/mux/v1.sock' %h:%p\n"
+        ), "{text}");
+        assert!(text.contains("\n    ProxyUseFdpass yes\n"));
+        assert!(text.contains("\n    IdentityFile \"/opt/machine-id/key\"\n"));
+        assert!(text.contains("\n    CertificateFile \"/opt/machine-id/key-cert.pub\"\n"));
+        assert!(text.contains("\nHost *\n"));
+
+        let text = ssh_config_text(
+            Path::new("/o'k/100%/tbot"),
+            Path::new("/a b/$x/v1.sock"),
+            Path::new("/id \"q\"\\%d"),
+        )
+        .unwrap();
+        assert!(text.contains(
+            r#"ProxyCommand '/o'\''k/100%%/tbot' ssh-multiplexer-proxy-command '/a b/$x/v1.sock' %h:%p"#
+        ), "{text}");
+        assert!(
+            text.contains(r#"IdentityFile "/id \"q\"\\%%d/key""#),
+            "{text}"
+        );
+
+        for (exe, sock, id) in [
+            ("/bin/t\nx", "/s", "/i"),
+            ("/bin/t", "/s\r", "/i"),
+            ("/bin/t", "/s", "/i/${HOME}"),
+        ] {
+            assert!(ssh_config_text(Path::new(exe), Path::new(sock), Path::new(id)).is_err());
+        }
+    }
+
+    #[test]
+    fn the_socket_is_private_replaces_a_stale_one_and_is_removed() {
+        let d = TestDir::new("mux-socket");
+        let dest = d.0.join("mux");
+        let s = Socket::bind(&dest).unwrap();
+        let path = dest.join(SOCKET_NAME);
+        assert_eq!(
+            fs::metadata(&dest).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(UnixStream::connect(&path).is_ok());
+        // A second bind while the first listens is refused, and harmless.
+        let e = Socket::bind(&dest).err().unwrap();
+        assert!(e.contains("another process is listening"), "{e}");
+        assert!(s.is_ours());
+        drop(s);
+        assert!(!path.exists(), "removed when dropped");
+
+        // A stale socket (bound, never removed) is replaced.
+        let stale = UnixListener::bind(&path).unwrap();
+        drop(stale);
+        assert!(path.exists());
+        let s = Socket::bind(&dest).unwrap();
+        assert!(UnixStream::connect(&path).is_ok());
+        // Replaced behind its back: not ours, and not removed on drop.
+        fs::remove_file(&path).unwrap();
+        fs::write(&path, b"x").unwrap();
+        assert!(s.check_still_ours().is_err());
+        drop(s);
+        assert!(path.exists());
+        // A file that is not a socket is never removed.
+        let e = Socket::bind(&dest).err().unwrap();
+        assert!(e.contains("is not a socket"), "{e}");
+        assert_eq!(fs::read(&path).unwrap(), b"x");
+    }
+
+    #[test]
+    fn bind_errors_name_the_path() {
+        let d = TestDir::new("mux-bind-err");
+        let long = d.0.join("x".repeat(120));
+        let e = Socket::bind(&long).err().unwrap();
+        assert!(e.contains("path too long for a Unix socket"), "{e}");
+        assert!(!long.exists(), "nothing created");
+        let file = d.0.join("file");
+        fs::write(&file, b"").unwrap();
+        let e = Socket::bind(&file.join("mux")).err().unwrap();
+        assert_eq!(
+            e,
+            format!(
+                "{}: Not a directory (os error 20)",
+                file.join("mux").display()
+            )
+        );
+    }
+}

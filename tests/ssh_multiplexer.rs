@@ -1,0 +1,692 @@
+//! The ssh-multiplexer service and `tbot ssh-multiplexer-proxy-command`,
+//! through the real binary: raw clients on `v1.sock` against loopback TCP
+//! servers of the test's own, fd passing, health and metrics.
+
+mod common;
+use common::*;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const ERROR_PREFIX: &str = "tbot ssh-multiplexer error: ";
+
+/// A config with an identity output `id` and a multiplexer `mux` in `dir`.
+fn mux_config(dir: &Path, mux_extra: &str) -> String {
+    config_text(
+        dir,
+        "",
+        &format!(
+            "  - type: identity\n    name: id\n    principals: [{user}]\n    destination: {{type: directory, path: {id}}}\n\
+             \x20 - type: ssh-multiplexer\n    name: mux\n    identity: id\n    destination: {{type: directory, path: {mux}}}\n{mux_extra}",
+            user = current_user(),
+            id = dir.join("id").display(),
+            mux = dir.join("mux").display(),
+        ),
+    )
+}
+
+fn current_user() -> String {
+    let out = Command::new("id").arg("-un").output().unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// Starts tbot with `mux_config` and waits until `mux` is healthy.
+fn start_mux(tag: &str, mux_extra: &str) -> (Tbot, PathBuf) {
+    let dir = TempDir::new(tag);
+    let cfg = mux_config(dir.path(), mux_extra);
+    let socket = dir.join("mux").join("v1.sock");
+    let t = Tbot::start(dir, &cfg, &[]);
+    t.until("/readyz/mux", Duration::from_secs(10), |r| r.status == 200);
+    (t, socket)
+}
+
+/// The value of one sample line of /metrics (`name` with its labels).
+fn metric(t: &Tbot, sample: &str) -> i64 {
+    let body = t.get("/metrics").body;
+    body.lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {sample} in /metrics:\n{body}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+const STARTED: &str = "tbot_ssh_multiplexer_requests_started_total";
+const OK: &str = "tbot_ssh_multiplexer_requests_handled_total{status=\"OK\"}";
+const ERROR: &str = "tbot_ssh_multiplexer_requests_handled_total{status=\"ERROR\"}";
+const IN_FLIGHT: &str = "tbot_ssh_multiplexer_requests_in_flight";
+
+/// A loopback TCP server that optionally sends a banner first (as an SSH
+/// server does), then echoes everything and half-closes after the client's
+/// EOF. Its threads end with the test process.
+fn echo_server(banner: &'static [u8]) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut w) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut r = w.try_clone().unwrap();
+                if w.write_all(banner).is_err() {
+                    return;
+                }
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match r.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if w.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                let _ = w.shutdown(Shutdown::Write);
+            });
+        }
+    });
+    port
+}
+
+/// Connects to the multiplexer and sends `request` (NUL included by the caller).
+fn connect(socket: &Path, request: &[u8]) -> UnixStream {
+    let mut s = UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(request).unwrap();
+    s
+}
+
+/// Everything the multiplexer answers before it closes.
+fn answer(socket: &Path, request: &[u8]) -> String {
+    let mut s = connect(socket, request);
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+fn round_trip(s: &mut UnixStream, data: &[u8]) {
+    s.write_all(data).unwrap();
+    let mut got = vec![0u8; data.len()];
+    s.read_exact(&mut got).unwrap();
+    assert_eq!(got, data);
+}
+
+fn wait_metric(t: &Tbot, sample: &str, want: i64) {
+    let end = Instant::now() + Duration::from_secs(10);
+    while metric(t, sample) != want {
+        assert!(
+            Instant::now() < end,
+            "{sample} stayed {} (want {want})",
+            metric(t, sample)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn relays_with_half_close_and_refuses_bad_requests_with_a_reason() {
+    let (t, socket) = start_mux("mux-relay", "    max_connections: 3\n");
+    let dest = socket.parent().unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(dest), 0o700);
+    assert_eq!(mode(&socket), 0o600);
+    let port = echo_server(b"");
+
+    // A relay, with the optional cluster suffix and bytes sent right after
+    // the NUL; then a half-close: our EOF reaches the server, which sends
+    // its last bytes and closes.
+    let mut s = connect(
+        &socket,
+        format!("127.0.0.1:{port}|cluster\0early").as_bytes(),
+    );
+    let mut early = [0u8; 5];
+    s.read_exact(&mut early).unwrap();
+    assert_eq!(&early, b"early");
+    round_trip(&mut s, b"hello");
+    s.write_all(b"last words").unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut rest = String::new();
+    s.read_to_string(&mut rest).unwrap();
+    assert_eq!(rest, "last words");
+    drop(s);
+
+    // Failures: one line to the client, then close.
+    let refused = free_port();
+    let long = [b'a'; 600];
+    let cases: [(&[u8], &str); 5] = [
+        (b"nonsense\0", "no port"),
+        (b"a|b|c:22\0", "more than two"),
+        (&long, "request too long"),
+        (b"127.0.0.1:0\0", "the port must be"),
+        (
+            format!("127.0.0.1:{refused}\0").leak().as_bytes(),
+            "Connection refused",
+        ),
+    ];
+    for (request, why) in cases {
+        // A refused connection holds its slot until its client has closed.
+        wait_metric(&t, IN_FLIGHT, 0);
+        let out = answer(&socket, request);
+        assert!(out.starts_with(ERROR_PREFIX), "{out:?}");
+        assert!(out.contains(why), "{why:?} not in {out:?}");
+        assert!(out.ends_with('\n') && out.lines().count() == 1, "{out:?}");
+    }
+
+    // max_connections: 3 held relays; a fourth is refused at once, not queued.
+    wait_metric(&t, IN_FLIGHT, 0);
+    let mut held: Vec<UnixStream> = (0..3)
+        .map(|_| {
+            let mut s = connect(&socket, format!("127.0.0.1:{port}\0").as_bytes());
+            round_trip(&mut s, b"x");
+            s
+        })
+        .collect();
+    wait_metric(&t, IN_FLIGHT, 3);
+    let started = Instant::now();
+    let out = answer(&socket, format!("127.0.0.1:{port}\0").as_bytes());
+    assert!(
+        out.starts_with(ERROR_PREFIX) && out.contains("too many connections"),
+        "{out:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // A slot freed is a slot usable again.
+    drop(held.pop());
+    wait_metric(&t, IN_FLIGHT, 2);
+    let mut s = connect(&socket, format!("127.0.0.1:{port}\0").as_bytes());
+    round_trip(&mut s, b"again");
+    for s in held.iter_mut() {
+        round_trip(s, b"still alive");
+    }
+    drop(s);
+    drop(held);
+    wait_metric(&t, IN_FLIGHT, 0);
+
+    // 1 + 3 + 1 relays; 5 bad requests + 1 over the limit.
+    assert_eq!(metric(&t, OK), 5);
+    assert_eq!(metric(&t, ERROR), 6);
+    assert_eq!(metric(&t, STARTED), 11);
+    let r = t.get("/readyz/mux");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(t.log().contains("ssh multiplexer request failed"));
+    assert!(t.log().contains("too many connections"));
+    let m = t.get("/metrics").body;
+    for help in [
+        "# HELP tbot_ssh_multiplexer_requests_started_total ",
+        "# HELP tbot_ssh_multiplexer_requests_handled_total ",
+        "# HELP tbot_ssh_multiplexer_requests_in_flight ",
+    ] {
+        assert!(m.contains(help), "{help}");
+    }
+}
+
+/// 64 KiB chunk `k` of a deterministic pseudo-random stream (splitmix64).
+fn chunk(k: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(CHUNK);
+    for i in 0..(CHUNK as u64 / 8) {
+        let mut z = (k * (CHUNK as u64 / 8) + i).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+    }
+    out
+}
+const CHUNK: usize = 64 * 1024;
+
+#[test]
+fn a_100_mib_stream_arrives_intact_both_ways() {
+    const CHUNKS: u64 = 1600; // 100 MiB
+    let (t, socket) = start_mux("mux-bulk", "");
+    let port = echo_server(b"");
+    let mut s = connect(&socket, format!("127.0.0.1:{port}\0").as_bytes());
+    let mut w = s.try_clone().unwrap();
+    // Up (to the echo server) on one thread, down (back) on this one, at once.
+    let writer = std::thread::spawn(move || {
+        for k in 0..CHUNKS {
+            w.write_all(&chunk(k)).unwrap();
+        }
+        w.shutdown(Shutdown::Write).unwrap();
+    });
+    let mut buf = vec![0u8; CHUNK];
+    let mut filled = 0;
+    let mut k = 0u64;
+    let mut total = 0u64;
+    loop {
+        let n = s.read(&mut buf[filled..]).unwrap();
+        if n == 0 {
+            break;
+        }
+        filled += n;
+        total += n as u64;
+        if filled == CHUNK {
+            assert!(buf == chunk(k), "chunk {k} differs after the round trip");
+            k += 1;
+            filled = 0;
+        }
+    }
+    writer.join().unwrap();
+    assert_eq!((total, filled), (CHUNKS * CHUNK as u64, 0));
+    wait_metric(&t, IN_FLIGHT, 0);
+    assert_eq!(metric(&t, OK), 1);
+}
+
+/// Receives one descriptor sent with SCM_RIGHTS (and its one data byte).
+fn recv_fd(sock: &UnixStream) -> OwnedFd {
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    let mut control = [0u64; 8];
+    // SAFETY: zeroed msghdr pointing at locals that outlive the call.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&control) as _;
+        let n = libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC);
+        assert_eq!(n, 1, "recvmsg: {}", std::io::Error::last_os_error());
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        assert!(!cmsg.is_null(), "no control message");
+        assert_eq!(
+            ((*cmsg).cmsg_level, (*cmsg).cmsg_type),
+            (libc::SOL_SOCKET, libc::SCM_RIGHTS)
+        );
+        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>());
+        OwnedFd::from_raw_fd(fd)
+    }
+}
+
+/// Waits for `child` at most `timeout`; kills it (by PID) past that.
+fn wait_child(child: &mut std::process::Child, timeout: Duration) -> std::process::Output {
+    let end = Instant::now() + timeout;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > end {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = child.wait().unwrap();
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    if let Some(mut o) = child.stdout.take() {
+        o.read_to_end(&mut stdout).unwrap();
+    }
+    if let Some(mut e) = child.stderr.take() {
+        e.read_to_end(&mut stderr).unwrap();
+    }
+    std::process::Output {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
+/// Runs the proxy command with stdout on one end of a socket pair, as ssh
+/// does; returns (exit code, stderr, our end).
+fn proxy_command(socket: &Path, target: &str) -> (Option<i32>, String, UnixStream) {
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["ssh-multiplexer-proxy-command"])
+        .arg(socket)
+        .arg(target)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(OwnedFd::from(theirs)))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait_child(&mut child, Duration::from_secs(30));
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.code(), err, ours)
+}
+
+#[test]
+fn the_proxy_command_passes_its_connection_and_exits() {
+    let (t, socket) = start_mux("mux-proxy", "");
+    let port = echo_server(b"SSH-2.0-test\r\n");
+
+    // Exits 0 once the descriptor is passed; the descriptor is the relay.
+    let (status, err, ours) = proxy_command(&socket, &format!("127.0.0.1:{port}"));
+    assert_eq!(status, Some(0), "{err}");
+    assert_eq!(err, "");
+    let mut conn = UnixStream::from(recv_fd(&ours));
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut banner = [0u8; 14];
+    conn.read_exact(&mut banner).unwrap();
+    assert_eq!(
+        &banner, b"SSH-2.0-test\r\n",
+        "the target's bytes, unconsumed"
+    );
+    round_trip(&mut conn, b"through the passed descriptor");
+    drop(conn);
+
+    // The multiplexer's refusal becomes the command's error, exit 1.
+    let refused = free_port();
+    let (status, err, _) = proxy_command(&socket, &format!("127.0.0.1:{refused}"));
+    assert_eq!(status, Some(1));
+    assert!(
+        err.starts_with("tbot: ssh-multiplexer-proxy-command: connecting to 127.0.0.1:"),
+        "{err}"
+    );
+    assert!(err.contains("Connection refused"), "{err}");
+
+    let (status, err, _) = proxy_command(&t.dir.join("nope.sock"), "127.0.0.1:22");
+    assert_eq!(status, Some(1));
+    assert!(
+        err.contains("nope.sock: No such file or directory"),
+        "{err}"
+    );
+
+    // Not run by ssh: stdout is not a socket.
+    let (status, _, err) = run_tbot(
+        &[
+            "ssh-multiplexer-proxy-command",
+            socket.to_str().unwrap(),
+            &format!("127.0.0.1:{port}"),
+        ],
+        &[],
+        Duration::from_secs(10),
+    );
+    assert_eq!(status, Some(1));
+    assert!(err.contains("stdout is not a socket"), "{err}");
+
+    wait_metric(&t, IN_FLIGHT, 0);
+    assert_eq!((metric(&t, OK), metric(&t, ERROR)), (1, 1));
+}
+
+#[test]
+fn sigterm_stops_within_2s_with_a_live_relay_and_removes_the_socket() {
+    let (mut t, socket) = start_mux("mux-stop", "");
+    let port = echo_server(b"");
+    let mut s = connect(&socket, format!("127.0.0.1:{port}\0").as_bytes());
+    round_trip(&mut s, b"live");
+    let ssh_config = socket.with_file_name("ssh_config");
+    assert!(ssh_config.exists());
+    let started = Instant::now();
+    t.signal(libc::SIGTERM);
+    let status = t.wait_exit(Duration::from_secs(3));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        t.log()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!socket.exists(), "socket removed");
+    assert!(ssh_config.exists(), "ssh_config stays");
+}
+
+/// Waits until service `name` is unhealthy; its reason.
+fn unhealthy_reason(t: &Tbot, name: &str) -> String {
+    let r = t.until(&format!("/readyz/{name}"), Duration::from_secs(10), |r| {
+        r.status == 503 && r.json()["status"] == "unhealthy"
+    });
+    r.json()["reason"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn health_says_why_the_socket_cannot_be_bound_and_a_stale_one_is_replaced() {
+    let dir = TempDir::new("mux-health");
+    let file = dir.write("plain-file", "");
+    let long = dir.join(&"d".repeat(110));
+    // The good one's socket is left over from a "crash": bound, never removed.
+    std::fs::create_dir(dir.join("good")).unwrap();
+    drop(UnixListener::bind(dir.join("good").join("v1.sock")).unwrap());
+    let mux = |name: &str, path: &Path| {
+        format!(
+            "  - type: ssh-multiplexer\n    name: {name}\n    identity: id\n    destination: {{type: directory, path: {}}}\n",
+            path.display()
+        )
+    };
+    let services = format!(
+        "  - type: identity\n    name: id\n    principals: [x]\n    destination: {{type: directory, path: {}}}\n{}{}{}",
+        dir.join("id").display(),
+        mux("good", &dir.join("good")),
+        mux("long", &long),
+        mux("under-file", &file.join("mux")),
+    );
+    let cfg = config_text(dir.path(), "", &services);
+    let good_socket = dir.join("good").join("v1.sock");
+    let t = Tbot::start(dir, &cfg, &[]);
+    t.until("/readyz/good", Duration::from_secs(10), |r| r.status == 200);
+    assert!(t.log().contains("removed a stale ssh multiplexer socket"));
+    assert!(UnixStream::connect(&good_socket).is_ok());
+
+    let reason = unhealthy_reason(&t, "long");
+    assert!(
+        reason.contains("path too long for a Unix socket"),
+        "{reason}"
+    );
+    assert!(reason.contains("v1.sock"), "{reason}");
+    let reason = unhealthy_reason(&t, "under-file");
+    assert!(
+        reason.contains("plain-file/mux: Not a directory"),
+        "{reason}"
+    );
+
+    // Retried (supervisor backoff), still failing for the same reason, and
+    // the good one unaffected.
+    assert!(t.wait_log("service failed; restarting", Duration::from_secs(5)));
+    assert_eq!(t.get("/readyz/good").status, 200);
+
+    // A socket deleted under the service is noticed and bound again.
+    std::fs::remove_file(&good_socket).unwrap();
+    assert!(t.wait_log(
+        "the socket was removed or replaced",
+        Duration::from_secs(10)
+    ));
+    let end = Instant::now() + Duration::from_secs(10);
+    while UnixStream::connect(&good_socket).is_err() {
+        assert!(Instant::now() < end, "socket not bound again\n{}", t.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    t.until("/readyz/good", Duration::from_secs(5), |r| r.status == 200);
+}
+
+// ---------------------------------------------------------------------------
+// Real OpenSSH through the multiplexer, with the bot's own identity output.
+
+#[path = "support/sshd.rs"]
+#[allow(dead_code)] // not every test uses every helper
+mod sshd;
+
+/// tbot with `id` and `mux` (see `mux_config`), once the identity output has
+/// written its files, and an sshd trusting the bot's CA. Returns the
+/// ssh_config the multiplexer wrote.
+fn start_mux_and_sshd(tag: &str) -> (Tbot, sshd::Sshd, PathBuf) {
+    let (t, socket) = start_mux(tag, "");
+    let id = t.dir.join("id");
+    t.until("/readyz/id", Duration::from_secs(20), |r| r.status == 200);
+    for f in ["key", "key-cert.pub", "ssh_ca.pub"] {
+        assert!(id.join(f).exists(), "identity output wrote no {f}");
+    }
+    // sshd re-reads TrustedUserCAKeys per login: give it its own copy.
+    let trusted = t.dir.join("trusted_ca.pub");
+    std::fs::copy(id.join("ssh_ca.pub"), &trusted).unwrap();
+    let sshd = sshd::Sshd::start(&trusted);
+    (t, sshd, socket.with_file_name("ssh_config"))
+}
+
+/// `ssh -F <ssh_config> -p PORT user@127.0.0.1 -- command`, host key
+/// checking off (the ssh_config leaves it to the user), nothing else of the
+/// machine's or the user's own.
+fn ssh(config: &Path, port: u16, user: &str, command: &str) -> Command {
+    let mut cmd = Command::new("ssh");
+    cmd.arg("-F").arg(config);
+    for o in [
+        "BatchMode=yes",
+        "StrictHostKeyChecking=no",
+        "UserKnownHostsFile=/dev/null",
+        "GlobalKnownHostsFile=/dev/null",
+        "IdentityAgent=none",
+        "LogLevel=ERROR",
+        "ConnectTimeout=30",
+    ] {
+        cmd.args(["-o", o]);
+    }
+    cmd.args(["-p", &port.to_string()])
+        .arg(format!("{user}@127.0.0.1"))
+        .args(["--", command])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// Command lines of every process whose arguments contain `needle`.
+fn processes_with(needle: &str) -> Vec<String> {
+    let out = Command::new("ps")
+        .args(["-eo", "pid,args"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn ssh_reaches_a_real_sshd_through_the_multiplexer_and_no_helper_lives_on() {
+    let (t, sshd, config) = start_mux_and_sshd("mux-sshd");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let exe = std::fs::canonicalize(BIN).unwrap();
+    assert!(
+        text.contains(&format!(
+            "ProxyCommand '{}' ssh-multiplexer-proxy-command '{}' %h:%p",
+            exe.display(),
+            config.with_file_name("v1.sock").display()
+        )),
+        "{text}"
+    );
+    assert!(text.contains("ProxyUseFdpass yes"), "{text}");
+    let socket = config.with_file_name("v1.sock");
+    let socket = socket.to_str().unwrap();
+
+    let mut child = ssh(
+        &config,
+        sshd.port(),
+        sshd.user(),
+        "echo in-session; sleep 2; echo done",
+    )
+    .spawn()
+    .unwrap();
+    // Once the session runs, the proxy command has handed its socket over
+    // and exited; the ssh client itself is visible to the same scan.
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    assert_eq!(
+        line,
+        "in-session\n",
+        "ssh failed; sshd log:\n{}",
+        sshd.log()
+    );
+    assert_eq!(
+        metric(&t, IN_FLIGHT),
+        1,
+        "the session goes through the multiplexer"
+    );
+    let clients = processes_with(config.to_str().unwrap());
+    assert!(clients.iter().any(|l| l.contains("ssh -F")), "{clients:?}");
+    let helpers: Vec<String> = processes_with("ssh-multiplexer-proxy-command")
+        .into_iter()
+        .filter(|l| l.contains(socket))
+        .collect();
+    assert!(
+        helpers.is_empty(),
+        "proxy command still running: {helpers:?}"
+    );
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    let out = wait_child(&mut child, Duration::from_secs(20));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(rest, "done\n");
+    // The login used the bot's certificate (key id tbot/HOST/SERVICE).
+    assert!(
+        sshd.wait_for_log("-CERT SHA256:", Duration::from_secs(5)),
+        "{}",
+        sshd.log()
+    );
+    let log = sshd.log();
+    assert!(
+        log.contains("ID tbot/") && log.contains("/id (serial"),
+        "{log}"
+    );
+    wait_metric(&t, IN_FLIGHT, 0);
+    assert_eq!((metric(&t, STARTED), metric(&t, OK)), (1, 1));
+
+    // A port nobody listens on: the multiplexer's reason reaches the user.
+    let free = free_port();
+    let out = ssh(&config, free, sshd.user(), "true").output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "connecting to 127.0.0.1:{free}: Connection refused"
+        )),
+        "{err}"
+    );
+    assert_eq!(metric(&t, ERROR), 1);
+    assert_eq!(t.get("/readyz/mux").status, 200);
+}
+
+#[test]
+fn fifty_concurrent_ssh_sessions_through_one_multiplexer() {
+    const SESSIONS: usize = 50;
+    let (t, sshd, config) = start_mux_and_sshd("mux-fifty");
+    let (started0, ok0) = (metric(&t, STARTED), metric(&t, OK));
+    let mut children: Vec<std::process::Child> = (0..SESSIONS)
+        .map(|i| {
+            ssh(
+                &config,
+                sshd.port(),
+                sshd.user(),
+                &format!("sleep 1; echo session-{i}"),
+            )
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    let mut max_in_flight = 0;
+    let end = Instant::now() + Duration::from_secs(60);
+    while children.iter_mut().any(|c| c.try_wait().unwrap().is_none()) && Instant::now() < end {
+        max_in_flight = max_in_flight.max(metric(&t, IN_FLIGHT));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let outs: Vec<std::process::Output> = children
+        .iter_mut()
+        .map(|c| wait_child(c, Duration::from_secs(1)))
+        .collect();
+    for (i, out) in outs.iter().enumerate() {
+        assert!(
+            out.status.success() && out.stdout == format!("session-{i}\n").as_bytes(),
+            "session {i}: {} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(max_in_flight > 0, "in_flight never seen above 0");
+    wait_metric(&t, IN_FLIGHT, 0);
+    assert_eq!(metric(&t, STARTED), started0 + SESSIONS as i64);
+    assert_eq!(metric(&t, OK), ok0 + SESSIONS as i64);
+    assert_eq!(metric(&t, ERROR), 0);
+}
