@@ -160,7 +160,7 @@ pub const FLAGS: &[Flag] = &[
 pub enum Command {
     Start(StartArgs),
     Wait(WaitArgs),
-    ProxyCommand { socket: PathBuf, target: String },
+    MuxProxy { socket: PathBuf, target: String },
     Version,
     Help(Option<Cmd>),
 }
@@ -292,7 +292,7 @@ pub fn parse(
             _ => Err(usage("`tbot help` takes at most one command".into())),
         },
         Cmd::ProxyCommand => match positional.as_slice() {
-            [socket, target] => Ok(Command::ProxyCommand {
+            [socket, target] => Ok(Command::MuxProxy {
                 socket: socket.into(),
                 target: target.clone(),
             }),

@@ -133,7 +133,6 @@ fn run(config: Arc<Config>) -> Result<(), String> {
     };
 
     let shared = Arc::new(Shared {
-        config: config.clone(),
         health: health.clone(),
         metrics,
         reissue: Bus::default(),

@@ -57,7 +57,7 @@ fn main() {
             daemon::EXIT_OK
         }
         Command::Wait(args) => wait::run(&args),
-        Command::ProxyCommand { socket, target } => proxy_command::run(&socket, &target),
+        Command::MuxProxy { socket, target } => proxy_command::run(&socket, &target),
         Command::Start(args) => {
             // Before any thread exists, so that every thread inherits it.
             if let Err(e) = signals::block() {

@@ -33,8 +33,8 @@ pub trait Service: Send + 'static {
 }
 
 /// What all services share: built once at start-up.
+/// (Each service gets its own configuration when it is built.)
 pub struct Shared {
-    pub config: Arc<Config>,
     pub health: Health,
     pub metrics: Arc<Metrics>,
     /// "Re-issue now" notices from `ca-rotation` to every identity output.
