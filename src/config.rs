@@ -492,9 +492,14 @@ type Invalid = (Vec<Seg>, String);
 
 fn validate(raw: RawConfig, base: &Path) -> Result<Config, Invalid> {
     use Seg::{Index, Key};
-    let resolve = |p: &Path| {
+    // `./out` under `/etc/tbot` is `/etc/tbot/out`, not `/etc/tbot/./out`.
+    let resolve = |p: &Path| -> PathBuf {
+        let p: PathBuf = p
+            .components()
+            .filter(|c| *c != std::path::Component::CurDir)
+            .collect();
         if p.is_absolute() {
-            p.to_path_buf()
+            p
         } else {
             base.join(p)
         }
@@ -807,6 +812,11 @@ services:
             Path::new("/base/out")
         );
         assert!(c.diag_addr.is_none());
+        let c = parse_str(&GOOD.replace("path: out}", "path: ./out/./x}")).unwrap();
+        assert_eq!(
+            c.identity("my-service-123").unwrap().destination,
+            Path::new("/base/out/x")
+        );
     }
 
     fn err(text: &str) -> String {
