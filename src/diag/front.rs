@@ -424,12 +424,7 @@ impl Front {
                 let n = match (&c.client).read(&mut chunk[..room]) {
                     Ok(0) => return false,
                     Ok(n) => n,
-                    Err(e)
-                        if e.kind() == ErrorKind::WouldBlock
-                            || e.kind() == ErrorKind::Interrupted =>
-                    {
-                        return true
-                    }
+                    Err(e) if again(&e) => return true,
                     Err(_) => return false,
                 };
                 buf.extend_from_slice(&chunk[..n]);
@@ -449,12 +444,7 @@ impl Front {
                             *sent += n;
                             true
                         }
-                        Err(e)
-                            if e.kind() == ErrorKind::WouldBlock
-                                || e.kind() == ErrorKind::Interrupted =>
-                        {
-                            true
-                        }
+                        Err(e) if again(&e) => true,
                         Err(_) => false,
                     };
                 }
@@ -491,12 +481,7 @@ impl Front {
                         resp.extend_from_slice(&chunk[..n]);
                         true
                     }
-                    Err(e)
-                        if e.kind() == ErrorKind::WouldBlock
-                            || e.kind() == ErrorKind::Interrupted =>
-                    {
-                        true
-                    }
+                    Err(e) if again(&e) => true,
                     Err(_) => false,
                 }
             }
@@ -523,11 +508,7 @@ impl Front {
                         }
                     }
                 }
-                Err(e)
-                    if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted =>
-                {
-                    true
-                }
+                Err(e) if again(&e) => true,
                 Err(_) => false,
             },
             State::Linger { drained } => {
@@ -538,12 +519,7 @@ impl Front {
                         *drained += n;
                         *drained < limits.linger_bytes
                     }
-                    Err(e)
-                        if e.kind() == ErrorKind::WouldBlock
-                            || e.kind() == ErrorKind::Interrupted =>
-                    {
-                        true
-                    }
+                    Err(e) if again(&e) => true,
                     Err(_) => false,
                 }
             }
@@ -632,6 +608,11 @@ fn drop_connection_header(resp: Vec<u8>) -> Vec<u8> {
     out.pop();
     out.extend_from_slice(&resp[end..]);
     out
+}
+
+/// A nonblocking read or write that found nothing to do: try again later.
+fn again(e: &io::Error) -> bool {
+    matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted)
 }
 
 /// Rate limit for warnings the network can trigger at will: true at most
