@@ -84,7 +84,14 @@ pub fn start(args: StartArgs) -> i32 {
         }
     };
     if args.oneshot {
+        // Signals keep their default action: SIGINT/SIGTERM end a oneshot.
         return crate::oneshot::run(&config);
+    }
+    // Before any thread exists, so that every thread inherits the mask and
+    // the signals reach `signals::wait` only.
+    if let Err(e) = signals::block() {
+        eprintln!("tbot: blocking signals: {e}");
+        return EXIT_FAILURE;
     }
     match run(config) {
         Ok(()) => EXIT_OK,

@@ -59,11 +59,6 @@ fn main() {
         Command::Wait(args) => wait::run(&args),
         Command::MuxProxy { socket, target } => proxy_command::run(&socket, &target),
         Command::Start(args) => {
-            // Before any thread exists, so that every thread inherits it.
-            if let Err(e) = signals::block() {
-                eprintln!("tbot: blocking signals: {e}");
-                std::process::exit(daemon::EXIT_FAILURE);
-            }
             supervisor::install_panic_hook();
             daemon::start(args)
         }

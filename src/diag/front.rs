@@ -46,8 +46,11 @@ pub struct Limits {
     pub max_headers: usize,
     /// Time a client has to send its whole request head. Past it: 408.
     pub head_timeout: Duration,
-    /// Time the endpoints have to answer (`/wait` and profiles stay below).
+    /// Time the endpoints have to answer.
     pub response_timeout: Duration,
+    /// The same for `/wait` and CPU profiles, which take their time by
+    /// design (both are capped at 300 s by the endpoints).
+    pub slow_response_timeout: Duration,
     /// Time a client has to take the whole response.
     pub write_timeout: Duration,
     /// Time the endpoints still have once the client has shut down its
@@ -68,7 +71,8 @@ impl Default for Limits {
             max_head_bytes: 16 * 1024,
             max_headers: 64,
             head_timeout: Duration::from_secs(10),
-            response_timeout: Duration::from_secs(330),
+            response_timeout: Duration::from_secs(10),
+            slow_response_timeout: Duration::from_secs(330),
             write_timeout: Duration::from_secs(10),
             half_close_grace: Duration::from_secs(2),
             max_response_bytes: 64 * 1024 * 1024,
@@ -460,9 +464,14 @@ impl Front {
                                 502,
                                 "the diagnostics service closed the connection without answering",
                             );
-                        } else if let Some(next) = keep_alive.take().filter(|_| !c.half_closed) {
+                        } else if let Some(next) = keep_alive
+                            .take()
+                            .filter(|next| !c.half_closed || !next.is_empty())
+                        {
                             // tiny_http always closes (we ask it to); the
-                            // client's connection stays open.
+                            // client's connection stays open. (One that has
+                            // half-closed still gets answers to the requests
+                            // it sent before.)
                             out = drop_connection_header(out);
                             then = Then::KeepAlive(next);
                         }
@@ -547,6 +556,7 @@ impl Front {
                 head,
                 keep_alive,
                 len,
+                slow,
             } => {
                 let next = keep_alive.then(|| buf[len..].to_vec());
                 let path = self
@@ -563,7 +573,15 @@ impl Front {
                             resp: Vec::new(),
                             keep_alive: next,
                         };
-                        c.deadline = now + self.limits.response_timeout;
+                        let mut timeout = if slow {
+                            self.limits.slow_response_timeout
+                        } else {
+                            self.limits.response_timeout
+                        };
+                        if c.half_closed {
+                            timeout = timeout.min(self.limits.half_close_grace);
+                        }
+                        c.deadline = now + timeout;
                     }
                     Err(e) => {
                         let out =
@@ -644,6 +662,8 @@ enum Parsed {
         keep_alive: bool,
         /// Bytes of the buffer the head took.
         len: usize,
+        /// An endpoint that may take minutes (`/wait`, CPU profiles).
+        slow: bool,
     },
 }
 
@@ -714,10 +734,14 @@ fn parse_head(buf: &[u8], limits: &Limits, peer: SocketAddr) -> Parsed {
                 out += "Host: tbot\r\n";
             }
             out += &format!("X-Tbot-Peer: {peer}\r\nConnection: close\r\n\r\n");
+            let slow = path.starts_with("/wait")
+                || path.starts_with("/debug/pprof/profile")
+                || path.starts_with("/debug/pprof/flamegraph");
             Parsed::Forward {
                 head: out.into_bytes(),
                 keep_alive,
                 len,
+                slow,
             }
         }
     }
@@ -766,6 +790,7 @@ mod tests {
             head,
             keep_alive,
             len,
+            slow,
         } = parse(
             "GET /readyz HTTP/1.0\r\nHost: x\r\nCookie: a\r\nConnection: keep-alive\r\n\r\nGET /x",
         )
@@ -780,6 +805,11 @@ mod tests {
                 && h.ends_with("Connection: close\r\n\r\n")
         );
         assert!(!keep_alive, "HTTP/1.0 closes");
+        assert!(!slow);
+        assert!(matches!(
+            parse("GET /wait/x HTTP/1.1\r\n\r\n"),
+            Parsed::Forward { slow: true, .. }
+        ));
         assert_eq!(
             len, 68,
             "the pipelined bytes after the head are not part of it"

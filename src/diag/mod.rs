@@ -10,8 +10,9 @@
 
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -52,9 +53,6 @@ pub struct Options {
 /// State the serving loop shares with whoever needs to wake it.
 struct Loop {
     server: Mutex<Arc<tiny_http::Server>>,
-    /// `/wait` requests parked right now; health changes wake the loop only
-    /// when there are some.
-    parked: AtomicUsize,
     stop: AtomicBool,
     /// tiny_http no longer listens on its socket: rebuild it.
     lost: AtomicBool,
@@ -95,6 +93,7 @@ fn private_dir() -> Result<PathBuf, String> {
     }
     let mut last = String::new();
     for base in bases {
+        remove_stale_dirs(&base, pid);
         let dir = base.join(format!("tbot-diag-{pid}-{nanos:x}"));
         // Unix socket paths are limited to 107 bytes.
         if dir.as_os_str().len() > 80 {
@@ -108,6 +107,32 @@ fn private_dir() -> Result<PathBuf, String> {
     Err(format!(
         "cannot create a private directory for the diagnostics socket: {last}"
     ))
+}
+
+/// Removes the socket directories of tbot processes that died without
+/// cleaning up (SIGKILL, OOM): ours by owner, theirs by a PID that is gone,
+/// or that is our own (a container restarts us as the same PID 1).
+fn remove_stale_dirs(base: &Path, own_pid: u32) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    // SAFETY: getuid cannot fail.
+    let uid = unsafe { libc::getuid() };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("tbot-diag-")) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        let mine = entry.metadata().is_ok_and(|m| m.is_dir() && m.uid() == uid);
+        let dead = pid == own_pid || !Path::new(&format!("/proc/{pid}")).exists();
+        if mine && dead {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 fn backend(dir: &Path, generation: usize) -> Result<(tiny_http::Server, PathBuf), String> {
@@ -133,7 +158,6 @@ pub fn start(
     let backend_path: front::BackendPath = Arc::new(Mutex::new(path));
     let state = Arc::new(Loop {
         server: Mutex::new(Arc::new(server)),
-        parked: AtomicUsize::new(0),
         stop: AtomicBool::new(false),
         lost: AtomicBool::new(false),
     });
@@ -161,6 +185,7 @@ pub fn start(
             lost_state.wake();
         }
     });
+    let max_parked = limits.max_connections;
     let front = front::Front::new(
         listener,
         backend_path.clone(),
@@ -170,12 +195,11 @@ pub fn start(
     )
     .map_err(|e| format!("diagnostics listener: {e}"))?;
 
+    // Every applied update wakes the loop, which re-checks parked /wait
+    // requests. (Waking only while some are parked would race with parking:
+    // an update between the loop's check and its count would be lost.)
     let wake = state.clone();
-    health.on_change(move || {
-        if wake.parked.load(Ordering::Relaxed) > 0 {
-            wake.wake();
-        }
-    });
+    health.on_change(move || wake.wake());
 
     let mut threads = Vec::new();
     threads.push(
@@ -191,7 +215,7 @@ pub fn start(
     };
     threads.push(
         crate::threads::spawn("diag-http", move || {
-            serve(serve_state, ctx, serve_dir, backend_path)
+            serve(serve_state, ctx, serve_dir, backend_path, max_parked)
         })
         .map_err(|e| format!("diag-http: {e}"))?,
     );
@@ -229,8 +253,22 @@ impl Diag {
     }
 }
 
+/// With nothing parked the loop sleeps until a request or a wake-up; this
+/// only bounds how long a missed wake-up could go unnoticed.
+const IDLE_WAKE: Duration = Duration::from_secs(3600);
+
 /// The serving loop.
-fn serve(state: Arc<Loop>, ctx: routes::Ctx, dir: PathBuf, backend_path: front::BackendPath) {
+///
+/// At most `max_parked` /wait requests are parked: each live one holds one of
+/// the front's connections, so more can only be requests whose client has
+/// gone; the oldest is answered (into the void) to free its descriptor.
+fn serve(
+    state: Arc<Loop>,
+    ctx: routes::Ctx,
+    dir: PathBuf,
+    backend_path: front::BackendPath,
+    max_parked: usize,
+) {
     let mut parked: Vec<routes::Parked> = Vec::new();
     let mut generation = 0;
     while !state.stop.load(Ordering::SeqCst) {
@@ -244,21 +282,21 @@ fn serve(state: Arc<Loop>, ctx: routes::Ctx, dir: PathBuf, backend_path: front::
         } else {
             let server = state.server();
             let next = parked.iter().map(|p| p.deadline).min();
-            let received = match next {
-                Some(t) => server.recv_timeout(t.saturating_duration_since(Instant::now())),
-                None => server.recv().map(Some),
-            };
-            match received {
+            // recv_timeout answers Ok(None) both on timeout and on unblock
+            // (stop, a health change, the front saying the socket is gone);
+            // an error means tiny_http's accept thread died.
+            let wait = next.map_or(IDLE_WAKE, |t| t.saturating_duration_since(Instant::now()));
+            match server.recv_timeout(wait) {
                 Ok(Some(req)) => {
-                    if let Some(p) = routes::handle(&ctx, req) {
-                        parked.push(p);
+                    // A bug in an endpoint must not take the whole
+                    // diagnostics service down with this thread.
+                    match catch_unwind(AssertUnwindSafe(|| routes::handle(&ctx, req))) {
+                        Ok(Some(p)) => parked.push(p),
+                        Ok(None) => {}
+                        Err(_) => log::error("a diagnostics request panicked; dropped", &[]),
                     }
                 }
                 Ok(None) => {}
-                // `recv` without a request: an unblock (stop, a health
-                // change, or the front saying the socket is gone), or
-                // tiny_http's accept thread has died of an accept error.
-                Err(e) if e.to_string() == "thread unblocked" => {}
                 Err(e) => {
                     log::warn(
                         "diagnostics serving loop lost its listener; rebuilding",
@@ -268,8 +306,14 @@ fn serve(state: Arc<Loop>, ctx: routes::Ctx, dir: PathBuf, backend_path: front::
                 }
             }
         }
+        if parked.len() > max_parked {
+            parked.sort_by_key(|p| p.deadline);
+            let excess = parked.len() - max_parked;
+            for p in parked.drain(..excess) {
+                routes::answer_now(&ctx, p);
+            }
+        }
         parked = routes::answer_ready(&ctx, parked);
-        state.parked.store(parked.len(), Ordering::Relaxed);
     }
 }
 

@@ -141,10 +141,12 @@ pub fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
-    query
-        .split('&')
-        .find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+/// The raw value of `key` in a query string (`""` for a bare `key`).
+pub fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == key).then_some(v)
+    })
 }
 
 /// `?timeout=` for /wait: a Go duration or whole seconds, up to MAX_WAIT.
@@ -170,9 +172,15 @@ fn wait_timeout(query: &str) -> Result<Duration, String> {
 pub fn handle(ctx: &Ctx, req: Request) -> Option<Parked> {
     let url = req.url().to_string();
     let (path, query) = url.split_once('?').unwrap_or((&url, ""));
+    // The front names the client (tiny_http only sees its Unix socket).
+    let peer = req
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("X-Tbot-Peer"))
+        .map_or_else(String::new, |h| h.value.to_string());
     log::debug(
         "diagnostics request",
-        &[("method", req.method()), ("path", &path)],
+        &[("method", req.method()), ("path", &path), ("peer", &peer)],
     );
 
     if !matches!(req.method(), Method::Get | Method::Head) {
@@ -254,6 +262,11 @@ fn wait(ctx: &Ctx, req: Request, service: Option<String>, query: &str) -> Option
     answer_ready(ctx, vec![parked]).pop()
 }
 
+/// Answers a parked request with the state as of now.
+pub fn answer_now(ctx: &Ctx, p: Parked) {
+    readiness(&ctx.health, p.service.as_deref()).send(p.req);
+}
+
 /// Answers the parked requests whose services have all reported, or whose
 /// time is up; returns the rest.
 pub fn answer_ready(ctx: &Ctx, parked: Vec<Parked>) -> Vec<Parked> {
@@ -269,7 +282,7 @@ pub fn answer_ready(ctx: &Ctx, parked: Vec<Parked>) -> Vec<Parked> {
             Some(name) => snap.services.get(name).is_some_and(|e| e.reported()),
         };
         if reported || now >= p.deadline {
-            readiness(&ctx.health, p.service.as_deref()).send(p.req);
+            answer_now(ctx, p);
         } else {
             still.push(p);
         }

@@ -243,8 +243,13 @@ pub fn proc_status_kb(pid: u32, key: &str) -> u64 {
 impl Drop for Tbot {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+            // SIGTERM first, so tbot cleans up after itself (sockets, its
+            // private directory); SIGKILL if it has not gone in 2 s.
+            self.signal(libc::SIGTERM);
+            if self.wait_exit(Duration::from_secs(2)).is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
         }
         if std::thread::panicking() {
             eprintln!("--- tbot log ---\n{}", self.log());
