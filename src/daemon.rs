@@ -14,7 +14,7 @@ use crate::services::{self, Bus, Shared};
 use crate::{diag, signals, supervisor, systemd};
 
 /// How long services get to stop after a signal before tbot exits anyway.
-const STOP_GRACE: Duration = Duration::from_millis(1500);
+const STOP_GRACE: Duration = Duration::from_millis(1200);
 
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_FAILURE: i32 = 1;
@@ -56,6 +56,7 @@ pub fn configure(args: &StartArgs) -> Result<Config, String> {
         "configuration loaded",
         &[
             ("file", &config.file),
+            ("from", &if args.config_from_env { "TBOT_CONFIG_PATH" } else { "-c" }),
             ("services", &config.services.len()),
             (
                 "credential_ttl",
