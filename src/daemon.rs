@@ -56,7 +56,14 @@ pub fn configure(args: &StartArgs) -> Result<Config, String> {
         "configuration loaded",
         &[
             ("file", &config.file),
-            ("from", &if args.config_from_env { "TBOT_CONFIG_PATH" } else { "-c" }),
+            (
+                "from",
+                &if args.config_from_env {
+                    "TBOT_CONFIG_PATH"
+                } else {
+                    "-c"
+                },
+            ),
             ("services", &config.services.len()),
             (
                 "credential_ttl",
