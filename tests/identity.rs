@@ -559,24 +559,46 @@ fn sigkill_in_a_tight_renewal_loop_never_leaves_a_broken_file() {
     );
 
     // A clean start removes the temp files killed writers left behind: those
-    // the kills above left, if any, and one planted under the last killed
-    // process's PID so that this check always has something to remove.
+    // the kills above left, if any, and planted ones so that this check
+    // always has something to remove. The PID in a temp's name says nothing
+    // (a container's tbot is PID 1 on every start): plant them under the
+    // last killed process's PID, under PID 1 and under this test's PID, the
+    // last two alive. The heartbeat cleans its file's temps in storage.
+    let planted = [last_pid, 1, std::process::id()];
     for out in &outs {
-        fs::write(out.join(format!(".key.tmp.{last_pid}.99.1")), b"stale").unwrap();
+        for pid in planted {
+            fs::write(out.join(format!(".key.tmp.{pid}.99.1")), b"stale").unwrap();
+        }
+    }
+    let storage = dir.join("storage");
+    for pid in planted {
+        fs::write(
+            storage.join(format!(".heartbeat.json.tmp.{pid}.99.1")),
+            b"{",
+        )
+        .unwrap();
     }
     let t = Tbot::start(dir, &cfg_text, &[]);
     for n in OUTPUTS {
         healthy(&t, n);
     }
-    for out in &outs {
-        let stale: Vec<String> = fs::read_dir(out)
+    t.until("/readyz/heartbeat", Duration::from_secs(10), |r| {
+        r.status == 200
+    });
+    let stale_in = |d: &Path| -> Vec<String> {
+        fs::read_dir(d)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .filter(|n| n.contains(".tmp.") && !n.contains(&format!(".tmp.{}.", t.pid())))
-            .collect();
-        assert!(stale.is_empty(), "{stale:?}");
+            .collect()
+    };
+    for out in &outs {
+        let stale = stale_in(out);
+        assert!(stale.is_empty(), "{}: {stale:?}", out.display());
         assert_consistent(out);
     }
+    let stale = stale_in(&storage);
+    assert!(stale.is_empty(), "{}: {stale:?}", storage.display());
 }
 
 #[test]
