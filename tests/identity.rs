@@ -528,18 +528,24 @@ fn sigkill_in_a_tight_renewal_loop_never_leaves_a_broken_file() {
         )
         .unwrap();
     }
-    let t = Tbot::start(dir, &cfg_text, &[]);
+    let mut t = Tbot::start(dir, &cfg_text, &[]);
     for n in OUTPUTS {
         healthy(&t, n);
     }
     t.until("/readyz/heartbeat", Duration::from_secs(10), |r| {
         r.status == 200
     });
+    // Stop it cleanly first: a renewal every 100 ms would otherwise be
+    // replacing the files while they are checked, and a clean stop leaves
+    // no temp file of its own.
+    t.signal(libc::SIGTERM);
+    let status = t.wait_exit(Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
     let stale_in = |d: &Path| -> Vec<String> {
         fs::read_dir(d)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.contains(".tmp.") && !n.contains(&format!(".tmp.{}.", t.pid())))
+            .filter(|n| n.contains(".tmp."))
             .collect()
     };
     for out in &outs {
