@@ -89,6 +89,57 @@ pub fn parent_dir(path: &Path) -> &Path {
     }
 }
 
+/// Removes the temp files that a writer killed mid-write (power cut,
+/// SIGKILL) left in `dir` for the targets `names`: every
+/// `.<name>.tmp.<pid>.<n>.<nanos>`, whatever the PID. The PID cannot tell a
+/// live writer from a dead one (in a container tbot is PID 1 on every
+/// start), so call this only where nothing else can be writing those
+/// targets: when the service that owns them starts, before its first write.
+/// Such files can hold private keys. Removals are logged; failures are
+/// logged and otherwise ignored (the next start tries again).
+pub fn remove_stale_temps(dir: &Path, names: &[&str]) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(file_name) = file_name.to_str() else {
+            continue;
+        };
+        if !names.iter().any(|n| is_temp_of(file_name, n)) {
+            continue;
+        }
+        let path = entry.path();
+        match fs::remove_file(&path) {
+            Ok(()) => crate::log::info(
+                "removed a temp file left by an interrupted write",
+                &[("path", &path.display())],
+            ),
+            Err(e) => crate::log::warn(
+                "could not remove a stale temp file",
+                &[("path", &path.display()), ("error", &e)],
+            ),
+        }
+    }
+}
+
+/// Whether `file_name` is a temp file [`create_temp`] makes for target
+/// `name`: `.<name>.tmp.<pid>.<n>.<nanos>`, three decimal numbers.
+fn is_temp_of(file_name: &str, name: &str) -> bool {
+    let Some(numbers) = file_name
+        .strip_prefix('.')
+        .and_then(|r| r.strip_prefix(name))
+        .and_then(|r| r.strip_prefix(".tmp."))
+    else {
+        return false;
+    };
+    let parts: Vec<&str> = numbers.split('.').collect();
+    parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// Creates `.<name>.tmp.<pid>.<n>.<nanos>` beside `path` with `O_EXCL`,
 /// retrying with a new name if one happens to exist.
 fn create_temp(path: &Path, mode: u32) -> io::Result<(File, PathBuf)> {
@@ -170,6 +221,42 @@ mod tests {
         drop(staged);
         assert_eq!(entries(&d.0), vec!["f".to_string()]);
         assert_eq!(fs::read(&p).unwrap(), b"old");
+    }
+
+    #[test]
+    fn temp_names_are_recognised() {
+        let d = TestDir::new("atomic-names");
+        let staged = StagedFile::stage(&d.0.join("key.pub"), b"x", 0o600).unwrap();
+        let tmp = entries(&d.0).pop().unwrap();
+        assert!(is_temp_of(&tmp, "key.pub"), "{tmp}");
+        assert!(!is_temp_of(&tmp, "key"), "{tmp}");
+        drop(staged);
+        assert!(is_temp_of(".key.tmp.1.0.123", "key"));
+        assert!(!is_temp_of("key", "key"));
+        assert!(!is_temp_of(".key.tmp.notes", "key"));
+        assert!(!is_temp_of(".key.tmp.1.2", "key"));
+        assert!(!is_temp_of(".key.tmp.1.2.3.4", "key"));
+        assert!(!is_temp_of(".key.tmp.x.2.3", "key"));
+        assert!(!is_temp_of(".other.tmp.1.2.3", "key"));
+    }
+
+    #[test]
+    fn stale_temps_are_removed_whatever_the_pid() {
+        let d = TestDir::new("atomic-stale");
+        // PID 1 and our own PID are alive: the writer is gone all the same
+        // (a container's tbot is PID 1 on every start).
+        let ours = format!(".key.tmp.{}.1.2", std::process::id());
+        let planted = [".key.tmp.1.1.2", ".key.tmp.0.1.2", ".f.tmp.7.0.9", &ours];
+        let kept = [".key.tmp.notes", ".other.tmp.1.1.2", "key", "f"];
+        for n in planted.iter().chain(&kept) {
+            fs::write(d.0.join(n), b"x").unwrap();
+        }
+        remove_stale_temps(&d.0, &["key", "f"]);
+        let mut want: Vec<String> = kept.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        assert_eq!(entries(&d.0), want);
+        // A missing directory is nothing to clean.
+        remove_stale_temps(&d.0.join("missing"), &["key"]);
     }
 
     #[test]

@@ -16,8 +16,6 @@
 //! start. Two files cannot be swapped truly atomically without a directory
 //! symlink flip, which OpenSSH's fixed file names do not allow here.
 
-use std::fs;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 
 use crate::atomic_file::{sync_dir, StagedFile};
@@ -27,17 +25,15 @@ pub const KEY_FILE: &str = "key";
 pub const PUBLIC_KEY_FILE: &str = "key.pub";
 pub const CERT_FILE: &str = "key-cert.pub";
 pub const CA_FILE: &str = "ssh_ca.pub";
+/// The four files [`write_identity`] writes.
+pub const FILES: [&str; 4] = [CA_FILE, PUBLIC_KEY_FILE, KEY_FILE, CERT_FILE];
 /// Mode of every file written.
 pub const FILE_MODE: u32 = 0o600;
 
 /// Writes `cred` and the CA public key line `ca_pub` into `dest`, creating
 /// `dest` (0700) if missing. Errors are one line: `<path>: <OS error>`.
 pub fn write_identity(dest: &Path, cred: &Credential, ca_pub: &str) -> Result<(), String> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dest)
-        .map_err(|e| format!("{}: {e}", dest.display()))?;
+    crate::fsutil::create_private_dir(dest)?;
 
     let files: [(&str, &[u8]); 4] = [
         (CA_FILE, ca_pub.as_bytes()),
@@ -61,6 +57,13 @@ pub fn write_identity(dest: &Path, cred: &Credential, ca_pub: &str) -> Result<()
     sync_dir(dest).map_err(|e| format!("{}: {e}", dest.display()))
 }
 
+/// Removes the temp files an interrupted [`write_identity`] left in `dest`
+/// (they can hold private keys). Only for the destination's owner, before
+/// its first write: see [`crate::atomic_file::remove_stale_temps`].
+pub fn remove_stale_temps(dest: &Path) {
+    crate::atomic_file::remove_stale_temps(dest, &FILES);
+}
+
 /// OpenSSH files end with a newline; the one-line encodings come without.
 fn with_newline(contents: &[u8]) -> zeroize::Zeroizing<Vec<u8>> {
     let mut v = zeroize::Zeroizing::new(Vec::with_capacity(contents.len() + 1));
@@ -76,6 +79,7 @@ mod tests {
     use super::*;
     use crate::issuer::Issuer;
     use crate::testutil::TestDir;
+    use std::fs;
     use std::os::unix::fs::PermissionsExt;
     use std::process::Command;
     use std::time::Duration;

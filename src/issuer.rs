@@ -15,9 +15,9 @@
 //! All cryptography and encoding come from the `ssh-key` crate.
 
 use std::fmt;
-use std::fs::{self, File};
+use std::fs;
 use std::io::Read;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -102,15 +102,16 @@ impl Issuer {
     /// Loads `<storage_dir>/ca_key`, first creating the directory (0700) and a
     /// new ed25519 key (0600, written atomically) when they are missing.
     pub fn load_or_create(storage_dir: &Path) -> Result<Issuer, String> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(storage_dir)
-            .map_err(|e| format!("{}: {e}", storage_dir.display()))?;
+        crate::fsutil::create_private_dir(storage_dir)?;
         let key_path = storage_dir.join(CA_KEY_FILE);
         match fs::symlink_metadata(&key_path) {
             Ok(_) => Issuer::load(storage_dir),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Issuer::create(key_path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // A create killed before its rename leaves a temp holding a
+                // CA private key.
+                crate::atomic_file::remove_stale_temps(storage_dir, &[CA_KEY_FILE]);
+                Issuer::create(key_path)
+            }
             Err(e) => Err(format!("{}: {e}", key_path.display())),
         }
     }
@@ -272,10 +273,23 @@ fn stamp_of(m: &fs::Metadata) -> KeyFileStamp {
 }
 
 /// Reads the key file, refusing anything but a small regular file that only
-/// its owner can access. The checks use the opened descriptor (no race).
+/// its owner can access. The open neither follows a symlink (`O_NOFOLLOW`)
+/// nor waits for a writer on a FIFO (`O_NONBLOCK`, which does not change
+/// reading a regular file); the checks use the opened descriptor (no race).
 fn read_key_file(path: &Path) -> Result<(Zeroizing<Vec<u8>>, KeyFileStamp), String> {
     let at = |e: &dyn fmt::Display| format!("{}: {e}", path.display());
-    let file = File::open(path).map_err(|e| at(&e))?;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| {
+            let symlink = fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+            if e.raw_os_error() == Some(libc::ELOOP) && symlink {
+                at(&"is a symbolic link; the CA key must be a regular file")
+            } else {
+                at(&e)
+            }
+        })?;
     let meta = file.metadata().map_err(|e| at(&e))?;
     if !meta.is_file() {
         return Err(at(&"not a regular file"));
@@ -346,6 +360,9 @@ mod tests {
     fn creates_once_then_reloads_the_same_key() {
         let d = TestDir::new("issuer-create");
         let storage = d.0.join("state").join("tbot");
+        // A create killed before its rename left a temp (a private key).
+        crate::fsutil::create_private_dir(&storage).unwrap();
+        fs::write(storage.join(".ca_key.tmp.1.0.7"), b"stale").unwrap();
         let a = Issuer::load_or_create(&storage).unwrap();
         assert_eq!(mode_of(&storage), 0o700);
         let key = storage.join(CA_KEY_FILE);
@@ -477,6 +494,53 @@ mod tests {
         let e = Issuer::load_or_create(&file).unwrap_err();
         assert!(e.starts_with(&format!("{}: ", file.display())), "{e}");
         assert!(e.contains("(os error"), "{e}");
+    }
+
+    /// Runs `Issuer::load` on another thread and gives up after 5 s, so a
+    /// blocking open fails the test instead of hanging it.
+    fn load_within_5s(storage: &Path) -> Option<Result<Issuer, String>> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let dir = storage.to_path_buf();
+        std::thread::spawn(move || {
+            let _ = tx.send(Issuer::load(&dir));
+        });
+        rx.recv_timeout(Duration::from_secs(5)).ok()
+    }
+
+    #[test]
+    fn refuses_a_fifo_or_symlink_without_blocking() {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt;
+        let d = TestDir::new("issuer-fifo");
+        let key = d.0.join(CA_KEY_FILE);
+        let c = CString::new(key.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let load = load_within_5s(&d.0);
+        // Release a reader stuck in open(2) (before the fix) so that the
+        // thread ends: a writer opening the FIFO unblocks it.
+        let _writer = fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&key);
+        let e = load.expect("Issuer::load blocked on a FIFO").unwrap_err();
+        assert_eq!(e, format!("{}: not a regular file", key.display()));
+        let e = Issuer::load_or_create(&d.0).unwrap_err();
+        assert_eq!(e, format!("{}: not a regular file", key.display()));
+
+        // A symlink to a good key is not followed.
+        fs::remove_file(&key).unwrap();
+        let real = d.0.join("real");
+        Issuer::load_or_create(&real).unwrap();
+        std::os::unix::fs::symlink(real.join(CA_KEY_FILE), &key).unwrap();
+        let e = load_within_5s(&d.0).expect("blocked").unwrap_err();
+        assert_eq!(
+            e,
+            format!(
+                "{}: is a symbolic link; the CA key must be a regular file",
+                key.display()
+            )
+        );
     }
 
     #[test]

@@ -10,8 +10,9 @@
 
 use crate::config::{Config, ServiceConfig};
 use crate::daemon::{EXIT_FAILURE, EXIT_OK};
+use crate::identity_files::remove_stale_temps;
 use crate::issuer::Issuer;
-use crate::services::identity::{issue_to, key_id, remove_stale_temps};
+use crate::services::identity::{issue_to, key_id};
 use crate::{log, timefmt};
 
 pub fn run(config: &Config) -> i32 {

@@ -9,6 +9,7 @@
 //! and tests/bench/hostile_compare.sh.
 
 mod common;
+use common::util::Rng;
 use common::*;
 
 use std::io::{ErrorKind, Read, Write};
@@ -566,17 +567,6 @@ fn huge_heads_get_431_and_memory_stays_bounded() {
         assert!(after > 0 && after < MAX_RSS, "{what}: RSS {after} after");
     }
     assert_no_panic(&t);
-}
-
-/// xorshift64*: deterministic bytes for the fuzz rounds.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
 }
 
 /// A TLS 1.2/1.3 ClientHello record for `localhost`.

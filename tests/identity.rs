@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::util::{Metrics, Rng};
 use common::*;
 use sshd::{current_user, describe, ssh_run, Sshd};
 
@@ -94,53 +95,15 @@ fn assert_consistent(dest: &Path) {
     }
 }
 
-/// Parses a Prometheus text exposition: (name, labels) → value.
-fn metrics(t: &Tbot) -> BTreeMap<(String, BTreeMap<String, String>), f64> {
+/// The bot's /metrics, parsed.
+fn metrics(t: &Tbot) -> Metrics {
     let r = t.get("/metrics");
     assert_eq!(r.status, 200);
-    let mut m = BTreeMap::new();
-    for line in r
-        .body
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-    {
-        let (series, value) = line.rsplit_once(' ').unwrap();
-        let (name, labels) = match series.split_once('{') {
-            Some((n, rest)) => (n, rest.trim_end_matches('}')),
-            None => (series, ""),
-        };
-        let labels = labels
-            .split("\",")
-            .filter(|kv| !kv.is_empty())
-            .map(|kv| {
-                let (k, v) = kv.split_once('=').unwrap();
-                (k.to_string(), v.trim_matches('"').to_string())
-            })
-            .collect();
-        m.insert((name.to_string(), labels), value.parse().unwrap());
-    }
-    m
+    Metrics::parse(&r.body)
 }
 
-fn metric(
-    m: &BTreeMap<(String, BTreeMap<String, String>), f64>,
-    name: &str,
-    labels: &[(&str, &str)],
-) -> Option<f64> {
-    let labels = labels
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    m.get(&(name.to_string(), labels)).copied()
-}
-
-fn task(
-    m: &BTreeMap<(String, BTreeMap<String, String>), f64>,
-    metric_name: &str,
-    service: &str,
-) -> f64 {
-    metric(
-        m,
+fn task(m: &Metrics, metric_name: &str, service: &str) -> f64 {
+    m.get(
         metric_name,
         &[("name", "output-renewal"), ("service", service)],
     )
@@ -195,8 +158,7 @@ fn sshd_trusting_the_bots_ca_accepts_its_certificate_only_for_listed_principals(
         ("ca-rotation", "ca-rotation"),
         ("mine", "identity"),
     ] {
-        let v = metric(
-            &m,
+        let v = m.get(
             "tbot_service_health",
             &[("service", service), ("status", "healthy"), ("type", kind)],
         );
@@ -423,8 +385,7 @@ fn a_broken_destination_is_unhealthy_with_the_os_error_and_recovers_in_place() {
     assert!(task(&m, "tbot_task_iterations_total", "b") >= 3.0);
     // The duration histogram counts every iteration, failed ones included.
     for s in ["a", "b"] {
-        let count = metric(
-            &m,
+        let count = m.get(
             "tbot_task_iteration_duration_seconds_count",
             &[("name", "output-renewal"), ("service", s)],
         );
@@ -448,19 +409,6 @@ fn a_broken_destination_is_unhealthy_with_the_os_error_and_recovers_in_place() {
     );
 }
 
-/// A small xorshift generator seeded from the clock: kill points differ
-/// from run to run, and the seed is printed on failure.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
 #[test]
 fn sigkill_in_a_tight_renewal_loop_never_leaves_a_broken_file() {
     const KILLS: usize = 24;
@@ -480,6 +428,8 @@ fn sigkill_in_a_tight_renewal_loop_never_leaves_a_broken_file() {
         .collect();
     let cfg_text = config_text(dir.path(), "", &services);
     let cfg = dir.write("tbot.yaml", &cfg_text);
+    // Seeded from the clock: kill points differ from run to run, and the
+    // seed is printed on failure.
     let seed = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -559,24 +509,52 @@ fn sigkill_in_a_tight_renewal_loop_never_leaves_a_broken_file() {
     );
 
     // A clean start removes the temp files killed writers left behind: those
-    // the kills above left, if any, and one planted under the last killed
-    // process's PID so that this check always has something to remove.
+    // the kills above left, if any, and planted ones so that this check
+    // always has something to remove. The PID in a temp's name says nothing
+    // (a container's tbot is PID 1 on every start): plant them under the
+    // last killed process's PID, under PID 1 and under this test's PID, the
+    // last two alive. The heartbeat cleans its file's temps in storage.
+    let planted = [last_pid, 1, std::process::id()];
     for out in &outs {
-        fs::write(out.join(format!(".key.tmp.{last_pid}.99.1")), b"stale").unwrap();
+        for pid in planted {
+            fs::write(out.join(format!(".key.tmp.{pid}.99.1")), b"stale").unwrap();
+        }
     }
-    let t = Tbot::start(dir, &cfg_text, &[]);
+    let storage = dir.join("storage");
+    for pid in planted {
+        fs::write(
+            storage.join(format!(".heartbeat.json.tmp.{pid}.99.1")),
+            b"{",
+        )
+        .unwrap();
+    }
+    let mut t = Tbot::start(dir, &cfg_text, &[]);
     for n in OUTPUTS {
         healthy(&t, n);
     }
-    for out in &outs {
-        let stale: Vec<String> = fs::read_dir(out)
+    t.until("/readyz/heartbeat", Duration::from_secs(10), |r| {
+        r.status == 200
+    });
+    // Stop it cleanly first: a renewal every 100 ms would otherwise be
+    // replacing the files while they are checked, and a clean stop leaves
+    // no temp file of its own.
+    t.signal(libc::SIGTERM);
+    let status = t.wait_exit(Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    let stale_in = |d: &Path| -> Vec<String> {
+        fs::read_dir(d)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.contains(".tmp.") && !n.contains(&format!(".tmp.{}.", t.pid())))
-            .collect();
-        assert!(stale.is_empty(), "{stale:?}");
+            .filter(|n| n.contains(".tmp."))
+            .collect()
+    };
+    for out in &outs {
+        let stale = stale_in(out);
+        assert!(stale.is_empty(), "{}: {stale:?}", out.display());
         assert_consistent(out);
     }
+    let stale = stale_in(&storage);
+    assert!(stale.is_empty(), "{}: {stale:?}", storage.display());
 }
 
 #[test]

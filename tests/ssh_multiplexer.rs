@@ -3,6 +3,7 @@
 //! servers of the test's own, fd passing, health and metrics.
 
 mod common;
+use common::util::{current_user, Metrics};
 use common::*;
 
 use std::io::{Read, Write};
@@ -31,11 +32,6 @@ fn mux_config(dir: &Path, mux_extra: &str) -> String {
     )
 }
 
-fn current_user() -> String {
-    let out = Command::new("id").arg("-un").output().unwrap();
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
 /// Starts tbot with `mux_config` and waits until `mux` is healthy.
 fn start_mux(tag: &str, mux_extra: &str) -> (Tbot, PathBuf) {
     let dir = TempDir::new(tag);
@@ -49,12 +45,9 @@ fn start_mux(tag: &str, mux_extra: &str) -> (Tbot, PathBuf) {
 /// The value of one sample line of /metrics (`name` with its labels).
 fn metric(t: &Tbot, sample: &str) -> i64 {
     let body = t.get("/metrics").body;
-    body.lines()
-        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no {sample} in /metrics:\n{body}"))
-        .trim()
-        .parse()
-        .unwrap()
+    Metrics::parse(&body)
+        .sample(sample)
+        .unwrap_or_else(|| panic!("no {sample} in /metrics:\n{body}")) as i64
 }
 
 const STARTED: &str = "tbot_ssh_multiplexer_requests_started_total";

@@ -8,10 +8,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
+use crate::atomic_file::parent_dir;
 use crate::config::Config;
 use crate::services::{Context, Service};
 use crate::timefmt;
 
+/// The heartbeat file's name in the storage directory.
+pub const FILE: &str = "heartbeat.json";
 pub const FIRST_REPORT_WAIT: Duration = Duration::from_secs(30);
 
 pub struct Heartbeat {
@@ -23,7 +26,7 @@ pub struct Heartbeat {
 impl Heartbeat {
     pub fn new(config: &Config) -> Heartbeat {
         Heartbeat {
-            path: config.storage.join("heartbeat.json"),
+            path: config.storage.join(FILE),
             interval: config.heartbeat_interval,
             started: Instant::now(),
         }
@@ -94,6 +97,9 @@ impl Service for Heartbeat {
 
     fn run(&mut self, ctx: &Context) -> Result<(), String> {
         crate::failpoints::hit("heartbeat-start");
+        // Only this service writes the file: temps at start are a killed
+        // write's.
+        crate::atomic_file::remove_stale_temps(parent_dir(&self.path), &[FILE]);
         ctx.shared
             .health
             .wait_all_reported(ctx.name(), FIRST_REPORT_WAIT, &|| ctx.stopping());

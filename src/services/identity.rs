@@ -10,7 +10,6 @@
 //! the first success makes it `healthy` again. Every attempt is counted in
 //! the `tbot_task_*` metrics as task [`TASK`].
 
-use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use crossbeam_channel::Receiver;
@@ -67,52 +66,6 @@ pub fn issue_to(
     Ok(cred.valid_before)
 }
 
-/// Removes temp files that a tbot killed mid-write left in `dest` (staged
-/// copies of the output files, named `.<file>.tmp.<pid>.…`, from a process
-/// that no longer runs). They can hold private keys.
-pub fn remove_stale_temps(dest: &Path) {
-    let Ok(entries) = std::fs::read_dir(dest) else {
-        return;
-    };
-    let me = std::process::id();
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(stale_temp_pid) else {
-            continue;
-        };
-        if pid == me || Path::new(&format!("/proc/{pid}")).exists() {
-            continue;
-        }
-        let path = entry.path();
-        match std::fs::remove_file(&path) {
-            Ok(()) => log::info(
-                "removed a temp file left by an interrupted write",
-                &[("path", &path.display())],
-            ),
-            Err(e) => log::warn(
-                "could not remove a stale temp file",
-                &[("path", &path.display()), ("error", &e)],
-            ),
-        }
-    }
-}
-
-/// The writer's PID in `.<output file>.tmp.<pid>.<n>.<nanos>`.
-fn stale_temp_pid(name: &str) -> Option<u32> {
-    let rest = name.strip_prefix('.')?;
-    let (file, rest) = rest.split_once(".tmp.")?;
-    let files = [
-        identity_files::KEY_FILE,
-        identity_files::PUBLIC_KEY_FILE,
-        identity_files::CERT_FILE,
-        identity_files::CA_FILE,
-    ];
-    if !files.contains(&file) {
-        return None;
-    }
-    rest.split('.').next()?.parse().ok()
-}
-
 enum Wake {
     Timer,
     Reissue,
@@ -157,7 +110,8 @@ impl Service for IdentityOutput {
             recv(ctx.shared.ca.attempted()) -> _ => {},
             recv(ctx.stop()) -> _ => return Ok(()),
         }
-        remove_stale_temps(&self.config.destination);
+        // This service owns its destination: no other writer is running.
+        identity_files::remove_stale_temps(&self.config.destination);
         let mut failures = 0u32;
         let mut healthy = false;
         loop {
@@ -234,32 +188,5 @@ mod tests {
     #[test]
     fn key_id_names_bot_and_service() {
         assert_eq!(key_id("web-1", "my-output"), "tbot/web-1/my-output");
-    }
-
-    #[test]
-    fn stale_temp_names_are_recognised() {
-        assert_eq!(stale_temp_pid(".key.tmp.4242.3.123456"), Some(4242));
-        assert_eq!(stale_temp_pid(".key-cert.pub.tmp.7.0.1"), Some(7));
-        assert_eq!(stale_temp_pid(".ssh_ca.pub.tmp.7.0.1"), Some(7));
-        assert_eq!(stale_temp_pid("key"), None);
-        assert_eq!(stale_temp_pid(".other.tmp.7.0.1"), None);
-        assert_eq!(stale_temp_pid(".key.tmp.x.0.1"), None);
-    }
-
-    #[test]
-    fn stale_temps_of_dead_writers_are_removed() {
-        let d = crate::testutil::TestDir::new("stale-temps");
-        // PID 0 and our own PID: 0 never names a process (/proc/0 does not
-        // exist), ours is alive.
-        let dead = d.0.join(".key.tmp.0.1.2");
-        let mine = d.0.join(format!(".key.tmp.{}.1.2", std::process::id()));
-        let other = d.0.join("unrelated");
-        for p in [&dead, &mine, &other] {
-            std::fs::write(p, b"x").unwrap();
-        }
-        remove_stale_temps(&d.0);
-        assert!(!dead.exists());
-        assert!(mine.exists());
-        assert!(other.exists());
     }
 }

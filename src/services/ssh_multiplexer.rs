@@ -119,6 +119,7 @@ impl Service for SshMultiplexer {
         let socket = Socket::bind(&dest)?;
         let exe = tbot_exe()?;
         let text = ssh_config_text(&exe, &socket.path, &identity_dir)?;
+        crate::atomic_file::remove_stale_temps(&dest, &[SSH_CONFIG_NAME]);
         let config_path = dest.join(SSH_CONFIG_NAME);
         crate::atomic_file::write_atomic(&config_path, text.as_bytes(), 0o600)
             .map_err(|e| format!("{}: {e}", config_path.display()))?;

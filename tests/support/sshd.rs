@@ -33,11 +33,20 @@
 
 use std::fs;
 use std::io::Read;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+// The harness is also included by the unit tests (src/main.rs), which have
+// no `common` module: include the std-only helpers directly. A test crate
+// with `mod common;` as well compiles them twice, which is harmless.
+#[path = "../common/util.rs"]
+#[allow(clippy::duplicate_mod)]
+mod util;
+pub use util::current_user;
+use util::free_port;
 
 pub const SSHD: &str = "/usr/sbin/sshd";
 /// How long `start` waits for sshd to listen.
@@ -275,16 +284,6 @@ pub fn openssh_version() -> (u32, u32) {
     (nums.next().unwrap_or(0), nums.next().unwrap_or(0))
 }
 
-/// The current user's login name (`id -un`).
-pub fn current_user() -> String {
-    let out = Command::new("id").arg("-un").output().expect("run id -un");
-    assert!(out.status.success(), "id -un failed");
-    String::from_utf8(out.stdout)
-        .expect("user name is UTF-8")
-        .trim()
-        .to_string()
-}
-
 /// As root, sshd refuses to start without its privilege-separation chroot
 /// directory (`Missing privilege separation directory: /run/sshd`).
 fn ensure_privsep_dir() {
@@ -298,12 +297,6 @@ fn ensure_privsep_dir() {
         use std::os::unix::fs::DirBuilderExt;
         let _ = fs::DirBuilder::new().mode(0o755).create(dir);
     }
-}
-
-/// A port that was free a moment ago (bind port 0, read it, close).
-fn free_port() -> u16 {
-    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local_addr").port()
 }
 
 /// A new empty directory under the system temp dir (0700).
