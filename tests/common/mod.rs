@@ -403,11 +403,5 @@ pub fn run_tbot(
     (status.and_then(|s| s.code()), out, err)
 }
 
-/// A port that was free a moment ago (bind 0, read, close).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+#[allow(unused_imports)] // not every test file needs it
+pub use util::free_port;
