@@ -250,7 +250,10 @@ fn a_100_mib_stream_arrives_intact_both_ways() {
     let mut k = 0u64;
     let mut total = 0u64;
     loop {
-        let n = s.read(&mut buf[filled..]).unwrap();
+        let n = match s.read(&mut buf[filled..]) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => r.unwrap(),
+        };
         if n == 0 {
             break;
         }
@@ -638,7 +641,9 @@ fn ssh_reaches_a_real_sshd_through_the_multiplexer_and_no_helper_lives_on() {
         )),
         "{err}"
     );
-    assert_eq!(metric(&t, ERROR), 1);
+    // Counted once the connection is done (after its linger), which may be
+    // just after ssh has exited.
+    wait_metric(&t, ERROR, 1);
     assert_eq!(t.get("/readyz/mux").status, 200);
 }
 
@@ -682,4 +687,195 @@ fn fifty_concurrent_ssh_sessions_through_one_multiplexer() {
     assert_eq!(metric(&t, STARTED), started0 + SESSIONS as i64);
     assert_eq!(metric(&t, OK), ok0 + SESSIONS as i64);
     assert_eq!(metric(&t, ERROR), 0);
+}
+
+/// A loopback TCP server that hands every accepted connection to the test,
+/// which decides what the target says and when (nothing, by default).
+fn held_server() -> (u16, std::sync::mpsc::Receiver<std::net::TcpStream>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in l.incoming().flatten() {
+            if tx.send(conn).is_err() {
+                return;
+            }
+        }
+    });
+    (port, rx)
+}
+
+#[test]
+fn a_relay_ends_when_its_client_is_gone_even_if_the_target_stays_silent() {
+    let (t, socket) = start_mux("mux-silent", "    max_connections: 1\n");
+    let (port, accepted) = held_server();
+    let request = format!("127.0.0.1:{port}\0");
+    let next_target = || {
+        let s = accepted.recv_timeout(Duration::from_secs(10)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s
+    };
+
+    // A half-closed client still gets what the target sends later.
+    let mut c = connect(&socket, request.as_bytes());
+    let mut target = next_target();
+    c.write_all(b"ping").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    let mut got = Vec::new();
+    target.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"ping", "the client's EOF reaches the target");
+    std::thread::sleep(Duration::from_millis(300));
+    target.write_all(b"late reply").unwrap();
+    let mut late = [0u8; 10];
+    c.read_exact(&mut late).unwrap();
+    assert_eq!(&late, b"late reply");
+    // Then the client goes away altogether; the target neither writes nor
+    // closes: the relay ends anyway and frees its slot.
+    drop(c);
+    wait_metric(&t, IN_FLIGHT, 0);
+
+    // Closed at once (no half-close first), the target silent throughout.
+    let c = connect(&socket, request.as_bytes());
+    let mut target2 = next_target();
+    wait_metric(&t, IN_FLIGHT, 1);
+    drop(c);
+    wait_metric(&t, IN_FLIGHT, 0);
+    let mut rest = Vec::new();
+    target2.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+
+    // The one slot serves the next client.
+    let echo = echo_server(b"");
+    let mut c = connect(&socket, format!("127.0.0.1:{echo}\0").as_bytes());
+    round_trip(&mut c, b"next");
+    drop(c);
+    wait_metric(&t, IN_FLIGHT, 0);
+    assert_eq!((metric(&t, OK), metric(&t, ERROR)), (3, 0));
+    drop((target, target2));
+}
+
+/// What the multiplexer sends before it closes (or resets) the connection.
+fn answer_until_closed(s: &mut UnixStream) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 512];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn out_of_descriptors_clients_are_refused_with_a_reason_and_the_warning_is_rate_limited() {
+    const CLIENTS: usize = 20;
+    let (t, socket) = start_mux("mux-emfile", "");
+    t.until("/readyz/id", Duration::from_secs(20), |r| r.status == 200);
+    let pid = t.pid() as libc::pid_t;
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit(2) on our own child, reading into a struct we own.
+    let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    let set_soft = |n: u64| {
+        let lim = libc::rlimit {
+            rlim_cur: n,
+            rlim_max: old.rlim_max,
+        };
+        // SAFETY: prlimit(2) on our own child, with a valid struct.
+        let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &lim, std::ptr::null_mut()) };
+        assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    };
+    // The kernel hands out the lowest free descriptor number and fails with
+    // EMFILE when that is at or above the limit. As in a real shortage, every
+    // number below the limit must be in use, the reserves (/dev/null) among
+    // them: held relays fill the gaps the daemon has left below its reserves.
+    let fd_dir = format!("/proc/{pid}/fd");
+    let lowest_free = || {
+        (0u64..)
+            .find(|n| !Path::new(&format!("{fd_dir}/{n}")).exists())
+            .unwrap()
+    };
+    let reserves = std::fs::read_dir(&fd_dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| std::fs::read_link(e.path()).is_ok_and(|l| l == Path::new("/dev/null")))
+        .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
+        .max()
+        .unwrap();
+    // Read only once the daemon has stopped opening and closing descriptors
+    // (the last diagnostics request's, a new relay's).
+    let settled_lowest_free = || loop {
+        let before = lowest_free();
+        std::thread::sleep(Duration::from_millis(150));
+        if lowest_free() == before {
+            return before;
+        }
+    };
+    let (silent, accepted) = held_server();
+    let mut held = Vec::new();
+    loop {
+        let free = settled_lowest_free();
+        if free > reserves {
+            // Allow no new descriptor at all.
+            set_soft(free);
+            if settled_lowest_free() == free {
+                break;
+            }
+            set_soft(old.rlim_cur);
+            continue;
+        }
+        assert!(held.len() < 20, "cannot fill the gaps below fd {reserves}");
+        let mut c = connect(&socket, format!("127.0.0.1:{silent}\0").as_bytes());
+        let mut target = accepted.recv_timeout(Duration::from_secs(10)).unwrap();
+        target
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        // A byte through: the relay holds all its descriptors now.
+        c.write_all(b"x").unwrap();
+        target.read_exact(&mut [0u8; 1]).unwrap();
+        held.push((c, target));
+    }
+    let started = Instant::now();
+    for i in 0..CLIENTS {
+        let mut s = UnixStream::connect(&socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let _ = s.write_all(b"127.0.0.1:1\0");
+        let out = answer_until_closed(&mut s);
+        assert!(
+            out.starts_with(ERROR_PREFIX) && out.contains("out of file descriptors"),
+            "client {i}: {out:?}\n{}",
+            t.log()
+        );
+    }
+    let took = started.elapsed();
+    set_soft(old.rlim_cur);
+
+    let warnings = t
+        .log()
+        .lines()
+        .filter(|l| l.contains("ssh multiplexer: accept failed") && l.contains("os error 24"))
+        .count();
+    assert!(
+        warnings >= 1 && warnings as u64 <= took.as_secs() + 1,
+        "{warnings} warnings in {took:?}\n{}",
+        t.log()
+    );
+    // Each refusal is counted just after its client has seen the end.
+    wait_metric(&t, ERROR, CLIENTS as i64);
+    assert_eq!(metric(&t, STARTED), (CLIENTS + held.len()) as i64);
+    drop(held);
+    wait_metric(&t, IN_FLIGHT, 0);
+    // Descriptors back: served as before.
+    let echo = echo_server(b"");
+    let mut c = connect(&socket, format!("127.0.0.1:{echo}\0").as_bytes());
+    round_trip(&mut c, b"descriptors again");
+    drop(c);
+    wait_metric(&t, IN_FLIGHT, 0);
+    assert_eq!(t.get("/readyz/mux").status, 200);
 }

@@ -635,7 +635,7 @@ fn again(e: &io::Error) -> bool {
 
 /// Rate limit for warnings the network can trigger at will: true at most
 /// once a second, however hard the port is hit.
-fn once_a_second(last: &mut Option<Instant>) -> bool {
+pub(crate) fn once_a_second(last: &mut Option<Instant>) -> bool {
     let now = Instant::now();
     if last.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {
         return false;
@@ -644,7 +644,7 @@ fn once_a_second(last: &mut Option<Instant>) -> bool {
     true
 }
 
-fn pollfd(fd: RawFd, events: i16) -> libc::pollfd {
+pub(crate) fn pollfd(fd: RawFd, events: i16) -> libc::pollfd {
     libc::pollfd {
         fd,
         events,

@@ -5,10 +5,11 @@
 //! Protocol (`v1.sock`): the client writes `host:port` (an optional
 //! `|cluster` suffix is accepted and ignored) and a NUL byte, at most
 //! [`MAX_REQUEST`] bytes in all, within [`REQUEST_DEADLINE`]. The bot dials
-//! the target over TCP (at most [`DIAL_TIMEOUT`] per address) and from then
-//! on relays bytes both ways until both directions have ended; an EOF in one
-//! direction is passed on as a half-close (`shutdown(Write)`) on the other
-//! side. On success the bot writes nothing of its own: the first bytes the
+//! the target over TCP (at most [`DIAL_TIMEOUT`] per address, TCP keepalive
+//! on) and from then on relays bytes both ways until both directions have
+//! ended; an EOF in one direction is passed on as a half-close
+//! (`shutdown(Write)`) on the other side. A client that has closed
+//! altogether ends the relay even if the target stays silent. On success the bot writes nothing of its own: the first bytes the
 //! client reads are the target's. On failure (malformed request, unknown
 //! host, refused or unreachable port, too many connections) the bot writes
 //! one line, [`ERROR_PREFIX`] and the reason, then closes.
@@ -23,6 +24,8 @@
 //! which spawns a `mux-conn-down` thread for the target → client direction
 //! once the target is dialed. At most `max_connections` connections are
 //! handled at once; past that a newcomer is refused at once, not queued.
+//! Out of file descriptors, a reserve descriptor is given up to accept and
+//! refuse a waiting client, so that it is not left waiting either.
 //! Stopping closes the listener and removes the socket; live relays are not
 //! waited for (they end with the process).
 //!
@@ -33,7 +36,7 @@
 //! is always started minus handled.
 
 use std::collections::VecDeque;
-use std::fs;
+use std::fs::{self, File};
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, RawFd};
@@ -42,9 +45,11 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, MultiplexerConfig};
+use crate::diag::front::{once_a_second, pollfd};
 use crate::identity_files::{CERT_FILE, KEY_FILE};
 use crate::log;
 use crate::metrics::Metrics;
@@ -73,6 +78,16 @@ const OWNERSHIP_CHECK: Duration = Duration::from_secs(2);
 /// as long as `v1.sock`, so the path length check covers both.
 const TEMP_SOCKET_NAME: &str = ".v1.tmp";
 const RELAY_BUFFER: usize = 64 * 1024;
+/// TCP keepalive on the target connection: a target that vanishes (host
+/// down, network partition) while the relay is idle is noticed after
+/// IDLE + INTERVAL × COUNT (2 minutes), and the relay ends.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
+const KEEPALIVE_COUNT: u32 = 4;
+/// Once the client has sent its EOF, how often the relay also checks
+/// whether the target → client direction has ended (normally a hang-up on
+/// the client socket says so at once).
+const HANGUP_CHECK: Duration = Duration::from_secs(1);
 /// After refusing a request, how long and how much of the client's
 /// remaining input is read and dropped so that it can read the reason.
 const LINGER_TIME: Duration = Duration::from_secs(1);
@@ -157,6 +172,9 @@ fn accept_loop(socket: &Socket, conns: &Connections, ctx: &Context) -> Result<()
     let mut lingering = Lingering::default();
     let mut checked = Instant::now();
     let mut fds = Vec::new();
+    // Given up to accept and refuse one client when out of descriptors.
+    let mut reserve = File::open("/dev/null").ok();
+    let mut last_accept_error = None;
     loop {
         if ctx.stopping() {
             return Ok(());
@@ -178,14 +196,24 @@ fn accept_loop(socket: &Socket, conns: &Connections, ctx: &Context) -> Result<()
                         ErrorKind::Interrupted | ErrorKind::ConnectionAborted
                     ) => {}
                 Err(e) => {
-                    // EMFILE and friends: nothing to refuse a client with.
-                    // Back off briefly rather than spin; never give up.
-                    log::warn(
-                        "ssh multiplexer: accept failed",
-                        &[("service", &ctx.name()), ("error", &e)],
-                    );
+                    // EMFILE and friends: never give up. Clients can cause
+                    // this at will, so the warning is rate-limited.
+                    if once_a_second(&mut last_accept_error) {
+                        log::warn(
+                            "ssh multiplexer: accept failed; still listening",
+                            &[("service", &ctx.name()), ("error", &e)],
+                        );
+                    }
+                    if out_of_descriptors(&e) && conns.refuse_with_reserve(socket, &mut reserve) {
+                        continue;
+                    }
+                    // Nothing to refuse a client with: back off briefly
+                    // rather than spin.
                     if !ctx.sleep(Duration::from_millis(100)) {
                         return Ok(());
+                    }
+                    if reserve.is_none() {
+                        reserve = File::open("/dev/null").ok();
                     }
                     break;
                 }
@@ -198,12 +226,12 @@ fn accept_loop(socket: &Socket, conns: &Connections, ctx: &Context) -> Result<()
     }
 }
 
-fn pollfd(fd: RawFd, events: i16) -> libc::pollfd {
-    libc::pollfd {
-        fd,
-        events,
-        revents: 0,
-    }
+/// An accept error for want of descriptors (or kernel memory).
+fn out_of_descriptors(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
 }
 
 /// poll(2) on `fds` for at most `timeout`; the number of ready descriptors.
@@ -516,6 +544,31 @@ impl Connections {
         }
     }
 
+    /// accept() failed for want of descriptors: frees the reserve, accepts
+    /// one waiting client on it and refuses it with the reason (counted as
+    /// `ERROR`; logged only by the caller's rate-limited warning), then takes
+    /// the reserve back. False if there was no reserve or no client accepted.
+    fn refuse_with_reserve(&self, socket: &Socket, reserve: &mut Option<File>) -> bool {
+        if reserve.take().is_none() {
+            return false;
+        }
+        let refused = match socket.listener.accept() {
+            Ok((stream, _)) => {
+                let _request = Request::start(&self.metrics);
+                let _ = stream.set_nonblocking(true);
+                tell(&stream, "out of file descriptors; try again later");
+                // Take in what the client has sent so far: closing with
+                // unread data would reset it before it reads the line. No
+                // lingering: that would hold the descriptor.
+                drained(&stream, &mut 0);
+                true
+            }
+            Err(_) => false,
+        };
+        *reserve = File::open("/dev/null").ok();
+        refused
+    }
+
     fn refuse(&self, stream: UnixStream, reason: &str, lingering: &mut Lingering) {
         // A fresh socket's buffer takes a short line without blocking;
         // nonblocking anyway, so that the accept loop never waits.
@@ -801,6 +854,12 @@ impl Target {
                 Ok(s) => {
                     // Interactive sessions: no Nagle delay on keystrokes.
                     let _ = s.set_nodelay(true);
+                    if let Err(e) = keepalive(&s) {
+                        log::warn(
+                            "ssh multiplexer: cannot enable TCP keepalive; a vanished target may hold its relay",
+                            &[("target", &self), ("error", &e)],
+                        );
+                    }
                     return Ok(s);
                 }
                 Err(e) if e.kind() == ErrorKind::TimedOut => {
@@ -814,6 +873,38 @@ impl Target {
         }
         Err(last)
     }
+}
+
+/// Turns on TCP keepalive with [`KEEPALIVE_IDLE`], [`KEEPALIVE_INTERVAL`]
+/// and [`KEEPALIVE_COUNT`].
+fn keepalive(s: &TcpStream) -> io::Result<()> {
+    let secs = |d: Duration| libc::c_int::try_from(d.as_secs()).unwrap_or(libc::c_int::MAX);
+    let count = libc::c_int::try_from(KEEPALIVE_COUNT).unwrap_or(libc::c_int::MAX);
+    for (level, name, value) in [
+        (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, secs(KEEPALIVE_IDLE)),
+        (
+            libc::IPPROTO_TCP,
+            libc::TCP_KEEPINTVL,
+            secs(KEEPALIVE_INTERVAL),
+        ),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, count),
+    ] {
+        // SAFETY: setsockopt(2) on an open socket with a c_int we own and its size.
+        let rc = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                level,
+                name,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Relays until both directions have ended. Returns the bytes sent up
@@ -838,8 +929,35 @@ fn relay(client: &UnixStream, target: &TcpStream, early: &[u8]) -> Result<(u64, 
         .and_then(|()| pump(&mut from, &mut to))
         .map(|n| n + early.len() as u64);
     end_direction(&up, target, client);
+    if up.is_ok() {
+        wait_for_down(&down, client, target);
+    }
     let down = down.join().unwrap_or(0);
     Ok((up.unwrap_or(0), down))
+}
+
+/// After the client's EOF went up: waits until the target → client
+/// direction has ended, or until the client is gone altogether (closed, or
+/// shut down both ways; POLLHUP), in which case nothing will ever read what
+/// the target sends: both sockets are cut, so that a target that stays
+/// silent cannot hold the relay (its slot, threads and descriptors) forever.
+/// A client that only shut down its sending side keeps receiving.
+fn wait_for_down(down: &JoinHandle<u64>, client: &UnixStream, target: &TcpStream) {
+    while !down.is_finished() {
+        // Events 0: only POLLHUP and POLLERR, which poll(2) always reports.
+        // (POLLHUP also comes once the down direction shuts the client's
+        // write side: then both sides of it are shut. Cutting is harmless then.)
+        let mut fds = [pollfd(client.as_raw_fd(), 0)];
+        match poll(&mut fds, HANGUP_CHECK) {
+            Ok(_) if fds[0].revents & (libc::POLLHUP | libc::POLLERR) != 0 => {
+                end_direction(&Err(ErrorKind::BrokenPipe.into()), target, client);
+                return;
+            }
+            Ok(_) => {}
+            // Cannot watch (no memory for poll): wait for the target as before.
+            Err(_) => return,
+        }
+    }
 }
 
 /// After one direction (`from` → `to`) ends: on EOF, pass the half-close
@@ -916,6 +1034,44 @@ mod tests {
             assert!(e.starts_with("malformed request"), "{bad}: {e}");
             assert!(!e.contains('\n'), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn targets_are_dialed_with_tcp_keepalive() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let s = target("127.0.0.1", port)
+            .dial(Duration::from_secs(5))
+            .unwrap();
+        let get = |level, name| {
+            let mut value: libc::c_int = 0;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: getsockopt(2) into a c_int we own, its size given.
+            let rc = unsafe {
+                libc::getsockopt(
+                    s.as_raw_fd(),
+                    level,
+                    name,
+                    (&mut value as *mut libc::c_int).cast(),
+                    &mut len,
+                )
+            };
+            assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+            value as u64
+        };
+        assert_eq!(get(libc::SOL_SOCKET, libc::SO_KEEPALIVE), 1);
+        assert_eq!(
+            get(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE),
+            KEEPALIVE_IDLE.as_secs()
+        );
+        assert_eq!(
+            get(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL),
+            KEEPALIVE_INTERVAL.as_secs()
+        );
+        assert_eq!(
+            get(libc::IPPROTO_TCP, libc::TCP_KEEPCNT),
+            u64::from(KEEPALIVE_COUNT)
+        );
     }
 
     #[test]
