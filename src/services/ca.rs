@@ -77,20 +77,17 @@ impl CurrentCa {
     /// Makes `issuer` the current CA unless it has the current fingerprint.
     /// Call [`mark_attempted`](CurrentCa::mark_attempted) afterwards.
     pub fn install(&self, issuer: Issuer) -> Installed {
-        let outcome = {
-            let mut s = self.lock();
-            let outcome = match &s.issuer {
-                None => Installed::First,
-                Some(old) if old.fingerprint() == issuer.fingerprint() => Installed::Same,
-                Some(old) => Installed::Rotated {
-                    previous: old.fingerprint().to_string(),
-                },
-            };
-            if outcome != Installed::Same {
-                s.issuer = Some(Arc::new(issuer));
-            }
-            outcome
+        let mut s = self.lock();
+        let outcome = match &s.issuer {
+            None => Installed::First,
+            Some(old) if old.fingerprint() == issuer.fingerprint() => Installed::Same,
+            Some(old) => Installed::Rotated {
+                previous: old.fingerprint().to_string(),
+            },
         };
+        if outcome != Installed::Same {
+            s.issuer = Some(Arc::new(issuer));
+        }
         outcome
     }
 
