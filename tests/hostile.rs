@@ -14,7 +14,6 @@ use common::*;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -678,44 +677,11 @@ fn random_bytes_tls_and_bad_request_lines_never_crash_it() {
     assert_no_panic(&t);
 }
 
-/// Starts tbot with RLIMIT_NOFILE set to `nofile` (soft and hard), as
-/// `prlimit --nofile=N:N tbot start ...` would.
+/// Starts tbot with RLIMIT_NOFILE set to `nofile` (soft and hard).
 fn start_with_nofile(tag: &str, nofile: u64) -> Tbot {
-    use std::os::unix::process::CommandExt;
     let dir = TempDir::new(tag);
-    let cfg = dir.write("tbot.yaml", &config_text(dir.path(), "", ""));
-    let mut cmd = Command::new(BIN);
-    cmd.arg("start")
-        .arg("-c")
-        .arg(&cfg)
-        .args(["--diag-addr", "127.0.0.1:0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .env_remove("TBOT_CONFIG_PATH")
-        .env_remove("TBOT_DEBUG")
-        .env_remove("NOTIFY_SOCKET");
-    // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child.
-    unsafe {
-        cmd.pre_exec(move || {
-            let lim = libc::rlimit {
-                rlim_cur: nofile,
-                rlim_max: nofile,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut t = Tbot::spawn(cmd, dir);
-    t.addr = t
-        .wait_log_value(
-            "diagnostics service listening",
-            "addr",
-            Duration::from_secs(10),
-        )
-        .and_then(|a| a.parse().ok());
-    t
+    let cfg = config_text(dir.path(), "", "");
+    Tbot::start_with_nofile(dir, &cfg, nofile)
 }
 
 /// Opens 200 connections (holding each) and counts them, then probes /livez

@@ -769,113 +769,266 @@ fn answer_until_closed(s: &mut UnixStream) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-#[test]
-fn out_of_descriptors_clients_are_refused_with_a_reason_and_the_warning_is_rate_limited() {
-    const CLIENTS: usize = 20;
-    let (t, socket) = start_mux("mux-emfile", "");
-    t.until("/readyz/id", Duration::from_secs(20), |r| r.status == 200);
-    let pid = t.pid() as libc::pid_t;
-    let mut old = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: prlimit(2) on our own child, reading into a struct we own.
-    let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
-    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
-    let set_soft = |n: u64| {
-        let lim = libc::rlimit {
-            rlim_cur: n,
-            rlim_max: old.rlim_max,
-        };
-        // SAFETY: prlimit(2) on our own child, with a valid struct.
-        let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &lim, std::ptr::null_mut()) };
-        assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
-    };
-    // The kernel hands out the lowest free descriptor number and fails with
-    // EMFILE when that is at or above the limit. As in a real shortage, every
-    // number below the limit must be in use, the reserves (/dev/null) among
-    // them: held relays fill the gaps the daemon has left below its reserves.
-    let fd_dir = format!("/proc/{pid}/fd");
-    let lowest_free = || {
-        (0u64..)
-            .find(|n| !Path::new(&format!("{fd_dir}/{n}")).exists())
-            .unwrap()
-    };
-    let reserves = std::fs::read_dir(&fd_dir)
+/// The open descriptors of process `pid` numbered below `limit`, each with
+/// what it refers to (as `ls -l /proc/PID/fd` shows it).
+fn fds_below(pid: u32, limit: u64) -> Vec<(u64, String)> {
+    let mut fds: Vec<(u64, String)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
         .flatten()
-        .filter(|e| std::fs::read_link(e.path()).is_ok_and(|l| l == Path::new("/dev/null")))
-        .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
-        .max()
-        .unwrap();
-    // Read only once the daemon has stopped opening and closing descriptors
-    // (the last diagnostics request's, a new relay's).
-    let settled_lowest_free = || loop {
-        let before = lowest_free();
-        std::thread::sleep(Duration::from_millis(150));
-        if lowest_free() == before {
-            return before;
-        }
-    };
-    let (silent, accepted) = held_server();
-    let mut held = Vec::new();
+        .filter_map(|e| {
+            let n = e.file_name().to_str()?.parse::<u64>().ok()?;
+            // Gone since the listing: closed, so not counted.
+            let target = std::fs::read_link(e.path()).ok()?;
+            Some((n, target.display().to_string()))
+        })
+        .filter(|(n, _)| *n < limit)
+        .collect();
+    fds.sort();
+    fds
+}
+
+/// Waits (at most 10 s) until `pred` holds for tbot's descriptors below
+/// `limit`; panics with them and `what` if it never does.
+fn wait_fds(t: &Tbot, limit: u64, what: &str, pred: impl Fn(&[(u64, String)]) -> bool) {
+    let end = Instant::now() + Duration::from_secs(10);
     loop {
-        let free = settled_lowest_free();
-        if free > reserves {
-            // Allow no new descriptor at all.
-            set_soft(free);
-            if settled_lowest_free() == free {
-                break;
-            }
-            set_soft(old.rlim_cur);
-            continue;
+        let fds = fds_below(t.pid(), limit);
+        if pred(&fds) {
+            return;
         }
-        assert!(held.len() < 20, "cannot fill the gaps below fd {reserves}");
-        let mut c = connect(&socket, format!("127.0.0.1:{silent}\0").as_bytes());
-        let mut target = accepted.recv_timeout(Duration::from_secs(10)).unwrap();
-        target
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        // A byte through: the relay holds all its descriptors now.
-        c.write_all(b"x").unwrap();
-        target.read_exact(&mut [0u8; 1]).unwrap();
-        held.push((c, target));
-    }
-    let started = Instant::now();
-    for i in 0..CLIENTS {
-        let mut s = UnixStream::connect(&socket).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-        let _ = s.write_all(b"127.0.0.1:1\0");
-        let out = answer_until_closed(&mut s);
         assert!(
-            out.starts_with(ERROR_PREFIX) && out.contains("out of file descriptors"),
-            "client {i}: {out:?}\n{}",
+            Instant::now() < end,
+            "{what}: {} descriptors below {limit}: {fds:?}\n{}",
+            fds.len(),
+            t.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A relay through the multiplexer to the test's silent target, returned
+/// once a byte has gone through: from then on it holds exactly four of
+/// tbot's descriptors (the client's socket, the target's, and a duplicate
+/// of each for the target → client thread) until one end goes away.
+fn hold_relay(
+    socket: &Path,
+    port: u16,
+    accepted: &std::sync::mpsc::Receiver<std::net::TcpStream>,
+) -> (UnixStream, std::net::TcpStream) {
+    let c = connect(socket, format!("127.0.0.1:{port}\0x").as_bytes());
+    let mut target = accepted
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the multiplexer dials the target");
+    target
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut x = [0u8; 1];
+    target.read_exact(&mut x).unwrap();
+    assert_eq!(&x, b"x");
+    (c, target)
+}
+
+/// Polling `s` for input.
+fn pollfd_in(s: &UnixStream) -> libc::pollfd {
+    libc::pollfd {
+        fd: s.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }
+}
+
+/// The soft and hard RLIMIT_NOFILE tbot runs under in the test below.
+///
+/// The arithmetic: at rest tbot holds about a dozen descriptors below the
+/// limit (stdio, the diagnostics listener and the front ↔ tiny_http
+/// sockets, the multiplexer's listener, the /dev/null reserves), which
+/// leaves about 36: seven relays at 4 each (stopping with at least 8 left),
+/// then about 8 waiting clients at 1 each. The diagnostics front caps itself
+/// at (48 − 24) / 3 = 8 connections (`fit_to_fd_limit`): plenty for the
+/// test's HTTP probes, one at a time at 3 descriptors each, once the relays
+/// are gone.
+const NOFILE: u64 = 48;
+
+#[test]
+fn out_of_descriptors_clients_are_refused_with_a_reason_and_the_warning_is_rate_limited() {
+    const REASON: &str = "out of file descriptors; try again later";
+    // Refused clients, in two bursts more than a second apart.
+    const BURST: usize = 10;
+
+    // The limit is in place from tbot's first instruction: every descriptor
+    // it opens is numbered below it, and accept() fails with EMFILE exactly
+    // when all NOFILE numbers are in use. Counting the open ones tells how
+    // many are free, with no guessing about which numbers they have.
+    let dir = TempDir::new("mux-emfile");
+    let cfg = mux_config(dir.path(), "");
+    let t = Tbot::start_with_nofile(dir, &cfg, NOFILE);
+    let socket = t.dir.join("mux").join("v1.sock");
+    // Started and then quiet: no HTTP request (its descriptors close when
+    // tbot gets to it), no file open (the heartbeat's first write has ended
+    // before it reports healthy, the last one to; the next writes are the
+    // renewal in 20 min and the heartbeat in 30): from here on only this
+    // test's clients change tbot's descriptors.
+    for needle in [
+        "service=mux from=initializing to=healthy",
+        "identity output written service=id",
+        "every service has reported",
+    ] {
+        assert!(
+            t.wait_log(needle, Duration::from_secs(20)),
+            "no {needle:?} in the log:\n{}",
             t.log()
         );
     }
-    let took = started.elapsed();
-    set_soft(old.rlim_cur);
+    let own_files = t.dir.path().display().to_string();
+    wait_fds(&t, NOFILE, "a file of tbot's own stays open", |fds| {
+        !fds.iter().any(|(_, f)| f.starts_with(&own_files))
+    });
+    // The count of open descriptors bounds the free ones from above, no
+    // more: a thread blocked in accept(2) (tiny_http's, on its backend
+    // socket) has taken a number that /proc shows only once a connection
+    // comes.
+    let free = NOFILE - fds_below(t.pid(), NOFILE).len() as u64;
 
-    let warnings = t
-        .log()
-        .lines()
-        .filter(|l| l.contains("ssh multiplexer: accept failed") && l.contains("os error 24"))
-        .count();
+    // Relays while at least 8 are counted free: setting one up takes a 5th
+    // descriptor for a moment (the accept thread's spare duplicate of the
+    // client's socket, closed before it accepts again), and a few may be
+    // taken unseen.
+    let relays = free.saturating_sub(8) / 4;
     assert!(
-        warnings >= 1 && warnings as u64 <= took.as_secs() + 1,
-        "{warnings} warnings in {took:?}\n{}",
-        t.log()
+        relays >= 2,
+        "only {free} descriptors free under {NOFILE}: {:?}",
+        fds_below(t.pid(), NOFILE)
     );
-    // Each refusal is counted just after its client has seen the end.
-    wait_metric(&t, ERROR, CLIENTS as i64);
-    assert_eq!(metric(&t, STARTED), (CLIENTS + held.len()) as i64);
+    let (silent, accepted) = held_server();
+    let held: Vec<_> = (0..relays)
+        .map(|_| hold_relay(&socket, silent, &accepted))
+        .collect();
+    // Then one waiting client (no request yet: it holds just its accepted
+    // socket, for up to the multiplexer's 10 s request deadline) per
+    // descriptor still counted free. They take the ones truly free; any
+    // beyond are refused, like every client after them. No accept can fail
+    // before they are in: the warnings are counted from here.
+    let started = Instant::now();
+    let waiters: Vec<UnixStream> = (0..free - 4 * relays)
+        .map(|_| UnixStream::connect(&socket).unwrap())
+        .collect();
+
+    // Every number below the limit is in use now and none frees up: each
+    // client is refused with the reason. Each burst is connected first and
+    // read after, so that it waits in the listen queue rather than behind
+    // the accept loop's 100 ms back-off.
+    let expect_refusal = |c: &mut UnixStream, what: &str| {
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        // The refusal may come (and the connection close) before this.
+        let _ = c.write_all(b"127.0.0.1:1\0");
+        let out = answer_until_closed(c);
+        assert_eq!(
+            out,
+            format!("{ERROR_PREFIX}{REASON}\n"),
+            "{what} ({:?} after the waiting clients)\n{}",
+            started.elapsed(),
+            t.log()
+        );
+    };
+    let refuse_burst = |burst: usize| {
+        let mut clients: Vec<UnixStream> = (0..BURST)
+            .map(|_| UnixStream::connect(&socket).unwrap())
+            .collect();
+        for (i, c) in clients.iter_mut().enumerate() {
+            expect_refusal(c, &format!("burst {burst}, client {i}"));
+        }
+    };
+    refuse_burst(1);
+    // The listen queue is FIFO and the accept loop deals with one client
+    // before the next: the burst's answers mean that each waiting client
+    // has been accepted (nothing to read: it is waiting for its request) or
+    // refused (the reason is there to read), those accepted first.
+    let mut refused = 0;
+    let mut waiting = Vec::new();
+    for (i, mut w) in waiters.into_iter().enumerate() {
+        let mut ready = [pollfd_in(&w)];
+        // SAFETY: poll(2) on a valid pollfd array of length 1, no waiting.
+        let n = unsafe { libc::poll(ready.as_mut_ptr(), 1, 0) };
+        assert!(n >= 0, "poll: {}", std::io::Error::last_os_error());
+        if n == 0 {
+            assert_eq!(refused, 0, "waiting client {i} accepted after a refusal");
+            waiting.push(w);
+        } else {
+            expect_refusal(&mut w, &format!("waiting client {i}"));
+            refused += 1;
+        }
+    }
+    assert!(!waiting.is_empty(), "no waiting client was accepted");
+    // The first warning came no later than the first refusal just read; the
+    // second burst is accepted more than a second after that, so the
+    // warning must be logged again (rate-limited, not silenced for good).
+    std::thread::sleep(Duration::from_millis(1100));
+    refuse_burst(2);
+    refused += 2 * BURST;
+
+    // The log reaches the test through a pipe and a thread: wait (briefly:
+    // the waiting clients' deadline runs) for the second warning. At most
+    // one a second: n warnings at least a second apart span at least
+    // n − 1 s, all of it between `started` and the last read.
+    let count_warnings = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("ssh multiplexer: accept failed") && l.contains("os error 24"))
+            .count()
+    };
+    let end = Instant::now() + Duration::from_secs(3);
+    while count_warnings(&t.log()) < 2 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = t.log();
+    let took = started.elapsed();
+    let warnings = count_warnings(&log);
+    eprintln!(
+        "{free} counted free under {NOFILE}: {relays} relays, {} waiting, {refused} refused, {warnings} warnings in {took:?}",
+        waiting.len()
+    );
+    assert!(
+        (2..=took.as_secs() as usize + 1).contains(&warnings),
+        "{warnings} warnings for {refused} refusals in {took:?}\n{log}"
+    );
+
+    // Descriptors back: the relays go, then the waiting clients, accepted
+    // all along, send their requests and are served.
     drop(held);
-    wait_metric(&t, IN_FLIGHT, 0);
-    // Descriptors back: served as before.
+    let at_rest = NOFILE - free + waiting.len() as u64;
+    wait_fds(&t, NOFILE, "the relays' descriptors are not freed", |fds| {
+        fds.len() as u64 <= at_rest
+    });
     let echo = echo_server(b"");
+    for w in &mut waiting {
+        w.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        w.write_all(format!("127.0.0.1:{echo}\0").as_bytes())
+            .unwrap();
+        round_trip(w, b"waited");
+    }
+    let served = relays + waiting.len() as u64;
+    drop(waiting);
+    wait_metric(&t, IN_FLIGHT, 0);
+    // Each refusal counted once, as an ERROR; nothing else failed.
+    assert_eq!(metric(&t, ERROR), refused as i64);
+    assert_eq!(metric(&t, OK), served as i64);
+    assert_eq!(metric(&t, STARTED), served as i64 + refused as i64);
+    // A new client is served as before.
     let mut c = connect(&socket, format!("127.0.0.1:{echo}\0").as_bytes());
     round_trip(&mut c, b"descriptors again");
     drop(c);
     wait_metric(&t, IN_FLIGHT, 0);
+    assert_eq!(metric(&t, OK), served as i64 + 1);
+
+    // Healthy throughout: never restarted, never reported otherwise.
     assert_eq!(t.get("/readyz/mux").status, 200);
+    let log = t.log();
+    assert_eq!(
+        log.matches("ssh multiplexer listening").count(),
+        1,
+        "the multiplexer restarted:\n{log}"
+    );
+    assert!(
+        !log.contains("service=mux from=healthy"),
+        "the multiplexer's health changed:\n{log}"
+    );
 }

@@ -86,6 +86,34 @@ impl Tbot {
     }
 
     pub fn start_with(dir: TempDir, config: &str, extra: &[&str], env: &[(&str, &str)]) -> Tbot {
+        let cmd = Tbot::command(&dir, config, extra, env);
+        Tbot::spawn_and_wait_addr(cmd, dir)
+    }
+
+    /// Like [`Tbot::start`], with RLIMIT_NOFILE (soft and hard) set to
+    /// `nofile` before tbot runs its first instruction, as
+    /// `prlimit --nofile=N:N tbot start ...` would.
+    pub fn start_with_nofile(dir: TempDir, config: &str, nofile: u64) -> Tbot {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Tbot::command(&dir, config, &[], &[]);
+        // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child.
+        unsafe {
+            cmd.pre_exec(move || {
+                let lim = libc::rlimit {
+                    rlim_cur: nofile,
+                    rlim_max: nofile,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Tbot::spawn_and_wait_addr(cmd, dir)
+    }
+
+    /// `tbot start -c <config written to dir> --diag-addr 127.0.0.1:0 <extra...>`.
+    fn command(dir: &TempDir, config: &str, extra: &[&str], env: &[(&str, &str)]) -> Command {
         let cfg = dir.write("tbot.yaml", config);
         let mut args: Vec<String> = vec!["start".into(), "-c".into(), cfg.display().to_string()];
         if !extra.iter().any(|a| a.starts_with("--diag-addr")) {
@@ -103,6 +131,11 @@ impl Tbot {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        cmd
+    }
+
+    /// Spawns `cmd` and waits until the log names the bound address.
+    fn spawn_and_wait_addr(cmd: Command, dir: TempDir) -> Tbot {
         let mut t = Tbot::spawn(cmd, dir);
         let addr = t.wait_log_value(
             "diagnostics service listening",
