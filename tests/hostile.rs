@@ -982,7 +982,7 @@ fn peer_comparison() {
         ("bad request line", b"GET /livez\r\n\r\n"),
         (
             "/readyz/%zz",
-            b"GET /readyz/%zz HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /readyz/%zz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
         ),
     ] {
         let (resp, took) = exchange(addr, raw, Duration::from_secs(12));
