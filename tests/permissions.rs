@@ -64,13 +64,7 @@ fn an_unwritable_destination_is_reported_with_the_os_error_and_recovers() {
             });
         }
     }
-    let mut t = Tbot::spawn(cmd, dir);
-    let addr = t.wait_log_value(
-        "diagnostics service listening",
-        "addr",
-        Duration::from_secs(10),
-    );
-    t.addr = addr.and_then(|a| a.parse().ok());
+    let mut t = Tbot::spawn_and_wait_addr(cmd, dir);
 
     let r = t.until("/readyz/locked", Duration::from_secs(10), |r| {
         r.status == 503 && r.body.contains("reason")

@@ -12,28 +12,8 @@
 set -euo pipefail
 DUR=${DUR:-10}
 CONNS=${CONNS:-16}
-root=$(cd "$(dirname "$0")/../.." && pwd)
-peer="$root/../shared/peers/go-diag"
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-for tool in wrk go python3; do
-  command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install wrk golang-go golang-github-prometheus-client-golang-dev python3)"; exit 1; }
-done
-
-cargo build --release --quiet --manifest-path "$root/Cargo.toml"
-tbot="$root/target/release/tbot"
-(cd "$peer" && GO111MODULE=off GOPATH=/usr/share/gocode go build -o "$work/go-diag" .)
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
-threads() { awk '/^Threads:/ {print $2}' "/proc/$1/status"; }
-wait_up() { for _ in $(seq 100); do curl -fs "http://$1/livez" >/dev/null 2>&1 && return 0; sleep 0.05; done; echo "server at $1 did not come up"; exit 1; }
+PROFILE=release TOOLS="wrk go python3 curl"
+. "$(dirname "$0")/common.sh"
 
 # tbot: one identity output plus the internal services (about as many as
 # go-diag's default 4).

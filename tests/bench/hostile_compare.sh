@@ -14,30 +14,8 @@
 # Needs: golang-go, golang-github-prometheus-client-golang-dev, python3.
 set -euo pipefail
 PROFILE=${PROFILE:-release}
-root=$(cd "$(dirname "$0")/../.." && pwd)
-peer="$root/../shared/peers/go-diag"
-[ -d "$peer" ] || peer=/work/shared/peers/go-diag
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-for tool in go python3 curl; do
-  command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install golang-go golang-github-prometheus-client-golang-dev python3 curl)"; exit 1; }
-done
-
-flag=()
-[ "$PROFILE" = release ] && flag=(--release)
-cargo build "${flag[@]}" --quiet --manifest-path "$root/Cargo.toml" 2>"$work/build.log" ||
-  { cat "$work/build.log"; exit 1; }
-tbot="$root/target/$PROFILE/tbot"
-(cd "$peer" && GO111MODULE=off GOPATH=/usr/share/gocode go build -o "$work/go-diag" .)
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_up() { for _ in $(seq 100); do curl -fs "http://$1/livez" >/dev/null 2>&1 && return 0; sleep 0.05; done; echo "server at $1 did not come up"; exit 1; }
+TOOLS="go python3 curl"
+. "$(dirname "$0")/common.sh"
 
 cat > "$work/tbot.yaml" <<YAML
 version: v2

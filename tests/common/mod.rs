@@ -135,7 +135,7 @@ impl Tbot {
     }
 
     /// Spawns `cmd` and waits until the log names the bound address.
-    fn spawn_and_wait_addr(cmd: Command, dir: TempDir) -> Tbot {
+    pub fn spawn_and_wait_addr(cmd: Command, dir: TempDir) -> Tbot {
         let mut t = Tbot::spawn(cmd, dir);
         let addr = t.wait_log_value(
             "diagnostics service listening",

@@ -1,0 +1,29 @@
+# Shared by the benchmark scripts (sourced, not run): builds tbot and the Go
+# reference peer, tracks started processes and kills them by PID on exit.
+# Set before sourcing: PROFILE (release|debug), TOOLS (commands needed).
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+peer="$root/../shared/peers/go-diag"
+[ -d "$peer" ] || peer=/work/shared/peers/go-diag
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+for tool in $TOOLS; do
+  command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install wrk golang-go golang-github-prometheus-client-golang-dev python3 curl)"; exit 1; }
+done
+
+flag=()
+[ "${PROFILE:-release}" = release ] && flag=(--release)
+cargo build "${flag[@]}" --quiet --manifest-path "$root/Cargo.toml" 2>"$work/build.log" ||
+  { cat "$work/build.log"; exit 1; }
+tbot="$root/target/${PROFILE:-release}/tbot"
+(cd "$peer" && GO111MODULE=off GOPATH=/usr/share/gocode go build -o "$work/go-diag" .)
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_up() { for _ in $(seq 100); do curl -fs "http://$1/livez" >/dev/null 2>&1 && return 0; sleep 0.05; done; echo "server at $1 did not come up"; exit 1; }
+rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+threads() { awk '/^Threads:/ {print $2}' "/proc/$1/status"; }
