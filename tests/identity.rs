@@ -382,7 +382,8 @@ fn a_broken_destination_is_unhealthy_with_the_os_error_and_recovers_in_place() {
     let failed = task(&m, "tbot_task_iterations_failed_total", "a");
     assert!(failed >= failed_before + 1.0, "{failed_before} → {failed}");
     assert_eq!(task(&m, "tbot_task_iterations_failed_total", "b"), 0.0);
-    assert!(task(&m, "tbot_task_iterations_total", "b") >= 3.0);
+    // b keeps renewing beside the broken a (more than its first issue).
+    assert!(task(&m, "tbot_task_iterations_total", "b") >= 2.0);
     // The duration histogram counts every iteration, failed ones included.
     for s in ["a", "b"] {
         let count = m.get(
