@@ -844,7 +844,7 @@ fn pollfd_in(s: &UnixStream) -> libc::pollfd {
 /// sockets, the multiplexer's listener, the /dev/null reserves), which
 /// leaves about 36: seven relays at 4 each (stopping with at least 8 left),
 /// then about 8 waiting clients at 1 each. The diagnostics front caps itself
-/// at (48 − 24) / 3 = 8 connections (`fit_to_fd_limit`): plenty for the
+/// at (48 − 24) / 4 = 6 connections (`fit_to_fd_limit`): plenty for the
 /// test's HTTP probes, one at a time at 3 descriptors each, once the relays
 /// are gone.
 const NOFILE: u64 = 48;

@@ -83,8 +83,9 @@ impl Default for Limits {
 }
 
 /// Descriptors one connection can hold: the client's, ours to tiny_http,
-/// and tiny_http's end of that.
-const FDS_PER_CONNECTION: u64 = 3;
+/// and tiny_http's end of that, which it holds twice (it `try_clone`s every
+/// accepted stream into a read and a write half).
+const FDS_PER_CONNECTION: u64 = 4;
 /// Descriptors kept for everything else in the process.
 const FDS_RESERVED: u64 = 24;
 
