@@ -136,7 +136,28 @@ fn a_service_turns_unhealthy_with_a_reason_and_back() {
         "service status changed service=heartbeat from=unhealthy to=healthy",
         Duration::from_secs(2)
     ));
-    assert!(t.dir.join("storage/heartbeat.json").exists());
+    // The heartbeat record: who, when, how long up, and every service.
+    let record = std::fs::read_to_string(t.dir.join("storage/heartbeat.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&record).unwrap();
+    assert!(is_rfc3339_utc(v["time"].as_str().unwrap()), "{v}");
+    assert!(!v["hostname"].as_str().unwrap().is_empty(), "{v}");
+    assert!(
+        v["uptime_seconds"].is_u64() && v["version"].is_string(),
+        "{v}"
+    );
+    let services = v["services"].as_array().unwrap();
+    let hb = services
+        .iter()
+        .find(|s| s["name"] == "heartbeat")
+        .expect("heartbeat listed");
+    assert_eq!(hb["type"], "heartbeat");
+    for name in ["identity", "ca-rotation"] {
+        let s = services
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("{name} not in {v}"));
+        assert!(s["status"].is_string(), "{s}");
+    }
 }
 
 #[test]
