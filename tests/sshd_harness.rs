@@ -57,6 +57,18 @@ fn keygen(path: &Path) {
         .arg(path));
 }
 
+/// `ssh` as the login user with the user key and `cert`, running `command`.
+fn login(sshd: &Sshd, keys: &Keys, cert: &Path, command: &str) -> std::process::Output {
+    ssh_run(
+        sshd.port(),
+        &keys.path("user"),
+        cert,
+        sshd.user(),
+        &[],
+        command,
+    )
+}
+
 fn run(cmd: &mut Command) {
     let out = cmd.output().expect("ssh-keygen must be installed");
     assert!(out.status.success(), "{cmd:?}: {}", describe(&out));
@@ -67,14 +79,7 @@ fn certificate_for_the_login_user_is_accepted() {
     let keys = Keys::new();
     let sshd = Sshd::start(&keys.path("ca.pub"));
     let cert = keys.sign("ca", sshd.user(), "-5m:+5m");
-    let out = ssh_run(
-        sshd.port(),
-        &keys.path("user"),
-        &cert,
-        sshd.user(),
-        &[],
-        "echo logged-in-as-$(id -un)",
-    );
+    let out = login(&sshd, &keys, &cert, "echo logged-in-as-$(id -un)");
     assert!(out.status.success(), "{}", describe(&out));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
@@ -87,14 +92,7 @@ fn certificate_for_the_login_user_is_accepted() {
     );
 
     // The remote exit status comes back, so tests can assert on commands.
-    let out = ssh_run(
-        sshd.port(),
-        &keys.path("user"),
-        &cert,
-        sshd.user(),
-        &[],
-        "exit 3",
-    );
+    let out = login(&sshd, &keys, &cert, "exit 3");
     assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
 }
 
@@ -103,14 +101,7 @@ fn certificate_for_another_principal_is_refused() {
     let keys = Keys::new();
     let sshd = Sshd::start(&keys.path("ca.pub"));
     let cert = keys.sign("ca", "somebody-else", "-5m:+5m");
-    let out = ssh_run(
-        sshd.port(),
-        &keys.path("user"),
-        &cert,
-        sshd.user(),
-        &[],
-        "true",
-    );
+    let out = login(&sshd, &keys, &cert, "true");
     assert!(!out.status.success(), "{}", describe(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
@@ -130,25 +121,11 @@ fn certificate_from_an_untrusted_ca_or_expired_is_refused() {
     let sshd = Sshd::start(&keys.path("ca.pub"));
 
     let cert = keys.sign("other_ca", sshd.user(), "-5m:+5m");
-    let out = ssh_run(
-        sshd.port(),
-        &keys.path("user"),
-        &cert,
-        sshd.user(),
-        &[],
-        "true",
-    );
+    let out = login(&sshd, &keys, &cert, "true");
     assert!(!out.status.success(), "untrusted CA: {}", describe(&out));
 
     let cert = keys.sign("ca", sshd.user(), "-10m:-5m");
-    let out = ssh_run(
-        sshd.port(),
-        &keys.path("user"),
-        &cert,
-        sshd.user(),
-        &[],
-        "true",
-    );
+    let out = login(&sshd, &keys, &cert, "true");
     assert!(!out.status.success(), "expired: {}", describe(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
@@ -158,14 +135,7 @@ fn certificate_from_an_untrusted_ca_or_expired_is_refused() {
 
     // And the same server still lets a good certificate in.
     let cert = keys.sign("ca", sshd.user(), "-5m:+5m");
-    let out = ssh_run(
-        sshd.port(),
-        &keys.path("user"),
-        &cert,
-        sshd.user(),
-        &[],
-        "true",
-    );
+    let out = login(&sshd, &keys, &cert, "true");
     assert!(out.status.success(), "{}", describe(&out));
 }
 

@@ -27,3 +27,16 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 wait_up() { for _ in $(seq 100); do curl -fs "http://$1/livez" >/dev/null 2>&1 && return 0; sleep 0.05; done; echo "server at $1 did not come up"; exit 1; }
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 threads() { awk '/^Threads:/ {print $2}' "/proc/$1/status"; }
+
+# Starts tbot on $work/tbot.yaml and go-diag (4 services), each on a free
+# loopback port; sets tport/tpid and gport/gpid once both answer /livez.
+start_both() {
+  tport=$(free_port)
+  "$tbot" start -c "$work/tbot.yaml" --diag-addr "127.0.0.1:$tport" 2>"$work/tbot.log" &
+  tpid=$!; pids+=("$tpid")
+  gport=$(free_port)
+  "$work/go-diag" -addr "127.0.0.1:$gport" -services 4 2>"$work/go.log" &
+  gpid=$!; pids+=("$gpid")
+  wait_up "127.0.0.1:$tport"; wait_up "127.0.0.1:$gport"
+  sleep 1
+}

@@ -25,14 +25,7 @@ services:
     principals: [bench]
     destination: {type: directory, path: $work/out}
 YAML
-tport=$(free_port)
-"$tbot" start -c "$work/tbot.yaml" --diag-addr "127.0.0.1:$tport" 2>"$work/tbot.log" &
-tpid=$!; pids+=("$tpid")
-gport=$(free_port)
-"$work/go-diag" -addr "127.0.0.1:$gport" -services 4 2>"$work/go.log" &
-gpid=$!; pids+=("$gpid")
-wait_up "127.0.0.1:$tport"; wait_up "127.0.0.1:$gport"
-sleep 1
+start_both
 
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r); wrk -t2 -c$CONNS -d${DUR}s per row"
 echo "binary size: tbot $(stat -c %s "$tbot") bytes, go-diag $(stat -c %s "$work/go-diag") bytes"

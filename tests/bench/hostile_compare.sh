@@ -21,14 +21,7 @@ cat > "$work/tbot.yaml" <<YAML
 version: v2
 storage: {type: directory, path: $work/storage}
 YAML
-tport=$(free_port)
-"$tbot" start -c "$work/tbot.yaml" --diag-addr "127.0.0.1:$tport" 2>"$work/tbot.log" &
-tpid=$!; pids+=("$tpid")
-gport=$(free_port)
-"$work/go-diag" -addr "127.0.0.1:$gport" -services 4 2>"$work/go.log" &
-gpid=$!; pids+=("$gpid")
-wait_up "127.0.0.1:$tport"; wait_up "127.0.0.1:$gport"
-sleep 1
+start_both
 
 echo "machine: $(nproc) cores, $(uname -r); tbot $PROFILE build; go $(go env GOVERSION)"
 run() { # name addr pid
