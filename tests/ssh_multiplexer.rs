@@ -966,6 +966,26 @@ fn out_of_descriptors_clients_are_refused_with_a_reason_and_the_warning_is_rate_
     refuse_burst(2);
     refused += 2 * BURST;
 
+    // The diagnostics port shares the process's descriptors: a probe now
+    // gets a 503 that says why (the front's reserve descriptor), not a
+    // reset or silence, even when it reads its answer a while after it
+    // sent its request (no reset for the unread request: a lingering close).
+    let probe = {
+        let mut s = std::net::TcpStream::connect(t.addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"GET /livez HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        common::read_response(&mut s, false)
+            .unwrap_or_else(|e| panic!("/livez with every descriptor in use: {e}\n{}", t.log()))
+    };
+    assert_eq!(
+        (probe.status, probe.body.contains("out of file descriptors")),
+        (503, true),
+        "/livez with every descriptor in use: {probe:?}\n{}",
+        t.log()
+    );
+
     // The log reaches the test through a pipe and a thread: wait (briefly:
     // the waiting clients' deadline runs) for the second warning. At most
     // one a second: n warnings at least a second apart span at least
@@ -1007,6 +1027,14 @@ fn out_of_descriptors_clients_are_refused_with_a_reason_and_the_warning_is_rate_
     }
     let served = relays + waiting.len() as u64;
     drop(waiting);
+    // Their relays end (4 descriptors each) before the next HTTP request:
+    // until then the diagnostics port may still be out of descriptors.
+    wait_fds(
+        &t,
+        NOFILE,
+        "the waiting clients' relays do not end",
+        |fds| fds.len() as u64 <= NOFILE - free,
+    );
     wait_metric(&t, IN_FLIGHT, 0);
     // Each refusal counted once, as an ERROR; nothing else failed.
     assert_eq!(metric(&t, ERROR), refused as i64);

@@ -291,6 +291,9 @@ impl Front {
                     self.conns.swap_remove(i);
                 }
             }
+            // Before any new client: a descriptor freed above goes back to
+            // the reserve first.
+            self.restore_reserve();
             if fds[1].revents != 0 {
                 self.accept_all();
             }
@@ -335,15 +338,41 @@ impl Front {
             return;
         }
         if self.reserve.take().is_some() {
-            if let Ok((stream, _)) = self.listener.accept() {
-                let _ = (&stream).write(&simple_response(
-                    503,
-                    "the diagnostics service is out of file descriptors",
-                ));
+            // The reserve's number goes to the refused client, which keeps
+            // it while it reads the refusal: the 503 is written, then what
+            // the client sent is read and dropped (the lingering close), so
+            // the client sees the reason rather than a reset. The reserve
+            // comes back once a descriptor is free (`restore_reserve`).
+            if let Ok((stream, peer)) = self.listener.accept() {
+                if stream.set_nonblocking(true).is_ok() {
+                    let now = Instant::now();
+                    let mut c = Conn {
+                        client: stream,
+                        peer,
+                        state: State::Linger { drained: 0 },
+                        since: now,
+                        deadline: now,
+                        half_closed: false,
+                    };
+                    c.reply(
+                        simple_response(503, "the diagnostics service is out of file descriptors"),
+                        Then::Linger,
+                        now + self.limits.write_timeout,
+                    );
+                    self.conns.push(c);
+                }
             }
-            self.reserve = File::open("/dev/null").ok();
+            self.restore_reserve();
         }
         self.accept_paused_until = Some(Instant::now() + Duration::from_millis(50));
+    }
+
+    /// Takes the reserve descriptor back when it was given away and one is
+    /// free again.
+    fn restore_reserve(&mut self) {
+        if self.reserve.is_none() {
+            self.reserve = File::open("/dev/null").ok();
+        }
     }
 
     fn note_accept_error(&mut self, e: &io::Error) {
