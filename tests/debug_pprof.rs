@@ -4,8 +4,17 @@
 mod common;
 use common::*;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// Held by the test that loads tbot with requests and by the one that times
+/// /livez during a profile: the timing is of tbot's serving loop, not of
+/// this binary's own load generator competing for the same two cores.
+static CPU_HEAVY: Mutex<()> = Mutex::new(());
+
+fn cpu_heavy() -> std::sync::MutexGuard<'static, ()> {
+    CPU_HEAVY.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 fn start_debug(services: &str) -> Tbot {
     let dir = TempDir::new("pprof");
@@ -43,6 +52,7 @@ impl Drop for Load {
 
 #[test]
 fn cpu_profile_is_read_by_go_tool_pprof_and_names_tbot_functions() {
+    let _serial = cpu_heavy();
     let t = start_debug("");
     let busy = load(t.addr());
     let r = request_timeout(
@@ -103,6 +113,7 @@ fn flamegraph_is_well_formed_svg() {
 
 #[test]
 fn profiling_never_stalls_the_serving_loop_and_runs_one_at_a_time() {
+    let _serial = cpu_heavy();
     let t = start_debug("");
     let addr = t.addr();
     let profile = std::thread::spawn(move || {
@@ -127,6 +138,7 @@ fn profiling_never_stalls_the_serving_loop_and_runs_one_at_a_time() {
         slowest = slowest.max(t0.elapsed());
         assert_eq!(r.status, 200);
     }
+    eprintln!("slowest of 100 /livez during a profile: {slowest:?}");
     assert!(
         slowest < Duration::from_millis(100),
         "slowest /livez during a profile: {slowest:?}"
