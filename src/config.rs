@@ -417,17 +417,40 @@ fn truncate(mut s: String, max: usize) -> String {
 // ---------------------------------------------------------------------------
 // Loading.
 
+/// The largest configuration file read, in bytes: a real one is a few KiB;
+/// a wrong path (`/dev/zero`, a log file) is refused rather than read into
+/// memory without end.
+pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
 /// Reads, parses and validates a configuration file.
 pub fn load(path: &Path) -> Result<Config, Error> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| Error {
+    let error = |message: String| Error {
         file: file.clone(),
         line: 0,
         column: 0,
-        message: e.to_string(),
-    })?;
+        message,
+    };
+    let text = read_limited(path, MAX_CONFIG_BYTES).map_err(|e| error(e.to_string()))?;
+    let Some(text) = text else {
+        return Err(error(format!(
+            "larger than {} MiB; is this the configuration file?",
+            MAX_CONFIG_BYTES / (1024 * 1024)
+        )));
+    };
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     parse(&file, &text, &base)
+}
+
+/// Reads a whole file as UTF-8 text, or None when it is longer than `max`
+/// bytes. Any kind of file: a pipe (`-c <(...)`) works like a regular file.
+fn read_limited(path: &Path, max: u64) -> std::io::Result<Option<String>> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(max + 1)
+        .read_to_string(&mut text)?;
+    Ok((text.len() as u64 <= max).then_some(text))
 }
 
 /// Parses and validates configuration text. Relative paths are resolved

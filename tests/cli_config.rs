@@ -139,6 +139,30 @@ fn missing_or_unreadable_config_file() {
     let (code, _, err) = run_tbot(&["start", "-c", &d], &[], T);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains(&d), "{err}");
+    // A wrong path to an endless file is refused, not read into memory.
+    let (code, _, err) = run_tbot(&["start", "-c", "/dev/zero"], &[], T);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("/dev/zero: larger than 1 MiB"), "{err}");
+    // A pipe is read like a file (`-c <(generate-config)`): the error is
+    // about its second line.
+    let mut child = std::process::Command::new(BIN)
+        .args(["start", "-c", "/dev/stdin"])
+        .env_remove("TBOT_CONFIG_PATH")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    std::io::Write::write_all(&mut stdin, b"version: v2\nbogus: 1\n").unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("/dev/stdin:2:1: unknown field `bogus`"),
+        "{err}"
+    );
 }
 
 #[test]
