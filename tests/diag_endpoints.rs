@@ -276,7 +276,7 @@ fn read_one(s: &mut std::net::TcpStream) -> Resp {
     let mut byte = [0u8; 1];
     while !buf.ends_with(b"\r\n\r\n") {
         assert_eq!(
-            s.read(&mut byte).unwrap(),
+            read_retrying(s, &mut byte).unwrap(),
             1,
             "connection closed mid-head: {:?}",
             String::from_utf8_lossy(&buf)

@@ -100,7 +100,7 @@ fn read_all(s: &mut TcpStream, deadline: Instant) -> Vec<u8> {
         if left.is_zero() || s.set_read_timeout(Some(left)).is_err() {
             return got;
         }
-        match s.read(&mut chunk) {
+        match read_retrying(s, &mut chunk) {
             Ok(0) | Err(_) => return got,
             Ok(n) => got.extend_from_slice(&chunk[..n]),
         }
@@ -186,7 +186,9 @@ fn closed_by_server(conns: &mut [TcpStream], want: usize, within: Duration) -> V
             let mut b = [0u8; 512];
             *done = match c.read(&mut b) {
                 Ok(_) => true, // EOF or an answer (a 503 or 408): not queued
-                Err(e) if e.kind() == ErrorKind::WouldBlock => false,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {
+                    false
+                }
                 Err(_) => true, // reset
             };
         }

@@ -71,7 +71,7 @@ fn echo_server(banner: &'static [u8]) -> u16 {
                 }
                 let mut buf = vec![0u8; 64 * 1024];
                 loop {
-                    match r.read(&mut buf) {
+                    match read_retrying(&mut r, &mut buf) {
                         Ok(0) | Err(_) => break,
                         Ok(n) => {
                             if w.write_all(&buf[..n]).is_err() {
@@ -250,10 +250,7 @@ fn a_100_mib_stream_arrives_intact_both_ways() {
     let mut k = 0u64;
     let mut total = 0u64;
     loop {
-        let n = match s.read(&mut buf[filled..]) {
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            r => r.unwrap(),
-        };
+        let n = read_retrying(&mut s, &mut buf[filled..]).unwrap();
         if n == 0 {
             break;
         }
@@ -761,11 +758,9 @@ fn answer_until_closed(s: &mut UnixStream) -> String {
     let mut out = Vec::new();
     let mut buf = [0u8; 512];
     loop {
-        match s.read(&mut buf) {
-            Ok(0) => break,
+        match read_retrying(s, &mut buf) {
+            Ok(0) | Err(_) => break,
             Ok(n) => out.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => break,
         }
     }
     String::from_utf8_lossy(&out).into_owned()

@@ -341,7 +341,7 @@ pub fn read_response(s: &mut TcpStream, head_request: bool) -> std::io::Result<R
             {
                 let want = end + 4 + if head_request { 0 } else { len };
                 while buf.len() < want {
-                    let n = s.read(&mut chunk)?;
+                    let n = read_retrying(s, &mut chunk)?;
                     if n == 0 {
                         break;
                     }
@@ -353,7 +353,7 @@ pub fn read_response(s: &mut TcpStream, head_request: bool) -> std::io::Result<R
             s.read_to_end(&mut buf)?;
             return parse_response(&buf);
         }
-        let n = s.read(&mut chunk)?;
+        let n = read_retrying(s, &mut chunk)?;
         if n == 0 {
             return parse_response(&buf);
         }
@@ -437,4 +437,4 @@ pub fn run_tbot(
 }
 
 #[allow(unused_imports)] // not every test file needs it
-pub use util::free_port;
+pub use util::{free_port, read_retrying};

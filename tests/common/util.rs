@@ -14,6 +14,19 @@ pub fn free_port() -> u16 {
     l.local_addr().expect("local_addr").port()
 }
 
+/// `read`, again when a signal interrupts it. A socket read with a timeout
+/// (SO_RCVTIMEO) fails with EINTR on any interruption, not only on a signal
+/// with a handler: seen on this project's test machines, where nothing in
+/// the test process handles signals.
+pub fn read_retrying(r: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        match r.read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
 /// The current user's login name (`id -un`).
 pub fn current_user() -> String {
     let out = Command::new("id").arg("-un").output().expect("run id -un");
