@@ -488,6 +488,7 @@ fn stream_and_read(
             let n = chunk.len().min((total - wrote) as usize);
             match w.write(&chunk[..n]) {
                 Ok(k) => wrote += k as u64,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(_) => break, // reset / broken pipe: the server hung up
             }
         }
