@@ -186,6 +186,15 @@ pub struct Iteration<'a> {
 
 impl<'a> Iteration<'a> {
     pub fn start(ctx: &'a Context, task: &'static str) -> Iteration<'a> {
+        // Every series of the task exists, at 0, from its first iteration
+        // on: a failure counter that appeared only with the first failure
+        // would hide that failure from rate() and increase(), and leave
+        // ratios of failed to total empty rather than 0.
+        let m = &ctx.shared.metrics;
+        let labels = [ctx.name(), task];
+        m.task_iterations.with_label_values(&labels);
+        m.task_iterations_failed.with_label_values(&labels);
+        m.task_iteration_duration.with_label_values(&labels);
         Iteration {
             ctx,
             task,
