@@ -1,7 +1,7 @@
 //! `tbot wait`: poll a running bot's `/wait` until it answers 200.
 
 use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use crate::cli::WaitArgs;
@@ -11,15 +11,34 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Longest single `/wait` request; the loop asks again after it.
 const MAX_POLL: Duration = Duration::from_secs(10);
 
+/// Connects to the first of `addr`'s addresses that accepts (`localhost`
+/// may resolve to ::1 before 127.0.0.1 while the bot listens on one only).
+fn connect(addr: &str, timeout: Duration) -> Result<TcpStream, String> {
+    let socks = addr.to_socket_addrs().map_err(|e| format!("{addr}: {e}"))?;
+    connect_any(socks, timeout).map_err(|e| format!("{addr}: {e}"))
+}
+
+fn connect_any(
+    socks: impl Iterator<Item = SocketAddr>,
+    timeout: Duration,
+) -> Result<TcpStream, String> {
+    let mut last = None;
+    for sock in socks {
+        match TcpStream::connect_timeout(&sock, timeout) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(match last {
+        Some(e) => e.to_string(),
+        None => "resolves to no address".into(),
+    })
+}
+
 /// One HTTP GET with every step bounded by `timeout`. Returns (status, body).
 pub fn http_get(addr: &str, path: &str, timeout: Duration) -> Result<(u16, String), String> {
     let timeout = timeout.max(Duration::from_millis(10));
-    let sock = addr
-        .to_socket_addrs()
-        .map_err(|e| format!("{addr}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{addr}: resolves to no address"))?;
-    let mut s = TcpStream::connect_timeout(&sock, timeout).map_err(|e| format!("{addr}: {e}"))?;
+    let mut s = connect(addr, timeout)?;
     s.set_read_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
     s.set_write_timeout(Some(timeout))
@@ -131,4 +150,25 @@ fn encode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    #[test]
+    fn connects_to_the_first_address_that_accepts() {
+        let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+        let refused = closed.local_addr().unwrap();
+        drop(closed);
+        let open = TcpListener::bind("127.0.0.1:0").unwrap();
+        let good = open.local_addr().unwrap();
+        let s = connect_any([refused, good].into_iter(), Duration::from_secs(5)).unwrap();
+        assert_eq!(s.peer_addr().unwrap(), good);
+        let e = connect_any([refused].into_iter(), Duration::from_secs(5)).unwrap_err();
+        assert!(e.contains("refused"), "{e}");
+        let e = connect_any(std::iter::empty(), Duration::from_secs(5)).unwrap_err();
+        assert_eq!(e, "resolves to no address");
+    }
 }
