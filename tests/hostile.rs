@@ -895,15 +895,35 @@ fn a_client_that_never_reads_is_cut_off_by_the_write_timeout() {
 fn every_method_but_get_and_head_is_405_and_half_closing_clients_are_answered() {
     let t = start("methods", "", &[]);
     let addr = t.addr();
-    for method in ["POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "BREW"] {
-        let raw = format!("{method} /livez HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let methods = ["POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "BREW"];
+    let odd_targets = ["OPTIONS *", "CONNECT 127.0.0.1:22", "DELETE http://x/livez"];
+    for line in methods
+        .iter()
+        .map(|m| format!("{m} /livez"))
+        .chain(odd_targets.iter().map(|l| l.to_string()))
+    {
+        let raw = format!("{line} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
         let r = request(addr, raw.as_bytes()).unwrap();
-        assert_eq!(r.status, 405, "{method} /livez");
+        assert_eq!(r.status, 405, "{line}");
         let allow = r.header("Allow").unwrap_or_default();
         assert!(
             allow.contains("GET") && allow.contains("HEAD"),
-            "{method}: Allow {allow:?}"
+            "{line}: Allow {allow:?}"
         );
+    }
+
+    // The absolute form of a target (as a client sends to a proxy) is
+    // served like its path; a target that is neither is a 400.
+    for (target, want) in [
+        ("http://127.0.0.1/livez", 200),
+        ("HTTP://tbot:3001/livez?x=1", 200),
+        ("http://tbot", 404),
+        ("ftp://tbot/livez", 400),
+        ("livez", 400),
+    ] {
+        let raw = format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let r = request(addr, raw.as_bytes()).unwrap();
+        assert_eq!(r.status, want, "GET {target}: {}", r.body);
     }
 
     // A client that shuts down its sending side after the request (as

@@ -714,19 +714,19 @@ fn parse_head(buf: &[u8], limits: &Limits, peer: SocketAddr) -> Parsed {
             let (Some(method), Some(path)) = (req.method, req.path) else {
                 return Parsed::Refuse(400, "malformed request");
             };
-            if !path.starts_with('/') || path.len() > 4096 {
-                return Parsed::Refuse(400, "request target must be an absolute path");
+            // Every endpoint takes GET and HEAD: any other method is
+            // refused whatever its target (`OPTIONS *`, `CONNECT host:port`).
+            if !matches!(method, "GET" | "HEAD") {
+                return Parsed::Refuse(405, "the diagnostics endpoints take GET and HEAD");
             }
+            let Some(path) = origin_form(path).filter(|p| p.len() <= 4096) else {
+                return Parsed::Refuse(400, "request target must be an absolute path");
+            };
             let mut out = format!("{method} {path} HTTP/1.1\r\n");
             let mut host = false;
             let mut keep_alive = req.version == Some(1);
-            // A body is refused; for a method the endpoints do not take, the
-            // better answer is 405.
-            let body = if matches!(method, "GET" | "HEAD") {
-                Parsed::Refuse(413, "request bodies are not accepted")
-            } else {
-                Parsed::Refuse(405, "the diagnostics endpoints take GET and HEAD")
-            };
+            // A body is refused.
+            let body = Parsed::Refuse(413, "request bodies are not accepted");
             for h in req.headers.iter() {
                 let name = h.name.to_ascii_lowercase();
                 if name == "content-length" {
@@ -774,6 +774,25 @@ fn parse_head(buf: &[u8], limits: &Limits, peer: SocketAddr) -> Parsed {
                 slow,
             }
         }
+    }
+}
+
+/// The path and query of a request target: origin-form (`/readyz?x`) as it
+/// is, absolute-form (`http://host:3001/readyz?x`, which HTTP/1.1 servers
+/// must accept, RFC 9112 §3.2.2) without its scheme and authority.
+fn origin_form(target: &str) -> Option<&str> {
+    if target.starts_with('/') {
+        return Some(target);
+    }
+    let (scheme, rest) = target.split_once("://")?;
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return None;
+    }
+    match rest.find(['/', '?']) {
+        Some(i) if rest.as_bytes()[i] == b'/' => Some(&rest[i..]),
+        // `http://host?x` has an empty path, which means "/"; keep it simple.
+        Some(_) => None,
+        None => Some("/"),
     }
 }
 
@@ -900,8 +919,18 @@ mod tests {
             Parsed::Refuse(400, _)
         ));
         assert!(matches!(
-            parse("GET http://x/ HTTP/1.1\r\n\r\n"),
+            parse("GET ftp://x/ HTTP/1.1\r\n\r\n"),
             Parsed::Refuse(400, _)
+        ));
+        // Absolute-form is forwarded as its path; the method comes first.
+        let Parsed::Forward { head, .. } = parse("GET http://x:3001/livez?a=1 HTTP/1.1\r\n\r\n")
+        else {
+            panic!("absolute-form not forwarded")
+        };
+        assert!(head.starts_with(b"GET /livez?a=1 HTTP/1.1\r\n"));
+        assert!(matches!(
+            parse("POST http://x/ HTTP/1.1\r\nContent-Length: 5\r\n\r\n"),
+            Parsed::Refuse(405, _)
         ));
         assert!(matches!(
             parse("GET / HTTP/1.1\r\nHost: x"),
