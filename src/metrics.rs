@@ -29,10 +29,7 @@ fn register<C: Collector + Clone + 'static>(r: &Registry, c: C) -> prometheus::R
 impl Metrics {
     pub fn try_new() -> prometheus::Result<Metrics> {
         let r = Registry::new();
-        #[cfg(target_os = "linux")]
-        r.register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        ))?;
+        r.register(Box::new(crate::process_metrics::ProcessCollector::new()?))?;
 
         let info = register(
             &r,

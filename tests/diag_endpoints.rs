@@ -228,6 +228,20 @@ fn metrics_pass_promtool_and_carry_tbot_series() {
     ] {
         assert!(r.body.contains(want), "missing {want} in:\n{}", r.body);
     }
+    // CPU time in fractions of a second, as Go reports it: a daemon that has
+    // used less than a second already shows some (a whole-second counter,
+    // as the prometheus crate's own collector keeps, would read 0).
+    let cpu_seconds = |body: &str| -> f64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix("process_cpu_seconds_total "))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no process_cpu_seconds_total in:\n{body}"))
+    };
+    for _ in 0..20 {
+        t.get("/metrics");
+    }
+    let cpu = cpu_seconds(&t.get("/metrics").body);
+    assert!(cpu > 0.0 && cpu < 30.0, "process_cpu_seconds_total {cpu}");
     let mut promtool = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
