@@ -28,7 +28,7 @@ pub const COMMANDS: &[CommandInfo] = &[
         cmd: Cmd::Start,
         name: "start",
         usage:
-            "tbot start [-c FILE] [--diag-addr HOST:PORT] [-d] [--log-format text|json] [--oneshot]",
+            "tbot start [-c FILE] [--diag-addr HOST:PORT] [-d|--debug] [--log-format text|json] [--oneshot]",
         about: "Run the bot: keep credentials fresh, run services, serve diagnostics.",
     },
     CommandInfo {
@@ -217,8 +217,19 @@ pub fn parse(
     let first = p.next().map_err(|e| usage(e.to_string()))?;
     let cmd = match first {
         None => return Err(usage("no command given; try `tbot help`".into())),
-        Some(Short('h')) | Some(Long("help")) => return Ok(Command::Help(None)),
-        Some(Long("version")) => return Ok(Command::Version),
+        Some(arg @ (Short('h') | Long("help") | Long("version"))) => {
+            let (what, cmd) = match arg {
+                Long("version") => ("--version", Command::Version),
+                _ => ("--help", Command::Help(None)),
+            };
+            return match p.next().map_err(|e| usage(e.to_string()))? {
+                None => Ok(cmd),
+                Some(extra) => Err(usage(format!(
+                    "{} after {what}, which stands alone",
+                    extra.unexpected()
+                ))),
+            };
+        }
         Some(Value(v)) => {
             let v = v
                 .string()
@@ -481,6 +492,10 @@ mod tests {
         assert_eq!(run(&["help", "wait"]), Ok(Command::Help(Some(Cmd::Wait))));
         assert_eq!(run(&["--version"]), Ok(Command::Version));
         assert_eq!(run(&["version"]), Ok(Command::Version));
+        for extra in [&["--version", "x"][..], &["-h", "junk"], &["--help", "-d"]] {
+            let e = run(extra).unwrap_err().0;
+            assert!(e.contains("stands alone"), "{extra:?}: {e}");
+        }
         let h = help(Some(Cmd::Start));
         assert!(h.contains("--diag-addr HOST:PORT") && h.contains("TBOT_CONFIG_PATH"));
     }

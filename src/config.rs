@@ -491,11 +491,12 @@ fn yaml_error(file: &str, e: &serde_yaml::Error) -> Error {
         .location()
         .map(|l| (l.line(), l.column()))
         .unwrap_or((0, 0));
-    let mut message = e.to_string();
-    // serde_yaml appends " at line L column C"; the prefix says it already.
-    if let Some(i) = message.rfind(" at line ") {
-        message.truncate(i);
-    }
+    // serde_yaml says " at line L column C" of the error's own place, which
+    // the prefix says already; another place it names (where the flow
+    // mapping being parsed began) stays.
+    let message = e
+        .to_string()
+        .replace(&format!(" at line {line} column {column}"), "");
     Error {
         file: file.to_string(),
         line,

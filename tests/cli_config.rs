@@ -120,6 +120,11 @@ fn every_class_of_configuration_error_is_refused_with_its_location() {
         (svc("    principals: [a]\n    destination: {type: directory, path: out}\n  - type: identity\n    principals: [a]\n    destination: {type: directory, path: out}\n"), "services[1].destination.path: destination out is already used by services[0]"),
         (with_storage(&format!("{HEAD}services: [\n")), ":4:1: "),
         ("\t- not yaml: [".to_string(), ":1:1: "),
+        // The error's own place is said once, in front; another place stays.
+        (
+            "version: v2\nstorage: {type: directory, path: x\nservices: []\n".to_string(),
+            ":3:9: did not find expected ',' or '}', while parsing a flow mapping at line 2 column 10",
+        ),
     ];
     for (text, want) in cases {
         refused(&text, want);
