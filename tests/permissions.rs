@@ -44,7 +44,16 @@ fn an_unwritable_destination_is_reported_with_the_os_error_and_recovers() {
         storage.join("open").display()
     );
     let cfg = dir.write("tbot.yaml", &config_text(dir.path(), "", &services));
-    let mut cmd = Command::new(BIN);
+    // `nobody` may not reach the build's binary (a checkout in /root, mode
+    // 0700): it runs a copy in the test's own 0755 directory.
+    let bin = if root {
+        let copy = dir.join("tbot");
+        std::fs::copy(BIN, &copy).unwrap();
+        copy
+    } else {
+        BIN.into()
+    };
+    let mut cmd = Command::new(&bin);
     cmd.arg("start")
         .arg("-c")
         .arg(&cfg)

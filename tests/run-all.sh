@@ -11,14 +11,25 @@ command -v ssh >/dev/null 2>&1 || need+=(openssh-client)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v go >/dev/null 2>&1 || need+=(golang-go)
 command -v mandoc >/dev/null 2>&1 || need+=(mandoc)
-command -v prlimit >/dev/null 2>&1 || need+=(util-linux)
+# The linker and C runtime that rustc links with (and the cc crate uses).
+command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  export DEBIAN_FRONTEND=noninteractive
-  $sudo apt-get update -qq
-  $sudo apt-get install -y -qq --no-install-recommends "${need[@]}"
+  sudo=()
+  [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+
+# Rust itself is not taken from apt: Debian 12's rustc (1.63) is older than
+# the crate's rust-version. Say what to do rather than fail mid-build.
+want=$(sed -n 's/^rust-version *= *"\(.*\)"/\1/p' Cargo.toml)
+have=$(rustc --version 2>/dev/null | cut -d' ' -f2 || true)
+if [ -z "$have" ] || [ "$(printf '%s\n%s\n' "$want" "$have" | sort -V | head -n1)" != "$want" ]; then
+  echo "tbot needs Rust $want or newer (found: ${have:-none})." >&2
+  echo "Install it with rustup (https://rustup.rs), then run $0 again." >&2
+  exit 1
 fi
 
 cargo build --all-targets
