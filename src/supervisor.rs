@@ -84,7 +84,7 @@ pub fn start(
 }
 
 fn supervise(mut service: Box<dyn crate::services::Service>, ctx: Context) {
-    let mut backoff = FIRST_BACKOFF;
+    let mut backoff = None;
     loop {
         let started = Instant::now();
         let outcome = catch_unwind(AssertUnwindSafe(|| service.run(&ctx)));
@@ -96,28 +96,59 @@ fn supervise(mut service: Box<dyn crate::services::Service>, ctx: Context) {
             Ok(Err(e)) => e,
             Err(payload) => format!("panicked: {}", panic_message(payload.as_ref())),
         };
-        if started.elapsed() > MAX_BACKOFF {
-            backoff = FIRST_BACKOFF;
-        }
+        let delay = delay_before_restart(backoff, started.elapsed());
+        backoff = Some(delay);
         log::error(
             "service failed; restarting",
             &[
                 ("service", &ctx.name()),
                 ("reason", &reason),
-                ("restart_in", &crate::duration::format(backoff)),
+                ("restart_in", &crate::duration::format(delay)),
             ],
         );
         ctx.unhealthy(reason);
-        if !ctx.sleep(backoff) {
+        if !ctx.sleep(delay) {
             return;
         }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// The delay before the next restart, given the previous one (None before
+/// the first) and how long the failed run lasted:
+/// 1 s, then doubling up to 60 s while the service keeps failing at once;
+/// back to 1 s after a run that lasted longer than the cap.
+fn delay_before_restart(previous: Option<Duration>, ran_for: Duration) -> Duration {
+    match previous {
+        Some(d) if ran_for <= MAX_BACKOFF => (d * 2).min(MAX_BACKOFF),
+        _ => FIRST_BACKOFF,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn restarts_back_off_from_1s_to_60s_and_reset_after_a_long_run() {
+        let quick = Duration::from_millis(5);
+        let mut seen = Vec::new();
+        let mut d = None;
+        for _ in 0..9 {
+            let next = delay_before_restart(d, quick);
+            seen.push(next.as_secs());
+            d = Some(next);
+        }
+        assert_eq!(seen, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        // A run longer than the cap means the service had recovered.
+        assert_eq!(
+            delay_before_restart(d, Duration::from_secs(61)),
+            FIRST_BACKOFF
+        );
+        assert_eq!(
+            delay_before_restart(Some(Duration::from_secs(8)), Duration::from_secs(60)),
+            Duration::from_secs(16)
+        );
+    }
 
     #[test]
     fn panic_messages_are_extracted() {
