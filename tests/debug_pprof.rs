@@ -152,7 +152,9 @@ fn profiling_never_stalls_the_serving_loop_and_runs_one_at_a_time() {
 
 #[test]
 fn threads_are_listed_by_service_name() {
-    let svc = "  - type: identity\n    name: my-service-123\n    principals: [a]\n    destination: {type: directory, path: out}\n";
+    // Names longer than the 15 bytes the kernel keeps for a thread: a
+    // default one (type + destination) and the multiplexer's.
+    let svc = "  - type: identity\n    name: my-service-123\n    principals: [a]\n    destination: {type: directory, path: out}\n  - type: identity\n    principals: [a]\n    destination: {type: directory, path: opt/machine-id}\n  - type: ssh-multiplexer\n    destination: {type: directory, path: mux}\n    identity: my-service-123\n";
     // Debug mode from the file this time (`debug: true`), not -d.
     let dir = TempDir::new("pprof-threads");
     let cfg = config_text(dir.path(), "debug: true\n", svc);
@@ -162,6 +164,8 @@ fn threads_are_listed_by_service_name() {
     for name in [
         "heartbeat",
         "my-service-123",
+        "identity-opt-machine-id",
+        "ssh-multiplexer-mux",
         "diag-http",
         "diag-front",
         "health",
@@ -181,7 +185,13 @@ fn threads_are_listed_by_service_name() {
         .iter()
         .filter_map(|t| t["name"].as_str())
         .collect();
-    assert!(names.contains(&"my-service-123"), "{names:?}");
+    for name in [
+        "my-service-123",
+        "identity-opt-machine-id",
+        "ssh-multiplexer-mux",
+    ] {
+        assert!(names.contains(&name), "{name} not in {names:?}");
+    }
     assert!(j[0]["tid"].is_u64() && j[0]["state"].is_string() && j[0]["cpu_seconds"].is_f64());
 }
 

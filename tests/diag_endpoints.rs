@@ -92,7 +92,10 @@ fn unknown_paths_methods_and_head() {
     for p in [
         "/debug/pprof/",
         "/debug/pprof/profile?seconds=1",
+        "/debug/pprof/flamegraph?seconds=1",
         "/debug/pprof/threads",
+        "/debug/pprof/threads?format=json",
+        "/debug/pprof/cmdline",
     ] {
         let r = t.get(p);
         assert_eq!(r.status, 404, "{p}");
