@@ -152,8 +152,10 @@ fn relays_with_half_close_and_refuses_bad_requests_with_a_reason() {
     // Failures: one line to the client, then close.
     let refused = free_port();
     let long = [b'a'; 600];
-    let cases: [(&[u8], &str); 5] = [
+    let cases: [(&[u8], &str); 6] = [
         (b"nonsense\0", "no port"),
+        // A name that cannot resolve (RFC 2606 reserves .invalid).
+        (b"nosuch.invalid:22\0", "resolving nosuch.invalid: "),
         (b"a|b|c:22\0", "more than two"),
         (&long, "request too long"),
         (b"127.0.0.1:0\0", "the port must be"),
@@ -200,10 +202,10 @@ fn relays_with_half_close_and_refuses_bad_requests_with_a_reason() {
     drop(held);
     wait_metric(&t, IN_FLIGHT, 0);
 
-    // 1 + 3 + 1 relays; 5 bad requests + 1 over the limit.
+    // 1 + 3 + 1 relays; 6 bad requests + 1 over the limit.
     assert_eq!(metric(&t, OK), 5);
-    assert_eq!(metric(&t, ERROR), 6);
-    assert_eq!(metric(&t, STARTED), 11);
+    assert_eq!(metric(&t, ERROR), 7);
+    assert_eq!(metric(&t, STARTED), 12);
     let r = t.get("/readyz/mux");
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(t.log().contains("ssh multiplexer request failed"));
