@@ -54,6 +54,50 @@ impl Drop for Load {
 fn cpu_profile_is_read_by_go_tool_pprof_and_names_tbot_functions() {
     let _serial = cpu_heavy();
     let t = start_debug("");
+    let text = profile_top(&t);
+    assert!(
+        text.contains("tbot::"),
+        "no tbot function in the profile:\n{text}"
+    );
+}
+
+/// The build operators run: `[profile.release]` strips debug info but must
+/// keep the symbol table, or profiles name no function.
+#[test]
+fn the_release_build_keeps_its_symbols_for_profiles() {
+    let _serial = cpu_heavy();
+    // Built here if `cargo test` did not (tests/run-all.sh builds it first,
+    // so this is a quick up-to-date check).
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args(["build", "--release", "--bin", "tbot", "--quiet"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run cargo build --release");
+    assert!(
+        out.status.success(),
+        "cargo build --release: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let release = std::path::Path::new(BIN)
+        .parent()
+        .and_then(|p| p.parent())
+        .unwrap()
+        .join("release")
+        .join("tbot");
+    let dir = TempDir::new("pprof-release");
+    let cfg = config_text(dir.path(), "", "");
+    let t = Tbot::spawn_and_wait_addr(Tbot::command_with(&release, &dir, &cfg, &["-d"], &[]), dir);
+    let text = profile_top(&t);
+    assert!(
+        text.contains("tbot::"),
+        "no tbot function in the release build's profile:\n{text}"
+    );
+}
+
+/// Takes a 2 s CPU profile while the daemon serves /metrics in a loop, and
+/// returns what `go tool pprof -top` makes of it.
+fn profile_top(t: &Tbot) -> String {
     let busy = load(t.addr());
     let r = request_timeout(
         t.addr(),
@@ -76,17 +120,14 @@ fn cpu_profile_is_read_by_go_tool_pprof_and_names_tbot_functions() {
         .env("GOCACHE", t.dir.join("gocache"))
         .output()
         .expect("go (Debian golang-go) must be installed: run tests/run-all.sh");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
         out.status.success(),
         "go tool pprof failed: {}{}",
         text,
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        text.contains("tbot::"),
-        "no tbot function in the profile:\n{text}"
-    );
+    text
 }
 
 #[test]

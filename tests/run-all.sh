@@ -33,4 +33,6 @@ if [ -z "$have" ] || [ "$(printf '%s\n%s\n' "$want" "$have" | sort -V | head -n1
 fi
 
 cargo build --all-targets
+# The release build too: a test profiles it (symbols kept for pprof).
+cargo build --release --bin tbot
 cargo test --all-targets -- --test-threads="${TEST_THREADS:-4}"

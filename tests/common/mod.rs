@@ -114,13 +114,24 @@ impl Tbot {
 
     /// `tbot start -c <config written to dir> --diag-addr 127.0.0.1:0 <extra...>`.
     fn command(dir: &TempDir, config: &str, extra: &[&str], env: &[(&str, &str)]) -> Command {
+        Tbot::command_with(Path::new(BIN), dir, config, extra, env)
+    }
+
+    /// [`Tbot::command`] for another build of the binary (`bin`).
+    pub fn command_with(
+        bin: &Path,
+        dir: &TempDir,
+        config: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Command {
         let cfg = dir.write("tbot.yaml", config);
         let mut args: Vec<String> = vec!["start".into(), "-c".into(), cfg.display().to_string()];
         if !extra.iter().any(|a| a.starts_with("--diag-addr")) {
             args.extend(["--diag-addr".into(), "127.0.0.1:0".into()]);
         }
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(bin);
         cmd.args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
