@@ -645,7 +645,7 @@ fn random_bytes_tls_and_bad_request_lines_never_crash_it() {
         b"GET /li\x00vez HTTP/1.1\r\n\r\n",
         b"GET /livez HTTP/1.1\r\nBad Header\r\n\r\n",
         b"GET /livez HTTP/1.1\r\n: empty-name\r\n\r\n",
-        b"GET http://evil/livez HTTP/1.1\r\n\r\n",
+        b"GET ftp://evil/livez HTTP/1.1\r\n\r\n",
         b"CONNECT localhost:443 HTTP/1.1\r\n\r\n",
         b"OPTIONS * HTTP/1.1\r\n\r\n",
         b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
