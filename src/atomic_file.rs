@@ -48,7 +48,7 @@ impl StagedFile {
         // descriptor before any content exists. Errors drop `staged`, which
         // removes the temp file.
         file.set_permissions(fs::Permissions::from_mode(mode))?;
-        file.write_all(contents)?;
+        write_contents(&mut file, path, contents)?;
         file.sync_all()?;
         drop(file);
         Ok(staged)
@@ -74,6 +74,23 @@ impl Drop for StagedFile {
             let _ = fs::remove_file(&self.tmp);
         }
     }
+}
+
+/// Writes `contents` to the temp file for `path`. Debug builds write it in
+/// two halves with the failpoint `stage-half` (`stage-half@<file name>`)
+/// between them, so that the tests can SIGKILL tbot while a file is half
+/// written; release builds write it in one go.
+#[cfg(debug_assertions)]
+fn write_contents(file: &mut File, path: &Path, contents: &[u8]) -> io::Result<()> {
+    let (first, rest) = contents.split_at(contents.len() / 2);
+    file.write_all(first)?;
+    crate::failpoints::hit_in_write("stage-half", path);
+    file.write_all(rest)
+}
+
+#[cfg(not(debug_assertions))]
+fn write_contents(file: &mut File, _path: &Path, contents: &[u8]) -> io::Result<()> {
+    file.write_all(contents)
 }
 
 /// fsyncs a directory so that renames and creations in it are durable.

@@ -5,10 +5,18 @@
 //! point named `heartbeat`, panic the first time; at `heartbeat-start`,
 //! sleep 3000 ms. This is how the suite proves, through the real binary,
 //! that a panicking service is caught, reported and restarted.
+//!
+//! A point inside a file write ([`hit_in_write`]) can also be named for one
+//! file, `point@<file name>` (`stage-half@key=sleep:30000`), and logs
+//! `failpoint reached name=... path=...` before acting, so that a test knows
+//! the write is in progress and can SIGKILL tbot right there. It exists in
+//! debug builds only: its caller ([`crate::atomic_file`]) is compiled out of
+//! release builds with it.
 
 #[cfg(debug_assertions)]
 mod imp {
     use std::collections::HashMap;
+    use std::path::Path;
     use std::sync::{Mutex, OnceLock};
     use std::time::Duration;
 
@@ -38,28 +46,61 @@ mod imp {
         })
     }
 
-    pub fn hit(point: &str) {
-        let mut sleep = None;
-        {
-            let mut map = points().lock().unwrap_or_else(|p| p.into_inner());
-            match map.get_mut(point) {
-                Some(Action::Panic(n)) if *n > 0 => {
-                    *n -= 1;
-                    drop(map);
-                    panic!("injected fault at {point}");
-                }
-                Some(Action::Sleep(ms)) => sleep = Some(*ms),
-                _ => {}
+    enum Due {
+        Panic,
+        Sleep(u64),
+    }
+
+    /// What `name` does now, if anything (counting down a panic).
+    fn due(name: &str) -> Option<Due> {
+        let mut map = points().lock().unwrap_or_else(|p| p.into_inner());
+        match map.get_mut(name) {
+            Some(Action::Panic(n)) if *n > 0 => {
+                *n -= 1;
+                Some(Due::Panic)
             }
+            Some(Action::Sleep(ms)) => Some(Due::Sleep(*ms)),
+            _ => None,
         }
-        if let Some(ms) = sleep {
-            std::thread::sleep(Duration::from_millis(ms));
+    }
+
+    /// Acts outside the lock, so that a panic does not poison it.
+    fn act(name: &str, due: Due) {
+        match due {
+            Due::Panic => panic!("injected fault at {name}"),
+            Due::Sleep(ms) => std::thread::sleep(Duration::from_millis(ms)),
+        }
+    }
+
+    pub fn hit(point: &str) {
+        if let Some(d) = due(point) {
+            act(point, d);
+        }
+    }
+
+    /// A point in the middle of writing `path`: `point@<file name>` is
+    /// looked up first, then `point`. Logs the point and the path before
+    /// acting.
+    pub fn hit_in_write(point: &str, path: &Path) {
+        let qualified = path
+            .file_name()
+            .map(|n| format!("{point}@{}", n.to_string_lossy()));
+        let found = qualified
+            .as_deref()
+            .and_then(|q| due(q).map(|d| (q, d)))
+            .or_else(|| due(point).map(|d| (point, d)));
+        if let Some((name, d)) = found {
+            crate::log::warn(
+                "failpoint reached",
+                &[("name", &name), ("path", &path.display())],
+            );
+            act(name, d);
         }
     }
 }
 
 #[cfg(debug_assertions)]
-pub use imp::hit;
+pub use imp::{hit, hit_in_write};
 
 #[cfg(not(debug_assertions))]
 #[inline(always)]

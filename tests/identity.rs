@@ -8,14 +8,15 @@ mod common;
 #[allow(dead_code)]
 mod sshd;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use common::util::{Metrics, Rng};
+use common::util::Metrics;
 use common::*;
 use sshd::{current_user, describe, ssh_run, Sshd};
 
@@ -419,14 +420,25 @@ fn a_broken_destination_is_unhealthy_with_the_os_error_and_recovers_in_place() {
 }
 
 #[test]
-fn sigkill_in_a_tight_renewal_loop_never_leaves_a_broken_file() {
-    const KILLS: usize = 24;
+fn sigkill_mid_write_never_leaves_a_broken_file() {
     const OUTPUTS: [&str; 3] = ["a", "b", "c"];
+    // The file each run is killed in the middle of writing (the failpoint
+    // `stage-half@<file>` holds every output's writer there, half of the
+    // file's bytes written). The first run is the first issue, nothing on
+    // disk yet; the others overwrite a complete set, each file once.
+    const TARGETS: [&str; 5] = [
+        "key-cert.pub",
+        "ssh_ca.pub",
+        "key.pub",
+        "key",
+        "key-cert.pub",
+    ];
+    // How long the failpoint holds a write. The kill comes well before (it
+    // is checked), so the length costs nothing.
+    const PAUSE: Duration = Duration::from_secs(30);
     let dir = TempDir::new("id-sigkill");
     let me = current_user();
     let extra = "    renewal_interval: 100ms\n    credential_ttl: 1m\n";
-    // Three outputs renewing every 100 ms: writes are in flight for a good
-    // part of the time, so some kills land in the middle of one.
     let services: String = OUTPUTS
         .iter()
         .map(|n| output(n, &me, &dir.join(&format!("out/{n}")), extra))
@@ -437,92 +449,169 @@ fn sigkill_in_a_tight_renewal_loop_never_leaves_a_broken_file() {
         .collect();
     let cfg_text = config_text(dir.path(), "", &services);
     let cfg = dir.write("tbot.yaml", &cfg_text);
-    // Seeded from the clock: kill points differ from run to run, and the
-    // seed is printed on failure.
-    let seed = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
-    let mut rng = Rng(seed);
-    let mut certs = HashSet::new();
+
     let mut last_pid = 0;
-    let mut mixed = 0;
-    for i in 0..KILLS {
-        let mut child = Command::new(BIN)
-            .args(["start", "-c"])
+    let mut mid_write = 0;
+    let mut misses = Vec::new();
+    let mut private_key_temps = 0;
+    for (i, target) in TARGETS.into_iter().enumerate() {
+        if i == 1 {
+            // A complete set in every destination for the next kills to
+            // overwrite.
+            let (code, _, stderr) = run_tbot(
+                &["start", "--oneshot", "-c", cfg.to_str().unwrap()],
+                &[],
+                Duration::from_secs(20),
+            );
+            assert_eq!(code, Some(0), "{stderr}");
+            for out in &outs {
+                assert_consistent(out);
+            }
+        }
+        let before: Vec<BTreeMap<&str, Option<Vec<u8>>>> = outs
+            .iter()
+            .map(|out| {
+                FILES
+                    .iter()
+                    .map(|f| (*f, fs::read(out.join(f)).ok()))
+                    .collect()
+            })
+            .collect();
+
+        let mut cmd = Command::new(BIN);
+        cmd.args(["start", "-c"])
             .arg(&cfg)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        last_pid = child.id();
-        // Wait for this run's first renewal (a loaded machine can take a
-        // while to start), then kill at a different point each time.
-        let before = fs::read(outs[0].join("key-cert.pub")).ok();
-        let started = std::time::Instant::now();
-        while fs::read(outs[0].join("key-cert.pub")).ok() == before
-            && started.elapsed() < Duration::from_secs(10)
-        {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        std::thread::sleep(Duration::from_millis(rng.below(300)));
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-
+            .env_remove("TBOT_CONFIG_PATH")
+            .env_remove("TBOT_DEBUG")
+            .env_remove("NOTIFY_SOCKET")
+            .env(
+                "TBOT_FAILPOINTS",
+                format!("stage-half@{target}=sleep:{}", PAUSE.as_millis()),
+            );
+        let started = Instant::now();
+        // The run gets an empty dir of its own to hold; the outputs and the
+        // storage stay in `dir` from run to run.
+        let mut t = Tbot::spawn(cmd, TempDir::new("id-sigkill-run"));
+        last_pid = t.pid();
+        // Wait until every output's writer is paused half-way through
+        // `target`, then SIGKILL (by PID).
         for out in &outs {
-            // Each file present must parse (ssh-keygen fails otherwise).
-            let mut parsed = BTreeMap::new();
-            for f in FILES.iter().filter(|f| out.join(f).exists()) {
+            let needle = format!(
+                "failpoint reached name=stage-half@{target} path={}",
+                out.join(target).display()
+            );
+            assert!(
+                t.wait_log(&needle, Duration::from_secs(15)),
+                "kill {i}: no {needle:?} in 15 s"
+            );
+        }
+        t.child.kill().unwrap();
+        let killed_after = started.elapsed();
+        let status = t.child.wait().unwrap();
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "kill {i}: {status:?}");
+        // Every pause began after the spawn: none had ended at the kill.
+        assert!(
+            killed_after < PAUSE,
+            "kill {i} came {killed_after:?} after the start: the writes may have resumed"
+        );
+
+        for (out, before) in outs.iter().zip(&before) {
+            // Every write was stopped before its first rename, so each file
+            // is what it was before this run: absent, or the complete file
+            // of the previous set. A file written in place would show up
+            // here: created, or cut short.
+            for f in FILES {
                 let path = out.join(f);
-                let len = fs::metadata(&path).unwrap().len();
-                assert!(
-                    len > 0,
-                    "kill {i} (seed {seed}): {} is empty",
-                    path.display()
-                );
-                let what = match *f {
+                let now = fs::read(&path).ok();
+                let Some(old) = &before[f] else {
+                    assert!(
+                        now.is_none(),
+                        "kill {i}, mid-write of {target}: {} exists ({} bytes) though no write finished",
+                        path.display(),
+                        now.map_or(0, |b| b.len())
+                    );
+                    continue;
+                };
+                let now = now.unwrap_or_else(|| {
+                    panic!(
+                        "kill {i}, mid-write of {target}: {} is gone",
+                        path.display()
+                    )
+                });
+                // ssh-keygen fails the test on a file it cannot parse.
+                match f {
                     "key" => ssh_keygen(&["-y", "-f"], &path),
                     "key-cert.pub" => cert_field(&path, "Public key"),
                     _ => fingerprint(&path),
                 };
-                parsed.insert(*f, what);
+                assert!(
+                    now == *old,
+                    "kill {i}, mid-write of {target}: {} changed ({} → {} bytes) though no write finished",
+                    path.display(),
+                    old.len(),
+                    now.len()
+                );
             }
-            if parsed.len() == FILES.len() {
-                // The four files are renamed into place one after another: a
-                // kill between two renames leaves files of two generations
-                // (each one whole) until the next start re-issues. Counted,
-                // not asserted: no write order can exclude it.
-                let written = fs::read_to_string(out.join("key.pub")).unwrap();
-                let key_ok =
-                    parsed["key"].split_whitespace().nth(1) == written.split_whitespace().nth(1);
-                if !key_ok || !parsed["key-cert.pub"].contains(&parsed["key.pub"]) {
-                    mixed += 1;
+            if before["key"].is_some() {
+                assert_consistent(out);
+            }
+
+            // The temp files the kill left: none readable by anyone but the
+            // owner (they hold private keys), and the target's holds part
+            // of its contents, the proof that the kill came mid-write.
+            let mut target_temp = false;
+            for entry in fs::read_dir(out).unwrap() {
+                let entry = entry.unwrap();
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !name.contains(".tmp.") {
+                    continue;
                 }
-                certs.insert(fs::read(out.join("key-cert.pub")).unwrap());
+                let meta = entry.metadata().unwrap();
+                let mode = meta.permissions().mode() & 0o7777;
+                assert_eq!(
+                    mode & 0o077,
+                    0,
+                    "kill {i}: {}/{name} is mode {mode:o}",
+                    out.display()
+                );
+                if name.starts_with(".key.tmp.") {
+                    private_key_temps += 1;
+                }
+                if name.starts_with(&format!(".{target}.tmp.")) && meta.len() > 0 {
+                    target_temp = true;
+                }
+            }
+            if target_temp {
+                mid_write += 1;
+            } else {
+                misses.push(format!(
+                    "kill {i}: no partial temp of {target} in {}",
+                    out.display()
+                ));
             }
         }
     }
-    eprintln!(
-        "{mixed} of {} checks found files of two generations; {} distinct certificates",
-        KILLS * OUTPUTS.len(),
-        certs.len()
+    assert_eq!(
+        mid_write,
+        TARGETS.len() * OUTPUTS.len(),
+        "kills that did not land mid-write: {misses:?}"
     );
-    // Most kills landed on running renewal loops, not before they started
-    // (a loaded machine may be slow to get the first write out).
+    // The mode check above saw private keys (whole or half written).
+    let key_kills = TARGETS.iter().filter(|t| **t == "key").count();
     assert!(
-        certs.len() >= KILLS / 2,
-        "only {} distinct certificates in {KILLS} runs",
-        certs.len()
+        private_key_temps >= key_kills * OUTPUTS.len(),
+        "{private_key_temps} temp files of key checked"
     );
 
     // A clean start removes the temp files killed writers left behind: those
-    // the kills above left, if any, and planted ones so that this check
-    // always has something to remove. The PID in a temp's name says nothing
-    // (a container's tbot is PID 1 on every start): plant them under the
-    // last killed process's PID, under PID 1 and under this test's PID, the
-    // last two alive. The heartbeat cleans its file's temps in storage.
+    // the kills above left (the last one, mid-way through key-cert.pub, left
+    // four in each destination) and planted ones. The PID in a temp's name
+    // says nothing (a container's tbot is PID 1 on every start): plant them
+    // under the last killed process's PID, under PID 1 and under this test's
+    // PID, the last two alive. The heartbeat cleans its file's temps in
+    // storage.
     let planted = [last_pid, 1, std::process::id()];
     for out in &outs {
         for pid in planted {
