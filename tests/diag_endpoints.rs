@@ -207,7 +207,16 @@ fn wait_parks_without_blocking_other_requests() {
 
 #[test]
 fn metrics_pass_promtool_and_carry_tbot_series() {
-    let t = start("", &[]);
+    // An identity output and a multiplexer too, so that promtool sees every
+    // label set the daemon exports.
+    let dir = TempDir::new("diag-metrics");
+    let services = format!(
+        "  - type: identity\n    name: id\n    principals: [a]\n    destination: {{type: directory, path: {}}}\n  - type: ssh-multiplexer\n    name: mux\n    identity: id\n    destination: {{type: directory, path: {}}}\n",
+        dir.join("id").display(),
+        dir.join("mux").display()
+    );
+    let cfg = config_text(dir.path(), "", &services);
+    let t = Tbot::start(dir, &cfg, &[]);
     t.until("/readyz", Duration::from_secs(10), |r| r.status == 200);
     let r = t.get("/metrics");
     assert_eq!(r.status, 200);
@@ -225,6 +234,9 @@ fn metrics_pass_promtool_and_carry_tbot_series() {
         r#"tbot_service_health{service="heartbeat",status="healthy",type="heartbeat"} 1"#,
         r#"tbot_service_health{service="heartbeat",status="initializing",type="heartbeat"} 0"#,
         r#"tbot_task_iterations_total{name="heartbeat",service="heartbeat"} 1"#,
+        r#"tbot_task_iterations_total{name="output-renewal",service="id"} 1"#,
+        r#"tbot_task_iterations_failed_total{name="output-renewal",service="id"} 0"#,
+        r#"tbot_service_health{service="mux",status="healthy",type="ssh-multiplexer"} 1"#,
         "tbot_ssh_multiplexer_requests_started_total 0",
         r#"tbot_ssh_multiplexer_requests_handled_total{status="ERROR"} 0"#,
         "tbot_ssh_multiplexer_requests_in_flight 0",
