@@ -207,9 +207,10 @@ impl Health {
         let changed = entry.status != u.status || entry.reason != u.reason;
         let first = entry.updated_at.is_none();
         let previous = entry.status;
-        if changed || first {
-            entry.updated_at = Some(SystemTime::now());
-        }
+        // The time of the service's last report, as in Go's tbot: a healthy
+        // service that keeps reporting shows a recent time; one whose loop
+        // has stalled shows an old one.
+        entry.updated_at = Some(SystemTime::now());
         entry.status = u.status;
         entry.reason = u.reason.clone();
         let kind = entry.kind;

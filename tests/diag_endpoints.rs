@@ -418,3 +418,37 @@ fn a_half_closing_client_gets_every_answer_it_pipelined() {
     let text = String::from_utf8_lossy(&all);
     assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 2, "{text}");
 }
+
+/// `updated_at` is the time of the service's last report (as in Go's tbot),
+/// not of its last change: an output renewing every 300 ms stays healthy
+/// and its time moves on.
+#[test]
+fn updated_at_follows_each_report_not_only_changes() {
+    let dir = TempDir::new("diag-updated");
+    let services = format!(
+        "  - type: identity\n    name: id\n    principals: [a]\n    destination: {{type: directory, path: {}}}\n",
+        dir.join("id").display()
+    );
+    let cfg = config_text(
+        dir.path(),
+        "credential_ttl: 1m\nrenewal_interval: 300ms\n",
+        &services,
+    );
+    let t = Tbot::start(dir, &cfg, &[]);
+    let at = |t: &Tbot| {
+        let r = t.until("/readyz/id", Duration::from_secs(10), |r| r.status == 200);
+        r.json()["updated_at"].as_str().unwrap().to_string()
+    };
+    let first = at(&t);
+    // RFC 3339 to the second: more than a second later, a later time.
+    std::thread::sleep(Duration::from_millis(2100));
+    let later = at(&t);
+    assert!(
+        is_rfc3339_utc(&later) && later > first,
+        "{first} then {later}"
+    );
+    // The heartbeat, which has reported once, keeps its time.
+    let hb = t.get("/readyz/heartbeat").json()["updated_at"].clone();
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(t.get("/readyz/heartbeat").json()["updated_at"], hb);
+}
