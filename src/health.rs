@@ -217,7 +217,7 @@ impl Health {
         drop(table);
         if changed || first {
             self.metrics.set_service_health(&u.service, kind, u.status);
-            let fields: [(&str, &dyn std::fmt::Display); 4] = [
+            let fields: [(&str, &dyn log::Field); 4] = [
                 ("service", &u.service),
                 ("from", &previous.as_str()),
                 ("to", &u.status.as_str()),

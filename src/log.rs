@@ -31,7 +31,46 @@ pub fn configure(format: Format, debug: bool) {
     MIN_LEVEL.store(if debug { 0 } else { 1 }, Ordering::Relaxed);
 }
 
-pub type Fields<'a> = &'a [(&'a str, &'a dyn Display)];
+pub type Fields<'a> = &'a [(&'a str, &'a dyn Field)];
+
+/// A value a log line carries: text in text lines; in JSON lines, numbers
+/// and booleans are JSON numbers and booleans, everything else a string.
+pub trait Field: Display {
+    fn json(&self) -> serde_json::Value {
+        self.to_string().into()
+    }
+}
+
+macro_rules! json_as_is {
+    ($($t:ty),*) => {$(
+        impl Field for $t {
+            fn json(&self) -> serde_json::Value {
+                serde_json::json!(*self)
+            }
+        }
+    )*};
+}
+json_as_is!(bool, u8, u16, u32, u64, usize, i32, i64, f64);
+
+macro_rules! json_as_text {
+    ($($t:ty),*) => {$( impl Field for $t {} )*};
+}
+json_as_text!(
+    str,
+    String,
+    char,
+    std::io::Error,
+    std::net::SocketAddr,
+    std::path::Display<'_>,
+    std::fmt::Arguments<'_>,
+    tiny_http::Method
+);
+
+impl<T: Field + ?Sized> Field for &T {
+    fn json(&self) -> serde_json::Value {
+        (**self).json()
+    }
+}
 
 pub fn debug(msg: &str, fields: Fields) {
     emit(0, "DEBUG", msg, fields)
@@ -65,14 +104,23 @@ fn emit(level: u8, name: &str, msg: &str, fields: Fields) {
 fn render(json: bool, now: SystemTime, level: &str, msg: &str, fields: Fields) -> String {
     let time = crate::timefmt::rfc3339_millis(now);
     if json {
-        let mut obj = serde_json::Map::new();
-        obj.insert("time".into(), time.into());
-        obj.insert("level".into(), level.to_ascii_lowercase().into());
-        obj.insert("msg".into(), msg.into());
+        // time, level and msg first, then the fields in the caller's order
+        // (a JSON object's keys are unordered, but people read these too).
+        let json = |v: serde_json::Value| v.to_string();
+        let mut out = format!(
+            "{{\"time\":{},\"level\":{},\"msg\":{}",
+            json(time.into()),
+            json(level.to_ascii_lowercase().into()),
+            json(msg.into())
+        );
         for (k, v) in fields {
-            obj.insert((*k).into(), v.to_string().into());
+            if matches!(*k, "time" | "level" | "msg") {
+                continue;
+            }
+            let _ = write!(out, ",{}:{}", json((*k).into()), json(v.json()));
         }
-        serde_json::Value::Object(obj).to_string()
+        out.push('}');
+        out
     } else {
         let mut out = format!("{time} {level:<5} {msg}");
         for (k, v) in fields {
@@ -123,5 +171,27 @@ mod tests {
         assert_eq!(v["msg"], "m\n");
         assert_eq!(v["k"], "v\"");
         assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn json_keeps_numbers_and_booleans_and_the_callers_order() {
+        let err = std::io::Error::from_raw_os_error(13);
+        let line = render(
+            true,
+            SystemTime::UNIX_EPOCH,
+            "INFO",
+            "m",
+            &[
+                ("services", &3usize),
+                ("debug", &false),
+                ("ratio", &0.5),
+                ("port", &"3001"),
+                ("error", &err),
+            ],
+        );
+        assert_eq!(
+            line,
+            r#"{"time":"1970-01-01T00:00:00.000Z","level":"info","msg":"m","services":3,"debug":false,"ratio":0.5,"port":"3001","error":"Permission denied (os error 13)"}"#
+        );
     }
 }

@@ -225,7 +225,8 @@ fn environment_supplies_config_and_debug() {
         .find(|l| l.contains("diagnostics service listening"))
         .unwrap();
     let v: serde_json::Value = serde_json::from_str(line).expect("json log line");
-    assert_eq!(v["debug"], "true");
+    // Typed: a boolean, not the string "true".
+    assert_eq!(v["debug"], true);
     let addr: std::net::SocketAddr = v["addr"].as_str().unwrap().parse().unwrap();
     t.addr = Some(addr);
     assert_eq!(t.get("/debug/pprof/cmdline").status, 200);

@@ -785,6 +785,8 @@ pub struct Target {
     pub port: u16,
 }
 
+impl crate::log::Field for Target {}
+
 impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.host.contains(':') {
