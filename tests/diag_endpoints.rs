@@ -154,6 +154,10 @@ fn a_service_turns_unhealthy_with_a_reason_and_back() {
         .find(|s| s["name"] == "heartbeat")
         .expect("heartbeat listed");
     assert_eq!(hb["type"], "heartbeat");
+    // Its own entry is the write that made the record, not the failure
+    // before it.
+    assert_eq!(hb["status"], "healthy", "{v}");
+    assert!(hb.get("reason").is_none(), "{v}");
     for name in ["identity", "ca-rotation"] {
         let s = services
             .iter()
