@@ -243,16 +243,48 @@ fn default_names_come_from_type_and_destination_and_survive_reordering() {
     let b = "  - type: identity\n    principals: [a]\n    destination: {type: directory, path: out/a b}\n";
     let c = "  - type: identity\n    name: my-service-123\n    principals: [a]\n    destination: {type: directory, path: out/c}\n";
     let mut seen = Vec::new();
+    let mut pairs = Vec::new();
     for order in [format!("{a}{b}{c}"), format!("{c}{b}{a}")] {
         let dir = TempDir::new("names");
+        let root = dir.path().display().to_string();
         let cfg = config_text(dir.path(), "", &order);
         let t = Tbot::start(dir, &cfg, &[]);
-        let v = t.get("/readyz").json();
+        let v = t.until("/readyz", T, |r| r.status == 200).json();
         let mut names: Vec<String> = v["services"].as_object().unwrap().keys().cloned().collect();
         names.sort();
         seen.push(names);
+        // Which name writes which destination (relative to the run's dir),
+        // from the log: a suffix must not move to the other output.
+        // The log reaches the test through a pipe: wait for all three.
+        let end = std::time::Instant::now() + T;
+        while t.log().matches("identity output written").count() < 3
+            && std::time::Instant::now() < end
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let log = t.log();
+        let mut written: Vec<(String, String)> = log
+            .lines()
+            .filter(|l| l.contains("identity output written"))
+            .map(|l| {
+                let field = |k: &str| {
+                    let rest = &l[l.find(&format!(" {k}=")).unwrap() + k.len() + 2..];
+                    let v = if let Some(q) = rest.strip_prefix('"') {
+                        &q[..q.find('"').unwrap()]
+                    } else {
+                        rest.split(' ').next().unwrap()
+                    };
+                    v.replace(&root, "")
+                };
+                (field("service"), field("destination"))
+            })
+            .collect();
+        written.sort();
+        pairs.push(written);
     }
     assert_eq!(seen[0], seen[1], "names changed with the order");
+    assert_eq!(pairs[0].len(), 3, "{:?}", pairs[0]);
+    assert_eq!(pairs[0], pairs[1], "a name moved to another output");
     for want in [
         "identity-out-a-b",
         "identity-out-a-b-2",
