@@ -446,11 +446,20 @@ pub fn load(path: &Path) -> Result<Config, Error> {
 /// bytes. Any kind of file: a pipe (`-c <(...)`) works like a regular file.
 fn read_limited(path: &Path, max: u64) -> std::io::Result<Option<String>> {
     use std::io::Read;
-    let mut text = String::new();
+    let mut bytes = Vec::new();
     std::fs::File::open(path)?
         .take(max + 1)
-        .read_to_string(&mut text)?;
-    Ok((text.len() as u64 <= max).then_some(text))
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        // Checked before UTF-8: the cut may split a character.
+        return Ok(None);
+    }
+    String::from_utf8(bytes).map(Some).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to()),
+        )
+    })
 }
 
 /// Parses and validates configuration text. Relative paths are resolved
@@ -801,6 +810,19 @@ mod tests {
 
     fn parse_str(text: &str) -> Result<Config, Error> {
         parse("c.yaml", text, Path::new("/base"))
+    }
+
+    #[test]
+    fn reads_at_most_the_limit_and_says_which_limit_was_hit() {
+        let dir = crate::testutil::TestDir::new("cfg-limit");
+        let file = dir.0.join("c.yaml");
+        // The limit falls inside a two-byte character: still "too large".
+        std::fs::write(&file, "#aaé").unwrap();
+        assert_eq!(read_limited(&file, 4).unwrap(), None);
+        assert_eq!(read_limited(&file, 5).unwrap().as_deref(), Some("#aaé"));
+        std::fs::write(&file, b"ok\n\xff").unwrap();
+        let e = read_limited(&file, 100).unwrap_err();
+        assert_eq!(e.to_string(), "not UTF-8 text (byte 3)");
     }
 
     const GOOD: &str = "version: v2

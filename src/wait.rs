@@ -18,20 +18,34 @@ fn connect(addr: &str, timeout: Duration) -> Result<TcpStream, String> {
     connect_any(socks, timeout).map_err(|e| format!("{addr}: {e}"))
 }
 
+/// Tries each address in turn within one `timeout` for them all; the error
+/// names each address that failed and why (just why, for a single one: the
+/// caller names the address).
 fn connect_any(
     socks: impl Iterator<Item = SocketAddr>,
     timeout: Duration,
 ) -> Result<TcpStream, String> {
-    let mut last = None;
+    let deadline = Instant::now() + timeout;
+    let mut errors: Vec<(SocketAddr, String)> = Vec::new();
     for sock in socks {
-        match TcpStream::connect_timeout(&sock, timeout) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            errors.push((sock, "not tried: timed out".into()));
+            continue;
+        }
+        match TcpStream::connect_timeout(&sock, left) {
             Ok(s) => return Ok(s),
-            Err(e) => last = Some(e),
+            Err(e) => errors.push((sock, e.to_string())),
         }
     }
-    Err(match last {
-        Some(e) => e.to_string(),
-        None => "resolves to no address".into(),
+    Err(match errors.as_slice() {
+        [] => "resolves to no address".into(),
+        [(_, e)] => e.clone(),
+        _ => errors
+            .iter()
+            .map(|(a, e)| format!("{a}: {e}"))
+            .collect::<Vec<_>>()
+            .join("; "),
     })
 }
 
@@ -159,15 +173,21 @@ mod tests {
 
     #[test]
     fn connects_to_the_first_address_that_accepts() {
+        // The listening one first, so that the closed one cannot be its port.
+        let open = TcpListener::bind("127.0.0.1:0").unwrap();
+        let good = open.local_addr().unwrap();
         let closed = TcpListener::bind("127.0.0.1:0").unwrap();
         let refused = closed.local_addr().unwrap();
         drop(closed);
-        let open = TcpListener::bind("127.0.0.1:0").unwrap();
-        let good = open.local_addr().unwrap();
         let s = connect_any([refused, good].into_iter(), Duration::from_secs(5)).unwrap();
         assert_eq!(s.peer_addr().unwrap(), good);
         let e = connect_any([refused].into_iter(), Duration::from_secs(5)).unwrap_err();
         assert!(e.contains("refused"), "{e}");
+        let e = connect_any([refused, refused].into_iter(), Duration::from_secs(5)).unwrap_err();
+        assert!(
+            e.starts_with(&format!("{refused}: ")) && e.matches("refused").count() == 2,
+            "{e}"
+        );
         let e = connect_any(std::iter::empty(), Duration::from_secs(5)).unwrap_err();
         assert_eq!(e, "resolves to no address");
     }

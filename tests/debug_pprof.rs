@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Held by the test that loads tbot with requests and by the one that times
+/// Held by the tests that load tbot with requests and by the one that times
 /// /livez during a profile: the timing is of tbot's serving loop, not of
 /// this binary's own load generator competing for the same two cores.
 static CPU_HEAVY: Mutex<()> = Mutex::new(());
@@ -132,6 +132,7 @@ fn profile_top(t: &Tbot) -> String {
 
 #[test]
 fn flamegraph_is_well_formed_svg() {
+    let _serial = cpu_heavy();
     let t = start_debug("");
     let busy = load(t.addr());
     let r = request_timeout(

@@ -453,6 +453,7 @@ fn updated_at_follows_each_report_not_only_changes() {
     );
     // The heartbeat, which has reported once, keeps its time.
     let hb = t.get("/readyz/heartbeat").json()["updated_at"].clone();
+    assert!(hb.is_string(), "the heartbeat has reported: {hb}");
     std::thread::sleep(Duration::from_millis(1100));
     assert_eq!(t.get("/readyz/heartbeat").json()["updated_at"], hb);
 }

@@ -166,6 +166,9 @@ pub struct Front {
     /// Readable (hang-up) when the daemon stops.
     stop: UnixStream,
     reserve: Option<File>,
+    /// A client was closed to free a descriptor for the one waiting in
+    /// accept(): the reserve must not take it first.
+    newcomer_first: bool,
     conns: Vec<Conn>,
     accept_paused_until: Option<Instant>,
     last_accept_error: Option<Instant>,
@@ -189,6 +192,7 @@ impl Front {
             limits,
             stop,
             reserve: File::open("/dev/null").ok(),
+            newcomer_first: false,
             conns: Vec::new(),
             accept_paused_until: None,
             last_accept_error: None,
@@ -335,6 +339,9 @@ impl Front {
         self.note_accept_error(e);
         if let Some(i) = self.oldest_waiting_for_head() {
             self.conns.swap_remove(i);
+            // The freed descriptor is for the newcomer: the reserve, if it
+            // is out, waits for the next one.
+            self.newcomer_first = self.reserve.is_none();
             return;
         }
         if self.reserve.take().is_some() {
@@ -368,9 +375,9 @@ impl Front {
     }
 
     /// Takes the reserve descriptor back when it was given away and one is
-    /// free again.
+    /// free again (unless the one just freed is for a waiting newcomer).
     fn restore_reserve(&mut self) {
-        if self.reserve.is_none() {
+        if self.reserve.is_none() && !std::mem::take(&mut self.newcomer_first) {
             self.reserve = File::open("/dev/null").ok();
         }
     }
@@ -400,11 +407,17 @@ impl Front {
                     self.conns.swap_remove(i);
                 }
                 None => {
+                    // No slot to linger in: read what the client has sent
+                    // already, so that closing does not reset the answer
+                    // away (a request still on its way may).
                     let _ = stream.set_nonblocking(true);
+                    let mut sent = [0u8; 16 * 1024];
+                    let _ = (&stream).read(&mut sent);
                     let _ = (&stream).write(&simple_response(
                         503,
                         "too many connections to the diagnostics service",
                     ));
+                    let _ = stream.shutdown(Shutdown::Write);
                     return;
                 }
             }
