@@ -19,6 +19,7 @@ mod issuer;
 mod log;
 mod metrics;
 mod oneshot;
+mod poll;
 mod process_metrics;
 mod proxy_command;
 mod services;

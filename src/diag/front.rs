@@ -27,13 +27,14 @@
 use std::fs::File;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::log;
+use crate::poll::pollfd;
 
 /// Every limit of the front, explicit.
 #[derive(Clone, Debug)]
@@ -685,14 +686,6 @@ pub(crate) fn once_a_second(last: &mut Option<Instant>) -> bool {
     }
     *last = Some(now);
     true
-}
-
-pub(crate) fn pollfd(fd: RawFd, events: i16) -> libc::pollfd {
-    libc::pollfd {
-        fd,
-        events,
-        revents: 0,
-    }
 }
 
 enum Parsed {

@@ -49,10 +49,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, MultiplexerConfig};
-use crate::diag::front::{once_a_second, pollfd};
+use crate::diag::front::once_a_second;
 use crate::identity_files::{CERT_FILE, KEY_FILE};
 use crate::log;
 use crate::metrics::Metrics;
+use crate::poll::{poll, pollfd};
 use crate::services::{Context, Service};
 
 /// The socket's file name in the destination.
@@ -182,7 +183,7 @@ fn accept_loop(socket: &Socket, conns: &Connections, ctx: &Context) -> Result<()
         fds.clear();
         fds.push(pollfd(socket.listener.as_raw_fd(), libc::POLLIN));
         fds.extend(lingering.fds().map(|fd| pollfd(fd, libc::POLLIN)));
-        poll(&mut fds, lingering.timeout(POLL_INTERVAL))
+        poll(&mut fds, Some(lingering.timeout(POLL_INTERVAL)))
             .map_err(|e| format!("{}: poll: {e}", socket.path.display()))?;
         let readable = fds[0].revents != 0;
         lingering.drain();
@@ -234,30 +235,14 @@ fn out_of_descriptors(e: &io::Error) -> bool {
     )
 }
 
-/// poll(2) on `fds` for at most `timeout`; the number of ready descriptors.
-fn poll(fds: &mut [libc::pollfd], timeout: Duration) -> io::Result<usize> {
-    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
-    loop {
-        // SAFETY: a valid, initialised slice of pollfd of the length given.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
-        if let Ok(n) = usize::try_from(n) {
-            return Ok(n);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
-}
-
 /// Waits until `fd` is readable (or hung up); false on timeout.
 pub fn wait_readable(fd: RawFd, timeout: Duration) -> io::Result<bool> {
-    poll(&mut [pollfd(fd, libc::POLLIN)], timeout).map(|n| n > 0)
+    poll(&mut [pollfd(fd, libc::POLLIN)], Some(timeout)).map(|n| n > 0)
 }
 
 /// Waits until `fd` can be written to, without a time limit.
 pub fn wait_writable(fd: RawFd) -> io::Result<()> {
-    poll(&mut [pollfd(fd, libc::POLLOUT)], Duration::from_secs(3600)).map(|_| ())
+    poll(&mut [pollfd(fd, libc::POLLOUT)], None).map(|_| ())
 }
 
 fn absolute(p: &Path) -> Result<PathBuf, String> {
@@ -950,7 +935,7 @@ fn wait_for_down(down: &JoinHandle<u64>, client: &UnixStream, target: &TcpStream
         // (POLLHUP also comes once the down direction shuts the client's
         // write side: then both sides of it are shut. Cutting is harmless then.)
         let mut fds = [pollfd(client.as_raw_fd(), 0)];
-        match poll(&mut fds, HANGUP_CHECK) {
+        match poll(&mut fds, Some(HANGUP_CHECK)) {
             Ok(_) if fds[0].revents & (libc::POLLHUP | libc::POLLERR) != 0 => {
                 end_direction(&Err(ErrorKind::BrokenPipe.into()), target, client);
                 return;
