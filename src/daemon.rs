@@ -154,8 +154,11 @@ fn run(config: Arc<Config>) -> Result<(), String> {
         ca: Default::default(),
     });
     let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
-    let running = supervisor::start(specs, &updates_tx, &stop_rx, &shared)
+    let (stop_fd, stop_fd_closer) =
+        services::stop_signal().map_err(|e| format!("starting services: stop signal: {e}"))?;
+    let running = supervisor::start(specs, &updates_tx, &stop_rx, &stop_fd, &shared)
         .map_err(|e| format!("starting services: {e}"))?;
+    drop(stop_fd);
     drop(updates_tx);
     log::info(
         "tbot started",
@@ -188,7 +191,9 @@ fn run(config: Arc<Config>) -> Result<(), String> {
     let signal = signals::wait();
     log::info("stopping", &[("signal", &signal)]);
     systemd::notify("STOPPING=1");
+    // The channel first: a service woken by the descriptor sees `stopping()`.
     drop(stop_tx);
+    drop(stop_fd_closer);
 
     let deadline = Instant::now() + STOP_GRACE;
     for r in running {

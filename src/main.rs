@@ -15,6 +15,7 @@ mod failpoints;
 mod fsutil;
 mod health;
 mod identity_files;
+mod inotify;
 mod issuer;
 mod log;
 mod metrics;

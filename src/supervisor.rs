@@ -7,6 +7,7 @@
 //! service does can take the process down.
 
 use std::any::Any;
+use std::os::fd::OwnedFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -64,6 +65,7 @@ pub fn start(
     specs: Vec<Spec>,
     updates: &Sender<Update>,
     stop: &Receiver<()>,
+    stop_fd: &Arc<OwnedFd>,
     shared: &Arc<Shared>,
 ) -> std::io::Result<Vec<Running>> {
     let mut running = Vec::with_capacity(specs.len());
@@ -72,6 +74,7 @@ pub fn start(
             spec.name.clone(),
             updates.clone(),
             stop.clone(),
+            stop_fd.clone(),
             shared.clone(),
         );
         let handle = crate::threads::spawn(&spec.name, move || supervise(spec.service, ctx))?;

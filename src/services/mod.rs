@@ -4,6 +4,8 @@
 //! its [`Context`] and returns from `run` when the context says stop. Adding a
 //! service is one file here plus one arm in [`build`].
 
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -78,20 +80,25 @@ pub struct Context {
     name: String,
     updates: Sender<Update>,
     stop: Receiver<()>,
+    stop_fd: Arc<OwnedFd>,
     pub shared: Arc<Shared>,
 }
 
 impl Context {
+    /// `stop` disconnects and `stop_fd` becomes readable when tbot stops
+    /// (see [`stop_signal`]).
     pub fn new(
         name: String,
         updates: Sender<Update>,
         stop: Receiver<()>,
+        stop_fd: Arc<OwnedFd>,
         shared: Arc<Shared>,
     ) -> Context {
         Context {
             name,
             updates,
             stop,
+            stop_fd,
             shared,
         }
     }
@@ -124,6 +131,14 @@ impl Context {
         &self.stop
     }
 
+    /// Never readable until tbot stops; from then on readable (end of
+    /// file, `POLLIN | POLLHUP`) for good. Poll it for `POLLIN` beside a
+    /// service's own descriptors to wait for them or a stop, with no timer.
+    /// Once it is ready, [`Context::stopping`] is true.
+    pub fn stop_fd(&self) -> BorrowedFd<'_> {
+        self.stop_fd.as_fd()
+    }
+
     pub fn stopping(&self) -> bool {
         matches!(
             self.stop.try_recv(),
@@ -138,6 +153,16 @@ impl Context {
             Err(crossbeam_channel::RecvTimeoutError::Disconnected)
         )
     }
+}
+
+/// The stop signal as a descriptor: the end services poll (for
+/// [`Context::new`]) and the end the daemon closes when it stops, just after
+/// it drops the stop channel's sender (so that a service woken by the
+/// descriptor finds [`Context::stopping`] already true). Nothing is ever
+/// written: closing is the signal.
+pub fn stop_signal() -> std::io::Result<(Arc<OwnedFd>, UnixStream)> {
+    let (services_end, daemon_end) = UnixStream::pair()?;
+    Ok((Arc::new(OwnedFd::from(services_end)), daemon_end))
 }
 
 /// One service to run: its unique name and the implementation.

@@ -19,8 +19,10 @@
 //! a raw client, or ssh given the socket some other way, sees the line as
 //! the start of the stream (ssh reports a bad banner).
 //!
-//! Threads: the service thread binds and accepts (polling, so that a stop is
-//! seen within [`POLL_INTERVAL`]); each connection gets a `mux-conn` thread,
+//! Threads: the service thread binds and accepts; it sleeps in poll(2) on the
+//! listener, the stop descriptor and an inotify watch of the destination
+//! (which says when `v1.sock` may have been removed or replaced), with no
+//! timer while idle. Each connection gets a `mux-conn` thread,
 //! which spawns a `mux-conn-down` thread for the target → client direction
 //! once the target is dialed. At most `max_connections` connections are
 //! handled at once; past that a newcomer is refused at once, not queued.
@@ -51,6 +53,7 @@ use std::time::{Duration, Instant};
 use crate::config::{Config, MultiplexerConfig};
 use crate::diag::front::once_a_second;
 use crate::identity_files::{CERT_FILE, KEY_FILE};
+use crate::inotify;
 use crate::log;
 use crate::metrics::Metrics;
 use crate::poll::{poll, pollfd};
@@ -71,10 +74,18 @@ pub const ERROR_PREFIX: &str = "tbot ssh-multiplexer error: ";
 /// Longest path a Unix socket can have (`sun_path` is 108 bytes, NUL included).
 pub const MAX_SOCKET_PATH: usize = 107;
 
-/// How often the accept loop looks at the stop signal.
-const POLL_INTERVAL: Duration = Duration::from_millis(200);
-/// How often the service checks that `v1.sock` is still its own.
+/// How often the service checks that `v1.sock` is still its own when it
+/// cannot watch the destination with inotify.
 const OWNERSHIP_CHECK: Duration = Duration::from_secs(2);
+/// What in the destination makes the service check that `v1.sock` is still
+/// its own: an entry created, deleted or renamed, or the directory itself
+/// deleted or moved.
+const DEST_EVENTS: u32 = libc::IN_DELETE
+    | libc::IN_MOVED_FROM
+    | libc::IN_MOVED_TO
+    | libc::IN_CREATE
+    | libc::IN_DELETE_SELF
+    | libc::IN_MOVE_SELF;
 /// The name the socket is bound under before it is renamed into place:
 /// as long as `v1.sock`, so the path length check covers both.
 const TEMP_SOCKET_NAME: &str = ".v1.tmp";
@@ -155,7 +166,7 @@ impl Service for SshMultiplexer {
             active: self.active.clone(),
             max: self.config.max_connections,
         };
-        let result = accept_loop(&socket, &conns, ctx);
+        let result = accept_loop(&socket, &dest, &conns, ctx);
         if result.is_ok() {
             log::info(
                 "ssh multiplexer stopped",
@@ -169,9 +180,20 @@ impl Service for SshMultiplexer {
     }
 }
 
-fn accept_loop(socket: &Socket, conns: &Connections, ctx: &Context) -> Result<(), String> {
+/// Accepts until tbot stops (`Ok`) or `v1.sock` is no longer the socket it
+/// bound (an error: the supervisor runs the service again, which binds anew).
+fn accept_loop(
+    socket: &Socket,
+    dest: &Path,
+    conns: &Connections,
+    ctx: &Context,
+) -> Result<(), String> {
     let mut lingering = Lingering::default();
-    let mut checked = Instant::now();
+    // Without a watch, the socket is checked on a timer instead.
+    let mut watch = watch_dest(dest, ctx);
+    let mut next_check = watch.is_none().then(|| Instant::now() + OWNERSHIP_CHECK);
+    // A change between the bind and the watch sent no event.
+    socket.check_still_ours()?;
     let mut fds = Vec::new();
     // Given up to accept and refuse one client when out of descriptors.
     let mut reserve = File::open("/dev/null").ok();
@@ -182,10 +204,24 @@ fn accept_loop(socket: &Socket, conns: &Connections, ctx: &Context) -> Result<()
         }
         fds.clear();
         fds.push(pollfd(socket.listener.as_raw_fd(), libc::POLLIN));
+        fds.push(pollfd(ctx.stop_fd().as_raw_fd(), libc::POLLIN));
+        fds.push(pollfd(watch.as_ref().map_or(-1, |w| w.fd()), libc::POLLIN));
         fds.extend(lingering.fds().map(|fd| pollfd(fd, libc::POLLIN)));
-        poll(&mut fds, Some(lingering.timeout(POLL_INTERVAL)))
-            .map_err(|e| format!("{}: poll: {e}", socket.path.display()))?;
+        // Idle, with a watch: no timeout at all.
+        let wake_at = [lingering.deadline(), next_check]
+            .into_iter()
+            .flatten()
+            .min();
+        poll(
+            &mut fds,
+            wake_at.map(|t| t.saturating_duration_since(Instant::now())),
+        )
+        .map_err(|e| format!("{}: poll: {e}", socket.path.display()))?;
+        if fds[1].revents != 0 {
+            return Ok(());
+        }
         let readable = fds[0].revents != 0;
+        let dest_changed = fds[2].revents != 0;
         lingering.drain();
         while readable && !ctx.stopping() {
             match socket.listener.accept() {
@@ -220,11 +256,46 @@ fn accept_loop(socket: &Socket, conns: &Connections, ctx: &Context) -> Result<()
                 }
             }
         }
-        if checked.elapsed() >= OWNERSHIP_CHECK {
+        if dest_changed {
+            if let Some(w) = &watch {
+                // What happened matters less than that something did: the
+                // check below looks at the socket itself.
+                let watch_over = match w.events() {
+                    Ok(events) => events.iter().any(inotify::Event::ends_watch),
+                    Err(e) => {
+                        log::warn(
+                            "ssh multiplexer: cannot read the destination's changes; checking the socket every 2s",
+                            &[("service", &ctx.name()), ("error", &e)],
+                        );
+                        true
+                    }
+                };
+                if watch_over {
+                    watch = None;
+                    next_check = Some(Instant::now() + OWNERSHIP_CHECK);
+                }
+            }
             socket.check_still_ours()?;
-            checked = Instant::now();
+        }
+        if next_check.is_some_and(|t| Instant::now() >= t) {
+            socket.check_still_ours()?;
+            next_check = Some(Instant::now() + OWNERSHIP_CHECK);
         }
     }
+}
+
+/// An inotify watch of the destination for [`DEST_EVENTS`], or None (logged)
+/// if inotify is unavailable (no kernel support, or the per-user limit of
+/// instances reached): then the socket is checked every [`OWNERSHIP_CHECK`].
+fn watch_dest(dest: &Path, ctx: &Context) -> Option<inotify::Watch> {
+    inotify::Watch::dir(dest, DEST_EVENTS)
+        .inspect_err(|e| {
+            log::warn(
+                "ssh multiplexer: cannot watch the destination; checking the socket every 2s",
+                &[("service", &ctx.name()), ("error", e)],
+            )
+        })
+        .ok()
 }
 
 /// An accept error for want of descriptors (or kernel memory).
@@ -654,12 +725,10 @@ impl Lingering {
         self.0.iter().map(|(s, _, _)| s.as_raw_fd())
     }
 
-    /// How long the accept loop may sleep: until the oldest one's time is up.
-    fn timeout(&self, max: Duration) -> Duration {
-        match self.0.front() {
-            Some((_, until, _)) => until.saturating_duration_since(Instant::now()).min(max),
-            None => max,
-        }
+    /// Until when the accept loop may sleep: until the oldest one's time
+    /// is up (None: none lingers).
+    fn deadline(&self) -> Option<Instant> {
+        self.0.front().map(|(_, until, _)| *until)
     }
 
     /// Reads what each sent; closes those done or out of time.
