@@ -5,7 +5,7 @@
 //! descriptor is nonblocking: poll it for `POLLIN`, then [`Watch::events`]
 //! reads what is queued. Every error names the watched directory.
 
-use std::ffi::{CString, OsString};
+use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
 use std::io::{ErrorKind, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -31,6 +31,11 @@ pub struct Event {
 }
 
 impl Event {
+    /// True if the event is about the entry `name`.
+    pub fn names(&self, name: &str) -> bool {
+        self.name.as_deref() == Some(OsStr::new(name))
+    }
+
     /// True if the watch is gone or no longer on the directory at its path:
     /// the directory was deleted or moved (`IN_DELETE_SELF`,
     /// `IN_MOVE_SELF`), or the kernel removed the watch (`IN_IGNORED`, as
@@ -178,6 +183,7 @@ mod tests {
                 (libc::IN_DELETE, "b"),
             ]
         );
+        assert!(got[3].names("b") && !got[3].names("a-longer-name"));
         assert!(!got.iter().any(Event::ends_watch));
 
         std::fs::rename(&dir, d.0.join("moved")).unwrap();

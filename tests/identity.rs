@@ -289,18 +289,38 @@ fn a_replaced_ca_key_reaches_every_output_within_two_seconds() {
     assert_eq!(r.status, 200, "{}", r.body);
 }
 
-#[test]
-fn a_half_written_or_missing_ca_key_is_reported_and_picked_up_once_complete() {
-    let dir = TempDir::new("id-halfkey");
-    let me = current_user();
+/// A tbot with one identity output, `a` (renewal every 20 minutes: only a
+/// rotation notice re-issues), once ready; and that output's destination.
+fn start_one_output(tag: &str) -> (Tbot, PathBuf) {
+    let dir = TempDir::new(tag);
     let out = dir.join("out/a");
     let cfg = config_text(
         dir.path(),
         "renewal_interval: 20m\n",
-        &output("a", &me, &out, ""),
+        &output("a", &current_user(), &out, ""),
     );
     let t = Tbot::start(dir, &cfg, &[]);
     t.until("/readyz", Duration::from_secs(10), |r| r.status == 200);
+    (t, out)
+}
+
+/// Waits until ca-rotation says the key file at `key_path` is missing.
+fn wait_key_missing(t: &Tbot, key_path: &Path) {
+    let r = t.until("/readyz/ca-rotation", Duration::from_secs(3), |r| {
+        r.status == 503
+    });
+    assert_eq!(
+        r.json()["reason"],
+        format!(
+            "{}: No such file or directory (os error 2)",
+            key_path.display()
+        )
+    );
+}
+
+#[test]
+fn a_half_written_or_missing_ca_key_is_reported_and_picked_up_once_complete() {
+    let (t, out) = start_one_output("id-halfkey");
     let old_fp = fingerprint(&t.dir.join("storage/ca_key"));
     let key_path = t.dir.join("storage/ca_key");
 
@@ -338,22 +358,61 @@ fn a_half_written_or_missing_ca_key_is_reported_and_picked_up_once_complete() {
 
     // Missing: unhealthy with the OS error; back: healthy, same CA, no re-issue.
     fs::rename(&key_path, t.dir.join("moved_away")).unwrap();
-    let r = t.until("/readyz/ca-rotation", Duration::from_secs(3), |r| {
-        r.status == 503
-    });
-    assert_eq!(
-        r.json()["reason"],
-        format!(
-            "{}: No such file or directory (os error 2)",
-            key_path.display()
-        )
-    );
+    wait_key_missing(&t, &key_path);
     fs::rename(t.dir.join("moved_away"), &key_path).unwrap();
     t.until("/readyz/ca-rotation", Duration::from_secs(3), |r| {
         r.status == 200
     });
     assert_eq!(cert_signing_ca(&out.join("key-cert.pub")), new_fp);
     assert!(!t.log().contains("restarting"), "{}", t.log());
+}
+
+#[test]
+fn a_storage_directory_replaced_by_a_copy_is_watched_at_its_path() {
+    // ca-rotation waits on an inotify watch of the storage directory, which
+    // follows the directory it was set on: moved away, that one is no longer
+    // the bot's. Missing, the key is checked on a timer; a new directory at
+    // the path is watched in turn, so a rotation in it is picked up at once.
+    let (t, out) = start_one_output("id-storage-copy");
+    let storage = t.dir.join("storage");
+    let away = t.dir.join("storage-away");
+    fs::rename(&storage, &away).unwrap();
+    wait_key_missing(&t, &storage.join("ca_key"));
+    assert!(
+        t.wait_log(
+            "cannot watch the storage directory; checking the CA key every 250ms",
+            Duration::from_secs(3)
+        ),
+        "{}",
+        t.log()
+    );
+
+    // A copy, not the same directory moved back.
+    fs::create_dir(&storage).unwrap();
+    fs::set_permissions(&storage, fs::Permissions::from_mode(0o700)).unwrap();
+    fs::copy(away.join("ca_key"), storage.join("ca_key")).unwrap();
+    t.until("/readyz/ca-rotation", Duration::from_secs(3), |r| {
+        r.status == 200
+    });
+    assert!(
+        t.wait_log(
+            "watching the storage directory for CA key changes again",
+            Duration::from_secs(3)
+        ),
+        "{}",
+        t.log()
+    );
+    // A change in the directory that went away is none of the bot's.
+    fs::remove_file(away.join("ca_key")).unwrap();
+    let new_pub = rotate_ca(t.dir.path(), "1");
+    let new_fp = fingerprint(&new_pub);
+    let took = wait_for_ca(&out, &new_fp, Duration::from_secs(5));
+    assert!(
+        took.is_some_and(|d| d <= Duration::from_secs(2)),
+        "new CA after {took:?}\n{}",
+        t.log()
+    );
+    assert_eq!(t.get("/readyz").status, 200);
 }
 
 #[test]
