@@ -27,6 +27,27 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 wait_up() { for _ in $(seq 100); do curl -fs "http://$1/livez" >/dev/null 2>&1 && return 0; sleep 0.05; done; echo "server at $1 did not come up"; exit 1; }
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 threads() { awk '/^Threads:/ {print $2}' "/proc/$1/status"; }
+# One line per thread of PID: tid, voluntary context switches (each one a
+# wake-up from sleep), name (spaces as _).
+ctxsw() {
+  for t in /proc/"$1"/task/*; do
+    printf '%s %s %s\n' "${t##*/}" "$(awk '/^voluntary_ctxt_switches:/ {print $2}' "$t/status" 2>/dev/null)" "$(tr " " _ <"$t/comm" 2>/dev/null)"
+  done | sort
+}
+# Idle wake-ups of PID... over the same SECONDS: for each PID, a line
+# "PID TOTAL NAME:N ..." (the threads that woke, by name, most first).
+idle_wakeups() { # seconds pid...
+  local secs=$1 p; shift
+  for p in "$@"; do ctxsw "$p" >"$work/ctxsw.$p.a"; done
+  sleep "$secs"
+  for p in "$@"; do
+    ctxsw "$p" >"$work/ctxsw.$p.b"
+    # Threads that came or went in between are left out.
+    join "$work/ctxsw.$p.a" "$work/ctxsw.$p.b" |
+      awk '{ n[$3] += $4 - $2 } END { for (k in n) print n[k], k }' | sort -rn |
+      awk -v pid="$p" '{ t += $1; if ($1 > 0) w = w " " $2 ":" $1 } END { print pid, t + 0 w }'
+  done
+}
 
 # Starts tbot on $work/tbot.yaml and go-diag (4 services), each on a free
 # loopback port; sets tport/tpid and gport/gpid once both answer /livez.
