@@ -41,6 +41,16 @@ fn load(addr: std::net::SocketAddr) -> Load {
     Load(stop, threads)
 }
 
+/// GETs `path` (a profile: it takes seconds) while [`load`] keeps tbot busy.
+fn get_under_load(t: &Tbot, path: &str) -> Resp {
+    let busy = load(t.addr());
+    let raw = format!("GET {path} HTTP/1.1\r\n\r\n");
+    let r = request_timeout(t.addr(), raw.as_bytes(), Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    drop(busy);
+    r
+}
+
 impl Drop for Load {
     fn drop(&mut self) {
         self.0.store(true, Ordering::Relaxed);
@@ -98,14 +108,7 @@ fn the_release_build_keeps_its_symbols_for_profiles() {
 /// Takes a 2 s CPU profile while the daemon serves /metrics in a loop, and
 /// returns what `go tool pprof -top` makes of it.
 fn profile_top(t: &Tbot) -> String {
-    let busy = load(t.addr());
-    let r = request_timeout(
-        t.addr(),
-        b"GET /debug/pprof/profile?seconds=2 HTTP/1.1\r\n\r\n",
-        Duration::from_secs(20),
-    )
-    .unwrap();
-    drop(busy);
+    let r = get_under_load(t, "/debug/pprof/profile?seconds=2");
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.header("Content-Type"), Some("application/octet-stream"));
     assert!(r
@@ -134,14 +137,7 @@ fn profile_top(t: &Tbot) -> String {
 fn flamegraph_is_well_formed_svg() {
     let _serial = cpu_heavy();
     let t = start_debug("");
-    let busy = load(t.addr());
-    let r = request_timeout(
-        t.addr(),
-        b"GET /debug/pprof/flamegraph?seconds=1 HTTP/1.1\r\n\r\n",
-        Duration::from_secs(20),
-    )
-    .unwrap();
-    drop(busy);
+    let r = get_under_load(&t, "/debug/pprof/flamegraph?seconds=1");
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.header("Content-Type"), Some("image/svg+xml"));
     let opts = roxmltree::ParsingOptions {
