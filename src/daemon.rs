@@ -158,6 +158,10 @@ fn run(config: Arc<Config>) -> Result<(), String> {
         services::stop_signal().map_err(|e| format!("starting services: stop signal: {e}"))?;
     let running = supervisor::start(specs, &updates_tx, &stop_rx, &stop_fd, &shared)
         .map_err(|e| format!("starting services: {e}"))?;
+    let mut watched = vec![crate::health::watched(&health, &updates_tx)];
+    watched.extend(diag.as_ref().map(diag::Diag::watched));
+    systemd::watchdog::start(watched, &stop_rx)?;
+    systemd::status::start(&health, &stop_rx)?;
     drop(stop_fd);
     drop(updates_tx);
     log::info(
@@ -190,7 +194,7 @@ fn run(config: Arc<Config>) -> Result<(), String> {
 
     let signal = signals::wait();
     log::info("stopping", &[("signal", &signal)]);
-    systemd::notify("STOPPING=1");
+    systemd::stopping(signal);
     // The channel first: a service woken by the descriptor sees `stopping()`.
     drop(stop_tx);
     drop(stop_fd_closer);

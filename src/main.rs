@@ -17,6 +17,7 @@ mod health;
 mod identity_files;
 mod inotify;
 mod issuer;
+mod liveness;
 mod log;
 mod metrics;
 mod oneshot;
