@@ -273,9 +273,14 @@ impl Applier {
     pub fn run(self) {
         for u in self.updates.iter() {
             self.health.applier_beat.beat();
-            if !u.is_probe() {
-                self.health.apply(u);
+            if u.is_probe() {
+                continue;
             }
+            if u.status == Status::Unhealthy {
+                // Tests wedge the applier here (`health-unhealthy=sleep:MS`).
+                crate::failpoints::hit("health-unhealthy");
+            }
+            self.health.apply(u);
         }
     }
 }
