@@ -87,7 +87,7 @@ pub fn start(args: StartArgs) -> i32 {
     let config = match configure(&args) {
         Ok(c) => Arc::new(c),
         Err(e) => {
-            eprintln!("tbot: {e}");
+            log::fatal(&e);
             return EXIT_USAGE;
         }
     };
@@ -98,14 +98,14 @@ pub fn start(args: StartArgs) -> i32 {
     // Before any thread exists, so that every thread inherits the mask and
     // the signals reach `signals::wait` only.
     if let Err(e) = signals::block() {
-        eprintln!("tbot: blocking signals: {e}");
+        log::fatal(&format!("blocking signals: {e}"));
         return EXIT_FAILURE;
     }
     match run(config) {
         Ok(()) => EXIT_OK,
         Err(e) => {
             log::error("tbot failed", &[("error", &e)]);
-            eprintln!("tbot: {e}");
+            log::fatal(&e);
             EXIT_FAILURE
         }
     }

@@ -122,6 +122,19 @@ fn emit(level: u8, name: &str, msg: &str, fields: Fields) {
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
+/// A bare `tbot: MSG` line on stderr for an error that ends the process
+/// (usage, configuration, start-up), in either log format; it starts with
+/// the error priority `<3>` when stderr is the journal, so that
+/// `journalctl -p err` shows why tbot did not start.
+pub fn fatal(msg: &str) {
+    let prefix = if crate::systemd::journal::stderr_is_journal() {
+        priority_prefix(3)
+    } else {
+        ""
+    };
+    let _ = writeln!(std::io::stderr().lock(), "{prefix}tbot: {msg}");
+}
+
 fn render(json: bool, now: SystemTime, level: &str, msg: &str, fields: Fields) -> String {
     let time = crate::timefmt::rfc3339_millis(now);
     if json {

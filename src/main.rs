@@ -47,7 +47,7 @@ fn main() {
     let command = match cli::parse(std::env::args_os().skip(1), &env) {
         Ok(c) => c,
         Err(cli::Usage(msg)) => {
-            eprintln!("tbot: {msg}");
+            log::fatal(&msg);
             std::process::exit(daemon::EXIT_USAGE);
         }
     };
