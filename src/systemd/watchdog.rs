@@ -43,9 +43,14 @@ pub fn period_from_env() -> Option<Duration> {
     }
 }
 
-/// Half of `usec` (microseconds, decimal, > 0), if `pid` is unset or is
-/// `own_pid` (sd_watchdog_enabled(3): the variables may be inherited by a
-/// child the watchdog is not meant for). An unparsable value is an error.
+/// The shortest ping period: a `WatchdogSec=` of a few microseconds must
+/// not turn the watchdog thread into a busy loop flooding systemd.
+const MIN_PERIOD: Duration = Duration::from_millis(10);
+
+/// Half of `usec` (microseconds, decimal, > 0) but at least [`MIN_PERIOD`],
+/// if `pid` is unset or is `own_pid` (sd_watchdog_enabled(3): the variables
+/// may be inherited by a child the watchdog is not meant for). An
+/// unparsable value is an error.
 fn period(usec: Option<&str>, pid: Option<&str>, own_pid: u32) -> Result<Option<Duration>, String> {
     let Some(usec) = usec else {
         return Ok(None);
@@ -58,7 +63,7 @@ fn period(usec: Option<&str>, pid: Option<&str>, own_pid: u32) -> Result<Option<
         }
     }
     match usec.parse::<u64>() {
-        Ok(u) if u > 0 => Ok(Some(Duration::from_micros(u) / 2)),
+        Ok(u) if u > 0 => Ok(Some((Duration::from_micros(u) / 2).max(MIN_PERIOD))),
         _ => Err(format!(
             "WATCHDOG_USEC={usec:?} is not a positive number of microseconds"
         )),
@@ -171,6 +176,7 @@ mod tests {
         assert_eq!(period(Some("1000000"), Some("7"), 7), Ok(half));
         assert_eq!(period(Some("1000000"), Some("8"), 7), Ok(None));
         assert_eq!(period(None, Some("7"), 7), Ok(None));
+        assert_eq!(period(Some("2"), None, 7), Ok(Some(MIN_PERIOD)));
         assert!(period(Some("0"), None, 7).is_err());
         assert!(period(Some("1s"), None, 7).is_err());
         assert!(period(Some("1000000"), Some("x"), 7).is_err());
