@@ -59,8 +59,7 @@ impl NotifySocket {
         self.got.lock().unwrap().clone()
     }
 
-    /// The datagrams whose text equals `text` (or, for `STATUS=`, those
-    /// setting a status), with their times.
+    /// The arrival times of the datagrams whose text is exactly `text`.
     fn times_of(&self, text: &str) -> Vec<Instant> {
         self.all()
             .into_iter()
@@ -80,6 +79,19 @@ impl NotifySocket {
                     .collect::<Vec<_>>()
             })
             .collect()
+    }
+
+    /// Waits until the latest `STATUS=` value is `want`; panics after 10 s.
+    fn wait_last_status(&self, want: &str) {
+        let end = Instant::now() + Duration::from_secs(10);
+        while self.statuses().last().map(String::as_str) != Some(want) {
+            assert!(
+                Instant::now() < end,
+                "{want:?} expected: {:?}",
+                self.statuses()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Waits until some datagram satisfies `pred`; panics after `timeout`.
@@ -180,11 +192,7 @@ fn status_lines_follow_health_changes_and_end_with_stopping() {
     assert_eq!(down.lines().count(), 1, "{down:?}");
 
     break_output(t.dir.path(), false);
-    let end = Instant::now() + Duration::from_secs(10);
-    while notify.statuses().last().map(String::as_str) != Some(&healthy[7..]) {
-        assert!(Instant::now() < end, "{:?}", notify.statuses());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    notify.wait_last_status(&healthy[7..]);
 
     t.signal(libc::SIGTERM);
     assert_eq!(
@@ -238,11 +246,7 @@ fn a_flapping_service_does_not_flood_systemd() {
         "{sent} STATUS= lines for {flaps} changes in {elapsed:.1} s"
     );
     // The last line still tells the truth once it settles.
-    let end = Instant::now() + Duration::from_secs(10);
-    while notify.statuses().last().map(String::as_str) != Some(&healthy[7..]) {
-        assert!(Instant::now() < end, "{:?}", notify.statuses());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    notify.wait_last_status(&healthy[7..]);
 }
 
 /// The gaps between consecutive `WATCHDOG=1` pings after `from`.
