@@ -517,3 +517,22 @@ fn a_configuration_error_is_an_error_in_the_journal() {
     assert!(text.contains("bogus"), "{text:?}");
     assert!(text.lines().all(|l| l.starts_with('<')), "{text:?}");
 }
+
+#[test]
+fn a_notification_socket_that_is_gone_is_one_warning_not_a_flood() {
+    let dir = TempDir::new("sd-gone");
+    let cfg = config_text(dir.path(), "", "");
+    let gone = dir.join("no-such.sock").display().to_string();
+    let t = start(
+        dir,
+        &cfg,
+        &[("NOTIFY_SOCKET", &gone), ("WATCHDOG_USEC", "40000")],
+    );
+    // Pings every 20 ms, each failing, and STATUS= and READY=1 too.
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(t.get("/livez").status, 200);
+    let log = t.log();
+    let warnings = log.matches("WARN  cannot notify systemd").count();
+    assert_eq!(warnings, 1, "{log}");
+    assert!(log.contains(&format!("socket={gone}")), "{log}");
+}

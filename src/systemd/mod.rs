@@ -34,9 +34,13 @@ pub fn notify_socket_set() -> bool {
     std::env::var_os("NOTIFY_SOCKET").is_some_and(|s| !s.is_empty())
 }
 
+/// Whether the last datagram could not be sent.
+static FAILING: AtomicBool = AtomicBool::new(false);
+
 /// Sends `state` (e.g. `READY=1`; several assignments are separated by
 /// newlines) when running under systemd with `Type=notify`. Errors are
-/// logged, never fatal.
+/// never fatal; the first of a run of them is a warning, the others (a
+/// watchdog ping every period to a socket that is gone) debug lines.
 pub fn notify(state: &str) {
     let Some(target) = std::env::var_os("NOTIFY_SOCKET").filter(|s| !s.is_empty()) else {
         return;
@@ -51,8 +55,23 @@ pub fn notify(state: &str) {
             sock.send_to(state.as_bytes(), &target)
         }
     });
+    let socket = target.to_string_lossy().into_owned();
+    let fields: crate::log::Fields = &[("state", &state), ("socket", &socket)];
     match sent {
-        Ok(_) => crate::log::debug("notified systemd", &[("state", &state)]),
-        Err(e) => crate::log::warn("cannot notify systemd", &[("state", &state), ("error", &e)]),
+        Ok(_) => {
+            if FAILING.swap(false, Ordering::Relaxed) {
+                crate::log::info("notifying systemd works again", fields);
+            }
+            crate::log::debug("notified systemd", &[("state", &state)]);
+        }
+        Err(e) => {
+            let first = !FAILING.swap(true, Ordering::Relaxed);
+            let fields = &[fields[0], fields[1], ("error", &e)];
+            if first {
+                crate::log::warn("cannot notify systemd", fields);
+            } else {
+                crate::log::debug("cannot notify systemd", fields);
+            }
+        }
     }
 }
