@@ -9,8 +9,8 @@
 //! Every report and every restart reaches the health table through the
 //! applier thread (`health`); that is the supervision path the systemd
 //! watchdog proves alive ([`crate::health::watched`]). A service stuck in
-//! its own work is not a wedged supervisor: it shows in its status and
-//! `updated_at`, and restarting tbot would not unstick what it waits on.
+//! its own work (a hung mount, a slow peer) is not a wedged supervisor and
+//! does not stop the pings: it shows in its status and `updated_at`.
 
 use std::any::Any;
 use std::os::fd::OwnedFd;
