@@ -87,7 +87,7 @@ pub fn start(args: StartArgs) -> i32 {
     let config = match configure(&args) {
         Ok(c) => Arc::new(c),
         Err(e) => {
-            eprintln!("tbot: {e}");
+            log::fatal(&e);
             return EXIT_USAGE;
         }
     };
@@ -98,14 +98,14 @@ pub fn start(args: StartArgs) -> i32 {
     // Before any thread exists, so that every thread inherits the mask and
     // the signals reach `signals::wait` only.
     if let Err(e) = signals::block() {
-        eprintln!("tbot: blocking signals: {e}");
+        log::fatal(&format!("blocking signals: {e}"));
         return EXIT_FAILURE;
     }
     match run(config) {
         Ok(()) => EXIT_OK,
         Err(e) => {
             log::error("tbot failed", &[("error", &e)]);
-            eprintln!("tbot: {e}");
+            log::fatal(&e);
             EXIT_FAILURE
         }
     }
@@ -158,6 +158,10 @@ fn run(config: Arc<Config>) -> Result<(), String> {
         services::stop_signal().map_err(|e| format!("starting services: stop signal: {e}"))?;
     let running = supervisor::start(specs, &updates_tx, &stop_rx, &stop_fd, &shared)
         .map_err(|e| format!("starting services: {e}"))?;
+    let mut watched = vec![crate::health::watched(&health, &updates_tx)];
+    watched.extend(diag.as_ref().map(diag::Diag::watched));
+    systemd::watchdog::start(watched, &stop_rx)?;
+    systemd::status::start(&health, &stop_rx)?;
     drop(stop_fd);
     drop(updates_tx);
     log::info(
@@ -190,7 +194,7 @@ fn run(config: Arc<Config>) -> Result<(), String> {
 
     let signal = signals::wait();
     log::info("stopping", &[("signal", &signal)]);
-    systemd::notify("STOPPING=1");
+    systemd::stopping(signal);
     // The channel first: a service woken by the descriptor sees `stopping()`.
     drop(stop_tx);
     drop(stop_fd_closer);

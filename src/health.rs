@@ -10,9 +10,10 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, Sender};
 use serde::Serialize;
 
+use crate::liveness::{Beat, Watched};
 use crate::log;
 use crate::metrics::Metrics;
 
@@ -42,6 +43,22 @@ pub struct Update {
     pub service: String,
     pub status: Status,
     pub reason: String,
+}
+
+impl Update {
+    /// A liveness probe for the applier (see [`watched`]): it is counted
+    /// and otherwise ignored. No service has an empty name.
+    pub fn probe() -> Update {
+        Update {
+            service: String::new(),
+            status: Status::Initializing,
+            reason: String::new(),
+        }
+    }
+
+    fn is_probe(&self) -> bool {
+        self.service.is_empty()
+    }
 }
 
 /// One row of the table.
@@ -112,6 +129,8 @@ pub struct Health {
     metrics: Arc<Metrics>,
     /// Called after every applied update (e.g. to wake the HTTP loop).
     listeners: Arc<Mutex<Vec<Listener>>>,
+    /// One turn per update (or probe) the applier has taken.
+    applier_beat: Beat,
 }
 
 impl Health {
@@ -137,6 +156,7 @@ impl Health {
             inner: Arc::new((Mutex::new(table), Condvar::new())),
             metrics,
             listeners: Arc::new(Mutex::new(Vec::new())),
+            applier_beat: Beat::default(),
         }
     }
 
@@ -252,8 +272,31 @@ pub struct Applier {
 impl Applier {
     pub fn run(self) {
         for u in self.updates.iter() {
+            self.health.applier_beat.beat();
+            if u.is_probe() {
+                continue;
+            }
+            if u.status == Status::Unhealthy {
+                // Tests wedge the applier here (`health-unhealthy=sleep:MS`).
+                crate::failpoints::hit("health-unhealthy");
+            }
             self.health.apply(u);
         }
+    }
+}
+
+/// The applier as the systemd watchdog watches it: every service report
+/// passes through it, so while it turns, supervision and health reporting
+/// work. A poke is a probe sent down the same channel as the reports (it
+/// queues behind them and never blocks: the channel is unbounded).
+pub fn watched(health: &Health, updates: &Sender<Update>) -> Watched {
+    let updates = updates.clone();
+    Watched {
+        name: "health",
+        beat: health.applier_beat.clone(),
+        poke: Box::new(move || {
+            let _ = updates.send(Update::probe());
+        }),
     }
 }
 
@@ -292,6 +335,28 @@ mod tests {
         let s = h.snapshot();
         assert_eq!(s.status, Status::Unhealthy);
         assert_eq!(s.services["a"].reason, "boom");
+    }
+
+    #[test]
+    fn probes_turn_the_applier_and_change_nothing() {
+        let h = table();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let w = watched(&h, &tx);
+        let seen = Arc::new(Mutex::new(0));
+        let s = seen.clone();
+        h.on_change(move || *s.lock().unwrap() += 1);
+        (w.poke)();
+        (w.poke)();
+        drop(tx);
+        drop(w);
+        Applier {
+            health: h.clone(),
+            updates: rx,
+        }
+        .run();
+        assert_eq!(h.applier_beat.count(), 2);
+        assert_eq!(*seen.lock().unwrap(), 0, "a probe is not a health change");
+        assert!(!h.snapshot().all_reported());
     }
 
     #[test]

@@ -1,5 +1,12 @@
 //! One line per event on stderr, as text (`time LEVEL msg key=value ...`) or
 //! JSON (`{"time":..,"level":..,"msg":..,"key":..}`).
+//!
+//! When stderr is the journal ([`crate::systemd::journal`]), every line, text
+//! or JSON, starts with its sd-daemon(3) priority prefix: `<3>` error, `<4>`
+//! warning, `<6>` info, `<7>` debug. journald takes the prefix off and files
+//! the line under that priority (so `journalctl -p warning` works); the
+//! message it stores is the line without it, so a JSON line stays one JSON
+//! object. Anywhere else (a terminal, a file, a pipe) no prefix is written.
 
 use std::fmt::{Display, Write as _};
 use std::io::Write;
@@ -85,11 +92,25 @@ pub fn error(msg: &str, fields: Fields) {
     emit(3, "ERROR", msg, fields)
 }
 
+/// The sd-daemon(3) prefix (syslog(3) priority) of tbot's level `level`.
+fn priority_prefix(level: u8) -> &'static str {
+    match level {
+        0 => "<7>",
+        1 => "<6>",
+        2 => "<4>",
+        _ => "<3>",
+    }
+}
+
 fn emit(level: u8, name: &str, msg: &str, fields: Fields) {
     if level < MIN_LEVEL.load(Ordering::Relaxed) {
         return;
     }
-    let mut line = render(
+    let mut line = String::new();
+    if crate::systemd::journal::stderr_is_journal() {
+        line.push_str(priority_prefix(level));
+    }
+    line += &render(
         JSON.load(Ordering::Relaxed),
         SystemTime::now(),
         name,
@@ -99,6 +120,19 @@ fn emit(level: u8, name: &str, msg: &str, fields: Fields) {
     line.push('\n');
     // A closed stderr must not take the daemon down: drop the line.
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
+/// A bare `tbot: MSG` line on stderr for an error that ends the process
+/// (usage, configuration, start-up), in either log format; it starts with
+/// the error priority `<3>` when stderr is the journal, so that
+/// `journalctl -p err` shows why tbot did not start.
+pub fn fatal(msg: &str) {
+    let prefix = if crate::systemd::journal::stderr_is_journal() {
+        priority_prefix(3)
+    } else {
+        ""
+    };
+    let _ = writeln!(std::io::stderr().lock(), "{prefix}tbot: {msg}");
 }
 
 fn render(json: bool, now: SystemTime, level: &str, msg: &str, fields: Fields) -> String {
@@ -154,6 +188,14 @@ mod tests {
         assert_eq!(
             line,
             r#"1970-01-01T00:00:00.000Z INFO  hello a=b why="x y" n=3"#
+        );
+    }
+
+    #[test]
+    fn priorities_follow_sd_daemon() {
+        assert_eq!(
+            [0, 1, 2, 3].map(priority_prefix),
+            ["<7>", "<6>", "<4>", "<3>"]
         );
     }
 

@@ -17,6 +17,7 @@ mod health;
 mod identity_files;
 mod inotify;
 mod issuer;
+mod liveness;
 mod log;
 mod metrics;
 mod oneshot;
@@ -46,7 +47,7 @@ fn main() {
     let command = match cli::parse(std::env::args_os().skip(1), &env) {
         Ok(c) => c,
         Err(cli::Usage(msg)) => {
-            eprintln!("tbot: {msg}");
+            log::fatal(&msg);
             std::process::exit(daemon::EXIT_USAGE);
         }
     };

@@ -5,6 +5,12 @@
 //! again after an exponential backoff (1 s, 2 s, 4 s … 60 s). The backoff
 //! resets once a run has lasted longer than the longest backoff. Nothing a
 //! service does can take the process down.
+//!
+//! Every report and every restart reaches the health table through the
+//! applier thread (`health`); that is the supervision path the systemd
+//! watchdog proves alive ([`crate::health::watched`]). A service stuck in
+//! its own work (a hung mount, a slow peer) is not a wedged supervisor and
+//! does not stop the pings: it shows in its status and `updated_at`.
 
 use std::any::Any;
 use std::os::fd::OwnedFd;

@@ -56,6 +56,8 @@ struct Loop {
     stop: AtomicBool,
     /// tiny_http no longer listens on its socket: rebuild it.
     lost: AtomicBool,
+    /// One turn per pass of the serving loop (for the systemd watchdog).
+    beat: crate::liveness::Beat,
 }
 
 impl Loop {
@@ -160,6 +162,7 @@ pub fn start(
         server: Mutex::new(Arc::new(server)),
         stop: AtomicBool::new(false),
         lost: AtomicBool::new(false),
+        beat: Default::default(),
     });
 
     let limits = front::Limits {
@@ -238,6 +241,17 @@ pub fn start(
 }
 
 impl Diag {
+    /// The serving loop as the systemd watchdog watches it: a poke wakes it
+    /// as a health change does, and each pass counts a turn.
+    pub fn watched(&self) -> crate::liveness::Watched {
+        let state = self.state.clone();
+        crate::liveness::Watched {
+            name: "diag-http",
+            beat: self.state.beat.clone(),
+            poke: Box::new(move || state.wake()),
+        }
+    }
+
     /// Stops the front and the serving loop and waits for both.
     pub fn shutdown(self) {
         self.state.stop.store(true, Ordering::SeqCst);
@@ -272,6 +286,7 @@ fn serve(
     let mut parked: Vec<routes::Parked> = Vec::new();
     let mut generation = 0;
     while !state.stop.load(Ordering::SeqCst) {
+        state.beat.beat();
         if state.lost.swap(false, Ordering::SeqCst) {
             generation += 1;
             if !rebuild(&state, &dir, generation, &backend_path) {
@@ -288,6 +303,8 @@ fn serve(
             let wait = next.map_or(IDLE_WAKE, |t| t.saturating_duration_since(Instant::now()));
             match server.recv_timeout(wait) {
                 Ok(Some(req)) => {
+                    // Tests wedge the loop here (`diag-request=sleep:MS`).
+                    crate::failpoints::hit("diag-request");
                     // A bug in an endpoint must not take the whole
                     // diagnostics service down with this thread.
                     match catch_unwind(AssertUnwindSafe(|| routes::handle(&ctx, req))) {

@@ -1,0 +1,77 @@
+//! systemd integration, without libsystemd:
+//! - [`notify`]: the readiness protocol (sd_notify(3)), one datagram to
+//!   `$NOTIFY_SOCKET` (a path, or an abstract name written `@name`);
+//! - [`status`]: a `STATUS=` line that follows the health table;
+//! - [`watchdog`]: `WATCHDOG=1` pings while tbot's loops respond;
+//! - [`journal`]: whether stderr is the journal (`$JOURNAL_STREAM`), so that
+//!   log lines carry sd-daemon(3) priority prefixes.
+
+use std::os::unix::net::UnixDatagram;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+pub mod journal;
+pub mod status;
+pub mod watchdog;
+
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+/// Tells systemd that tbot is stopping, and why: `STOPPING=1` with the last
+/// `STATUS=` line (`stopping on SIGTERM`), in one datagram. No `STATUS=`
+/// follows it.
+pub fn stopping(signal: &str) {
+    STOPPING.store(true, Ordering::SeqCst);
+    notify(&format!("STOPPING=1\nSTATUS=stopping on {signal}"));
+}
+
+/// Whether [`stopping`] was called.
+pub fn is_stopping() -> bool {
+    STOPPING.load(Ordering::SeqCst)
+}
+
+/// Whether tbot runs under a service manager that listens for
+/// notifications (`$NOTIFY_SOCKET` set and not empty).
+pub fn notify_socket_set() -> bool {
+    std::env::var_os("NOTIFY_SOCKET").is_some_and(|s| !s.is_empty())
+}
+
+/// Whether the last datagram could not be sent.
+static FAILING: AtomicBool = AtomicBool::new(false);
+
+/// Sends `state` (e.g. `READY=1`; several assignments are separated by
+/// newlines) when running under systemd with `Type=notify`. Errors are
+/// never fatal; the first of a run of them is a warning, the others (a
+/// watchdog ping every period to a socket that is gone) debug lines.
+pub fn notify(state: &str) {
+    let Some(target) = std::env::var_os("NOTIFY_SOCKET").filter(|s| !s.is_empty()) else {
+        return;
+    };
+    let sent = UnixDatagram::unbound().and_then(|sock| {
+        let bytes = target.as_encoded_bytes();
+        if let Some(name) = bytes.strip_prefix(b"@") {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+            sock.send_to_addr(state.as_bytes(), &addr)
+        } else {
+            sock.send_to(state.as_bytes(), &target)
+        }
+    });
+    let socket = target.to_string_lossy().into_owned();
+    let fields: crate::log::Fields = &[("state", &state), ("socket", &socket)];
+    match sent {
+        Ok(_) => {
+            if FAILING.swap(false, Ordering::Relaxed) {
+                crate::log::info("notifying systemd works again", fields);
+            }
+            crate::log::debug("notified systemd", &[("state", &state)]);
+        }
+        Err(e) => {
+            let first = !FAILING.swap(true, Ordering::Relaxed);
+            let fields = &[fields[0], fields[1], ("error", &e)];
+            if first {
+                crate::log::warn("cannot notify systemd", fields);
+            } else {
+                crate::log::debug("cannot notify systemd", fields);
+            }
+        }
+    }
+}
