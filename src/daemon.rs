@@ -91,6 +91,15 @@ pub fn start(args: StartArgs) -> i32 {
             return EXIT_USAGE;
         }
     };
+    // One tbot per storage directory, daemon or --oneshot: held until exit.
+    let _storage_lock = match crate::instance_lock::lock_storage(&config.storage) {
+        Ok(held) => held,
+        Err(e) => {
+            log::error("cannot start", &[("error", &e)]);
+            eprintln!("tbot: {e}");
+            return EXIT_FAILURE;
+        }
+    };
     if args.oneshot {
         // Signals keep their default action: SIGINT/SIGTERM end a oneshot.
         return crate::oneshot::run(&config);

@@ -16,6 +16,7 @@ mod fsutil;
 mod health;
 mod identity_files;
 mod inotify;
+mod instance_lock;
 mod issuer;
 mod log;
 mod metrics;
