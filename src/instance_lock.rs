@@ -42,13 +42,23 @@ pub fn try_flock(file: &File) -> io::Result<bool> {
     }
 }
 
+/// Why the storage lock was not taken.
+#[derive(Debug)]
+pub enum StorageLockError {
+    /// Another tbot holds it: refuse to start.
+    InUse(String),
+    /// The storage directory cannot hold a lock file (not a directory, no
+    /// permission, read-only): the services that use the storage report the
+    /// same problem, and recover when it is fixed; tbot runs without the lock.
+    Unusable(String),
+}
+
 /// Opens (creating, mode 0600, not following a symlink) and locks
 /// `STORAGE/tbot.lock`, creating the storage directory (0700) when missing.
-///
-/// Errors, worded for the operator: another tbot holds it ("... is in use by
-/// another tbot ..."), or the path and the OS error.
-pub fn lock_storage(storage: &Path) -> Result<Held, String> {
-    crate::fsutil::create_private_dir(storage).map_err(|e| format!("storage directory: {e}"))?;
+/// Errors are worded for the operator: the path and what is wrong.
+pub fn lock_storage(storage: &Path) -> Result<Held, StorageLockError> {
+    let unusable = |e: String| StorageLockError::Unusable(format!("storage lock: {e}"));
+    crate::fsutil::create_private_dir(storage).map_err(unusable)?;
     let path = storage.join(STORAGE_LOCK_FILE);
     let file = OpenOptions::new()
         .read(true)
@@ -58,16 +68,16 @@ pub fn lock_storage(storage: &Path) -> Result<Held, String> {
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW)
         .open(&path)
-        .map_err(|e| format!("storage lock {}: {e}", path.display()))?;
+        .map_err(|e| unusable(format!("{}: {e}", path.display())))?;
     match try_flock(&file) {
         Ok(true) => Ok(Held { _file: file }),
-        Ok(false) => Err(format!(
+        Ok(false) => Err(StorageLockError::InUse(format!(
             "storage directory {} is in use by another tbot (it holds {}); \
              run one tbot per storage directory, or give this one its own",
             storage.display(),
             path.display()
-        )),
-        Err(e) => Err(format!("storage lock {}: {e}", path.display())),
+        ))),
+        Err(e) => Err(unusable(format!("{}: {e}", path.display()))),
     }
 }
 
@@ -106,11 +116,20 @@ mod tests {
         let d = TestDir::new("storage-lock");
         let storage = d.0.join("storage");
         let first = lock_storage(&storage).unwrap();
-        let err = lock_storage(&storage).unwrap_err();
+        let Err(StorageLockError::InUse(err)) = lock_storage(&storage) else {
+            panic!("not refused")
+        };
         assert!(err.contains("in use by another tbot"), "{err}");
         assert!(err.contains(&storage.display().to_string()), "{err}");
         drop(first);
         lock_storage(&storage).unwrap();
+        // A storage path that cannot be a directory is another matter.
+        let file = d.0.join("file");
+        std::fs::write(&file, "x").unwrap();
+        assert!(matches!(
+            lock_storage(&file),
+            Err(StorageLockError::Unusable(_))
+        ));
     }
 
     #[test]

@@ -23,6 +23,8 @@ use crate::metrics::Metrics;
 
 pub mod debug;
 pub mod front;
+mod gzip;
+mod head;
 mod private_dir;
 pub mod routes;
 
