@@ -8,6 +8,7 @@
 mod atomic_file;
 mod cli;
 mod config;
+mod config_text;
 mod daemon;
 mod diag;
 mod duration;
