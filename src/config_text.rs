@@ -47,6 +47,7 @@ fn line_col(text: &str, at: usize) -> (usize, usize) {
 }
 
 /// Where a line stands for the block structure.
+#[derive(Default)]
 struct Block {
     /// Indentation columns of the open block collections.
     indents: Vec<usize>,
@@ -55,23 +56,107 @@ struct Block {
     scalar: Option<usize>,
 }
 
+impl Block {
+    /// A line of block structure at `indent` whose text after the
+    /// indentation is `rest`: its depth, and the text after the indicators
+    /// that open collections on the line itself.
+    fn enter<'a>(&mut self, indent: usize, rest: &'a str) -> (usize, &'a str) {
+        while self.indents.last().is_some_and(|&i| i > indent) {
+            self.indents.pop();
+        }
+        if self.indents.last() != Some(&indent) {
+            self.indents.push(indent);
+        }
+        let mut depth = self.indents.len();
+        let mut body = rest;
+        loop {
+            let t = body.trim_start_matches(' ');
+            match t.as_bytes() {
+                [b'-' | b'?' | b':', b' ' | b'\t', ..] => {
+                    depth += 1;
+                    body = &t[2..];
+                }
+                _ => return (depth, body),
+            }
+        }
+    }
+}
+
 /// Scanner state carried across lines.
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy, Default, PartialEq)]
 enum Quote {
+    #[default]
     None,
     Single,
     Double,
 }
 
+/// Flow collections and quoted scalars, which may span lines.
+#[derive(Default)]
+struct Flow {
+    depth: usize,
+    /// The block depth where the outermost open flow collection began.
+    base: usize,
+    quote: Quote,
+}
+
+impl Flow {
+    /// Scans `body` (a line, or its part after block indicators) at block
+    /// depth `base`; `Err(byte offset in body)` where it gets too deep.
+    fn scan(&mut self, body: &str, base: usize) -> Result<(), usize> {
+        let mut prev: Option<char> = None;
+        let mut chars = body.char_indices().peekable();
+        while let Some((i, c)) = chars.next() {
+            match self.quote {
+                Quote::Single => {
+                    if c == '\'' {
+                        if chars.peek().is_some_and(|&(_, d)| d == '\'') {
+                            chars.next();
+                        } else {
+                            self.quote = Quote::None;
+                        }
+                    }
+                }
+                Quote::Double => match c {
+                    '\\' => {
+                        chars.next();
+                    }
+                    '"' => self.quote = Quote::None,
+                    _ => {}
+                },
+                Quote::None => match c {
+                    '#' if prev.is_none_or(|p| p == ' ' || p == '\t') => break,
+                    '\'' if prev.is_none_or(|p| " \t[{,:".contains(p)) => {
+                        self.quote = Quote::Single
+                    }
+                    '"' if prev.is_none_or(|p| " \t[{,:".contains(p)) => self.quote = Quote::Double,
+                    '[' | '{' => {
+                        if self.depth == 0 {
+                            self.base = base;
+                        }
+                        self.depth += 1;
+                        if self.base + self.depth > MAX_DEPTH {
+                            return Err(i);
+                        }
+                    }
+                    ']' | '}' => self.depth = self.depth.saturating_sub(1),
+                    _ => {}
+                },
+            }
+            prev = Some(c);
+        }
+        Ok(())
+    }
+
+    /// Outside any flow collection and quoted scalar: indentation counts.
+    fn idle(&self) -> bool {
+        self.depth == 0 && self.quote == Quote::None
+    }
+}
+
 fn check_depth(text: &str) -> Result<(), Refusal> {
-    let mut block = Block {
-        indents: Vec::new(),
-        scalar: None,
-    };
-    let mut flow = 0usize;
-    // The block depth where the open flow collection began.
-    let mut flow_base = 0usize;
-    let mut quote = Quote::None;
+    let mut block = Block::default();
+    let mut flow = Flow::default();
     for (n, line) in text.split('\n').enumerate() {
         let line = line.strip_suffix('\r').unwrap_or(line);
         let indent = line.len() - line.trim_start_matches(' ').len();
@@ -82,81 +167,22 @@ fn check_depth(text: &str) -> Result<(), Refusal> {
             }
             block.scalar = None;
         }
-        let mut body = rest;
-        let mut base = flow_base;
-        if flow == 0 && quote == Quote::None {
+        let (mut body, mut base) = (rest, flow.base);
+        if flow.idle() {
             if rest.is_empty() || rest.starts_with('#') {
                 continue;
             }
-            while block.indents.last().is_some_and(|&i| i > indent) {
-                block.indents.pop();
-            }
-            if block.indents.last() != Some(&indent) {
-                block.indents.push(indent);
-            }
-            let mut depth = block.indents.len();
-            // Indicators that open a collection on this same line.
-            loop {
-                let t = body.trim_start_matches(' ');
-                match t.as_bytes() {
-                    [b'-' | b'?' | b':', b' ' | b'\t', ..] => {
-                        depth += 1;
-                        body = &t[2..];
-                    }
-                    _ => break,
-                }
-            }
+            let (depth, after) = block.enter(indent, rest);
+            body = after;
             if depth > MAX_DEPTH {
                 return Err(too_deep(n, line.len() - body.len()));
             }
             base = depth;
         }
-        let mut prev: Option<char> = None;
-        let mut chars = body.char_indices().peekable();
-        while let Some((i, c)) = chars.next() {
-            match quote {
-                Quote::Single => {
-                    if c == '\'' {
-                        if chars.peek().is_some_and(|&(_, d)| d == '\'') {
-                            chars.next();
-                        } else {
-                            quote = Quote::None;
-                        }
-                    }
-                }
-                Quote::Double => match c {
-                    '\\' => {
-                        chars.next();
-                    }
-                    '"' => quote = Quote::None,
-                    _ => {}
-                },
-                Quote::None => match c {
-                    '#' if prev.is_none_or(|p| p == ' ' || p == '\t') => break,
-                    '\'' | '"' if prev.is_none_or(|p| " \t[{,:".contains(p)) => {
-                        quote = if c == '"' {
-                            Quote::Double
-                        } else {
-                            Quote::Single
-                        };
-                    }
-                    '[' | '{' => {
-                        if flow == 0 {
-                            flow_base = base;
-                        }
-                        flow += 1;
-                        if base + flow > MAX_DEPTH {
-                            let col = line.len() - body.len() + i;
-                            return Err(too_deep(n, col));
-                        }
-                    }
-                    ']' | '}' => flow = flow.saturating_sub(1),
-                    _ => {}
-                },
-            }
-            prev = Some(c);
+        if let Err(i) = flow.scan(body, base) {
+            return Err(too_deep(n, line.len() - body.len() + i));
         }
-        if flow == 0 && quote == Quote::None && block_scalar_header(body) {
+        if flow.idle() && block_scalar_header(body) {
             block.scalar = Some(indent);
         }
     }

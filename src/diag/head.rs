@@ -111,57 +111,16 @@ fn complete(req: &httparse::Request, len: usize, limits: &HeadLimits, peer: Sock
         return Parsed::Refuse(400, "request target must be an absolute path");
     };
     let http11 = req.version == Some(1);
-    let mut keep_alive = http11;
-    let mut hosts = 0;
     let mut out = String::with_capacity(path.len() + 128);
     out.push_str(method);
     out.push(' ');
     out.push_str(path);
     out.push_str(" HTTP/1.1\r\n");
-    for h in req.headers.iter() {
-        let name = h.name.to_ascii_lowercase();
-        if name == "content-length" {
-            match std::str::from_utf8(h.value).ok().map(str::trim) {
-                Some("0") => continue,
-                Some(v) if v.bytes().all(|b| b.is_ascii_digit()) && !v.is_empty() => {
-                    return Parsed::Refuse(413, "request bodies are not accepted");
-                }
-                _ => return Parsed::Refuse(400, "malformed Content-Length"),
-            }
-        }
-        if name == "transfer-encoding" {
-            return Parsed::Refuse(413, "request bodies are not accepted");
-        }
-        if name == "connection"
-            && h.value
-                .split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-        {
-            keep_alive = false;
-        }
-        if name == "host" {
-            hosts += 1;
-            if hosts > 1 {
-                return Parsed::Refuse(400, "more than one Host header");
-            }
-            if !valid_host(h.value.trim_ascii()) {
-                return Parsed::Refuse(400, "malformed Host header");
-            }
-        }
-        if !FORWARDED.contains(&name.as_str()) {
-            continue;
-        }
-        let Ok(value) = std::str::from_utf8(h.value) else {
-            continue;
-        };
-        if !value.bytes().all(|b| (0x20..0x7f).contains(&b)) {
-            continue;
-        }
-        out.push_str(h.name);
-        out.push_str(": ");
-        out.push_str(value.trim());
-        out.push_str("\r\n");
-    }
+    let (hosts, close) = match copy_headers(req, &mut out) {
+        Ok(facts) => facts,
+        Err(refusal) => return refusal,
+    };
+    let keep_alive = http11 && !close;
     if hosts == 0 {
         if http11 {
             return Parsed::Refuse(400, "missing Host header (required in HTTP/1.1)");
@@ -194,6 +153,59 @@ fn complete(req: &httparse::Request, len: usize, limits: &HeadLimits, peer: Sock
         len,
         slow,
     }
+}
+
+/// Checks the headers and appends the forwarded ones to `out`. Returns the
+/// number of Host headers and whether the client asked to close, or the
+/// refusal (a body, a bad Content-Length, two or a malformed Host).
+fn copy_headers(req: &httparse::Request, out: &mut String) -> Result<(usize, bool), Parsed> {
+    let mut hosts = 0;
+    let mut close = false;
+    for h in req.headers.iter() {
+        let name = h.name.to_ascii_lowercase();
+        if name == "content-length" {
+            match std::str::from_utf8(h.value).ok().map(str::trim) {
+                Some("0") => continue,
+                Some(v) if v.bytes().all(|b| b.is_ascii_digit()) && !v.is_empty() => {
+                    return Err(Parsed::Refuse(413, "request bodies are not accepted"));
+                }
+                _ => return Err(Parsed::Refuse(400, "malformed Content-Length")),
+            }
+        }
+        if name == "transfer-encoding" {
+            return Err(Parsed::Refuse(413, "request bodies are not accepted"));
+        }
+        if name == "connection"
+            && h.value
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+        {
+            close = true;
+        }
+        if name == "host" {
+            hosts += 1;
+            if hosts > 1 {
+                return Err(Parsed::Refuse(400, "more than one Host header"));
+            }
+            if !valid_host(h.value.trim_ascii()) {
+                return Err(Parsed::Refuse(400, "malformed Host header"));
+            }
+        }
+        if !FORWARDED.contains(&name.as_str()) {
+            continue;
+        }
+        let Ok(value) = std::str::from_utf8(h.value) else {
+            continue;
+        };
+        if !value.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+            continue;
+        }
+        out.push_str(h.name);
+        out.push_str(": ");
+        out.push_str(value.trim());
+        out.push_str("\r\n");
+    }
+    Ok((hosts, close))
 }
 
 /// Length of the request target in a (possibly partial) head: the bytes
