@@ -71,11 +71,42 @@ fn remove_stale(base: &Path) {
             continue;
         }
         let path = entry.path();
+        if name
+            .to_str()
+            .is_some_and(|n| n[PREFIX.len()..].contains('-'))
+        {
+            // `tbot-diag-PID-NANOS`, made by an older tbot, which holds no
+            // lock: stale only if no socket in it answers.
+            if legacy_is_stale(&path) {
+                let _ = std::fs::remove_dir_all(&path);
+            }
+            continue;
+        }
         if let Ok(Some(_held)) = lock_dir(&path) {
             // Removed while the lock is held: no one can be setting up in it.
             let _ = std::fs::remove_dir_all(&path);
         }
     }
+}
+
+/// An older tbot's directory (no lock) is stale when none of its sockets
+/// accepts a connection, and it is not brand new (an older tbot starting
+/// this moment may not have bound its socket yet).
+fn legacy_is_stale(dir: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    let recent = std::fs::metadata(dir)
+        .and_then(|m| m.modified())
+        .is_ok_and(|t| t.elapsed().map_or(true, |age| age.as_secs() < 60));
+    if recent {
+        return false;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    !entries.flatten().any(|e| {
+        e.file_type().is_ok_and(|t| t.is_socket())
+            && std::os::unix::net::UnixStream::connect(e.path()).is_ok()
+    })
 }
 
 #[cfg(test)]
@@ -99,5 +130,35 @@ mod tests {
             std::fs::remove_dir_all(&d).unwrap();
             drop(h);
         }
+    }
+
+    #[test]
+    fn an_older_tbots_directory_is_removed_only_when_nothing_listens_in_it() {
+        use std::os::unix::net::UnixListener;
+        let base = std::env::temp_dir();
+        let live = base.join(format!(
+            "{PREFIX}{}-{:x}",
+            std::process::id(),
+            rand_core::OsRng.next_u64()
+        ));
+        let dead = base.join(format!(
+            "{PREFIX}{}-{:x}",
+            std::process::id(),
+            rand_core::OsRng.next_u64()
+        ));
+        std::fs::create_dir(&live).unwrap();
+        std::fs::create_dir(&dead).unwrap();
+        let _listening = UnixListener::bind(live.join("http-0.sock")).unwrap();
+        drop(UnixListener::bind(dead.join("http-0.sock")).unwrap());
+        remove_stale(&base);
+        assert!(dead.is_dir(), "a new directory is given time");
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(120);
+        for d in [&live, &dead] {
+            std::fs::File::open(d).unwrap().set_modified(old).unwrap();
+        }
+        remove_stale(&base);
+        assert!(live.is_dir(), "a socket answers in it: live");
+        assert!(!dead.exists(), "nothing answers: stale");
+        std::fs::remove_dir_all(&live).unwrap();
     }
 }
