@@ -266,7 +266,8 @@ fn metrics(ctx: &Ctx, req: Request) {
     let theirs = job.clone();
     let spawned = crate::threads::spawn("diag-gzip", move || {
         let _slot = slot;
-        if let Some((a, req)) = theirs.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        let taken = theirs.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some((a, req)) = taken {
             compressed(a).send(req);
         }
     });
