@@ -465,6 +465,12 @@ fn read_limited(path: &Path, max: u64) -> std::io::Result<Option<String>> {
 /// Parses and validates configuration text. Relative paths are resolved
 /// against `base` (the configuration file's directory).
 pub fn parse(file: &str, text: &str, base: &Path) -> Result<Config, Error> {
+    let text = crate::config_text::admit(text).map_err(|(line, column, message)| Error {
+        file: file.to_string(),
+        line,
+        column,
+        message,
+    })?;
     let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| yaml_error(file, &e))?;
     validate(raw, base).map_err(|(path, message)| {
         let (line, column) = locate(text, &path).unwrap_or((0, 0));

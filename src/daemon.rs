@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use crate::cli::StartArgs;
 use crate::config::Config;
 use crate::health::{Applier, Health};
+use crate::instance_lock::StorageLockError;
 use crate::log::{self, Format};
 use crate::metrics::Metrics;
 use crate::services::{self, Bus, Shared};
@@ -89,6 +90,22 @@ pub fn start(args: StartArgs) -> i32 {
         Err(e) => {
             log::fatal(&e);
             return EXIT_USAGE;
+        }
+    };
+    // One tbot per storage directory, daemon or --oneshot: held until exit.
+    let _storage_lock = match crate::instance_lock::lock_storage(&config.storage) {
+        Ok(held) => Some(held),
+        Err(StorageLockError::InUse(e)) => {
+            log::error("cannot start", &[("error", &e)]);
+            eprintln!("tbot: {e}");
+            return EXIT_FAILURE;
+        }
+        Err(StorageLockError::Unusable(e)) => {
+            log::warn(
+                "cannot lock the storage directory; starting without the lock (the services using it will report the problem)",
+                &[("error", &e)],
+            );
+            None
         }
     };
     if args.oneshot {

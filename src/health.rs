@@ -105,18 +105,16 @@ impl Snapshot {
     }
 }
 
-/// Unhealthy if any service is, else initializing if any has not reported,
-/// else healthy. (An empty set is healthy.)
-fn overall<'a>(entries: impl Iterator<Item = &'a Entry>) -> Status {
-    let mut status = Status::Healthy;
-    for e in entries {
-        match e.status {
-            Status::Unhealthy => return Status::Unhealthy,
-            Status::Initializing => status = Status::Initializing,
-            Status::Healthy => {}
-        }
+/// The overall status: `healthy` when every service is, else `unhealthy`
+/// (a service still `initializing` makes it unhealthy), as upstream tbot's
+/// readyz reports it; never `initializing` (each row keeps its own).
+/// An empty set is healthy.
+fn overall<'a>(mut entries: impl Iterator<Item = &'a Entry>) -> Status {
+    if entries.all(|e| e.status == Status::Healthy) {
+        Status::Healthy
+    } else {
+        Status::Unhealthy
     }
-    status
 }
 
 /// A callback run after each applied update.
@@ -312,14 +310,16 @@ mod tests {
     #[test]
     fn overall_status_follows_the_worst_service() {
         let h = table();
-        assert_eq!(h.snapshot().status, Status::Initializing);
+        assert_eq!(h.snapshot().status, Status::Unhealthy);
+        assert_eq!(h.snapshot().services["a"].status, Status::Initializing);
         assert!(!h.snapshot().all_reported());
         h.apply(Update {
             service: "a".into(),
             status: Status::Healthy,
             reason: String::new(),
         });
-        assert_eq!(h.snapshot().status, Status::Initializing);
+        assert_eq!(h.snapshot().status, Status::Unhealthy);
+        assert_eq!(h.snapshot().services["b"].status, Status::Initializing);
         h.apply(Update {
             service: "b".into(),
             status: Status::Healthy,

@@ -8,6 +8,7 @@
 mod atomic_file;
 mod cli;
 mod config;
+mod config_text;
 mod daemon;
 mod diag;
 mod duration;
@@ -16,6 +17,7 @@ mod fsutil;
 mod health;
 mod identity_files;
 mod inotify;
+mod instance_lock;
 mod issuer;
 mod liveness;
 mod log;

@@ -33,7 +33,7 @@ fn load(addr: std::net::SocketAddr) -> Load {
             std::thread::spawn(move || {
                 let end = Instant::now() + Duration::from_secs(20);
                 while !stop.load(Ordering::Relaxed) && Instant::now() < end {
-                    let _ = request(addr, b"GET /metrics HTTP/1.1\r\n\r\n");
+                    let _ = request(addr, b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
                 }
             })
         })
@@ -44,7 +44,7 @@ fn load(addr: std::net::SocketAddr) -> Load {
 /// GETs `path` (a profile: it takes seconds) while [`load`] keeps tbot busy.
 fn get_under_load(t: &Tbot, path: &str) -> Resp {
     let busy = load(t.addr());
-    let raw = format!("GET {path} HTTP/1.1\r\n\r\n");
+    let raw = format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n");
     let r = request_timeout(t.addr(), raw.as_bytes(), Duration::from_secs(20))
         .unwrap_or_else(|e| panic!("GET {path}: {e}"));
     drop(busy);
@@ -157,7 +157,7 @@ fn profiling_never_stalls_the_serving_loop_and_runs_one_at_a_time() {
     let profile = std::thread::spawn(move || {
         request_timeout(
             addr,
-            b"GET /debug/pprof/profile?seconds=5 HTTP/1.1\r\n\r\n",
+            b"GET /debug/pprof/profile?seconds=5 HTTP/1.1\r\nHost: t\r\n\r\n",
             Duration::from_secs(30),
         )
     });

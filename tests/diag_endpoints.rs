@@ -338,15 +338,17 @@ fn http11_connections_are_kept_alive_and_pipelining_works() {
         assert!(r.header("Connection").is_none(), "{:?}", r.headers);
     }
     // Two requests in one write: two answers, in order.
-    s.write_all(b"GET /readyz/heartbeat HTTP/1.1\r\n\r\nGET /nope HTTP/1.1\r\n\r\n")
-        .unwrap();
+    s.write_all(
+        b"GET /readyz/heartbeat HTTP/1.1\r\nHost: t\r\n\r\nGET /nope HTTP/1.1\r\nHost: t\r\n\r\n",
+    )
+    .unwrap();
     assert_eq!(
         read_one(&mut s).header("Content-Type"),
         Some("application/json")
     );
     assert_eq!(read_one(&mut s).status, 404);
     // `Connection: close` is honoured: the answer, then end of stream.
-    s.write_all(b"GET /livez HTTP/1.1\r\nConnection: close\r\n\r\n")
+    s.write_all(b"GET /livez HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
         .unwrap();
     assert_eq!(read_one(&mut s).status, 200);
     let mut rest = Vec::new();
@@ -377,7 +379,7 @@ fn abandoned_waits_do_not_pile_up() {
     use std::os::fd::AsRawFd;
     for _ in 0..150 {
         let mut s = std::net::TcpStream::connect(t.addr()).unwrap();
-        s.write_all(b"GET /wait?timeout=300s HTTP/1.1\r\n\r\n")
+        s.write_all(b"GET /wait?timeout=300s HTTP/1.1\r\nHost: t\r\n\r\n")
             .unwrap();
         // Let the request reach the serving loop, then leave with a reset
         // (SO_LINGER 0), which frees the front's slot at once.
@@ -414,8 +416,10 @@ fn a_half_closing_client_gets_every_answer_it_pipelined() {
     t.until("/readyz", Duration::from_secs(10), |r| r.status == 200);
     let mut s = std::net::TcpStream::connect(t.addr()).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"GET /livez HTTP/1.1\r\n\r\nGET /readyz/heartbeat HTTP/1.1\r\n\r\n")
-        .unwrap();
+    s.write_all(
+        b"GET /livez HTTP/1.1\r\nHost: t\r\n\r\nGET /readyz/heartbeat HTTP/1.1\r\nHost: t\r\n\r\n",
+    )
+    .unwrap();
     s.shutdown(std::net::Shutdown::Write).unwrap();
     let mut all = Vec::new();
     s.read_to_end(&mut all).unwrap();

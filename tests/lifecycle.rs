@@ -78,8 +78,9 @@ fn stops_promptly_even_while_a_wait_is_parked() {
         &[("TBOT_FAILPOINTS", "heartbeat-start=sleep:60000")],
     );
     let addr = t.addr();
-    let parked =
-        std::thread::spawn(move || request(addr, b"GET /wait?timeout=60s HTTP/1.1\r\n\r\n"));
+    let parked = std::thread::spawn(move || {
+        request(addr, b"GET /wait?timeout=60s HTTP/1.1\r\nHost: t\r\n\r\n")
+    });
     std::thread::sleep(Duration::from_millis(300));
     t.signal(libc::SIGTERM);
     // The heartbeat thread sleeps in a failpoint and cannot stop in time:

@@ -8,7 +8,10 @@ cd "$(dirname "$0")/.."
 need=()
 command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v ssh >/dev/null 2>&1 || need+=(openssh-client)
-command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
+# http_conformance: curl follows a 301; wrk checks announced closes.
+command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v go >/dev/null 2>&1 || need+=(golang-go)
 command -v mandoc >/dev/null 2>&1 || need+=(mandoc)
 # The linker and C runtime that rustc links with (and the cc crate uses).

@@ -33,6 +33,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::head::{parse_head, set_connection_header, simple_response, HeadLimits, Parsed};
 use crate::log;
 use crate::poll::pollfd;
 
@@ -41,10 +42,8 @@ use crate::poll::pollfd;
 pub struct Limits {
     /// Connections open at once (all states).
     pub max_connections: usize,
-    /// Request line plus headers, in bytes. Past it: 431.
-    pub max_head_bytes: usize,
-    /// Header lines. Past it: 431.
-    pub max_headers: usize,
+    /// Request head sizes (head, header lines, target): see [`super::head`].
+    pub head: HeadLimits,
     /// Time a client has to send its whole request head. Past it: 408.
     pub head_timeout: Duration,
     /// Time the endpoints have to answer.
@@ -69,8 +68,7 @@ impl Default for Limits {
     fn default() -> Limits {
         Limits {
             max_connections: crate::config::DEFAULT_DIAG_MAX_CONNECTIONS,
-            max_head_bytes: 16 * 1024,
-            max_headers: 64,
+            head: HeadLimits::default(),
             head_timeout: Duration::from_secs(10),
             response_timeout: Duration::from_secs(10),
             slow_response_timeout: Duration::from_secs(330),
@@ -466,7 +464,7 @@ impl Front {
         match &mut c.state {
             State::Head { buf } => {
                 let mut chunk = [0u8; 4096];
-                let room = (limits.max_head_bytes + 1)
+                let room = (limits.head.max_head_bytes + 1)
                     .saturating_sub(buf.len())
                     .min(chunk.len());
                 let n = match (&c.client).read(&mut chunk[..room]) {
@@ -516,8 +514,12 @@ impl Front {
                             // client's connection stays open. (One that has
                             // half-closed still gets answers to the requests
                             // it sent before.)
-                            out = drop_connection_header(out);
+                            out = set_connection_header(out, false);
                             then = Then::KeepAlive(next);
+                        } else {
+                            // The client's connection closes after this
+                            // answer: say so (RFC 9112 §9.6).
+                            out = set_connection_header(out, true);
                         }
                         c.state = State::Reply { out, sent: 0, then };
                         c.deadline = now + limits.write_timeout;
@@ -590,11 +592,24 @@ impl Front {
         if buf.is_empty() {
             return;
         }
-        match parse_head(buf, &self.limits, c.peer) {
+        match parse_head(buf, &self.limits.head, c.peer) {
             Parsed::Partial => {}
             Parsed::Refuse(status, why) => {
                 let out = simple_response(status, why);
                 c.reply(out, Then::Linger, now + self.limits.write_timeout);
+            }
+            Parsed::Answer {
+                resp,
+                keep_alive,
+                len,
+            } => {
+                // As for a relayed answer: one that has half-closed still
+                // gets answers to the requests it sent before.
+                let next = Some(buf[len..].to_vec())
+                    .filter(|next| keep_alive && (!c.half_closed || !next.is_empty()));
+                let resp = set_connection_header(resp, next.is_none());
+                let then = next.map_or(Then::Close, Then::KeepAlive);
+                c.reply(resp, then, now + self.limits.write_timeout);
             }
             Parsed::Forward {
                 head,
@@ -654,24 +669,6 @@ impl Conn {
     }
 }
 
-/// Removes `Connection:` lines from a response head.
-fn drop_connection_header(resp: Vec<u8>) -> Vec<u8> {
-    let Some(end) = resp.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return resp;
-    };
-    let mut out = Vec::with_capacity(resp.len());
-    for line in resp[..end].split(|&b| b == b'\n') {
-        if line.len() >= 11 && line[..11].eq_ignore_ascii_case(b"connection:") {
-            continue;
-        }
-        out.extend_from_slice(line);
-        out.push(b'\n');
-    }
-    out.pop();
-    out.extend_from_slice(&resp[end..]);
-    out
-}
-
 /// A nonblocking read or write that found nothing to do: try again later.
 fn again(e: &io::Error) -> bool {
     matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted)
@@ -686,268 +683,4 @@ pub(crate) fn once_a_second(last: &mut Option<Instant>) -> bool {
     }
     *last = Some(now);
     true
-}
-
-enum Parsed {
-    Partial,
-    Refuse(u16, &'static str),
-    Forward {
-        /// The head to send to tiny_http.
-        head: Vec<u8>,
-        /// HTTP/1.1 without `Connection: close`.
-        keep_alive: bool,
-        /// Bytes of the buffer the head took.
-        len: usize,
-        /// An endpoint that may take minutes (`/wait`, CPU profiles).
-        slow: bool,
-    },
-}
-
-/// Headers passed on to the endpoints; everything else is dropped.
-const FORWARDED: [&str; 3] = ["host", "accept", "user-agent"];
-
-fn parse_head(buf: &[u8], limits: &Limits, peer: SocketAddr) -> Parsed {
-    let mut headers = vec![httparse::EMPTY_HEADER; limits.max_headers];
-    let mut req = httparse::Request::new(&mut headers);
-    match req.parse(buf) {
-        Ok(httparse::Status::Partial) if buf.len() > limits.max_head_bytes => {
-            Parsed::Refuse(431, "request head too large")
-        }
-        Ok(httparse::Status::Partial) => Parsed::Partial,
-        Err(httparse::Error::TooManyHeaders) => Parsed::Refuse(431, "too many header lines"),
-        Err(_) => Parsed::Refuse(400, "malformed request"),
-        Ok(httparse::Status::Complete(len)) => {
-            let (Some(method), Some(path)) = (req.method, req.path) else {
-                return Parsed::Refuse(400, "malformed request");
-            };
-            // Every endpoint takes GET and HEAD: any other method is
-            // refused whatever its target (`OPTIONS *`, `CONNECT host:port`).
-            if !matches!(method, "GET" | "HEAD") {
-                return Parsed::Refuse(405, "the diagnostics endpoints take GET and HEAD");
-            }
-            let Some(path) = origin_form(path).filter(|p| p.len() <= 4096) else {
-                return Parsed::Refuse(400, "request target must be an absolute path");
-            };
-            let mut out = format!("{method} {path} HTTP/1.1\r\n");
-            let mut host = false;
-            let mut keep_alive = req.version == Some(1);
-            // A body is refused.
-            let body = Parsed::Refuse(413, "request bodies are not accepted");
-            for h in req.headers.iter() {
-                let name = h.name.to_ascii_lowercase();
-                if name == "content-length" {
-                    match std::str::from_utf8(h.value).ok().map(str::trim) {
-                        Some("0") => continue,
-                        Some(v) if v.bytes().all(|b| b.is_ascii_digit()) && !v.is_empty() => {
-                            return body;
-                        }
-                        _ => return Parsed::Refuse(400, "malformed Content-Length"),
-                    }
-                }
-                if name == "transfer-encoding" {
-                    return body;
-                }
-                if name == "connection"
-                    && h.value
-                        .split(|&b| b == b',')
-                        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-                {
-                    keep_alive = false;
-                }
-                if !FORWARDED.contains(&name.as_str()) {
-                    continue;
-                }
-                let Ok(value) = std::str::from_utf8(h.value) else {
-                    continue;
-                };
-                if !value.bytes().all(|b| (0x20..0x7f).contains(&b)) {
-                    continue;
-                }
-                host |= name == "host";
-                out += &format!("{}: {}\r\n", h.name, value.trim());
-            }
-            if !host {
-                out += "Host: tbot\r\n";
-            }
-            out += &format!("X-Tbot-Peer: {peer}\r\nConnection: close\r\n\r\n");
-            let slow = path.starts_with("/wait")
-                || path.starts_with("/debug/pprof/profile")
-                || path.starts_with("/debug/pprof/flamegraph");
-            Parsed::Forward {
-                head: out.into_bytes(),
-                keep_alive,
-                len,
-                slow,
-            }
-        }
-    }
-}
-
-/// The path and query of a request target: origin-form (`/readyz?x`) as it
-/// is, absolute-form (`http://host:3001/readyz?x`, which HTTP/1.1 servers
-/// must accept, RFC 9112 §3.2.2) without its scheme and authority.
-fn origin_form(target: &str) -> Option<&str> {
-    if target.starts_with('/') {
-        return Some(target);
-    }
-    let (scheme, rest) = target.split_once("://")?;
-    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
-        return None;
-    }
-    match rest.find(['/', '?']) {
-        Some(i) if rest.as_bytes()[i] == b'/' => Some(&rest[i..]),
-        // `http://host?x` has an empty path, which means "/"; keep it simple.
-        Some(_) => None,
-        None => Some("/"),
-    }
-}
-
-/// A complete, self-contained answer from the front itself.
-fn simple_response(status: u16, message: &str) -> Vec<u8> {
-    let reason = match status {
-        400 => "Bad Request",
-        408 => "Request Timeout",
-        405 => "Method Not Allowed",
-        413 => "Content Too Large",
-        431 => "Request Header Fields Too Large",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        _ => "Error",
-    };
-    let allow = if status == 405 {
-        "Allow: GET, HEAD\r\n"
-    } else {
-        ""
-    };
-    format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n{allow}Content-Length: {}\r\nConnection: close\r\n\r\n{message}\n",
-        message.len() + 1
-    )
-    .into_bytes()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(s: impl AsRef<[u8]>) -> Parsed {
-        parse_head(
-            s.as_ref(),
-            &Limits::default(),
-            "127.0.0.1:9".parse().unwrap(),
-        )
-    }
-
-    #[test]
-    fn forwards_a_clean_head() {
-        let Parsed::Forward {
-            head,
-            keep_alive,
-            len,
-            slow,
-        } = parse(
-            "GET /readyz HTTP/1.0\r\nHost: x\r\nCookie: a\r\nConnection: keep-alive\r\n\r\nGET /x",
-        )
-        else {
-            panic!("not forwarded")
-        };
-        let h = String::from_utf8(head).unwrap();
-        assert!(h.starts_with("GET /readyz HTTP/1.1\r\nHost: x\r\n"), "{h}");
-        assert!(
-            !h.contains("Cookie")
-                && !h.contains("keep-alive")
-                && h.ends_with("Connection: close\r\n\r\n")
-        );
-        assert!(!keep_alive, "HTTP/1.0 closes");
-        assert!(!slow);
-        assert!(matches!(
-            parse("GET /wait/x HTTP/1.1\r\n\r\n"),
-            Parsed::Forward { slow: true, .. }
-        ));
-        assert_eq!(
-            len, 68,
-            "the pipelined bytes after the head are not part of it"
-        );
-        let Parsed::Forward { keep_alive, .. } = parse("GET / HTTP/1.1\r\n\r\n") else {
-            panic!()
-        };
-        assert!(keep_alive);
-        let Parsed::Forward { keep_alive, .. } =
-            parse("GET / HTTP/1.1\r\nConnection: TE, close\r\n\r\n")
-        else {
-            panic!()
-        };
-        assert!(!keep_alive);
-    }
-
-    #[test]
-    fn a_body_on_another_method_is_a_405() {
-        assert!(matches!(
-            parse("POST /livez HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello"),
-            Parsed::Refuse(405, _)
-        ));
-        assert!(String::from_utf8(simple_response(405, "x"))
-            .unwrap()
-            .contains("\r\nAllow: GET, HEAD\r\n"));
-    }
-
-    #[test]
-    fn connection_headers_are_dropped_from_kept_responses() {
-        let r = b"HTTP/1.1 200 OK\r\nServer: x\r\nConnection: close\r\nContent-Length: 2\r\n\r\nOK"
-            .to_vec();
-        assert_eq!(
-            drop_connection_header(r),
-            b"HTTP/1.1 200 OK\r\nServer: x\r\nContent-Length: 2\r\n\r\nOK".to_vec()
-        );
-    }
-
-    #[test]
-    fn refuses_bodies_and_garbage() {
-        assert!(matches!(
-            parse("GET / HTTP/1.1\r\nContent-Length: 1000000000000000\r\n\r\n"),
-            Parsed::Refuse(413, _)
-        ));
-        assert!(matches!(
-            parse("GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n"),
-            Parsed::Refuse(400, _)
-        ));
-        assert!(matches!(
-            parse("GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
-            Parsed::Refuse(413, _)
-        ));
-        assert!(matches!(
-            parse("GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n"),
-            Parsed::Forward { .. }
-        ));
-        assert!(matches!(
-            parse(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"),
-            Parsed::Refuse(400, _)
-        ));
-        assert!(matches!(
-            parse("GET ftp://x/ HTTP/1.1\r\n\r\n"),
-            Parsed::Refuse(400, _)
-        ));
-        // Absolute-form is forwarded as its path; the method comes first.
-        let Parsed::Forward { head, .. } = parse("GET http://x:3001/livez?a=1 HTTP/1.1\r\n\r\n")
-        else {
-            panic!("absolute-form not forwarded")
-        };
-        assert!(head.starts_with(b"GET /livez?a=1 HTTP/1.1\r\n"));
-        assert!(matches!(
-            parse("POST http://x/ HTTP/1.1\r\nContent-Length: 5\r\n\r\n"),
-            Parsed::Refuse(405, _)
-        ));
-        assert!(matches!(
-            parse("GET / HTTP/1.1\r\nHost: x"),
-            Parsed::Partial
-        ));
-        let many: String = (0..100).map(|i| format!("X-{i}: y\r\n")).collect();
-        assert!(matches!(
-            parse(format!("GET / HTTP/1.1\r\n{many}\r\n")),
-            Parsed::Refuse(431, _)
-        ));
-        let long = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(20_000));
-        assert!(matches!(parse(&long), Parsed::Refuse(431, _)));
-    }
 }

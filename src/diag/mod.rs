@@ -23,6 +23,9 @@ use crate::metrics::Metrics;
 
 pub mod debug;
 pub mod front;
+mod gzip;
+mod head;
+mod private_dir;
 pub mod routes;
 
 /// Binds the public listener. Done before any service starts, so a bad or
@@ -79,62 +82,8 @@ pub struct Diag {
     stop_front: UnixStream,
     threads: Vec<JoinHandle<()>>,
     dir: PathBuf,
-}
-
-/// A private directory for tiny_http's socket: mode 0700, so only this user
-/// reaches the serving loop without going through the front.
-fn private_dir() -> Result<PathBuf, String> {
-    use std::os::unix::fs::DirBuilderExt;
-    let pid = std::process::id();
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let mut bases = vec![std::env::temp_dir(), PathBuf::from("/tmp")];
-    if let Some(x) = std::env::var_os("XDG_RUNTIME_DIR") {
-        bases.insert(0, PathBuf::from(x));
-    }
-    let mut last = String::new();
-    for base in bases {
-        remove_stale_dirs(&base, pid);
-        let dir = base.join(format!("tbot-diag-{pid}-{nanos:x}"));
-        // Unix socket paths are limited to 107 bytes.
-        if dir.as_os_str().len() > 80 {
-            continue;
-        }
-        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
-            Ok(()) => return Ok(dir),
-            Err(e) => last = format!("{}: {e}", dir.display()),
-        }
-    }
-    Err(format!(
-        "cannot create a private directory for the diagnostics socket: {last}"
-    ))
-}
-
-/// Removes the socket directories of tbot processes that died without
-/// cleaning up (SIGKILL, OOM): ours by owner, theirs by a PID that is gone,
-/// or that is our own (a container restarts us as the same PID 1).
-fn remove_stale_dirs(base: &Path, own_pid: u32) {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(entries) = std::fs::read_dir(base) else {
-        return;
-    };
-    // SAFETY: getuid cannot fail.
-    let uid = unsafe { libc::getuid() };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("tbot-diag-")) else {
-            continue;
-        };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
-            continue;
-        };
-        let mine = entry.metadata().is_ok_and(|m| m.is_dir() && m.uid() == uid);
-        let dead = pid == own_pid || !Path::new(&format!("/proc/{pid}")).exists();
-        if mine && dead {
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
-    }
+    /// Held for the service's life: what marks `dir` as live.
+    _dir_lock: crate::instance_lock::Held,
 }
 
 fn backend(dir: &Path, generation: usize) -> Result<(tiny_http::Server, PathBuf), String> {
@@ -155,7 +104,7 @@ pub fn start(
     let addr = listener
         .local_addr()
         .map_err(|e| format!("diagnostics listener: {e}"))?;
-    let dir = private_dir()?;
+    let (dir, dir_lock) = private_dir::create()?;
     let (server, path) = backend(&dir, 0)?;
     let backend_path: front::BackendPath = Arc::new(Mutex::new(path));
     let state = Arc::new(Loop {
@@ -237,6 +186,7 @@ pub fn start(
         stop_front,
         threads,
         dir,
+        _dir_lock: dir_lock,
     })
 }
 

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use tiny_http::{Header, Method, Request, Response};
 
-use crate::diag::debug;
+use crate::diag::{debug, gzip};
 use crate::health::{Health, Status};
 use crate::log;
 use crate::metrics::Metrics;
@@ -196,15 +196,10 @@ pub fn handle(ctx: &Ctx, req: Request) -> Option<Parked> {
     let answer = match path {
         "/livez" => Answer::text(200, "OK"),
         "/readyz" => readiness(&ctx.health, None),
-        "/metrics" => match ctx.metrics.render() {
-            Ok(body) => Answer {
-                status: 200,
-                content_type: crate::metrics::CONTENT_TYPE,
-                headers: Vec::new(),
-                body,
-            },
-            Err(e) => Answer::text(500, &format!("{e}\n")),
-        },
+        "/metrics" => {
+            metrics(ctx, req);
+            return None;
+        }
         "/wait" => return wait(ctx, req, None, query),
         _ if path.starts_with("/readyz/") || path.starts_with("/wait/") => {
             let (prefix, raw) = path[1..].split_once('/').unwrap_or(("", ""));
@@ -238,6 +233,62 @@ pub fn handle(ctx: &Ctx, req: Request) -> Option<Parked> {
     };
     answer.send(req);
     None
+}
+
+/// `/metrics`: the text format, gzip-compressed when the client accepts it
+/// (off the loop when large: see [`gzip`]); `Vary: Accept-Encoding` always.
+fn metrics(ctx: &Ctx, req: Request) {
+    let body = match ctx.metrics.render() {
+        Ok(body) => body,
+        Err(e) => return Answer::text(500, &format!("{e}\n")).send(req),
+    };
+    let gzip_ok = req
+        .headers()
+        .iter()
+        .any(|h| h.field.equiv("Accept-Encoding") && gzip::accepted(h.value.as_str()));
+    let a = Answer {
+        status: 200,
+        content_type: crate::metrics::CONTENT_TYPE,
+        headers: vec![("Vary", "Accept-Encoding".into())],
+        body,
+    };
+    if !gzip_ok {
+        return a.send(req);
+    }
+    if a.body.len() <= gzip::INLINE_MAX_BYTES {
+        return compressed(a).send(req);
+    }
+    let Some(slot) = gzip::Slot::try_take() else {
+        return a.send(req);
+    };
+    // The request comes back if the thread cannot start.
+    let job = Arc::new(std::sync::Mutex::new(Some((a, req))));
+    let theirs = job.clone();
+    let spawned = crate::threads::spawn("diag-gzip", move || {
+        let _slot = slot;
+        let taken = theirs.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some((a, req)) = taken {
+            compressed(a).send(req);
+        }
+    });
+    if let Err(e) = spawned {
+        log::warn(
+            "cannot start a compression thread; answering uncompressed",
+            &[("error", &e)],
+        );
+        if let Some((a, req)) = job.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            a.send(req);
+        }
+    }
+}
+
+/// `a` with its body gzip-compressed (unchanged if compression fails).
+fn compressed(mut a: Answer) -> Answer {
+    if let Ok(gz) = gzip::compress(&a.body) {
+        a.body = gz;
+        a.headers.push(("Content-Encoding", "gzip".into()));
+    }
+    a
 }
 
 fn wait(ctx: &Ctx, req: Request, service: Option<String>, query: &str) -> Option<Parked> {

@@ -1,0 +1,604 @@
+//! A client's request head, judged: pure functions from bytes to a decision
+//! (refuse, redirect, or forward a clean copy to tiny_http). No I/O; the
+//! front ([`super::front`]) owns the sockets.
+//!
+//! HTTP behaviour follows RFC 9112/9110 and, where they leave room, Go's
+//! net/http (tbot's upstream stack):
+//! - an HTTP/1.1 request without a Host header, or any request with more
+//!   than one, is 400 (RFC 9112 §3.2; Go: "missing required Host header",
+//!   "too many Host headers");
+//! - a request target longer than [`MAX_TARGET_BYTES`] is 414 URI Too Long
+//!   (RFC 9110 §15.5.15; RFC 9112 §3 asks for at least 8000 octets);
+//! - a path that is not clean (`//readyz`, `/./readyz`, `/a/../readyz`) is a
+//!   301 to the clean path, query kept, as Go's ServeMux answers
+//!   (`path.Clean`, trailing slash kept);
+//! - every answer after which the connection closes says `Connection: close`
+//!   (RFC 9112 §9.6).
+
+use std::net::SocketAddr;
+
+/// The longest request target (path and query, or absolute-form URI), in
+/// bytes. Past it: 414.
+pub const MAX_TARGET_BYTES: usize = 8192;
+/// The longest request head (request line and headers), in bytes. Past it: 431.
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// The most header lines. Past it: 431.
+pub const MAX_HEADERS: usize = 64;
+
+/// The limits a head is judged by (the defaults are the constants above).
+#[derive(Clone, Debug)]
+pub struct HeadLimits {
+    pub max_head_bytes: usize,
+    pub max_headers: usize,
+    pub max_target_bytes: usize,
+}
+
+impl Default for HeadLimits {
+    fn default() -> HeadLimits {
+        HeadLimits {
+            max_head_bytes: MAX_HEAD_BYTES,
+            max_headers: MAX_HEADERS,
+            max_target_bytes: MAX_TARGET_BYTES,
+        }
+    }
+}
+
+pub enum Parsed {
+    Partial,
+    Refuse(u16, &'static str),
+    /// Answered by the front itself (a 301 to the clean path), complete
+    /// but for the `Connection` header, which the front sets.
+    Answer {
+        resp: Vec<u8>,
+        /// HTTP/1.1 without `Connection: close`.
+        keep_alive: bool,
+        /// Bytes of the buffer the head took.
+        len: usize,
+    },
+    Forward {
+        /// The head to send to tiny_http.
+        head: Vec<u8>,
+        /// HTTP/1.1 without `Connection: close`.
+        keep_alive: bool,
+        /// Bytes of the buffer the head took.
+        len: usize,
+        /// An endpoint that may take minutes (`/wait`, CPU profiles).
+        slow: bool,
+    },
+}
+
+/// Headers passed on to the endpoints; everything else is dropped.
+const FORWARDED: [&str; 4] = ["host", "accept", "accept-encoding", "user-agent"];
+
+pub fn parse_head(buf: &[u8], limits: &HeadLimits, peer: SocketAddr) -> Parsed {
+    let mut headers = vec![httparse::EMPTY_HEADER; limits.max_headers];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Partial) => {
+            if buf.len() > limits.max_target_bytes && target_len(buf) > limits.max_target_bytes {
+                Parsed::Refuse(414, "request target too long")
+            } else if buf.len() > limits.max_head_bytes {
+                Parsed::Refuse(431, "request head too large")
+            } else {
+                Parsed::Partial
+            }
+        }
+        Err(httparse::Error::TooManyHeaders) => Parsed::Refuse(431, "too many header lines"),
+        Err(_)
+            if buf.len() > limits.max_target_bytes && target_len(buf) > limits.max_target_bytes =>
+        {
+            Parsed::Refuse(414, "request target too long")
+        }
+        Err(_) => Parsed::Refuse(400, "malformed request"),
+        Ok(httparse::Status::Complete(len)) => complete(&req, len, limits, peer),
+    }
+}
+
+/// A complete head, parsed.
+fn complete(req: &httparse::Request, len: usize, limits: &HeadLimits, peer: SocketAddr) -> Parsed {
+    let (Some(method), Some(target)) = (req.method, req.path) else {
+        return Parsed::Refuse(400, "malformed request");
+    };
+    // Every endpoint takes GET and HEAD: any other method is refused
+    // whatever its target (`OPTIONS *`, `CONNECT host:port`).
+    if !matches!(method, "GET" | "HEAD") {
+        return Parsed::Refuse(405, "the diagnostics endpoints take GET and HEAD");
+    }
+    if target.len() > limits.max_target_bytes {
+        return Parsed::Refuse(414, "request target too long");
+    }
+    let Some(path) = origin_form(target) else {
+        return Parsed::Refuse(400, "request target must be an absolute path");
+    };
+    let http11 = req.version == Some(1);
+    let mut out = String::with_capacity(path.len() + 128);
+    out.push_str(method);
+    out.push(' ');
+    out.push_str(path);
+    out.push_str(" HTTP/1.1\r\n");
+    let (hosts, close) = match copy_headers(req, &mut out) {
+        Ok(facts) => facts,
+        Err(refusal) => return refusal,
+    };
+    let keep_alive = http11 && !close;
+    if hosts == 0 {
+        if http11 {
+            return Parsed::Refuse(400, "missing Host header (required in HTTP/1.1)");
+        }
+        out.push_str("Host: tbot\r\n");
+    }
+    let (p, query) = path.split_once('?').unwrap_or((path, ""));
+    if !is_clean(p) {
+        let mut location = clean_path(p);
+        if !query.is_empty() {
+            location.push('?');
+            location.push_str(query);
+        }
+        let resp = moved_permanently(&location, method == "HEAD");
+        return Parsed::Answer {
+            resp,
+            keep_alive,
+            len,
+        };
+    }
+    out.push_str("X-Tbot-Peer: ");
+    out.push_str(&peer.to_string());
+    out.push_str("\r\nConnection: close\r\n\r\n");
+    let slow = path.starts_with("/wait")
+        || path.starts_with("/debug/pprof/profile")
+        || path.starts_with("/debug/pprof/flamegraph");
+    Parsed::Forward {
+        head: out.into_bytes(),
+        keep_alive,
+        len,
+        slow,
+    }
+}
+
+/// Checks the headers and appends the forwarded ones to `out`. Returns the
+/// number of Host headers and whether the client asked to close, or the
+/// refusal (a body, a bad Content-Length, two or a malformed Host).
+fn copy_headers(req: &httparse::Request, out: &mut String) -> Result<(usize, bool), Parsed> {
+    let mut hosts = 0;
+    let mut close = false;
+    for h in req.headers.iter() {
+        let name = h.name.to_ascii_lowercase();
+        if name == "content-length" {
+            match std::str::from_utf8(h.value).ok().map(str::trim) {
+                Some("0") => continue,
+                Some(v) if v.bytes().all(|b| b.is_ascii_digit()) && !v.is_empty() => {
+                    return Err(Parsed::Refuse(413, "request bodies are not accepted"));
+                }
+                _ => return Err(Parsed::Refuse(400, "malformed Content-Length")),
+            }
+        }
+        if name == "transfer-encoding" {
+            return Err(Parsed::Refuse(413, "request bodies are not accepted"));
+        }
+        if name == "connection"
+            && h.value
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+        {
+            close = true;
+        }
+        if name == "host" {
+            hosts += 1;
+            if hosts > 1 {
+                return Err(Parsed::Refuse(400, "more than one Host header"));
+            }
+            if !valid_host(h.value.trim_ascii()) {
+                return Err(Parsed::Refuse(400, "malformed Host header"));
+            }
+        }
+        if !FORWARDED.contains(&name.as_str()) {
+            continue;
+        }
+        let Ok(value) = std::str::from_utf8(h.value) else {
+            continue;
+        };
+        if !value.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+            continue;
+        }
+        out.push_str(h.name);
+        out.push_str(": ");
+        out.push_str(value.trim());
+        out.push_str("\r\n");
+    }
+    Ok((hosts, close))
+}
+
+/// Length of the request target in a (possibly partial) head: the bytes
+/// between the first space and the next space or line end.
+fn target_len(buf: &[u8]) -> usize {
+    let Some(start) = buf.iter().position(|&b| b == b' ') else {
+        return 0;
+    };
+    let rest = &buf[start + 1..];
+    rest.iter()
+        .position(|&b| matches!(b, b' ' | b'\r' | b'\n'))
+        .unwrap_or(rest.len())
+}
+
+/// A Host value (`host`, `host:port`, `[v6]:port`, or empty): visible ASCII
+/// without the delimiters a URI authority cannot hold.
+fn valid_host(v: &[u8]) -> bool {
+    v.iter()
+        .all(|&b| (0x21..0x7f).contains(&b) && !b"/?#\"<>\\^`{|}".contains(&b))
+}
+
+/// The path and query of a request target: origin-form (`/readyz?x`) as it
+/// is, absolute-form (`http://host:3001/readyz?x`, which HTTP/1.1 servers
+/// must accept, RFC 9112 §3.2.2) without its scheme and authority.
+fn origin_form(target: &str) -> Option<&str> {
+    if target.starts_with('/') {
+        return Some(target);
+    }
+    let (scheme, rest) = target.split_once("://")?;
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return None;
+    }
+    match rest.find(['/', '?']) {
+        Some(i) if rest.as_bytes()[i] == b'/' => Some(&rest[i..]),
+        // `http://host?x` has an empty path, which means "/"; keep it simple.
+        Some(_) => None,
+        None => Some("/"),
+    }
+}
+
+/// Whether `clean_path(p) == p`, without allocating (the common case).
+fn is_clean(p: &str) -> bool {
+    !(p.contains("//")
+        || p.contains("/./")
+        || p.contains("/../")
+        || p.ends_with("/.")
+        || p.ends_with("/.."))
+}
+
+/// Go's ServeMux `cleanPath`: `path.Clean` of a rooted path (empty and `.`
+/// segments dropped, `..` removes the one before, never above the root),
+/// with a trailing slash kept.
+fn clean_path(p: &str) -> String {
+    let mut segs: Vec<&str> = Vec::new();
+    for seg in p.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                segs.pop();
+            }
+            s => segs.push(s),
+        }
+    }
+    let mut out = String::with_capacity(p.len());
+    for s in &segs {
+        out.push('/');
+        out.push_str(s);
+    }
+    if out.is_empty() || p.ends_with('/') {
+        out.push('/');
+    }
+    out
+}
+
+/// `301 Moved Permanently` to `location` (already a valid target: it is
+/// made of the request's own bytes); no body for HEAD.
+fn moved_permanently(location: &str, head: bool) -> Vec<u8> {
+    let body = format!("Moved Permanently: {location}\n");
+    let mut out = format!(
+        "HTTP/1.1 301 Moved Permanently\r\nLocation: {location}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    if !head {
+        out.push_str(&body);
+    }
+    out.into_bytes()
+}
+
+/// A complete, self-contained answer from the front itself; the connection
+/// closes after it.
+pub fn simple_response(status: u16, message: &str) -> Vec<u8> {
+    let reason = match status {
+        400 => "Bad Request",
+        408 => "Request Timeout",
+        405 => "Method Not Allowed",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        431 => "Request Header Fields Too Large",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Error",
+    };
+    let allow = if status == 405 {
+        "Allow: GET, HEAD\r\n"
+    } else {
+        ""
+    };
+    format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n{allow}Content-Length: {}\r\nConnection: close\r\n\r\n{message}\n",
+        message.len() + 1
+    )
+    .into_bytes()
+}
+
+/// Sets a relayed response's `Connection` header: removes any there is and,
+/// when the connection is to close after it, says `Connection: close`
+/// (tiny_http never writes one itself: it drops the header from responses).
+pub fn set_connection_header(mut resp: Vec<u8>, close: bool) -> Vec<u8> {
+    let Some(end) = resp.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return resp;
+    };
+    let has_one = resp[..end]
+        .split(|&b| b == b'\n')
+        .skip(1)
+        .any(|line| line.len() >= 11 && line[..11].eq_ignore_ascii_case(b"connection:"));
+    if has_one {
+        resp = drop_connection_header(resp);
+    }
+    if close {
+        if let Some(end) = resp.windows(4).position(|w| w == b"\r\n\r\n") {
+            resp.splice(end..end, b"\r\nConnection: close".iter().copied());
+        }
+    }
+    resp
+}
+
+/// Removes `Connection:` lines from a response head.
+fn drop_connection_header(resp: Vec<u8>) -> Vec<u8> {
+    let Some(end) = resp.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return resp;
+    };
+    let mut out = Vec::with_capacity(resp.len());
+    for line in resp[..end].split(|&b| b == b'\n') {
+        if line.len() >= 11 && line[..11].eq_ignore_ascii_case(b"connection:") {
+            continue;
+        }
+        out.extend_from_slice(line);
+        out.push(b'\n');
+    }
+    out.pop();
+    out.extend_from_slice(&resp[end..]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: impl AsRef<[u8]>) -> Parsed {
+        parse_head(
+            s.as_ref(),
+            &HeadLimits::default(),
+            "127.0.0.1:9".parse().unwrap(),
+        )
+    }
+
+    #[test]
+    fn forwards_a_clean_head() {
+        let Parsed::Forward {
+            head,
+            keep_alive,
+            len,
+            slow,
+        } = parse(
+            "GET /readyz HTTP/1.0\r\nHost: x\r\nCookie: a\r\nConnection: keep-alive\r\n\r\nGET /x",
+        )
+        else {
+            panic!("not forwarded")
+        };
+        let h = String::from_utf8(head).unwrap();
+        assert!(h.starts_with("GET /readyz HTTP/1.1\r\nHost: x\r\n"), "{h}");
+        assert!(
+            !h.contains("Cookie")
+                && !h.contains("keep-alive")
+                && h.ends_with("Connection: close\r\n\r\n")
+        );
+        assert!(!keep_alive, "HTTP/1.0 closes");
+        assert!(!slow);
+        assert!(matches!(
+            parse("GET /wait/x HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Parsed::Forward { slow: true, .. }
+        ));
+        assert_eq!(
+            len, 68,
+            "the pipelined bytes after the head are not part of it"
+        );
+        let Parsed::Forward { keep_alive, .. } = parse("GET / HTTP/1.1\r\nHost: x\r\n\r\n") else {
+            panic!()
+        };
+        assert!(keep_alive);
+        let Parsed::Forward { keep_alive, .. } =
+            parse("GET / HTTP/1.1\r\nHost: x\r\nConnection: TE, close\r\n\r\n")
+        else {
+            panic!()
+        };
+        assert!(!keep_alive);
+    }
+
+    #[test]
+    fn a_body_on_another_method_is_a_405() {
+        assert!(matches!(
+            parse("POST /livez HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello"),
+            Parsed::Refuse(405, _)
+        ));
+        assert!(String::from_utf8(simple_response(405, "x"))
+            .unwrap()
+            .contains("\r\nAllow: GET, HEAD\r\n"));
+    }
+
+    #[test]
+    fn connection_header_is_set_on_relayed_responses() {
+        let r = b"HTTP/1.1 200 OK\r\nServer: x\r\nConnection: close\r\nContent-Length: 2\r\n\r\nOK"
+            .to_vec();
+        assert_eq!(
+            set_connection_header(r.clone(), false),
+            b"HTTP/1.1 200 OK\r\nServer: x\r\nContent-Length: 2\r\n\r\nOK".to_vec()
+        );
+        assert_eq!(
+            set_connection_header(r, true),
+            b"HTTP/1.1 200 OK\r\nServer: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nOK"
+                .to_vec()
+        );
+        let plain = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK".to_vec();
+        assert_eq!(
+            set_connection_header(plain, true),
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nOK".to_vec()
+        );
+    }
+
+    #[test]
+    fn refuses_bodies_and_garbage() {
+        assert!(matches!(
+            parse("GET / HTTP/1.1\r\nContent-Length: 1000000000000000\r\n\r\n"),
+            Parsed::Refuse(413, _)
+        ));
+        assert!(matches!(
+            parse("GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n"),
+            Parsed::Refuse(400, _)
+        ));
+        assert!(matches!(
+            parse("GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Parsed::Refuse(413, _)
+        ));
+        assert!(matches!(
+            parse("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"),
+            Parsed::Forward { .. }
+        ));
+        assert!(matches!(
+            parse(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"),
+            Parsed::Refuse(400, _)
+        ));
+        assert!(matches!(
+            parse("GET ftp://x/ HTTP/1.1\r\n\r\n"),
+            Parsed::Refuse(400, _)
+        ));
+        // Absolute-form is forwarded as its path; the method comes first.
+        let Parsed::Forward { head, .. } =
+            parse("GET http://x:3001/livez?a=1 HTTP/1.1\r\nHost: x:3001\r\n\r\n")
+        else {
+            panic!("absolute-form not forwarded")
+        };
+        assert!(head.starts_with(b"GET /livez?a=1 HTTP/1.1\r\n"));
+        assert!(matches!(
+            parse("POST http://x/ HTTP/1.1\r\nContent-Length: 5\r\n\r\n"),
+            Parsed::Refuse(405, _)
+        ));
+        assert!(matches!(
+            parse("GET / HTTP/1.1\r\nHost: x"),
+            Parsed::Partial
+        ));
+        let many: String = (0..100).map(|i| format!("X-{i}: y\r\n")).collect();
+        assert!(matches!(
+            parse(format!("GET / HTTP/1.1\r\n{many}\r\n")),
+            Parsed::Refuse(431, _)
+        ));
+        let long = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(20_000));
+        assert!(matches!(parse(&long), Parsed::Refuse(431, _)));
+    }
+
+    #[test]
+    fn host_is_required_once_in_http_1_1() {
+        assert!(matches!(
+            parse("GET /livez HTTP/1.1\r\n\r\n"),
+            Parsed::Refuse(400, m) if m.contains("missing Host")
+        ));
+        assert!(matches!(
+            parse("GET /livez HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n"),
+            Parsed::Refuse(400, m) if m.contains("more than one Host")
+        ));
+        assert!(matches!(
+            parse("GET /livez HTTP/1.0\r\nHost: a\r\nhost: b\r\n\r\n"),
+            Parsed::Refuse(400, _)
+        ));
+        assert!(matches!(
+            parse("GET /livez HTTP/1.1\r\nHost: a/b\r\n\r\n"),
+            Parsed::Refuse(400, m) if m.contains("malformed Host")
+        ));
+        // HTTP/1.0 may leave it out; an empty value is allowed.
+        assert!(matches!(
+            parse("GET /livez HTTP/1.0\r\n\r\n"),
+            Parsed::Forward { .. }
+        ));
+        assert!(matches!(
+            parse("GET /livez HTTP/1.1\r\nHost:\r\n\r\n"),
+            Parsed::Forward { .. }
+        ));
+        assert!(matches!(
+            parse("GET /livez HTTP/1.1\r\nHost: [::1]:3001\r\n\r\n"),
+            Parsed::Forward { .. }
+        ));
+    }
+
+    #[test]
+    fn long_targets_work_up_to_the_limit_then_414() {
+        let ok = format!(
+            "GET /metrics?{} HTTP/1.1\r\nHost: x\r\n\r\n",
+            "a".repeat(8000)
+        );
+        assert!(matches!(parse(&ok), Parsed::Forward { .. }));
+        let at = format!(
+            "GET /{} HTTP/1.1\r\nHost: x\r\n\r\n",
+            "a".repeat(MAX_TARGET_BYTES - 1)
+        );
+        assert!(matches!(parse(&at), Parsed::Forward { .. }));
+        let over = format!(
+            "GET /{} HTTP/1.1\r\nHost: x\r\n\r\n",
+            "a".repeat(MAX_TARGET_BYTES)
+        );
+        assert!(matches!(parse(&over), Parsed::Refuse(414, _)));
+        // Known before the line ends, and before the head limit.
+        let partial = format!("GET /{}", "a".repeat(MAX_TARGET_BYTES + 10));
+        assert!(matches!(parse(&partial), Parsed::Refuse(414, _)));
+        let huge = format!("GET /{}", "a".repeat(MAX_HEAD_BYTES + 10));
+        assert!(matches!(parse(&huge), Parsed::Refuse(414, _)));
+        assert!(String::from_utf8(simple_response(414, "x"))
+            .unwrap()
+            .starts_with("HTTP/1.1 414 URI Too Long\r\n"));
+    }
+
+    fn redirect(target: &str) -> Option<String> {
+        match parse(format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n")) {
+            Parsed::Answer { resp, .. } => {
+                let r = String::from_utf8(resp).unwrap();
+                assert!(r.starts_with("HTTP/1.1 301 Moved Permanently\r\n"), "{r}");
+                r.lines()
+                    .find_map(|l| l.strip_prefix("Location: "))
+                    .map(str::to_string)
+            }
+            Parsed::Forward { .. } => None,
+            _ => panic!("{target}: neither forwarded nor redirected"),
+        }
+    }
+
+    #[test]
+    fn unclean_paths_redirect_as_go_servemux_does() {
+        for (from, to) in [
+            ("//readyz", "/readyz"),
+            ("/./readyz", "/readyz"),
+            ("/a/../readyz", "/readyz"),
+            ("/../readyz", "/readyz"),
+            ("/readyz/.", "/readyz"),
+            ("/readyz/..", "/"),
+            ("/readyz//heartbeat", "/readyz/heartbeat"),
+            ("/readyz/./", "/readyz/"),
+            ("//", "/"),
+            ("//metrics?x=1&y=/./", "/metrics?x=1&y=/./"),
+            ("http://h:1//livez", "/livez"),
+        ] {
+            assert_eq!(redirect(from).as_deref(), Some(to), "{from}");
+        }
+        for clean in ["/readyz", "/readyz/", "/", "/a.b/..c/.d", "/metrics?a=//./"] {
+            assert_eq!(redirect(clean), None, "{clean}");
+        }
+        let Parsed::Answer { resp, .. } = parse("HEAD //livez HTTP/1.1\r\nHost: x\r\n\r\n") else {
+            panic!()
+        };
+        assert!(resp.ends_with(b"\r\n\r\n"), "no body for HEAD");
+        let Parsed::Answer { keep_alive, .. } =
+            parse("GET //livez HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        else {
+            panic!()
+        };
+        assert!(!keep_alive);
+    }
+}

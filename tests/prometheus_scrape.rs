@@ -1,0 +1,183 @@
+//! A real Prometheus scrapes tbot, gzip-compressed (issue 11, item 2).
+//!
+//! Prometheus (Debian's `prometheus` package) runs on a free loopback port
+//! with a temp config and storage, scraping tbot every second through a
+//! small recording relay in this test, which keeps the bytes each way: the
+//! scrape must ask for gzip, get it, and Prometheus must still read it
+//! (`up == 1`, tbot samples queryable over its HTTP API). Bounded in time;
+//! Prometheus is killed by PID.
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Bytes kept of each direction.
+const KEEP: usize = 64 * 1024;
+
+#[derive(Default)]
+struct Seen {
+    requests: Vec<u8>,
+    responses: Vec<u8>,
+}
+
+fn keep(into: &Mutex<Seen>, pick: fn(&mut Seen) -> &mut Vec<u8>, bytes: &[u8]) {
+    let mut s = into.lock().unwrap();
+    let v = pick(&mut s);
+    let room = KEEP.saturating_sub(v.len()).min(bytes.len());
+    v.extend_from_slice(&bytes[..room]);
+}
+
+fn pipe(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    seen: Arc<Mutex<Seen>>,
+    pick: fn(&mut Seen) -> &mut Vec<u8>,
+) {
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                keep(&seen, pick, &buf[..n]);
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Write);
+}
+
+/// A TCP relay on a free loopback port to `upstream`, recording both ways.
+fn relay(upstream: SocketAddr) -> (SocketAddr, Arc<Mutex<Seen>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let s = seen.clone();
+    std::thread::spawn(move || {
+        for client in l.incoming().flatten() {
+            let Ok(up) = TcpStream::connect(upstream) else {
+                continue;
+            };
+            let (c2, u2) = (client.try_clone().unwrap(), up.try_clone().unwrap());
+            let (s1, s2) = (s.clone(), s.clone());
+            std::thread::spawn(move || pipe(client, up, s1, |s| &mut s.requests));
+            std::thread::spawn(move || pipe(u2, c2, s2, |s| &mut s.responses));
+        }
+    });
+    (addr, seen)
+}
+
+/// Kills the process by PID on drop.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `value[1]` of each result of an instant query, or None if not answered.
+fn query(prom: SocketAddr, q: &str) -> Option<Vec<String>> {
+    let r = request_timeout(
+        prom,
+        format!("GET /api/v1/query?query={q} HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+        Duration::from_secs(5),
+    )
+    .ok()?;
+    if r.status != 200 {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&r.body).ok()?;
+    Some(
+        v["data"]["result"]
+            .as_array()?
+            .iter()
+            .filter_map(|s| s["value"][1].as_str().map(str::to_string))
+            .collect(),
+    )
+}
+
+#[test]
+fn prometheus_scrapes_tbot_with_gzip() {
+    if Command::new("prometheus")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: prometheus is not installed (Debian package `prometheus`)");
+        return;
+    }
+    let dir = TempDir::new("prometheus");
+    let cfg = config_text(dir.path(), "", "");
+    let t = Tbot::start(dir, &cfg, &[]);
+    t.until("/readyz", Duration::from_secs(10), |r| r.status == 200);
+    let (target, seen) = relay(t.addr());
+
+    let pdir = TempDir::new("prometheus-data");
+    let pcfg = pdir.write(
+        "prometheus.yml",
+        &format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: tbot\n    static_configs:\n      - targets: ['{target}']\n"
+        ),
+    );
+    let port = free_port();
+    let prom: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let _p = Killed(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", pcfg.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                pdir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={prom}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start prometheus"),
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut up, mut info) = (None, None);
+    while Instant::now() < deadline {
+        up = query(prom, "up");
+        info = query(prom, "tbot_info");
+        if up.as_deref() == Some(&["1".to_string()][..])
+            && info.as_ref().is_some_and(|v| !v.is_empty())
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(up.as_deref(), Some(&["1".to_string()][..]), "up");
+    assert_eq!(info.as_deref(), Some(&["1".to_string()][..]), "tbot_info");
+    let health = query(
+        prom,
+        "tbot_service_health%7Bservice%3D%22heartbeat%22%2Cstatus%3D%22healthy%22%7D",
+    );
+    assert_eq!(health.as_deref(), Some(&["1".to_string()][..]));
+
+    let s = seen.lock().unwrap();
+    let req = String::from_utf8_lossy(&s.requests).to_ascii_lowercase();
+    let resp = String::from_utf8_lossy(&s.responses);
+    assert!(req.contains("get /metrics"), "{req}");
+    assert!(
+        req.contains("accept-encoding: gzip"),
+        "Prometheus asks for gzip: {req}"
+    );
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.contains("Content-Encoding: gzip"), "{resp}");
+    assert!(resp.contains("Vary: Accept-Encoding"), "{resp}");
+    assert!(
+        !resp.contains("tbot_info"),
+        "the body went out uncompressed"
+    );
+}
