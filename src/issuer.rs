@@ -74,6 +74,8 @@ pub struct Credential {
     pub public_key_openssh: String,
     /// `ssh-ed25519-cert-v01@openssh.com AAAA... <key id>` (one line, no newline).
     pub certificate_openssh: String,
+    /// The certificate's `valid_after`, exactly as encoded in it.
+    pub valid_after: SystemTime,
     /// The certificate's `valid_before`, exactly as encoded in it.
     pub valid_before: SystemTime,
 }
@@ -84,6 +86,7 @@ impl fmt::Debug for Credential {
             .field("private_key_openssh", &"<redacted>")
             .field("public_key_openssh", &self.public_key_openssh)
             .field("certificate_openssh", &self.certificate_openssh)
+            .field("valid_after", &self.valid_after)
             .field("valid_before", &self.valid_before)
             .finish()
     }
@@ -246,6 +249,7 @@ impl Issuer {
             certificate_openssh: cert
                 .to_openssh()
                 .map_err(|e| fail("encoding the certificate", e))?,
+            valid_after: UNIX_EPOCH + Duration::from_secs(valid_after),
             valid_before: UNIX_EPOCH + Duration::from_secs(valid_before),
         })
     }
@@ -313,9 +317,33 @@ fn read_key_file(path: &Path) -> Result<(Zeroizing<Vec<u8>>, KeyFileStamp), Stri
     Ok((bytes, stamp_of(&meta)))
 }
 
+/// The first line of an OpenSSH private key file.
+const OPENSSH_BEGIN: &str = "-----BEGIN OPENSSH PRIVATE KEY-----";
+
+/// Parses the CA key; errors say what the file is in the operator's words
+/// (empty, another PEM type, no key at all) rather than the decoder's.
 fn parse_ca_key(bytes: &[u8]) -> Result<PrivateKey, String> {
-    let key =
-        PrivateKey::from_openssh(bytes).map_err(|e| format!("not an OpenSSH private key: {e}"))?;
+    let text = String::from_utf8_lossy(bytes);
+    let first = text.lines().map(str::trim).find(|l| !l.is_empty());
+    match first {
+        None => return Err("empty file; not an OpenSSH private key".to_string()),
+        Some(OPENSSH_BEGIN) => {}
+        Some(l) if l.starts_with("-----BEGIN ") && l.ends_with("-----") => {
+            let kind = l
+                .trim_start_matches("-----BEGIN ")
+                .trim_end_matches("-----");
+            return Err(format!(
+                "not an OpenSSH private key: it is a PEM \"{kind}\"; convert it with ssh-keygen -p or make a new one with ssh-keygen -t ed25519"
+            ));
+        }
+        Some(_) => {
+            return Err(format!(
+                "not an OpenSSH private key (it does not begin with \"{OPENSSH_BEGIN}\")"
+            ))
+        }
+    }
+    let key = PrivateKey::from_openssh(bytes)
+        .map_err(|e| format!("not an OpenSSH private key: damaged or cut short ({e})"))?;
     if key.is_encrypted() {
         return Err("the key is passphrase-protected; the CA key must be unencrypted".to_string());
     }
@@ -449,10 +477,37 @@ mod tests {
         let key = d.0.join(CA_KEY_FILE);
         write_atomic(&key, b"hello, not a key\n", 0o600).unwrap();
         let e = Issuer::load_or_create(&d.0).unwrap_err();
-        let prefix = format!("{}: not an OpenSSH private key: ", key.display());
-        assert!(e.starts_with(&prefix), "{e}");
-        assert!(!e.contains('\n'), "{e}");
+        assert_eq!(
+            e,
+            format!(
+                "{}: not an OpenSSH private key (it does not begin with \"{OPENSSH_BEGIN}\")",
+                key.display()
+            )
+        );
         assert_eq!(fs::read(&key).unwrap(), b"hello, not a key\n");
+
+        // Empty, another PEM type, a cut-short key: each said plainly.
+        write_atomic(&key, b"", 0o600).unwrap();
+        let e = Issuer::load(&d.0).unwrap_err();
+        assert_eq!(
+            e,
+            format!("{}: empty file; not an OpenSSH private key", key.display())
+        );
+        write_atomic(&key, b"-----BEGIN RSA PRIVATE KEY-----\nAAAA\n", 0o600).unwrap();
+        let e = Issuer::load(&d.0).unwrap_err();
+        assert!(
+            e.contains("not an OpenSSH private key: it is a PEM \"RSA PRIVATE KEY\""),
+            "{e}"
+        );
+        let good = Issuer::load_or_create(&d.0.join("good")).unwrap();
+        let pem = fs::read_to_string(good.key_path()).unwrap();
+        write_atomic(&key, &pem.as_bytes()[..pem.len() / 2], 0o600).unwrap();
+        let e = Issuer::load(&d.0).unwrap_err();
+        assert!(
+            e.contains("not an OpenSSH private key: damaged or cut short ("),
+            "{e}"
+        );
+        assert!(!e.contains('\n'), "{e}");
     }
 
     #[test]
@@ -492,8 +547,7 @@ mod tests {
         let file = d.0.join("plain");
         fs::write(&file, b"x").unwrap();
         let e = Issuer::load_or_create(&file).unwrap_err();
-        assert!(e.starts_with(&format!("{}: ", file.display())), "{e}");
-        assert!(e.contains("(os error"), "{e}");
+        assert_eq!(e, format!("{}: not a directory", file.display()));
     }
 
     /// Runs `Issuer::load` on another thread and gives up after 5 s, so a

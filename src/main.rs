@@ -6,7 +6,9 @@
 //! diagnostics HTTP service). `daemon` wires them together.
 
 mod atomic_file;
+mod chase;
 mod cli;
+mod clock_step;
 mod config;
 mod daemon;
 mod diag;
