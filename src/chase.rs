@@ -241,6 +241,23 @@ impl DirHandle {
         })
     }
 
+    /// Reads the regular file `name` (never through a symlink), at most
+    /// `max` bytes.
+    pub fn read_file(&self, name: &str, max: u64) -> Result<Vec<u8>, String> {
+        let path = self.join(name);
+        let fd = rfs::openat(
+            &self.fd,
+            name,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| describe(&path, e))?;
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::Read::take(std::fs::File::from(fd), max), &mut out)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(out)
+    }
+
     /// Replaces `name` with `contents` atomically: a temp file beside it,
     /// renamed over it, the directory fsynced; all through this handle.
     pub fn write_atomic(&self, name: &str, contents: &[u8], mode: u32) -> Result<(), String> {

@@ -51,16 +51,51 @@ pub const GEN_PREFIX: &str = "..gen-";
 /// `<path>: <reason>`.
 pub fn write_identity(dest: &Path, cred: &Credential, ca_pub: &str) -> Result<(), String> {
     let dir = open_dir(dest, true)?;
+    if dir.read_link(DATA_LINK).is_none() {
+        migrate_flat(&dir)?;
+    }
     let files: [(&str, &[u8]); 4] = [
         (CA_FILE, ca_pub.as_bytes()),
         (PUBLIC_KEY_FILE, cred.public_key_openssh.as_bytes()),
         (KEY_FILE, cred.private_key_openssh.as_bytes()),
         (CERT_FILE, cred.certificate_openssh.as_bytes()),
     ];
-    let gen_name = make_generation(&dir)?;
+    publish(&dir, &files, true)
+}
+
+/// A destination from the old flat layout (regular files, no `..data`):
+/// publishes the files there as they are, as a first generation, and swaps
+/// each for its link to identical contents; so a kill at any point leaves
+/// a matching set, and the new credential then comes in the one switch.
+fn migrate_flat(dir: &DirHandle) -> Result<(), String> {
+    let mut old: Vec<(&str, Vec<u8>)> = Vec::new();
+    for name in FILES {
+        if dir.file_type(name)? == Some(rustix::fs::FileType::RegularFile) {
+            old.push((name, dir.read_file(name, 64 * 1024)?));
+        }
+    }
+    if old.is_empty() {
+        return Ok(());
+    }
+    crate::log::info(
+        "moving an identity destination to the generation layout",
+        &[("destination", &dir.path().display())],
+    );
+    let files: Vec<(&str, &[u8])> = old.iter().map(|(n, c)| (*n, c.as_slice())).collect();
+    publish(dir, &files, false)
+}
+
+/// Writes `files` as a new generation, switches `..data` to it, makes the
+/// links, removes older generations. `steps`: reach the failpoints.
+fn publish(dir: &DirHandle, files: &[(&str, &[u8])], steps: bool) -> Result<(), String> {
+    let step = |n: usize, path: &Path| {
+        if steps {
+            step(n, path)
+        }
+    };
+    let gen_name = make_generation(dir)?;
     step(1, &dir.join(&gen_name));
-    let written = write_generation(&dir, &gen_name, &files);
-    if let Err(e) = written {
+    if let Err(e) = write_generation(dir, &gen_name, files, &step) {
         let _ = dir.remove_dir_with_files(&gen_name);
         return Err(e);
     }
@@ -70,13 +105,13 @@ pub fn write_identity(dest: &Path, cred: &Credential, ca_pub: &str) -> Result<()
     step(7, &dir.join(DATA_TMP));
     dir.rename(DATA_TMP, DATA_LINK)?;
     step(8, &dir.join(DATA_LINK));
-    for (n, name) in FILES.iter().enumerate() {
-        ensure_link(&dir, name)?;
+    for (n, (name, _)) in files.iter().enumerate() {
+        ensure_link(dir, name)?;
         step(9 + n, &dir.join(name));
     }
     dir.sync()?;
     step(13, dir.path());
-    remove_old_generations(&dir, Some(&gen_name))
+    remove_old_generations(dir, Some(&gen_name))
 }
 
 /// Creates a fresh, empty generation directory (0700); returns its name.
@@ -112,7 +147,8 @@ fn make_generation(dir: &DirHandle) -> Result<String, String> {
 fn write_generation(
     dir: &DirHandle,
     gen_name: &str,
-    files: &[(&str, &[u8]); 4],
+    files: &[(&str, &[u8])],
+    step: &dyn Fn(usize, &Path),
 ) -> Result<(), String> {
     let gen = dir.subdir(gen_name)?;
     for (n, (name, contents)) in files.iter().enumerate() {
