@@ -253,8 +253,11 @@ impl DirHandle {
         )
         .map_err(|e| describe(&path, e))?;
         let mut out = Vec::new();
-        std::io::Read::read_to_end(&mut std::io::Read::take(std::fs::File::from(fd), max), &mut out)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(std::fs::File::from(fd), max),
+            &mut out,
+        )
+        .map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(out)
     }
 

@@ -7,10 +7,10 @@
 //! does not see a faked step, so these tests prove the behaviour (renewed
 //! within seconds, unhealthy with the reason), whichever mechanism gives it.
 
-mod common;
 #[path = "support/certs.rs"]
 #[allow(dead_code)]
 mod certs;
+mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -23,7 +23,11 @@ const EXPIRY: &str = "tbot_identity_certificate_expiry_timestamp_seconds";
 
 /// The libfaketime preload library, from the Debian package `faketime`.
 fn libfaketime() -> PathBuf {
-    for dir in ["/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib"] {
+    for dir in [
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib/aarch64-linux-gnu",
+        "/usr/lib",
+    ] {
         let p = Path::new(dir).join("faketime/libfaketime.so.1");
         if p.exists() {
             return p;
@@ -158,13 +162,19 @@ fn a_certificate_not_valid_now_is_unhealthy_at_once_with_the_reason() {
     };
     fs::write(&clock, "-2h\n").unwrap();
     let r = reason("certificate not valid until");
-    assert!(r.starts_with(&format!("{cert}: certificate not valid until ")), "{r}");
+    assert!(
+        r.starts_with(&format!("{cert}: certificate not valid until ")),
+        "{r}"
+    );
     assert!(r.contains("; renewing failed: "), "{r}");
     assert!(r.contains("..data_tmp"), "{r}");
 
     fs::write(&clock, "+2h\n").unwrap();
     let r = reason("certificate expired at");
-    assert!(r.starts_with(&format!("{cert}: certificate expired at ")), "{r}");
+    assert!(
+        r.starts_with(&format!("{cert}: certificate expired at ")),
+        "{r}"
+    );
 
     // The cause goes: renewed, healthy, a whole set valid now.
     fs::remove_dir_all(&blocker).unwrap();

@@ -6,10 +6,10 @@
 //! certificate is signed by the `ssh_ca.pub` beside it, and the next start
 //! leaves no temp file or stale generation behind.
 
-mod common;
 #[path = "support/certs.rs"]
 #[allow(dead_code)]
 mod certs;
+mod common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -48,7 +48,9 @@ fn leftovers(dest: &Path) -> Vec<String> {
         .filter(|n| n != "..data" && *n != current && !FILES.contains(&n.as_str()))
         .collect();
     for f in FILES {
-        let link = fs::read_link(dest.join(f)).map(|p| p.display().to_string()).ok();
+        let link = fs::read_link(dest.join(f))
+            .map(|p| p.display().to_string())
+            .ok();
         if link != Some(format!("..data/{f}")) {
             extra.push(format!("{f} is not the link ..data/{f}: {link:?}"));
         }
@@ -94,11 +96,7 @@ fn kill_at_step(cfg: &Path, n: usize, outs: &[&Path]) {
 fn a_kill_at_any_step_of_an_issue_leaves_a_whole_set() {
     let dir = TempDir::new("gen-kill");
     let (a, b) = (dir.join("out/a"), dir.join("out/b"));
-    let cfg_text = config_text(
-        dir.path(),
-        "",
-        &(output("a", &a) + &output("b", &b)),
-    );
+    let cfg_text = config_text(dir.path(), "", &(output("a", &a) + &output("b", &b)));
     let cfg = dir.write("tbot.yaml", &cfg_text);
     let outs = [a.as_path(), b.as_path()];
 

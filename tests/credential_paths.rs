@@ -4,10 +4,10 @@
 //! of root's or tbot's own keep working; errors of CA loading and output
 //! writing say what is wrong in the operator's words.
 
-mod common;
 #[path = "support/certs.rs"]
 #[allow(dead_code)]
 mod certs;
+mod common;
 
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
@@ -141,7 +141,10 @@ fn a_destination_through_another_users_symlink_is_refused_and_reported() {
     names.sort();
     assert_eq!(names, ["key", "ssh_ca.pub"]);
     assert_eq!(fs::read(rootdir.join("key")).unwrap(), b"root's own file\n");
-    assert_eq!(fs::read(rootdir.join("ssh_ca.pub")).unwrap(), b"root's own CA\n");
+    assert_eq!(
+        fs::read(rootdir.join("ssh_ca.pub")).unwrap(),
+        b"root's own CA\n"
+    );
     assert_eq!(fs::read_dir(&rootmux).unwrap().count(), 0);
 }
 
@@ -170,7 +173,11 @@ fn ca_key_and_destination_errors_say_what_is_wrong() {
         key.display()
     );
     assert_eq!(unhealthy_reason(&t, "ca-rotation"), garbage);
-    assert!(unhealthy_reason(&t, "ok").ends_with(&garbage), "{}", t.log());
+    assert!(
+        unhealthy_reason(&t, "ok").ends_with(&garbage),
+        "{}",
+        t.log()
+    );
     assert!(!t.log().contains("NUL byte"), "{}", t.log());
 
     // Emptied: said so.

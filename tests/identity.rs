@@ -634,9 +634,7 @@ fn sigkill_mid_write_never_leaves_a_broken_file() {
             for entry in fs::read_dir(out).unwrap() {
                 let entry = entry.unwrap();
                 let name = entry.file_name().to_string_lossy().into_owned();
-                if !name.starts_with("..gen-")
-                    || current.as_deref() == Some(Path::new(&name))
-                {
+                if !name.starts_with("..gen-") || current.as_deref() == Some(Path::new(&name)) {
                     continue;
                 }
                 for file in fs::read_dir(entry.path()).unwrap() {

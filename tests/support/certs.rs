@@ -56,12 +56,16 @@ pub fn set_problem(dest: &Path) -> Option<String> {
         let cert_key = cert_field(&cert, "Public key")?;
         let fp = fingerprint(&dest.join("key.pub"))?;
         if !cert_key.contains(&fp) {
-            return Ok(Some(format!("certificate is for {cert_key}, key.pub is {fp}")));
+            return Ok(Some(format!(
+                "certificate is for {cert_key}, key.pub is {fp}"
+            )));
         }
         let signer = cert_field(&cert, "Signing CA")?;
         let ca = fingerprint(&dest.join("ssh_ca.pub"))?;
         if !signer.contains(&ca) {
-            return Ok(Some(format!("certificate signed by {signer}, ssh_ca.pub is {ca}")));
+            return Ok(Some(format!(
+                "certificate signed by {signer}, ssh_ca.pub is {ca}"
+            )));
         }
         Ok(None)
     };
