@@ -16,8 +16,7 @@
 
 use std::fmt;
 use std::fs;
-use std::io::Read;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -26,7 +25,7 @@ use ssh_key::certificate::{Builder, CertType};
 use ssh_key::{Algorithm, HashAlg, LineEnding, PrivateKey};
 use zeroize::Zeroizing;
 
-use crate::atomic_file::write_atomic;
+use crate::ca_key_file::{parse_ca_key, read_key_file};
 
 /// File name of the CA private key inside the storage directory.
 pub const CA_KEY_FILE: &str = "ca_key";
@@ -42,8 +41,6 @@ pub const USER_EXTENSIONS: [&str; 5] = [
     "permit-pty",
     "permit-user-rc",
 ];
-/// A CA key file larger than this is not a key.
-const MAX_KEY_FILE: u64 = 64 * 1024;
 
 /// The loaded CA.
 pub struct Issuer {
@@ -135,7 +132,12 @@ impl Issuer {
         let pem = ca
             .to_openssh(LineEnding::LF)
             .map_err(|e| at(&format!("encoding the CA key: {e}")))?;
-        write_atomic(&key_path, pem.as_bytes(), 0o600).map_err(|e| at(&e))?;
+        // Through the storage directory's handle (see `chase`).
+        crate::chase::open_dir(crate::atomic_file::parent_dir(&key_path), true)?.write_atomic(
+            CA_KEY_FILE,
+            pem.as_bytes(),
+            0o600,
+        )?;
         let stamp = ca_key_stamp_at(&key_path)?;
         Issuer::new(ca, key_path, stamp)
     }
@@ -266,7 +268,7 @@ fn ca_key_stamp_at(path: &Path) -> Result<KeyFileStamp, String> {
         .map_err(|e| format!("{}: {e}", path.display()))
 }
 
-fn stamp_of(m: &fs::Metadata) -> KeyFileStamp {
+pub(crate) fn stamp_of(m: &fs::Metadata) -> KeyFileStamp {
     KeyFileStamp {
         dev: m.dev(),
         ino: m.ino(),
@@ -276,90 +278,13 @@ fn stamp_of(m: &fs::Metadata) -> KeyFileStamp {
     }
 }
 
-/// Reads the key file, refusing anything but a small regular file that only
-/// its owner can access. The open neither follows a symlink (`O_NOFOLLOW`)
-/// nor waits for a writer on a FIFO (`O_NONBLOCK`, which does not change
-/// reading a regular file); the checks use the opened descriptor (no race).
-fn read_key_file(path: &Path) -> Result<(Zeroizing<Vec<u8>>, KeyFileStamp), String> {
-    let at = |e: &dyn fmt::Display| format!("{}: {e}", path.display());
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(|e| {
-            let symlink = fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
-            if e.raw_os_error() == Some(libc::ELOOP) && symlink {
-                at(&"is a symbolic link; the CA key must be a regular file")
-            } else {
-                at(&e)
-            }
-        })?;
-    let meta = file.metadata().map_err(|e| at(&e))?;
-    if !meta.is_file() {
-        return Err(at(&"not a regular file"));
-    }
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o077 != 0 {
-        return Err(at(&format_args!(
-            "mode {mode:04o} is too open; expected 0600"
-        )));
-    }
-    if meta.len() > MAX_KEY_FILE {
-        return Err(at(&format_args!(
-            "{} bytes is too large for an OpenSSH private key",
-            meta.len()
-        )));
-    }
-    let mut bytes = Zeroizing::new(Vec::new());
-    file.take(MAX_KEY_FILE + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| at(&e))?;
-    Ok((bytes, stamp_of(&meta)))
-}
-
-/// The first line of an OpenSSH private key file.
-const OPENSSH_BEGIN: &str = "-----BEGIN OPENSSH PRIVATE KEY-----";
-
-/// Parses the CA key; errors say what the file is in the operator's words
-/// (empty, another PEM type, no key at all) rather than the decoder's.
-fn parse_ca_key(bytes: &[u8]) -> Result<PrivateKey, String> {
-    let text = String::from_utf8_lossy(bytes);
-    let first = text.lines().map(str::trim).find(|l| !l.is_empty());
-    match first {
-        None => return Err("empty file; not an OpenSSH private key".to_string()),
-        Some(OPENSSH_BEGIN) => {}
-        Some(l) if l.starts_with("-----BEGIN ") && l.ends_with("-----") => {
-            let kind = l
-                .trim_start_matches("-----BEGIN ")
-                .trim_end_matches("-----");
-            return Err(format!(
-                "not an OpenSSH private key: it is a PEM \"{kind}\"; convert it with ssh-keygen -p or make a new one with ssh-keygen -t ed25519"
-            ));
-        }
-        Some(_) => {
-            return Err(format!(
-                "not an OpenSSH private key (it does not begin with \"{OPENSSH_BEGIN}\")"
-            ))
-        }
-    }
-    let key = PrivateKey::from_openssh(bytes)
-        .map_err(|e| format!("not an OpenSSH private key: damaged or cut short ({e})"))?;
-    if key.is_encrypted() {
-        return Err("the key is passphrase-protected; the CA key must be unencrypted".to_string());
-    }
-    if key.algorithm() != Algorithm::Ed25519 {
-        return Err(format!(
-            "the key is {}; the CA key must be ssh-ed25519",
-            key.algorithm()
-        ));
-    }
-    Ok(key)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::atomic_file::write_atomic;
+    use crate::ca_key_file::OPENSSH_BEGIN;
     use crate::testutil::TestDir;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     use std::process::Command;
 
     fn ssh_keygen(args: &[&str]) -> std::process::Output {

@@ -6,6 +6,7 @@
 //! diagnostics HTTP service). `daemon` wires them together.
 
 mod atomic_file;
+mod ca_key_file;
 mod chase;
 mod cli;
 mod clock_step;

@@ -7,7 +7,7 @@
 //! are given `/proc/self/fd/<dir>/<name>`, which the kernel resolves through
 //! the open directory itself (proc(5)), never through the configured path.
 
-use std::io::{self, ErrorKind};
+use std::io::ErrorKind;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -153,7 +153,7 @@ fn remove_if_stale(dir: &DirHandle, path: &Path) -> Result<(), String> {
             );
             Ok(())
         }
-        Err(e) => Err(format!("{}: {}", path.display(), io::Error::from(e))),
+        Err(e) => Err(format!("{}: {e}", path.display())),
     }
 }
 

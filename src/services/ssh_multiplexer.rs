@@ -948,7 +948,6 @@ fn pump(from: &mut impl Read, to: &mut impl Write) -> io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::TestDir;
 
     fn target(host: &str, port: u16) -> Target {
         Target {
