@@ -76,6 +76,12 @@ pub fn parse_ca_key(bytes: &[u8]) -> Result<PrivateKey, String> {
                 "not an OpenSSH private key: it is a PEM \"{kind}\"; convert it with ssh-keygen -p or make a new one with ssh-keygen -t ed25519"
             ));
         }
+        Some(l) if l.starts_with("ssh-") || l.starts_with("ecdsa-") => {
+            return Err(
+                "not an OpenSSH private key: it is a public key line; the CA key file must hold the private key"
+                    .to_string(),
+            )
+        }
         Some(_) => {
             return Err(format!(
                 "not an OpenSSH private key (it does not begin with \"{OPENSSH_BEGIN}\")"

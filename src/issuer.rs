@@ -425,6 +425,9 @@ mod tests {
             "{e}"
         );
         let good = Issuer::load_or_create(&d.0.join("good")).unwrap();
+        write_atomic(&key, good.ca_public_openssh().as_bytes(), 0o600).unwrap();
+        let e = Issuer::load(&d.0).unwrap_err();
+        assert!(e.ends_with(": not an OpenSSH private key: it is a public key line; the CA key file must hold the private key"), "{e}");
         let pem = fs::read_to_string(good.key_path()).unwrap();
         write_atomic(&key, &pem.as_bytes()[..pem.len() / 2], 0o600).unwrap();
         let e = Issuer::load(&d.0).unwrap_err();
