@@ -314,6 +314,43 @@ mod tests {
     }
 
     #[test]
+    fn validity_and_due_follow_the_wall_clock() {
+        let t = |s: u64| UNIX_EPOCH + Duration::from_secs(s);
+        let v = Validity {
+            valid_after: t(1000),
+            valid_before: t(4600),
+        };
+        assert_eq!(v.problem(t(1000)), None);
+        assert_eq!(v.problem(t(4599)), None);
+        let early = v.problem(t(999)).unwrap();
+        assert!(
+            early.starts_with("certificate not valid until 1970-01-01T00:16:40Z"),
+            "{early}"
+        );
+        let late = v.problem(t(4600)).unwrap();
+        assert!(
+            late.starts_with("certificate expired at 1970-01-01T01:16:40Z"),
+            "{late}"
+        );
+
+        let mut st = State {
+            held: Some(v),
+            error: None,
+            failures: 0,
+            next_attempt: t(2200),
+        };
+        assert!(!due(&st, t(2000)));
+        assert!(due(&st, t(2200)), "renewal time");
+        assert!(due(&st, t(500)), "stepped back before valid_after");
+        assert!(due(&st, t(9000)), "stepped past valid_before");
+        // After a failure, an invalid certificate waits for the retry time.
+        st.error = Some("disk full".into());
+        st.next_attempt = t(9001);
+        assert!(!due(&st, t(9000)));
+        assert!(due(&st, t(9001)));
+    }
+
+    #[test]
     fn key_id_names_bot_and_service() {
         assert_eq!(key_id("web-1", "my-output"), "tbot/web-1/my-output");
     }
