@@ -10,10 +10,12 @@
 //! while that certificate is valid now (`valid_after <= now < valid_before`):
 //! an expired or not-yet-valid one is reported at once, with the reason.
 //! `tbot_identity_certificate_expiry_timestamp_seconds{service}` gives its
-//! `valid_before`. A failed attempt
-//! makes it `unhealthy` with the error and it tries again after a backoff
-//! (1 s, doubling, at most the renewal interval) without leaving its loop;
-//! the first success makes it `healthy` again. Every attempt is counted in
+//! `valid_before` (the series is removed when the service stops).
+//!
+//! A failed attempt makes it `unhealthy` with the error (and, when the
+//! certificate on disk is no longer valid, that first) and it tries again
+//! after a backoff (1 s, doubling, at most the renewal interval) without
+//! leaving its loop; the first success makes it `healthy` again. Every attempt is counted in
 //! the `tbot_task_*` metrics as task [`TASK`].
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
