@@ -169,3 +169,24 @@ impl Metrics {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificate_expiry_is_set_per_service_and_removed_with_it() {
+        let m = Metrics::new();
+        m.set_certificate_expiry("a", 1_796_022_633.0);
+        m.set_certificate_expiry("b", 1_796_000_000.0);
+        let text = String::from_utf8(m.render().unwrap()).unwrap();
+        assert!(text.contains(
+            "tbot_identity_certificate_expiry_timestamp_seconds{service=\"a\"} 1796022633\n"
+        ));
+        m.remove_certificate_expiry("a");
+        m.remove_certificate_expiry("never-set");
+        let text = String::from_utf8(m.render().unwrap()).unwrap();
+        assert!(!text.contains("service=\"a\""), "{text}");
+        assert!(text.contains("{service=\"b\"} 1796000000\n"), "{text}");
+    }
+}
