@@ -54,11 +54,6 @@ impl StagedFile {
         Ok(staged)
     }
 
-    /// The path this file will replace.
-    pub fn target(&self) -> &Path {
-        &self.target
-    }
-
     /// Renames the temp file over the target. The caller fsyncs the directory
     /// afterwards ([`sync_dir`]) once all its renames are done.
     pub fn commit(mut self) -> io::Result<()> {
@@ -142,7 +137,7 @@ pub fn remove_stale_temps(dir: &Path, names: &[&str]) {
 
 /// Whether `file_name` is a temp file [`create_temp`] makes for target
 /// `name`: `.<name>.tmp.<pid>.<n>.<nanos>`, three decimal numbers.
-fn is_temp_of(file_name: &str, name: &str) -> bool {
+pub fn is_temp_of(file_name: &str, name: &str) -> bool {
     let Some(numbers) = file_name
         .strip_prefix('.')
         .and_then(|r| r.strip_prefix(name))

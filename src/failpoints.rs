@@ -3,7 +3,9 @@
 //!
 //! `TBOT_FAILPOINTS="heartbeat=panic:1,heartbeat-start=sleep:3000"`: at the
 //! point named `heartbeat`, panic the first time; at `heartbeat-start`,
-//! sleep 3000 ms. This is how the suite proves, through the real binary,
+//! sleep 3000 ms. `name=on` sets a switch that [`on`] reads
+//! (`mux-no-fd-budget=on`: the multiplexer's cap is not fitted to the
+//! open-file limit, so that a test can run it out of descriptors). This is how the suite proves, through the real binary,
 //! that a panicking service is caught, reported and restarted.
 //!
 //! A point inside a file write ([`hit_in_write`]) can also be named for one
@@ -23,6 +25,7 @@ mod imp {
     enum Action {
         Panic(u32),
         Sleep(u64),
+        On,
     }
 
     fn points() -> &'static Mutex<HashMap<String, Action>> {
@@ -39,6 +42,7 @@ mod imp {
                 match kind {
                     "panic" => map.insert(name.to_string(), Action::Panic(n as u32)),
                     "sleep" => map.insert(name.to_string(), Action::Sleep(n)),
+                    "on" => map.insert(name.to_string(), Action::On),
                     _ => None,
                 };
             }
@@ -72,6 +76,12 @@ mod imp {
         }
     }
 
+    /// Whether the switch `name=on` is set.
+    pub fn on(name: &str) -> bool {
+        let map = points().lock().unwrap_or_else(|p| p.into_inner());
+        matches!(map.get(name), Some(Action::On))
+    }
+
     pub fn hit(point: &str) {
         if let Some(d) = due(point) {
             act(point, d);
@@ -100,8 +110,18 @@ mod imp {
 }
 
 #[cfg(debug_assertions)]
-pub use imp::{hit, hit_in_write};
+pub use imp::{hit, hit_in_write, on};
 
 #[cfg(not(debug_assertions))]
 #[inline(always)]
 pub fn hit(_point: &str) {}
+
+#[cfg(not(debug_assertions))]
+#[inline(always)]
+pub fn on(_name: &str) -> bool {
+    false
+}
+
+#[cfg(not(debug_assertions))]
+#[inline(always)]
+pub fn hit_in_write(_point: &str, _path: &std::path::Path) {}

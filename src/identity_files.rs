@@ -1,24 +1,35 @@
 //! Writes an issued credential into an identity output's destination
-//! directory: `key`, `key.pub`, `key-cert.pub` and `ssh_ca.pub`, mode 0600,
-//! each replaced atomically (never truncated, even if the bot is killed).
+//! directory as one generation: `key`, `key.pub`, `key-cert.pub` and
+//! `ssh_ca.pub` change together in one atomic step, or not at all, even if
+//! tbot is killed at any moment.
 //!
-//! Order: all four files are first written to temp files and fsynced
-//! (nothing visible changes yet; any failure leaves the old set untouched and
-//! removes the temps). Then they are renamed in back to back: `ssh_ca.pub`,
-//! `key.pub`, `key`, `key-cert.pub`, and the directory is fsynced once. So a
-//! reader can only see a `key` that does not match `key-cert.pub` during the
-//! microseconds between two rename(2) calls, not during key generation or
-//! disk writes. `key-cert.pub` goes last so that the certificate on disk is
-//! never newer than the key it certifies (ssh ignores a certificate that does
-//! not match its key and falls back to the plain key, which sshd refuses; a
-//! retry a moment later succeeds). A crash between renames leaves a
-//! mismatched pair until the next issue, which the identity service does at
-//! start. Two files cannot be swapped truly atomically without a directory
-//! symlink flip, which OpenSSH's fixed file names do not allow here.
+//! The layout (Kubernetes' `AtomicWriter` for projected volumes does the
+//! same):
+//!
+//! ```text
+//! DEST/..gen-<secs>.<nanos>/{key,key.pub,key-cert.pub,ssh_ca.pub}   0700 / 0600
+//! DEST/..data -> ..gen-<secs>.<nanos>
+//! DEST/key -> ..data/key  (and key.pub, key-cert.pub, ssh_ca.pub)
+//! ```
+//!
+//! A write makes a new generation directory, writes and fsyncs the four
+//! files in it, fsyncs it, then points a new symlink `..data_tmp` at it and
+//! renames that over `..data`: that `rename(2)` is the one step that
+//! switches every file at once. The paths users configure (`DEST/key`, which
+//! ssh reads with `key-cert.pub` beside it) are symlinks through `..data`
+//! that never change; they are made (or, for a destination from the old
+//! flat layout, swapped in over the regular files, one rename each) after
+//! the switch. Older generations are removed last. A kill before the switch
+//! leaves the old set in force plus an unpublished generation, which
+//! [`remove_stale`] (run when the output starts) removes.
+//!
+//! Every step goes through a directory handle from [`crate::chase`], so a
+//! destination path with a symlink another user planted is refused.
 
 use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::atomic_file::{sync_dir, StagedFile};
+use crate::chase::{open_dir, DirHandle};
 use crate::issuer::Credential;
 
 pub const KEY_FILE: &str = "key";
@@ -29,40 +40,206 @@ pub const CA_FILE: &str = "ssh_ca.pub";
 pub const FILES: [&str; 4] = [CA_FILE, PUBLIC_KEY_FILE, KEY_FILE, CERT_FILE];
 /// Mode of every file written.
 pub const FILE_MODE: u32 = 0o600;
+/// The symlink naming the current generation.
+pub const DATA_LINK: &str = "..data";
+const DATA_TMP: &str = "..data_tmp";
+/// Prefix of generation directories.
+pub const GEN_PREFIX: &str = "..gen-";
 
-/// Writes `cred` and the CA public key line `ca_pub` into `dest`, creating
-/// `dest` (0700) if missing. Errors are one line: `<path>: <OS error>`.
+/// Writes `cred` and the CA public key line `ca_pub` into `dest` as a new
+/// generation, creating `dest` (0700) if missing. Errors are one line:
+/// `<path>: <reason>`.
 pub fn write_identity(dest: &Path, cred: &Credential, ca_pub: &str) -> Result<(), String> {
-    crate::fsutil::create_private_dir(dest)?;
-
+    let dir = open_dir(dest, true)?;
+    if dir.read_link(DATA_LINK).is_none() {
+        migrate_flat(&dir)?;
+    }
     let files: [(&str, &[u8]); 4] = [
         (CA_FILE, ca_pub.as_bytes()),
         (PUBLIC_KEY_FILE, cred.public_key_openssh.as_bytes()),
         (KEY_FILE, cred.private_key_openssh.as_bytes()),
         (CERT_FILE, cred.certificate_openssh.as_bytes()),
     ];
-    let mut staged = Vec::with_capacity(files.len());
-    for (name, contents) in files {
-        let path = dest.join(name);
-        let contents = with_newline(contents);
-        let s = StagedFile::stage(&path, &contents, FILE_MODE)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        staged.push(s);
-    }
-    for s in staged {
-        let target = s.target().to_path_buf();
-        s.commit()
-            .map_err(|e| format!("{}: {e}", target.display()))?;
-    }
-    sync_dir(dest).map_err(|e| format!("{}: {e}", dest.display()))
+    publish(&dir, &files, true)
 }
 
-/// Removes the temp files an interrupted [`write_identity`] left in `dest`
-/// (they can hold private keys). Only for the destination's owner, before
-/// its first write: see [`crate::atomic_file::remove_stale_temps`].
-pub fn remove_stale_temps(dest: &Path) {
-    crate::atomic_file::remove_stale_temps(dest, &FILES);
+/// A destination from the old flat layout (regular files, no `..data`):
+/// publishes the files there as they are, as a first generation, and swaps
+/// each for its link to identical contents; so a kill at any point leaves
+/// a matching set, and the new credential then comes in the one switch.
+fn migrate_flat(dir: &DirHandle) -> Result<(), String> {
+    let mut old: Vec<(&str, Vec<u8>)> = Vec::new();
+    for name in FILES {
+        if dir.file_type(name)? == Some(rustix::fs::FileType::RegularFile) {
+            old.push((name, dir.read_file(name, 64 * 1024)?));
+        }
+    }
+    if old.is_empty() {
+        return Ok(());
+    }
+    crate::log::info(
+        "moving an identity destination to the generation layout",
+        &[("destination", &dir.path().display())],
+    );
+    let files: Vec<(&str, &[u8])> = old.iter().map(|(n, c)| (*n, c.as_slice())).collect();
+    publish(dir, &files, false)
 }
+
+/// Writes `files` as a new generation, switches `..data` to it, makes the
+/// links, removes older generations. `steps`: reach the failpoints.
+fn publish(dir: &DirHandle, files: &[(&str, &[u8])], steps: bool) -> Result<(), String> {
+    let step = |n: usize, path: &Path| {
+        if steps {
+            step(n, path)
+        }
+    };
+    let gen_name = make_generation(dir)?;
+    step(1, &dir.join(&gen_name));
+    if let Err(e) = write_generation(dir, &gen_name, files, &step) {
+        let _ = dir.remove_dir_with_files(&gen_name);
+        return Err(e);
+    }
+    // The switch: ..data_tmp -> the new generation, renamed over ..data.
+    dir.remove_file(DATA_TMP)?;
+    dir.symlink(&gen_name, DATA_TMP)?;
+    step(7, &dir.join(DATA_TMP));
+    dir.rename(DATA_TMP, DATA_LINK)?;
+    step(8, &dir.join(DATA_LINK));
+    for (n, (name, _)) in files.iter().enumerate() {
+        ensure_link(dir, name)?;
+        step(9 + n, &dir.join(name));
+    }
+    dir.sync()?;
+    step(13, dir.path());
+    remove_old_generations(dir, Some(&gen_name))
+}
+
+/// Creates a fresh, empty generation directory (0700); returns its name.
+fn make_generation(dir: &DirHandle) -> Result<String, String> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    for n in 0..100u32 {
+        let name = format!(
+            "{GEN_PREFIX}{}.{:09}{}",
+            now.as_secs(),
+            now.subsec_nanos(),
+            if n == 0 {
+                String::new()
+            } else {
+                format!("-{n}")
+            }
+        );
+        match dir.mkdir(&name, 0o700) {
+            Ok(()) => return Ok(name),
+            Err(rustix::io::Errno::EXIST) => continue,
+            Err(e) => return Err(crate::chase::describe(&dir.join(&name), e)),
+        }
+    }
+    Err(format!(
+        "{}: could not create a new generation directory",
+        dir.path().display()
+    ))
+}
+
+/// Writes and fsyncs every file in the generation directory, then the
+/// directory itself.
+fn write_generation(
+    dir: &DirHandle,
+    gen_name: &str,
+    files: &[(&str, &[u8])],
+    step: &dyn Fn(usize, &Path),
+) -> Result<(), String> {
+    let gen = dir.subdir(gen_name)?;
+    for (n, (name, contents)) in files.iter().enumerate() {
+        let contents = with_newline(contents);
+        gen.create_file(name, &contents, FILE_MODE, |p| {
+            crate::failpoints::hit_in_write("stage-half", p)
+        })?;
+        step(2 + n, &gen.join(name));
+    }
+    gen.sync()?;
+    step(6, gen.path());
+    Ok(())
+}
+
+/// Makes `DEST/name` the symlink `..data/name` unless it already is. A
+/// regular file there (the old flat layout) is replaced in one rename.
+fn ensure_link(dir: &DirHandle, name: &str) -> Result<(), String> {
+    let target = format!("{DATA_LINK}/{name}");
+    if dir.read_link(name).as_deref() == Some(target.as_str()) {
+        return Ok(());
+    }
+    if let Some(rustix::fs::FileType::Directory) = dir.file_type(name)? {
+        return Err(format!(
+            "{}: is a directory; expected a file or a symbolic link",
+            dir.join(name).display()
+        ));
+    }
+    let tmp = format!(".{name}.link_tmp");
+    dir.remove_file(&tmp)?;
+    dir.symlink(&target, &tmp)?;
+    dir.rename(&tmp, name)
+}
+
+/// Removes every generation directory but `keep` (the one `..data` points
+/// at when None), a leftover `..data_tmp`, and the temp files of the old
+/// flat layout's writer.
+fn remove_old_generations(dir: &DirHandle, keep: Option<&str>) -> Result<(), String> {
+    let current = match keep {
+        Some(k) => Some(k.to_string()),
+        None => dir.read_link(DATA_LINK),
+    };
+    for name in dir.entries()? {
+        let stale_gen = name.starts_with(GEN_PREFIX) && current.as_deref() != Some(&name);
+        let stale_file = name == DATA_TMP
+            || (name.ends_with(".link_tmp") && name.starts_with('.'))
+            || FILES
+                .iter()
+                .any(|f| crate::atomic_file::is_temp_of(&name, f));
+        if stale_gen {
+            dir.remove_dir_with_files(&name)?;
+        } else if stale_file {
+            dir.remove_file(&name)?;
+        } else {
+            continue;
+        }
+        crate::log::debug(
+            "removed a leftover of an earlier write",
+            &[("path", &dir.join(&name).display())],
+        );
+    }
+    Ok(())
+}
+
+/// Removes what an interrupted [`write_identity`] left in `dest`: an
+/// unpublished generation (it can hold a private key), `..data_tmp`, temp
+/// files. Only for the destination's owner, before its first write. A
+/// missing destination is nothing to clean; other failures are logged.
+pub fn remove_stale_temps(dest: &Path) {
+    let Ok(dir) = open_dir(dest, false) else {
+        return;
+    };
+    if let Err(e) = remove_old_generations(&dir, None) {
+        crate::log::warn(
+            "could not remove the leftovers of an interrupted write",
+            &[("error", &e)],
+        );
+    }
+}
+
+/// The failpoint `identity-step-<n>` (debug builds), reached after step `n`
+/// of a write: 1 generation made, 2-5 each file written, 6 generation
+/// fsynced, 7 `..data_tmp` made, 8 `..data` switched, 9-12 each link
+/// ensured, 13 destination fsynced. The tests kill tbot at each.
+#[cfg(debug_assertions)]
+fn step(n: usize, path: &Path) {
+    crate::failpoints::hit_in_write(&format!("identity-step-{n}"), path);
+}
+
+#[cfg(not(debug_assertions))]
+#[inline(always)]
+fn step(_n: usize, _path: &Path) {}
 
 /// OpenSSH files end with a newline; the one-line encodings come without.
 fn with_newline(contents: &[u8]) -> zeroize::Zeroizing<Vec<u8>> {
@@ -106,11 +283,19 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         names.sort();
-        assert_eq!(names, ["key", "key-cert.pub", "key.pub", "ssh_ca.pub"]);
-        for n in &names {
+        assert_eq!(names.len(), 6, "{names:?}");
+        assert_eq!(names[0], "..data");
+        assert!(names[1].starts_with(GEN_PREFIX), "{names:?}");
+        assert_eq!(names[2..], ["key", "key-cert.pub", "key.pub", "ssh_ca.pub"]);
+        for n in &names[2..] {
+            assert_eq!(
+                fs::read_link(dest.join(n)).unwrap(),
+                Path::new("..data").join(n)
+            );
             assert_eq!(mode_of(&dest.join(n)), 0o600, "{n}");
             assert!(fs::read(dest.join(n)).unwrap().ends_with(b"\n"), "{n}");
         }
+        assert_eq!(mode_of(&dest.join(&names[1])), 0o700);
         assert_eq!(
             fs::read_to_string(dest.join("ssh_ca.pub")).unwrap(),
             format!("{}\n", issuer.ca_public_openssh())
@@ -139,8 +324,8 @@ mod tests {
         );
         assert_eq!(
             fs::read_dir(&dest).unwrap().count(),
-            4,
-            "no temp files left"
+            6,
+            "one generation, no temp files left"
         );
     }
 
@@ -153,25 +338,54 @@ mod tests {
         fs::write(&file, b"x").unwrap();
         // A file where the destination directory should be.
         let e = write_identity(&file, &cred, "ca").unwrap_err();
-        assert_eq!(e, format!("{}: File exists (os error 17)", file.display()));
+        assert_eq!(e, format!("{}: not a directory", file.display()));
         let e = write_identity(&file.join("sub"), &cred, "ca").unwrap_err();
-        assert_eq!(
-            e,
-            format!(
-                "{}: Not a directory (os error 20)",
-                file.join("sub").display()
-            )
-        );
-        // A directory where a file should be: staged temps are cleaned up.
+        assert_eq!(e, format!("{}: not a directory", file.display()));
+        // A directory where a file's link should be: the new generation is
+        // published, the error names the file, and the next write after the
+        // cause is gone succeeds.
         let dest = d.0.join("dest");
         fs::create_dir_all(dest.join(CERT_FILE).join("x")).unwrap();
         let e = write_identity(&dest, &cred, "ca").unwrap_err();
-        assert!(
-            e.starts_with(&format!("{}: ", dest.join(CERT_FILE).display())),
-            "{e}"
+        assert_eq!(
+            e,
+            format!(
+                "{}: is a directory; expected a file or a symbolic link",
+                dest.join(CERT_FILE).display()
+            )
         );
-        assert!(e.contains("(os error"), "{e}");
-        assert!(!e.contains('\n'));
+        fs::remove_dir_all(dest.join(CERT_FILE)).unwrap();
+        write_identity(&dest, &cred, "ca").unwrap();
+        assert_eq!(fs::read_dir(&dest).unwrap().count(), 6);
+    }
+
+    #[test]
+    fn a_flat_destination_is_migrated_and_leftovers_removed() {
+        let d = TestDir::new("identity-migrate");
+        let issuer = Issuer::load_or_create(&d.0.join("storage")).unwrap();
+        let dest = d.0.join("out");
+        fs::create_dir(&dest).unwrap();
+        for f in FILES {
+            fs::write(dest.join(f), b"old flat file\n").unwrap();
+        }
+        // An interrupted write's leftovers.
+        fs::create_dir(dest.join("..gen-1.000000001")).unwrap();
+        fs::write(dest.join("..gen-1.000000001").join("key"), b"half").unwrap();
+        fs::write(dest.join(".key.tmp.1.0.7"), b"half").unwrap();
+        remove_stale_temps(&dest);
+        assert_eq!(fs::read_dir(&dest).unwrap().count(), 4);
+        let c = issue(&issuer, "deploy");
+        write_identity(&dest, &c, &issuer.ca_public_openssh()).unwrap();
+        for f in FILES {
+            assert!(
+                fs::symlink_metadata(dest.join(f)).unwrap().is_symlink(),
+                "{f}"
+            );
+        }
+        assert_eq!(
+            fs::read_to_string(dest.join(CERT_FILE)).unwrap(),
+            format!("{}\n", c.certificate_openssh)
+        );
     }
 
     #[test]

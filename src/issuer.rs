@@ -16,8 +16,7 @@
 
 use std::fmt;
 use std::fs;
-use std::io::Read;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -26,7 +25,7 @@ use ssh_key::certificate::{Builder, CertType};
 use ssh_key::{Algorithm, HashAlg, LineEnding, PrivateKey};
 use zeroize::Zeroizing;
 
-use crate::atomic_file::write_atomic;
+use crate::ca_key_file::{parse_ca_key, read_key_file};
 
 /// File name of the CA private key inside the storage directory.
 pub const CA_KEY_FILE: &str = "ca_key";
@@ -42,8 +41,6 @@ pub const USER_EXTENSIONS: [&str; 5] = [
     "permit-pty",
     "permit-user-rc",
 ];
-/// A CA key file larger than this is not a key.
-const MAX_KEY_FILE: u64 = 64 * 1024;
 
 /// The loaded CA.
 pub struct Issuer {
@@ -74,6 +71,8 @@ pub struct Credential {
     pub public_key_openssh: String,
     /// `ssh-ed25519-cert-v01@openssh.com AAAA... <key id>` (one line, no newline).
     pub certificate_openssh: String,
+    /// The certificate's `valid_after`, exactly as encoded in it.
+    pub valid_after: SystemTime,
     /// The certificate's `valid_before`, exactly as encoded in it.
     pub valid_before: SystemTime,
 }
@@ -84,6 +83,7 @@ impl fmt::Debug for Credential {
             .field("private_key_openssh", &"<redacted>")
             .field("public_key_openssh", &self.public_key_openssh)
             .field("certificate_openssh", &self.certificate_openssh)
+            .field("valid_after", &self.valid_after)
             .field("valid_before", &self.valid_before)
             .finish()
     }
@@ -132,7 +132,12 @@ impl Issuer {
         let pem = ca
             .to_openssh(LineEnding::LF)
             .map_err(|e| at(&format!("encoding the CA key: {e}")))?;
-        write_atomic(&key_path, pem.as_bytes(), 0o600).map_err(|e| at(&e))?;
+        // Through the storage directory's handle (see `chase`).
+        crate::chase::open_dir(crate::atomic_file::parent_dir(&key_path), true)?.write_atomic(
+            CA_KEY_FILE,
+            pem.as_bytes(),
+            0o600,
+        )?;
         let stamp = ca_key_stamp_at(&key_path)?;
         Issuer::new(ca, key_path, stamp)
     }
@@ -246,6 +251,7 @@ impl Issuer {
             certificate_openssh: cert
                 .to_openssh()
                 .map_err(|e| fail("encoding the certificate", e))?,
+            valid_after: UNIX_EPOCH + Duration::from_secs(valid_after),
             valid_before: UNIX_EPOCH + Duration::from_secs(valid_before),
         })
     }
@@ -262,7 +268,7 @@ fn ca_key_stamp_at(path: &Path) -> Result<KeyFileStamp, String> {
         .map_err(|e| format!("{}: {e}", path.display()))
 }
 
-fn stamp_of(m: &fs::Metadata) -> KeyFileStamp {
+pub(crate) fn stamp_of(m: &fs::Metadata) -> KeyFileStamp {
     KeyFileStamp {
         dev: m.dev(),
         ino: m.ino(),
@@ -272,66 +278,13 @@ fn stamp_of(m: &fs::Metadata) -> KeyFileStamp {
     }
 }
 
-/// Reads the key file, refusing anything but a small regular file that only
-/// its owner can access. The open neither follows a symlink (`O_NOFOLLOW`)
-/// nor waits for a writer on a FIFO (`O_NONBLOCK`, which does not change
-/// reading a regular file); the checks use the opened descriptor (no race).
-fn read_key_file(path: &Path) -> Result<(Zeroizing<Vec<u8>>, KeyFileStamp), String> {
-    let at = |e: &dyn fmt::Display| format!("{}: {e}", path.display());
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(|e| {
-            let symlink = fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
-            if e.raw_os_error() == Some(libc::ELOOP) && symlink {
-                at(&"is a symbolic link; the CA key must be a regular file")
-            } else {
-                at(&e)
-            }
-        })?;
-    let meta = file.metadata().map_err(|e| at(&e))?;
-    if !meta.is_file() {
-        return Err(at(&"not a regular file"));
-    }
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o077 != 0 {
-        return Err(at(&format_args!(
-            "mode {mode:04o} is too open; expected 0600"
-        )));
-    }
-    if meta.len() > MAX_KEY_FILE {
-        return Err(at(&format_args!(
-            "{} bytes is too large for an OpenSSH private key",
-            meta.len()
-        )));
-    }
-    let mut bytes = Zeroizing::new(Vec::new());
-    file.take(MAX_KEY_FILE + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| at(&e))?;
-    Ok((bytes, stamp_of(&meta)))
-}
-
-fn parse_ca_key(bytes: &[u8]) -> Result<PrivateKey, String> {
-    let key =
-        PrivateKey::from_openssh(bytes).map_err(|e| format!("not an OpenSSH private key: {e}"))?;
-    if key.is_encrypted() {
-        return Err("the key is passphrase-protected; the CA key must be unencrypted".to_string());
-    }
-    if key.algorithm() != Algorithm::Ed25519 {
-        return Err(format!(
-            "the key is {}; the CA key must be ssh-ed25519",
-            key.algorithm()
-        ));
-    }
-    Ok(key)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::atomic_file::write_atomic;
+    use crate::ca_key_file::OPENSSH_BEGIN;
     use crate::testutil::TestDir;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     use std::process::Command;
 
     fn ssh_keygen(args: &[&str]) -> std::process::Output {
@@ -449,10 +402,40 @@ mod tests {
         let key = d.0.join(CA_KEY_FILE);
         write_atomic(&key, b"hello, not a key\n", 0o600).unwrap();
         let e = Issuer::load_or_create(&d.0).unwrap_err();
-        let prefix = format!("{}: not an OpenSSH private key: ", key.display());
-        assert!(e.starts_with(&prefix), "{e}");
-        assert!(!e.contains('\n'), "{e}");
+        assert_eq!(
+            e,
+            format!(
+                "{}: not an OpenSSH private key (it does not begin with \"{OPENSSH_BEGIN}\")",
+                key.display()
+            )
+        );
         assert_eq!(fs::read(&key).unwrap(), b"hello, not a key\n");
+
+        // Empty, another PEM type, a cut-short key: each said plainly.
+        write_atomic(&key, b"", 0o600).unwrap();
+        let e = Issuer::load(&d.0).unwrap_err();
+        assert_eq!(
+            e,
+            format!("{}: empty file; not an OpenSSH private key", key.display())
+        );
+        write_atomic(&key, b"-----BEGIN RSA PRIVATE KEY-----\nAAAA\n", 0o600).unwrap();
+        let e = Issuer::load(&d.0).unwrap_err();
+        assert!(
+            e.contains("not an OpenSSH private key: it is a PEM \"RSA PRIVATE KEY\""),
+            "{e}"
+        );
+        let good = Issuer::load_or_create(&d.0.join("good")).unwrap();
+        write_atomic(&key, good.ca_public_openssh().as_bytes(), 0o600).unwrap();
+        let e = Issuer::load(&d.0).unwrap_err();
+        assert!(e.ends_with(": not an OpenSSH private key: it is a public key line; the CA key file must hold the private key"), "{e}");
+        let pem = fs::read_to_string(good.key_path()).unwrap();
+        write_atomic(&key, &pem.as_bytes()[..pem.len() / 2], 0o600).unwrap();
+        let e = Issuer::load(&d.0).unwrap_err();
+        assert!(
+            e.contains("not an OpenSSH private key: damaged or cut short ("),
+            "{e}"
+        );
+        assert!(!e.contains('\n'), "{e}");
     }
 
     #[test]
@@ -492,8 +475,7 @@ mod tests {
         let file = d.0.join("plain");
         fs::write(&file, b"x").unwrap();
         let e = Issuer::load_or_create(&file).unwrap_err();
-        assert!(e.starts_with(&format!("{}: ", file.display())), "{e}");
-        assert!(e.contains("(os error"), "{e}");
+        assert_eq!(e, format!("{}: not a directory", file.display()));
     }
 
     /// Runs `Issuer::load` on another thread and gives up after 5 s, so a

@@ -6,7 +6,10 @@
 //! diagnostics HTTP service). `daemon` wires them together.
 
 mod atomic_file;
+mod ca_key_file;
+mod chase;
 mod cli;
+mod clock_step;
 mod config;
 mod config_text;
 mod daemon;

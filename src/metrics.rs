@@ -2,8 +2,8 @@
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::health::Status;
@@ -19,6 +19,7 @@ pub struct Metrics {
     pub mux_started: IntCounter,
     pub mux_handled: IntCounterVec,
     pub mux_in_flight: IntGauge,
+    certificate_expiry: GaugeVec,
 }
 
 fn register<C: Collector + Clone + 'static>(r: &Registry, c: C) -> prometheus::Result<C> {
@@ -110,8 +111,19 @@ impl Metrics {
                 "Connections the SSH multiplexer is handling now (reading the target, dialing or relaying).",
             )?,
         )?;
+        let certificate_expiry = register(
+            &r,
+            GaugeVec::new(
+                Opts::new(
+                    "tbot_identity_certificate_expiry_timestamp_seconds",
+                    "When the certificate an identity output last wrote expires (its valid_before), in Unix seconds.",
+                ),
+                &["service"],
+            )?,
+        )?;
         Ok(Metrics {
             registry: r,
+            certificate_expiry,
             service_health,
             task_iterations,
             task_iterations_failed,
@@ -135,6 +147,19 @@ impl Metrics {
         }
     }
 
+    /// Records the `valid_before` (Unix seconds) of the certificate the
+    /// identity output `service` wrote last.
+    pub fn set_certificate_expiry(&self, service: &str, unix_seconds: f64) {
+        self.certificate_expiry
+            .with_label_values(&[service])
+            .set(unix_seconds);
+    }
+
+    /// Drops `service`'s expiry series (the service stopped or was removed).
+    pub fn remove_certificate_expiry(&self, service: &str) {
+        let _ = self.certificate_expiry.remove_label_values(&[service]);
+    }
+
     /// The text exposition format 0.0.4.
     pub fn render(&self) -> Result<Vec<u8>, String> {
         let mut out = Vec::with_capacity(8 * 1024);
@@ -142,5 +167,26 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut out)
             .map_err(|e| format!("encoding metrics: {e}"))?;
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificate_expiry_is_set_per_service_and_removed_with_it() {
+        let m = Metrics::new();
+        m.set_certificate_expiry("a", 1_796_022_633.0);
+        m.set_certificate_expiry("b", 1_796_000_000.0);
+        let text = String::from_utf8(m.render().unwrap()).unwrap();
+        assert!(text.contains(
+            "tbot_identity_certificate_expiry_timestamp_seconds{service=\"a\"} 1796022633\n"
+        ));
+        m.remove_certificate_expiry("a");
+        m.remove_certificate_expiry("never-set");
+        let text = String::from_utf8(m.render().unwrap()).unwrap();
+        assert!(!text.contains("service=\"a\""), "{text}");
+        assert!(text.contains("{service=\"b\"} 1796000000\n"), "{text}");
     }
 }

@@ -435,7 +435,7 @@ fn a_broken_destination_is_unhealthy_with_the_os_error_and_recovers_in_place() {
     let r = t.until("/readyz/a", Duration::from_secs(5), |r| r.status == 503);
     assert_eq!(
         r.json()["reason"],
-        format!("{}: Not a directory (os error 20)", a.display()),
+        format!("{}: not a directory", parent.display()),
         "{}",
         r.body
     );
@@ -557,14 +557,22 @@ fn sigkill_mid_write_never_leaves_a_broken_file() {
         // Wait until every output's writer is paused half-way through
         // `target`, then SIGKILL (by PID).
         for out in &outs {
+            // The file is written in a new generation directory
+            // (`out/..gen-*/target`, see identity_files).
             let needle = format!(
-                "failpoint reached name=stage-half@{target} path={}",
-                out.join(target).display()
+                "failpoint reached name=stage-half@{target} path={}/..gen-",
+                out.display()
             );
-            assert!(
-                t.wait_log(&needle, Duration::from_secs(15)),
-                "kill {i}: no {needle:?} in 15 s"
-            );
+            let suffix = format!("/{target}");
+            let end = Instant::now() + Duration::from_secs(15);
+            while !t
+                .log()
+                .lines()
+                .any(|l| l.contains(&needle) && l.ends_with(&suffix))
+            {
+                assert!(Instant::now() < end, "kill {i}: no {needle:?} in 15 s");
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
         t.child.kill().unwrap();
         let killed_after = started.elapsed();
@@ -617,29 +625,35 @@ fn sigkill_mid_write_never_leaves_a_broken_file() {
                 assert_consistent(out);
             }
 
-            // The temp files the kill left: none readable by anyone but the
-            // owner (they hold private keys), and the target's holds part
-            // of its contents, the proof that the kill came mid-write.
+            // The unpublished generation the kill left: no file in it
+            // readable by anyone but the owner (they hold private keys), and
+            // the target's holds part of its contents, the proof that the
+            // kill came mid-write.
             let mut target_temp = false;
+            let current = fs::read_link(out.join("..data")).ok();
             for entry in fs::read_dir(out).unwrap() {
                 let entry = entry.unwrap();
                 let name = entry.file_name().to_string_lossy().into_owned();
-                if !name.contains(".tmp.") {
+                if !name.starts_with("..gen-") || current.as_deref() == Some(Path::new(&name)) {
                     continue;
                 }
-                let meta = entry.metadata().unwrap();
-                let mode = meta.permissions().mode() & 0o7777;
-                assert_eq!(
-                    mode & 0o077,
-                    0,
-                    "kill {i}: {}/{name} is mode {mode:o}",
-                    out.display()
-                );
-                if name.starts_with(".key.tmp.") {
-                    private_key_temps += 1;
-                }
-                if name.starts_with(&format!(".{target}.tmp.")) && meta.len() > 0 {
-                    target_temp = true;
+                for file in fs::read_dir(entry.path()).unwrap() {
+                    let file = file.unwrap();
+                    let fname = file.file_name().to_string_lossy().into_owned();
+                    let meta = file.metadata().unwrap();
+                    let mode = meta.permissions().mode() & 0o7777;
+                    assert_eq!(
+                        mode & 0o077,
+                        0,
+                        "kill {i}: {}/{name}/{fname} is mode {mode:o}",
+                        out.display()
+                    );
+                    if fname == "key" {
+                        private_key_temps += 1;
+                    }
+                    if fname == target && meta.len() > 0 {
+                        target_temp = true;
+                    }
                 }
             }
             if target_temp {
@@ -674,6 +688,7 @@ fn sigkill_mid_write_never_leaves_a_broken_file() {
     let planted = [last_pid, 1, std::process::id()];
     for out in &outs {
         for pid in planted {
+            // Temp files of the flat layout's writer, from before an upgrade.
             fs::write(out.join(format!(".key.tmp.{pid}.99.1")), b"stale").unwrap();
         }
     }
@@ -702,12 +717,23 @@ fn sigkill_mid_write_never_leaves_a_broken_file() {
         fs::read_dir(d)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.contains(".tmp."))
+            .filter(|n| n.contains(".tmp.") || n.contains("_tmp"))
             .collect()
     };
     for out in &outs {
         let stale = stale_in(out);
         assert!(stale.is_empty(), "{}: {stale:?}", out.display());
+        let generations = fs::read_dir(out)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("..gen-")
+            })
+            .count();
+        assert_eq!(generations, 1, "{}", out.display());
         assert_consistent(out);
     }
     let stale = stale_in(&storage);
@@ -770,7 +796,7 @@ fn oneshot_issues_every_output_once_and_exits_with_the_outcome() {
         Duration::from_secs(20),
     );
     assert_eq!(code, Some(1), "stdout: {stdout}\nstderr: {stderr}");
-    let err = format!("{}: Not a directory (os error 20)", bad.display());
+    let err = format!("{}: not a directory", dir.join("blocker").display());
     assert!(
         stderr.contains(&format!(
             "tbot: oneshot: 1 of 2 identity outputs failed: bad: {err}"

@@ -14,6 +14,10 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v go >/dev/null 2>&1 || need+=(golang-go)
 command -v mandoc >/dev/null 2>&1 || need+=(mandoc)
+# libfaketime steps the wall clock of a running tbot (tests/credential_expiry.rs).
+ls /usr/lib/*/faketime/libfaketime.so.1 /usr/lib/faketime/libfaketime.so.1 >/dev/null 2>&1 || need+=(faketime)
+# setpriv plants a symlink as another user (tests/credential_paths.rs); ssh-keygen checks certificates.
+command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
 # The linker and C runtime that rustc links with (and the cc crate uses).
 command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
 if [ ${#need[@]} -gt 0 ]; then

@@ -467,10 +467,7 @@ fn health_says_why_the_socket_cannot_be_bound_and_a_stale_one_is_replaced() {
     );
     assert!(reason.contains("v1.sock"), "{reason}");
     let reason = unhealthy_reason(&t, "under-file");
-    assert!(
-        reason.contains("plain-file/mux: Not a directory"),
-        "{reason}"
-    );
+    assert!(reason.ends_with("plain-file: not a directory"), "{reason}");
 
     // Retried (supervisor backoff), still failing for the same reason, and
     // the good one unaffected.
@@ -836,6 +833,31 @@ fn pollfd_in(s: &UnixStream) -> libc::pollfd {
     }
 }
 
+/// [`Tbot::start_with_nofile`] with environment variables.
+fn start_with_nofile_and_env(
+    dir: TempDir,
+    config: &str,
+    nofile: u64,
+    env: &[(&str, &str)],
+) -> Tbot {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Tbot::command_with(Path::new(BIN), &dir, config, &[], env);
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: nofile,
+                rlim_max: nofile,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Tbot::spawn_and_wait_addr(cmd, dir)
+}
+
 /// The soft and hard RLIMIT_NOFILE tbot runs under in the test below.
 ///
 /// The arithmetic: at rest tbot holds about a dozen descriptors below the
@@ -860,7 +882,16 @@ fn out_of_descriptors_clients_are_refused_with_a_reason_and_the_warning_is_rate_
     // many are free, with no guessing about which numbers they have.
     let dir = TempDir::new("mux-emfile");
     let cfg = mux_config(dir.path(), "");
-    let t = Tbot::start_with_nofile(dir, &cfg, NOFILE);
+    // The multiplexer's cap is fitted to the open-file limit (mux_budget),
+    // which keeps relays from ever running tbot out of descriptors; this
+    // test switches that off (a debug-build failpoint) to exercise what
+    // happens when something does.
+    let t = start_with_nofile_and_env(
+        dir,
+        &cfg,
+        NOFILE,
+        &[("TBOT_FAILPOINTS", "mux-no-fd-budget=on")],
+    );
     let socket = t.dir.join("mux").join("v1.sock");
     // Started and then quiet: no HTTP request (its descriptors close when
     // tbot gets to it), no file open (the heartbeat's first write has ended
@@ -879,10 +910,14 @@ fn out_of_descriptors_clients_are_refused_with_a_reason_and_the_warning_is_rate_
         );
     }
     let own_files = t.dir.path().display().to_string();
-    // (But for the storage lock, held on purpose for tbot's whole life.)
+    // Held on purpose for tbot's whole life: the storage lock, and the
+    // multiplexer's destination directory (it places the socket through
+    // that handle).
+    let mux_dir = t.dir.join("mux").display().to_string();
     wait_fds(&t, NOFILE, "a file of tbot's own stays open", |fds| {
-        !fds.iter()
-            .any(|(_, f)| f.starts_with(&own_files) && !f.ends_with("/storage/tbot.lock"))
+        !fds.iter().any(|(_, f)| {
+            f.starts_with(&own_files) && *f != mux_dir && !f.ends_with("/storage/tbot.lock")
+        })
     });
     // The count of open descriptors bounds the free ones from above, no
     // more: a thread blocked in accept(2) (tiny_http's, on its backend

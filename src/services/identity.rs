@@ -3,14 +3,22 @@
 //! directory (`key`, `key.pub`, `key-cert.pub`, `ssh_ca.pub`, see
 //! `identity_files`).
 //!
-//! It issues at start, then every `renewal_interval`, and at once when
-//! `ca-rotation` announces a new CA on the reissue bus. A failed attempt
-//! makes it `unhealthy` with the error and it tries again after a backoff
-//! (1 s, doubling, at most the renewal interval) without leaving its loop;
-//! the first success makes it `healthy` again. Every attempt is counted in
+//! It issues at start, then every `renewal_interval` of wall-clock time,
+//! and at once when `ca-rotation` announces a new CA on the reissue bus, when
+//! the certificate it wrote expires, or when a wall-clock step (see
+//! `clock_step`) leaves it expired or not yet valid. It is `healthy` only
+//! while that certificate is valid now (`valid_after <= now < valid_before`):
+//! an expired or not-yet-valid one is reported at once, with the reason.
+//! `tbot_identity_certificate_expiry_timestamp_seconds{service}` gives its
+//! `valid_before` (the series is removed when the service stops).
+//!
+//! A failed attempt makes it `unhealthy` with the error (and, when the
+//! certificate on disk is no longer valid, that first) and it tries again
+//! after a backoff (1 s, doubling, at most the renewal interval) without
+//! leaving its loop; the first success makes it `healthy` again. Every attempt is counted in
 //! the `tbot_task_*` metrics as task [`TASK`].
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::Receiver;
 
@@ -61,19 +69,64 @@ pub fn issue_to(
     issuer: &Issuer,
     key_id: &str,
 ) -> Result<SystemTime, String> {
+    issue_validity(config, issuer, key_id).map(|v| v.valid_before)
+}
+
+/// The validity window of the certificate an output wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Validity {
+    pub valid_after: SystemTime,
+    pub valid_before: SystemTime,
+}
+
+impl Validity {
+    /// Why the certificate is not valid at `now` (OpenSSH accepts it while
+    /// `valid_after <= now < valid_before`), or None while it is.
+    pub fn problem(&self, now: SystemTime) -> Option<String> {
+        if now < self.valid_after {
+            Some(format!(
+                "certificate not valid until {} (now {}; the clock was stepped back?)",
+                timefmt::rfc3339(self.valid_after),
+                timefmt::rfc3339(now)
+            ))
+        } else if now >= self.valid_before {
+            Some(format!(
+                "certificate expired at {} (now {})",
+                timefmt::rfc3339(self.valid_before),
+                timefmt::rfc3339(now)
+            ))
+        } else {
+            None
+        }
+    }
+}
+
+fn issue_validity(
+    config: &IdentityConfig,
+    issuer: &Issuer,
+    key_id: &str,
+) -> Result<Validity, String> {
     let cred = issuer.issue(&config.principals, key_id, config.credential_ttl)?;
     identity_files::write_identity(&config.destination, &cred, &issuer.ca_public_openssh())?;
-    Ok(cred.valid_before)
+    Ok(Validity {
+        valid_after: cred.valid_after,
+        valid_before: cred.valid_before,
+    })
 }
 
 enum Wake {
     Timer,
     Reissue,
+    ClockStep,
     Stop,
 }
 
-/// Waits `d`, or less when a reissue notice comes or tbot stops.
-fn wait(ctx: &Context, reissue: &Receiver<()>, d: Duration) -> Wake {
+/// Waits until the wall-clock time `until`, or less when a reissue notice
+/// comes, the wall clock is stepped or tbot stops.
+fn wait(ctx: &Context, reissue: &Receiver<()>, steps: &Receiver<()>, until: SystemTime) -> Wake {
+    let d = until
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO);
     crossbeam_channel::select! {
         recv(ctx.stop()) -> _ => Wake::Stop,
         recv(reissue) -> msg => match msg {
@@ -81,17 +134,109 @@ fn wait(ctx: &Context, reissue: &Receiver<()>, d: Duration) -> Wake {
             // The bus is gone (teardown): plain sleep.
             Err(_) => if ctx.sleep(d) { Wake::Timer } else { Wake::Stop },
         },
+        recv(steps) -> _ => Wake::ClockStep,
         default(d) => Wake::Timer,
     }
 }
 
+/// What the loop knows: the certificate on disk and the last attempt.
+struct State {
+    held: Option<Validity>,
+    /// The last attempt's error; None after a success.
+    error: Option<String>,
+    failures: u32,
+    /// Wall-clock time of the next renewal (or retry).
+    next_attempt: SystemTime,
+}
+
 impl IdentityOutput {
     /// One attempt: the current CA, a new credential, the files.
-    fn renew(&self, ctx: &Context) -> Result<(SystemTime, String), String> {
+    fn renew(&self, ctx: &Context) -> Result<(Validity, String), String> {
         let issuer = ctx.shared.ca.get()?;
-        let valid_before = issue_to(&self.config, &issuer, &self.key_id)?;
-        Ok((valid_before, issuer.fingerprint().to_string()))
+        let v = issue_validity(&self.config, &issuer, &self.key_id)?;
+        Ok((v, issuer.fingerprint().to_string()))
     }
+
+    /// Renews now and records the outcome in `st` (and the logs and metrics).
+    fn attempt(&self, ctx: &Context, st: &mut State) {
+        // This attempt uses the current CA: notices so far are answered.
+        if let Some(r) = &self.reissue {
+            while r.try_recv().is_ok() {}
+        }
+        let timer = Iteration::start(ctx, TASK);
+        let result = self.renew(ctx);
+        let now = SystemTime::now();
+        match result {
+            Ok((v, ca)) => {
+                timer.succeeded();
+                let fields: crate::log::Fields = &[
+                    ("service", &ctx.name()),
+                    ("destination", &self.config.destination.display()),
+                    ("valid_before", &timefmt::rfc3339(v.valid_before)),
+                    ("ca", &ca),
+                ];
+                if st.error.is_none() && st.held.is_some() {
+                    log::debug("identity output renewed", fields);
+                } else {
+                    log::info("identity output written", fields);
+                }
+                let secs = v
+                    .valid_before
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default();
+                ctx.shared
+                    .metrics
+                    .set_certificate_expiry(ctx.name(), secs.as_secs_f64());
+                st.held = Some(v);
+                st.error = None;
+                st.failures = 0;
+                st.next_attempt = now + self.config.renewal_interval;
+            }
+            Err(e) => {
+                timer.failed();
+                st.failures = st.failures.saturating_add(1);
+                let delay = retry_delay(st.failures, self.config.renewal_interval);
+                log::warn(
+                    "identity output failed; retrying",
+                    &[
+                        ("service", &ctx.name()),
+                        ("error", &e),
+                        ("retry_in", &crate::duration::format(delay)),
+                    ],
+                );
+                st.error = Some(e);
+                st.next_attempt = now + delay;
+            }
+        }
+    }
+
+    /// Reports the truth: healthy only while the certificate on disk is
+    /// valid now and the last attempt succeeded.
+    fn report(&self, ctx: &Context, st: &State, now: SystemTime) {
+        let problem = st.held.and_then(|v| v.problem(now)).map(|p| {
+            format!(
+                "{}: {p}",
+                self.config
+                    .destination
+                    .join(identity_files::CERT_FILE)
+                    .display()
+            )
+        });
+        match (problem, &st.error) {
+            (Some(p), Some(e)) => ctx.unhealthy(format!("{p}; renewing failed: {e}")),
+            (Some(p), None) => ctx.unhealthy(p),
+            (None, Some(e)) => ctx.unhealthy(e.clone()),
+            (None, None) => ctx.healthy(),
+        }
+    }
+}
+
+/// Whether to renew now: the time has come, or the certificate is not
+/// valid now and the last attempt did not just fail (a failure waits for
+/// its retry time).
+fn due(st: &State, now: SystemTime) -> bool {
+    let invalid = st.held.is_some_and(|v| v.problem(now).is_some());
+    now >= st.next_attempt || (invalid && st.error.is_none())
 }
 
 impl Service for IdentityOutput {
@@ -104,6 +249,7 @@ impl Service for IdentityOutput {
             .reissue
             .get_or_insert_with(|| ctx.shared.reissue.subscribe())
             .clone();
+        let steps = crate::clock_step::subscribe();
         // Before the first attempt, wait for the internal `identity` service
         // to have tried loading the CA.
         crossbeam_channel::select! {
@@ -112,60 +258,44 @@ impl Service for IdentityOutput {
         }
         // This service owns its destination: no other writer is running.
         identity_files::remove_stale_temps(&self.config.destination);
-        let mut failures = 0u32;
-        let mut healthy = false;
+        let mut st = State {
+            held: None,
+            error: None,
+            failures: 0,
+            next_attempt: SystemTime::now(),
+        };
+        let mut renew_now = true;
         loop {
             if ctx.stopping() {
-                return Ok(());
+                break;
             }
-            // This attempt uses the current CA: notices so far are answered.
-            while reissue.try_recv().is_ok() {}
-            let timer = Iteration::start(ctx, TASK);
-            let delay = match self.renew(ctx) {
-                Ok((valid_before, ca)) => {
-                    timer.succeeded();
-                    let fields: crate::log::Fields = &[
-                        ("service", &ctx.name()),
-                        ("destination", &self.config.destination.display()),
-                        ("valid_before", &timefmt::rfc3339(valid_before)),
-                        ("ca", &ca),
-                    ];
-                    if healthy {
-                        log::debug("identity output renewed", fields);
-                    } else {
-                        log::info("identity output written", fields);
-                    }
-                    ctx.healthy();
-                    healthy = true;
-                    failures = 0;
-                    self.config.renewal_interval
-                }
-                Err(e) => {
-                    timer.failed();
-                    failures = failures.saturating_add(1);
-                    let delay = retry_delay(failures, self.config.renewal_interval);
-                    log::warn(
-                        "identity output failed; retrying",
-                        &[
-                            ("service", &ctx.name()),
-                            ("error", &e),
-                            ("retry_in", &crate::duration::format(delay)),
-                        ],
+            if renew_now {
+                self.attempt(ctx, &mut st);
+            }
+            let now = SystemTime::now();
+            self.report(ctx, &st, now);
+            // Wake for the next attempt, or when the certificate expires.
+            let mut until = st.next_attempt;
+            if let Some(v) = st.held.filter(|v| v.problem(now).is_none()) {
+                until = until.min(v.valid_before);
+            }
+            let wake = wait(ctx, &reissue, &steps, until);
+            let now = SystemTime::now();
+            renew_now = match wake {
+                Wake::Stop => break,
+                Wake::Reissue => {
+                    log::info(
+                        "the bot's CA changed; re-issuing now",
+                        &[("service", &ctx.name())],
                     );
-                    ctx.unhealthy(e);
-                    healthy = false;
-                    delay
+                    true
                 }
+                Wake::ClockStep | Wake::Timer => due(&st, now),
             };
-            match wait(ctx, &reissue, delay) {
-                Wake::Stop => return Ok(()),
-                Wake::Reissue => log::info(
-                    "the bot's CA changed; re-issuing now",
-                    &[("service", &ctx.name())],
-                ),
-                Wake::Timer => {}
-            }
         }
+        // Stopped (shut down, or removed by a reload): its series goes too.
+        ctx.shared.metrics.remove_certificate_expiry(ctx.name());
+        Ok(())
     }
 }
 
@@ -183,6 +313,43 @@ mod tests {
         let fast = Duration::from_millis(100);
         assert_eq!(retry_delay(1, fast), fast);
         assert_eq!(retry_delay(5, fast), fast);
+    }
+
+    #[test]
+    fn validity_and_due_follow_the_wall_clock() {
+        let t = |s: u64| UNIX_EPOCH + Duration::from_secs(s);
+        let v = Validity {
+            valid_after: t(1000),
+            valid_before: t(4600),
+        };
+        assert_eq!(v.problem(t(1000)), None);
+        assert_eq!(v.problem(t(4599)), None);
+        let early = v.problem(t(999)).unwrap();
+        assert!(
+            early.starts_with("certificate not valid until 1970-01-01T00:16:40Z"),
+            "{early}"
+        );
+        let late = v.problem(t(4600)).unwrap();
+        assert!(
+            late.starts_with("certificate expired at 1970-01-01T01:16:40Z"),
+            "{late}"
+        );
+
+        let mut st = State {
+            held: Some(v),
+            error: None,
+            failures: 0,
+            next_attempt: t(2200),
+        };
+        assert!(!due(&st, t(2000)));
+        assert!(due(&st, t(2200)), "renewal time");
+        assert!(due(&st, t(500)), "stepped back before valid_after");
+        assert!(due(&st, t(9000)), "stepped past valid_before");
+        // After a failure, an invalid certificate waits for the retry time.
+        st.error = Some("disk full".into());
+        st.next_attempt = t(9001);
+        assert!(!due(&st, t(9000)));
+        assert!(due(&st, t(9001)));
     }
 
     #[test]

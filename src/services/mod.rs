@@ -20,6 +20,8 @@ pub mod ca;
 pub mod ca_rotation;
 pub mod heartbeat;
 pub mod identity;
+pub mod mux_budget;
+pub mod mux_socket;
 pub mod ssh_multiplexer;
 
 /// What every service implements.

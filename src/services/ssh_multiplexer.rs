@@ -38,12 +38,11 @@
 //! is always started minus handled.
 
 use std::collections::VecDeque;
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -58,6 +57,8 @@ use crate::log;
 use crate::metrics::Metrics;
 use crate::poll::{poll, pollfd};
 use crate::services::{Context, Service};
+
+use super::mux_socket::Socket;
 
 /// The socket's file name in the destination.
 pub const SOCKET_NAME: &str = "v1.sock";
@@ -86,9 +87,6 @@ const DEST_EVENTS: u32 = libc::IN_DELETE
     | libc::IN_CREATE
     | libc::IN_DELETE_SELF
     | libc::IN_MOVE_SELF;
-/// The name the socket is bound under before it is renamed into place:
-/// as long as `v1.sock`, so the path length check covers both.
-const TEMP_SOCKET_NAME: &str = ".v1.tmp";
 const RELAY_BUFFER: usize = 64 * 1024;
 /// TCP keepalive on the target connection: a target that vanishes (host
 /// down, network partition) while the relay is idle is noticed after
@@ -146,17 +144,25 @@ impl Service for SshMultiplexer {
         let socket = Socket::bind(&dest)?;
         let exe = tbot_exe()?;
         let text = ssh_config_text(&exe, &socket.path, &identity_dir)?;
-        crate::atomic_file::remove_stale_temps(&dest, &[SSH_CONFIG_NAME]);
-        let config_path = dest.join(SSH_CONFIG_NAME);
-        crate::atomic_file::write_atomic(&config_path, text.as_bytes(), 0o600)
-            .map_err(|e| format!("{}: {e}", config_path.display()))?;
+        let config_path = socket.write_beside(SSH_CONFIG_NAME, text.as_bytes())?;
+        let (max, max_lingering) = super::mux_budget::fit(self.config.max_connections);
+        if max < self.config.max_connections {
+            log::warn(
+                "ssh multiplexer connection cap lowered to fit the open-file limit",
+                &[
+                    ("service", &ctx.name()),
+                    ("wanted", &self.config.max_connections),
+                    ("cap", &max),
+                ],
+            );
+        }
         log::info(
             "ssh multiplexer listening",
             &[
                 ("service", &ctx.name()),
                 ("socket", &socket.path.display()),
                 ("ssh_config", &config_path.display()),
-                ("max_connections", &self.config.max_connections),
+                ("max_connections", &max),
             ],
         );
         ctx.healthy();
@@ -164,7 +170,8 @@ impl Service for SshMultiplexer {
             service: Arc::from(ctx.name()),
             metrics: ctx.shared.metrics.clone(),
             active: self.active.clone(),
-            max: self.config.max_connections,
+            max,
+            max_lingering,
         };
         let result = accept_loop(&socket, &dest, &conns, ctx);
         if result.is_ok() {
@@ -188,7 +195,7 @@ fn accept_loop(
     conns: &Connections,
     ctx: &Context,
 ) -> Result<(), String> {
-    let mut lingering = Lingering::default();
+    let mut lingering = Lingering::new(conns.max_lingering);
     // Without a watch, the socket is checked on a timer instead.
     let mut watch = watch_dest(dest, ctx);
     let mut next_check = watch.is_none().then(|| Instant::now() + OWNERSHIP_CHECK);
@@ -335,122 +342,6 @@ fn tbot_exe() -> Result<PathBuf, String> {
 }
 
 // ---------------------------------------------------------------------------
-// The socket file.
-
-/// The bound listener; removes `v1.sock` when dropped if the file is still
-/// the one it bound.
-struct Socket {
-    listener: UnixListener,
-    path: PathBuf,
-    /// (device, inode) of the socket file, to tell it from a replacement.
-    id: (u64, u64),
-}
-
-impl Socket {
-    /// Creates `dest` (0700) if missing and binds `dest/v1.sock` (0600),
-    /// replacing a stale socket left by a crash but not a live one.
-    fn bind(dest: &Path) -> Result<Socket, String> {
-        let path = dest.join(SOCKET_NAME);
-        let len = path.as_os_str().len();
-        if len > MAX_SOCKET_PATH {
-            return Err(format!(
-                "{}: path too long for a Unix socket ({len} bytes; at most {MAX_SOCKET_PATH}): choose a shorter destination",
-                path.display()
-            ));
-        }
-        crate::fsutil::create_private_dir(dest)?;
-        remove_if_stale(&path)?;
-
-        // Bind under a temporary name, set the mode, then rename into place:
-        // the socket is never reachable with the umask's mode, and a stale
-        // file is replaced atomically.
-        let tmp = dest.join(TEMP_SOCKET_NAME);
-        match fs::remove_file(&tmp) {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => return Err(format!("{}: {e}", tmp.display())),
-        }
-        let listener =
-            UnixListener::bind(&tmp).map_err(|e| format!("{}: bind: {e}", path.display()))?;
-        let placed = (|| {
-            fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600))?;
-            let meta = fs::symlink_metadata(&tmp)?;
-            listener.set_nonblocking(true)?;
-            fs::rename(&tmp, &path)?;
-            Ok::<_, io::Error>((meta.dev(), meta.ino()))
-        })();
-        match placed {
-            Ok(id) => Ok(Socket { listener, path, id }),
-            Err(e) => {
-                let _ = fs::remove_file(&tmp);
-                Err(format!("{}: {e}", path.display()))
-            }
-        }
-    }
-
-    fn is_ours(&self) -> bool {
-        fs::symlink_metadata(&self.path)
-            .map(|m| (m.dev(), m.ino()) == self.id)
-            .unwrap_or(false)
-    }
-
-    fn check_still_ours(&self) -> Result<(), String> {
-        if self.is_ours() {
-            Ok(())
-        } else {
-            Err(format!(
-                "{}: the socket was removed or replaced; binding it again",
-                self.path.display()
-            ))
-        }
-    }
-}
-
-impl Drop for Socket {
-    fn drop(&mut self) {
-        if self.is_ours() {
-            let _ = fs::remove_file(&self.path);
-        }
-    }
-}
-
-/// Removes `path` if it is a socket nobody listens on. A live socket (another
-/// tbot) or a file that is not a socket is an error, and left alone.
-fn remove_if_stale(path: &Path) -> Result<(), String> {
-    let meta = match fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(format!("{}: {e}", path.display())),
-    };
-    if !meta.file_type().is_socket() {
-        return Err(format!(
-            "{}: exists and is not a socket; not replacing it",
-            path.display()
-        ));
-    }
-    match UnixStream::connect(path) {
-        Ok(_) => Err(format!(
-            "{}: another process is listening on this socket",
-            path.display()
-        )),
-        Err(e) if matches!(e.kind(), ErrorKind::ConnectionRefused | ErrorKind::NotFound) => {
-            match fs::remove_file(path) {
-                Ok(()) => {
-                    log::info(
-                        "removed a stale ssh multiplexer socket",
-                        &[("socket", &path.display())],
-                    );
-                    Ok(())
-                }
-                Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(format!("{}: removing stale socket: {e}", path.display())),
-            }
-        }
-        Err(e) => Err(format!("{}: {e}", path.display())),
-    }
-}
-
-// ---------------------------------------------------------------------------
 // ssh_config.
 
 /// The `ssh_config` that sends every host through this multiplexer with the
@@ -529,7 +420,10 @@ struct Connections {
     metrics: Arc<Metrics>,
     /// Connections being handled (their `mux-conn` thread is alive).
     active: Arc<AtomicUsize>,
+    /// `max_connections`, fitted to the open-file limit (`mux_budget`).
     max: usize,
+    /// Refused clients lingering at most (one descriptor each).
+    max_lingering: usize,
 }
 
 /// One request in the metrics: started and in flight from creation; handled
@@ -703,16 +597,18 @@ fn drained(mut s: &UnixStream, total: &mut usize) -> bool {
 }
 
 /// Connections refused on the accept thread, lingering there (see
-/// [`linger`]) without blocking it: polled with the listener. At most
-/// [`MAX_LINGERING`]; past that the oldest is closed at once.
-#[derive(Default)]
-struct Lingering(VecDeque<(UnixStream, Instant, usize)>);
-
-const MAX_LINGERING: usize = 64;
+/// [`linger`]) without blocking it: polled with the listener. At most the
+/// cap given (64, or fewer under a low open-file limit); past that the
+/// oldest is closed at once.
+struct Lingering(VecDeque<(UnixStream, Instant, usize)>, usize);
 
 impl Lingering {
+    fn new(max: usize) -> Lingering {
+        Lingering(VecDeque::new(), max.max(1))
+    }
+
     fn add(&mut self, s: UnixStream) {
-        if self.0.len() >= MAX_LINGERING {
+        if self.0.len() >= self.1 {
             self.0.pop_front();
         }
         let mut total = 0;
@@ -1052,7 +948,6 @@ fn pump(from: &mut impl Read, to: &mut impl Write) -> io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::TestDir;
 
     fn target(host: &str, port: u16) -> Target {
         Target {
@@ -1234,64 +1129,5 @@ mod tests {
         ] {
             assert!(ssh_config_text(Path::new(exe), Path::new(sock), Path::new(id)).is_err());
         }
-    }
-
-    #[test]
-    fn the_socket_is_private_replaces_a_stale_one_and_is_removed() {
-        let d = TestDir::new("mux-socket");
-        let dest = d.0.join("mux");
-        let s = Socket::bind(&dest).unwrap();
-        let path = dest.join(SOCKET_NAME);
-        assert_eq!(
-            fs::metadata(&dest).unwrap().permissions().mode() & 0o777,
-            0o700
-        );
-        assert_eq!(
-            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
-        assert!(UnixStream::connect(&path).is_ok());
-        // A second bind while the first listens is refused, and harmless.
-        let e = Socket::bind(&dest).err().unwrap();
-        assert!(e.contains("another process is listening"), "{e}");
-        assert!(s.is_ours());
-        drop(s);
-        assert!(!path.exists(), "removed when dropped");
-
-        // A stale socket (bound, never removed) is replaced.
-        let stale = UnixListener::bind(&path).unwrap();
-        drop(stale);
-        assert!(path.exists());
-        let s = Socket::bind(&dest).unwrap();
-        assert!(UnixStream::connect(&path).is_ok());
-        // Replaced behind its back: not ours, and not removed on drop.
-        fs::remove_file(&path).unwrap();
-        fs::write(&path, b"x").unwrap();
-        assert!(s.check_still_ours().is_err());
-        drop(s);
-        assert!(path.exists());
-        // A file that is not a socket is never removed.
-        let e = Socket::bind(&dest).err().unwrap();
-        assert!(e.contains("is not a socket"), "{e}");
-        assert_eq!(fs::read(&path).unwrap(), b"x");
-    }
-
-    #[test]
-    fn bind_errors_name_the_path() {
-        let d = TestDir::new("mux-bind-err");
-        let long = d.0.join("x".repeat(120));
-        let e = Socket::bind(&long).err().unwrap();
-        assert!(e.contains("path too long for a Unix socket"), "{e}");
-        assert!(!long.exists(), "nothing created");
-        let file = d.0.join("file");
-        fs::write(&file, b"").unwrap();
-        let e = Socket::bind(&file.join("mux")).err().unwrap();
-        assert_eq!(
-            e,
-            format!(
-                "{}: Not a directory (os error 20)",
-                file.join("mux").display()
-            )
-        );
     }
 }

@@ -1,0 +1,393 @@
+//! Opening an output directory without following symlinks that another user
+//! planted, and writing into it only through the opened handle.
+//!
+//! The path is walked one component at a time from `/` (or the working
+//! directory for a relative path), each component opened with
+//! `openat(O_PATH|O_NOFOLLOW)` relative to the directory handle before it,
+//! as systemd's `chase()` does. A component that is a symbolic link is
+//! followed only when it is owned by root or by tbot's own effective user:
+//! a link owned by anyone else is refused, which is the rule the kernel's
+//! `fs.protected_symlinks` applies in sticky world-writable directories
+//! (`/tmp`), applied everywhere. Missing directories are created (0700) when
+//! asked. Every later write — temp file, rename, symlink, removal, fsync —
+//! goes through the final [`DirHandle`] (`openat`, `renameat`, `unlinkat`
+//! relative to it), so swapping a component for a symlink after the walk
+//! changes nothing.
+//!
+//! Errors are one line in the operator's words, naming the path walked so
+//! far: `/srv/out/key: not a directory`,
+//! `/tmp/x/pub/out: symbolic link owned by uid 65534 ...`.
+
+use std::collections::VecDeque;
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, CWD};
+use rustix::io::Errno;
+
+/// Symlinks followed in one walk before giving up, as the kernel's ELOOP.
+const MAX_LINKS: usize = 40;
+
+/// A directory opened by [`open_dir`] (`O_RDONLY|O_DIRECTORY`), with the
+/// path it was opened as, for messages.
+#[derive(Debug)]
+pub struct DirHandle {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+/// Whether `uid` may own a symlink that tbot follows: root or tbot's own
+/// effective user (see the module documentation).
+pub fn trusted_link_owner(uid: u32) -> bool {
+    uid == 0 || uid == rustix::process::geteuid().as_raw()
+}
+
+/// The message for an OS error at `path`, in the operator's words where the
+/// raw text misleads (`ENOTDIR` / `EEXIST` on a file where a directory is
+/// expected read "not a directory").
+pub fn describe(path: &Path, e: Errno) -> String {
+    match e {
+        Errno::NOTDIR => format!("{}: not a directory", path.display()),
+        other => format!("{}: {}", path.display(), std::io::Error::from(other)),
+    }
+}
+
+/// Opens the directory `path` by walking it from the root (see the module
+/// documentation), creating missing components with mode 0700 when
+/// `create`. Errors: `<path so far>: <reason>`.
+pub fn open_dir(path: &Path, create: bool) -> Result<DirHandle, String> {
+    let start = if path.is_absolute() { "/" } else { "." };
+    let base = rfs::openat(CWD, start, path_flags(), Mode::empty())
+        .map_err(|e| describe(Path::new(start), e))?;
+    let mut walk = Walk {
+        cur: base,
+        walked: PathBuf::from(if path.is_absolute() { "/" } else { "" }),
+        todo: components(path),
+        links: 0,
+        create,
+    };
+    while let Some(name) = walk.todo.pop_front() {
+        walk.step(name)?;
+    }
+    let shown = if walk.walked.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        walk.walked.clone()
+    };
+    let fd = rfs::openat(
+        &walk.cur,
+        ".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| describe(&shown, e))?;
+    Ok(DirHandle {
+        fd,
+        path: path.to_path_buf(),
+    })
+}
+
+fn path_flags() -> OFlags {
+    OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC
+}
+
+fn components(path: &Path) -> VecDeque<OsString> {
+    path.components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_os_string()),
+            Component::ParentDir => Some(OsString::from("..")),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => None,
+        })
+        .collect()
+}
+
+struct Walk {
+    cur: OwnedFd,
+    /// The real path of `cur` (symlinks resolved), for messages.
+    walked: PathBuf,
+    todo: VecDeque<OsString>,
+    links: usize,
+    create: bool,
+}
+
+impl Walk {
+    fn step(&mut self, name: OsString) -> Result<(), String> {
+        if name == ".." {
+            self.cur = rfs::openat(&self.cur, "..", path_flags(), Mode::empty())
+                .map_err(|e| describe(&self.walked, e))?;
+            self.walked.pop();
+            return Ok(());
+        }
+        self.walked.push(&name);
+        let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = match rfs::openat(&self.cur, name.as_os_str(), flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) if self.create => {
+                match rfs::mkdirat(&self.cur, name.as_os_str(), Mode::from_raw_mode(0o700)) {
+                    Ok(()) | Err(Errno::EXIST) => {}
+                    Err(e) => return Err(describe(&self.walked, e)),
+                }
+                rfs::openat(&self.cur, name.as_os_str(), flags, Mode::empty())
+                    .map_err(|e| describe(&self.walked, e))?
+            }
+            Err(e) => return Err(describe(&self.walked, e)),
+        };
+        let st = rfs::fstat(&fd).map_err(|e| describe(&self.walked, e))?;
+        match FileType::from_raw_mode(st.st_mode) {
+            FileType::Directory => {
+                self.cur = fd;
+                Ok(())
+            }
+            FileType::Symlink => self.follow(&fd, st.st_uid),
+            _ => Err(format!("{}: not a directory", self.walked.display())),
+        }
+    }
+
+    /// Follows the symlink opened as `link` (owned by `uid`), or refuses it.
+    fn follow(&mut self, link: &OwnedFd, uid: u32) -> Result<(), String> {
+        if !trusted_link_owner(uid) {
+            return Err(format!(
+                "{}: symbolic link owned by uid {uid}, neither root nor tbot's user (uid {}); refusing to follow it",
+                self.walked.display(),
+                rustix::process::geteuid().as_raw()
+            ));
+        }
+        self.links += 1;
+        if self.links > MAX_LINKS {
+            return Err(describe(&self.walked, Errno::LOOP));
+        }
+        // The link itself (empty path on an O_PATH descriptor): no race with
+        // a swap of the name since it was opened.
+        let target =
+            rfs::readlinkat(link, "", Vec::new()).map_err(|e| describe(&self.walked, e))?;
+        let target = PathBuf::from(OsStr::from_bytes(target.to_bytes()));
+        self.walked.pop();
+        if target.is_absolute() {
+            self.cur = rfs::openat(CWD, "/", path_flags(), Mode::empty())
+                .map_err(|e| describe(Path::new("/"), e))?;
+            self.walked = PathBuf::from("/");
+        }
+        for c in components(&target).into_iter().rev() {
+            self.todo.push_front(c);
+        }
+        Ok(())
+    }
+}
+
+impl DirHandle {
+    /// The path the directory was opened as.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `path/name`, for messages.
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Opens the subdirectory `name` without following a symlink there.
+    pub fn subdir(&self, name: &str) -> Result<DirHandle, String> {
+        let fd = rfs::openat(
+            &self.fd,
+            name,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| describe(&self.join(name), e))?;
+        Ok(DirHandle {
+            fd,
+            path: self.join(name),
+        })
+    }
+
+    /// Creates `name` (`O_EXCL`, never through a symlink) with exactly
+    /// `mode`, writes `contents` and fsyncs it. `step` is called half-way
+    /// through the write (for the failpoints). The file is removed again on
+    /// any error.
+    pub fn create_file(
+        &self,
+        name: &str,
+        contents: &[u8],
+        mode: u32,
+        step: impl FnOnce(&Path),
+    ) -> Result<(), String> {
+        let path = self.join(name);
+        let fd = rfs::openat(
+            &self.fd,
+            name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(mode),
+        )
+        .map_err(|e| describe(&path, e))?;
+        let written = (|| {
+            // The umask may have narrowed the mode; set it before any byte.
+            rfs::fchmod(&fd, Mode::from_raw_mode(mode))?;
+            let mut file = std::fs::File::from(fd);
+            let (first, rest) = contents.split_at(contents.len() / 2);
+            std::io::Write::write_all(&mut file, first)?;
+            step(&path);
+            std::io::Write::write_all(&mut file, rest)?;
+            file.sync_all()
+        })();
+        written.map_err(|e| {
+            let _ = rfs::unlinkat(&self.fd, name, AtFlags::empty());
+            format!("{}: {e}", path.display())
+        })
+    }
+
+    /// Reads the regular file `name` (never through a symlink), at most
+    /// `max` bytes.
+    pub fn read_file(&self, name: &str, max: u64) -> Result<Vec<u8>, String> {
+        let path = self.join(name);
+        let fd = rfs::openat(
+            &self.fd,
+            name,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| describe(&path, e))?;
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(std::fs::File::from(fd), max),
+            &mut out,
+        )
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(out)
+    }
+
+    /// Replaces `name` with `contents` atomically: a temp file beside it,
+    /// renamed over it, the directory fsynced; all through this handle.
+    pub fn write_atomic(&self, name: &str, contents: &[u8], mode: u32) -> Result<(), String> {
+        let tmp = format!(".{name}.tmp.{}.0.0", std::process::id());
+        let _ = rfs::unlinkat(&self.fd, tmp.as_str(), AtFlags::empty());
+        self.create_file(&tmp, contents, mode, |_| {})?;
+        if let Err(e) = self.rename(&tmp, name) {
+            let _ = rfs::unlinkat(&self.fd, tmp.as_str(), AtFlags::empty());
+            return Err(e);
+        }
+        self.sync()
+    }
+
+    /// `renameat(from, to)` inside this directory; the error names `to`.
+    pub fn rename(&self, from: &str, to: &str) -> Result<(), String> {
+        rfs::renameat(&self.fd, from, &self.fd, to).map_err(|e| describe(&self.join(to), e))
+    }
+
+    /// Creates the symlink `name -> target`.
+    pub fn symlink(&self, target: &str, name: &str) -> Result<(), String> {
+        rfs::symlinkat(target, &self.fd, name).map_err(|e| describe(&self.join(name), e))
+    }
+
+    /// The target of the symlink `name`, or None if `name` is missing or
+    /// not a symlink.
+    pub fn read_link(&self, name: &str) -> Option<String> {
+        let t = rfs::readlinkat(&self.fd, name, Vec::new()).ok()?;
+        t.into_string().ok()
+    }
+
+    /// What `name` is (not following a symlink), or None if missing.
+    pub fn file_type(&self, name: &str) -> Result<Option<FileType>, String> {
+        match rfs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => Ok(Some(FileType::from_raw_mode(st.st_mode))),
+            Err(Errno::NOENT) => Ok(None),
+            Err(e) => Err(describe(&self.join(name), e)),
+        }
+    }
+
+    /// Creates the subdirectory `name` with `mode`.
+    pub fn mkdir(&self, name: &str, mode: u32) -> Result<(), Errno> {
+        rfs::mkdirat(&self.fd, name, Mode::from_raw_mode(mode))
+    }
+
+    /// Removes the file or symlink `name`; a missing one is fine.
+    pub fn remove_file(&self, name: &str) -> Result<(), String> {
+        match rfs::unlinkat(&self.fd, name, AtFlags::empty()) {
+            Ok(()) | Err(Errno::NOENT) => Ok(()),
+            Err(e) => Err(describe(&self.join(name), e)),
+        }
+    }
+
+    /// Removes the subdirectory `name` and the files in it (one level: the
+    /// generation directories hold files only).
+    pub fn remove_dir_with_files(&self, name: &str) -> Result<(), String> {
+        let sub = self.subdir(name)?;
+        for entry in sub.entries()? {
+            sub.remove_file(&entry)?;
+        }
+        match rfs::unlinkat(&self.fd, name, AtFlags::REMOVEDIR) {
+            Ok(()) | Err(Errno::NOENT) => Ok(()),
+            Err(e) => Err(describe(&self.join(name), e)),
+        }
+    }
+
+    /// The names in this directory, without `.` and `..`.
+    pub fn entries(&self) -> Result<Vec<String>, String> {
+        let dir = rfs::Dir::read_from(&self.fd).map_err(|e| describe(&self.path, e))?;
+        let mut names = Vec::new();
+        for entry in dir {
+            let entry = entry.map_err(|e| describe(&self.path, e))?;
+            let name = entry.file_name().to_bytes();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            names.push(String::from_utf8_lossy(name).into_owned());
+        }
+        Ok(names)
+    }
+
+    /// fsyncs the directory, so that renames and creations in it are durable.
+    pub fn sync(&self) -> Result<(), String> {
+        rfs::fsync(&self.fd).map_err(|e| describe(&self.path, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::TestDir;
+    use std::fs;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn creates_missing_directories_and_follows_own_links() {
+        let d = TestDir::new("chase");
+        let real = d.0.join("real");
+        fs::create_dir(&real).unwrap();
+        symlink(&real, d.0.join("link")).unwrap();
+        symlink("../real", d.0.join("real").join("up")).unwrap();
+        let h = open_dir(&d.0.join("link/up/new/deeper"), true).unwrap();
+        h.write_atomic("f", b"x", 0o600).unwrap();
+        assert_eq!(fs::read(real.join("new/deeper/f")).unwrap(), b"x");
+        assert!(open_dir(&d.0.join("missing"), false).is_err());
+    }
+
+    #[test]
+    fn a_file_in_the_way_is_not_a_directory() {
+        let d = TestDir::new("chase-file");
+        fs::write(d.0.join("plain"), b"x").unwrap();
+        let p = d.0.join("plain");
+        assert_eq!(
+            open_dir(&p, true).unwrap_err(),
+            format!("{}: not a directory", p.display())
+        );
+        assert_eq!(
+            open_dir(&p.join("sub"), true).unwrap_err(),
+            format!("{}: not a directory", p.display())
+        );
+    }
+
+    #[test]
+    fn link_loops_end() {
+        let d = TestDir::new("chase-loop");
+        symlink("b", d.0.join("a")).unwrap();
+        symlink("a", d.0.join("b")).unwrap();
+        let e = open_dir(&d.0.join("a"), true).unwrap_err();
+        assert!(e.contains("symbolic links"), "{e}");
+    }
+}

@@ -1,0 +1,130 @@
+//! A descriptor budget (issue 12, item 4): under an open-file limit of 40,
+//! 200 multiplexer clients (relays to a silent target held open, and more
+//! waiting) do not starve credential work: renewals (every second), the CA
+//! check and the heartbeat keep succeeding, and clients past the fitted cap
+//! are refused with the reason.
+
+#[path = "support/certs.rs"]
+#[allow(dead_code)]
+mod certs;
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use common::util::{current_user, Metrics};
+use common::*;
+
+const NOFILE: u64 = 40;
+const CLIENTS: usize = 200;
+
+fn task(m: &Metrics, metric: &str) -> f64 {
+    m.get(metric, &[("name", "output-renewal"), ("service", "id")])
+        .unwrap_or(0.0)
+}
+
+/// /metrics, parsed (None when the diagnostics service answers a plain
+/// 503: it shares the descriptor limit, and says so).
+fn metrics(t: &Tbot) -> Option<Metrics> {
+    let r = t.get("/metrics");
+    (r.status == 200).then(|| Metrics::parse(&r.body))
+}
+
+/// A TCP target that accepts and holds every connection, silent.
+fn silent_target() -> (u16, std::sync::mpsc::Receiver<TcpStream>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            if tx.send(s).is_err() {
+                return;
+            }
+        }
+    });
+    (port, rx)
+}
+
+#[test]
+fn two_hundred_multiplexer_clients_at_nofile_40_do_not_stop_renewals() {
+    let dir = TempDir::new("fd-budget");
+    let services = format!(
+        "  - type: identity\n    name: id\n    principals: [{user}]\n    \
+         renewal_interval: 1s\n    credential_ttl: 1m\n    \
+         destination: {{type: directory, path: {id}}}\n\
+         \x20 - type: ssh-multiplexer\n    name: mux\n    identity: id\n    \
+         destination: {{type: directory, path: {mux}}}\n",
+        user = current_user(),
+        id = dir.join("id").display(),
+        mux = dir.join("mux").display(),
+    );
+    let cfg = config_text(dir.path(), "heartbeat_interval: 1s\n", &services);
+    let t = Tbot::start_with_nofile(dir, &cfg, NOFILE);
+    for name in ["id", "mux", "heartbeat"] {
+        t.until(&format!("/readyz/{name}"), Duration::from_secs(10), |r| {
+            r.status == 200
+        });
+    }
+    assert!(
+        t.log()
+            .contains("ssh multiplexer connection cap lowered to fit the open-file limit"),
+        "{}",
+        t.log()
+    );
+    let socket = t.dir.join("mux/v1.sock");
+    let (port, accepted) = silent_target();
+    let m0 = metrics(&t).expect("metrics before the clients");
+
+    // 200 clients, each asking for the silent target and then holding on.
+    let request = format!("127.0.0.1:{port}\0");
+    let clients: Vec<UnixStream> = (0..CLIENTS)
+        .filter_map(|_| {
+            let mut c = UnixStream::connect(&socket).ok()?;
+            let _ = c.write_all(request.as_bytes());
+            Some(c)
+        })
+        .collect();
+    assert!(clients.len() >= CLIENTS / 2, "{} connected", clients.len());
+
+    // For 5 seconds of held relays and refusals: renewals go on.
+    std::thread::sleep(Duration::from_secs(5));
+    let m1 = metrics(&t).expect("metrics with the clients held");
+    let renewed = task(&m1, "tbot_task_iterations_total") - task(&m0, "tbot_task_iterations_total");
+    let failed = task(&m1, "tbot_task_iterations_failed_total")
+        - task(&m0, "tbot_task_iterations_failed_total");
+    assert!(renewed >= 3.0, "{renewed} renewals in 5 s\n{}", t.log());
+    assert_eq!(failed, 0.0, "failed renewals\n{}", t.log());
+    for name in ["id", "mux", "heartbeat", "ca-rotation"] {
+        assert_eq!(
+            t.get(&format!("/readyz/{name}")).status,
+            200,
+            "{name}\n{}",
+            t.log()
+        );
+    }
+    assert!(!t.log().contains("Too many open files"), "{}", t.log());
+    certs::assert_whole_set(&t.dir.join("id"));
+
+    // The relays held are within the fitted cap, the others were told why.
+    let held: Vec<TcpStream> = accepted.try_iter().collect();
+    assert!(
+        !held.is_empty() && held.len() <= 2,
+        "{} relays held",
+        held.len()
+    );
+    let mut refused = 0;
+    for mut c in clients {
+        c.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut buf = [0u8; 256];
+        if let Ok(n) = c.read(&mut buf) {
+            let text = String::from_utf8_lossy(&buf[..n]);
+            if text.contains("too many connections") {
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused > 0, "no client was told why it was refused");
+}
