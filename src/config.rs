@@ -63,13 +63,15 @@ pub struct Config {
     pub services: Vec<ServiceConfig>,
 }
 
-#[derive(Debug, Clone)]
+// PartialEq: a reload compares each service's configuration (see `reload::diff`).
+#[derive(Debug, Clone, PartialEq)]
 pub enum ServiceConfig {
     Identity(IdentityConfig),
     SshMultiplexer(MultiplexerConfig),
 }
 
-#[derive(Debug, Clone)]
+// PartialEq: a reload compares each service's configuration (see `reload::diff`).
+#[derive(Debug, Clone, PartialEq)]
 pub struct IdentityConfig {
     pub name: String,
     pub principals: Vec<String>,
@@ -78,7 +80,8 @@ pub struct IdentityConfig {
     pub renewal_interval: Duration,
 }
 
-#[derive(Debug, Clone)]
+// PartialEq: a reload compares each service's configuration (see `reload::diff`).
+#[derive(Debug, Clone, PartialEq)]
 pub struct MultiplexerConfig {
     pub name: String,
     pub destination: PathBuf,

@@ -40,6 +40,9 @@ impl Status {
 #[derive(Clone, Debug)]
 pub struct Update {
     pub service: String,
+    /// Which run of the service sent it (see [`Health::instance`]): an
+    /// update from an instance a reload has since stopped is dropped.
+    pub instance: u64,
     pub status: Status,
     pub reason: String,
 }
@@ -54,6 +57,9 @@ pub struct Entry {
     pub reason: String,
     #[serde(serialize_with = "crate::timefmt::serialize_opt_rfc3339")]
     pub updated_at: Option<SystemTime>,
+    /// The running instance of the service that may update this row.
+    #[serde(skip)]
+    pub instance: u64,
 }
 
 impl Entry {
@@ -65,6 +71,25 @@ impl Entry {
 #[derive(Default)]
 struct Table {
     entries: BTreeMap<String, Entry>,
+    /// The last instance number handed out (see [`Health::instance`]).
+    last_instance: u64,
+}
+
+impl Table {
+    /// Adds (or resets) a row as `initializing`, for a fresh instance.
+    fn insert_initializing(&mut self, name: &str, kind: &'static str) {
+        self.last_instance += 1;
+        self.entries.insert(
+            name.to_string(),
+            Entry {
+                kind,
+                status: Status::Initializing,
+                reason: String::new(),
+                updated_at: None,
+                instance: self.last_instance,
+            },
+        );
+    }
 }
 
 /// A point-in-time copy of (part of) the table, as the endpoints render it.
@@ -123,15 +148,7 @@ impl Health {
         let mut table = Table::default();
         for (name, kind) in services {
             metrics.set_service_health(name, kind, Status::Initializing);
-            table.entries.insert(
-                name.to_string(),
-                Entry {
-                    kind,
-                    status: Status::Initializing,
-                    reason: String::new(),
-                    updated_at: None,
-                },
-            );
+            table.insert_initializing(name, kind);
         }
         Health {
             inner: Arc::new((Mutex::new(table), Condvar::new())),
@@ -142,7 +159,8 @@ impl Health {
 
     fn lock(&self) -> MutexGuard<'_, Table> {
         // A panic while holding this lock cannot leave the table half-updated
-        // (every update is a single insert), so poisoning is ignored.
+        // (every update is a single insert, and a reload's row changes
+        // cannot panic), so poisoning is ignored.
         self.inner.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -161,6 +179,53 @@ impl Health {
     /// `None` when no service has that name.
     pub fn service(&self, name: &str) -> Option<Entry> {
         self.lock().entries.get(name).cloned()
+    }
+
+    /// The instance number of the service's current row: what its
+    /// [`Update`]s must carry to be applied. `None` when no service has that name.
+    pub fn instance(&self, name: &str) -> Option<u64> {
+        self.lock().entries.get(name).map(|e| e.instance)
+    }
+
+    /// A reload's change to the set of rows, applied at once under the
+    /// table's lock, so that no reader (`/readyz`, `/wait`, the heartbeat)
+    /// ever sees half of it: `removed` rows go (with every metric series of
+    /// theirs), `restarted` and `added` rows start over as `initializing`
+    /// under a fresh instance number, so that a late update from a stopped
+    /// instance is dropped rather than shown as the new one's.
+    pub fn change_rows(&self, change: &RowChange) {
+        let mut table = self.lock();
+        for name in &change.removed {
+            table.entries.remove(name);
+            self.metrics.remove_service(name);
+        }
+        for (name, kind) in &change.restarted {
+            // Its type may have changed: its old health series go.
+            self.metrics.remove_service_health(name);
+            table.insert_initializing(name, kind);
+            self.metrics
+                .set_service_health(name, kind, Status::Initializing);
+        }
+        for (name, kind) in &change.added {
+            table.insert_initializing(name, kind);
+            self.metrics
+                .set_service_health(name, kind, Status::Initializing);
+        }
+        drop(table);
+        self.changed();
+    }
+
+    /// Wakes whoever waits on the table and runs the listeners.
+    fn changed(&self) {
+        self.inner.1.notify_all();
+        for f in self
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            f();
+        }
     }
 
     /// Blocks until every service but `except` has reported at least once,
@@ -197,10 +262,16 @@ impl Health {
     /// Applies one update. Returns true when the status or reason changed.
     fn apply(&self, u: Update) -> bool {
         let mut table = self.lock();
-        let Some(entry) = table.entries.get_mut(&u.service) else {
-            log::warn(
-                "health update for an unknown service ignored",
-                &[("service", &u.service)],
+        let Some(entry) = table
+            .entries
+            .get_mut(&u.service)
+            .filter(|e| e.instance == u.instance)
+        else {
+            // A service a reload has stopped (or restarted) may still have
+            // had an update in the channel.
+            log::debug(
+                "health update from a stopped service instance ignored",
+                &[("service", &u.service), ("instance", &u.instance)],
             );
             return false;
         };
@@ -229,17 +300,18 @@ impl Health {
                 _ => log::info("service status changed", &fields[..n]),
             }
         }
-        self.inner.1.notify_all();
-        for f in self
-            .listeners
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
-            f();
-        }
+        self.changed();
         changed
     }
+}
+
+/// What a reload changes in the table (see [`Health::change_rows`]): names,
+/// and for new rows the service's `type`.
+#[derive(Debug, Default)]
+pub struct RowChange {
+    pub removed: Vec<String>,
+    pub restarted: Vec<(String, &'static str)>,
+    pub added: Vec<(String, &'static str)>,
 }
 
 /// The one place updates are applied: run on its own thread until every
@@ -272,12 +344,14 @@ mod tests {
         assert_eq!(h.snapshot().status, Status::Initializing);
         assert!(!h.snapshot().all_reported());
         h.apply(Update {
+            instance: h.instance("a").unwrap(),
             service: "a".into(),
             status: Status::Healthy,
             reason: String::new(),
         });
         assert_eq!(h.snapshot().status, Status::Initializing);
         h.apply(Update {
+            instance: h.instance("b").unwrap(),
             service: "b".into(),
             status: Status::Healthy,
             reason: String::new(),
@@ -285,6 +359,7 @@ mod tests {
         assert_eq!(h.snapshot().status, Status::Healthy);
         assert!(h.snapshot().all_reported());
         h.apply(Update {
+            instance: h.instance("a").unwrap(),
             service: "a".into(),
             status: Status::Unhealthy,
             reason: "boom".into(),
@@ -294,10 +369,46 @@ mod tests {
         assert_eq!(s.services["a"].reason, "boom");
     }
 
+    fn healthy(h: &Health, name: &str, instance: u64) -> bool {
+        h.apply(Update {
+            instance,
+            service: name.into(),
+            status: Status::Healthy,
+            reason: String::new(),
+        })
+    }
+
+    #[test]
+    fn a_reload_changes_rows_at_once_and_drops_stale_updates() {
+        let h = table();
+        let (a0, b0) = (h.instance("a").unwrap(), h.instance("b").unwrap());
+        assert!(healthy(&h, "a", a0));
+        assert!(healthy(&h, "b", b0));
+        h.change_rows(&RowChange {
+            removed: vec!["b".into()],
+            restarted: vec![("a".into(), "identity")],
+            added: vec![("c".into(), "ssh-multiplexer")],
+        });
+        let s = h.snapshot();
+        assert_eq!(s.services.keys().collect::<Vec<_>>(), ["a", "c"]);
+        assert_eq!(s.services["a"].status, Status::Initializing);
+        assert!(s.services["a"].updated_at.is_none());
+        // The old instance of `a` and the removed `b` are not heard.
+        assert!(!healthy(&h, "a", a0));
+        assert!(!healthy(&h, "b", b0));
+        assert_eq!(h.service("a").unwrap().status, Status::Initializing);
+        assert!(h.service("b").is_none());
+        assert!(healthy(&h, "a", h.instance("a").unwrap()));
+        let text = String::from_utf8(h.metrics.render().unwrap()).unwrap();
+        assert!(!text.contains("service=\"b\""), "{text}");
+        assert!(text.contains("tbot_service_health{service=\"c\",status=\"initializing\",type=\"ssh-multiplexer\"} 1"), "{text}");
+    }
+
     #[test]
     fn unknown_service_updates_are_ignored() {
         let h = table();
         assert!(!h.apply(Update {
+            instance: 1,
             service: "zzz".into(),
             status: Status::Healthy,
             reason: String::new()

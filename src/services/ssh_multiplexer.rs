@@ -29,7 +29,8 @@
 //! Out of file descriptors, a reserve descriptor is given up to accept and
 //! refuse a waiting client, so that it is not left waiting either.
 //! Stopping closes the listener and removes the socket; live relays are not
-//! waited for (they end with the process).
+//! waited for (they end with the process). A reload that removes or changes
+//! the multiplexer drains them for a bounded time (see `relays`).
 //!
 //! Metrics: every accepted connection counts once in
 //! `requests_started_total` and, when it ends, once in
@@ -57,7 +58,8 @@ use crate::inotify;
 use crate::log;
 use crate::metrics::Metrics;
 use crate::poll::{poll, pollfd};
-use crate::services::{Context, Service};
+use crate::services::relays::Relays;
+use crate::services::{Context, Drain, Service};
 
 /// The socket's file name in the destination.
 pub const SOCKET_NAME: &str = "v1.sock";
@@ -113,6 +115,8 @@ pub struct SshMultiplexer {
     /// Connections being handled. Kept across restarts of `run`: relays
     /// from before a restart still count against `max_connections`.
     active: Arc<AtomicUsize>,
+    /// The relays themselves, for a reload to drain (see `relays`).
+    relays: Relays,
 }
 
 impl SshMultiplexer {
@@ -123,6 +127,7 @@ impl SshMultiplexer {
                 .identity(&config.identity)
                 .map(|i| i.destination.clone()),
             active: Arc::new(AtomicUsize::new(0)),
+            relays: Relays::default(),
         }
     }
 }
@@ -130,6 +135,13 @@ impl SshMultiplexer {
 impl Service for SshMultiplexer {
     fn kind(&self) -> &'static str {
         "ssh-multiplexer"
+    }
+
+    fn drain(&self) -> Option<Drain> {
+        Some(Drain {
+            active: self.active.clone(),
+            relays: self.relays.clone(),
+        })
     }
 
     fn run(&mut self, ctx: &Context) -> Result<(), String> {
@@ -165,6 +177,7 @@ impl Service for SshMultiplexer {
             metrics: ctx.shared.metrics.clone(),
             active: self.active.clone(),
             max: self.config.max_connections,
+            relays: self.relays.clone(),
         };
         let result = accept_loop(&socket, &dest, &conns, ctx);
         if result.is_ok() {
@@ -530,6 +543,7 @@ struct Connections {
     /// Connections being handled (their `mux-conn` thread is alive).
     active: Arc<AtomicUsize>,
     max: usize,
+    relays: Relays,
 }
 
 /// One request in the metrics: started and in flight from creation; handled
@@ -586,8 +600,10 @@ impl Connections {
         let slot = Slot(self.active.clone());
         let fallback = stream.try_clone();
         let service = self.service.clone();
+        let registered = self.relays.register(&stream);
         let spawned = crate::threads::spawn("mux-conn", move || {
             let _slot = slot;
+            let _registered = registered;
             serve(stream, request, &service)
         });
         if let Err(e) = spawned {
