@@ -111,7 +111,9 @@ fn an_ssh_session_through_a_kept_multiplexer_survives_a_reload() {
         "debug: true\n",
         &[identity(&d, "id"), mux(&d, "mux", "")].concat(),
     );
-    let t = Tbot::start(dir, &cfg, &[]);
+    // The diagnostics socket's directory in the test's own (see tests/reload.rs).
+    let runtime = dir.path().display().to_string();
+    let t = Tbot::start_with(dir, &cfg, &[], &[("XDG_RUNTIME_DIR", &runtime)]);
     t.until("/readyz", Duration::from_secs(20), |r| r.status == 200);
     let mux_tid = tid_of(&t, "mux");
     let trusted = d.join("trusted_ca.pub");
@@ -218,7 +220,9 @@ fn a_removed_multiplexer_drains_its_relays_then_cuts_them() {
         ]
         .concat(),
     );
-    let t = Tbot::start(dir, &cfg, &[]);
+    // The diagnostics socket's directory in the test's own (see tests/reload.rs).
+    let runtime = dir.path().display().to_string();
+    let t = Tbot::start_with(dir, &cfg, &[], &[("XDG_RUNTIME_DIR", &runtime)]);
     t.until("/readyz", Duration::from_secs(20), |r| r.status == 200);
     let port = echo_server();
     let relay = |name: &str| {
