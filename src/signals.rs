@@ -14,7 +14,8 @@
 //! inherits a mask that blocks SIGINT, SIGTERM and SIGHUP; [`wait`] (on the
 //! main thread) then receives them synchronously with sigwait(2). No
 //! async-signal-safety puzzles, no self-pipe. `--oneshot` does not call
-//! [`block`]: there the default actions stand (a hangup ends a oneshot run).
+//! [`block`]: there SIGHUP, SIGINT and SIGTERM keep their default action
+//! (each ends the run), and SIGPIPE stays ignored by Rust's runtime.
 
 /// What a received signal asks of the daemon.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
