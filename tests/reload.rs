@@ -53,9 +53,7 @@ fn reload(t: &Tbot) -> String {
     }
     let log = t.log();
     log.lines()
-        .filter(|l| l.contains("configuration reload"))
-        .filter(|l| !l.contains("reloading the configuration"))
-        .last()
+        .rfind(|l| l.contains("configuration reload"))
         .unwrap()
         .to_string()
 }

@@ -57,8 +57,7 @@ fn reload_to(t: &Tbot, text: &str) -> String {
     }
     t.log()
         .lines()
-        .filter(|l| l.contains("configuration reload"))
-        .last()
+        .rfind(|l| l.contains("configuration reload"))
         .unwrap()
         .to_string()
 }
