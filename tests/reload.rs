@@ -534,3 +534,26 @@ fn sighup_and_sigpipe_never_kill_tbot() {
     let status = t.wait_exit(Duration::from_secs(3)).expect("exit");
     assert_eq!(status.code(), Some(0));
 }
+
+#[test]
+fn a_restarted_heartbeat_keeps_counting_the_daemons_uptime() {
+    let dir = TempDir::new("reload-heartbeat");
+    let d = dir.path().to_path_buf();
+    let cfg = config_text(&d, "", "");
+    let t = start(dir, &cfg, &[]);
+    t.until("/readyz", Duration::from_secs(20), |r| r.status == 200);
+    let record = d.join("storage").join("heartbeat.json");
+    let written = std::fs::metadata(&record).unwrap().modified().unwrap();
+    std::thread::sleep(Duration::from_millis(2200));
+    rewrite(&t, &config_text(&d, "heartbeat_interval: 1m\n", ""));
+    assert!(reload(&t).contains("changed=heartbeat"));
+    t.until("/readyz/heartbeat", Duration::from_secs(20), |r| {
+        r.status == 200
+    });
+    assert_ne!(
+        std::fs::metadata(&record).unwrap().modified().unwrap(),
+        written
+    );
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    assert!(json["uptime_seconds"].as_u64().unwrap() >= 2, "{json}");
+}
