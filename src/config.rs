@@ -63,8 +63,7 @@ pub struct Config {
     pub services: Vec<ServiceConfig>,
 }
 
-// PartialEq: a reload compares each service's configuration (see `reload::diff`).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum ServiceConfig {
     Identity(IdentityConfig),
     SshMultiplexer(MultiplexerConfig),

@@ -7,6 +7,7 @@
 //! relays.
 
 use std::collections::HashMap;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,17 +21,22 @@ use crate::log;
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The client sockets of the relays a multiplexer has running, by an id of
-/// their own. Each is a duplicate (`try_clone`) kept only to be shut down.
+/// their own: descriptor numbers, not duplicates (a relay's descriptors are
+/// counted; see tests/ssh_multiplexer.rs's descriptor budget). A number is
+/// valid while registered: a relay's thread drops its [`Registered`] before
+/// it closes the socket, and [`Relays::cut_all`] holds the lock while it
+/// shuts sockets down, so a cut never reaches a number reused since.
 #[derive(Clone, Default)]
 pub struct Relays {
     next: Arc<AtomicU64>,
-    clients: Arc<Mutex<HashMap<u64, UnixStream>>>,
+    clients: Arc<Mutex<HashMap<u64, RawFd>>>,
 }
 
-/// A relay's entry in [`Relays`], removed when dropped (when the relay ends).
+/// A relay's entry in [`Relays`], removed when dropped: before the socket
+/// it names is closed.
 pub struct Registered {
     id: u64,
-    clients: Arc<Mutex<HashMap<u64, UnixStream>>>,
+    clients: Arc<Mutex<HashMap<u64, RawFd>>>,
 }
 
 impl Drop for Registered {
@@ -43,28 +49,27 @@ impl Drop for Registered {
 }
 
 impl Relays {
-    /// Registers a relay's client socket. Without a descriptor to spare for
-    /// the duplicate, the relay goes unregistered: it then ends on its own
-    /// only, which is what it did before reloads existed.
-    pub fn register(&self, client: &UnixStream) -> Option<Registered> {
-        let dup = client.try_clone().ok()?;
+    /// Registers a relay's client socket; drop the result before the socket.
+    pub fn register(&self, client: &UnixStream) -> Registered {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         self.clients
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id, dup);
-        Some(Registered {
+            .insert(id, client.as_raw_fd());
+        Registered {
             id,
             clients: self.clients.clone(),
-        })
+        }
     }
 
     /// Shuts every registered client socket down both ways: each relay sees
     /// its client gone and ends, closing its target connection.
     fn cut_all(&self) -> usize {
         let clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        for c in clients.values() {
-            let _ = c.shutdown(std::net::Shutdown::Both);
+        for &fd in clients.values() {
+            // SAFETY: shutdown(2) on a descriptor that is open while it is
+            // registered (see [`Relays`]); an error changes nothing here.
+            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
         }
         clients.len()
     }
@@ -129,7 +134,7 @@ mod tests {
         let relays = Relays::default();
         let active = Arc::new(AtomicUsize::new(1));
         let (ours, mut peer) = UnixStream::pair().unwrap();
-        let reg = relays.register(&ours).unwrap();
+        let reg = relays.register(&ours);
         let drain = Drain {
             active: active.clone(),
             relays: relays.clone(),

@@ -600,11 +600,15 @@ impl Connections {
         let slot = Slot(self.active.clone());
         let fallback = stream.try_clone();
         let service = self.service.clone();
-        let registered = self.relays.register(&stream);
+        let relays = self.relays.clone();
         let spawned = crate::threads::spawn("mux-conn", move || {
             let _slot = slot;
-            let _registered = registered;
-            serve(stream, request, &service)
+            let mut client = stream;
+            let registered = relays.register(&client);
+            serve(&mut client, request, &service);
+            // Out of the registry before the socket closes (see `relays`).
+            drop(registered);
+            drop(client);
         });
         if let Err(e) = spawned {
             // The closure (request, slot, stream) was dropped: counted ERROR.
@@ -756,26 +760,26 @@ impl Lingering {
 }
 
 /// Handles one connection on its own thread: request, dial, relay.
-fn serve(mut client: UnixStream, mut request: Request, service: &str) {
+fn serve(client: &mut UnixStream, mut request: Request, service: &str) {
     let _ = client.set_nonblocking(false);
-    let (text, early) = match read_request(&mut client, REQUEST_DEADLINE) {
+    let (text, early) = match read_request(client, REQUEST_DEADLINE) {
         Ok(r) => r,
-        Err(e) => return fail(service, Some(&client), None, &e),
+        Err(e) => return fail(service, Some(client), None, &e),
     };
     let target = match Target::parse(&text) {
         Ok(t) => t,
-        Err(e) => return fail(service, Some(&client), Some(&printable(&text)), &e),
+        Err(e) => return fail(service, Some(client), Some(&printable(&text)), &e),
     };
     let shown = target.to_string();
     let upstream = match target.dial(DIAL_TIMEOUT) {
         Ok(s) => s,
-        Err(e) => return fail(service, Some(&client), Some(&shown), &e),
+        Err(e) => return fail(service, Some(client), Some(&shown), &e),
     };
     log::debug(
         "ssh multiplexer relaying",
         &[("service", &service), ("target", &shown)],
     );
-    match relay(&client, &upstream, &early) {
+    match relay(client, &upstream, &early) {
         Ok((up, down)) => {
             request.ok = true;
             log::debug(
@@ -788,7 +792,7 @@ fn serve(mut client: UnixStream, mut request: Request, service: &str) {
                 ],
             );
         }
-        Err(e) => fail(service, Some(&client), Some(&shown), &e),
+        Err(e) => fail(service, Some(client), Some(&shown), &e),
     }
 }
 
