@@ -8,9 +8,13 @@ mod common;
 use common::util::{current_user, free_port, Metrics};
 use common::*;
 
+#[path = "support/reload.rs"]
+#[allow(dead_code)]
+mod reload_support;
+use reload_support::{identity_as as identity, reload, rewrite, start, tid_of};
+
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::net::UnixDatagram;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -19,73 +23,8 @@ use std::time::{Duration, Instant};
 const OK: &str = "tbot_config_last_reload_successful";
 const WHEN: &str = "tbot_config_last_reload_success_timestamp_seconds";
 
-/// An identity output `name` writing to `dir/name`, with `principals`.
-fn identity(dir: &Path, name: &str, principals: &str) -> String {
-    format!(
-        "  - type: identity\n    name: {name}\n    principals: [{principals}]\n    destination: {{type: directory, path: {}}}\n",
-        dir.join(name).display()
-    )
-}
-
-/// Writes `text` as the running tbot's configuration file.
-fn rewrite(t: &Tbot, text: &str) {
-    t.dir.write("tbot.yaml", text);
-}
-
-/// Log lines that end a reload (applied or failed).
-fn reloads_done(t: &Tbot) -> usize {
-    t.log()
-        .lines()
-        .filter(|l| {
-            l.contains("configuration reloaded") || l.contains("configuration reload failed")
-        })
-        .count()
-}
-
-/// Sends SIGHUP and waits until the reload has ended; returns its log line.
-fn reload(t: &Tbot) -> String {
-    let before = reloads_done(t);
-    t.signal(libc::SIGHUP);
-    let end = Instant::now() + Duration::from_secs(20);
-    while reloads_done(t) == before {
-        assert!(Instant::now() < end, "no reload ended; log:\n{}", t.log());
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let log = t.log();
-    log.lines()
-        .rfind(|l| l.contains("configuration reload"))
-        .unwrap()
-        .to_string()
-}
-
-/// Starts tbot (see `Tbot::start_with`) with its diagnostics socket
-/// directory inside the test's own: tbots in other PID namespaces that share
-/// /tmp (other sandboxes on a shared machine) take a live PID of ours for a
-/// dead one of theirs and remove `/tmp/tbot-diag-PID-*` (a bug of
-/// `diag::remove_stale_dirs`, reported, not this test's subject).
-fn start(dir: TempDir, config: &str, env: &[(&str, &str)]) -> Tbot {
-    let runtime = dir.path().display().to_string();
-    let mut env = env.to_vec();
-    env.push(("XDG_RUNTIME_DIR", &runtime));
-    Tbot::start_with(dir, config, &[], &env)
-}
-
 fn metrics(t: &Tbot) -> Metrics {
     Metrics::parse(&t.get("/metrics").body)
-}
-
-/// The thread id of the thread named `name`, from /debug/pprof/threads.
-fn tid_of(t: &Tbot, name: &str) -> u64 {
-    let threads = t.get("/debug/pprof/threads?format=json").json();
-    let found: Vec<u64> = threads
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|th| th["name"] == name)
-        .map(|th| th["tid"].as_u64().unwrap())
-        .collect();
-    assert_eq!(found.len(), 1, "threads named {name}: {threads}");
-    found[0]
 }
 
 fn services_of(r: &Resp) -> Vec<String> {

@@ -4,101 +4,33 @@
 //! a bounded time (10 s, `DRAIN_TIMEOUT`), then cut.
 
 mod common;
-use common::util::{current_user, read_retrying};
 use common::*;
 
+#[path = "support/mux_peers.rs"]
+mod mux_peers;
+#[path = "support/reload.rs"]
+#[allow(dead_code)]
+mod reload_support;
 #[path = "support/sshd.rs"]
 #[allow(dead_code)]
 mod sshd;
+use mux_peers::{echo_server, round_trip, ssh};
+use reload_support::{identity, reload_to, start, tid_of};
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, TcpListener};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 /// The drain bound of src/services/relays.rs, as the man page states it.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-
-fn identity(dir: &Path, name: &str) -> String {
-    format!(
-        "  - type: identity\n    name: {name}\n    principals: [{}]\n    destination: {{type: directory, path: {}}}\n",
-        current_user(),
-        dir.join(name).display()
-    )
-}
 
 fn mux(dir: &Path, name: &str, extra: &str) -> String {
     format!(
         "  - type: ssh-multiplexer\n    name: {name}\n    identity: id\n    destination: {{type: directory, path: {}}}\n{extra}",
         dir.join(name).display()
     )
-}
-
-fn reloads_done(t: &Tbot) -> usize {
-    t.log()
-        .lines()
-        .filter(|l| {
-            l.contains("configuration reloaded") || l.contains("configuration reload failed")
-        })
-        .count()
-}
-
-/// Rewrites the configuration, sends SIGHUP, waits for the reload's log line.
-fn reload_to(t: &Tbot, text: &str) -> String {
-    t.dir.write("tbot.yaml", text);
-    let before = reloads_done(t);
-    t.signal(libc::SIGHUP);
-    let end = Instant::now() + Duration::from_secs(20);
-    while reloads_done(t) == before {
-        assert!(Instant::now() < end, "no reload ended; log:\n{}", t.log());
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    t.log()
-        .lines()
-        .rfind(|l| l.contains("configuration reload"))
-        .unwrap()
-        .to_string()
-}
-
-/// The thread id of the thread named `name`, from /debug/pprof/threads.
-fn tid_of(t: &Tbot, name: &str) -> u64 {
-    let threads = t.get("/debug/pprof/threads?format=json").json();
-    let found: Vec<u64> = threads
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|th| th["name"] == name)
-        .map(|th| th["tid"].as_u64().unwrap())
-        .collect();
-    assert_eq!(found.len(), 1, "threads named {name}: {threads}");
-    found[0]
-}
-
-/// `ssh -F <ssh_config> -p PORT user@127.0.0.1 -- command`, host key checks
-/// off, nothing of the machine's or the user's own configuration.
-fn ssh(config: &Path, port: u16, user: &str, command: &str) -> Command {
-    let mut cmd = Command::new("ssh");
-    cmd.arg("-F").arg(config);
-    for o in [
-        "BatchMode=yes",
-        "StrictHostKeyChecking=no",
-        "UserKnownHostsFile=/dev/null",
-        "GlobalKnownHostsFile=/dev/null",
-        "IdentityAgent=none",
-        "LogLevel=ERROR",
-        "ConnectTimeout=30",
-    ] {
-        cmd.args(["-o", o]);
-    }
-    cmd.args(["-p", &port.to_string()])
-        .arg(format!("{user}@127.0.0.1"))
-        .args(["--", command])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    cmd
 }
 
 #[test]
@@ -110,9 +42,7 @@ fn an_ssh_session_through_a_kept_multiplexer_survives_a_reload() {
         "debug: true\n",
         &[identity(&d, "id"), mux(&d, "mux", "")].concat(),
     );
-    // The diagnostics socket's directory in the test's own (see tests/reload.rs).
-    let runtime = dir.path().display().to_string();
-    let t = Tbot::start_with(dir, &cfg, &[], &[("XDG_RUNTIME_DIR", &runtime)]);
+    let t = start(dir, &cfg, &[]);
     t.until("/readyz", Duration::from_secs(20), |r| r.status == 200);
     let mux_tid = tid_of(&t, "mux");
     let trusted = d.join("trusted_ca.pub");
@@ -122,6 +52,7 @@ fn an_ssh_session_through_a_kept_multiplexer_survives_a_reload() {
 
     // An interactive session: each line sent comes back from sshd's side.
     let mut child = ssh(&ssh_config, sshd.port(), sshd.user(), "cat")
+        .stdin(Stdio::piped())
         .spawn()
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
@@ -176,35 +107,6 @@ fn an_ssh_session_through_a_kept_multiplexer_survives_a_reload() {
     );
 }
 
-/// A loopback echo server; its threads end with the test process.
-fn echo_server() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for conn in l.incoming() {
-            let Ok(mut w) = conn else { continue };
-            std::thread::spawn(move || {
-                let mut r = w.try_clone().unwrap();
-                let mut buf = vec![0u8; 64 * 1024];
-                while let Ok(n @ 1..) = read_retrying(&mut r, &mut buf) {
-                    if w.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-                let _ = w.shutdown(Shutdown::Write);
-            });
-        }
-    });
-    port
-}
-
-fn round_trip(s: &mut UnixStream, data: &[u8]) {
-    s.write_all(data).unwrap();
-    let mut got = vec![0u8; data.len()];
-    s.read_exact(&mut got).unwrap();
-    assert_eq!(got, data);
-}
-
 #[test]
 fn a_removed_multiplexer_drains_its_relays_then_cuts_them() {
     let dir = TempDir::new("reload-drain");
@@ -219,11 +121,9 @@ fn a_removed_multiplexer_drains_its_relays_then_cuts_them() {
         ]
         .concat(),
     );
-    // The diagnostics socket's directory in the test's own (see tests/reload.rs).
-    let runtime = dir.path().display().to_string();
-    let t = Tbot::start_with(dir, &cfg, &[], &[("XDG_RUNTIME_DIR", &runtime)]);
+    let t = start(dir, &cfg, &[]);
     t.until("/readyz", Duration::from_secs(20), |r| r.status == 200);
-    let port = echo_server();
+    let port = echo_server(b"");
     let relay = |name: &str| {
         let mut s = UnixStream::connect(d.join(name).join("v1.sock")).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
