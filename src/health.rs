@@ -200,8 +200,13 @@ impl Health {
             self.metrics.remove_service(name);
         }
         for (name, kind) in &change.restarted {
-            // Its type may have changed: its old health series go.
-            self.metrics.remove_service_health(name);
+            // Same type: its loop's counters go on. Another type (the name
+            // now names another service): every old series goes.
+            if table.entries.get(name).is_some_and(|e| e.kind == *kind) {
+                self.metrics.remove_service_health(name);
+            } else {
+                self.metrics.remove_service(name);
+            }
             table.insert_initializing(name, kind);
             self.metrics
                 .set_service_health(name, kind, Status::Initializing);
@@ -402,6 +407,37 @@ mod tests {
         let text = String::from_utf8(h.metrics.render().unwrap()).unwrap();
         assert!(!text.contains("service=\"b\""), "{text}");
         assert!(text.contains("tbot_service_health{service=\"c\",status=\"initializing\",type=\"ssh-multiplexer\"} 1"), "{text}");
+    }
+
+    #[test]
+    fn a_restart_keeps_a_loops_counters_unless_the_name_changed_type() {
+        let h = table();
+        let task = |name: &str| {
+            h.metrics
+                .task_iterations
+                .with_label_values(&[name, "output-renewal"])
+                .inc()
+        };
+        task("a");
+        task("b");
+        h.change_rows(&RowChange {
+            restarted: vec![("a".into(), "identity"), ("b".into(), "ssh-multiplexer")],
+            ..RowChange::default()
+        });
+        let text = String::from_utf8(h.metrics.render().unwrap()).unwrap();
+        assert!(
+            text.contains("tbot_task_iterations_total{name=\"output-renewal\",service=\"a\"} 1"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("service=\"b\",status=\"healthy\",type=\"heartbeat\""),
+            "{text}"
+        );
+        assert!(
+            !text.contains("name=\"output-renewal\",service=\"b\""),
+            "{text}"
+        );
+        assert_eq!(h.service("b").unwrap().kind, "ssh-multiplexer");
     }
 
     #[test]

@@ -100,7 +100,8 @@ pub fn diff(old: &Config, new: &Config) -> Diff {
 /// A change tbot cannot apply while running, as a message that says so; or
 /// None. The storage directory holds the CA key and the instance's identity:
 /// moving it live would split the daemon across two directories. The
-/// diagnostics connection cap is the front's, fixed while it listens.
+/// diagnostics connection cap also bounds the serving loop's parked `/wait`
+/// requests, fixed when it starts.
 pub fn needs_restart(old: &Config, new: &Config) -> Option<String> {
     if old.storage != new.storage {
         return Some(format!(
@@ -109,9 +110,9 @@ pub fn needs_restart(old: &Config, new: &Config) -> Option<String> {
             new.storage.display()
         ));
     }
-    if old.diag_max_connections != new.diag_max_connections && old.diag_addr == new.diag_addr {
+    if old.diag_max_connections != new.diag_max_connections {
         return Some(format!(
-            "diag_max_connections changed from {} to {}: a restart (or a new diag_addr) is needed to apply it",
+            "diag_max_connections changed from {} to {}: a restart is needed to apply it",
             old.diag_max_connections, new.diag_max_connections
         ));
     }
@@ -182,7 +183,9 @@ mod tests {
         let mut new = old.clone();
         new.diag_max_connections += 1;
         assert!(needs_restart(&old, &new).unwrap().contains("restart"));
+        new.diag_max_connections = old.diag_max_connections;
         new.diag_addr = Some("127.0.0.1:9".into());
+        new.debug = !old.debug;
         assert_eq!(needs_restart(&old, &new), None);
     }
 }

@@ -5,7 +5,8 @@
 //! Order of a reload ([`Live::reload`]), chosen so that every step that can
 //! fail comes before the first change:
 //! 1. load and validate the file (with the command line's overrides);
-//! 2. refuse what needs a restart (`diff::needs_restart`);
+//! 2. refuse what needs a restart (`diff::needs_restart`: the storage path,
+//!    `diag_max_connections`);
 //! 3. bind a new `diag_addr`, if it moved (a failure ends the reload here);
 //! 4. stop the removed and changed services (a stopped multiplexer's relays
 //!    drain on a thread of their own, see `services::relays`);
