@@ -146,7 +146,12 @@ fn a_bad_file_changes_nothing_and_the_next_good_one_applies() {
     let started_at = metrics(&t).sample(WHEN).unwrap();
     assert_eq!(metrics(&t).sample(OK), Some(1.0));
     let file = t.dir.join("tbot.yaml").display().to_string();
-    let other_storage = config_text(&d.join("elsewhere"), "", &identity(&d, "one", &me));
+    // debug: true too: a failed reload must not switch debug logs on.
+    let other_storage = config_text(
+        &d.join("elsewhere"),
+        "debug: true\n",
+        &identity(&d, "one", &me),
+    );
     let bad = [
         // A syntax error: an unclosed flow mapping.
         (format!("{good}  - {{type: identity\n"), format!("{file}:")),
@@ -178,6 +183,10 @@ fn a_bad_file_changes_nothing_and_the_next_good_one_applies() {
             ["ca-rotation", "heartbeat", "identity", "one"]
         );
     }
+    // Every request is a debug line in debug mode: none may show.
+    t.get("/readyz");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!t.log().contains(" DEBUG "), "{}", t.log());
     rewrite(&t, &config_text(&d, "", &identity(&d, "two", &me)));
     let line = reload(&t);
     assert!(

@@ -106,6 +106,12 @@ impl Live {
                 );
             }
             Err(e) => {
+                // Loading the file set the log level from it: back to the
+                // configuration in force.
+                log::configure(
+                    self.args.log_format.unwrap_or(log::Format::Text),
+                    self.config.debug,
+                );
                 self.metrics.reload_successful.set(0);
                 log::error(
                     "configuration reload failed; the previous configuration stays in force",
@@ -132,6 +138,10 @@ impl Live {
             _ => None,
         };
         let d = diff::diff(&self.config, &new);
+        // Nothing has changed yet. From here on, what can still fail (a
+        // thread or the diagnostics service that cannot start: out of
+        // memory or descriptors) leaves the new set applied as far as it
+        // got, and is reported as a failed reload.
         self.stop_services(&d);
         let mut specs: Vec<_> = services::build(&new)
             .into_iter()
