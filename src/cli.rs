@@ -29,7 +29,7 @@ pub const COMMANDS: &[CommandInfo] = &[
         name: "start",
         usage:
             "tbot start [-c FILE] [--diag-addr HOST:PORT] [-d|--debug] [--log-format text|json] [--oneshot]",
-        about: "Run the bot: keep credentials fresh, run services, serve diagnostics.",
+        about: "Run the bot: keep credentials fresh, run services, serve diagnostics; SIGHUP reloads.",
     },
     CommandInfo {
         cmd: Cmd::Wait,
@@ -156,6 +156,25 @@ pub const FLAGS: &[Flag] = &[
 ];
 
 /// What the user asked for.
+/// Every signal `tbot start` acts on, and what it does (the choices are
+/// src/signals.rs's). Printed by `tbot start --help`; each is in the man
+/// page's SIGNALS section (checked by a test below).
+pub const SIGNALS: &[(&str, &str)] = &[
+    (
+        "SIGHUP",
+        "Reload the configuration file (systemctl reload); a bad file changes nothing.",
+    ),
+    ("SIGINT, SIGTERM", "Stop every service cleanly and exit 0."),
+    (
+        "SIGPIPE",
+        "Ignored: a peer that went away fails that one connection.",
+    ),
+    (
+        "any other",
+        "Its default action (SIGQUIT ends tbot with a core dump).",
+    ),
+];
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
     Start(StartArgs),
@@ -410,6 +429,12 @@ pub fn help(cmd: Option<Cmd>) -> String {
                 out += &flag_line(f);
                 out.push('\n');
             }
+            if cmd == Cmd::Start {
+                out += "\nSignals (with --oneshot, SIGHUP, SIGINT and SIGTERM end the run):\n";
+                for (sig, what) in SIGNALS {
+                    out += &format!("  {sig:<30} {what}\n");
+                }
+            }
             out
         }
     }
@@ -498,6 +523,8 @@ mod tests {
         }
         let h = help(Some(Cmd::Start));
         assert!(h.contains("--diag-addr HOST:PORT") && h.contains("TBOT_CONFIG_PATH"));
+        assert!(h.contains("SIGHUP") && h.contains("Reload the configuration"));
+        assert!(!help(Some(Cmd::Wait)).contains("SIGHUP"));
     }
 
     #[test]
@@ -521,5 +548,24 @@ mod tests {
                 assert!(man.contains(e), "man page lacks {e}");
             }
         }
+        let signals: String = man
+            .lines()
+            .skip_while(|l| *l != ".Sh SIGNALS")
+            .skip(1)
+            .take_while(|l| !l.starts_with(".Sh "))
+            .collect::<Vec<_>>()
+            .join("\n");
+        for (sig, _) in SIGNALS.iter().filter(|(s, _)| s.starts_with("SIG")) {
+            for one in sig.split(", ") {
+                assert!(
+                    signals.contains(&format!("Dv {one}")),
+                    "man page SIGNALS lacks {one}"
+                );
+            }
+        }
+        assert!(
+            signals.contains("SIGQUIT"),
+            "man page SIGNALS lacks the rest"
+        );
     }
 }

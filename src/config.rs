@@ -69,7 +69,8 @@ pub enum ServiceConfig {
     SshMultiplexer(MultiplexerConfig),
 }
 
-#[derive(Debug, Clone)]
+// PartialEq: a reload compares each service's configuration (see `reload::diff`).
+#[derive(Debug, Clone, PartialEq)]
 pub struct IdentityConfig {
     pub name: String,
     pub principals: Vec<String>,
@@ -78,7 +79,8 @@ pub struct IdentityConfig {
     pub renewal_interval: Duration,
 }
 
-#[derive(Debug, Clone)]
+// PartialEq: a reload compares each service's configuration (see `reload::diff`).
+#[derive(Debug, Clone, PartialEq)]
 pub struct MultiplexerConfig {
     pub name: String,
     pub destination: PathBuf,

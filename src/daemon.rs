@@ -1,5 +1,6 @@
 //! `tbot start`: configuration → services → health table → diagnostics,
-//! then wait for SIGINT/SIGTERM and stop everything in order.
+//! then wait for signals: SIGHUP reloads (see `reload`), SIGINT/SIGTERM stop
+//! everything in order.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,7 +12,9 @@ use crate::health::{Applier, Health};
 use crate::instance_lock::StorageLockError;
 use crate::log::{self, Format};
 use crate::metrics::Metrics;
+use crate::reload::{Live, Readiness};
 use crate::services::{self, Bus, Shared};
+use crate::signals::Signal;
 use crate::{diag, signals, supervisor, systemd};
 
 /// How long services get to stop after a signal before tbot exits anyway.
@@ -118,7 +121,7 @@ pub fn start(args: StartArgs) -> i32 {
         log::fatal(&format!("blocking signals: {e}"));
         return EXIT_FAILURE;
     }
-    match run(config) {
+    match run(args, config) {
         Ok(()) => EXIT_OK,
         Err(e) => {
             log::error("tbot failed", &[("error", &e)]);
@@ -128,7 +131,7 @@ pub fn start(args: StartArgs) -> i32 {
     }
 }
 
-fn run(config: Arc<Config>) -> Result<(), String> {
+fn run(args: StartArgs, config: Arc<Config>) -> Result<(), String> {
     let metrics = Arc::new(Metrics::try_new().map_err(|e| format!("metrics: {e}"))?);
     let specs = services::build(&config);
     let health = Health::new(
@@ -166,21 +169,19 @@ fn run(config: Arc<Config>) -> Result<(), String> {
 
     let shared = Arc::new(Shared {
         health: health.clone(),
-        metrics,
+        metrics: metrics.clone(),
         reissue: Bus::default(),
         ca: Default::default(),
     });
-    let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
-    let (stop_fd, stop_fd_closer) =
-        services::stop_signal().map_err(|e| format!("starting services: stop signal: {e}"))?;
-    let running = supervisor::start(specs, &updates_tx, &stop_rx, &stop_fd, &shared)
+    let running = supervisor::start(specs, &updates_tx, &shared)
         .map_err(|e| format!("starting services: {e}"))?;
+    // Stopped by dropping `stop_tx` (the readiness notifier, the watchdog
+    // and the status line all end with it).
+    let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
     let mut watched = vec![crate::health::watched(&health, &updates_tx)];
     watched.extend(diag.as_ref().map(diag::Diag::watched));
     systemd::watchdog::start(watched, &stop_rx)?;
     systemd::status::start(&health, &stop_rx)?;
-    drop(stop_fd);
-    drop(updates_tx);
     log::info(
         "tbot started",
         &[
@@ -189,60 +190,67 @@ fn run(config: Arc<Config>) -> Result<(), String> {
         ],
     );
 
-    let ready_health = health.clone();
-    let ready_stop = stop_rx.clone();
-    let notifier = crate::threads::spawn("sd-notify", move || {
-        let stopping = || {
-            matches!(
-                ready_stop.try_recv(),
-                Err(crossbeam_channel::TryRecvError::Disconnected)
-            )
-        };
-        while !stopping() {
-            if ready_health.wait_all_reported("", Duration::from_secs(3600), &stopping) {
-                log::info("every service has reported", &[]);
-                systemd::notify("READY=1");
-                return;
-            }
-        }
-    })
-    .map_err(|e| format!("sd-notify thread: {e}"))?;
-    drop(stop_rx);
+    let readiness: Readiness = Default::default();
+    let notifier = notify_ready(health.clone(), stop_rx, readiness.clone())?;
+    let mut live = Live {
+        args,
+        config,
+        running,
+        diag,
+        health,
+        metrics,
+        shared,
+        updates: updates_tx,
+        readiness,
+        stop_grace: STOP_GRACE,
+    };
 
-    let signal = signals::wait();
+    let signal = loop {
+        match signals::wait() {
+            Signal::Reload => live.on_sighup(),
+            Signal::Stop(name) => break name,
+        }
+    };
     log::info("stopping", &[("signal", &signal)]);
     systemd::stopping(signal);
-    // The channel first: a service woken by the descriptor sees `stopping()`.
     drop(stop_tx);
-    drop(stop_fd_closer);
-
-    let deadline = Instant::now() + STOP_GRACE;
-    for r in running {
-        while !r.handle.is_finished() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        if !r.handle.is_finished() {
-            log::warn(
-                "service did not stop in time; exiting anyway",
-                &[("service", &r.name)],
-            );
-            continue;
-        }
-        if r.handle.join().is_err() {
-            log::error(
-                "service thread panicked while stopping",
-                &[("service", &r.name)],
-            );
-        }
-    }
+    live.stop_all(Instant::now() + STOP_GRACE);
     let _ = notifier.join();
-    if let Some(d) = diag {
+    if let Some(d) = live.diag.take() {
         d.shutdown();
     }
-    drop(shared);
+    drop(live);
     if applier.is_finished() {
         let _ = applier.join();
     }
     log::info("stopped", &[]);
     Ok(())
+}
+
+/// Sends `READY=1` once every service has reported (and records that it
+/// did, for reloads); gives up when `stop` disconnects.
+fn notify_ready(
+    health: Health,
+    stop: crossbeam_channel::Receiver<()>,
+    readiness: Readiness,
+) -> Result<std::thread::JoinHandle<()>, String> {
+    crate::threads::spawn("sd-notify", move || {
+        let stopping = || {
+            matches!(
+                stop.try_recv(),
+                Err(crossbeam_channel::TryRecvError::Disconnected)
+            )
+        };
+        while !stopping() {
+            if health.wait_all_reported("", Duration::from_secs(3600), &stopping) {
+                // Under the lock: a reload in progress finishes first.
+                let mut ready = readiness.lock().unwrap_or_else(|p| p.into_inner());
+                log::info("every service has reported", &[]);
+                systemd::notify("READY=1");
+                *ready = true;
+                return;
+            }
+        }
+    })
+    .map_err(|e| format!("sd-notify thread: {e}"))
 }

@@ -41,6 +41,9 @@ impl Status {
 #[derive(Clone, Debug)]
 pub struct Update {
     pub service: String,
+    /// Which run of the service sent it (see [`Health::instance`]): an
+    /// update from an instance a reload has since stopped is dropped.
+    pub instance: u64,
     pub status: Status,
     pub reason: String,
 }
@@ -51,6 +54,7 @@ impl Update {
     pub fn probe() -> Update {
         Update {
             service: String::new(),
+            instance: 0,
             status: Status::Initializing,
             reason: String::new(),
         }
@@ -71,6 +75,9 @@ pub struct Entry {
     pub reason: String,
     #[serde(serialize_with = "crate::timefmt::serialize_opt_rfc3339")]
     pub updated_at: Option<SystemTime>,
+    /// The running instance of the service that may update this row.
+    #[serde(skip)]
+    pub instance: u64,
 }
 
 impl Entry {
@@ -82,6 +89,25 @@ impl Entry {
 #[derive(Default)]
 struct Table {
     entries: BTreeMap<String, Entry>,
+    /// The last instance number handed out (see [`Health::instance`]).
+    last_instance: u64,
+}
+
+impl Table {
+    /// Adds (or resets) a row as `initializing`, for a fresh instance.
+    fn insert_initializing(&mut self, name: &str, kind: &'static str) {
+        self.last_instance += 1;
+        self.entries.insert(
+            name.to_string(),
+            Entry {
+                kind,
+                status: Status::Initializing,
+                reason: String::new(),
+                updated_at: None,
+                instance: self.last_instance,
+            },
+        );
+    }
 }
 
 /// A point-in-time copy of (part of) the table, as the endpoints render it.
@@ -140,15 +166,7 @@ impl Health {
         let mut table = Table::default();
         for (name, kind) in services {
             metrics.set_service_health(name, kind, Status::Initializing);
-            table.entries.insert(
-                name.to_string(),
-                Entry {
-                    kind,
-                    status: Status::Initializing,
-                    reason: String::new(),
-                    updated_at: None,
-                },
-            );
+            table.insert_initializing(name, kind);
         }
         Health {
             inner: Arc::new((Mutex::new(table), Condvar::new())),
@@ -160,7 +178,8 @@ impl Health {
 
     fn lock(&self) -> MutexGuard<'_, Table> {
         // A panic while holding this lock cannot leave the table half-updated
-        // (every update is a single insert), so poisoning is ignored.
+        // (every update is a single insert, and a reload's row changes
+        // cannot panic), so poisoning is ignored.
         self.inner.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -179,6 +198,58 @@ impl Health {
     /// `None` when no service has that name.
     pub fn service(&self, name: &str) -> Option<Entry> {
         self.lock().entries.get(name).cloned()
+    }
+
+    /// The instance number of the service's current row: what its
+    /// [`Update`]s must carry to be applied. `None` when no service has that name.
+    pub fn instance(&self, name: &str) -> Option<u64> {
+        self.lock().entries.get(name).map(|e| e.instance)
+    }
+
+    /// A reload's change to the set of rows, applied at once under the
+    /// table's lock, so that no reader (`/readyz`, `/wait`, the heartbeat)
+    /// ever sees half of it: `removed` rows go (with every metric series of
+    /// theirs), `restarted` and `added` rows start over as `initializing`
+    /// under a fresh instance number, so that a late update from a stopped
+    /// instance is dropped rather than shown as the new one's.
+    pub fn change_rows(&self, change: &RowChange) {
+        let mut table = self.lock();
+        for name in &change.removed {
+            table.entries.remove(name);
+            self.metrics.remove_service(name);
+        }
+        for (name, kind) in &change.restarted {
+            // Same type: its loop's counters go on. Another type (the name
+            // now names another service): every old series goes.
+            if table.entries.get(name).is_some_and(|e| e.kind == *kind) {
+                self.metrics.remove_service_health(name);
+            } else {
+                self.metrics.remove_service(name);
+            }
+            table.insert_initializing(name, kind);
+            self.metrics
+                .set_service_health(name, kind, Status::Initializing);
+        }
+        for (name, kind) in &change.added {
+            table.insert_initializing(name, kind);
+            self.metrics
+                .set_service_health(name, kind, Status::Initializing);
+        }
+        drop(table);
+        self.changed();
+    }
+
+    /// Wakes whoever waits on the table and runs the listeners.
+    fn changed(&self) {
+        self.inner.1.notify_all();
+        for f in self
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            f();
+        }
     }
 
     /// Blocks until every service but `except` has reported at least once,
@@ -215,10 +286,16 @@ impl Health {
     /// Applies one update. Returns true when the status or reason changed.
     fn apply(&self, u: Update) -> bool {
         let mut table = self.lock();
-        let Some(entry) = table.entries.get_mut(&u.service) else {
-            log::warn(
-                "health update for an unknown service ignored",
-                &[("service", &u.service)],
+        let Some(entry) = table
+            .entries
+            .get_mut(&u.service)
+            .filter(|e| e.instance == u.instance)
+        else {
+            // A service a reload has stopped (or restarted) may still have
+            // had an update in the channel.
+            log::debug(
+                "health update from a stopped service instance ignored",
+                &[("service", &u.service), ("instance", &u.instance)],
             );
             return false;
         };
@@ -247,17 +324,18 @@ impl Health {
                 _ => log::info("service status changed", &fields[..n]),
             }
         }
-        self.inner.1.notify_all();
-        for f in self
-            .listeners
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
-            f();
-        }
+        self.changed();
         changed
     }
+}
+
+/// What a reload changes in the table (see [`Health::change_rows`]): names,
+/// and for new rows the service's `type`.
+#[derive(Debug, Default)]
+pub struct RowChange {
+    pub removed: Vec<String>,
+    pub restarted: Vec<(String, &'static str)>,
+    pub added: Vec<(String, &'static str)>,
 }
 
 /// The one place updates are applied: run on its own thread until every
@@ -314,6 +392,7 @@ mod tests {
         assert_eq!(h.snapshot().services["a"].status, Status::Initializing);
         assert!(!h.snapshot().all_reported());
         h.apply(Update {
+            instance: h.instance("a").unwrap(),
             service: "a".into(),
             status: Status::Healthy,
             reason: String::new(),
@@ -321,6 +400,7 @@ mod tests {
         assert_eq!(h.snapshot().status, Status::Unhealthy);
         assert_eq!(h.snapshot().services["b"].status, Status::Initializing);
         h.apply(Update {
+            instance: h.instance("b").unwrap(),
             service: "b".into(),
             status: Status::Healthy,
             reason: String::new(),
@@ -328,6 +408,7 @@ mod tests {
         assert_eq!(h.snapshot().status, Status::Healthy);
         assert!(h.snapshot().all_reported());
         h.apply(Update {
+            instance: h.instance("a").unwrap(),
             service: "a".into(),
             status: Status::Unhealthy,
             reason: "boom".into(),
@@ -335,6 +416,72 @@ mod tests {
         let s = h.snapshot();
         assert_eq!(s.status, Status::Unhealthy);
         assert_eq!(s.services["a"].reason, "boom");
+    }
+
+    fn healthy(h: &Health, name: &str, instance: u64) -> bool {
+        h.apply(Update {
+            instance,
+            service: name.into(),
+            status: Status::Healthy,
+            reason: String::new(),
+        })
+    }
+
+    #[test]
+    fn a_reload_changes_rows_at_once_and_drops_stale_updates() {
+        let h = table();
+        let (a0, b0) = (h.instance("a").unwrap(), h.instance("b").unwrap());
+        assert!(healthy(&h, "a", a0));
+        assert!(healthy(&h, "b", b0));
+        h.change_rows(&RowChange {
+            removed: vec!["b".into()],
+            restarted: vec![("a".into(), "identity")],
+            added: vec![("c".into(), "ssh-multiplexer")],
+        });
+        let s = h.snapshot();
+        assert_eq!(s.services.keys().collect::<Vec<_>>(), ["a", "c"]);
+        assert_eq!(s.services["a"].status, Status::Initializing);
+        assert!(s.services["a"].updated_at.is_none());
+        // The old instance of `a` and the removed `b` are not heard.
+        assert!(!healthy(&h, "a", a0));
+        assert!(!healthy(&h, "b", b0));
+        assert_eq!(h.service("a").unwrap().status, Status::Initializing);
+        assert!(h.service("b").is_none());
+        assert!(healthy(&h, "a", h.instance("a").unwrap()));
+        let text = String::from_utf8(h.metrics.render().unwrap()).unwrap();
+        assert!(!text.contains("service=\"b\""), "{text}");
+        assert!(text.contains("tbot_service_health{service=\"c\",status=\"initializing\",type=\"ssh-multiplexer\"} 1"), "{text}");
+    }
+
+    #[test]
+    fn a_restart_keeps_a_loops_counters_unless_the_name_changed_type() {
+        let h = table();
+        let task = |name: &str| {
+            h.metrics
+                .task_iterations
+                .with_label_values(&[name, "output-renewal"])
+                .inc()
+        };
+        task("a");
+        task("b");
+        h.change_rows(&RowChange {
+            restarted: vec![("a".into(), "identity"), ("b".into(), "ssh-multiplexer")],
+            ..RowChange::default()
+        });
+        let text = String::from_utf8(h.metrics.render().unwrap()).unwrap();
+        assert!(
+            text.contains("tbot_task_iterations_total{name=\"output-renewal\",service=\"a\"} 1"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("service=\"b\",status=\"healthy\",type=\"heartbeat\""),
+            "{text}"
+        );
+        assert!(
+            !text.contains("name=\"output-renewal\",service=\"b\""),
+            "{text}"
+        );
+        assert_eq!(h.service("b").unwrap().kind, "ssh-multiplexer");
     }
 
     #[test]
@@ -363,6 +510,7 @@ mod tests {
     fn unknown_service_updates_are_ignored() {
         let h = table();
         assert!(!h.apply(Update {
+            instance: 1,
             service: "zzz".into(),
             status: Status::Healthy,
             reason: String::new()

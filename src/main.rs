@@ -29,6 +29,7 @@ mod oneshot;
 mod poll;
 mod process_metrics;
 mod proxy_command;
+mod reload;
 mod services;
 mod signals;
 mod supervisor;

@@ -2,7 +2,7 @@
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -20,6 +20,13 @@ pub struct Metrics {
     pub mux_handled: IntCounterVec,
     pub mux_in_flight: IntGauge,
     certificate_expiry: GaugeVec,
+    /// `tbot_config_last_reload_successful`, as Prometheus'
+    /// `prometheus_config_last_reload_successful`: 1 after the start and
+    /// after a reload that applied, 0 after one that failed.
+    pub reload_successful: IntGauge,
+    /// `tbot_config_last_reload_success_timestamp_seconds`: Unix time of the
+    /// last configuration that applied (the start counts).
+    pub reload_success_timestamp: Gauge,
 }
 
 fn register<C: Collector + Clone + 'static>(r: &Registry, c: C) -> prometheus::Result<C> {
@@ -121,9 +128,27 @@ impl Metrics {
                 &["service"],
             )?,
         )?;
+        let reload_successful = register(
+            &r,
+            IntGauge::new(
+                "tbot_config_last_reload_successful",
+                "Whether the last configuration reload attempt was successful (1) or not (0).",
+            )?,
+        )?;
+        reload_successful.set(1);
+        let reload_success_timestamp = register(
+            &r,
+            Gauge::new(
+                "tbot_config_last_reload_success_timestamp_seconds",
+                "Timestamp of the last successful configuration load (start or reload), in seconds since the Unix epoch.",
+            )?,
+        )?;
+        reload_success_timestamp.set(crate::reload::unix_now());
         Ok(Metrics {
             registry: r,
             certificate_expiry,
+            reload_successful,
+            reload_success_timestamp,
             service_health,
             task_iterations,
             task_iterations_failed,
@@ -160,6 +185,29 @@ impl Metrics {
         let _ = self.certificate_expiry.remove_label_values(&[service]);
     }
 
+    /// Drops the `tbot_service_health` series of `service` (every type and status).
+    pub fn remove_service_health(&self, service: &str) {
+        remove_series_of(&self.service_health, service, |labels| {
+            let _ = self.service_health.remove_label_values(labels);
+        });
+    }
+
+    /// Drops every series labelled `service="NAME"`: for a service a reload
+    /// removed, so that nothing stale stays in `/metrics`.
+    pub fn remove_service(&self, service: &str) {
+        self.remove_service_health(service);
+        self.remove_certificate_expiry(service);
+        remove_series_of(&self.task_iterations, service, |l| {
+            let _ = self.task_iterations.remove_label_values(l);
+        });
+        remove_series_of(&self.task_iterations_failed, service, |l| {
+            let _ = self.task_iterations_failed.remove_label_values(l);
+        });
+        remove_series_of(&self.task_iteration_duration, service, |l| {
+            let _ = self.task_iteration_duration.remove_label_values(l);
+        });
+    }
+
     /// The text exposition format 0.0.4.
     pub fn render(&self) -> Result<Vec<u8>, String> {
         let mut out = Vec::with_capacity(8 * 1024);
@@ -167,6 +215,37 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut out)
             .map_err(|e| format!("encoding metrics: {e}"))?;
         Ok(out)
+    }
+}
+
+/// Calls `remove` with the label values (in the vector's label order) of
+/// every series of `vec` whose `service` label is `service`.
+fn remove_series_of(vec: &impl Collector, service: &str, remove: impl Fn(&[&str])) {
+    let desc_labels: Vec<String> = vec
+        .desc()
+        .first()
+        .map(|d| d.variable_labels.clone())
+        .unwrap_or_default();
+    for family in vec.collect() {
+        for m in family.get_metric() {
+            let pairs = m.get_label();
+            if !pairs
+                .iter()
+                .any(|p| p.name() == "service" && p.value() == service)
+            {
+                continue;
+            }
+            let values: Vec<&str> = desc_labels
+                .iter()
+                .filter_map(|name| {
+                    pairs
+                        .iter()
+                        .find(|p| p.name() == name.as_str())
+                        .map(|p| p.value())
+                })
+                .collect();
+            remove(&values);
+        }
     }
 }
 

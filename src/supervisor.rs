@@ -13,17 +13,17 @@
 //! does not stop the pings: it shows in its status and `updated_at`.
 
 use std::any::Any;
-use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Sender;
 
 use crate::health::Update;
 use crate::log;
-use crate::services::{Context, Shared, Spec};
+use crate::services::{Context, Drain, Shared, Spec};
 
 pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -60,36 +60,107 @@ pub fn panic_message(payload: &(dyn Any + Send)) -> String {
     }
 }
 
-/// A spawned service thread.
+/// A spawned service thread, with its own stop signal: a reload stops one
+/// service without touching the others.
 pub struct Running {
     pub name: String,
     pub handle: JoinHandle<()>,
+    /// Dropping it stops the service (see [`Running::stop`]).
+    stop: Stop,
+    /// For a multiplexer, its live relays (see [`Drain`]).
+    pub drain: Option<Drain>,
 }
 
-/// Starts every service on a thread named after it.
+/// The daemon's ends of one service's stop signal.
+struct Stop {
+    _channel: Sender<()>,
+    _fd: UnixStream,
+}
+
+impl Running {
+    /// Tells the service to stop (without waiting).
+    pub fn stop(self) -> Stopping {
+        drop(self.stop);
+        Stopping {
+            name: self.name,
+            handle: self.handle,
+            drain: self.drain,
+        }
+    }
+}
+
+/// A service told to stop.
+pub struct Stopping {
+    pub name: String,
+    pub handle: JoinHandle<()>,
+    pub drain: Option<Drain>,
+}
+
+impl Stopping {
+    /// Waits until its thread has ended or `deadline`; logs a thread that
+    /// did not stop in time (with `late`, which says what happens next) or
+    /// panicked. True when it ended.
+    pub fn join_until(self, deadline: Instant, late: &str) -> bool {
+        while !self.handle.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if !self.handle.is_finished() {
+            log::warn(late, &[("service", &self.name)]);
+            return false;
+        }
+        if self.handle.join().is_err() {
+            log::error(
+                "service thread panicked while stopping",
+                &[("service", &self.name)],
+            );
+        }
+        true
+    }
+}
+
+/// Starts every service on a thread named after it, each with its own stop
+/// signal. Each service's updates carry the instance number its health row
+/// has now (see `Health::instance`): rows first, then threads.
 pub fn start(
     specs: Vec<Spec>,
     updates: &Sender<Update>,
-    stop: &Receiver<()>,
-    stop_fd: &Arc<OwnedFd>,
     shared: &Arc<Shared>,
 ) -> std::io::Result<Vec<Running>> {
     let mut running = Vec::with_capacity(specs.len());
     for spec in specs {
-        let ctx = Context::new(
-            spec.name.clone(),
-            updates.clone(),
-            stop.clone(),
-            stop_fd.clone(),
-            shared.clone(),
-        );
-        let handle = crate::threads::spawn(&spec.name, move || supervise(spec.service, ctx))?;
-        running.push(Running {
-            name: spec.name,
-            handle,
-        });
+        running.push(start_one(spec, updates, shared)?);
     }
     Ok(running)
+}
+
+/// Starts one service (see [`start`]).
+pub fn start_one(
+    spec: Spec,
+    updates: &Sender<Update>,
+    shared: &Arc<Shared>,
+) -> std::io::Result<Running> {
+    let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+    let (stop_fd, stop_fd_closer) = crate::services::stop_signal()?;
+    let instance = shared.health.instance(&spec.name).unwrap_or(0);
+    let ctx = Context::new(
+        spec.name.clone(),
+        instance,
+        updates.clone(),
+        stop_rx,
+        stop_fd,
+        shared.clone(),
+    );
+    let drain = spec.service.drain();
+    let handle = crate::threads::spawn(&spec.name, move || supervise(spec.service, ctx))?;
+    Ok(Running {
+        name: spec.name,
+        handle,
+        stop: Stop {
+            _channel: stop_tx,
+            _fd: stop_fd_closer,
+        },
+        drain,
+    })
 }
 
 fn supervise(mut service: Box<dyn crate::services::Service>, ctx: Context) {

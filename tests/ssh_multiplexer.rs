@@ -6,6 +6,10 @@ mod common;
 use common::util::{current_user, Metrics};
 use common::*;
 
+#[path = "support/mux_peers.rs"]
+mod mux_peers;
+use mux_peers::{echo_server, round_trip, ssh};
+
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -55,38 +59,6 @@ const OK: &str = "tbot_ssh_multiplexer_requests_handled_total{status=\"OK\"}";
 const ERROR: &str = "tbot_ssh_multiplexer_requests_handled_total{status=\"ERROR\"}";
 const IN_FLIGHT: &str = "tbot_ssh_multiplexer_requests_in_flight";
 
-/// A loopback TCP server that optionally sends a banner first (as an SSH
-/// server does), then echoes everything and half-closes after the client's
-/// EOF. Its threads end with the test process.
-fn echo_server(banner: &'static [u8]) -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for conn in l.incoming() {
-            let Ok(mut w) = conn else { continue };
-            std::thread::spawn(move || {
-                let mut r = w.try_clone().unwrap();
-                if w.write_all(banner).is_err() {
-                    return;
-                }
-                let mut buf = vec![0u8; 64 * 1024];
-                loop {
-                    match read_retrying(&mut r, &mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if w.write_all(&buf[..n]).is_err() {
-                                break;
-                            }
-                        }
-                    }
-                }
-                let _ = w.shutdown(Shutdown::Write);
-            });
-        }
-    });
-    port
-}
-
 /// Connects to the multiplexer and sends `request` (NUL included by the caller).
 fn connect(socket: &Path, request: &[u8]) -> UnixStream {
     let mut s = UnixStream::connect(socket).unwrap();
@@ -101,13 +73,6 @@ fn answer(socket: &Path, request: &[u8]) -> String {
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out
-}
-
-fn round_trip(s: &mut UnixStream, data: &[u8]) {
-    s.write_all(data).unwrap();
-    let mut got = vec![0u8; data.len()];
-    s.read_exact(&mut got).unwrap();
-    assert_eq!(got, data);
 }
 
 fn wait_metric(t: &Tbot, sample: &str, want: i64) {
@@ -510,32 +475,6 @@ fn start_mux_and_sshd(tag: &str) -> (Tbot, sshd::Sshd, PathBuf) {
     std::fs::copy(id.join("ssh_ca.pub"), &trusted).unwrap();
     let sshd = sshd::Sshd::start(&trusted);
     (t, sshd, socket.with_file_name("ssh_config"))
-}
-
-/// `ssh -F <ssh_config> -p PORT user@127.0.0.1 -- command`, host key
-/// checking off (the ssh_config leaves it to the user), nothing else of the
-/// machine's or the user's own.
-fn ssh(config: &Path, port: u16, user: &str, command: &str) -> Command {
-    let mut cmd = Command::new("ssh");
-    cmd.arg("-F").arg(config);
-    for o in [
-        "BatchMode=yes",
-        "StrictHostKeyChecking=no",
-        "UserKnownHostsFile=/dev/null",
-        "GlobalKnownHostsFile=/dev/null",
-        "IdentityAgent=none",
-        "LogLevel=ERROR",
-        "ConnectTimeout=30",
-    ] {
-        cmd.args(["-o", o]);
-    }
-    cmd.args(["-p", &port.to_string()])
-        .arg(format!("{user}@127.0.0.1"))
-        .args(["--", command])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    cmd
 }
 
 /// Command lines of every process whose arguments contain `needle`.

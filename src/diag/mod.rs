@@ -9,7 +9,7 @@
 //!   hands CPU profiles to a thread of their own. Nothing on it blocks.
 
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,6 +25,7 @@ pub mod debug;
 pub mod front;
 mod gzip;
 mod head;
+mod live;
 mod private_dir;
 pub mod routes;
 
@@ -79,11 +80,17 @@ impl Loop {
 /// A running diagnostics service.
 pub struct Diag {
     state: Arc<Loop>,
-    stop_front: UnixStream,
+    /// The front on the public port; a reload may replace it (see `live`).
+    front: live::FrontRun,
     threads: Vec<JoinHandle<()>>,
     dir: PathBuf,
     /// Held for the service's life: what marks `dir` as live.
     _dir_lock: crate::instance_lock::Held,
+    /// What a new front needs (see `live`).
+    backend_path: front::BackendPath,
+    backend_lost: front::BackendLost,
+    limits: front::Limits,
+    debug: Arc<AtomicBool>,
 }
 
 fn backend(dir: &Path, generation: usize) -> Result<(tiny_http::Server, PathBuf), String> {
@@ -127,7 +134,6 @@ pub fn start(
             ],
         );
     }
-    let (stop_front, stop_rx) = UnixStream::pair().map_err(|e| format!("diagnostics: {e}"))?;
     let lost_state = state.clone();
     let lost_path = backend_path.clone();
     let backend_lost: front::BackendLost = Arc::new(move |path: &Path| {
@@ -138,14 +144,7 @@ pub fn start(
         }
     });
     let max_parked = limits.max_connections;
-    let front = front::Front::new(
-        listener,
-        backend_path.clone(),
-        backend_lost,
-        limits,
-        stop_rx,
-    )
-    .map_err(|e| format!("diagnostics listener: {e}"))?;
+    let front = live::FrontRun::spawn(listener, &backend_path, &backend_lost, &limits)?;
 
     // Every applied update wakes the loop, which re-checks parked /wait
     // requests. (Waking only while some are parked would race with parking:
@@ -154,39 +153,32 @@ pub fn start(
     health.on_change(move || wake.wake());
 
     let mut threads = Vec::new();
-    threads.push(
-        crate::threads::spawn("diag-front", move || front.run())
-            .map_err(|e| format!("diag-front: {e}"))?,
-    );
     let serve_state = state.clone();
     let serve_dir = dir.clone();
+    let debug = Arc::new(AtomicBool::new(opts.debug));
     let ctx = routes::Ctx {
         health,
         metrics,
-        debug: opts.debug,
+        debug: debug.clone(),
     };
+    let serve_backend = backend_path.clone();
     threads.push(
         crate::threads::spawn("diag-http", move || {
-            serve(serve_state, ctx, serve_dir, backend_path, max_parked)
+            serve(serve_state, ctx, serve_dir, serve_backend, max_parked)
         })
         .map_err(|e| format!("diag-http: {e}"))?,
     );
-    if !addr.ip().is_loopback() {
-        log::warn(
-            "the diagnostics service listens on a non-loopback address; anyone who can reach it can read tbot's health, metrics and (in debug mode) profiles",
-            &[("addr", &addr)],
-        );
-    }
-    log::info(
-        "diagnostics service listening",
-        &[("addr", &addr), ("debug", &opts.debug)],
-    );
+    live::announce(addr, opts.debug);
     Ok(Diag {
         state,
-        stop_front,
+        front,
         threads,
         dir,
         _dir_lock: dir_lock,
+        backend_path,
+        backend_lost,
+        limits,
+        debug,
     })
 }
 
@@ -206,8 +198,7 @@ impl Diag {
     pub fn shutdown(self) {
         self.state.stop.store(true, Ordering::SeqCst);
         self.state.wake();
-        let _ = self.stop_front.shutdown(std::net::Shutdown::Both);
-        drop(self.stop_front);
+        self.front.stop();
         for t in self.threads {
             if t.join().is_err() {
                 log::error("a diagnostics thread panicked", &[]);

@@ -14,7 +14,8 @@ use crate::metrics::Metrics;
 pub struct Ctx {
     pub health: Health,
     pub metrics: Arc<Metrics>,
-    pub debug: bool,
+    /// `/debug/pprof/` is served while on; a reload switches it.
+    pub debug: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A `/wait` request waiting for its services to report.
@@ -209,7 +210,9 @@ pub fn handle(ctx: &Ctx, req: Request) -> Option<Parked> {
                 Some(name) => readiness(&ctx.health, Some(&name)),
             }
         }
-        _ if ctx.debug && (path == "/debug/pprof" || path.starts_with("/debug/pprof/")) => {
+        _ if ctx.debug.load(std::sync::atomic::Ordering::Relaxed)
+            && (path == "/debug/pprof" || path.starts_with("/debug/pprof/")) =>
+        {
             match debug::route(&path["/debug/pprof".len()..], query) {
                 debug::Action::Reply(r) => r.into(),
                 debug::Action::Profile(job) => {

@@ -25,10 +25,13 @@ pub struct Heartbeat {
 
 impl Heartbeat {
     pub fn new(config: &Config) -> Heartbeat {
+        // The daemon's start, not this service's: a reload that changes
+        // `heartbeat_interval` builds a new one, and the uptime goes on.
+        static STARTED: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
         Heartbeat {
             path: config.storage.join(FILE),
             interval: config.heartbeat_interval,
-            started: Instant::now(),
+            started: *STARTED.get_or_init(Instant::now),
         }
     }
 }

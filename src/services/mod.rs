@@ -22,7 +22,10 @@ pub mod heartbeat;
 pub mod identity;
 pub mod mux_budget;
 pub mod mux_socket;
+pub mod relays;
 pub mod ssh_multiplexer;
+
+pub use relays::Drain;
 
 /// What every service implements.
 pub trait Service: Send + 'static {
@@ -34,6 +37,13 @@ pub trait Service: Send + 'static {
     /// supervisor report the service unhealthy and call `run` again after a
     /// backoff.
     fn run(&mut self, ctx: &Context) -> Result<(), String>;
+
+    /// For a service that keeps connections alive past its own stop (the
+    /// multiplexer's relays): a handle to drain them when a reload removes
+    /// or changes the service. Taken before the service's thread starts.
+    fn drain(&self) -> Option<Drain> {
+        None
+    }
 }
 
 /// What all services share: built once at start-up.
@@ -80,6 +90,8 @@ impl Bus {
 /// A service's handle on the rest of the daemon.
 pub struct Context {
     name: String,
+    /// The health row instance this run reports to (see `Health::instance`).
+    instance: u64,
     updates: Sender<Update>,
     stop: Receiver<()>,
     stop_fd: Arc<OwnedFd>,
@@ -91,6 +103,7 @@ impl Context {
     /// (see [`stop_signal`]).
     pub fn new(
         name: String,
+        instance: u64,
         updates: Sender<Update>,
         stop: Receiver<()>,
         stop_fd: Arc<OwnedFd>,
@@ -98,6 +111,7 @@ impl Context {
     ) -> Context {
         Context {
             name,
+            instance,
             updates,
             stop,
             stop_fd,
@@ -114,6 +128,7 @@ impl Context {
         // process teardown, when nobody is left to read the table anyway.
         let _ = self.updates.send(Update {
             service: self.name.clone(),
+            instance: self.instance,
             status,
             reason: reason.into(),
         });
@@ -173,7 +188,8 @@ pub struct Spec {
     pub service: Box<dyn Service>,
 }
 
-/// Every service of this configuration, internal ones first.
+/// Every service of this configuration, internal ones first. (What each one
+/// is built from is listed by `reload::effective`: keep the two in step.)
 pub fn build(config: &Config) -> Vec<Spec> {
     let mut specs = vec![
         Spec {

@@ -29,7 +29,8 @@
 //! Out of file descriptors, a reserve descriptor is given up to accept and
 //! refuse a waiting client, so that it is not left waiting either.
 //! Stopping closes the listener and removes the socket; live relays are not
-//! waited for (they end with the process).
+//! waited for (they end with the process). A reload that removes or changes
+//! the multiplexer drains them for a bounded time (see `relays`).
 //!
 //! Metrics: every accepted connection counts once in
 //! `requests_started_total` and, when it ends, once in
@@ -56,7 +57,8 @@ use crate::inotify;
 use crate::log;
 use crate::metrics::Metrics;
 use crate::poll::{poll, pollfd};
-use crate::services::{Context, Service};
+use crate::services::relays::Relays;
+use crate::services::{Context, Drain, Service};
 
 use super::mux_socket::Socket;
 
@@ -111,6 +113,8 @@ pub struct SshMultiplexer {
     /// Connections being handled. Kept across restarts of `run`: relays
     /// from before a restart still count against `max_connections`.
     active: Arc<AtomicUsize>,
+    /// The relays themselves, for a reload to drain (see `relays`).
+    relays: Relays,
 }
 
 impl SshMultiplexer {
@@ -121,6 +125,7 @@ impl SshMultiplexer {
                 .identity(&config.identity)
                 .map(|i| i.destination.clone()),
             active: Arc::new(AtomicUsize::new(0)),
+            relays: Relays::default(),
         }
     }
 }
@@ -128,6 +133,13 @@ impl SshMultiplexer {
 impl Service for SshMultiplexer {
     fn kind(&self) -> &'static str {
         "ssh-multiplexer"
+    }
+
+    fn drain(&self) -> Option<Drain> {
+        Some(Drain {
+            active: self.active.clone(),
+            relays: self.relays.clone(),
+        })
     }
 
     fn run(&mut self, ctx: &Context) -> Result<(), String> {
@@ -172,6 +184,7 @@ impl Service for SshMultiplexer {
             active: self.active.clone(),
             max,
             max_lingering,
+            relays: self.relays.clone(),
         };
         let result = accept_loop(&socket, &dest, &conns, ctx);
         if result.is_ok() {
@@ -424,6 +437,7 @@ struct Connections {
     max: usize,
     /// Refused clients lingering at most (one descriptor each).
     max_lingering: usize,
+    relays: Relays,
 }
 
 /// One request in the metrics: started and in flight from creation; handled
@@ -480,9 +494,15 @@ impl Connections {
         let slot = Slot(self.active.clone());
         let fallback = stream.try_clone();
         let service = self.service.clone();
+        let relays = self.relays.clone();
         let spawned = crate::threads::spawn("mux-conn", move || {
             let _slot = slot;
-            serve(stream, request, &service)
+            let mut client = stream;
+            let registered = relays.register(&client);
+            serve(&mut client, request, &service);
+            // Out of the registry before the socket closes (see `relays`).
+            drop(registered);
+            drop(client);
         });
         if let Err(e) = spawned {
             // The closure (request, slot, stream) was dropped: counted ERROR.
@@ -636,26 +656,26 @@ impl Lingering {
 }
 
 /// Handles one connection on its own thread: request, dial, relay.
-fn serve(mut client: UnixStream, mut request: Request, service: &str) {
+fn serve(client: &mut UnixStream, mut request: Request, service: &str) {
     let _ = client.set_nonblocking(false);
-    let (text, early) = match read_request(&mut client, REQUEST_DEADLINE) {
+    let (text, early) = match read_request(client, REQUEST_DEADLINE) {
         Ok(r) => r,
-        Err(e) => return fail(service, Some(&client), None, &e),
+        Err(e) => return fail(service, Some(client), None, &e),
     };
     let target = match Target::parse(&text) {
         Ok(t) => t,
-        Err(e) => return fail(service, Some(&client), Some(&printable(&text)), &e),
+        Err(e) => return fail(service, Some(client), Some(&printable(&text)), &e),
     };
     let shown = target.to_string();
     let upstream = match target.dial(DIAL_TIMEOUT) {
         Ok(s) => s,
-        Err(e) => return fail(service, Some(&client), Some(&shown), &e),
+        Err(e) => return fail(service, Some(client), Some(&shown), &e),
     };
     log::debug(
         "ssh multiplexer relaying",
         &[("service", &service), ("target", &shown)],
     );
-    match relay(&client, &upstream, &early) {
+    match relay(client, &upstream, &early) {
         Ok((up, down)) => {
             request.ok = true;
             log::debug(
@@ -668,7 +688,7 @@ fn serve(mut client: UnixStream, mut request: Request, service: &str) {
                 ],
             );
         }
-        Err(e) => fail(service, Some(&client), Some(&shown), &e),
+        Err(e) => fail(service, Some(client), Some(&shown), &e),
     }
 }
 

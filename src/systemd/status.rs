@@ -8,6 +8,7 @@
 //! service cannot flood systemd. The first line goes out at start, before
 //! every service has reported; the last one at stop ([`super::stopping`]).
 
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver};
@@ -21,6 +22,34 @@ pub const MIN_GAP: Duration = Duration::from_secs(1);
 const NAMED: usize = 3;
 /// How many characters of each reason the line keeps.
 const REASON_CHARS: usize = 80;
+/// How many characters of a failed reload's error the line keeps (it
+/// starts with `FILE:LINE:COLUMN`).
+const RELOAD_ERROR_CHARS: usize = 200;
+
+/// The error of the last reload when it failed (the previous configuration
+/// is still in force); `None` at start and after a reload that applied.
+static RELOAD_FAILURE: Mutex<Option<String>> = Mutex::new(None);
+
+/// Records a reload's outcome for the status line (`Some(error)` when it
+/// failed) and, under systemd, sends the line at once: the failure stays
+/// on it, after the health summary, until a reload applies.
+pub fn reload_outcome(health: &Health, error: Option<&str>) {
+    *RELOAD_FAILURE.lock().unwrap_or_else(|p| p.into_inner()) =
+        error.map(|e| cut(e, RELOAD_ERROR_CHARS));
+    if super::notify_socket_set() && !super::is_stopping() {
+        super::notify(&format!("STATUS={}", line(health)));
+    }
+}
+
+/// The health summary, then the failed reload if the last one failed.
+fn line(health: &Health) -> String {
+    let mut line = summary(&health.snapshot());
+    if let Some(e) = &*RELOAD_FAILURE.lock().unwrap_or_else(|p| p.into_inner()) {
+        line += "; reload failed, running the previous configuration: ";
+        line += e;
+    }
+    line
+}
 
 /// The one-line summary, e.g.
 /// `5 services: 4 healthy, 1 unhealthy (web: permission denied)`;
@@ -67,13 +96,19 @@ pub fn summary(s: &Snapshot) -> String {
 /// The first line of `reason`, control characters as spaces, cut to
 /// [`REASON_CHARS`] characters (with `…` when cut).
 fn one_line(reason: &str) -> String {
-    let first = reason.lines().next().unwrap_or("").trim();
+    cut(reason, REASON_CHARS)
+}
+
+/// The first line of `text`, control characters as spaces, cut to `max`
+/// characters (with `…` when cut).
+fn cut(text: &str, max: usize) -> String {
+    let first = text.lines().next().unwrap_or("").trim();
     let mut out: String = first
         .chars()
-        .take(REASON_CHARS)
+        .take(max)
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
-    if first.chars().count() > REASON_CHARS {
+    if first.chars().count() > max {
         out.push('…');
     }
     out
@@ -102,7 +137,7 @@ fn run(health: &Health, changed: &Receiver<()>, stop: &Receiver<()>) {
     let mut last = String::new();
     let mut sent_at: Option<Instant> = None;
     loop {
-        let line = summary(&health.snapshot());
+        let line = line(health);
         if line != last {
             let wait = sent_at.map_or(Duration::ZERO, |t| MIN_GAP.saturating_sub(t.elapsed()));
             if !wait.is_zero() {
@@ -143,6 +178,7 @@ mod tests {
                         status: *st,
                         reason: r.to_string(),
                         updated_at: None,
+                        instance: 1,
                     },
                 )
             })
@@ -151,6 +187,20 @@ mod tests {
             status: Status::Unhealthy,
             services,
         }
+    }
+
+    #[test]
+    fn a_failed_reload_stays_on_the_line_until_one_applies() {
+        let m = std::sync::Arc::new(crate::metrics::Metrics::new());
+        let h = Health::new([("a", "identity")], m);
+        reload_outcome(&h, Some("/etc/tbot/tbot.yaml:3:1: unknown field `x`\nmore"));
+        assert_eq!(
+            line(&h),
+            "1 service: 1 initializing; reload failed, running the previous \
+             configuration: /etc/tbot/tbot.yaml:3:1: unknown field `x`"
+        );
+        reload_outcome(&h, None);
+        assert_eq!(line(&h), "1 service: 1 initializing");
     }
 
     #[test]

@@ -1,0 +1,92 @@
+//! Helpers for reload tests: identity sections, a reload that waits for its
+//! log line, and a thread's id by name from `/debug/pprof/threads`.
+//!
+//! Include it from an integration test that also has `mod common;`:
+//!
+//! ```ignore
+//! #[path = "support/reload.rs"]
+//! #[allow(dead_code)] // not every test uses every helper
+//! mod reload_support;
+//! ```
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::common::util::current_user;
+use crate::common::Tbot;
+
+/// An identity output `name` writing to `dir/name`, for `principals`.
+pub fn identity_as(dir: &Path, name: &str, principals: &str) -> String {
+    format!(
+        "  - type: identity\n    name: {name}\n    principals: [{principals}]\n    destination: {{type: directory, path: {}}}\n",
+        dir.join(name).display()
+    )
+}
+
+/// An identity output `name` writing to `dir/name`, for the current user.
+pub fn identity(dir: &Path, name: &str) -> String {
+    identity_as(dir, name, &current_user())
+}
+
+/// Writes `text` as the running tbot's configuration file.
+pub fn rewrite(t: &Tbot, text: &str) {
+    t.dir.write("tbot.yaml", text);
+}
+
+/// Log lines that end a reload (applied or failed).
+fn reloads_done(t: &Tbot) -> usize {
+    t.log()
+        .lines()
+        .filter(|l| {
+            l.contains("configuration reloaded") || l.contains("configuration reload failed")
+        })
+        .count()
+}
+
+/// Sends SIGHUP and waits until the reload has ended; returns its log line.
+pub fn reload(t: &Tbot) -> String {
+    let before = reloads_done(t);
+    t.signal(libc::SIGHUP);
+    let end = Instant::now() + Duration::from_secs(20);
+    while reloads_done(t) == before {
+        assert!(Instant::now() < end, "no reload ended; log:\n{}", t.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    t.log()
+        .lines()
+        .rfind(|l| l.contains("configuration reload"))
+        .unwrap()
+        .to_string()
+}
+
+/// [`rewrite`], then [`reload`].
+pub fn reload_to(t: &Tbot, text: &str) -> String {
+    rewrite(t, text);
+    reload(t)
+}
+
+/// The id of the one thread named `name` (debug mode).
+pub fn tid_of(t: &Tbot, name: &str) -> u64 {
+    let threads = t.get("/debug/pprof/threads?format=json").json();
+    let found: Vec<u64> = threads
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|th| th["name"] == name)
+        .map(|th| th["tid"].as_u64().unwrap())
+        .collect();
+    assert_eq!(found.len(), 1, "threads named {name}: {threads}");
+    found[0]
+}
+
+/// Starts tbot (`Tbot::start_with`, `--diag-addr 127.0.0.1:0`) with its
+/// diagnostics socket directory inside the test's own: tbots in other PID
+/// namespaces that share /tmp (other sandboxes on one machine) take a live
+/// PID of ours for a dead one of theirs and remove `/tmp/tbot-diag-PID-*`
+/// (`diag::remove_stale_dirs` keys on a PID; reported, not the subject here).
+pub fn start(dir: crate::common::TempDir, config: &str, env: &[(&str, &str)]) -> Tbot {
+    let runtime = dir.path().display().to_string();
+    let mut env = env.to_vec();
+    env.push(("XDG_RUNTIME_DIR", &runtime));
+    Tbot::start_with(dir, config, &[], &env)
+}
