@@ -9,15 +9,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Packages on top of debootstrap's minbase: a booting systemd.
-const INCLUDE: &str = "systemd,systemd-sysv,dbus";
+/// Packages on top of debootstrap's minbase: a booting systemd, and the
+/// package's dependencies that minbase lacks (the container has no network
+/// to fetch them: see [`Container::boot`]).
+const INCLUDE: &str = "systemd,systemd-sysv,dbus,procps";
 const SUITE: &str = "bookworm";
 
 /// The cached tree, made on first use. Made in a temporary directory and
 /// renamed into place only once debootstrap succeeded, so an interrupted
 /// run is never taken for a finished tree.
 pub fn tree(cache: &Path) -> PathBuf {
-    let done = cache.join(format!("{SUITE}-minbase-systemd"));
+    // Named after what is in it: a change of INCLUDE makes a new tree.
+    let done = cache.join(format!("{SUITE}-minbase+{}", INCLUDE.replace(',', "+")));
     if done.join("usr/lib/systemd/systemd").exists() {
         return done;
     }
