@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-const DROP_IN: &str = "/etc/systemd/system/tbot.service.d/test.conf";
+const DROP_IN_DIR: &str = "/etc/systemd/system/tbot.service.d";
 
 pub fn run_all(debs: &Debs) {
     let cache = Path::new(crate::debpkg::ROOT).join("target").join("nspawn");
@@ -89,15 +89,11 @@ fn status_and_journal_priorities(c: &Container) {
     c.ok("tbot wait --diag-addr 127.0.0.1:3001 --timeout 20s");
 }
 
-/// Debug mode by a drop-in (and a short watchdog for the next step): the
+/// Debug mode by a drop-in: the
 /// multiplexer dials 127.0.0.1:3001 over TCP, and a CPU profile fetched
 /// through it names tbot's functions in `go tool pprof -top`.
 fn multiplexer_and_profile_under_the_unit(c: &Container, debs: &Debs) {
-    c.ok(&format!(
-        "mkdir -p {d} && printf '[Service]\\nEnvironment=TBOT_DEBUG=1\\nWatchdogSec=2s\\nTimeoutAbortSec=5s\\n' > {DROP_IN} \
-         && systemctl daemon-reload && systemctl restart tbot",
-        d = Path::new(DROP_IN).parent().unwrap().display()
-    ));
+    drop_in(c, "debug.conf", "Environment=TBOT_DEBUG=1");
     c.ok("tbot wait --diag-addr 127.0.0.1:3001 --timeout 20s");
     let r = mux_get(c, "/readyz");
     assert_eq!(
@@ -138,6 +134,8 @@ fn multiplexer_and_profile_under_the_unit(c: &Container, debs: &Debs) {
 /// With WatchdogSec=2s tbot keeps pinging (still the same process after
 /// several periods); stopped with SIGSTOP it is restarted by systemd.
 fn watchdog_restarts_a_stopped_tbot(c: &Container) {
+    drop_in(c, "watchdog.conf", "WatchdogSec=2s\\nTimeoutAbortSec=5s");
+    c.ok("tbot wait --diag-addr 127.0.0.1:3001 --timeout 20s");
     let (pid, restarts) = (main_pid(c), n_restarts(c));
     std::thread::sleep(secs(5));
     assert_eq!(
@@ -178,7 +176,7 @@ fn reload_keeps_it_running(c: &Container) {
 /// edit of the conffile (no prompt: the package's copy did not change).
 fn upgrade_keeps_the_operators_edit(c: &Container, deb: &str) {
     c.ok(&format!(
-        "rm -f {DROP_IN} && systemctl daemon-reload && systemctl restart tbot"
+        "rm -r {DROP_IN_DIR} && systemctl daemon-reload && systemctl restart tbot"
     ));
     c.ok("sed -i 's/^renewal_interval: 20m/renewal_interval: 19m # operator edit/' /etc/tbot/tbot.yaml");
     let pid = main_pid(c);
@@ -236,6 +234,15 @@ fn remove_then_purge_leave_nothing(c: &Container) {
             && lines[1].starts_with("_tbot:"),
         "left after purge (only the system user should stay):\n{left}"
     );
+}
+
+/// Adds `/etc/systemd/system/tbot.service.d/NAME` with `[Service]` and
+/// `lines` (printf escapes), and restarts tbot with it.
+fn drop_in(c: &Container, name: &str, lines: &str) {
+    c.ok(&format!(
+        "mkdir -p {DROP_IN_DIR} && printf '[Service]\\n{lines}\\n' > {DROP_IN_DIR}/{name} \
+         && systemctl daemon-reload && systemctl restart tbot"
+    ));
 }
 
 fn main_pid(c: &Container) -> u32 {
