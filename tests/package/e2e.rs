@@ -54,6 +54,10 @@ fn install_and_serve(c: &Container, deb: &str) {
         ["700 _tbot", "600 _tbot", "755 _tbot"],
         "state, output and runtime directories"
     );
+    // The diagnostics' private socket directory: under the unit's
+    // XDG_RUNTIME_DIR, not a fallback.
+    let run = c.ok("ls /run/tbot");
+    assert!(run.contains("tbot-diag-"), "/run/tbot: {run}");
     let sec = c.ok("systemd-analyze security --no-pager tbot.service");
     let score = exposure(&sec);
     assert!(score <= 2.0, "installed unit's exposure {score}:\n{sec}");
