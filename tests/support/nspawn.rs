@@ -131,6 +131,17 @@ impl Container {
         cmd.stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out);
+        // A test process killed before Drop runs: nspawn still gets SIGTERM
+        // (when the spawning thread, which outlives the Container, exits).
+        // SAFETY: prctl is async-signal-safe; nothing else runs in the child.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         let nspawn = cmd
             .spawn()
             .expect("systemd-nspawn (tests/run-all.sh installs systemd-container)");
