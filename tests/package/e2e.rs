@@ -48,7 +48,7 @@ fn install_and_serve(c: &Container, deb: &str) {
     let r = mux_get(c, "/readyz");
     assert_eq!(r.0, 200, "/readyz: {}", String::from_utf8_lossy(&r.1));
     let perms =
-        c.ok("stat -c '%a %U' /var/lib/tbot /var/lib/tbot/machine-id/key-cert.pub /run/tbot");
+        c.ok("stat -L -c '%a %U' /var/lib/tbot /var/lib/tbot/machine-id/key-cert.pub /run/tbot");
     assert_eq!(
         perms.lines().collect::<Vec<_>>(),
         ["700 _tbot", "600 _tbot", "755 _tbot"],
