@@ -11,7 +11,8 @@
 //! (`shutdown(Write)`) on the other side. A client that has closed
 //! altogether ends the relay even if the target stays silent. On success the bot writes nothing of its own: the first bytes the
 //! client reads are the target's. On failure (malformed request, unknown
-//! host, refused or unreachable port, too many connections) the bot writes
+//! host, refused or unreachable port, too many connections, too few file
+//! descriptors left for a relay beside credential work) the bot writes
 //! one line, [`ERROR_PREFIX`] and the reason, then closes.
 //!
 //! `tbot ssh-multiplexer-proxy-command` (see `proxy_command`) peeks at that
@@ -667,6 +668,12 @@ fn serve(client: &mut UnixStream, mut request: Request, service: &str) {
         Err(e) => return fail(service, Some(client), Some(&printable(&text)), &e),
     };
     let shown = target.to_string();
+    // The descriptors the relay needs, taken only if credential work keeps
+    // its headroom (see `mux_budget`).
+    let claim = match super::mux_budget::claim_relay() {
+        Ok(c) => c,
+        Err(e) => return fail(service, Some(client), Some(&shown), &e),
+    };
     let upstream = match target.dial(DIAL_TIMEOUT) {
         Ok(s) => s,
         Err(e) => return fail(service, Some(client), Some(&shown), &e),
@@ -675,7 +682,7 @@ fn serve(client: &mut UnixStream, mut request: Request, service: &str) {
         "ssh multiplexer relaying",
         &[("service", &service), ("target", &shown)],
     );
-    match relay(client, &upstream, &early) {
+    match relay(client, &upstream, &early, claim) {
         Ok((up, down)) => {
             request.ok = true;
             log::debug(
@@ -882,13 +889,20 @@ fn keepalive(s: &TcpStream) -> io::Result<()> {
 /// Relays until both directions have ended. Returns the bytes sent up
 /// (client → target) and down; an error only if the relay could not start
 /// (then nothing has been relayed yet).
-fn relay(client: &UnixStream, target: &TcpStream, early: &[u8]) -> Result<(u64, u64), String> {
+/// `claim` is given back once the relay holds its descriptors.
+fn relay(
+    client: &UnixStream,
+    target: &TcpStream,
+    early: &[u8],
+    claim: super::mux_budget::Claim,
+) -> Result<(u64, u64), String> {
     let mut client_w = client
         .try_clone()
         .map_err(|e| format!("relay: duplicating the client socket: {e}"))?;
     let mut target_r = target
         .try_clone()
         .map_err(|e| format!("relay: duplicating the target socket: {e}"))?;
+    drop(claim);
     let down = crate::threads::spawn("mux-conn-down", move || {
         let n = pump(&mut target_r, &mut client_w);
         end_direction(&n, &client_w, &target_r);
