@@ -1,0 +1,333 @@
+//! The front's connections to tiny_http, kept open and reused.
+//!
+//! Connecting a fresh Unix socket per request cost a connect, tiny_http's
+//! accept and its hand-off of the connection to a pool worker, two clones of
+//! the stream, and a close on both sides (issue 11, item 4). Instead, a
+//! connection whose response was framed by its `Content-Length` goes back to
+//! a small pool of idle ones, and the next request takes it: tiny_http's
+//! worker on that connection is already waiting for the next head.
+//!
+//! One request at a time per connection (no pipelining): a parked `/wait` or
+//! a profile on one connection cannot hold up the answers on another, and
+//! tiny_http's writer for a request never waits for an earlier one.
+//!
+//! Idle connections are polled for readability: tiny_http sends nothing
+//! unasked, so anything there (its end closing, stray bytes) drops the
+//! connection. A request on a reused connection that comes back with nothing
+//! at all (tiny_http closed it just before) is sent again once on a fresh
+//! one; the endpoints are GET and HEAD, which are safe to repeat.
+
+use std::io::{self, ErrorKind, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use super::{again, Front, State, Then};
+use crate::diag::head::{set_connection_header, simple_response};
+use crate::log;
+
+/// Idle connections to one tiny_http socket.
+pub(super) struct Pool {
+    /// The socket the idle connections lead to.
+    path: PathBuf,
+    idle: Vec<UnixStream>,
+    max_idle: usize,
+}
+
+impl Pool {
+    pub(super) fn new(max_idle: usize) -> Pool {
+        Pool {
+            path: PathBuf::new(),
+            idle: Vec::new(),
+            max_idle,
+        }
+    }
+
+    /// An idle connection to `path` (true: reused), else a new one.
+    /// Idle connections to an older socket (tiny_http was rebuilt) are closed.
+    pub(super) fn take(&mut self, path: &Path) -> io::Result<(UnixStream, bool)> {
+        if self.path != path {
+            self.idle.clear();
+        }
+        if let Some(s) = self.idle.pop() {
+            return Ok((s, true));
+        }
+        let s = UnixStream::connect(path)?;
+        s.set_nonblocking(true)?;
+        Ok((s, false))
+    }
+
+    /// Keeps a connection whose last response was read whole, if there is room.
+    pub(super) fn put(&mut self, path: &Path, s: UnixStream) {
+        if self.path != path {
+            self.idle.clear();
+            self.path = path.to_path_buf();
+        }
+        if self.idle.len() < self.max_idle {
+            self.idle.push(s);
+        }
+    }
+
+    /// The idle connections' descriptors, in the order `prune` expects.
+    pub(super) fn fds(&self) -> impl Iterator<Item = RawFd> + '_ {
+        self.idle.iter().map(|s| s.as_raw_fd())
+    }
+
+    /// Drops the idle connections whose poll entry (one per connection, in
+    /// `fds` order) reported anything.
+    pub(super) fn prune(&mut self, polled: &[libc::pollfd]) {
+        let mut i = 0;
+        self.idle.retain(|_| {
+            let keep = polled.get(i).is_none_or(|p| p.revents == 0);
+            i += 1;
+            keep
+        });
+    }
+}
+
+/// Where a response from tiny_http ends.
+#[derive(Debug, PartialEq)]
+pub(super) enum Framing {
+    /// The head is not complete yet.
+    Partial,
+    /// The response is this many bytes (head and body).
+    Length(usize),
+    /// Delimited by the connection's close (no `Content-Length`, chunked,
+    /// or a head the front cannot read): the connection is not reused.
+    UntilClose,
+}
+
+/// Frames a response to a request (`head_request`: a HEAD, whose response
+/// has no body whatever its `Content-Length` says; RFC 9112 §6.3).
+pub(super) fn framing(resp: &[u8], head_request: bool) -> Framing {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut r = httparse::Response::new(&mut headers);
+    let len = match r.parse(resp) {
+        Ok(httparse::Status::Partial) => return Framing::Partial,
+        Ok(httparse::Status::Complete(len)) => len,
+        Err(_) => return Framing::UntilClose,
+    };
+    let code = r.code.unwrap_or(0);
+    if head_request || code == 204 || code == 304 {
+        return Framing::Length(len);
+    }
+    if (100..200).contains(&code) {
+        return Framing::UntilClose;
+    }
+    let mut length = None;
+    for h in r.headers.iter() {
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            return Framing::UntilClose;
+        }
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let n = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            match (length, n) {
+                (_, None) => return Framing::UntilClose,
+                (Some(a), Some(b)) if a != b => return Framing::UntilClose,
+                (_, n) => length = n,
+            }
+        }
+    }
+    length.map_or(Framing::UntilClose, |n| Framing::Length(len + n))
+}
+
+impl Front {
+    /// A `Backend` connection's tiny_http socket is ready: send the head,
+    /// or read the response. Returns whether to keep the client.
+    pub(super) fn step_backend(&mut self, i: usize, now: Instant) -> bool {
+        let c = &mut self.conns[i];
+        let State::Backend {
+            up,
+            out,
+            sent,
+            resp,
+            reused,
+            ..
+        } = &mut c.state
+        else {
+            return true;
+        };
+        if *sent < out.len() {
+            return match (&*up).write(&out[*sent..]) {
+                Ok(n) => {
+                    *sent += n;
+                    true
+                }
+                Err(e) if again(&e) => true,
+                Err(_) if *reused => self.resend(i),
+                Err(_) => false,
+            };
+        }
+        let mut chunk = [0u8; 16 * 1024];
+        match (&*up).read(&mut chunk) {
+            Ok(0) if *reused && resp.is_empty() => self.resend(i),
+            Ok(0) => {
+                self.finish(i, now, None);
+                self.step(i, now)
+            }
+            Ok(n) if resp.len() + n > self.limits.max_response_bytes => {
+                log::warn(
+                    "diagnostics front: response too large; dropped",
+                    &[("peer", &c.peer)],
+                );
+                false
+            }
+            Ok(n) => {
+                resp.extend_from_slice(&chunk[..n]);
+                if self.framed(i, now) {
+                    // The client is most likely writable: answer now rather
+                    // than after one more poll.
+                    return self.step(i, now);
+                }
+                true
+            }
+            Err(e) if again(&e) => true,
+            Err(e) if *reused && resp.is_empty() && e.kind() != ErrorKind::TimedOut => {
+                self.resend(i)
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Bytes of a response arrived: if it is whole, relay it (true) and keep
+    /// the connection to tiny_http for the next request.
+    fn framed(&mut self, i: usize, now: Instant) -> bool {
+        let State::Backend {
+            resp, head_request, ..
+        } = &mut self.conns[i].state
+        else {
+            return false;
+        };
+        if let Framing::Length(n) = framing(resp, *head_request) {
+            if resp.len() >= n {
+                // More than the one response asked for: relay that one and
+                // do not reuse the connection.
+                let reuse = resp.len() == n;
+                resp.truncate(n);
+                self.finish(i, now, Some(reuse));
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Writes what it can of the request head at once (the socket is most
+    /// likely writable: this saves a poll round). Errors are left for the
+    /// poll to report to `step_backend`.
+    pub(super) fn send_head_now(&mut self, i: usize) {
+        if let State::Backend { up, out, sent, .. } = &mut self.conns[i].state {
+            if let Ok(n) = (&*up).write(&out[*sent..]) {
+                *sent += n;
+            }
+        }
+    }
+
+    /// The response is complete (`reuse`: framed, and the connection may
+    /// serve the next request; None: tiny_http closed it). Relays it.
+    fn finish(&mut self, i: usize, now: Instant, reuse: Option<bool>) {
+        let path = self.backend_path();
+        let c = &mut self.conns[i];
+        let State::Backend {
+            up,
+            resp,
+            keep_alive,
+            ..
+        } = std::mem::replace(&mut c.state, State::Linger { drained: 0 })
+        else {
+            return;
+        };
+        if reuse == Some(true) {
+            self.pool.put(&path, up);
+        }
+        let mut out = resp;
+        let mut then = Then::Close;
+        if out.is_empty() {
+            // tiny_http dropped the connection (its accept thread died with
+            // it): say so, not just close.
+            out = simple_response(
+                502,
+                "the diagnostics service closed the connection without answering",
+            );
+        } else if let Some(next) = keep_alive.filter(|next| !c.half_closed || !next.is_empty()) {
+            // The client's connection stays open. (One that has half-closed
+            // still gets answers to the requests it sent before.)
+            out = set_connection_header(out, false);
+            then = Then::KeepAlive(next);
+        } else {
+            // The client's connection closes after this answer: say so
+            // (RFC 9112 §9.6).
+            out = set_connection_header(out, true);
+        }
+        c.state = State::Reply { out, sent: 0, then };
+        c.deadline = now + self.limits.write_timeout;
+    }
+
+    /// A reused connection turned out closed before any answer: send the
+    /// request again on a fresh one. Returns whether to keep the client.
+    fn resend(&mut self, i: usize) -> bool {
+        let path = self.backend_path();
+        let State::Backend {
+            up, sent, reused, ..
+        } = &mut self.conns[i].state
+        else {
+            return true;
+        };
+        match UnixStream::connect(&path).and_then(|s| s.set_nonblocking(true).map(|_| s)) {
+            Ok(s) => {
+                *up = s;
+                *sent = 0;
+                *reused = false;
+                self.send_head_now(i);
+                true
+            }
+            Err(e) => {
+                if matches!(e.kind(), ErrorKind::ConnectionRefused | ErrorKind::NotFound) {
+                    (self.backend_lost)(&path);
+                }
+                false
+            }
+        }
+    }
+
+    pub(super) fn backend_path(&self) -> PathBuf {
+        self.backend
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_by_content_length() {
+        let r = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK";
+        assert_eq!(framing(&r[..10], false), Framing::Partial);
+        assert_eq!(framing(&r[..r.len() - 1], false), Framing::Length(r.len()));
+        assert_eq!(framing(r, false), Framing::Length(r.len()));
+        assert_eq!(framing(r, true), Framing::Length(r.len() - 2), "HEAD");
+    }
+
+    #[test]
+    fn anything_else_until_close() {
+        for r in [
+            &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nServer: x\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+            b"HTTP/1.1 100 Continue\r\n\r\n",
+            b"garbage\r\n\r\n",
+        ] {
+            assert_eq!(framing(r, false), Framing::UntilClose, "{r:?}");
+        }
+        assert_eq!(
+            framing(b"HTTP/1.1 204 No Content\r\n\r\n", false),
+            Framing::Length(27)
+        );
+    }
+}
