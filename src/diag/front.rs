@@ -137,6 +137,8 @@ enum State {
         reused: bool,
         /// The request is a HEAD (its response has no body).
         head_request: bool,
+        /// The pool's generation when `up` was taken.
+        generation: u64,
     },
     Reply {
         out: Vec<u8>,
@@ -579,17 +581,18 @@ impl Front {
                 let next = keep_alive.then(|| buf[len..].to_vec());
                 let path = self.backend_path();
                 match self.pool.take(&path) {
-                    Ok((up, reused)) => {
+                    Ok(taken) => {
                         let head_request = head.starts_with(b"HEAD ");
                         let c = &mut self.conns[i];
                         c.state = State::Backend {
-                            up,
+                            up: taken.stream,
                             out: head,
                             sent: 0,
                             resp: Vec::new(),
                             keep_alive: next,
-                            reused,
+                            reused: taken.reused,
                             head_request,
+                            generation: taken.generation,
                         };
                         let mut timeout = if slow {
                             self.limits.slow_response_timeout

@@ -242,6 +242,7 @@ def main():
                 # One warm-up slice each, not counted (opens the keep-alive pool).
                 for n, (addr, _) in servers.items():
                     slice_run(addr, path, keep, rate, 0.3, pools[n])
+                    pools[n]["why"].clear()
                 for _ in range(slices):
                     for n, (addr, cpu) in servers.items():
                         a = cpu.ns()

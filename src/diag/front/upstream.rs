@@ -31,40 +31,70 @@ use crate::log;
 pub(super) struct Pool {
     /// The socket the idle connections lead to.
     path: PathBuf,
+    /// Counts changes of `path`: a connection handed out under an older
+    /// generation leads to a tiny_http that was replaced, and is not kept.
+    generation: u64,
     idle: Vec<UnixStream>,
     max_idle: usize,
+}
+
+/// A connection from the pool: `reused` if it served a request before,
+/// `generation` to give back to [`Pool::put`].
+pub(super) struct Taken {
+    pub stream: UnixStream,
+    pub reused: bool,
+    pub generation: u64,
 }
 
 impl Pool {
     pub(super) fn new(max_idle: usize) -> Pool {
         Pool {
             path: PathBuf::new(),
+            generation: 0,
             idle: Vec::new(),
             max_idle,
         }
     }
 
-    /// An idle connection to `path` (true: reused), else a new one.
-    /// Idle connections to an older socket (tiny_http was rebuilt) are closed.
-    pub(super) fn take(&mut self, path: &Path) -> io::Result<(UnixStream, bool)> {
-        if self.path != path {
-            self.idle.clear();
-        }
-        if let Some(s) = self.idle.pop() {
-            return Ok((s, true));
-        }
-        let s = UnixStream::connect(path)?;
-        s.set_nonblocking(true)?;
-        Ok((s, false))
-    }
-
-    /// Keeps a connection whose last response was read whole, if there is room.
-    pub(super) fn put(&mut self, path: &Path, s: UnixStream) {
+    /// Follows tiny_http to `path`: idle connections to an older socket (it
+    /// was rebuilt) are closed.
+    fn follow(&mut self, path: &Path) {
         if self.path != path {
             self.idle.clear();
             self.path = path.to_path_buf();
+            self.generation += 1;
         }
-        if self.idle.len() < self.max_idle {
+    }
+
+    /// An idle connection to `path`, else a new one.
+    pub(super) fn take(&mut self, path: &Path) -> io::Result<Taken> {
+        self.follow(path);
+        if let Some(stream) = self.idle.pop() {
+            return Ok(Taken {
+                stream,
+                reused: true,
+                generation: self.generation,
+            });
+        }
+        self.connect(path)
+    }
+
+    /// A new connection to `path`.
+    pub(super) fn connect(&mut self, path: &Path) -> io::Result<Taken> {
+        self.follow(path);
+        let stream = UnixStream::connect(path)?;
+        stream.set_nonblocking(true)?;
+        Ok(Taken {
+            stream,
+            reused: false,
+            generation: self.generation,
+        })
+    }
+
+    /// Keeps a connection whose last response was read whole, if it leads
+    /// to the current tiny_http and there is room.
+    pub(super) fn put(&mut self, generation: u64, s: UnixStream) {
+        if generation == self.generation && self.idle.len() < self.max_idle {
             self.idle.push(s);
         }
     }
@@ -228,19 +258,19 @@ impl Front {
     /// The response is complete (`reuse`: framed, and the connection may
     /// serve the next request; None: tiny_http closed it). Relays it.
     fn finish(&mut self, i: usize, now: Instant, reuse: Option<bool>) {
-        let path = self.backend_path();
         let c = &mut self.conns[i];
         let State::Backend {
             up,
             resp,
             keep_alive,
+            generation,
             ..
         } = std::mem::replace(&mut c.state, State::Linger { drained: 0 })
         else {
             return;
         };
         if reuse == Some(true) {
-            self.pool.put(&path, up);
+            self.pool.put(generation, up);
         }
         let mut out = resp;
         let mut then = Then::Close;
@@ -269,17 +299,23 @@ impl Front {
     /// request again on a fresh one. Returns whether to keep the client.
     fn resend(&mut self, i: usize) -> bool {
         let path = self.backend_path();
+        let fresh = self.pool.connect(&path);
         let State::Backend {
-            up, sent, reused, ..
+            up,
+            sent,
+            reused,
+            generation,
+            ..
         } = &mut self.conns[i].state
         else {
             return true;
         };
-        match UnixStream::connect(&path).and_then(|s| s.set_nonblocking(true).map(|_| s)) {
-            Ok(s) => {
-                *up = s;
+        match fresh {
+            Ok(t) => {
+                *up = t.stream;
                 *sent = 0;
                 *reused = false;
+                *generation = t.generation;
                 self.send_head_now(i);
                 true
             }
@@ -311,6 +347,33 @@ mod tests {
         assert_eq!(framing(&r[..r.len() - 1], false), Framing::Length(r.len()));
         assert_eq!(framing(r, false), Framing::Length(r.len()));
         assert_eq!(framing(r, true), Framing::Length(r.len() - 2), "HEAD");
+    }
+
+    #[test]
+    fn connections_to_a_replaced_socket_are_not_kept() {
+        let dir = std::env::temp_dir().join(format!("tbot-pool-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (a, b) = (dir.join("a.sock"), dir.join("b.sock"));
+        let _la = std::os::unix::net::UnixListener::bind(&a).unwrap();
+        let _lb = std::os::unix::net::UnixListener::bind(&b).unwrap();
+        let mut pool = Pool::new(2);
+        let first = pool.take(&a).unwrap();
+        assert!(!first.reused);
+        pool.put(first.generation, first.stream);
+        let again = pool.take(&a).unwrap();
+        assert!(again.reused, "kept and reused");
+        // tiny_http was rebuilt on b while `again` was out: not kept.
+        let other = pool.take(&b).unwrap();
+        assert!(!other.reused);
+        pool.put(again.generation, again.stream);
+        pool.put(other.generation, other.stream);
+        assert_eq!(pool.idle.len(), 1);
+        assert!(pool.take(&b).unwrap().reused);
+        // And idle ones to a are closed when b takes over.
+        let x = pool.take(&a).unwrap();
+        pool.put(x.generation, x.stream);
+        assert!(!pool.take(&b).unwrap().reused);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
