@@ -64,9 +64,10 @@ pub struct Limits {
     /// remaining upload is read and dropped so it can see the answer.
     pub linger_time: Duration,
     pub linger_bytes: usize,
-    /// Idle connections to tiny_http kept open for the next requests
-    /// (see [`upstream`]); each holds one of tiny_http's worker threads.
-    pub idle_backend_connections: usize,
+    /// Connections to tiny_http kept open for the next requests (see
+    /// [`upstream`]; never more than 3): each holds one of tiny_http's
+    /// worker threads.
+    pub kept_backend_connections: usize,
 }
 
 impl Default for Limits {
@@ -82,7 +83,7 @@ impl Default for Limits {
             max_response_bytes: 64 * 1024 * 1024,
             linger_time: Duration::from_secs(1),
             linger_bytes: 1024 * 1024,
-            idle_backend_connections: IDLE_BACKEND_CONNECTIONS,
+            kept_backend_connections: upstream::MAX_KEPT,
         }
     }
 }
@@ -91,11 +92,9 @@ impl Default for Limits {
 /// and tiny_http's end of that, which it holds twice (it `try_clone`s every
 /// accepted stream into a read and a write half).
 const FDS_PER_CONNECTION: u64 = 4;
-/// Idle connections to tiny_http kept by default.
-const IDLE_BACKEND_CONNECTIONS: usize = 8;
-/// Descriptors kept for everything else in the process (the idle
+/// Descriptors kept for everything else in the process (the kept
 /// connections to tiny_http among them, three descriptors each).
-const FDS_RESERVED: u64 = 24 + 3 * IDLE_BACKEND_CONNECTIONS as u64;
+const FDS_RESERVED: u64 = 24 + 3 * upstream::MAX_KEPT as u64;
 
 /// Caps `wanted` so that every connection's descriptors fit under the soft
 /// RLIMIT_NOFILE, with room for the rest of the daemon.
@@ -139,6 +138,8 @@ enum State {
         head_request: bool,
         /// The pool's generation when `up` was taken.
         generation: u64,
+        /// `up` is a kept connection (else it closes after this answer).
+        kept: Option<upstream::Kept>,
     },
     Reply {
         out: Vec<u8>,
@@ -201,7 +202,7 @@ impl Front {
     ) -> io::Result<Front> {
         listener.set_nonblocking(true)?;
         stop.set_nonblocking(true)?;
-        let pool = upstream::Pool::new(limits.idle_backend_connections);
+        let pool = upstream::Pool::new(limits.kept_backend_connections);
         Ok(Front {
             listener,
             backend,
@@ -580,9 +581,16 @@ impl Front {
             } => {
                 let next = keep_alive.then(|| buf[len..].to_vec());
                 let path = self.backend_path();
-                match self.pool.take(&path) {
+                match self.pool.take(&path, slow) {
                     Ok(taken) => {
                         let head_request = head.starts_with(b"HEAD ");
+                        let mut head = head;
+                        if taken.kept.is_none() {
+                            // For this request only: tiny_http's worker ends
+                            // with it.
+                            head.truncate(head.len() - 2);
+                            head.extend_from_slice(b"Connection: close\r\n\r\n");
+                        }
                         let c = &mut self.conns[i];
                         c.state = State::Backend {
                             up: taken.stream,
@@ -593,6 +601,7 @@ impl Front {
                             reused: taken.reused,
                             head_request,
                             generation: taken.generation,
+                            kept: taken.kept,
                         };
                         let mut timeout = if slow {
                             self.limits.slow_response_timeout

@@ -7,6 +7,17 @@
 //! a small pool of idle ones, and the next request takes it: tiny_http's
 //! worker on that connection is already waiting for the next head.
 //!
+//! At most [`MAX_KEPT`] kept connections exist at once, fewer than
+//! tiny_http's minimum of 4 pool threads (util/task_pool.rs, which never
+//! lets the pool shrink below them). Each kept connection holds one of those
+//! threads for good, and tiny_http's `TaskPool::spawn` counts a worker that
+//! was notified but has not yet run as idle: when new connections arrive
+//! faster than workers wake, one can be queued with no thread to run it
+//! until some worker finishes a connection. With a thread never held by a
+//! kept connection, that worker always comes back. Requests beyond the cap,
+//! and slow ones (`/wait`, profiles), go on a connection of their own that
+//! closes after the answer, as before.
+//!
 //! One request at a time per connection (no pipelining): a parked `/wait` or
 //! a profile on one connection cannot hold up the answers on another, and
 //! tiny_http's writer for a request never waits for an earlier one.
@@ -21,87 +32,114 @@ use std::io::{self, ErrorKind, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::{again, Front, State, Then};
 use crate::diag::head::{set_connection_header, simple_response};
 use crate::log;
 
-/// Idle connections to one tiny_http socket.
+/// Kept connections to one tiny_http socket.
 pub(super) struct Pool {
     /// The socket the idle connections lead to.
     path: PathBuf,
     /// Counts changes of `path`: a connection handed out under an older
     /// generation leads to a tiny_http that was replaced, and is not kept.
     generation: u64,
-    idle: Vec<UnixStream>,
-    max_idle: usize,
+    idle: Vec<(UnixStream, Kept)>,
+    /// Kept connections alive (idle or carrying a request).
+    live: Arc<AtomicUsize>,
+    max_kept: usize,
 }
 
-/// A connection from the pool: `reused` if it served a request before,
-/// `generation` to give back to [`Pool::put`].
+/// One kept connection's place under the cap; given back when dropped.
+/// (An atomic only so that the front can move to its thread: it is the
+/// only one to touch it.)
+pub(super) struct Kept(Arc<AtomicUsize>);
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A connection from the pool: `reused` if it served a request before;
+/// `kept` if it may serve the next one (else it is for this request only
+/// and the head must say `Connection: close`); `generation` for
+/// [`Pool::put`].
 pub(super) struct Taken {
     pub stream: UnixStream,
     pub reused: bool,
+    pub kept: Option<Kept>,
     pub generation: u64,
 }
 
 impl Pool {
-    pub(super) fn new(max_idle: usize) -> Pool {
+    /// `max_kept`: kept connections alive at once, at most
+    /// [`MAX_KEPT`] whatever is asked.
+    pub(super) fn new(max_kept: usize) -> Pool {
         Pool {
             path: PathBuf::new(),
             generation: 0,
             idle: Vec::new(),
-            max_idle,
+            live: Arc::new(AtomicUsize::new(0)),
+            max_kept: max_kept.min(MAX_KEPT),
         }
     }
 
     /// Follows tiny_http to `path`: idle connections to an older socket (it
-    /// was rebuilt) are closed.
-    fn follow(&mut self, path: &Path) {
+    /// was rebuilt) are closed. Returns the current generation.
+    pub(super) fn follow(&mut self, path: &Path) -> u64 {
         if self.path != path {
             self.idle.clear();
             self.path = path.to_path_buf();
             self.generation += 1;
         }
+        self.generation
     }
 
-    /// An idle connection to `path`, else a new one.
-    pub(super) fn take(&mut self, path: &Path) -> io::Result<Taken> {
-        self.follow(path);
-        if let Some(stream) = self.idle.pop() {
-            return Ok(Taken {
-                stream,
-                reused: true,
-                generation: self.generation,
-            });
+    /// An idle kept connection to `path`, else a new one: kept if there is
+    /// room under the cap and the request is not `slow` (a `/wait` or a
+    /// profile would hold a kept connection for minutes), else for this
+    /// request only.
+    pub(super) fn take(&mut self, path: &Path, slow: bool) -> io::Result<Taken> {
+        let generation = self.follow(path);
+        if !slow {
+            if let Some((stream, kept)) = self.idle.pop() {
+                return Ok(Taken {
+                    stream,
+                    reused: true,
+                    kept: Some(kept),
+                    generation,
+                });
+            }
         }
-        self.connect(path)
-    }
-
-    /// A new connection to `path`.
-    pub(super) fn connect(&mut self, path: &Path) -> io::Result<Taken> {
-        self.follow(path);
         let stream = UnixStream::connect(path)?;
         stream.set_nonblocking(true)?;
+        let kept = (!slow && self.live.load(Ordering::Relaxed) < self.max_kept).then(|| {
+            self.live.fetch_add(1, Ordering::Relaxed);
+            Kept(self.live.clone())
+        });
         Ok(Taken {
             stream,
             reused: false,
-            generation: self.generation,
+            kept,
+            generation,
         })
     }
 
     /// Keeps a connection whose last response was read whole, if it leads
-    /// to the current tiny_http and there is room.
-    pub(super) fn put(&mut self, generation: u64, s: UnixStream) {
-        if generation == self.generation && self.idle.len() < self.max_idle {
-            self.idle.push(s);
+    /// to the current tiny_http.
+    pub(super) fn put(&mut self, generation: u64, s: UnixStream, kept: Kept) {
+        if generation == self.generation {
+            self.idle.push((s, kept));
         }
     }
 
     /// The idle connections' descriptors, in the order `prune` expects.
     pub(super) fn fds(&self) -> impl Iterator<Item = RawFd> + '_ {
-        self.idle.iter().map(|s| s.as_raw_fd())
+        self.idle.iter().map(|(s, _)| s.as_raw_fd())
     }
 
     /// Drops the idle connections whose poll entry (one per connection, in
@@ -115,6 +153,9 @@ impl Pool {
         });
     }
 }
+
+/// Kept connections at most: below tiny_http 0.12's `MIN_THREADS` (4).
+pub(super) const MAX_KEPT: usize = 3;
 
 /// Where a response from tiny_http ends.
 #[derive(Debug, PartialEq)]
@@ -264,13 +305,14 @@ impl Front {
             resp,
             keep_alive,
             generation,
+            kept,
             ..
         } = std::mem::replace(&mut c.state, State::Linger { drained: 0 })
         else {
             return;
         };
-        if reuse == Some(true) {
-            self.pool.put(generation, up);
+        if let (Some(true), Some(kept)) = (reuse, kept) {
+            self.pool.put(generation, up, kept);
         }
         let mut out = resp;
         let mut then = Then::Close;
@@ -299,7 +341,8 @@ impl Front {
     /// request again on a fresh one. Returns whether to keep the client.
     fn resend(&mut self, i: usize) -> bool {
         let path = self.backend_path();
-        let fresh = self.pool.connect(&path);
+        let current = self.pool.follow(&path);
+        let fresh = UnixStream::connect(&path).and_then(|s| s.set_nonblocking(true).map(|_| s));
         let State::Backend {
             up,
             sent,
@@ -311,11 +354,12 @@ impl Front {
             return true;
         };
         match fresh {
-            Ok(t) => {
-                *up = t.stream;
+            Ok(s) => {
+                // In the same place under the cap as the one it replaces.
+                *up = s;
                 *sent = 0;
                 *reused = false;
-                *generation = t.generation;
+                *generation = current;
                 self.send_head_now(i);
                 true
             }
@@ -357,22 +401,46 @@ mod tests {
         let _la = std::os::unix::net::UnixListener::bind(&a).unwrap();
         let _lb = std::os::unix::net::UnixListener::bind(&b).unwrap();
         let mut pool = Pool::new(2);
-        let first = pool.take(&a).unwrap();
+        let put = |pool: &mut Pool, t: Taken| pool.put(t.generation, t.stream, t.kept.unwrap());
+        let first = pool.take(&a, false).unwrap();
         assert!(!first.reused);
-        pool.put(first.generation, first.stream);
-        let again = pool.take(&a).unwrap();
+        put(&mut pool, first);
+        let again = pool.take(&a, false).unwrap();
         assert!(again.reused, "kept and reused");
         // tiny_http was rebuilt on b while `again` was out: not kept.
-        let other = pool.take(&b).unwrap();
+        let other = pool.take(&b, false).unwrap();
         assert!(!other.reused);
-        pool.put(again.generation, again.stream);
-        pool.put(other.generation, other.stream);
+        put(&mut pool, again);
+        put(&mut pool, other);
         assert_eq!(pool.idle.len(), 1);
-        assert!(pool.take(&b).unwrap().reused);
+        assert!(pool.take(&b, false).unwrap().reused);
         // And idle ones to a are closed when b takes over.
-        let x = pool.take(&a).unwrap();
-        pool.put(x.generation, x.stream);
-        assert!(!pool.take(&b).unwrap().reused);
+        let x = pool.take(&a, false).unwrap();
+        put(&mut pool, x);
+        assert!(!pool.take(&b, false).unwrap().reused);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn kept_connections_stay_under_the_cap() {
+        let dir = std::env::temp_dir().join(format!("tbot-pool-cap-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let a = dir.join("a.sock");
+        let _la = std::os::unix::net::UnixListener::bind(&a).unwrap();
+        let mut pool = Pool::new(100);
+        assert_eq!(pool.max_kept, MAX_KEPT, "never above tiny_http's minimum");
+        let out: Vec<Taken> = (0..MAX_KEPT + 2)
+            .map(|_| pool.take(&a, false).unwrap())
+            .collect();
+        let kept = out.iter().filter(|t| t.kept.is_some()).count();
+        assert_eq!(kept, MAX_KEPT, "the rest are for one request");
+        assert!(
+            pool.take(&a, true).unwrap().kept.is_none(),
+            "slow: not kept"
+        );
+        drop(out);
+        assert_eq!(pool.live.load(Ordering::Relaxed), 0, "given back on drop");
+        assert!(pool.take(&a, false).unwrap().kept.is_some());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
