@@ -172,7 +172,14 @@ fn a_removed_multiplexer_drains_its_relays_then_cuts_them() {
         "cut after {waited:?}"
     );
     round_trip(&mut fresh, b"new relay unaffected");
-    assert!(t
-        .log()
-        .contains("relays still open after the drain timeout; cut"));
+    // The harness copies tbot's stderr on another thread: wait for the line
+    // rather than read the log the instant the relay ended.
+    assert!(
+        t.wait_log(
+            "relays still open after the drain timeout; cut",
+            Duration::from_secs(5)
+        ),
+        "{}",
+        t.log()
+    );
 }
