@@ -364,7 +364,14 @@ fn two_hundred_reloads_under_load_fail_no_request_and_leak_nothing() {
         mean(&rss[last.clone()])
     );
     assert!(mean(&threads[last.clone()]) <= mean(&threads[first.clone()]) + 0.5);
-    assert!(mean(&fds[last.clone()]) <= mean(&fds[first.clone()]) + 1.0);
+    // The diagnostics front keeps up to 3 connections to tiny_http (two
+    // descriptors each, both ends in this process), opened as the load
+    // needs them, at any point of the run: up to 6 more, once. A leak of
+    // one descriptor per reload would add 100 or more.
+    assert!(
+        mean(&fds[last.clone()]) <= mean(&fds[first.clone()]) + 1.0 + 6.0,
+        "{fds:?}"
+    );
     // RSS: allocator noise allowed, growth per reload not (200 reloads that
     // leaked even 8 KiB each would add 1.6 MiB).
     assert!(
