@@ -23,7 +23,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-/// The drain bound of src/services/relays.rs, as the man page states it.
+/// The drain bound of src/services/ssh_multiplexer/drain.rs, as the man page states it.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn mux(dir: &Path, name: &str, extra: &str) -> String {

@@ -9,7 +9,7 @@
 //!    `diag_max_connections`);
 //! 3. bind a new `diag_addr`, if it moved (a failure ends the reload here);
 //! 4. stop the removed and changed services (a stopped multiplexer's relays
-//!    drain on a thread of their own, see `services::relays`);
+//!    drain on a thread of their own, see `services::ssh_multiplexer::drain`);
 //! 5. change the health table's rows at once (`Health::change_rows`): no
 //!    reader sees half of the new set;
 //! 6. start the changed and added services;
@@ -32,7 +32,8 @@ use crate::diag::{self, Diag};
 use crate::health::{Health, RowChange, Update};
 use crate::log;
 use crate::metrics::Metrics;
-use crate::services::{self, relays::DRAIN_TIMEOUT, Shared};
+use crate::services::ssh_multiplexer::drain::DRAIN_TIMEOUT;
+use crate::services::{self, Shared};
 use crate::supervisor::{self, Running};
 use crate::systemd;
 

@@ -20,12 +20,9 @@ pub mod ca;
 pub mod ca_rotation;
 pub mod heartbeat;
 pub mod identity;
-pub mod mux_budget;
-pub mod mux_socket;
-pub mod relays;
 pub mod ssh_multiplexer;
 
-pub use relays::Drain;
+pub use ssh_multiplexer::drain::Drain;
 
 /// What every service implements.
 pub trait Service: Send + 'static {

@@ -30,7 +30,7 @@
 //! refuse a waiting client, so that it is not left waiting either.
 //! Stopping closes the listener and removes the socket; live relays are not
 //! waited for (they end with the process). A reload that removes or changes
-//! the multiplexer drains them for a bounded time (see `relays`).
+//! the multiplexer drains them for a bounded time (see `drain`).
 //!
 //! Metrics: every accepted connection counts once in
 //! `requests_started_total` and, when it ends, once in
@@ -57,10 +57,14 @@ use crate::inotify;
 use crate::log;
 use crate::metrics::Metrics;
 use crate::poll::{poll, pollfd};
-use crate::services::relays::Relays;
+use drain::Relays;
 use crate::services::{Context, Drain, Service};
 
-use super::mux_socket::Socket;
+pub mod budget;
+pub mod drain;
+pub mod socket;
+
+use socket::Socket;
 
 /// The socket's file name in the destination.
 pub const SOCKET_NAME: &str = "v1.sock";
@@ -113,7 +117,7 @@ pub struct SshMultiplexer {
     /// Connections being handled. Kept across restarts of `run`: relays
     /// from before a restart still count against `max_connections`.
     active: Arc<AtomicUsize>,
-    /// The relays themselves, for a reload to drain (see `relays`).
+    /// The relays themselves, for a reload to drain (see `drain`).
     relays: Relays,
 }
 
@@ -157,7 +161,7 @@ impl Service for SshMultiplexer {
         let exe = tbot_exe()?;
         let text = ssh_config_text(&exe, &socket.path, &identity_dir)?;
         let config_path = socket.write_beside(SSH_CONFIG_NAME, text.as_bytes())?;
-        let (max, max_lingering) = super::mux_budget::fit(self.config.max_connections);
+        let (max, max_lingering) = budget::fit(self.config.max_connections);
         if max < self.config.max_connections {
             log::warn(
                 "ssh multiplexer connection cap lowered to fit the open-file limit",
@@ -433,7 +437,7 @@ struct Connections {
     metrics: Arc<Metrics>,
     /// Connections being handled (their `mux-conn` thread is alive).
     active: Arc<AtomicUsize>,
-    /// `max_connections`, fitted to the open-file limit (`mux_budget`).
+    /// `max_connections`, fitted to the open-file limit (`budget`).
     max: usize,
     /// Refused clients lingering at most (one descriptor each).
     max_lingering: usize,
@@ -500,7 +504,7 @@ impl Connections {
             let mut client = stream;
             let registered = relays.register(&client);
             serve(&mut client, request, &service);
-            // Out of the registry before the socket closes (see `relays`).
+            // Out of the registry before the socket closes (see `drain`).
             drop(registered);
             drop(client);
         });

@@ -18,7 +18,7 @@ use rustix::io::Errno;
 use crate::chase::{self, DirHandle};
 use crate::log;
 
-use super::ssh_multiplexer::{MAX_SOCKET_PATH, SOCKET_NAME};
+use super::{MAX_SOCKET_PATH, SOCKET_NAME};
 
 /// The name the socket is bound under before it is renamed into place.
 const TEMP_SOCKET_NAME: &str = ".v1.tmp";
