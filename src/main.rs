@@ -11,7 +11,6 @@ mod chase;
 mod cli;
 mod clock_step;
 mod config;
-mod config_text;
 mod daemon;
 mod diag;
 mod duration;

@@ -15,6 +15,8 @@ use std::time::Duration;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
+mod text;
+
 pub const RESERVED_NAMES: [&str; 3] = ["identity", "heartbeat", "ca-rotation"];
 pub const DEFAULT_CREDENTIAL_TTL: Duration = Duration::from_secs(3600);
 pub const DEFAULT_RENEWAL_INTERVAL: Duration = Duration::from_secs(20 * 60);
@@ -467,7 +469,7 @@ fn read_limited(path: &Path, max: u64) -> std::io::Result<Option<String>> {
 /// Parses and validates configuration text. Relative paths are resolved
 /// against `base` (the configuration file's directory).
 pub fn parse(file: &str, text: &str, base: &Path) -> Result<Config, Error> {
-    let text = crate::config_text::admit(text).map_err(|(line, column, message)| Error {
+    let text = text::admit(text).map_err(|(line, column, message)| Error {
         file: file.to_string(),
         line,
         column,
