@@ -5,13 +5,33 @@
 use std::fmt;
 use std::fs;
 use std::io::Read;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use ssh_key::{Algorithm, PrivateKey};
 use zeroize::Zeroizing;
 
-use crate::issuer::{stamp_of, KeyFileStamp};
+/// Identity of the CA key file's current version, from `stat(2)`; see `issuer`'s
+/// module documentation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyFileStamp {
+    pub dev: u64,
+    pub ino: u64,
+    pub len: u64,
+    pub mtime_ns: i128,
+    pub ctime_ns: i128,
+}
+
+/// The stamp of the file `m` describes.
+pub fn stamp_of(m: &fs::Metadata) -> KeyFileStamp {
+    KeyFileStamp {
+        dev: m.dev(),
+        ino: m.ino(),
+        len: m.len(),
+        mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+        ctime_ns: i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
+    }
+}
 
 /// A CA key file larger than this is not a key.
 const MAX_KEY_FILE: u64 = 64 * 1024;

@@ -2,7 +2,6 @@
 //! then wait for signals: SIGHUP reloads (see `reload`), SIGINT/SIGTERM stop
 //! everything in order.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,84 +14,21 @@ use crate::metrics::Metrics;
 use crate::reload::{Live, Readiness};
 use crate::services::{self, Bus, Shared};
 use crate::signals::Signal;
-use crate::{diag, signals, supervisor, systemd};
+use crate::{diag, exit, signals, supervisor, systemd};
 
 /// How long services get to stop after a signal before tbot exits anyway.
 const STOP_GRACE: Duration = Duration::from_millis(1200);
-
-pub const EXIT_OK: i32 = 0;
-pub const EXIT_FAILURE: i32 = 1;
-pub const EXIT_USAGE: i32 = 2;
-
-/// Loads the configuration and applies command-line overrides, logging each.
-pub fn configure(args: &StartArgs) -> Result<Config, String> {
-    let Some(path) = &args.config else {
-        return Err("no configuration file: pass -c FILE or set TBOT_CONFIG_PATH".into());
-    };
-    let mut config = crate::config::load(Path::new(path)).map_err(|e| e.to_string())?;
-    config.file = path.display().to_string();
-    log::configure(
-        args.log_format.unwrap_or(Format::Text),
-        config.debug || args.debug == Some(true),
-    );
-    if let Some(addr) = &args.diag_addr {
-        if let Some(file) = config.diag_addr.as_ref().filter(|f| *f != addr) {
-            log::info(
-                "--diag-addr overrides diag_addr from the configuration file",
-                &[("flag", addr), ("file", file)],
-            );
-        }
-        config.diag_addr = Some(addr.clone());
-    }
-    if args.debug == Some(true) && !config.debug {
-        let source = if args.debug_from_env {
-            "TBOT_DEBUG"
-        } else {
-            "-d"
-        };
-        log::info(
-            "debug mode enabled on the command line over debug: false in the file",
-            &[("by", &source)],
-        );
-        config.debug = true;
-    }
-    log::info(
-        "configuration loaded",
-        &[
-            ("file", &config.file),
-            (
-                "from",
-                &if args.config_from_env {
-                    "TBOT_CONFIG_PATH"
-                } else {
-                    "-c"
-                },
-            ),
-            ("services", &config.services.len()),
-            (
-                "credential_ttl",
-                &crate::duration::format(config.credential_ttl),
-            ),
-            (
-                "renewal_interval",
-                &crate::duration::format(config.renewal_interval),
-            ),
-            ("debug", &config.debug),
-        ],
-    );
-    Ok(config)
-}
 
 pub fn start(args: StartArgs) -> i32 {
     log::configure(
         args.log_format.unwrap_or(Format::Text),
         args.debug == Some(true),
     );
-    let config = match configure(&args) {
+    let config = match crate::config::configure(&args) {
         Ok(c) => Arc::new(c),
         Err(e) => {
             log::fatal(&e);
-            return EXIT_USAGE;
+            return exit::USAGE;
         }
     };
     // One tbot per storage directory, daemon or --oneshot: held until exit.
@@ -101,7 +37,7 @@ pub fn start(args: StartArgs) -> i32 {
         Err(StorageLockError::InUse(e)) => {
             log::error("cannot start", &[("error", &e)]);
             eprintln!("tbot: {e}");
-            return EXIT_FAILURE;
+            return exit::FAILURE;
         }
         Err(StorageLockError::Unusable(e)) => {
             log::warn(
@@ -119,14 +55,14 @@ pub fn start(args: StartArgs) -> i32 {
     // the signals reach `signals::wait` only.
     if let Err(e) = signals::block() {
         log::fatal(&format!("blocking signals: {e}"));
-        return EXIT_FAILURE;
+        return exit::FAILURE;
     }
     match run(args, config) {
-        Ok(()) => EXIT_OK,
+        Ok(()) => exit::OK,
         Err(e) => {
             log::error("tbot failed", &[("error", &e)]);
             log::fatal(&e);
-            EXIT_FAILURE
+            exit::FAILURE
         }
     }
 }

@@ -12,7 +12,7 @@
 //! file, `point@<file name>` (`stage-half@key=sleep:30000`), and logs
 //! `failpoint reached name=... path=...` before acting, so that a test knows
 //! the write is in progress and can SIGKILL tbot right there. It exists in
-//! debug builds only: its caller ([`crate::atomic_file`]) is compiled out of
+//! debug builds only: its caller (`atomic_file`) is compiled out of
 //! release builds with it.
 
 #[cfg(debug_assertions)]

@@ -16,7 +16,6 @@
 
 use std::fmt;
 use std::fs;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -25,7 +24,7 @@ use ssh_key::certificate::{Builder, CertType};
 use ssh_key::{Algorithm, HashAlg, LineEnding, PrivateKey};
 use zeroize::Zeroizing;
 
-use crate::ca_key_file::{parse_ca_key, read_key_file};
+use crate::ca_key_file::{parse_ca_key, read_key_file, stamp_of, KeyFileStamp};
 
 /// File name of the CA private key inside the storage directory.
 pub const CA_KEY_FILE: &str = "ca_key";
@@ -49,17 +48,6 @@ pub struct Issuer {
     fingerprint: String,
     ca_public: String,
     stamp: KeyFileStamp,
-}
-
-/// Identity of the CA key file's current version, from `stat(2)`; see the
-/// module documentation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KeyFileStamp {
-    pub dev: u64,
-    pub ino: u64,
-    pub len: u64,
-    pub mtime_ns: i128,
-    pub ctime_ns: i128,
 }
 
 /// A freshly issued key pair and certificate, each in OpenSSH text form.
@@ -266,16 +254,6 @@ fn ca_key_stamp_at(path: &Path) -> Result<KeyFileStamp, String> {
     fs::metadata(path)
         .map(|m| stamp_of(&m))
         .map_err(|e| format!("{}: {e}", path.display()))
-}
-
-pub(crate) fn stamp_of(m: &fs::Metadata) -> KeyFileStamp {
-    KeyFileStamp {
-        dev: m.dev(),
-        ino: m.ino(),
-        len: m.len(),
-        mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
-        ctime_ns: i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
-    }
 }
 
 #[cfg(test)]

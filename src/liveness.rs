@@ -3,7 +3,7 @@
 //! A loop that must stay responsive (the diagnostics serving loop, the
 //! health applier) owns a [`Beat`] and calls [`Beat::beat`] once per turn:
 //! one relaxed atomic increment, nothing else, so a loop pays nothing when
-//! no watchdog is configured. The watchdog ([`crate::systemd::watchdog`])
+//! no watchdog is configured. The watchdog (`systemd::watchdog`)
 //! holds a [`Watched`] per loop: the same counter plus a `poke` that makes
 //! an idle loop turn once. A loop that does not turn after a poke is wedged.
 //!

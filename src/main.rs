@@ -14,6 +14,7 @@ mod config;
 mod daemon;
 mod diag;
 mod duration;
+mod exit;
 mod failpoints;
 mod fsutil;
 mod health;
@@ -53,17 +54,17 @@ fn main() {
         Ok(c) => c,
         Err(cli::Usage(msg)) => {
             log::fatal(&msg);
-            std::process::exit(daemon::EXIT_USAGE);
+            std::process::exit(exit::USAGE);
         }
     };
     let code = match command {
         Command::Help(cmd) => {
             print!("{}", cli::help(cmd));
-            daemon::EXIT_OK
+            exit::OK
         }
         Command::Version => {
             println!("tbot {}", env!("CARGO_PKG_VERSION"));
-            daemon::EXIT_OK
+            exit::OK
         }
         Command::Wait(args) => wait::run(&args),
         Command::MuxProxy { socket, target } => proxy_command::run(&socket, &target),

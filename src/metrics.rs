@@ -6,7 +6,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::health::Status;
+use crate::health::status::Status;
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -143,7 +143,7 @@ impl Metrics {
                 "Timestamp of the last successful configuration load (start or reload), in seconds since the Unix epoch.",
             )?,
         )?;
-        reload_success_timestamp.set(crate::reload::unix_now());
+        reload_success_timestamp.set(crate::timefmt::unix_now());
         Ok(Metrics {
             registry: r,
             certificate_expiry,

@@ -9,7 +9,7 @@
 //! when something failed, a closing line on stderr naming each failure.
 
 use crate::config::{Config, ServiceConfig};
-use crate::daemon::{EXIT_FAILURE, EXIT_OK};
+use crate::exit;
 use crate::identity_files::remove_stale_temps;
 use crate::issuer::Issuer;
 use crate::services::identity::{issue_to, key_id};
@@ -21,7 +21,7 @@ pub fn run(config: &Config) -> i32 {
         Err(e) => {
             log::error("the bot's CA is not usable", &[("error", &e)]);
             eprintln!("tbot: oneshot: the bot's CA: {e}");
-            return EXIT_FAILURE;
+            return exit::FAILURE;
         }
     };
     log::info(
@@ -73,13 +73,13 @@ pub fn run(config: &Config) -> i32 {
     }
     if failures.is_empty() {
         log::info("oneshot: done", &[("identity_outputs", &outputs)]);
-        EXIT_OK
+        exit::OK
     } else {
         eprintln!(
             "tbot: oneshot: {} of {outputs} identity outputs failed: {}",
             failures.len(),
             failures.join("; ")
         );
-        EXIT_FAILURE
+        exit::FAILURE
     }
 }

@@ -22,7 +22,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::daemon::{EXIT_FAILURE, EXIT_OK};
+use crate::exit;
 use crate::services::ssh_multiplexer::{
     wait_readable, wait_writable, DIAL_TIMEOUT, ERROR_PREFIX, MAX_REQUEST,
 };
@@ -32,10 +32,10 @@ pub const REPLY_WAIT: Duration = DIAL_TIMEOUT.saturating_add(Duration::from_secs
 
 pub fn run(socket: &Path, target: &str) -> i32 {
     match proxy(socket, target) {
-        Ok(()) => EXIT_OK,
+        Ok(()) => exit::OK,
         Err(e) => {
             eprintln!("tbot: ssh-multiplexer-proxy-command: {e}");
-            EXIT_FAILURE
+            exit::FAILURE
         }
     }
 }

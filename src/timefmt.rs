@@ -64,6 +64,13 @@ pub fn serialize_opt_rfc3339<S: serde::Serializer>(
     }
 }
 
+/// Seconds since the Unix epoch, for timestamp metrics.
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

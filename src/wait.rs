@@ -131,7 +131,7 @@ pub fn run(args: &WaitArgs) -> i32 {
                         ("service", &args.service.as_deref().unwrap_or("all")),
                     ],
                 );
-                return 0;
+                return crate::exit::OK;
             }
             Ok((status, body)) => {
                 last = format!(
@@ -147,7 +147,7 @@ pub fn run(args: &WaitArgs) -> i32 {
                 "tbot wait: not ready after {}: {last}",
                 crate::duration::format(args.timeout)
             );
-            return 1;
+            return crate::exit::FAILURE;
         }
         std::thread::sleep(backoff.min(left));
         backoff = (backoff * 2).min(MAX_BACKOFF);

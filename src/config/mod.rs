@@ -14,12 +14,14 @@ use std::time::Duration;
 mod locate;
 mod names;
 mod schema;
+mod start_args;
 mod text;
 mod validate;
 
 pub use locate::{locate, Seg};
 pub use names::check_addr;
 use schema::{RawConfig, ServiceType};
+pub use start_args::configure;
 use validate::validate;
 
 pub const RESERVED_NAMES: [&str; 3] = ["identity", "heartbeat", "ca-rotation"];

@@ -39,13 +39,6 @@ use crate::systemd;
 
 mod diff;
 
-/// Seconds since the Unix epoch, for timestamp metrics.
-pub fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
 /// CLOCK_MONOTONIC in microseconds, for systemd's `MONOTONIC_USEC=`.
 fn monotonic_usec() -> u64 {
     let mut ts = libc::timespec {
@@ -93,7 +86,9 @@ impl Live {
         match self.reload() {
             Ok(d) => {
                 self.metrics.reload_successful.set(1);
-                self.metrics.reload_success_timestamp.set(unix_now());
+                self.metrics
+                    .reload_success_timestamp
+                    .set(crate::timefmt::unix_now());
                 systemd::status::reload_outcome(&self.health, None);
                 let list = |v: &[String]| v.join(",");
                 log::info(
@@ -129,7 +124,7 @@ impl Live {
 
     /// Applies the configuration file anew (see the module's steps).
     fn reload(&mut self) -> Result<Applied, String> {
-        let new = crate::daemon::configure(&self.args)?;
+        let new = crate::config::configure(&self.args)?;
         if let Some(why) = diff::needs_restart(&self.config, &new) {
             return Err(format!("{}: {why}", new.file));
         }

@@ -22,9 +22,10 @@ use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::ca_key_file::KeyFileStamp;
 use crate::config::Config;
 use crate::inotify::{Event, Watch};
-use crate::issuer::{ca_key_stamp, Issuer, KeyFileStamp, CA_KEY_FILE};
+use crate::issuer::{ca_key_stamp, Issuer, CA_KEY_FILE};
 use crate::log;
 use crate::poll::{poll, pollfd};
 use crate::services::{Context, Iteration, Service};

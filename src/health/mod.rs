@@ -17,25 +17,9 @@ use crate::liveness::{Beat, Watched};
 use crate::log;
 use crate::metrics::Metrics;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    Initializing,
-    Healthy,
-    Unhealthy,
-}
+pub mod status;
 
-impl Status {
-    pub const ALL: [Status; 3] = [Status::Initializing, Status::Healthy, Status::Unhealthy];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Initializing => "initializing",
-            Status::Healthy => "healthy",
-            Status::Unhealthy => "unhealthy",
-        }
-    }
-}
+pub use status::Status;
 
 /// One service's report, as sent by the service's thread.
 #[derive(Clone, Debug)]
