@@ -424,7 +424,9 @@ fn wait_args(read: &Read) -> Result<WaitArgs, Usage> {
         .ok_or_else(|| Usage("`tbot wait` needs --diag-addr HOST:PORT".into()))?;
     crate::config::check_addr(&diag_addr).map_err(|e| Usage(format!("--diag-addr: {e}")))?;
     let timeout = match read.get(Id::Timeout) {
-        Some(t) => crate::duration::parse(&t).map_err(|e| Usage(format!("--timeout: {e}")))?,
+        Some(t) => {
+            crate::infra::duration::parse(&t).map_err(|e| Usage(format!("--timeout: {e}")))?
+        }
         None => Duration::from_secs(30),
     };
     Ok(WaitArgs {

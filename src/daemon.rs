@@ -8,13 +8,14 @@ use std::time::{Duration, Instant};
 use crate::cli::StartArgs;
 use crate::config::Config;
 use crate::health::{Applier, Health};
-use crate::instance_lock::StorageLockError;
+use crate::infra::instance_lock::StorageLockError;
+use crate::infra::signals::Signal;
+use crate::infra::{signals, systemd};
 use crate::log::{self, Format};
 use crate::metrics::Metrics;
 use crate::reload::{Live, Readiness};
 use crate::services::{self, Bus, Shared};
-use crate::signals::Signal;
-use crate::{diag, exit, signals, supervisor, systemd};
+use crate::{diag, exit, supervisor};
 
 /// How long services get to stop after a signal before tbot exits anyway.
 const STOP_GRACE: Duration = Duration::from_millis(1200);
@@ -32,7 +33,7 @@ pub fn start(args: StartArgs) -> i32 {
         }
     };
     // One tbot per storage directory, daemon or --oneshot: held until exit.
-    let _storage_lock = match crate::instance_lock::lock_storage(&config.storage) {
+    let _storage_lock = match crate::infra::instance_lock::lock_storage(&config.storage) {
         Ok(held) => Some(held),
         Err(StorageLockError::InUse(e)) => {
             log::error("cannot start", &[("error", &e)]);
@@ -87,7 +88,7 @@ fn run(args: StartArgs, config: Arc<Config>) -> Result<(), String> {
         health: health.clone(),
         updates: updates_rx,
     };
-    let applier = crate::threads::spawn("health", move || applier.run())
+    let applier = crate::infra::threads::spawn("health", move || applier.run())
         .map_err(|e| format!("health thread: {e}"))?;
 
     let diag = match listener {
@@ -170,7 +171,7 @@ fn notify_ready(
     stop: crossbeam_channel::Receiver<()>,
     readiness: Readiness,
 ) -> Result<std::thread::JoinHandle<()>, String> {
-    crate::threads::spawn("sd-notify", move || {
+    crate::infra::threads::spawn("sd-notify", move || {
         let stopping = || {
             matches!(
                 stop.try_recv(),

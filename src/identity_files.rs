@@ -23,13 +23,13 @@
 //! leaves the old set in force plus an unpublished generation, which
 //! [`remove_stale`] (run when the output starts) removes.
 //!
-//! Every step goes through a directory handle from [`crate::chase`], so a
+//! Every step goes through a directory handle from [`crate::infra::chase`], so a
 //! destination path with a symlink another user planted is refused.
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::chase::{open_dir, DirHandle};
+use crate::infra::chase::{open_dir, DirHandle};
 use crate::issuer::Credential;
 
 pub const KEY_FILE: &str = "key";
@@ -133,7 +133,7 @@ fn make_generation(dir: &DirHandle) -> Result<String, String> {
         match dir.mkdir(&name, 0o700) {
             Ok(()) => return Ok(name),
             Err(rustix::io::Errno::EXIST) => continue,
-            Err(e) => return Err(crate::chase::describe(&dir.join(&name), e)),
+            Err(e) => return Err(crate::infra::chase::describe(&dir.join(&name), e)),
         }
     }
     Err(format!(
@@ -154,7 +154,7 @@ fn write_generation(
     for (n, (name, contents)) in files.iter().enumerate() {
         let contents = with_newline(contents);
         gen.create_file(name, &contents, FILE_MODE, |p| {
-            crate::failpoints::hit_in_write("stage-half", p)
+            crate::infra::failpoints::hit_in_write("stage-half", p)
         })?;
         step(2 + n, &gen.join(name));
     }
@@ -196,7 +196,7 @@ fn remove_old_generations(dir: &DirHandle, keep: Option<&str>) -> Result<(), Str
             || (name.ends_with(".link_tmp") && name.starts_with('.'))
             || FILES
                 .iter()
-                .any(|f| crate::atomic_file::is_temp_of(&name, f));
+                .any(|f| crate::infra::atomic_file::is_temp_of(&name, f));
         if stale_gen {
             dir.remove_dir_with_files(&name)?;
         } else if stale_file {
@@ -234,7 +234,7 @@ pub fn remove_stale_temps(dest: &Path) {
 /// ensured, 13 destination fsynced. The tests kill tbot at each.
 #[cfg(debug_assertions)]
 fn step(n: usize, path: &Path) {
-    crate::failpoints::hit_in_write(&format!("identity-step-{n}"), path);
+    crate::infra::failpoints::hit_in_write(&format!("identity-step-{n}"), path);
 }
 
 #[cfg(not(debug_assertions))]

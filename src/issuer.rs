@@ -90,14 +90,14 @@ impl Issuer {
     /// Loads `<storage_dir>/ca_key`, first creating the directory (0700) and a
     /// new ed25519 key (0600, written atomically) when they are missing.
     pub fn load_or_create(storage_dir: &Path) -> Result<Issuer, String> {
-        crate::fsutil::create_private_dir(storage_dir)?;
+        crate::infra::fsutil::create_private_dir(storage_dir)?;
         let key_path = storage_dir.join(CA_KEY_FILE);
         match fs::symlink_metadata(&key_path) {
             Ok(_) => Issuer::load(storage_dir),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 // A create killed before its rename leaves a temp holding a
                 // CA private key.
-                crate::atomic_file::remove_stale_temps(storage_dir, &[CA_KEY_FILE]);
+                crate::infra::atomic_file::remove_stale_temps(storage_dir, &[CA_KEY_FILE]);
                 Issuer::create(key_path)
             }
             Err(e) => Err(format!("{}: {e}", key_path.display())),
@@ -121,11 +121,8 @@ impl Issuer {
             .to_openssh(LineEnding::LF)
             .map_err(|e| at(&format!("encoding the CA key: {e}")))?;
         // Through the storage directory's handle (see `chase`).
-        crate::chase::open_dir(crate::atomic_file::parent_dir(&key_path), true)?.write_atomic(
-            CA_KEY_FILE,
-            pem.as_bytes(),
-            0o600,
-        )?;
+        crate::infra::chase::open_dir(crate::infra::atomic_file::parent_dir(&key_path), true)?
+            .write_atomic(CA_KEY_FILE, pem.as_bytes(), 0o600)?;
         let stamp = ca_key_stamp_at(&key_path)?;
         Issuer::new(ca, key_path, stamp)
     }
@@ -259,8 +256,8 @@ fn ca_key_stamp_at(path: &Path) -> Result<KeyFileStamp, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::atomic_file::write_atomic;
     use crate::ca_key_file::OPENSSH_BEGIN;
+    use crate::infra::atomic_file::write_atomic;
     use crate::testutil::TestDir;
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     use std::process::Command;
@@ -292,7 +289,7 @@ mod tests {
         let d = TestDir::new("issuer-create");
         let storage = d.0.join("state").join("tbot");
         // A create killed before its rename left a temp (a private key).
-        crate::fsutil::create_private_dir(&storage).unwrap();
+        crate::infra::fsutil::create_private_dir(&storage).unwrap();
         fs::write(storage.join(".ca_key.tmp.1.0.7"), b"stale").unwrap();
         let a = Issuer::load_or_create(&storage).unwrap();
         assert_eq!(mode_of(&storage), 0o700);

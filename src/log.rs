@@ -1,7 +1,7 @@
 //! One line per event on stderr, as text (`time LEVEL msg key=value ...`) or
 //! JSON (`{"time":..,"level":..,"msg":..,"key":..}`).
 //!
-//! When stderr is the journal ([`crate::systemd::journal`]), every line, text
+//! When stderr is the journal ([`crate::infra::systemd::journal`]), every line, text
 //! or JSON, starts with its sd-daemon(3) priority prefix: `<3>` error, `<4>`
 //! warning, `<6>` info, `<7>` debug. journald takes the prefix off and files
 //! the line under that priority (so `journalctl -p warning` works); the
@@ -107,7 +107,7 @@ fn emit(level: u8, name: &str, msg: &str, fields: Fields) {
         return;
     }
     let mut line = String::new();
-    if crate::systemd::journal::stderr_is_journal() {
+    if crate::infra::systemd::journal::stderr_is_journal() {
         line.push_str(priority_prefix(level));
     }
     line += &render(
@@ -127,7 +127,7 @@ fn emit(level: u8, name: &str, msg: &str, fields: Fields) {
 /// the error priority `<3>` when stderr is the journal, so that
 /// `journalctl -p err` shows why tbot did not start.
 pub fn fatal(msg: &str) {
-    let prefix = if crate::systemd::journal::stderr_is_journal() {
+    let prefix = if crate::infra::systemd::journal::stderr_is_journal() {
         priority_prefix(3)
     } else {
         ""
@@ -136,7 +136,7 @@ pub fn fatal(msg: &str) {
 }
 
 fn render(json: bool, now: SystemTime, level: &str, msg: &str, fields: Fields) -> String {
-    let time = crate::timefmt::rfc3339_millis(now);
+    let time = crate::infra::timefmt::rfc3339_millis(now);
     if json {
         // time, level and msg first, then the fields in the caller's order
         // (a JSON object's keys are unordered, but people read these too).

@@ -5,45 +5,32 @@
 //! `supervisor`, one thread each) → `health` (the table) → `diag` (the
 //! diagnostics HTTP service). `daemon` wires them together.
 
-mod atomic_file;
 mod ca_key_file;
-mod chase;
 mod cli;
-mod clock_step;
 mod config;
 mod daemon;
 mod diag;
-mod duration;
 mod exit;
-mod failpoints;
-mod fsutil;
 mod health;
 mod identity_files;
-mod inotify;
-mod instance_lock;
+mod infra;
 mod issuer;
-mod liveness;
 mod log;
 mod metrics;
 mod oneshot;
-mod poll;
 mod process_metrics;
 mod proxy_command;
 mod reload;
 mod services;
-mod signals;
 mod supervisor;
-mod systemd;
 #[cfg(test)]
 mod testutil;
-mod threads;
 // The integration-test sshd harness, reused so unit tests can prove that the
 // certificates the issuer writes get a real login.
 #[cfg(test)]
 #[path = "../tests/support/sshd.rs"]
 #[allow(dead_code)]
 mod sshd_harness;
-mod timefmt;
 mod wait;
 
 use cli::Command;

@@ -143,7 +143,7 @@ impl Metrics {
                 "Timestamp of the last successful configuration load (start or reload), in seconds since the Unix epoch.",
             )?,
         )?;
-        reload_success_timestamp.set(crate::timefmt::unix_now());
+        reload_success_timestamp.set(crate::infra::timefmt::unix_now());
         Ok(Metrics {
             registry: r,
             certificate_expiry,

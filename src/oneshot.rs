@@ -11,9 +11,10 @@
 use crate::config::{Config, ServiceConfig};
 use crate::exit;
 use crate::identity_files::remove_stale_temps;
+use crate::infra::timefmt;
 use crate::issuer::Issuer;
+use crate::log;
 use crate::services::identity::{issue_to, key_id};
-use crate::{log, timefmt};
 
 pub fn run(config: &Config) -> i32 {
     let issuer = match Issuer::load_or_create(&config.storage) {

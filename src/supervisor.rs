@@ -151,7 +151,7 @@ pub fn start_one(
         shared.clone(),
     );
     let drain = spec.service.drain();
-    let handle = crate::threads::spawn(&spec.name, move || supervise(spec.service, ctx))?;
+    let handle = crate::infra::threads::spawn(&spec.name, move || supervise(spec.service, ctx))?;
     Ok(Running {
         name: spec.name,
         handle,
@@ -183,7 +183,7 @@ fn supervise(mut service: Box<dyn crate::services::Service>, ctx: Context) {
             &[
                 ("service", &ctx.name()),
                 ("reason", &reason),
-                ("restart_in", &crate::duration::format(delay)),
+                ("restart_in", &crate::infra::duration::format(delay)),
             ],
         );
         ctx.unhealthy(reason);

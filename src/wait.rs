@@ -145,7 +145,7 @@ pub fn run(args: &WaitArgs) -> i32 {
         if left.is_zero() {
             eprintln!(
                 "tbot wait: not ready after {}: {last}",
-                crate::duration::format(args.timeout)
+                crate::infra::duration::format(args.timeout)
             );
             return crate::exit::FAILURE;
         }

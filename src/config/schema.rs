@@ -154,7 +154,7 @@ impl<'de> Deserialize<'de> for Version {
 pub(super) struct Dur(pub(super) Duration);
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        checked_str(d, |s| match crate::duration::parse(s)? {
+        checked_str(d, |s| match crate::infra::duration::parse(s)? {
             v if v.is_zero() => Err(format!("invalid duration {s:?}: must be more than zero")),
             v => Ok(Dur(v)),
         })

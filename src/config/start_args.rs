@@ -56,11 +56,11 @@ pub fn configure(args: &StartArgs) -> Result<Config, String> {
             ("services", &config.services.len()),
             (
                 "credential_ttl",
-                &crate::duration::format(config.credential_ttl),
+                &crate::infra::duration::format(config.credential_ttl),
             ),
             (
                 "renewal_interval",
-                &crate::duration::format(config.renewal_interval),
+                &crate::infra::duration::format(config.renewal_interval),
             ),
             ("debug", &config.debug),
         ],

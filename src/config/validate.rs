@@ -100,8 +100,8 @@ fn check_window(
         path,
         format!(
             "renewal_interval ({}) must be shorter than credential_ttl ({})",
-            crate::duration::format(renew),
-            crate::duration::format(ttl)
+            crate::infra::duration::format(renew),
+            crate::infra::duration::format(ttl)
         ),
     ))
 }

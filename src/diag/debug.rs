@@ -325,7 +325,7 @@ fn list_threads(task_dir: &Path) -> Result<Vec<ThreadInfo>, String> {
             continue;
         };
         // tbot's own threads keep their whole name (the kernel keeps 15 bytes).
-        let full = crate::threads::full_name(tid);
+        let full = crate::infra::threads::full_name(tid);
         let name = match full.map_or_else(
             || fs::read(entry.path().join("comm")),
             |n| Ok(n.into_bytes()),

@@ -34,8 +34,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::head::{parse_head, set_connection_header, simple_response, HeadLimits, Parsed};
+use crate::infra::poll::pollfd;
 use crate::log;
-use crate::poll::pollfd;
 
 /// Every limit of the front, explicit.
 #[derive(Clone, Debug)]

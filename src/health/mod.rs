@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{Receiver, Sender};
 use serde::Serialize;
 
-use crate::liveness::{Beat, Watched};
+use crate::infra::liveness::{Beat, Watched};
 use crate::log;
 use crate::metrics::Metrics;
 
@@ -57,7 +57,7 @@ pub struct Entry {
     pub status: Status,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub reason: String,
-    #[serde(serialize_with = "crate::timefmt::serialize_opt_rfc3339")]
+    #[serde(serialize_with = "crate::infra::timefmt::serialize_opt_rfc3339")]
     pub updated_at: Option<SystemTime>,
     /// The running instance of the service that may update this row.
     #[serde(skip)]
@@ -338,7 +338,7 @@ impl Applier {
             }
             if u.status == Status::Unhealthy {
                 // Tests wedge the applier here (`health-unhealthy=sleep:MS`).
-                crate::failpoints::hit("health-unhealthy");
+                crate::infra::failpoints::hit("health-unhealthy");
             }
             self.health.apply(u);
         }

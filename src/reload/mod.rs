@@ -30,12 +30,12 @@ use crate::cli::StartArgs;
 use crate::config::Config;
 use crate::diag::{self, Diag};
 use crate::health::{Health, RowChange, Update};
+use crate::infra::systemd;
 use crate::log;
 use crate::metrics::Metrics;
 use crate::services::ssh_multiplexer::drain::DRAIN_TIMEOUT;
 use crate::services::{self, Shared};
 use crate::supervisor::{self, Running};
-use crate::systemd;
 
 mod diff;
 
@@ -88,7 +88,7 @@ impl Live {
                 self.metrics.reload_successful.set(1);
                 self.metrics
                     .reload_success_timestamp
-                    .set(crate::timefmt::unix_now());
+                    .set(crate::infra::timefmt::unix_now());
                 systemd::status::reload_outcome(&self.health, None);
                 let list = |v: &[String]| v.join(",");
                 log::info(
@@ -190,7 +190,7 @@ impl Live {
                 "service did not stop in time; reloading without waiting for it",
             );
             if let Some(drain) = drain {
-                let spawned = crate::threads::spawn("mux-drain", move || {
+                let spawned = crate::infra::threads::spawn("mux-drain", move || {
                     drain.run(&name, DRAIN_TIMEOUT);
                 });
                 if let Err(e) = spawned {

@@ -97,7 +97,10 @@ impl Service for BotIdentity {
                     let delay = retry_delay(failures, self.interval);
                     log::warn(
                         "the bot's CA is not usable; retrying",
-                        &[("error", &e), ("retry_in", &crate::duration::format(delay))],
+                        &[
+                            ("error", &e),
+                            ("retry_in", &crate::infra::duration::format(delay)),
+                        ],
                     );
                     ctx.unhealthy(e);
                     delay

@@ -24,10 +24,10 @@ use std::time::{Duration, Instant};
 
 use crate::ca_key_file::KeyFileStamp;
 use crate::config::Config;
-use crate::inotify::{Event, Watch};
+use crate::infra::inotify::{Event, Watch};
+use crate::infra::poll::{poll, pollfd};
 use crate::issuer::{ca_key_stamp, Issuer, CA_KEY_FILE};
 use crate::log;
-use crate::poll::{poll, pollfd};
 use crate::services::{Context, Iteration, Service};
 
 /// How often the key file is checked when the storage directory cannot be

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
-use crate::atomic_file::parent_dir;
 use crate::config::Config;
+use crate::infra::atomic_file::parent_dir;
+use crate::infra::timefmt;
 use crate::services::{Context, Service};
-use crate::timefmt;
 
 /// The heartbeat file's name in the storage directory.
 pub const FILE: &str = "heartbeat.json";
@@ -92,9 +92,9 @@ impl Heartbeat {
             serde_json::to_vec_pretty(&record).map_err(|e| format!("encoding heartbeat: {e}"))?;
         body.push(b'\n');
         if let Some(dir) = self.path.parent() {
-            crate::fsutil::create_private_dir(dir)?;
+            crate::infra::fsutil::create_private_dir(dir)?;
         }
-        crate::atomic_file::write_atomic(&self.path, &body, 0o600)
+        crate::infra::atomic_file::write_atomic(&self.path, &body, 0o600)
             .map_err(|e| format!("{}: {e}", self.path.display()))
     }
 }
@@ -105,10 +105,10 @@ impl Service for Heartbeat {
     }
 
     fn run(&mut self, ctx: &Context) -> Result<(), String> {
-        crate::failpoints::hit("heartbeat-start");
+        crate::infra::failpoints::hit("heartbeat-start");
         // Only this service writes the file: temps at start are a killed
         // write's.
-        crate::atomic_file::remove_stale_temps(parent_dir(&self.path), &[FILE]);
+        crate::infra::atomic_file::remove_stale_temps(parent_dir(&self.path), &[FILE]);
         ctx.shared
             .health
             .wait_all_reported(ctx.name(), FIRST_REPORT_WAIT, &|| ctx.stopping());
@@ -116,7 +116,7 @@ impl Service for Heartbeat {
             if ctx.stopping() {
                 return Ok(());
             }
-            crate::failpoints::hit("heartbeat");
+            crate::infra::failpoints::hit("heartbeat");
             let timer = crate::services::Iteration::start(ctx, "heartbeat");
             match self.write(ctx) {
                 Ok(()) => {

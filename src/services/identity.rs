@@ -23,9 +23,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::Receiver;
 
 use crate::config::IdentityConfig;
+use crate::infra::timefmt;
 use crate::issuer::Issuer;
 use crate::services::{Context, Iteration, Service};
-use crate::{identity_files, log, timefmt};
+use crate::{identity_files, log};
 
 /// The `name` label of this service's `tbot_task_*` metrics.
 pub const TASK: &str = "output-renewal";
@@ -201,7 +202,7 @@ impl IdentityOutput {
                     &[
                         ("service", &ctx.name()),
                         ("error", &e),
-                        ("retry_in", &crate::duration::format(delay)),
+                        ("retry_in", &crate::infra::duration::format(delay)),
                     ],
                 );
                 st.error = Some(e);
@@ -249,7 +250,7 @@ impl Service for IdentityOutput {
             .reissue
             .get_or_insert_with(|| ctx.shared.reissue.subscribe())
             .clone();
-        let steps = crate::clock_step::subscribe();
+        let steps = crate::infra::clock_step::subscribe();
         // Before the first attempt, wait for the internal `identity` service
         // to have tried loading the CA.
         crossbeam_channel::select! {

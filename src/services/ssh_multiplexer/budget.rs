@@ -24,7 +24,7 @@ pub const FDS_RESERVED: u64 = 32;
 /// Unlimited or unknown: `wanted` and 64 (also with the debug build's
 /// failpoint switch `mux-no-fd-budget=on`, for the out-of-descriptors test).
 pub fn fit(wanted: usize) -> (usize, usize) {
-    if crate::failpoints::on("mux-no-fd-budget") {
+    if crate::infra::failpoints::on("mux-no-fd-budget") {
         return (wanted, 64);
     }
     match soft_nofile() {

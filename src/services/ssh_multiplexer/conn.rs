@@ -93,7 +93,7 @@ impl Connections {
         let fallback = stream.try_clone();
         let service = self.service.clone();
         let relays = self.relays.clone();
-        let spawned = crate::threads::spawn("mux-conn", move || {
+        let spawned = crate::infra::threads::spawn("mux-conn", move || {
             let _slot = slot;
             let mut client = stream;
             let registered = relays.register(&client);

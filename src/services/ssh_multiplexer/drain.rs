@@ -96,7 +96,7 @@ impl Drain {
             &[
                 ("service", &service),
                 ("open_connections", &open),
-                ("timeout", &crate::duration::format(timeout)),
+                ("timeout", &crate::infra::duration::format(timeout)),
             ],
         );
         if self.wait_idle(Instant::now() + timeout) {

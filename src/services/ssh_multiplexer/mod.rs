@@ -48,9 +48,9 @@ use std::time::{Duration, Instant};
 
 use crate::config::{Config, MultiplexerConfig};
 use crate::diag::front::once_a_second;
-use crate::inotify;
+use crate::infra::inotify;
+use crate::infra::poll::{poll, pollfd};
 use crate::log;
-use crate::poll::{poll, pollfd};
 use crate::services::{Context, Drain, Service};
 
 pub mod budget;

@@ -9,8 +9,8 @@ use std::os::unix::net::UnixStream;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::infra::poll::{poll, pollfd};
 use crate::log;
-use crate::poll::{poll, pollfd};
 
 use super::request::Target;
 
@@ -50,7 +50,7 @@ impl Target {
                 Err(e) if e.kind() == ErrorKind::TimedOut => {
                     last = format!(
                         "connecting to {a}: no answer within {}",
-                        crate::duration::format(timeout)
+                        crate::infra::duration::format(timeout)
                     )
                 }
                 Err(e) => last = format!("connecting to {a}: {e}"),
@@ -106,7 +106,7 @@ pub(super) fn relay(
     let mut target_r = target
         .try_clone()
         .map_err(|e| format!("relay: duplicating the target socket: {e}"))?;
-    let down = crate::threads::spawn("mux-conn-down", move || {
+    let down = crate::infra::threads::spawn("mux-conn-down", move || {
         let n = pump(&mut target_r, &mut client_w);
         end_direction(&n, &client_w, &target_r);
         n.unwrap_or(0)

@@ -27,7 +27,7 @@ pub fn read_request(s: &mut UnixStream, deadline: Duration) -> Result<(String, V
         if left.is_zero() {
             return Err(format!(
                 "no complete request within {}",
-                crate::duration::format(deadline)
+                crate::infra::duration::format(deadline)
             ));
         }
         s.set_read_timeout(Some(left))

@@ -1,5 +1,5 @@
 //! The multiplexer's socket file `v1.sock` and its `ssh_config`, placed in
-//! the destination only through a directory handle from [`crate::chase`]:
+//! the destination only through a directory handle from [`crate::infra::chase`]:
 //! a destination path through a symlink another user planted is refused,
 //! and a component swapped after the walk changes nothing.
 //!
@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode};
 use rustix::io::Errno;
 
-use crate::chase::{self, DirHandle};
+use crate::infra::chase::{self, DirHandle};
 use crate::log;
 
 use super::{MAX_SOCKET_PATH, SOCKET_NAME};
@@ -109,7 +109,7 @@ impl Socket {
     /// removing the temp files an earlier run killed mid-write left.
     pub fn write_beside(&self, name: &str, contents: &[u8]) -> Result<PathBuf, String> {
         for entry in self.dir.entries()? {
-            if crate::atomic_file::is_temp_of(&entry, name) {
+            if crate::infra::atomic_file::is_temp_of(&entry, name) {
                 self.dir.remove_file(&entry)?;
             }
         }

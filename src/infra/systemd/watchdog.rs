@@ -2,7 +2,7 @@
 //! `WATCHDOG=1` every half of `$WATCHDOG_USEC`, but only while tbot's loops
 //! respond, so that systemd restarts a wedged tbot.
 //!
-//! The loops watched ([`crate::liveness`]): the diagnostics serving loop
+//! The loops watched ([`crate::infra::liveness`]): the diagnostics serving loop
 //! (`diag-http`, when `diag_addr` is set) and the health applier (`health`:
 //! every service report, and so every restart the supervisor reports, goes
 //! through it). Without `diag_addr` there is no serving loop, and the pings
@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
-use crate::liveness::Watched;
+use crate::infra::liveness::Watched;
 use crate::log;
 
 /// The ping period (half of `WATCHDOG_USEC`) from the environment, or None
@@ -80,12 +80,12 @@ pub fn start(watched: Vec<Watched>, stop: &Receiver<()>) -> Result<(), String> {
     log::info(
         "systemd watchdog enabled",
         &[
-            ("ping_every", &crate::duration::format(period)),
+            ("ping_every", &crate::infra::duration::format(period)),
             ("watching", &names.join(",")),
         ],
     );
     let stop = stop.clone();
-    crate::threads::spawn("sd-watchdog", move || run(watched, period, &stop))
+    crate::infra::threads::spawn("sd-watchdog", move || run(watched, period, &stop))
         .map(drop)
         .map_err(|e| format!("sd-watchdog thread: {e}"))
 }
@@ -165,7 +165,7 @@ impl Gate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::liveness::Beat;
+    use crate::infra::liveness::Beat;
     use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
     use std::sync::Arc;
 

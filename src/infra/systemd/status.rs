@@ -128,7 +128,7 @@ pub fn start(health: &Health, stop: &Receiver<()>) -> Result<(), String> {
     });
     let health = health.clone();
     let stop = stop.clone();
-    crate::threads::spawn("sd-status", move || run(&health, &changed, &stop))
+    crate::infra::threads::spawn("sd-status", move || run(&health, &changed, &stop))
         .map(drop)
         .map_err(|e| format!("sd-status thread: {e}"))
 }

@@ -58,7 +58,7 @@ pub enum StorageLockError {
 /// Errors are worded for the operator: the path and what is wrong.
 pub fn lock_storage(storage: &Path) -> Result<Held, StorageLockError> {
     let unusable = |e: String| StorageLockError::Unusable(format!("storage lock: {e}"));
-    crate::fsutil::create_private_dir(storage).map_err(unusable)?;
+    crate::infra::fsutil::create_private_dir(storage).map_err(unusable)?;
     let path = storage.join(STORAGE_LOCK_FILE);
     let file = OpenOptions::new()
         .read(true)

@@ -141,7 +141,7 @@ fn parse(buf: &[u8], events: &mut Vec<Event>) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::poll::{poll, pollfd};
+    use crate::infra::poll::{poll, pollfd};
     use crate::testutil::TestDir;
     use std::time::Duration;
 

@@ -39,7 +39,7 @@ pub fn subscribe() -> Receiver<()> {
         .unwrap_or_else(|p| p.into_inner())
         .push(tx);
     START.call_once(|| {
-        if let Err(e) = crate::threads::spawn("clock-step", watch) {
+        if let Err(e) = crate::infra::threads::spawn("clock-step", watch) {
             crate::log::warn(
                 "cannot watch the wall clock for steps; renewals follow the monotonic clock",
                 &[("error", &e)],
@@ -105,11 +105,11 @@ fn watch() {
     let timer = arm();
     let mut last = offset_ns();
     loop {
-        let mut fds = [crate::poll::pollfd(
+        let mut fds = [crate::infra::poll::pollfd(
             timer.as_ref().map_or(-1, |t| t.as_raw_fd()),
             libc::POLLIN,
         )];
-        if crate::poll::poll(&mut fds, Some(POLL)).is_err() {
+        if crate::infra::poll::poll(&mut fds, Some(POLL)).is_err() {
             std::thread::sleep(POLL);
         }
         let mut stepped = false;
@@ -130,7 +130,7 @@ fn watch() {
         if stepped {
             crate::log::info(
                 "the wall clock was stepped; checking certificates",
-                &[("now", &crate::timefmt::rfc3339(SystemTime::now()))],
+                &[("now", &crate::infra::timefmt::rfc3339(SystemTime::now()))],
             );
             notify();
         }

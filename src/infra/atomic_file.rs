@@ -79,7 +79,7 @@ impl Drop for StagedFile {
 fn write_contents(file: &mut File, path: &Path, contents: &[u8]) -> io::Result<()> {
     let (first, rest) = contents.split_at(contents.len() / 2);
     file.write_all(first)?;
-    crate::failpoints::hit_in_write("stage-half", path);
+    crate::infra::failpoints::hit_in_write("stage-half", path);
     file.write_all(rest)
 }
 
