@@ -55,9 +55,10 @@ fn boot_time(text: &str) -> Option<f64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-fn sysconf(name: libc::c_int) -> Option<f64> {
-    // SAFETY: sysconf has no memory effects; -1 means unknown.
-    let v = unsafe { libc::sysconf(name) };
+/// Clock ticks per second (`_SC_CLK_TCK`), the unit of /proc/self/stat's
+/// times; None if unknown.
+fn clock_ticks() -> Option<f64> {
+    let v = rustix::param::clock_ticks_per_second();
     (v > 0).then_some(v as f64)
 }
 
@@ -117,15 +118,11 @@ impl ProcessCollector {
             // The directory listing holds one descriptor of its own.
             self.open_fds.set(n.count().saturating_sub(1) as f64);
         }
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit writes into the struct we own.
-        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
-            self.max_fds.set(lim.rlim_cur as f64);
-        }
-        let Some(ticks) = sysconf(libc::_SC_CLK_TCK) else {
+        // Unlimited is RLIM_INFINITY, as the kernel reports it.
+        let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+        self.max_fds
+            .set(lim.current.unwrap_or(libc::RLIM_INFINITY) as f64);
+        let Some(ticks) = clock_ticks() else {
             return;
         };
         let stat = std::fs::read_to_string("/proc/self/stat")
@@ -140,9 +137,8 @@ impl ProcessCollector {
         }
         self.threads.set(stat.threads);
         self.virtual_memory.set(stat.virtual_bytes);
-        if let Some(page) = sysconf(libc::_SC_PAGESIZE) {
-            self.resident_memory.set(stat.resident_pages * page);
-        }
+        let page = rustix::param::page_size() as f64;
+        self.resident_memory.set(stat.resident_pages * page);
         if self.start_time.get() == 0.0 {
             if let Some(boot) = std::fs::read_to_string("/proc/stat")
                 .ok()

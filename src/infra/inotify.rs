@@ -5,12 +5,14 @@
 //! descriptor is nonblocking: poll it for `POLLIN`, then [`Watch::events`]
 //! reads what is queued. Every error names the watched directory.
 
-use std::ffi::{CString, OsStr, OsString};
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{ErrorKind, Read};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
+
+use rustix::fs::inotify;
 
 /// Size of `struct inotify_event` before its name.
 const HEADER: usize = std::mem::size_of::<libc::inotify_event>();
@@ -55,26 +57,11 @@ impl Watch {
     /// Watches the directory `dir` for the events in `mask` (`IN_*`;
     /// `IN_ONLYDIR` is added: anything but a directory is an error).
     pub fn dir(dir: &Path, mask: u32) -> Result<Watch, String> {
-        let at = |what: &str, e: std::io::Error| format!("{}: {what}: {e}", dir.display());
-        let path = CString::new(dir.as_os_str().as_bytes())
-            .map_err(|_| format!("{}: path contains a NUL byte", dir.display()))?;
-        // SAFETY: inotify_init1 takes only flags; a non-negative result is a
-        // new descriptor that nothing else owns.
-        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
-        if fd < 0 {
-            return Err(at("inotify_init1", std::io::Error::last_os_error()));
-        }
-        // SAFETY: `fd` was just returned by inotify_init1 and is owned by
-        // nothing else; the OwnedFd closes it, also on the error path below.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: `fd` is an open inotify descriptor and `path` a
-        // NUL-terminated string that outlives the call.
-        let wd = unsafe {
-            libc::inotify_add_watch(fd.as_raw_fd(), path.as_ptr(), mask | libc::IN_ONLYDIR)
-        };
-        if wd < 0 {
-            return Err(at("inotify_add_watch", std::io::Error::last_os_error()));
-        }
+        let at = |what: &str, e: rustix::io::Errno| format!("{}: {what}: {e}", dir.display());
+        let fd = inotify::init(inotify::CreateFlags::NONBLOCK | inotify::CreateFlags::CLOEXEC)
+            .map_err(|e| at("inotify_init1", e))?;
+        let flags = inotify::WatchFlags::from_bits_retain(mask) | inotify::WatchFlags::ONLYDIR;
+        inotify::add_watch(&fd, dir, flags).map_err(|e| at("inotify_add_watch", e))?;
         Ok(Watch {
             file: File::from(fd),
             dir: dir.to_path_buf(),

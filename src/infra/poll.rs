@@ -1,4 +1,8 @@
 //! poll(2), for the threads that wait on descriptors rather than on a timer.
+//!
+//! Through libc rather than rustix: callers poll raw descriptor numbers
+//! (including -1 for a slot not in use this turn), which rustix's `PollFd`
+//! would only take as borrowed descriptors.
 
 use std::io::{self, ErrorKind};
 use std::os::fd::RawFd;
@@ -35,4 +39,14 @@ pub fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> io::Result<u
             return Err(e);
         }
     }
+}
+
+/// Waits until `fd` is readable (or hung up); false on timeout.
+pub fn wait_readable(fd: RawFd, timeout: Duration) -> io::Result<bool> {
+    poll(&mut [pollfd(fd, libc::POLLIN)], Some(timeout)).map(|n| n > 0)
+}
+
+/// Waits until `fd` can be written to, without a time limit.
+pub fn wait_writable(fd: RawFd) -> io::Result<()> {
+    poll(&mut [pollfd(fd, libc::POLLOUT)], None).map(|_| ())
 }

@@ -10,7 +10,7 @@
 //! - Every other signal keeps its default action (SIGQUIT dumps core, as a
 //!   last-resort debugging aid; SIGKILL cannot be caught).
 //!
-//! [`block`] runs first in `main`, before any thread exists, so every thread
+//! [`block`] runs early in `daemon::start`, before any thread exists, so every thread
 //! inherits a mask that blocks SIGINT, SIGTERM and SIGHUP; [`wait`] (on the
 //! main thread) then receives them synchronously with sigwait(2). No
 //! async-signal-safety puzzles, no self-pipe. `--oneshot` does not call
@@ -41,13 +41,15 @@ fn set() -> libc::sigset_t {
 /// Ignores SIGPIPE, and blocks SIGINT, SIGTERM and SIGHUP for this thread
 /// and every thread it spawns.
 pub fn block() -> std::io::Result<()> {
-    // SAFETY: setting a standard signal's disposition to SIG_IGN.
-    if unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) } == libc::SIG_ERR {
-        return Err(std::io::Error::last_os_error());
-    }
     let set = set();
-    // SAFETY: a valid set; the old mask is not needed.
-    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    // SAFETY: setting a standard signal's disposition to SIG_IGN; then
+    // blocking a valid set (the old mask is not needed).
+    let rc = unsafe {
+        if libc::signal(libc::SIGPIPE, libc::SIG_IGN) == libc::SIG_ERR {
+            return Err(std::io::Error::last_os_error());
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut())
+    };
     if rc == 0 {
         Ok(())
     } else {

@@ -15,8 +15,7 @@ fn registry() -> &'static Mutex<HashMap<u32, String>> {
 
 /// The kernel's id of the calling thread.
 pub fn current_tid() -> u32 {
-    // SAFETY: gettid has no preconditions and cannot fail.
-    unsafe { libc::gettid() as u32 }
+    rustix::thread::gettid().as_raw_nonzero().get() as u32
 }
 
 /// Records the calling thread's full name until it exits.

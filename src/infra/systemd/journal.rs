@@ -7,6 +7,7 @@
 //! names the very file descriptor 2 has: compared with fstat(2) of fd 2,
 //! as sd-daemon(3) recommends.
 
+use std::os::fd::AsFd;
 use std::sync::OnceLock;
 
 /// Whether `$JOURNAL_STREAM` matches stderr. Computed once per process.
@@ -30,12 +31,8 @@ fn parse(value: &str) -> Option<(u64, u64)> {
 }
 
 fn stderr_dev_ino() -> Option<(u64, u64)> {
-    // SAFETY: fstat fills the zeroed stat buffer we own; fd 2 may be closed,
-    // which fstat reports as an error.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    if unsafe { libc::fstat(2, &mut st) } != 0 {
-        return None;
-    }
+    // fd 2 may be closed, which fstat reports as an error.
+    let st = rustix::fs::fstat(std::io::stderr().as_fd()).ok()?;
     Some((st.st_dev, st.st_ino))
 }
 

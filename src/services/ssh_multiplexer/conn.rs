@@ -18,7 +18,8 @@ use super::drain::Relays;
 use super::relay::relay;
 use super::request::{printable, read_request, Target};
 use super::socket::Socket;
-use super::{wait_readable, DIAL_TIMEOUT, ERROR_PREFIX, REQUEST_DEADLINE};
+use super::{DIAL_TIMEOUT, ERROR_PREFIX, REQUEST_DEADLINE};
+use crate::infra::poll::wait_readable;
 
 /// After refusing a request, how long and how much of the client's
 /// remaining input is read and dropped so that it can read the reason.

@@ -40,7 +40,7 @@
 
 use std::fs::File;
 use std::io::{self, ErrorKind};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -313,16 +313,6 @@ fn out_of_descriptors(e: &io::Error) -> bool {
         e.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
     )
-}
-
-/// Waits until `fd` is readable (or hung up); false on timeout.
-pub fn wait_readable(fd: RawFd, timeout: Duration) -> io::Result<bool> {
-    poll(&mut [pollfd(fd, libc::POLLIN)], Some(timeout)).map(|n| n > 0)
-}
-
-/// Waits until `fd` can be written to, without a time limit.
-pub fn wait_writable(fd: RawFd) -> io::Result<()> {
-    poll(&mut [pollfd(fd, libc::POLLOUT)], None).map(|_| ())
 }
 
 fn absolute(p: &Path) -> Result<PathBuf, String> {

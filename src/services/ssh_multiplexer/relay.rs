@@ -4,12 +4,14 @@
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::infra::poll::{poll, pollfd};
+use rustix::net::{shutdown, Shutdown};
+
 use crate::log;
 
 use super::request::Target;
@@ -63,32 +65,11 @@ impl Target {
 /// Turns on TCP keepalive with [`KEEPALIVE_IDLE`], [`KEEPALIVE_INTERVAL`]
 /// and [`KEEPALIVE_COUNT`].
 fn keepalive(s: &TcpStream) -> io::Result<()> {
-    let secs = |d: Duration| libc::c_int::try_from(d.as_secs()).unwrap_or(libc::c_int::MAX);
-    let count = libc::c_int::try_from(KEEPALIVE_COUNT).unwrap_or(libc::c_int::MAX);
-    for (level, name, value) in [
-        (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
-        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, secs(KEEPALIVE_IDLE)),
-        (
-            libc::IPPROTO_TCP,
-            libc::TCP_KEEPINTVL,
-            secs(KEEPALIVE_INTERVAL),
-        ),
-        (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, count),
-    ] {
-        // SAFETY: setsockopt(2) on an open socket with a c_int we own and its size.
-        let rc = unsafe {
-            libc::setsockopt(
-                s.as_raw_fd(),
-                level,
-                name,
-                (&value as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
+    use rustix::net::sockopt;
+    sockopt::set_socket_keepalive(s, true)?;
+    sockopt::set_tcp_keepidle(s, KEEPALIVE_IDLE)?;
+    sockopt::set_tcp_keepintvl(s, KEEPALIVE_INTERVAL)?;
+    sockopt::set_tcp_keepcnt(s, KEEPALIVE_COUNT)?;
     Ok(())
 }
 
@@ -151,17 +132,15 @@ fn wait_for_down(down: &JoinHandle<u64>, client: &UnixStream, target: &TcpStream
 
 /// After one direction (`from` → `to`) ends: on EOF, pass the half-close
 /// on; on an error, cut both sockets so that the other direction ends too.
-fn end_direction(outcome: &io::Result<u64>, to: &impl AsRawFd, from: &impl AsRawFd) {
-    let shut = |s: RawFd, how| {
-        // SAFETY: shutdown(2) on a descriptor the caller keeps open; its
-        // errors (ENOTCONN once the peer is gone) change nothing here.
-        unsafe { libc::shutdown(s, how) };
-    };
+fn end_direction(outcome: &io::Result<u64>, to: impl AsFd, from: impl AsFd) {
+    // Errors (ENOTCONN once the peer is gone) change nothing here.
     match outcome {
-        Ok(_) => shut(to.as_raw_fd(), libc::SHUT_WR),
+        Ok(_) => {
+            let _ = shutdown(to, Shutdown::Write);
+        }
         Err(_) => {
-            shut(to.as_raw_fd(), libc::SHUT_RDWR);
-            shut(from.as_raw_fd(), libc::SHUT_RDWR);
+            let _ = shutdown(to, Shutdown::Both);
+            let _ = shutdown(from, Shutdown::Both);
         }
     }
 }
