@@ -179,7 +179,7 @@ fn notify_ready(
             )
         };
         while !stopping() {
-            if health.wait_all_reported("", Duration::from_secs(3600), &stopping) {
+            if health.wait_all_reported("", Duration::from_secs(3600), &stop) {
                 // Under the lock: a reload in progress finishes first.
                 let mut ready = readiness.lock().unwrap_or_else(|p| p.into_inner());
                 log::info("every service has reported", &[]);

@@ -13,7 +13,6 @@
 //! does not stop the pings: it shows in its status and `updated_at`.
 
 use std::any::Any;
-use std::os::unix::net::UnixStream;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -22,6 +21,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 
 use crate::health::Update;
+use crate::infra::stop::{Stop, Stopper};
 use crate::log;
 use crate::services::{Context, Drain, Shared, Spec};
 
@@ -66,21 +66,15 @@ pub struct Running {
     pub name: String,
     pub handle: JoinHandle<()>,
     /// Dropping it stops the service (see [`Running::stop`]).
-    stop: Stop,
+    stop: Stopper,
     /// For a multiplexer, its live relays (see [`Drain`]).
     pub drain: Option<Drain>,
-}
-
-/// The daemon's ends of one service's stop signal.
-struct Stop {
-    _channel: Sender<()>,
-    _fd: UnixStream,
 }
 
 impl Running {
     /// Tells the service to stop (without waiting).
     pub fn stop(self) -> Stopping {
-        drop(self.stop);
+        self.stop.fire();
         Stopping {
             name: self.name,
             handle: self.handle,
@@ -139,15 +133,13 @@ pub fn start_one(
     updates: &Sender<Update>,
     shared: &Arc<Shared>,
 ) -> std::io::Result<Running> {
-    let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
-    let (stop_fd, stop_fd_closer) = crate::services::stop_signal()?;
+    let (stopper, stop) = Stop::new()?;
     let instance = shared.health.instance(&spec.name).unwrap_or(0);
     let ctx = Context::new(
         spec.name.clone(),
         instance,
         updates.clone(),
-        stop_rx,
-        stop_fd,
+        stop,
         shared.clone(),
     );
     let drain = spec.service.drain();
@@ -155,10 +147,7 @@ pub fn start_one(
     Ok(Running {
         name: spec.name,
         handle,
-        stop: Stop {
-            _channel: stop_tx,
-            _fd: stop_fd_closer,
-        },
+        stop: stopper,
         drain,
     })
 }

@@ -7,8 +7,9 @@
 //! heartbeat, systemd readiness).
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
 
 use crossbeam_channel::{Receiver, Sender};
 use serde::Serialize;
@@ -78,6 +79,13 @@ struct Table {
 }
 
 impl Table {
+    /// Every service but `except` has reported at least once.
+    fn all_reported_but(&self, except: &str) -> bool {
+        self.entries
+            .iter()
+            .all(|(name, e)| name == except || e.reported())
+    }
+
     /// Adds (or resets) a row as `initializing`, for a fresh instance.
     fn insert_initializing(&mut self, name: &str, kind: &'static str) {
         self.last_instance += 1;
@@ -130,10 +138,19 @@ fn overall<'a>(mut entries: impl Iterator<Item = &'a Entry>) -> Status {
 /// A callback run after each applied update.
 type Listener = Box<dyn Fn() + Send>;
 
+/// A waiter's latch: its id, the service it does not wait for, and the
+/// sender whose drop wakes it.
+type Latch = (u64, String, Sender<()>);
+
 /// Shared handle on the table. Cheap to clone.
 #[derive(Clone)]
 pub struct Health {
-    inner: Arc<(Mutex<Table>, Condvar)>,
+    inner: Arc<Mutex<Table>>,
+    /// Latches of [`Health::wait_all_reported`] callers: (id, `except`,
+    /// sender), each dropped (which wakes its waiter) once every service
+    /// but `except` has reported.
+    latches: Arc<Mutex<Vec<Latch>>>,
+    next_latch: Arc<AtomicU64>,
     metrics: Arc<Metrics>,
     /// Called after every applied update (e.g. to wake the HTTP loop).
     listeners: Arc<Mutex<Vec<Listener>>>,
@@ -153,7 +170,9 @@ impl Health {
             table.insert_initializing(name, kind);
         }
         Health {
-            inner: Arc::new((Mutex::new(table), Condvar::new())),
+            inner: Arc::new(Mutex::new(table)),
+            latches: Arc::default(),
+            next_latch: Arc::default(),
             metrics,
             listeners: Arc::new(Mutex::new(Vec::new())),
             applier_beat: Beat::default(),
@@ -164,7 +183,7 @@ impl Health {
         // A panic while holding this lock cannot leave the table half-updated
         // (every update is a single insert, and a reload's row changes
         // cannot panic), so poisoning is ignored.
-        self.inner.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Registers a callback run (on the applier thread) after each update.
@@ -223,9 +242,16 @@ impl Health {
         self.changed();
     }
 
-    /// Wakes whoever waits on the table and runs the listeners.
+    /// Opens the latches whose condition holds now and runs the listeners.
     fn changed(&self) {
-        self.inner.1.notify_all();
+        {
+            // Lock order: the table, then the latches (as in wait_all_reported).
+            let table = self.lock();
+            self.latches
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|(_, except, _)| !table.all_reported_but(except));
+        }
         for f in self
             .listeners
             .lock()
@@ -237,34 +263,33 @@ impl Health {
     }
 
     /// Blocks until every service but `except` has reported at least once,
-    /// or `timeout`. Returns whether they all had.
-    pub fn wait_all_reported(
-        &self,
-        except: &str,
-        timeout: Duration,
-        stop: &dyn Fn() -> bool,
-    ) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut table = self.lock();
-        loop {
-            if table
-                .entries
-                .iter()
-                .all(|(name, e)| name == except || e.reported())
-            {
+    /// `timeout`, or `stop` disconnects. Returns whether they all had. No
+    /// timer: the waiter sleeps on a latch that the applier drops (the
+    /// drop-a-sender idiom) once the condition holds.
+    pub fn wait_all_reported(&self, except: &str, timeout: Duration, stop: &Receiver<()>) -> bool {
+        let id = self.next_latch.fetch_add(1, Ordering::Relaxed);
+        let (latch, opened) = crossbeam_channel::bounded::<()>(0);
+        {
+            let table = self.lock();
+            if table.all_reported_but(except) {
                 return true;
             }
-            let now = Instant::now();
-            if now >= deadline || stop() {
-                return false;
-            }
-            // Wake at least every 100 ms to notice `stop`.
-            let wait = (deadline - now).min(Duration::from_millis(100));
-            table = match self.inner.1.wait_timeout(table, wait) {
-                Ok((t, _)) => t,
-                Err(p) => p.into_inner().0,
-            };
+            self.latches
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((id, except.to_string(), latch));
         }
+        crossbeam_channel::select! {
+            recv(opened) -> _ => {}
+            recv(stop) -> _ => {}
+            default(timeout) => {}
+        }
+        let table = self.lock();
+        self.latches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(i, _, _)| *i != id);
+        table.all_reported_but(except)
     }
 
     /// Applies one update. Returns true when the status or reason changed.
@@ -367,6 +392,50 @@ mod tests {
     fn table() -> Health {
         let m = Arc::new(Metrics::new());
         Health::new([("a", "identity"), ("b", "heartbeat")], m)
+    }
+
+    fn report_healthy(h: &Health, name: &str) {
+        h.apply(Update {
+            instance: h.instance(name).unwrap(),
+            service: name.into(),
+            status: Status::Healthy,
+            reason: String::new(),
+        });
+    }
+
+    #[test]
+    fn waiting_for_every_report_wakes_on_the_last_one_or_the_stop() {
+        let h = table();
+        let (stop_tx, stop) = crossbeam_channel::bounded::<()>(0);
+        // "b" excepted: "a" is the one awaited.
+        let waiter = {
+            let (h, stop) = (h.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let started = std::time::Instant::now();
+                (
+                    h.wait_all_reported("b", Duration::from_secs(60), &stop),
+                    started.elapsed(),
+                )
+            })
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        report_healthy(&h, "a");
+        let (all, took) = waiter.join().unwrap();
+        assert!(all);
+        assert!(took < Duration::from_secs(30), "{took:?}");
+        // Already true: at once.
+        assert!(h.wait_all_reported("b", Duration::ZERO, &stop));
+        // Not true: the timeout, or the stop.
+        assert!(!h.wait_all_reported("", Duration::from_millis(20), &stop));
+        let waiter = {
+            let (h, stop) = (h.clone(), stop.clone());
+            std::thread::spawn(move || h.wait_all_reported("", Duration::from_secs(60), &stop))
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        drop(stop_tx);
+        assert!(!waiter.join().unwrap());
+        // No latch is left behind.
+        assert!(h.latches.lock().unwrap().is_empty());
     }
 
     #[test]

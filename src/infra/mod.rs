@@ -7,6 +7,7 @@
 //! - files: `chase` (output directories without following others'
 //!   symlinks), `atomic_file` (crash-safe writes), `fsutil` (private
 //!   directories), `instance_lock` (flock(2): one tbot per storage directory);
+//! - stopping: `stop` (one stop signal: a channel and a descriptor);
 //! - threads: `threads` (named threads), `liveness` (turn counters the
 //!   watchdog reads);
 //! - systemd: `systemd` (`sd_notify`, `STATUS=`, the watchdog, journald);
@@ -24,6 +25,7 @@ pub mod instance_lock;
 pub mod liveness;
 pub mod poll;
 pub mod signals;
+pub mod stop;
 pub mod systemd;
 pub mod threads;
 pub mod timefmt;

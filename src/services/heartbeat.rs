@@ -111,7 +111,7 @@ impl Service for Heartbeat {
         crate::infra::atomic_file::remove_stale_temps(parent_dir(&self.path), &[FILE]);
         ctx.shared
             .health
-            .wait_all_reported(ctx.name(), FIRST_REPORT_WAIT, &|| ctx.stopping());
+            .wait_all_reported(ctx.name(), FIRST_REPORT_WAIT, ctx.stop());
         loop {
             if ctx.stopping() {
                 return Ok(());
