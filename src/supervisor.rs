@@ -15,13 +15,13 @@
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
 use crate::health::Update;
 use crate::infra::stop::{Stop, Stopper};
+use crate::infra::threads::{spawn_member, Group, Member};
 use crate::log;
 use crate::services::{Context, Drain, Shared, Spec};
 
@@ -64,7 +64,7 @@ pub fn panic_message(payload: &(dyn Any + Send)) -> String {
 /// service without touching the others.
 pub struct Running {
     pub name: String,
-    pub handle: JoinHandle<()>,
+    thread: Member,
     /// Dropping it stops the service (see [`Running::stop`]).
     stop: Stopper,
     /// For a multiplexer, its live relays (see [`Drain`]).
@@ -77,7 +77,7 @@ impl Running {
         self.stop.fire();
         Stopping {
             name: self.name,
-            handle: self.handle,
+            thread: self.thread,
             drain: self.drain,
         }
     }
@@ -86,30 +86,33 @@ impl Running {
 /// A service told to stop.
 pub struct Stopping {
     pub name: String,
-    pub handle: JoinHandle<()>,
+    thread: Member,
     pub drain: Option<Drain>,
 }
 
-impl Stopping {
-    /// Waits until its thread has ended or `deadline`; logs a thread that
-    /// did not stop in time (with `late`, which says what happens next) or
-    /// panicked. True when it ended.
-    pub fn join_until(self, deadline: Instant, late: &str) -> bool {
-        while !self.handle.is_finished() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
+/// Waits until the threads of `stopping` have ended or `deadline` (all in
+/// one [`Group`]); logs each that did not stop in time (with `late`, which
+/// says what happens next) and each that panicked. Returns their drains.
+pub fn join_until(stopping: Vec<Stopping>, deadline: Instant, late: &str) -> Vec<(String, Drain)> {
+    let mut group = Group::default();
+    let mut drains = Vec::new();
+    for s in stopping {
+        group.push(s.thread);
+        if let Some(d) = s.drain {
+            drains.push((s.name, d));
         }
-        if !self.handle.is_finished() {
-            log::warn(late, &[("service", &self.name)]);
-            return false;
-        }
-        if self.handle.join().is_err() {
-            log::error(
-                "service thread panicked while stopping",
-                &[("service", &self.name)],
-            );
-        }
-        true
     }
+    let joined = group.join_until(deadline);
+    for name in &joined.late {
+        log::warn(late, &[("service", name)]);
+    }
+    for name in &joined.panicked {
+        log::error(
+            "service thread panicked while stopping",
+            &[("service", name)],
+        );
+    }
+    drains
 }
 
 /// Starts every service on a thread named after it, each with its own stop
@@ -143,10 +146,10 @@ pub fn start_one(
         shared.clone(),
     );
     let drain = spec.service.drain();
-    let handle = crate::infra::threads::spawn(&spec.name, move || supervise(spec.service, ctx))?;
+    let thread = spawn_member(&spec.name, move || supervise(spec.service, ctx))?;
     Ok(Running {
         name: spec.name,
-        handle,
+        thread,
         stop: stopper,
         drain,
     })

@@ -177,23 +177,20 @@ impl Live {
         // Every stop signal first, so that they stop side by side.
         let stopping: Vec<_> = stop.into_iter().map(Running::stop).collect();
         let deadline = Instant::now() + self.stop_grace;
-        for mut s in stopping {
-            let drain = s.drain.take();
-            let name = s.name.clone();
-            s.join_until(
-                deadline,
-                "service did not stop in time; reloading without waiting for it",
-            );
-            if let Some(drain) = drain {
-                let spawned = crate::infra::threads::spawn("mux-drain", move || {
-                    drain.run(&name, DRAIN_TIMEOUT);
-                });
-                if let Err(e) = spawned {
-                    log::warn(
-                        "cannot start a thread to drain relays; they end on their own",
-                        &[("error", &e)],
-                    );
-                }
+        let drains = supervisor::join_until(
+            stopping,
+            deadline,
+            "service did not stop in time; reloading without waiting for it",
+        );
+        for (name, drain) in drains {
+            let spawned = crate::infra::threads::spawn("mux-drain", move || {
+                drain.run(&name, DRAIN_TIMEOUT);
+            });
+            if let Err(e) = spawned {
+                log::warn(
+                    "cannot start a thread to drain relays; they end on their own",
+                    &[("error", &e)],
+                );
             }
         }
     }
@@ -239,8 +236,10 @@ impl Live {
             .into_iter()
             .map(Running::stop)
             .collect();
-        for s in stopping {
-            s.join_until(deadline, "service did not stop in time; exiting anyway");
-        }
+        supervisor::join_until(
+            stopping,
+            deadline,
+            "service did not stop in time; exiting anyway",
+        );
     }
 }
