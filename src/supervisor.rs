@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 
 use crate::health::Update;
+use crate::infra::backoff::Backoff;
 use crate::infra::stop::{Stop, Stopper};
 use crate::infra::threads::{spawn_member, Group, Member};
 use crate::log;
@@ -27,6 +28,10 @@ use crate::services::{Context, Drain, Shared, Spec};
 
 pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
+const RESTART: Backoff = Backoff {
+    first: FIRST_BACKOFF,
+    max: MAX_BACKOFF,
+};
 
 /// Installs a panic hook that logs one line through tbot's logger (instead
 /// of the default multi-line stderr message) and names the thread.
@@ -191,8 +196,8 @@ fn supervise(mut service: Box<dyn crate::services::Service>, ctx: Context) {
 /// back to 1 s after a run that lasted longer than the cap.
 fn delay_before_restart(previous: Option<Duration>, ran_for: Duration) -> Duration {
     match previous {
-        Some(d) if ran_for <= MAX_BACKOFF => (d * 2).min(MAX_BACKOFF),
-        _ => FIRST_BACKOFF,
+        Some(d) if ran_for <= MAX_BACKOFF => RESTART.after(Some(d)),
+        _ => RESTART.after(None),
     }
 }
 

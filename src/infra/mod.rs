@@ -8,6 +8,7 @@
 //!   symlinks), `atomic_file` (crash-safe writes), `fsutil` (private
 //!   directories), `instance_lock` (flock(2): one tbot per storage directory);
 //! - stopping: `stop` (one stop signal: a channel and a descriptor);
+//! - retries: `backoff` (exponential, the one kind);
 //! - threads: `threads` (named threads), `liveness` (turn counters the
 //!   watchdog reads);
 //! - systemd: `systemd` (`sd_notify`, `STATUS=`, the watchdog, journald);
@@ -15,6 +16,7 @@
 //! - `failpoints`: fault injection for the tests (debug builds only).
 
 pub mod atomic_file;
+pub mod backoff;
 pub mod chase;
 pub mod clock_step;
 pub mod duration;

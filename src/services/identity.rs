@@ -23,6 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::Receiver;
 
 use crate::config::IdentityConfig;
+use crate::infra::backoff::Backoff;
 use crate::infra::timefmt;
 use crate::issuer::Issuer;
 use crate::services::{Context, Iteration, Service};
@@ -59,8 +60,11 @@ pub fn key_id(hostname: &str, service: &str) -> String {
 /// How long to wait before retrying after `failures` failures in a row
 /// (1 s, 2 s, 4 s …, never more than `cap`).
 pub fn retry_delay(failures: u32, cap: Duration) -> Duration {
-    let doublings = failures.saturating_sub(1).min(30);
-    FIRST_RETRY.saturating_mul(1u32 << doublings).min(cap)
+    Backoff {
+        first: FIRST_RETRY,
+        max: cap,
+    }
+    .delay(failures)
 }
 
 /// Issues a credential for `config` from `issuer` and writes it to the
