@@ -90,19 +90,7 @@ fn run(args: StartArgs, config: Arc<Config>) -> Result<(), String> {
     };
     let applier = crate::infra::threads::spawn("health", move || applier.run())
         .map_err(|e| format!("health thread: {e}"))?;
-
-    let diag = match listener {
-        Some(l) => Some(diag::start(
-            l,
-            diag::Options {
-                max_connections: config.diag_max_connections,
-                debug: config.debug,
-            },
-            health.clone(),
-            metrics.clone(),
-        )?),
-        None => None,
-    };
+    let diag = start_diag(listener, &config, &health, &metrics)?;
 
     let shared = Arc::new(Shared {
         health: health.clone(),
@@ -151,6 +139,36 @@ fn run(args: StartArgs, config: Arc<Config>) -> Result<(), String> {
     log::info("stopping", &[("signal", &signal)]);
     systemd::stopping(signal);
     drop(stop_tx);
+    shut_down(live, notifier, applier);
+    log::info("stopped", &[]);
+    Ok(())
+}
+
+/// The diagnostics service on `listener` (None: not configured).
+fn start_diag(
+    listener: Option<std::net::TcpListener>,
+    config: &Config,
+    health: &Health,
+    metrics: &Arc<Metrics>,
+) -> Result<Option<diag::Diag>, String> {
+    let Some(l) = listener else {
+        return Ok(None);
+    };
+    let options = diag::Options {
+        max_connections: config.diag_max_connections,
+        debug: config.debug,
+    };
+    diag::start(l, options, health.clone(), metrics.clone()).map(Some)
+}
+
+/// After the stop signal: the services (within [`STOP_GRACE`]), the
+/// readiness notifier, the diagnostics service, then the health applier
+/// (which ends once every sender of updates is gone with `live`).
+fn shut_down(
+    mut live: Live,
+    notifier: std::thread::JoinHandle<()>,
+    applier: std::thread::JoinHandle<()>,
+) {
     live.stop_all(Instant::now() + STOP_GRACE);
     let _ = notifier.join();
     if let Some(d) = live.diag.take() {
@@ -160,8 +178,6 @@ fn run(args: StartArgs, config: Arc<Config>) -> Result<(), String> {
     if applier.is_finished() {
         let _ = applier.join();
     }
-    log::info("stopped", &[]);
-    Ok(())
 }
 
 /// Sends `READY=1` once every service has reported (and records that it

@@ -34,49 +34,106 @@ fn register<C: Collector + Clone + 'static>(r: &Registry, c: C) -> prometheus::R
     Ok(c)
 }
 
+fn int_gauge_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntGaugeVec> {
+    register(r, IntGaugeVec::new(Opts::new(name, help), labels)?)
+}
+
+fn int_counter_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntCounterVec> {
+    register(r, IntCounterVec::new(Opts::new(name, help), labels)?)
+}
+
+/// The SSH multiplexer's request counters: started, handled (by status)
+/// and in flight.
+fn mux_metrics(r: &Registry) -> prometheus::Result<(IntCounter, IntCounterVec, IntGauge)> {
+    let started = register(
+        r,
+        IntCounter::new(
+            "tbot_ssh_multiplexer_requests_started_total",
+            "Connections the SSH multiplexer has accepted on its socket, including those it refused.",
+        )?,
+    )?;
+    let handled = int_counter_vec(
+        r,
+        "tbot_ssh_multiplexer_requests_handled_total",
+        "Connections the SSH multiplexer has finished: OK once a relay to the target ended, ERROR if refused or the target was unreachable.",
+        &["status"],
+    )?;
+    // Both outcomes exist from the start, so rate() works before the first error.
+    handled.with_label_values(&["OK"]);
+    handled.with_label_values(&["ERROR"]);
+    let in_flight = register(
+        r,
+        IntGauge::new(
+            "tbot_ssh_multiplexer_requests_in_flight",
+            "Connections the SSH multiplexer is handling now (reading the target, dialing or relaying).",
+        )?,
+    )?;
+    Ok((started, handled, in_flight))
+}
+
+/// Whether the last configuration load applied, and when one last did (the
+/// start counts as one that applied).
+fn reload_metrics(r: &Registry) -> prometheus::Result<(IntGauge, Gauge)> {
+    let successful = register(
+        r,
+        IntGauge::new(
+            "tbot_config_last_reload_successful",
+            "Whether the last configuration reload attempt was successful (1) or not (0).",
+        )?,
+    )?;
+    successful.set(1);
+    let timestamp = register(
+        r,
+        Gauge::new(
+            "tbot_config_last_reload_success_timestamp_seconds",
+            "Timestamp of the last successful configuration load (start or reload), in seconds since the Unix epoch.",
+        )?,
+    )?;
+    timestamp.set(crate::infra::timefmt::unix_now());
+    Ok((successful, timestamp))
+}
+
 impl Metrics {
+    /// Every metric, registered on a new registry. Errors: a definition
+    /// prometheus refuses (a bad name or label), which tests rule out.
     pub fn try_new() -> prometheus::Result<Metrics> {
         let r = Registry::new();
         r.register(Box::new(crate::process_metrics::ProcessCollector::new()?))?;
 
-        let info = register(
+        let info = int_gauge_vec(
             &r,
-            IntGaugeVec::new(
-                Opts::new("tbot_info", "Information about this tbot build; always 1."),
-                &["version"],
-            )?,
+            "tbot_info",
+            "Information about this tbot build; always 1.",
+            &["version"],
         )?;
         info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-
-        let service_health = register(
+        let service_health = int_gauge_vec(
             &r,
-            IntGaugeVec::new(
-                Opts::new(
-                    "tbot_service_health",
-                    "Health of each tbot service: 1 for its current status, 0 for the others.",
-                ),
-                &["service", "type", "status"],
-            )?,
+            "tbot_service_health",
+            "Health of each tbot service: 1 for its current status, 0 for the others.",
+            &["service", "type", "status"],
         )?;
-        let task_iterations = register(
+        let task_iterations = int_counter_vec(
             &r,
-            IntCounterVec::new(
-                Opts::new(
-                    "tbot_task_iterations_total",
-                    "Iterations of a service's renewal loop.",
-                ),
-                &["service", "name"],
-            )?,
+            "tbot_task_iterations_total",
+            "Iterations of a service's renewal loop.",
+            &["service", "name"],
         )?;
-        let task_iterations_failed = register(
+        let task_iterations_failed = int_counter_vec(
             &r,
-            IntCounterVec::new(
-                Opts::new(
-                    "tbot_task_iterations_failed_total",
-                    "Iterations of a service's renewal loop that failed.",
-                ),
-                &["service", "name"],
-            )?,
+            "tbot_task_iterations_failed_total",
+            "Iterations of a service's renewal loop that failed.",
+            &["service", "name"],
         )?;
         let task_iteration_duration = register(
             &r,
@@ -91,33 +148,7 @@ impl Metrics {
                 &["service", "name"],
             )?,
         )?;
-        let mux_started = register(
-            &r,
-            IntCounter::new(
-                "tbot_ssh_multiplexer_requests_started_total",
-                "Connections the SSH multiplexer has accepted on its socket, including those it refused.",
-            )?,
-        )?;
-        let mux_handled = register(
-            &r,
-            IntCounterVec::new(
-                Opts::new(
-                    "tbot_ssh_multiplexer_requests_handled_total",
-                    "Connections the SSH multiplexer has finished: OK once a relay to the target ended, ERROR if refused or the target was unreachable.",
-                ),
-                &["status"],
-            )?,
-        )?;
-        // Both outcomes exist from the start, so rate() works before the first error.
-        mux_handled.with_label_values(&["OK"]);
-        mux_handled.with_label_values(&["ERROR"]);
-        let mux_in_flight = register(
-            &r,
-            IntGauge::new(
-                "tbot_ssh_multiplexer_requests_in_flight",
-                "Connections the SSH multiplexer is handling now (reading the target, dialing or relaying).",
-            )?,
-        )?;
+        let (mux_started, mux_handled, mux_in_flight) = mux_metrics(&r)?;
         let certificate_expiry = register(
             &r,
             GaugeVec::new(
@@ -128,22 +159,7 @@ impl Metrics {
                 &["service"],
             )?,
         )?;
-        let reload_successful = register(
-            &r,
-            IntGauge::new(
-                "tbot_config_last_reload_successful",
-                "Whether the last configuration reload attempt was successful (1) or not (0).",
-            )?,
-        )?;
-        reload_successful.set(1);
-        let reload_success_timestamp = register(
-            &r,
-            Gauge::new(
-                "tbot_config_last_reload_success_timestamp_seconds",
-                "Timestamp of the last successful configuration load (start or reload), in seconds since the Unix epoch.",
-            )?,
-        )?;
-        reload_success_timestamp.set(crate::infra::timefmt::unix_now());
+        let (reload_successful, reload_success_timestamp) = reload_metrics(&r)?;
         Ok(Metrics {
             registry: r,
             certificate_expiry,

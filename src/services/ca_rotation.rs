@@ -160,8 +160,12 @@ enum Woke {
 fn cannot_watch(ctx: &Context, unwatched: &mut Option<String>, e: String) {
     if unwatched.as_ref() != Some(&e) {
         log::info(
-            "cannot watch the storage directory; checking the CA key every 250ms",
-            &[("service", &ctx.name()), ("error", &e)],
+            "cannot watch the storage directory; checking the CA key on a timer",
+            &[
+                ("service", &ctx.name()),
+                ("error", &e),
+                ("check_every", &crate::infra::duration::format(POLL)),
+            ],
         );
         *unwatched = Some(e);
     }

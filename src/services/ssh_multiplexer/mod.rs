@@ -40,7 +40,7 @@
 
 use std::fs::File;
 use std::io::{self, ErrorKind};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -198,15 +198,15 @@ fn accept_loop(
     ctx: &Context,
 ) -> Result<(), String> {
     let mut lingering = Lingering::new(conns.max_lingering);
-    // Without a watch, the socket is checked on a timer instead.
-    let mut watch = watch_dest(dest, ctx);
-    let mut next_check = watch.is_none().then(|| Instant::now() + OWNERSHIP_CHECK);
+    let mut ownership = Ownership::new(dest, ctx);
     // A change between the bind and the watch sent no event.
     socket.check_still_ours()?;
     let mut fds = Vec::new();
-    // Given up to accept and refuse one client when out of descriptors.
-    let mut reserve = File::open("/dev/null").ok();
-    let mut last_accept_error = None;
+    let mut accepter = Accepter {
+        // Given up to accept and refuse one client when out of descriptors.
+        reserve: File::open("/dev/null").ok(),
+        last_error: None,
+    };
     loop {
         if ctx.stopping() {
             return Ok(());
@@ -214,10 +214,10 @@ fn accept_loop(
         fds.clear();
         fds.push(pollfd(socket.listener.as_raw_fd(), libc::POLLIN));
         fds.push(pollfd(ctx.stop_fd().as_raw_fd(), libc::POLLIN));
-        fds.push(pollfd(watch.as_ref().map_or(-1, |w| w.fd()), libc::POLLIN));
+        fds.push(pollfd(ownership.fd(), libc::POLLIN));
         fds.extend(lingering.fds().map(|fd| pollfd(fd, libc::POLLIN)));
         // Idle, with a watch: no timeout at all.
-        let wake_at = [lingering.deadline(), next_check]
+        let wake_at = [lingering.deadline(), ownership.next_check]
             .into_iter()
             .flatten()
             .min();
@@ -232,9 +232,96 @@ fn accept_loop(
         let readable = fds[0].revents != 0;
         let dest_changed = fds[2].revents != 0;
         lingering.drain();
-        while readable && !ctx.stopping() {
+        if readable && !accepter.accept_ready(socket, conns, &mut lingering, ctx) {
+            return Ok(());
+        }
+        if dest_changed {
+            ownership.read_changes(ctx);
+            socket.check_still_ours()?;
+        }
+        if ownership.check_due() {
+            socket.check_still_ours()?;
+        }
+    }
+}
+
+/// What tells the accept loop to check that `v1.sock` is still its own: an
+/// inotify watch of the destination, or, without one, a timer.
+struct Ownership {
+    watch: Option<inotify::Watch>,
+    /// Only without a watch: when to check next.
+    next_check: Option<Instant>,
+}
+
+impl Ownership {
+    fn new(dest: &Path, ctx: &Context) -> Ownership {
+        let watch = watch_dest(dest, ctx);
+        let next_check = watch.is_none().then(|| Instant::now() + OWNERSHIP_CHECK);
+        Ownership { watch, next_check }
+    }
+
+    /// The watch's descriptor, or -1 (ignored by poll) without one.
+    fn fd(&self) -> RawFd {
+        self.watch.as_ref().map_or(-1, |w| w.fd())
+    }
+
+    /// Reads the watch's events; falls back to the timer when the watch is
+    /// over (the directory moved or deleted) or cannot be read.
+    fn read_changes(&mut self, ctx: &Context) {
+        let Some(w) = &self.watch else {
+            return;
+        };
+        // What happened matters less than that something did: the caller
+        // checks the socket itself.
+        let watch_over = match w.events() {
+            Ok(events) => events.iter().any(inotify::Event::ends_watch),
+            Err(e) => {
+                log::warn(
+                    "ssh multiplexer: cannot read the destination's changes; checking the socket on a timer",
+                    &[
+                        ("service", &ctx.name()),
+                        ("error", &e),
+                        ("check_every", &crate::infra::duration::format(OWNERSHIP_CHECK)),
+                    ],
+                );
+                true
+            }
+        };
+        if watch_over {
+            self.watch = None;
+            self.next_check = Some(Instant::now() + OWNERSHIP_CHECK);
+        }
+    }
+
+    /// True when the timer says check now (and sets the next one).
+    fn check_due(&mut self) -> bool {
+        if self.next_check.is_some_and(|t| Instant::now() >= t) {
+            self.next_check = Some(Instant::now() + OWNERSHIP_CHECK);
+            return true;
+        }
+        false
+    }
+}
+
+/// The accept side of the loop: the reserve descriptor for running out of
+/// descriptors, and the rate limit of its warning.
+struct Accepter {
+    reserve: Option<File>,
+    last_error: Option<Instant>,
+}
+
+impl Accepter {
+    /// Accepts every waiting client. False when tbot stopped meanwhile.
+    fn accept_ready(
+        &mut self,
+        socket: &Socket,
+        conns: &Connections,
+        lingering: &mut Lingering,
+        ctx: &Context,
+    ) -> bool {
+        while !ctx.stopping() {
             match socket.listener.accept() {
-                Ok((stream, _)) => conns.handle(stream, &mut lingering),
+                Ok((stream, _)) => conns.handle(stream, lingering),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e)
                     if matches!(
@@ -244,52 +331,30 @@ fn accept_loop(
                 Err(e) => {
                     // EMFILE and friends: never give up. Clients can cause
                     // this at will, so the warning is rate-limited.
-                    if once_a_second(&mut last_accept_error) {
+                    if once_a_second(&mut self.last_error) {
                         log::warn(
                             "ssh multiplexer: accept failed; still listening",
                             &[("service", &ctx.name()), ("error", &e)],
                         );
                     }
-                    if out_of_descriptors(&e) && conns.refuse_with_reserve(socket, &mut reserve) {
+                    if out_of_descriptors(&e)
+                        && conns.refuse_with_reserve(socket, &mut self.reserve)
+                    {
                         continue;
                     }
                     // Nothing to refuse a client with: back off briefly
                     // rather than spin.
                     if !ctx.sleep(Duration::from_millis(100)) {
-                        return Ok(());
+                        return false;
                     }
-                    if reserve.is_none() {
-                        reserve = File::open("/dev/null").ok();
+                    if self.reserve.is_none() {
+                        self.reserve = File::open("/dev/null").ok();
                     }
                     break;
                 }
             }
         }
-        if dest_changed {
-            if let Some(w) = &watch {
-                // What happened matters less than that something did: the
-                // check below looks at the socket itself.
-                let watch_over = match w.events() {
-                    Ok(events) => events.iter().any(inotify::Event::ends_watch),
-                    Err(e) => {
-                        log::warn(
-                            "ssh multiplexer: cannot read the destination's changes; checking the socket every 2s",
-                            &[("service", &ctx.name()), ("error", &e)],
-                        );
-                        true
-                    }
-                };
-                if watch_over {
-                    watch = None;
-                    next_check = Some(Instant::now() + OWNERSHIP_CHECK);
-                }
-            }
-            socket.check_still_ours()?;
-        }
-        if next_check.is_some_and(|t| Instant::now() >= t) {
-            socket.check_still_ours()?;
-            next_check = Some(Instant::now() + OWNERSHIP_CHECK);
-        }
+        true
     }
 }
 
@@ -300,8 +365,15 @@ fn watch_dest(dest: &Path, ctx: &Context) -> Option<inotify::Watch> {
     inotify::Watch::dir(dest, DEST_EVENTS)
         .inspect_err(|e| {
             log::warn(
-                "ssh multiplexer: cannot watch the destination; checking the socket every 2s",
-                &[("service", &ctx.name()), ("error", e)],
+                "ssh multiplexer: cannot watch the destination; checking the socket on a timer",
+                &[
+                    ("service", &ctx.name()),
+                    ("error", e),
+                    (
+                        "check_every",
+                        &crate::infra::duration::format(OWNERSHIP_CHECK),
+                    ),
+                ],
             )
         })
         .ok()
