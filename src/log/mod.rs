@@ -13,6 +13,8 @@ use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::SystemTime;
 
+mod bridge;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
     Text,
@@ -33,9 +35,17 @@ static JSON: AtomicBool = AtomicBool::new(false);
 /// 0 debug, 1 info.
 static MIN_LEVEL: AtomicU8 = AtomicU8::new(1);
 
+/// Sets the line format and whether debug lines are written; also makes
+/// dependencies' `log` records tbot lines (see `bridge`).
 pub fn configure(format: Format, debug: bool) {
     JSON.store(format == Format::Json, Ordering::Relaxed);
     MIN_LEVEL.store(if debug { 0 } else { 1 }, Ordering::Relaxed);
+    bridge::install();
+}
+
+/// Whether a line at `level` (0 debug … 3 error) is written.
+fn enabled(level: u8) -> bool {
+    level >= MIN_LEVEL.load(Ordering::Relaxed)
 }
 
 pub type Fields<'a> = &'a [(&'a str, &'a dyn Field)];
@@ -79,6 +89,16 @@ impl<T: Field + ?Sized> Field for &T {
     }
 }
 
+/// A line at `level` (0 debug … 3 error).
+fn at_level(level: u8, msg: &str, fields: Fields) {
+    match level {
+        0 => debug(msg, fields),
+        1 => info(msg, fields),
+        2 => warn(msg, fields),
+        _ => error(msg, fields),
+    }
+}
+
 pub fn debug(msg: &str, fields: Fields) {
     emit(0, "DEBUG", msg, fields)
 }
@@ -103,7 +123,7 @@ fn priority_prefix(level: u8) -> &'static str {
 }
 
 fn emit(level: u8, name: &str, msg: &str, fields: Fields) {
-    if level < MIN_LEVEL.load(Ordering::Relaxed) {
+    if !enabled(level) {
         return;
     }
     let mut line = String::new();
