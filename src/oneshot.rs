@@ -32,7 +32,7 @@ pub fn run(config: &Config) -> i32 {
             ("fingerprint", &issuer.fingerprint()),
         ],
     );
-    let host = crate::services::heartbeat::hostname();
+    let host = crate::infra::host::hostname();
     let mut outputs = 0;
     let mut failures = Vec::new();
     for s in &config.services {

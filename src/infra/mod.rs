@@ -12,6 +12,7 @@
 //! - threads: `threads` (named threads), `liveness` (turn counters the
 //!   watchdog reads);
 //! - systemd: `systemd` (`sd_notify`, `STATUS=`, the watchdog, journald);
+//! - the host: `host` (its name);
 //! - formats: `duration` (Go syntax), `timefmt` (RFC 3339);
 //! - `failpoints`: fault injection for the tests (debug builds only).
 
@@ -22,6 +23,7 @@ pub mod clock_step;
 pub mod duration;
 pub mod failpoints;
 pub mod fsutil;
+pub mod host;
 pub mod inotify;
 pub mod instance_lock;
 pub mod liveness;

@@ -56,18 +56,12 @@ struct ServiceRecord {
     reason: String,
 }
 
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
-}
-
 impl Heartbeat {
     fn write(&self, ctx: &Context) -> Result<(), String> {
         let snap = ctx.shared.health.snapshot();
         let record = Record {
             time: timefmt::rfc3339(SystemTime::now()),
-            hostname: hostname(),
+            hostname: crate::infra::host::hostname(),
             pid: std::process::id(),
             uptime_seconds: self.started.elapsed().as_secs(),
             version: env!("CARGO_PKG_VERSION"),

@@ -43,7 +43,7 @@ pub struct IdentityOutput {
 
 impl IdentityOutput {
     pub fn new(config: IdentityConfig) -> IdentityOutput {
-        let key_id = key_id(&crate::services::heartbeat::hostname(), &config.name);
+        let key_id = key_id(&crate::infra::host::hostname(), &config.name);
         IdentityOutput {
             config,
             key_id,
