@@ -1,4 +1,4 @@
-//! A descriptor budget (issue 12, item 4): under an open-file limit of 40,
+//! A descriptor budget: under an open-file limit of 40,
 //! 200 multiplexer clients (relays to a silent target held open, and more
 //! waiting) do not starve credential work: renewals (every second), the CA
 //! check and the heartbeat keep succeeding, and clients past the fitted cap

@@ -1,4 +1,4 @@
-//! Reload and the SSH multiplexer (issue 9): an SSH session relayed through
+//! Reload and the SSH multiplexer: an SSH session relayed through
 //! a multiplexer that a reload keeps goes on working (real OpenSSH client and
 //! sshd); the relays of a multiplexer that a reload removes are drained for
 //! a bounded time (10 s, `DRAIN_TIMEOUT`), then cut.
