@@ -169,7 +169,7 @@ pub const FLAGS: &[Flag] = &[
 
 /// What the user asked for.
 /// Every signal `tbot start` acts on, and what it does (the choices are
-/// src/signals.rs's). Printed by `tbot start --help`; each is in the man
+/// src/infra/signals.rs's). Printed by `tbot start --help`; each is in the man
 /// page's SIGNALS section (checked by a test below).
 pub const SIGNALS: &[(&str, &str)] = &[
     (
