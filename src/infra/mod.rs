@@ -7,6 +7,8 @@
 //! - files: `chase` (output directories without following others'
 //!   symlinks), `atomic_file` (crash-safe writes), `fsutil` (private
 //!   directories), `instance_lock` (flock(2): one tbot per storage directory);
+//! - public sockets: `sockets` (spare descriptor, out-of-descriptors
+//!   check, lingering close);
 //! - stopping: `stop` (one stop signal: a channel and a descriptor);
 //! - retries: `backoff` (exponential, the one kind);
 //! - threads: `threads` (named threads), `liveness` (turn counters the
@@ -29,6 +31,7 @@ pub mod instance_lock;
 pub mod liveness;
 pub mod poll;
 pub mod signals;
+pub mod sockets;
 pub mod stop;
 pub mod systemd;
 pub mod threads;

@@ -3,14 +3,14 @@
 //! dial, relay), each counted once in the metrics.
 
 use std::collections::VecDeque;
-use std::fs::File;
-use std::io::{ErrorKind, Read, Write};
+use std::io::Write;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use crate::infra::sockets::{drained, linger, Spare};
 use crate::log;
 use crate::metrics::Metrics;
 
@@ -18,13 +18,7 @@ use super::drain::Relays;
 use super::relay::relay;
 use super::request::{printable, read_request, Target};
 use super::socket::Socket;
-use super::{DIAL_TIMEOUT, ERROR_PREFIX, REQUEST_DEADLINE};
-use crate::infra::poll::wait_readable;
-
-/// After refusing a request, how long and how much of the client's
-/// remaining input is read and dropped so that it can read the reason.
-const LINGER_TIME: Duration = Duration::from_secs(1);
-const LINGER_BYTES: usize = 64 * 1024;
+use super::{Limits, ERROR_PREFIX};
 
 /// What every connection thread needs.
 pub(super) struct Connections {
@@ -32,10 +26,7 @@ pub(super) struct Connections {
     pub(super) metrics: Arc<Metrics>,
     /// Connections being handled (their `mux-conn` thread is alive).
     pub(super) active: Arc<AtomicUsize>,
-    /// `max_connections`, fitted to the open-file limit (`budget`).
-    pub(super) max: usize,
-    /// Refused clients lingering at most (one descriptor each).
-    pub(super) max_lingering: usize,
+    pub(super) limits: Limits,
     pub(super) relays: Relays,
 }
 
@@ -80,10 +71,10 @@ impl Connections {
     pub(super) fn handle(&self, stream: UnixStream, lingering: &mut Lingering) {
         let request = Request::start(&self.metrics);
         // Only this thread adds to `active`, so check-then-add cannot overshoot.
-        if self.active.load(Ordering::Acquire) >= self.max {
+        if self.active.load(Ordering::Acquire) >= self.limits.max_connections {
             let reason = format!(
                 "too many connections (max_connections is {}); try again later",
-                self.max
+                self.limits.max_connections
             );
             self.refuse(stream, &reason, lingering);
             drop(request);
@@ -94,11 +85,12 @@ impl Connections {
         let fallback = stream.try_clone();
         let service = self.service.clone();
         let relays = self.relays.clone();
+        let limits = self.limits;
         let spawned = crate::infra::threads::spawn("mux-conn", move || {
             let _slot = slot;
             let mut client = stream;
             let registered = relays.register(&client);
-            serve(&mut client, request, &service);
+            serve(&mut client, request, &service, &limits);
             // Out of the registry before the socket closes (see `drain`).
             drop(registered);
             drop(client);
@@ -108,17 +100,17 @@ impl Connections {
             let reason = format!("cannot start a connection thread: {e}");
             match fallback {
                 Ok(s) => self.refuse(s, &reason, lingering),
-                Err(_) => fail(&self.service, None, None, &reason),
+                Err(_) => fail(&self.service, None, None, &reason, &self.limits),
             }
         }
     }
 
-    /// accept() failed for want of descriptors: frees the reserve, accepts
+    /// accept() failed for want of descriptors: frees the spare, accepts
     /// one waiting client on it and refuses it with the reason (counted as
     /// `ERROR`; logged only by the caller's rate-limited warning), then takes
-    /// the reserve back. False if there was no reserve or no client accepted.
-    pub(super) fn refuse_with_reserve(&self, socket: &Socket, reserve: &mut Option<File>) -> bool {
-        if reserve.take().is_none() {
+    /// the spare back. False if there was no spare or no client accepted.
+    pub(super) fn refuse_with_spare(&self, socket: &Socket, spare: &mut Spare) -> bool {
+        if !spare.release() {
             return false;
         }
         let refused = match socket.listener.accept() {
@@ -129,12 +121,12 @@ impl Connections {
                 // Take in what the client has sent so far: closing with
                 // unread data would reset it before it reads the line. No
                 // lingering: that would hold the descriptor.
-                drained(&stream, &mut 0);
+                drained(&stream, &mut 0, self.limits.linger_bytes);
                 true
             }
             Err(_) => false,
         };
-        *reserve = File::open("/dev/null").ok();
+        spare.restore();
         refused
     }
 
@@ -149,13 +141,22 @@ impl Connections {
 }
 
 /// Logs a failed request and tells the client why, in one line, then
-/// lingers (see [`linger`]). For connection threads, which may block.
-fn fail(service: &str, stream: Option<&UnixStream>, target: Option<&str>, reason: &str) {
+/// lingers (the lingering close: a Unix socket closed with unread data
+/// resets its peer, whose next read would fail with ECONNRESET, or its
+/// write of the request with EPIPE, instead of showing the line and a clean
+/// end). For connection threads, which may block.
+fn fail(
+    service: &str,
+    stream: Option<&UnixStream>,
+    target: Option<&str>,
+    reason: &str,
+    limits: &Limits,
+) {
     log_failure(service, target, reason);
     if let Some(s) = stream {
-        let _ = s.set_write_timeout(Some(LINGER_TIME));
+        let _ = s.set_write_timeout(Some(limits.linger_time));
         tell(s, reason);
-        linger(s);
+        linger(s, limits.linger_time, limits.linger_bytes);
     }
 }
 
@@ -176,99 +177,69 @@ fn tell(mut s: &UnixStream, reason: &str) {
     let _ = s.shutdown(std::net::Shutdown::Write);
 }
 
-/// After the error line, reads and drops what the client sends until it
-/// closes, for at most [`LINGER_TIME`] and [`LINGER_BYTES`]. A Unix socket
-/// closed with unread data resets its peer: the client's next read would
-/// fail with ECONNRESET (or its write of the request with EPIPE) instead of
-/// showing the line and a clean end.
-fn linger(s: &UnixStream) {
-    if s.set_nonblocking(true).is_err() {
-        return;
-    }
-    let end = Instant::now() + LINGER_TIME;
-    let mut total = 0;
-    while !drained(s, &mut total) {
-        let left = end.saturating_duration_since(Instant::now());
-        if left.is_zero() || wait_readable(s.as_raw_fd(), left).is_err() {
-            return;
-        }
-    }
-}
-
-/// Reads what a nonblocking socket holds; true once the client is done
-/// (EOF, an error, or [`LINGER_BYTES`] read in all).
-fn drained(mut s: &UnixStream, total: &mut usize) -> bool {
-    let mut buf = [0u8; 4096];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(n) => {
-                *total += n;
-                if *total >= LINGER_BYTES {
-                    return true;
-                }
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(_) => return true,
-        }
-    }
-}
-
 /// Connections refused on the accept thread, lingering there (see
 /// [`linger`]) without blocking it: polled with the listener. At most the
 /// cap given (64, or fewer under a low open-file limit); past that the
 /// oldest is closed at once.
-pub(super) struct Lingering(VecDeque<(UnixStream, Instant, usize)>, usize);
+pub(super) struct Lingering {
+    /// Each client, until when it may linger, and what it sent meanwhile.
+    held: VecDeque<(UnixStream, Instant, usize)>,
+    limits: Limits,
+}
 
 impl Lingering {
-    pub(super) fn new(max: usize) -> Lingering {
-        Lingering(VecDeque::new(), max.max(1))
+    pub(super) fn new(limits: &Limits) -> Lingering {
+        Lingering {
+            held: VecDeque::new(),
+            limits: *limits,
+        }
     }
 
     fn add(&mut self, s: UnixStream) {
-        if self.0.len() >= self.1 {
-            self.0.pop_front();
+        if self.held.len() >= self.limits.max_lingering.max(1) {
+            self.held.pop_front();
         }
         let mut total = 0;
-        if !drained(&s, &mut total) {
-            self.0.push_back((s, Instant::now() + LINGER_TIME, total));
+        if !drained(&s, &mut total, self.limits.linger_bytes) {
+            self.held
+                .push_back((s, Instant::now() + self.limits.linger_time, total));
         }
     }
 
     pub(super) fn fds(&self) -> impl Iterator<Item = RawFd> + '_ {
-        self.0.iter().map(|(s, _, _)| s.as_raw_fd())
+        self.held.iter().map(|(s, _, _)| s.as_raw_fd())
     }
 
     /// Until when the accept loop may sleep: until the oldest one's time
     /// is up (None: none lingers).
     pub(super) fn deadline(&self) -> Option<Instant> {
-        self.0.front().map(|(_, until, _)| *until)
+        self.held.front().map(|(_, until, _)| *until)
     }
 
     /// Reads what each sent; closes those done or out of time.
     pub(super) fn drain(&mut self) {
         let now = Instant::now();
-        self.0
-            .retain_mut(|(s, until, total)| now < *until && !drained(s, total));
+        let max = self.limits.linger_bytes;
+        self.held
+            .retain_mut(|(s, until, total)| now < *until && !drained(&*s, total, max));
     }
 }
 
 /// Handles one connection on its own thread: request, dial, relay.
-fn serve(client: &mut UnixStream, mut request: Request, service: &str) {
+fn serve(client: &mut UnixStream, mut request: Request, service: &str, limits: &Limits) {
     let _ = client.set_nonblocking(false);
-    let (text, early) = match read_request(client, REQUEST_DEADLINE) {
+    let (text, early) = match read_request(client, limits.request_deadline) {
         Ok(r) => r,
-        Err(e) => return fail(service, Some(client), None, &e),
+        Err(e) => return fail(service, Some(client), None, &e, limits),
     };
     let target = match Target::parse(&text) {
         Ok(t) => t,
-        Err(e) => return fail(service, Some(client), Some(&printable(&text)), &e),
+        Err(e) => return fail(service, Some(client), Some(&printable(&text)), &e, limits),
     };
     let shown = target.to_string();
-    let upstream = match target.dial(DIAL_TIMEOUT) {
+    let upstream = match target.dial(limits.dial_timeout) {
         Ok(s) => s,
-        Err(e) => return fail(service, Some(client), Some(&shown), &e),
+        Err(e) => return fail(service, Some(client), Some(&shown), &e, limits),
     };
     log::debug(
         "ssh multiplexer relaying",
@@ -287,6 +258,6 @@ fn serve(client: &mut UnixStream, mut request: Request, service: &str) {
                 ],
             );
         }
-        Err(e) => fail(service, Some(client), Some(&shown), &e),
+        Err(e) => fail(service, Some(client), Some(&shown), &e, limits),
     }
 }

@@ -38,8 +38,7 @@
 //! its end; `ERROR`: anything refused or failed before that); `in_flight`
 //! is always started minus handled.
 
-use std::fs::File;
-use std::io::{self, ErrorKind};
+use std::io::ErrorKind;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -50,6 +49,7 @@ use crate::config::{Config, MultiplexerConfig};
 use crate::diag::front::once_a_second;
 use crate::infra::inotify;
 use crate::infra::poll::{poll, pollfd};
+use crate::infra::sockets::{out_of_descriptors, Spare};
 use crate::log;
 use crate::services::{Context, Drain, Service};
 
@@ -80,6 +80,46 @@ pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 pub const ERROR_PREFIX: &str = "tbot ssh-multiplexer error: ";
 /// Longest path a Unix socket can have (`sun_path` is 108 bytes, NUL included).
 pub const MAX_SOCKET_PATH: usize = 107;
+/// After refusing a request, how long and how much of the client's
+/// remaining input is read and dropped so that it can read the reason.
+const LINGER_TIME: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 64 * 1024;
+
+/// The multiplexer's bounds on its clients, one place for all of them (as
+/// the diagnostics front's `Limits`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections handled at once: `max_connections`, fitted to the
+    /// open-file limit (`budget`).
+    pub max_connections: usize,
+    /// Refused clients lingering on the accept thread at once (one
+    /// descriptor each); past that the oldest is closed at once.
+    pub max_lingering: usize,
+    /// Time a client has to send its whole request ([`REQUEST_DEADLINE`]).
+    pub request_deadline: Duration,
+    /// Time to establish the TCP connection, per address ([`DIAL_TIMEOUT`]).
+    pub dial_timeout: Duration,
+    /// After refusing a request, how long and how many bytes of the
+    /// client's remaining input are read and dropped (the lingering close).
+    pub linger_time: Duration,
+    pub linger_bytes: usize,
+}
+
+impl Limits {
+    /// The limits for `max_connections` as configured, fitted to the
+    /// open-file limit.
+    pub fn fitted(max_connections: usize) -> Limits {
+        let (max_connections, max_lingering) = budget::fit(max_connections);
+        Limits {
+            max_connections,
+            max_lingering,
+            request_deadline: REQUEST_DEADLINE,
+            dial_timeout: DIAL_TIMEOUT,
+            linger_time: LINGER_TIME,
+            linger_bytes: LINGER_BYTES,
+        }
+    }
+}
 
 /// How often the service checks that `v1.sock` is still its own when it
 /// cannot watch the destination with inotify.
@@ -146,7 +186,8 @@ impl Service for SshMultiplexer {
         let exe = tbot_exe()?;
         let text = ssh_config_text(&exe, &socket.path, &identity_dir)?;
         let config_path = socket.write_beside(SSH_CONFIG_NAME, text.as_bytes())?;
-        let (max, max_lingering) = budget::fit(self.config.max_connections);
+        let limits = Limits::fitted(self.config.max_connections);
+        let max = limits.max_connections;
         if max < self.config.max_connections {
             log::warn(
                 "ssh multiplexer connection cap lowered to fit the open-file limit",
@@ -171,8 +212,7 @@ impl Service for SshMultiplexer {
             service: Arc::from(ctx.name()),
             metrics: ctx.shared.metrics.clone(),
             active: self.active.clone(),
-            max,
-            max_lingering,
+            limits,
             relays: self.relays.clone(),
         };
         let result = accept_loop(&socket, &dest, &conns, ctx);
@@ -197,14 +237,13 @@ fn accept_loop(
     conns: &Connections,
     ctx: &Context,
 ) -> Result<(), String> {
-    let mut lingering = Lingering::new(conns.max_lingering);
+    let mut lingering = Lingering::new(&conns.limits);
     let mut ownership = Ownership::new(dest, ctx);
     // A change between the bind and the watch sent no event.
     socket.check_still_ours()?;
     let mut fds = Vec::new();
     let mut accepter = Accepter {
-        // Given up to accept and refuse one client when out of descriptors.
-        reserve: File::open("/dev/null").ok(),
+        spare: Spare::new(),
         last_error: None,
     };
     loop {
@@ -303,10 +342,10 @@ impl Ownership {
     }
 }
 
-/// The accept side of the loop: the reserve descriptor for running out of
+/// The accept side of the loop: the spare descriptor for running out of
 /// descriptors, and the rate limit of its warning.
 struct Accepter {
-    reserve: Option<File>,
+    spare: Spare,
     last_error: Option<Instant>,
 }
 
@@ -337,9 +376,7 @@ impl Accepter {
                             &[("service", &ctx.name()), ("error", &e)],
                         );
                     }
-                    if out_of_descriptors(&e)
-                        && conns.refuse_with_reserve(socket, &mut self.reserve)
-                    {
+                    if out_of_descriptors(&e) && conns.refuse_with_spare(socket, &mut self.spare) {
                         continue;
                     }
                     // Nothing to refuse a client with: back off briefly
@@ -347,9 +384,7 @@ impl Accepter {
                     if !ctx.sleep(Duration::from_millis(100)) {
                         return false;
                     }
-                    if self.reserve.is_none() {
-                        self.reserve = File::open("/dev/null").ok();
-                    }
+                    self.spare.restore();
                     break;
                 }
             }
@@ -377,14 +412,6 @@ fn watch_dest(dest: &Path, ctx: &Context) -> Option<inotify::Watch> {
             )
         })
         .ok()
-}
-
-/// An accept error for want of descriptors (or kernel memory).
-fn out_of_descriptors(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    )
 }
 
 fn absolute(p: &Path) -> Result<PathBuf, String> {
