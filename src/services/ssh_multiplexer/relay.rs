@@ -163,14 +163,8 @@ fn pump(from: &mut impl Read, to: &mut impl Write) -> io::Result<u64> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::request::tests::target;
     use super::*;
-
-    fn target(host: &str, port: u16) -> Target {
-        Target {
-            host: host.into(),
-            port,
-        }
-    }
 
     #[test]
     fn targets_are_dialed_with_tcp_keepalive() {

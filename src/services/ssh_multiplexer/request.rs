@@ -132,11 +132,12 @@ impl Target {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use std::io::Write;
 
-    fn target(host: &str, port: u16) -> Target {
+    /// A target, for tests.
+    pub(in crate::services::ssh_multiplexer) fn target(host: &str, port: u16) -> Target {
         Target {
             host: host.into(),
             port,
