@@ -160,12 +160,11 @@ enum Woke {
 fn cannot_watch(ctx: &Context, unwatched: &mut Option<String>, e: String) {
     if unwatched.as_ref() != Some(&e) {
         log::info(
-            "cannot watch the storage directory; checking the CA key on a timer",
-            &[
-                ("service", &ctx.name()),
-                ("error", &e),
-                ("check_every", &crate::infra::duration::format(POLL)),
-            ],
+            &format!(
+                "cannot watch the storage directory; checking the CA key every {}",
+                crate::infra::duration::format(POLL)
+            ),
+            &[("service", &ctx.name()), ("error", &e)],
         );
         *unwatched = Some(e);
     }

@@ -316,12 +316,11 @@ impl Ownership {
             Ok(events) => events.iter().any(inotify::Event::ends_watch),
             Err(e) => {
                 log::warn(
-                    "ssh multiplexer: cannot read the destination's changes; checking the socket on a timer",
-                    &[
-                        ("service", &ctx.name()),
-                        ("error", &e),
-                        ("check_every", &crate::infra::duration::format(OWNERSHIP_CHECK)),
-                    ],
+                    &format!(
+                        "ssh multiplexer: cannot read the destination's changes; checking the socket every {}",
+                        crate::infra::duration::format(OWNERSHIP_CHECK)
+                    ),
+                    &[("service", &ctx.name()), ("error", &e)],
                 );
                 true
             }
@@ -400,15 +399,11 @@ fn watch_dest(dest: &Path, ctx: &Context) -> Option<inotify::Watch> {
     inotify::Watch::dir(dest, DEST_EVENTS)
         .inspect_err(|e| {
             log::warn(
-                "ssh multiplexer: cannot watch the destination; checking the socket on a timer",
-                &[
-                    ("service", &ctx.name()),
-                    ("error", e),
-                    (
-                        "check_every",
-                        &crate::infra::duration::format(OWNERSHIP_CHECK),
-                    ),
-                ],
+                &format!(
+                    "ssh multiplexer: cannot watch the destination; checking the socket every {}",
+                    crate::infra::duration::format(OWNERSHIP_CHECK)
+                ),
+                &[("service", &ctx.name()), ("error", e)],
             )
         })
         .ok()
