@@ -63,9 +63,12 @@ impl Relays {
     }
 
     /// Shuts every registered client socket down both ways: each relay sees
-    /// its client gone and ends, closing its target connection.
-    fn cut_all(&self) -> usize {
+    /// its client gone and ends, closing its target connection. `before` is
+    /// given how many are about to be cut (under the same lock, so the count
+    /// is exact), before any client can see its cut.
+    fn cut_all(&self, before: impl FnOnce(usize)) -> usize {
         let clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        before(clients.len());
         for &fd in clients.values() {
             // SAFETY: shutdown(2) on a descriptor that is open while it is
             // registered (see [`Relays`]); an error changes nothing here.
@@ -102,11 +105,14 @@ impl Drain {
         if self.wait_idle(Instant::now() + timeout) {
             return 0;
         }
-        let cut = self.relays.cut_all();
-        log::warn(
-            "ssh multiplexer relays still open after the drain timeout; cut",
-            &[("service", &service), ("cut", &cut)],
-        );
+        // Logged before the cut, so that the line is there by the time a
+        // client sees its relay end.
+        let cut = self.relays.cut_all(|cut| {
+            log::warn(
+                "ssh multiplexer relays still open after the drain timeout; cut",
+                &[("service", &service), ("cut", &cut)],
+            )
+        });
         self.wait_idle(Instant::now() + Duration::from_secs(1));
         cut
     }
