@@ -3,7 +3,9 @@
 //!
 //! The data flow, one module per room: `cli` → `config` → `services` (run by
 //! `supervisor`, one thread each) → `health` (the table) → `diag` (the
-//! diagnostics HTTP service). `daemon` wires them together.
+//! diagnostics HTTP service). `daemon` wires them together. What they stand
+//! on (system calls, waiting and stopping, threads, systemd, formats) is
+//! under `infra`; exit codes are in `exit`, logging in `log`.
 
 mod ca_key_file;
 mod cli;
