@@ -228,11 +228,12 @@ fn info(cmd: Cmd) -> &'static CommandInfo {
         .unwrap_or(&COMMANDS[0])
 }
 
-fn truthy(v: &str) -> Result<bool, String> {
+/// A boolean environment variable's value (`name` for the error).
+fn truthy(name: &str, v: &str) -> Result<bool, String> {
     match v.to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Ok(true),
         "" | "0" | "false" | "no" | "off" => Ok(false),
-        _ => Err(format!("TBOT_DEBUG={v:?}: expected true or false")),
+        _ => Err(format!("{name}={v:?}: expected true or false")),
     }
 }
 
@@ -402,7 +403,7 @@ fn start_args(read: &Read, env: &dyn Fn(&str) -> Option<String>) -> Result<Start
     if read.has(Id::Debug) {
         a.debug = Some(true);
     } else if let Some(v) = env_of(Id::Debug, env) {
-        if truthy(&v).map_err(Usage)? {
+        if truthy(flag(Id::Debug).env.unwrap_or_default(), &v).map_err(Usage)? {
             a.debug = Some(true);
             a.debug_from_env = true;
         }

@@ -175,8 +175,10 @@ fn shut_down(
         d.shutdown();
     }
     drop(live);
-    if applier.is_finished() {
-        let _ = applier.join();
+    // It ends once every sender of updates is gone; a service that did not
+    // stop in time still holds one, so it is joined only if it has ended.
+    if applier.is_finished() && applier.join().is_err() {
+        log::error("the health applier thread panicked", &[]);
     }
 }
 
