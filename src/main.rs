@@ -5,22 +5,20 @@
 //! `supervisor`, one thread each) → `health` (the table) → `diag` (the
 //! diagnostics HTTP service). `daemon` wires them together. What they stand
 //! on (system calls, waiting and stopping, threads, systemd, formats) is
-//! under `infra`; exit codes are in `exit`, logging in `log`.
+//! under `infra`; the CA and the files it writes under `credentials`; exit
+//! codes are in `exit`, logging in `log`.
 
-mod ca_key_file;
 mod cli;
 mod config;
+mod credentials;
 mod daemon;
 mod diag;
 mod exit;
 mod health;
-mod identity_files;
 mod infra;
-mod issuer;
 mod log;
 mod metrics;
 mod oneshot;
-mod process_metrics;
 mod proxy_command;
 mod reload;
 mod services;

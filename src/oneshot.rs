@@ -9,10 +9,10 @@
 //! when something failed, a closing line on stderr naming each failure.
 
 use crate::config::{Config, ServiceConfig};
+use crate::credentials::identity_files::remove_stale_temps;
+use crate::credentials::issuer::Issuer;
 use crate::exit;
-use crate::identity_files::remove_stale_temps;
 use crate::infra::timefmt;
-use crate::issuer::Issuer;
 use crate::log;
 use crate::services::identity::{issue_to, key_id};
 

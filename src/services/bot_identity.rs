@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::issuer::Issuer;
+use crate::credentials::issuer::Issuer;
 use crate::log;
 use crate::services::ca::Installed;
 use crate::services::identity::retry_delay;

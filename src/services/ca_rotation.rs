@@ -22,11 +22,11 @@ use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::ca_key_file::KeyFileStamp;
 use crate::config::Config;
+use crate::credentials::ca_key_file::KeyFileStamp;
+use crate::credentials::issuer::{ca_key_stamp, Issuer, CA_KEY_FILE};
 use crate::infra::inotify::{Event, Watch};
 use crate::infra::poll::{poll, pollfd};
-use crate::issuer::{ca_key_stamp, Issuer, CA_KEY_FILE};
 use crate::log;
 use crate::services::{Context, Iteration, Service};
 

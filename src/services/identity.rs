@@ -23,11 +23,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::Receiver;
 
 use crate::config::IdentityConfig;
+use crate::credentials::identity_files;
+use crate::credentials::issuer::Issuer;
 use crate::infra::backoff::Backoff;
 use crate::infra::timefmt;
-use crate::issuer::Issuer;
+use crate::log;
 use crate::services::{Context, Iteration, Service};
-use crate::{identity_files, log};
 
 /// The `name` label of this service's `tbot_task_*` metrics.
 pub const TASK: &str = "output-renewal";

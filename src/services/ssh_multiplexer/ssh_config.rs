@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::identity_files::{CERT_FILE, KEY_FILE};
+use crate::credentials::identity_files::{CERT_FILE, KEY_FILE};
 
 use super::SSH_CONFIG_NAME;
 

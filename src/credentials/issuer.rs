@@ -24,7 +24,7 @@ use ssh_key::certificate::{Builder, CertType};
 use ssh_key::{Algorithm, HashAlg, LineEnding, PrivateKey};
 use zeroize::Zeroizing;
 
-use crate::ca_key_file::{parse_ca_key, read_key_file, stamp_of, KeyFileStamp};
+use crate::credentials::ca_key_file::{parse_ca_key, read_key_file, stamp_of, KeyFileStamp};
 
 /// File name of the CA private key inside the storage directory.
 pub const CA_KEY_FILE: &str = "ca_key";
@@ -256,7 +256,7 @@ fn ca_key_stamp_at(path: &Path) -> Result<KeyFileStamp, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ca_key_file::OPENSSH_BEGIN;
+    use crate::credentials::ca_key_file::OPENSSH_BEGIN;
     use crate::infra::atomic_file::write_atomic;
     use crate::testutil::TestDir;
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};

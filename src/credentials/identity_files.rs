@@ -29,8 +29,8 @@
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::credentials::issuer::Credential;
 use crate::infra::chase::{open_dir, DirHandle};
-use crate::issuer::Credential;
 
 pub const KEY_FILE: &str = "key";
 pub const PUBLIC_KEY_FILE: &str = "key.pub";
@@ -254,7 +254,7 @@ fn with_newline(contents: &[u8]) -> zeroize::Zeroizing<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::issuer::Issuer;
+    use crate::credentials::issuer::Issuer;
     use crate::testutil::TestDir;
     use std::fs;
     use std::os::unix::fs::PermissionsExt;

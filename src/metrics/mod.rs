@@ -8,6 +8,8 @@ use prometheus::{
 
 use crate::health::status::Status;
 
+pub mod process;
+
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 pub struct Metrics {
@@ -108,7 +110,7 @@ impl Metrics {
     /// prometheus refuses (a bad name or label), which tests rule out.
     pub fn try_new() -> prometheus::Result<Metrics> {
         let r = Registry::new();
-        r.register(Box::new(crate::process_metrics::ProcessCollector::new()?))?;
+        r.register(Box::new(crate::metrics::process::ProcessCollector::new()?))?;
 
         let info = int_gauge_vec(
             &r,
