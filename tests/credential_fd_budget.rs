@@ -1,8 +1,17 @@
-//! A descriptor budget: under an open-file limit of 40,
+//! A descriptor budget: under an open-file limit of 64,
 //! 200 multiplexer clients (relays to a silent target held open, and more
 //! waiting) do not starve credential work: renewals (every second), the CA
 //! check and the heartbeat keep succeeding, and clients past the fitted cap
-//! are refused with the reason.
+//! or past the descriptors left are refused with the reason.
+//!
+//! Why 64: this configuration holds 27 descriptors at rest below the limit
+//! (measured; a stop socket pair per service, the diagnostics' and the
+//! multiplexer's handles, watches, reserves). Under 40 that left 13, less
+//! than credential work's headroom (`ssh_multiplexer::budget::FDS_HEADROOM`, 16) plus
+//! one relay: no relay could be held at all. Under 64 the static cap
+//! alone (8 relays, 8 lingering refusals) would run tbot out of
+//! descriptors; each relay's claim on the descriptors left is what keeps
+//! credential work going.
 
 #[path = "support/certs.rs"]
 #[allow(dead_code)]
@@ -17,7 +26,7 @@ use std::time::Duration;
 use common::util::{current_user, Metrics};
 use common::*;
 
-const NOFILE: u64 = 40;
+const NOFILE: u64 = 64;
 const CLIENTS: usize = 200;
 
 fn task(m: &Metrics, metric: &str) -> f64 {
@@ -48,7 +57,7 @@ fn silent_target() -> (u16, std::sync::mpsc::Receiver<TcpStream>) {
 }
 
 #[test]
-fn two_hundred_multiplexer_clients_at_nofile_40_do_not_stop_renewals() {
+fn two_hundred_multiplexer_clients_at_nofile_64_do_not_stop_renewals() {
     let dir = TempDir::new("fd-budget");
     let services = format!(
         "  - type: identity\n    name: id\n    principals: [{user}]\n    \
@@ -67,12 +76,14 @@ fn two_hundred_multiplexer_clients_at_nofile_40_do_not_stop_renewals() {
             r.status == 200
         });
     }
-    assert!(
-        t.log()
-            .contains("ssh multiplexer connection cap lowered to fit the open-file limit"),
-        "{}",
-        t.log()
-    );
+    let cap: usize = t
+        .wait_log_value(
+            "ssh multiplexer connection cap lowered to fit the open-file limit",
+            "cap",
+            Duration::from_secs(1),
+        )
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no lowered cap in the log\n{}", t.log()));
     let socket = t.dir.join("mux/v1.sock");
     let (port, accepted) = silent_target();
     let m0 = metrics(&t).expect("metrics before the clients");
@@ -88,13 +99,23 @@ fn two_hundred_multiplexer_clients_at_nofile_40_do_not_stop_renewals() {
         .collect();
     assert!(clients.len() >= CLIENTS / 2, "{} connected", clients.len());
 
-    // For 5 seconds of held relays and refusals: renewals go on.
+    // For at least 5 seconds of held relays and refusals, and until 3
+    // renewals (due every second) have been made: renewals go on. Counted,
+    // not timed: on a loaded machine one renewal (its fsyncs) takes up to
+    // 2 s; what descriptors starve is whether they succeed.
     std::thread::sleep(Duration::from_secs(5));
-    let m1 = metrics(&t).expect("metrics with the clients held");
-    let renewed = task(&m1, "tbot_task_iterations_total") - task(&m0, "tbot_task_iterations_total");
-    let failed = task(&m1, "tbot_task_iterations_failed_total")
-        - task(&m0, "tbot_task_iterations_failed_total");
-    assert!(renewed >= 3.0, "{renewed} renewals in 5 s\n{}", t.log());
+    let started = std::time::Instant::now();
+    let (renewed, failed) = loop {
+        let m1 = metrics(&t).expect("metrics with the clients held");
+        let count = |metric| task(&m1, metric) - task(&m0, metric);
+        let renewed = count("tbot_task_iterations_total");
+        let failed = count("tbot_task_iterations_failed_total");
+        if renewed >= 3.0 || started.elapsed() > Duration::from_secs(30) {
+            break (renewed, failed);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(renewed >= 3.0, "{renewed} renewals in 35 s\n{}", t.log());
     assert_eq!(failed, 0.0, "failed renewals\n{}", t.log());
     for name in ["id", "mux", "heartbeat", "ca-rotation"] {
         assert_eq!(
@@ -110,8 +131,8 @@ fn two_hundred_multiplexer_clients_at_nofile_40_do_not_stop_renewals() {
     // The relays held are within the fitted cap, the others were told why.
     let held: Vec<TcpStream> = accepted.try_iter().collect();
     assert!(
-        !held.is_empty() && held.len() <= 2,
-        "{} relays held",
+        !held.is_empty() && held.len() <= cap,
+        "{} relays held, cap {cap}",
         held.len()
     );
     let mut refused = 0;
@@ -121,7 +142,7 @@ fn two_hundred_multiplexer_clients_at_nofile_40_do_not_stop_renewals() {
         let mut buf = [0u8; 256];
         if let Ok(n) = c.read(&mut buf) {
             let text = String::from_utf8_lossy(&buf[..n]);
-            if text.contains("too many connections") {
+            if text.contains("too many connections") || text.contains("out of file descriptors") {
                 refused += 1;
             }
         }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine: installs the real peers the
 # tests use when they are missing, then runs every test (unit, integration,
-# man page lint, promtool, go tool pprof, OpenSSH).
+# man page lint, promtool, go tool pprof, OpenSSH, the Debian package with
+# lintian and on a booted Debian in systemd-nspawn, which needs root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +21,13 @@ ls /usr/lib/*/faketime/libfaketime.so.1 /usr/lib/faketime/libfaketime.so.1 >/dev
 command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
 # The linker and C runtime that rustc links with (and the cc crate uses).
 command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
+# The Debian package tests (tests/package.rs): lintian, nm/readelf, and a
+# booted Debian in systemd-nspawn made by debootstrap (cached under target/).
+command -v lintian >/dev/null 2>&1 || need+=(lintian)
+command -v nm >/dev/null 2>&1 || need+=(binutils)
+command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
+command -v systemd-nspawn >/dev/null 2>&1 || need+=(systemd-container)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   sudo=()
@@ -38,6 +46,9 @@ if [ -z "$have" ] || [ "$(printf '%s\n%s\n' "$want" "$have" | sort -V | head -n1
   echo "Install it with rustup (https://rustup.rs), then run $0 again." >&2
   exit 1
 fi
+
+# cargo-deb builds the .deb (crates.io, a few minutes the first time).
+command -v cargo-deb >/dev/null 2>&1 || cargo install --locked cargo-deb
 
 cargo build --all-targets
 # The release build too: a test profiles it (symbols kept for pprof).

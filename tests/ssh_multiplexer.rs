@@ -799,14 +799,17 @@ fn start_with_nofile_and_env(
 
 /// The soft and hard RLIMIT_NOFILE tbot runs under in the test below.
 ///
-/// The arithmetic: at rest tbot holds about a dozen descriptors below the
-/// limit (stdio, the diagnostics listener and the front ↔ tiny_http
-/// sockets, the multiplexer's listener, the /dev/null reserves), which
-/// leaves about 36: seven relays at 4 each (stopping with at least 8 left),
-/// then about 8 waiting clients at 1 each. The diagnostics front caps itself
-/// at (48 − 24) / 4 = 6 connections (`fit_to_fd_limit`): plenty for the
-/// test's HTTP probes, one at a time at 3 descriptors each, once the relays
-/// are gone.
+/// The arithmetic: at rest tbot holds 27 descriptors below the limit
+/// (measured: stdio, the storage lock, the diagnostics listener, its socket
+/// directory lock and its tiny_http socket, six Unix socket pairs (among
+/// them each service's stop signal), the /dev/null reserves, the multiplexer's listener, destination
+/// handle and inotify watch, the clock-step timerfd, another inotify watch)
+/// and a 28th number is taken unseen by tiny_http's blocked accept; that
+/// leaves 21 counted free: three relays at 4 each (stopping with at least 8
+/// left), then 8 waiting clients at 1 each, the 9th refused. The
+/// diagnostics front caps itself at (48 − 24) / 4 = 6 connections
+/// (`fit_to_fd_limit`): plenty for the test's HTTP probes, one at a time at
+/// 3 descriptors each, once the relays are gone.
 const NOFILE: u64 = 48;
 
 #[test]
@@ -995,24 +998,39 @@ fn out_of_descriptors_clients_are_refused_with_a_reason_and_the_warning_is_rate_
     });
     let echo = echo_server(b"");
     let served = relays + waiting.len() as u64;
-    // One at a time: a relay takes 3 descriptors more than its waiting
-    // client holds, and each relay gone freed 4, but there can be more
-    // waiting clients than relays gone (how many of each depends on how many
-    // descriptors tbot holds at rest).
-    for mut w in waiting {
+    // One at a time, each relay ended before the next is dialed: a relay
+    // takes 3 descriptors more than its waiting client holds, the relays
+    // gone freed 4 each, and there are more waiting clients than that
+    // covers (8 for 3 relays at 27 held at rest). tbot ends a relay on its
+    // own threads after the client has gone, so the next client must not
+    // be served before that is seen in /proc: served back to back, the
+    // 4th or 5th found every number taken by the relays still ending
+    // ("connecting to ...: Too many open files").
+    for (i, mut w) in waiting.into_iter().enumerate() {
         w.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         w.write_all(format!("127.0.0.1:{echo}\0").as_bytes())
             .unwrap();
         round_trip(&mut w, b"waited");
+        // The end of the stream comes back through the relay (the echo
+        // server half-closes after the client's EOF): both directions done.
+        w.shutdown(Shutdown::Write).unwrap();
+        let mut more = [0u8; 64];
+        let end = read_retrying(&mut w, &mut more).map_err(|e| e.kind());
+        assert_eq!(
+            end,
+            Ok(0),
+            "waiting client {i}: no end of stream\n{}",
+            t.log()
+        );
+        drop(w);
+        let left = at_rest - (i as u64 + 1);
+        wait_fds(&t, NOFILE, "a waiting client's relay does not end", |fds| {
+            fds.len() as u64 <= left
+        });
     }
-    // Their relays end (4 descriptors each) before the next HTTP request:
-    // until then the diagnostics port may still be out of descriptors.
-    wait_fds(
-        &t,
-        NOFILE,
-        "the waiting clients' relays do not end",
-        |fds| fds.len() as u64 <= NOFILE - free,
-    );
+    // Their relays have ended (4 descriptors each) before the next HTTP
+    // request: until then the diagnostics port may still be out of
+    // descriptors.
     wait_metric(&t, IN_FLIGHT, 0);
     // Each refusal counted once, as an ERROR; nothing else failed.
     assert_eq!(metric(&t, ERROR), refused as i64);

@@ -37,6 +37,8 @@ use super::head::{parse_head, set_connection_header, simple_response, HeadLimits
 use crate::infra::poll::pollfd;
 use crate::log;
 
+mod upstream;
+
 /// Every limit of the front, explicit.
 #[derive(Clone, Debug)]
 pub struct Limits {
@@ -62,6 +64,10 @@ pub struct Limits {
     /// remaining upload is read and dropped so it can see the answer.
     pub linger_time: Duration,
     pub linger_bytes: usize,
+    /// Connections to tiny_http kept open for the next requests (see
+    /// [`upstream`]; never more than 3): each holds one of tiny_http's
+    /// worker threads.
+    pub kept_backend_connections: usize,
 }
 
 impl Default for Limits {
@@ -77,6 +83,7 @@ impl Default for Limits {
             max_response_bytes: 64 * 1024 * 1024,
             linger_time: Duration::from_secs(1),
             linger_bytes: 1024 * 1024,
+            kept_backend_connections: upstream::MAX_KEPT,
         }
     }
 }
@@ -85,8 +92,9 @@ impl Default for Limits {
 /// and tiny_http's end of that, which it holds twice (it `try_clone`s every
 /// accepted stream into a read and a write half).
 const FDS_PER_CONNECTION: u64 = 4;
-/// Descriptors kept for everything else in the process.
-const FDS_RESERVED: u64 = 24;
+/// Descriptors kept for everything else in the process (the kept
+/// connections to tiny_http among them, three descriptors each).
+const FDS_RESERVED: u64 = 24 + 3 * upstream::MAX_KEPT as u64;
 
 /// Caps `wanted` so that every connection's descriptors fit under the soft
 /// RLIMIT_NOFILE, with room for the rest of the daemon.
@@ -124,6 +132,14 @@ enum State {
         sent: usize,
         resp: Vec<u8>,
         keep_alive: Option<Vec<u8>>,
+        /// `up` came from the pool of idle connections.
+        reused: bool,
+        /// The request is a HEAD (its response has no body).
+        head_request: bool,
+        /// The pool's generation when `up` was taken.
+        generation: u64,
+        /// `up` is a kept connection (else it closes after this answer).
+        kept: Option<upstream::Kept>,
     },
     Reply {
         out: Vec<u8>,
@@ -169,6 +185,8 @@ pub struct Front {
     /// accept(): the reserve must not take it first.
     newcomer_first: bool,
     conns: Vec<Conn>,
+    /// Idle connections to tiny_http.
+    pool: upstream::Pool,
     accept_paused_until: Option<Instant>,
     last_accept_error: Option<Instant>,
     last_backend_error: Option<Instant>,
@@ -184,6 +202,7 @@ impl Front {
     ) -> io::Result<Front> {
         listener.set_nonblocking(true)?;
         stop.set_nonblocking(true)?;
+        let pool = upstream::Pool::new(limits.kept_backend_connections);
         Ok(Front {
             listener,
             backend,
@@ -193,6 +212,7 @@ impl Front {
             reserve: File::open("/dev/null").ok(),
             newcomer_first: false,
             conns: Vec::new(),
+            pool,
             accept_paused_until: None,
             last_accept_error: None,
             last_backend_error: None,
@@ -247,6 +267,8 @@ impl Front {
                 };
                 fds.push(pollfd(fd, libc::POLLRDHUP));
             }
+            let pool_start = fds.len();
+            fds.extend(self.pool.fds().map(|fd| pollfd(fd, libc::POLLIN)));
             let mut next = self.conns.iter().map(|c| c.deadline).min();
             if let Some(t) = self.accept_paused_until {
                 next = Some(next.map_or(t, |n| n.min(t)));
@@ -272,6 +294,8 @@ impl Front {
                 return;
             }
             let now = Instant::now();
+            // Before any connection goes back to the pool.
+            self.pool.prune(&fds[pool_start..]);
             // Walk connections back to front so removal keeps indexes valid.
             let ready: Vec<(i16, i16)> = (0..self.conns.len())
                 .map(|i| (fds[2 + i].revents, fds[watch_start + i].revents))
@@ -477,69 +501,7 @@ impl Front {
                 self.advance_head(i, now);
                 true
             }
-            State::Backend {
-                up,
-                out,
-                sent,
-                resp,
-                keep_alive,
-            } => {
-                if *sent < out.len() {
-                    return match (&*up).write(&out[*sent..]) {
-                        Ok(n) => {
-                            *sent += n;
-                            true
-                        }
-                        Err(e) if again(&e) => true,
-                        Err(_) => false,
-                    };
-                }
-                let mut chunk = [0u8; 16 * 1024];
-                match (&*up).read(&mut chunk) {
-                    Ok(0) => {
-                        let mut out = std::mem::take(resp);
-                        let mut then = Then::Close;
-                        if out.is_empty() {
-                            // tiny_http dropped the connection (its accept
-                            // thread died with it): say so, not just close.
-                            out = simple_response(
-                                502,
-                                "the diagnostics service closed the connection without answering",
-                            );
-                        } else if let Some(next) = keep_alive
-                            .take()
-                            .filter(|next| !c.half_closed || !next.is_empty())
-                        {
-                            // tiny_http always closes (we ask it to); the
-                            // client's connection stays open. (One that has
-                            // half-closed still gets answers to the requests
-                            // it sent before.)
-                            out = set_connection_header(out, false);
-                            then = Then::KeepAlive(next);
-                        } else {
-                            // The client's connection closes after this
-                            // answer: say so (RFC 9112 §9.6).
-                            out = set_connection_header(out, true);
-                        }
-                        c.state = State::Reply { out, sent: 0, then };
-                        c.deadline = now + limits.write_timeout;
-                        true
-                    }
-                    Ok(n) if resp.len() + n > limits.max_response_bytes => {
-                        log::warn(
-                            "diagnostics front: response too large; dropped",
-                            &[("peer", &c.peer)],
-                        );
-                        false
-                    }
-                    Ok(n) => {
-                        resp.extend_from_slice(&chunk[..n]);
-                        true
-                    }
-                    Err(e) if again(&e) => true,
-                    Err(_) => false,
-                }
-            }
+            State::Backend { .. } => self.step_backend(i, now),
             State::Reply { out, sent, then } => match (&c.client).write(&out[*sent..]) {
                 Ok(n) => {
                     *sent += n;
@@ -618,19 +580,28 @@ impl Front {
                 slow,
             } => {
                 let next = keep_alive.then(|| buf[len..].to_vec());
-                let path = self
-                    .backend
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clone();
-                match UnixStream::connect(&path).and_then(|s| s.set_nonblocking(true).map(|_| s)) {
-                    Ok(up) => {
+                let path = self.backend_path();
+                match self.pool.take(&path, slow) {
+                    Ok(taken) => {
+                        let head_request = head.starts_with(b"HEAD ");
+                        let mut head = head;
+                        if taken.kept.is_none() {
+                            // For this request only: tiny_http's worker ends
+                            // with it.
+                            head.truncate(head.len() - 2);
+                            head.extend_from_slice(b"Connection: close\r\n\r\n");
+                        }
+                        let c = &mut self.conns[i];
                         c.state = State::Backend {
-                            up,
+                            up: taken.stream,
                             out: head,
                             sent: 0,
                             resp: Vec::new(),
                             keep_alive: next,
+                            reused: taken.reused,
+                            head_request,
+                            generation: taken.generation,
+                            kept: taken.kept,
                         };
                         let mut timeout = if slow {
                             self.limits.slow_response_timeout
@@ -641,11 +612,12 @@ impl Front {
                             timeout = timeout.min(self.limits.half_close_grace);
                         }
                         c.deadline = now + timeout;
+                        self.send_head_now(i);
                     }
                     Err(e) => {
                         let out =
                             simple_response(503, "the diagnostics service is busy; try again");
-                        c.reply(out, Then::Close, now + self.limits.write_timeout);
+                        self.conns[i].reply(out, Then::Close, now + self.limits.write_timeout);
                         if matches!(e.kind(), ErrorKind::ConnectionRefused | ErrorKind::NotFound) {
                             (self.backend_lost)(&path);
                         }

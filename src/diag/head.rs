@@ -143,7 +143,9 @@ fn complete(req: &httparse::Request, len: usize, limits: &HeadLimits, peer: Sock
     }
     out.push_str("X-Tbot-Peer: ");
     out.push_str(&peer.to_string());
-    out.push_str("\r\nConnection: close\r\n\r\n");
+    // No `Connection: close`: the front keeps its connections to tiny_http
+    // open and reuses them (see front/upstream.rs).
+    out.push_str("\r\n\r\n");
     let slow = path.starts_with("/wait")
         || path.starts_with("/debug/pprof/profile")
         || path.starts_with("/debug/pprof/flamegraph");
@@ -391,7 +393,8 @@ mod tests {
         assert!(
             !h.contains("Cookie")
                 && !h.contains("keep-alive")
-                && h.ends_with("Connection: close\r\n\r\n")
+                && !h.contains("Connection")
+                && h.ends_with("\r\n\r\n")
         );
         assert!(!keep_alive, "HTTP/1.0 closes");
         assert!(!slow);

@@ -237,6 +237,12 @@ fn serve(client: &mut UnixStream, mut request: Request, service: &str, limits: &
         Err(e) => return fail(service, Some(client), Some(&printable(&text)), &e, limits),
     };
     let shown = target.to_string();
+    // The descriptors the relay needs, taken only if credential work keeps
+    // its headroom (see `budget`).
+    let claim = match super::budget::claim_relay() {
+        Ok(c) => c,
+        Err(e) => return fail(service, Some(client), Some(&shown), &e, limits),
+    };
     let upstream = match target.dial(limits.dial_timeout) {
         Ok(s) => s,
         Err(e) => return fail(service, Some(client), Some(&shown), &e, limits),
@@ -245,7 +251,7 @@ fn serve(client: &mut UnixStream, mut request: Request, service: &str, limits: &
         "ssh multiplexer relaying",
         &[("service", &service), ("target", &shown)],
     );
-    match relay(client, &upstream, &early) {
+    match relay(client, &upstream, &early, claim) {
         Ok((up, down)) => {
             request.ok = true;
             log::debug(

@@ -11,7 +11,8 @@
 //! (`shutdown(Write)`) on the other side. A client that has closed
 //! altogether ends the relay even if the target stays silent. On success the bot writes nothing of its own: the first bytes the
 //! client reads are the target's. On failure (malformed request, unknown
-//! host, refused or unreachable port, too many connections) the bot writes
+//! host, refused or unreachable port, too many connections, too few file
+//! descriptors left for a relay beside credential work) the bot writes
 //! one line, [`ERROR_PREFIX`] and the reason, then closes.
 //!
 //! `tbot ssh-multiplexer-proxy-command` (see `proxy_command`) peeks at that

@@ -76,10 +76,12 @@ fn keepalive(s: &TcpStream) -> io::Result<()> {
 /// Relays until both directions have ended. Returns the bytes sent up
 /// (client → target) and down; an error only if the relay could not start
 /// (then nothing has been relayed yet).
+/// `claim` is given back once the relay holds its descriptors.
 pub(super) fn relay(
     client: &UnixStream,
     target: &TcpStream,
     early: &[u8],
+    claim: super::budget::Claim,
 ) -> Result<(u64, u64), String> {
     let mut client_w = client
         .try_clone()
@@ -87,6 +89,7 @@ pub(super) fn relay(
     let mut target_r = target
         .try_clone()
         .map_err(|e| format!("relay: duplicating the target socket: {e}"))?;
+    drop(claim);
     let down = crate::infra::threads::spawn("mux-conn-down", move || {
         let n = pump(&mut target_r, &mut client_w);
         end_direction(&n, &client_w, &target_r);

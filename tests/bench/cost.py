@@ -1,0 +1,273 @@
+#!/usr/bin/env python3
+"""CPU per request, tbot vs the Go reference peer, at fixed request rates.
+
+Run by tests/bench/cost.sh (which builds and starts both servers); not part
+of the test suite. Loopback only, bounded in time; it starts no process.
+
+Method (issue 11, item 4):
+- an open-loop driver: requests are sent on a fixed schedule (RATE per
+  second), whether or not earlier answers have come back; keep-alive requests
+  go out on an idle connection of a small pool (a new one is opened when all
+  are busy), "new" requests each open, use and close their own connection
+  (Connection: close, as kubelet's probes do);
+- the two servers alternate in 1-second slices, SLICES slices each per row;
+- CPU is read from a cgroup v1 cpuacct group per server (all threads,
+  including exited ones, in ns), falling back to /proc/PID/stat
+  utime+stime (10 ms ticks) when no group can be made;
+- a slice's requests are those sent in it; the slice ends when all of them
+  are answered (or 2 s after the last was sent), and its CPU covers that.
+"""
+
+import os
+import selectors
+import socket
+import sys
+import time
+
+CG_ROOT = "/sys/fs/cgroup/cpuacct"
+
+
+class Cpu:
+    """CPU time (ns) of one process, all threads."""
+
+    def __init__(self, name, pid):
+        self.pid = pid
+        self.group = None
+        path = f"{CG_ROOT}/tbot-bench-{os.getpid()}-{name}"
+        try:
+            os.mkdir(path)
+            with open(f"{path}/cgroup.procs", "w") as f:
+                f.write(str(pid))
+            self.group = path
+        except OSError as e:
+            print(f"# {name}: no cpuacct group ({e}); using /proc/{pid}/stat ticks", file=sys.stderr)
+            if os.path.isdir(path):
+                os.rmdir(path)
+
+    def ns(self):
+        if self.group:
+            with open(f"{self.group}/cpuacct.usage") as f:
+                return int(f.read())
+        with open(f"/proc/{self.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        ticks = int(fields[11]) + int(fields[12])
+        return ticks * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+
+    def close(self):
+        """Moves the process back to the root group and removes ours."""
+        if not self.group:
+            return
+        try:
+            with open(f"{CG_ROOT}/cgroup.procs", "w") as f:
+                f.write(str(self.pid))
+        except OSError:
+            pass
+        try:
+            os.rmdir(self.group)
+        except OSError:
+            pass
+
+
+class Resp:
+    """Incremental HTTP/1.1 response reader (Content-Length or chunked)."""
+
+    def __init__(self):
+        self.buf = b""
+
+    def feed(self, data):
+        self.buf += data
+
+    def take(self):
+        """Returns (status, bytes) of one complete response, or None."""
+        end = self.buf.find(b"\r\n\r\n")
+        if end < 0:
+            return None
+        head = self.buf[:end].decode("latin-1").split("\r\n")
+        status = int(head[0].split()[1])
+        length, chunked = 0, False
+        for line in head[1:]:
+            k, _, v = line.partition(":")
+            k = k.strip().lower()
+            if k == "content-length":
+                length = int(v)
+            elif k == "transfer-encoding" and "chunked" in v.lower():
+                chunked = True
+        pos = end + 4
+        if chunked:
+            while True:
+                nl = self.buf.find(b"\r\n", pos)
+                if nl < 0:
+                    return None
+                size = int(self.buf[pos:nl].split(b";")[0], 16)
+                if len(self.buf) < nl + 2 + size + 2:
+                    return None
+                pos = nl + 2 + size + 2
+                if size == 0:
+                    break
+        else:
+            if len(self.buf) < pos + length:
+                return None
+            pos += length
+        self.buf = self.buf[pos:]
+        return status
+
+
+class Conn:
+    def __init__(self, sel, addr, keep):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.setblocking(False)
+        self.sock.connect_ex(addr)
+        self.keep = keep
+        self.resp = Resp()
+        self.busy = False
+        self.pending = b""
+        self.sel = sel
+        sel.register(self.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, self)
+
+    def send(self, req):
+        self.busy = True
+        self.pending += req
+        self.sel.modify(self.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, self)
+
+    def close(self):
+        self.sel.unregister(self.sock)
+        self.sock.close()
+
+
+def slice_run(addr, path, keep, rate, secs, pool):
+    """Drives one server for `secs` seconds; returns (answered, errors)."""
+    hdr = b"Accept-Encoding: gzip\r\n" if path == "/metrics" else b""
+    conn_hdr = b"" if keep else b"Connection: close\r\n"
+    req = (f"GET {path} HTTP/1.1\r\nHost: {addr[0]}:{addr[1]}\r\n".encode()
+           + hdr + conn_hdr + b"User-Agent: cost.py\r\n\r\n")
+    sel = pool["sel"]
+    why = pool["why"]
+    idle = pool["idle"]
+    live = set(pool["live"])
+    total = int(rate * secs)
+    start = time.monotonic()
+    sent = answered = errors = 0
+    end_by = start + secs + 2.0
+    while True:
+        now = time.monotonic()
+        due = min(total, int((now - start) * rate) + 1)
+        while sent < due:
+            if keep and idle:
+                c = idle.pop()
+            else:
+                c = Conn(sel, addr, keep)
+                live.add(c)
+            c.send(req)
+            sent += 1
+        if sent >= total and answered + errors >= total:
+            break
+        if now > end_by:
+            why["no answer in 2 s"] = why.get("no answer in 2 s", 0) + total - answered - errors
+            errors += total - answered - errors
+            break
+        wait = max(0.0, start + sent / rate - now) if sent < total else 0.05
+        for key, ev in sel.select(timeout=wait):
+            c = key.data
+            if ev & selectors.EVENT_WRITE and c.pending:
+                try:
+                    n = c.sock.send(c.pending)
+                    c.pending = c.pending[n:]
+                except BlockingIOError:
+                    pass
+                except OSError as e:
+                    errors += 1
+                    why[type(e).__name__] = why.get(type(e).__name__, 0) + 1
+                    live.discard(c)
+                    c.close()
+                    continue
+                if not c.pending:
+                    sel.modify(c.sock, selectors.EVENT_READ, c)
+            if ev & selectors.EVENT_READ:
+                try:
+                    data = c.sock.recv(65536)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""
+                if data:
+                    c.resp.feed(data)
+                    status = c.resp.take()
+                    if status is not None:
+                        if status == 200 or (status == 503 and path.startswith("/readyz")):
+                            answered += 1
+                        else:
+                            errors += 1
+                            why[f"status {status}"] = why.get(f"status {status}", 0) + 1
+                        c.busy = False
+                        if keep:
+                            idle.append(c)
+                        else:
+                            live.discard(c)
+                            c.close()
+                else:
+                    if c.busy:
+                        errors += 1
+                        why["closed unanswered"] = why.get("closed unanswered", 0) + 1
+                    live.discard(c)
+                    if c in idle:
+                        idle.remove(c)
+                    c.close()
+    pool["live"] = live
+    return answered, errors
+
+
+def load():
+    with open("/proc/loadavg") as f:
+        return f.read().split()[0]
+
+
+def main():
+    tport, tpid, gport, gpid = map(int, sys.argv[1:5])
+    rates = [int(r) for r in os.environ.get("RATES", "50 500 2000").split()]
+    slices = int(os.environ.get("SLICES", "6"))
+    rows = [("/livez", True), ("/livez", False), ("/readyz", True),
+            ("/readyz", False), ("/metrics", True)]
+    servers = {"tbot": (("127.0.0.1", tport), Cpu("tbot", tpid)),
+               "go": (("127.0.0.1", gport), Cpu("go", gpid))}
+    print(f"{'endpoint':<9} {'conn':<10} {'rate':>5} {'tbot us/req':>11} {'go us/req':>10} "
+          f"{'tbot/go':>7} {'errors t/g':>10} {'load1':>6}")
+    try:
+        for path, keep in rows:
+            for rate in rates:
+                acc = {n: [0, 0, 0] for n in servers}  # ns, answered, errors
+                pools = {n: {"sel": selectors.DefaultSelector(), "idle": [], "live": set(), "why": {}}
+                         for n in servers}
+                loads = []
+                # One warm-up slice each, not counted (opens the keep-alive pool).
+                for n, (addr, _) in servers.items():
+                    slice_run(addr, path, keep, rate, 0.3, pools[n])
+                    pools[n]["why"].clear()
+                for _ in range(slices):
+                    for n, (addr, cpu) in servers.items():
+                        a = cpu.ns()
+                        ok, err = slice_run(addr, path, keep, rate, 1.0, pools[n])
+                        b = cpu.ns()
+                        acc[n][0] += b - a
+                        acc[n][1] += ok
+                        acc[n][2] += err
+                        loads.append(float(load()))
+                for n in servers:
+                    for c in list(pools[n]["live"]):
+                        c.close()
+                us = {n: acc[n][0] / 1000 / max(1, acc[n][1]) for n in servers}
+                ratio = us["tbot"] / us["go"] if us["go"] else float("nan")
+                print(f"{path:<9} {'keep-alive' if keep else 'new':<10} {rate:>5} "
+                      f"{us['tbot']:>11.1f} {us['go']:>10.1f} {ratio:>7.2f} "
+                      f"{acc['tbot'][2]:>4}/{acc['go'][2]:<5} {sum(loads) / len(loads):>6.2f}",
+                      flush=True)
+                for n in servers:
+                    if pools[n]["why"]:
+                        print(f"#   {n} errors: {pools[n]['why']}", flush=True)
+    finally:
+        for _, cpu in servers.values():
+            cpu.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Cost per request, tbot vs the Go reference peer (../shared/peers/go-diag,
+# tbot's upstream stack), in one run on this machine (issue 11, item 4):
+#
+# 1. CPU per request at fixed rates (tests/bench/cost.py: open-loop driver,
+#    the two servers alternating in 1-second slices, CPU from a cgroup v1
+#    cpuacct group per server, all threads): /livez and /readyz keep-alive
+#    and a new connection per request, /metrics keep-alive (with
+#    Accept-Encoding: gzip, as Prometheus), at 50, 500 and 2000 req/s;
+#    µs of CPU per answered request and the ratio tbot/Go.
+# 2. Saturated keep-alive throughput (wrk -t2 -c16) on /livez and /readyz.
+# 3. At 1000 identity services: /metrics p50 (wrk -t1 -c1, with and without
+#    gzip) and RSS, both servers.
+#
+#   tests/bench/cost.sh                      # about 5 minutes after the builds
+#   SLICES=3 RATES="500" DUR=3 tests/bench/cost.sh
+#   TBOT=/tmp/tbot-before tests/bench/cost.sh  # another tbot binary
+#
+# Loopback only, bounded in time; every process started here is killed by
+# PID on exit. Not part of the test suite. The load average column is the
+# machine's 1-minute load during the row (other work on the box shows there).
+# Needs: wrk, golang-go, golang-github-prometheus-client-golang-dev, python3,
+# root for the cpuacct groups (else /proc/PID/stat ticks, coarser).
+set -euo pipefail
+DUR=${DUR:-5}
+PROFILE=release TOOLS="wrk go python3 curl"
+. "$(dirname "$0")/common.sh"
+here=$(cd "$(dirname "$0")" && pwd)
+# TBOT=/path/to/tbot measures another build (say, the commit before a change).
+tbot=${TBOT:-$tbot}
+
+cat > "$work/tbot.yaml" <<YAML
+version: v2
+storage: {type: directory, path: $work/storage}
+services:
+  - type: identity
+    principals: [bench]
+    destination: {type: directory, path: $work/out}
+YAML
+start_both
+
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r); tbot ${TBOT:-commit $(git -C "$root" rev-parse --short HEAD)$(git -C "$root" diff --quiet HEAD -- src || echo '+dirty')}"
+echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo
+echo "## CPU per request (SLICES=${SLICES:-6} one-second slices per server and row)"
+python3 "$here/cost.py" "$tport" "$tpid" "$gport" "$gpid"
+
+echo
+echo "## Saturated keep-alive throughput (wrk -t2 -c16 -d${DUR}s)"
+rps() { wrk -t2 -c16 -d"${DUR}s" "$@" 2>&1 | awk '/Requests\/sec/ {print $2}'; }
+printf '%-9s %10s %10s %7s %6s\n' endpoint tbot go tbot/go load1
+for path in /livez /readyz; do
+  t=$(rps "http://127.0.0.1:$tport$path")
+  g=$(rps "http://127.0.0.1:$gport$path")
+  printf '%-9s %10s %10s %7.2f %6s\n' "$path" "$t" "$g" "$(echo "$t / $g" | bc -l)" "$(cut -d' ' -f1 /proc/loadavg)"
+done
+
+echo
+echo "## 1000 identity services: /metrics p50 (wrk -t1 -c1 -d${DUR}s) and RSS"
+kill "$tpid" "$gpid"; wait "$tpid" "$gpid" 2>/dev/null || true
+{
+  echo "version: v2"
+  echo "storage: {type: directory, path: $work/storage}"
+  echo "services:"
+  for i in $(seq 1000); do
+    echo "  - {type: identity, name: id-$i, principals: [bench], destination: {type: directory, path: $work/out/$i}}"
+  done
+} > "$work/tbot.yaml"
+rm -rf "$work/storage"
+start_both
+kill "$gpid"; wait "$gpid" 2>/dev/null || true
+gport=$(free_port)
+"$work/go-diag" -addr "127.0.0.1:$gport" -services 1000 2>"$work/go.log" &
+gpid=$!; pids+=("$gpid")
+wait_up "127.0.0.1:$gport"
+sleep 3
+p50() { wrk -t1 -c1 -d"${DUR}s" --latency "$@" 2>&1 | awk '$1=="50%" {print $2}'; }
+size() { curl -s -o /dev/null -w '%{size_download}' "$@"; }
+printf '%-8s %10s %10s %12s %12s %10s %6s\n' server p50 p50-gzip bytes bytes-gzip RSS-KiB load1
+for s in tbot go; do
+  if [ $s = tbot ]; then a="127.0.0.1:$tport"; p=$tpid; else a="127.0.0.1:$gport"; p=$gpid; fi
+  printf '%-8s %10s %10s %12s %12s %10s %6s\n' $s "$(p50 "http://$a/metrics")" \
+    "$(p50 -H 'Accept-Encoding: gzip' "http://$a/metrics")" "$(size "http://$a/metrics")" \
+    "$(size -H 'Accept-Encoding: gzip' "http://$a/metrics")" "$(rss_kb $p)" "$(cut -d' ' -f1 /proc/loadavg)"
+done
+echo "tbot threads: $(threads $tpid); go-diag threads: $(threads $gpid)"

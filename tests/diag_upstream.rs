@@ -1,0 +1,104 @@
+//! The front's connections to tiny_http are kept open and reused (issue 11,
+//! item 4: no connect, accept or pool hand-off per request), and responses on
+//! them are framed right: by Content-Length, with no body after a HEAD.
+//! Through the real binary.
+
+mod common;
+
+use common::*;
+use std::collections::BTreeSet;
+use std::net::TcpStream;
+use std::time::Duration;
+
+fn start(tag: &str) -> Tbot {
+    let dir = TempDir::new(tag);
+    let cfg = config_text(dir.path(), "", "");
+    Tbot::start(dir, &cfg, &[])
+}
+
+/// Inodes of the Unix and TCP sockets the process holds.
+fn sockets(pid: u32) -> BTreeSet<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("read /proc/PID/fd")
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .map(|l| l.to_string_lossy().into_owned())
+        .filter(|l| l.starts_with("socket:"))
+        .collect()
+}
+
+#[test]
+fn connections_to_the_serving_loop_are_kept_and_reused() {
+    let t = start("reuse");
+    std::thread::sleep(Duration::from_millis(200));
+    let idle = sockets(t.pid());
+    // Settle: the first requests open the connections the pool keeps.
+    for _ in 0..3 {
+        assert_eq!(t.get("/livez").status, 200);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let kept = sockets(t.pid());
+    // The front's end of a kept connection and tiny_http's (which it holds
+    // twice: read and write halves).
+    let opened = kept.difference(&idle).count();
+    assert!(
+        opened >= 2,
+        "no connection kept: {opened} more sockets held"
+    );
+    for i in 0..50 {
+        let path = ["/livez", "/readyz", "/metrics"][i % 3];
+        let r = t.get(path);
+        assert!(r.status == 200 || r.status == 503, "{path}: {}", r.status);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let now = sockets(t.pid());
+    // One at a time, requests take the same idle connection each time: the
+    // sockets held before are all still held (a connection per request
+    // would have been closed after its answer, and new ones made).
+    let gone: Vec<_> = kept.difference(&now).collect();
+    assert!(gone.is_empty(), "sockets closed since: {gone:?}");
+    assert!(
+        now.len() <= kept.len() + 2,
+        "sockets grew from {} to {}",
+        kept.len(),
+        now.len()
+    );
+}
+
+#[test]
+fn head_and_get_answers_alternate_on_one_kept_connection() {
+    let t = start("framing");
+    let mut s = TcpStream::connect(t.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    for round in 0..5 {
+        for (method, path) in [
+            ("HEAD", "/livez"),
+            ("GET", "/livez"),
+            ("HEAD", "/metrics"),
+            ("GET", "/readyz"),
+            ("HEAD", "/nope"),
+            ("GET", "/nope"),
+        ] {
+            let req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+            std::io::Write::write_all(&mut s, req.as_bytes()).unwrap();
+            let r = read_response(&mut s, method == "HEAD")
+                .unwrap_or_else(|e| panic!("round {round}: {method} {path}: {e}"));
+            let ok = match path {
+                "/nope" => r.status == 404,
+                "/readyz" => r.status == 200 || r.status == 503,
+                _ => r.status == 200,
+            };
+            assert!(ok, "round {round}: {method} {path}: {}", r.status);
+            if method == "HEAD" {
+                assert!(r.raw_body.is_empty(), "{method} {path}: a body");
+            } else {
+                assert!(!r.raw_body.is_empty(), "{method} {path}: no body");
+                assert_eq!(
+                    r.header("content-length"),
+                    Some(r.raw_body.len().to_string().as_str()),
+                    "{method} {path}"
+                );
+            }
+            assert_eq!(r.header("connection"), None, "{method} {path}: kept open");
+        }
+    }
+}
