@@ -59,8 +59,7 @@ fn remove_stale(base: &Path) {
     let Ok(entries) = std::fs::read_dir(base) else {
         return;
     };
-    // SAFETY: getuid cannot fail.
-    let uid = unsafe { libc::getuid() };
+    let uid = rustix::process::getuid().as_raw();
     for entry in entries.flatten() {
         let name = entry.file_name();
         if !name.to_str().is_some_and(|n| n.starts_with(PREFIX)) {

@@ -11,6 +11,9 @@ use crate::health::{Health, Status};
 use crate::log;
 use crate::metrics::Metrics;
 
+/// A request method in log lines (as text).
+impl crate::log::Field for Method {}
+
 pub struct Ctx {
     pub health: Health,
     pub metrics: Arc<Metrics>,

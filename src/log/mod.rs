@@ -11,7 +11,7 @@
 use std::fmt::{Display, Write as _};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 mod bridge;
 
@@ -79,8 +79,7 @@ json_as_text!(
     std::io::Error,
     std::net::SocketAddr,
     std::path::Display<'_>,
-    std::fmt::Arguments<'_>,
-    tiny_http::Method
+    std::fmt::Arguments<'_>
 );
 
 impl<T: Field + ?Sized> Field for &T {
@@ -190,6 +189,17 @@ fn render(json: bool, now: SystemTime, level: &str, msg: &str, fields: Fields) -
         }
         out
     }
+}
+
+/// Rate limit for warnings the network can trigger at will: true at most
+/// once a second, however hard the port is hit.
+pub fn once_a_second(last: &mut Option<Instant>) -> bool {
+    let now = Instant::now();
+    if last.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {
+        return false;
+    }
+    *last = Some(now);
+    true
 }
 
 #[cfg(test)]

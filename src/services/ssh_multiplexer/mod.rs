@@ -47,11 +47,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, MultiplexerConfig};
-use crate::diag::front::once_a_second;
 use crate::infra::inotify;
 use crate::infra::poll::{poll, pollfd};
 use crate::infra::sockets::{out_of_descriptors, Spare};
-use crate::log;
+use crate::log::{self, once_a_second};
 use crate::services::{Context, Drain, Service};
 
 pub mod budget;
