@@ -1,7 +1,8 @@
 //! The front door of the diagnostics service: the only code that touches
 //! bytes from untrusted clients.
 //!
-//! tiny_http 0.12 trusts its peers (see shared/notes/tiny_http.md): no
+//! tiny_http 0.12 trusts its peers (its `lib.rs` accept loop and
+//! `client.rs` request reading, as published on crates.io): no
 //! timeouts, no header limits, one thread per connection without bound, body
 //! draining that can abort the process, and an accept loop that dies on the
 //! first error. So tiny_http listens on a private Unix socket, and this front
