@@ -19,7 +19,9 @@ pub enum Cmd {
 pub struct CommandInfo {
     pub cmd: Cmd,
     pub name: &'static str,
-    pub usage: &'static str,
+    /// Positional arguments, as the usage line shows them (the flags come
+    /// from [`FLAGS`]; see [`usage`]).
+    pub args: &'static str,
     pub about: &'static str,
 }
 
@@ -27,32 +29,32 @@ pub const COMMANDS: &[CommandInfo] = &[
     CommandInfo {
         cmd: Cmd::Start,
         name: "start",
-        usage:
-            "tbot start [-c FILE] [--diag-addr HOST:PORT] [-d|--debug] [--log-format text|json] [--oneshot]",
-        about: "Run the bot: keep credentials fresh, run services, serve diagnostics; SIGHUP reloads.",
+        args: "",
+        about:
+            "Run the bot: keep credentials fresh, run services, serve diagnostics; SIGHUP reloads.",
     },
     CommandInfo {
         cmd: Cmd::Wait,
         name: "wait",
-        usage: "tbot wait --diag-addr HOST:PORT [--service NAME] [--timeout DURATION]",
+        args: "",
         about: "Wait until a running bot (or one of its services) is ready.",
     },
     CommandInfo {
         cmd: Cmd::ProxyCommand,
         name: "ssh-multiplexer-proxy-command",
-        usage: "tbot ssh-multiplexer-proxy-command SOCKET TARGET",
+        args: "SOCKET TARGET",
         about: "OpenSSH ProxyCommand: hand ssh a connection to TARGET through the multiplexer.",
     },
     CommandInfo {
         cmd: Cmd::Version,
         name: "version",
-        usage: "tbot version",
+        args: "",
         about: "Print the version.",
     },
     CommandInfo {
         cmd: Cmd::Help,
         name: "help",
-        usage: "tbot help [COMMAND]",
+        args: "[COMMAND]",
         about: "Print help.",
     },
 ];
@@ -77,6 +79,8 @@ pub struct Flag {
     pub value: Option<&'static str>,
     pub env: Option<&'static str>,
     pub commands: &'static [Cmd],
+    /// The commands that cannot do without it (shown without brackets).
+    pub required: &'static [Cmd],
     pub help: &'static str,
 }
 
@@ -88,6 +92,7 @@ pub const FLAGS: &[Flag] = &[
         value: Some("FILE"),
         env: Some("TBOT_CONFIG_PATH"),
         commands: &[Cmd::Start],
+        required: &[],
         help: "Configuration file (YAML, version: v2).",
     },
     Flag {
@@ -97,6 +102,7 @@ pub const FLAGS: &[Flag] = &[
         value: Some("HOST:PORT"),
         env: None,
         commands: &[Cmd::Start, Cmd::Wait],
+        required: &[Cmd::Wait],
         help: "Diagnostics service address. For start, overrides diag_addr from the file (port 0 picks a free port).",
     },
     Flag {
@@ -106,6 +112,7 @@ pub const FLAGS: &[Flag] = &[
         value: None,
         env: Some("TBOT_DEBUG"),
         commands: &[Cmd::Start],
+        required: &[],
         help: "Debug mode: debug logs and the /debug/pprof/ endpoints.",
     },
     Flag {
@@ -115,6 +122,7 @@ pub const FLAGS: &[Flag] = &[
         value: Some("text|json"),
         env: None,
         commands: &[Cmd::Start],
+        required: &[],
         help: "Log line format on stderr (default text).",
     },
     Flag {
@@ -124,6 +132,7 @@ pub const FLAGS: &[Flag] = &[
         value: None,
         env: None,
         commands: &[Cmd::Start],
+        required: &[],
         help: "Issue every output once, report, and exit (0 if all succeeded, else 1).",
     },
     Flag {
@@ -133,6 +142,7 @@ pub const FLAGS: &[Flag] = &[
         value: Some("NAME"),
         env: None,
         commands: &[Cmd::Wait],
+        required: &[],
         help: "Wait for this service only.",
     },
     Flag {
@@ -142,6 +152,7 @@ pub const FLAGS: &[Flag] = &[
         value: Some("DURATION"),
         env: None,
         commands: &[Cmd::Wait],
+        required: &[],
         help: "Give up after this long (Go syntax: 30s, 2m; default 30s).",
     },
     Flag {
@@ -151,13 +162,14 @@ pub const FLAGS: &[Flag] = &[
         value: None,
         env: None,
         commands: &[Cmd::Start, Cmd::Wait, Cmd::ProxyCommand, Cmd::Version, Cmd::Help],
+        required: &[],
         help: "Print help for the command.",
     },
 ];
 
 /// What the user asked for.
 /// Every signal `tbot start` acts on, and what it does (the choices are
-/// src/signals.rs's). Printed by `tbot start --help`; each is in the man
+/// src/infra/signals.rs's). Printed by `tbot start --help`; each is in the man
 /// page's SIGNALS section (checked by a test below).
 pub const SIGNALS: &[(&str, &str)] = &[
     (
@@ -216,11 +228,12 @@ fn info(cmd: Cmd) -> &'static CommandInfo {
         .unwrap_or(&COMMANDS[0])
 }
 
-fn truthy(v: &str) -> Result<bool, String> {
+/// A boolean environment variable's value (`name` for the error).
+fn truthy(name: &str, v: &str) -> Result<bool, String> {
     match v.to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Ok(true),
         "" | "0" | "false" | "no" | "off" => Ok(false),
-        _ => Err(format!("TBOT_DEBUG={v:?}: expected true or false")),
+        _ => Err(format!("{name}={v:?}: expected true or false")),
     }
 }
 
@@ -229,60 +242,118 @@ pub fn parse(
     args: impl IntoIterator<Item = OsString>,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Command, Usage> {
-    use lexopt::prelude::*;
     let mut p = lexopt::Parser::from_args(args);
-    let usage = |m: String| Usage(m);
+    let cmd = match command(&mut p)? {
+        Ok(cmd) => cmd,
+        Err(done) => return Ok(done),
+    };
+    let Some(read) = read_flags(&mut p, cmd)? else {
+        return Ok(Command::Help(Some(cmd)));
+    };
+    match cmd {
+        Cmd::Version => no_positional(&read.positional, cmd).map(|_| Command::Version),
+        Cmd::Help => match read.positional.as_slice() {
+            [] => Ok(Command::Help(None)),
+            [name] => match COMMANDS.iter().find(|c| c.name == name) {
+                Some(c) => Ok(Command::Help(Some(c.cmd))),
+                None => Err(Usage(format!("unknown command {name:?}"))),
+            },
+            _ => Err(Usage("`tbot help` takes at most one command".into())),
+        },
+        Cmd::ProxyCommand => match read.positional.as_slice() {
+            [socket, target] => Ok(Command::MuxProxy {
+                socket: socket.into(),
+                target: target.clone(),
+            }),
+            _ => Err(Usage(format!("usage: {}", usage(cmd)))),
+        },
+        Cmd::Start => start_args(&read, env).map(Command::Start),
+        Cmd::Wait => wait_args(&read).map(Command::Wait),
+    }
+}
 
-    let first = p.next().map_err(|e| usage(e.to_string()))?;
-    let cmd = match first {
-        None => return Err(usage("no command given; try `tbot help`".into())),
+fn lexopt_error(e: lexopt::Error) -> Usage {
+    Usage(e.to_string())
+}
+
+/// The first argument: a command (Ok), or `--help`/`--version` standing
+/// alone, already the whole answer (Err).
+fn command(p: &mut lexopt::Parser) -> Result<Result<Cmd, Command>, Usage> {
+    use lexopt::prelude::*;
+    match p.next().map_err(lexopt_error)? {
+        None => Err(Usage("no command given; try `tbot help`".into())),
         Some(arg @ (Short('h') | Long("help") | Long("version"))) => {
             let (what, cmd) = match arg {
                 Long("version") => ("--version", Command::Version),
                 _ => ("--help", Command::Help(None)),
             };
-            return match p.next().map_err(|e| usage(e.to_string()))? {
-                None => Ok(cmd),
-                Some(extra) => Err(usage(format!(
+            match p.next().map_err(lexopt_error)? {
+                None => Ok(Err(cmd)),
+                Some(extra) => Err(Usage(format!(
                     "{} after {what}, which stands alone",
                     extra.unexpected()
                 ))),
-            };
+            }
         }
         Some(Value(v)) => {
             let v = v
                 .string()
-                .map_err(|e| usage(format!("command is not valid UTF-8: {e:?}")))?;
+                .map_err(|e| Usage(format!("command is not valid UTF-8: {e:?}")))?;
             match COMMANDS.iter().find(|c| c.name == v) {
-                Some(c) => c.cmd,
-                None => return Err(usage(format!("unknown command {v:?}; try `tbot help`"))),
+                Some(c) => Ok(Ok(c.cmd)),
+                None => Err(Usage(format!("unknown command {v:?}; try `tbot help`"))),
             }
         }
-        Some(other) => {
-            return Err(usage(format!(
-                "{}; a command comes first (try `tbot help`)",
-                other.unexpected()
-            )))
-        }
-    };
+        Some(other) => Err(Usage(format!(
+            "{}; a command comes first (try `tbot help`)",
+            other.unexpected()
+        ))),
+    }
+}
 
-    let mut values: Vec<(Id, String)> = Vec::new();
-    let mut positional: Vec<String> = Vec::new();
-    while let Some(arg) = p.next().map_err(|e| usage(e.to_string()))? {
+/// A command's flags (in order; the last of a repeated flag wins) and
+/// positional arguments.
+struct Read {
+    values: Vec<(Id, String)>,
+    positional: Vec<String>,
+}
+
+impl Read {
+    fn get(&self, id: Id) -> Option<String> {
+        self.values
+            .iter()
+            .rev()
+            .find(|(i, _)| *i == id)
+            .map(|(_, v)| v.clone())
+    }
+
+    fn has(&self, id: Id) -> bool {
+        self.values.iter().any(|(i, _)| *i == id)
+    }
+}
+
+/// The rest of the arguments, against [`FLAGS`]; None when `--help` came.
+fn read_flags(p: &mut lexopt::Parser, cmd: Cmd) -> Result<Option<Read>, Usage> {
+    use lexopt::prelude::*;
+    let mut read = Read {
+        values: Vec::new(),
+        positional: Vec::new(),
+    };
+    while let Some(arg) = p.next().map_err(lexopt_error)? {
         let flag = match &arg {
             Long(l) => FLAGS.iter().find(|f| f.long == *l),
             Short(s) => FLAGS.iter().find(|f| f.short == Some(*s)),
             Value(v) => {
-                positional.push(
+                read.positional.push(
                     v.clone()
                         .string()
-                        .map_err(|e| usage(format!("argument is not valid UTF-8: {e:?}")))?,
+                        .map_err(|e| Usage(format!("argument is not valid UTF-8: {e:?}")))?,
                 );
                 continue;
             }
         };
         let Some(flag) = flag.filter(|f| f.commands.contains(&cmd)) else {
-            return Err(usage(format!(
+            return Err(Usage(format!(
                 "{} for `tbot {}`; try `tbot {} --help`",
                 arg.unexpected(),
                 info(cmd).name,
@@ -290,93 +361,108 @@ pub fn parse(
             )));
         };
         if flag.id == Id::Help {
-            return Ok(Command::Help(Some(cmd)));
+            return Ok(None);
         }
         let value = match flag.value {
             Some(_) => p
                 .value()
-                .map_err(|e| usage(e.to_string()))?
+                .map_err(lexopt_error)?
                 .string()
-                .map_err(|e| usage(format!("--{} is not valid UTF-8: {e:?}", flag.long)))?,
+                .map_err(|e| Usage(format!("--{} is not valid UTF-8: {e:?}", flag.long)))?,
             None => String::new(),
         };
-        values.push((flag.id, value));
+        read.values.push((flag.id, value));
     }
-    let get = |id: Id| {
-        values
-            .iter()
-            .rev()
-            .find(|(i, _)| *i == id)
-            .map(|(_, v)| v.clone())
-    };
-    let has = |id: Id| values.iter().any(|(i, _)| *i == id);
+    Ok(Some(read))
+}
 
-    match cmd {
-        Cmd::Version => no_positional(&positional, cmd).map(|_| Command::Version),
-        Cmd::Help => match positional.as_slice() {
-            [] => Ok(Command::Help(None)),
-            [name] => match COMMANDS.iter().find(|c| c.name == name) {
-                Some(c) => Ok(Command::Help(Some(c.cmd))),
-                None => Err(usage(format!("unknown command {name:?}"))),
-            },
-            _ => Err(usage("`tbot help` takes at most one command".into())),
-        },
-        Cmd::ProxyCommand => match positional.as_slice() {
-            [socket, target] => Ok(Command::MuxProxy {
-                socket: socket.into(),
-                target: target.clone(),
-            }),
-            _ => Err(usage(format!("usage: {}", info(cmd).usage))),
-        },
-        Cmd::Start => {
-            no_positional(&positional, cmd)?;
-            let mut a = StartArgs::default();
-            if let Some(c) = get(Id::Config) {
-                a.config = Some(c.into());
-            } else if let Some(c) = env("TBOT_CONFIG_PATH").filter(|c| !c.is_empty()) {
-                a.config = Some(c.into());
-                a.config_from_env = true;
-            }
-            if let Some(addr) = get(Id::DiagAddr) {
-                crate::config::check_addr(&addr).map_err(|e| usage(format!("--diag-addr: {e}")))?;
-                a.diag_addr = Some(addr);
-            }
-            if has(Id::Debug) {
-                a.debug = Some(true);
-            } else if let Some(v) = env("TBOT_DEBUG") {
-                if truthy(&v).map_err(usage)? {
-                    a.debug = Some(true);
-                    a.debug_from_env = true;
-                }
-            }
-            if let Some(f) = get(Id::LogFormat) {
-                a.log_format =
-                    Some(Format::parse(&f).ok_or_else(|| {
-                        usage(format!("--log-format {f:?}: expected text or json"))
-                    })?);
-            }
-            a.oneshot = has(Id::Oneshot);
-            Ok(Command::Start(a))
-        }
-        Cmd::Wait => {
-            no_positional(&positional, cmd)?;
-            let diag_addr = get(Id::DiagAddr)
-                .ok_or_else(|| usage("`tbot wait` needs --diag-addr HOST:PORT".into()))?;
-            crate::config::check_addr(&diag_addr)
-                .map_err(|e| usage(format!("--diag-addr: {e}")))?;
-            let timeout = match get(Id::Timeout) {
-                Some(t) => {
-                    crate::duration::parse(&t).map_err(|e| usage(format!("--timeout: {e}")))?
-                }
-                None => Duration::from_secs(30),
-            };
-            Ok(Command::Wait(WaitArgs {
-                diag_addr,
-                service: get(Id::Service),
-                timeout,
-            }))
+/// The table's entry for `id`.
+fn flag(id: Id) -> &'static Flag {
+    // FLAGS has an entry for every Id (checked by a unit test).
+    FLAGS.iter().find(|f| f.id == id).unwrap_or(&FLAGS[0])
+}
+
+/// The value of `id`'s environment variable (named in [`FLAGS`]), if it has one.
+fn env_of(id: Id, env: &dyn Fn(&str) -> Option<String>) -> Option<String> {
+    flag(id).env.and_then(env)
+}
+
+fn start_args(read: &Read, env: &dyn Fn(&str) -> Option<String>) -> Result<StartArgs, Usage> {
+    no_positional(&read.positional, Cmd::Start)?;
+    let mut a = StartArgs::default();
+    if let Some(c) = read.get(Id::Config) {
+        a.config = Some(c.into());
+    } else if let Some(c) = env_of(Id::Config, env).filter(|c| !c.is_empty()) {
+        a.config = Some(c.into());
+        a.config_from_env = true;
+    }
+    if let Some(addr) = read.get(Id::DiagAddr) {
+        crate::config::check_addr(&addr).map_err(|e| Usage(format!("--diag-addr: {e}")))?;
+        a.diag_addr = Some(addr);
+    }
+    if read.has(Id::Debug) {
+        a.debug = Some(true);
+    } else if let Some(v) = env_of(Id::Debug, env) {
+        if truthy(flag(Id::Debug).env.unwrap_or_default(), &v).map_err(Usage)? {
+            a.debug = Some(true);
+            a.debug_from_env = true;
         }
     }
+    if let Some(f) = read.get(Id::LogFormat) {
+        a.log_format = Some(
+            Format::parse(&f)
+                .ok_or_else(|| Usage(format!("--log-format {f:?}: expected text or json")))?,
+        );
+    }
+    a.oneshot = read.has(Id::Oneshot);
+    Ok(a)
+}
+
+fn wait_args(read: &Read) -> Result<WaitArgs, Usage> {
+    no_positional(&read.positional, Cmd::Wait)?;
+    let diag_addr = read
+        .get(Id::DiagAddr)
+        .ok_or_else(|| Usage("`tbot wait` needs --diag-addr HOST:PORT".into()))?;
+    crate::config::check_addr(&diag_addr).map_err(|e| Usage(format!("--diag-addr: {e}")))?;
+    let timeout = match read.get(Id::Timeout) {
+        Some(t) => {
+            crate::infra::duration::parse(&t).map_err(|e| Usage(format!("--timeout: {e}")))?
+        }
+        None => Duration::from_secs(30),
+    };
+    Ok(WaitArgs {
+        diag_addr,
+        service: read.get(Id::Service),
+        timeout,
+    })
+}
+
+/// A command's usage line, from its entry in [`COMMANDS`] and its flags in
+/// [`FLAGS`] (`--help` left out): `tbot wait --diag-addr HOST:PORT
+/// [--service NAME] [--timeout DURATION]`.
+pub fn usage(cmd: Cmd) -> String {
+    let c = info(cmd);
+    let mut out = format!("tbot {}", c.name);
+    for f in FLAGS
+        .iter()
+        .filter(|f| f.commands.contains(&cmd) && f.id != Id::Help)
+    {
+        let item = match (f.short, f.value) {
+            (Some(s), Some(v)) => format!("-{s} {v}"),
+            (Some(s), None) => format!("-{s}|--{}", f.long),
+            (None, Some(v)) => format!("--{} {v}", f.long),
+            (None, None) => format!("--{}", f.long),
+        };
+        if f.required.contains(&cmd) {
+            out += &format!(" {item}");
+        } else {
+            out += &format!(" [{item}]");
+        }
+    }
+    if !c.args.is_empty() {
+        out += &format!(" {}", c.args);
+    }
+    out
 }
 
 fn no_positional(positional: &[String], cmd: Cmd) -> Result<(), Usage> {
@@ -413,7 +499,7 @@ pub fn help(cmd: Option<Cmd>) -> String {
                 "tbot {version}: keeps short-lived SSH credentials fresh, brokers SSH connections,\nand reports its health over HTTP.\n\nUsage:\n"
             );
             for c in COMMANDS {
-                out += &format!("  {}\n", c.usage);
+                out += &format!("  {}\n", usage(c.cmd));
             }
             out += "\nCommands:\n";
             for c in COMMANDS {
@@ -424,7 +510,7 @@ pub fn help(cmd: Option<Cmd>) -> String {
         }
         Some(cmd) => {
             let c = info(cmd);
-            let mut out = format!("{}\n\nUsage: {}\n\nFlags:\n", c.about, c.usage);
+            let mut out = format!("{}\n\nUsage: {}\n\nFlags:\n", c.about, usage(cmd));
             for f in FLAGS.iter().filter(|f| f.commands.contains(&cmd)) {
                 out += &flag_line(f);
                 out.push('\n');
@@ -446,6 +532,33 @@ mod tests {
 
     fn run(args: &[&str]) -> Result<Command, Usage> {
         parse(args.iter().map(OsString::from), &|_| None)
+    }
+
+    #[test]
+    fn usage_lines_come_from_the_tables() {
+        let lines: Vec<String> = COMMANDS.iter().map(|c| usage(c.cmd)).collect();
+        assert_eq!(
+            lines,
+            [
+                "tbot start [-c FILE] [--diag-addr HOST:PORT] [-d|--debug] [--log-format text|json] [--oneshot]",
+                "tbot wait --diag-addr HOST:PORT [--service NAME] [--timeout DURATION]",
+                "tbot ssh-multiplexer-proxy-command SOCKET TARGET",
+                "tbot version",
+                "tbot help [COMMAND]",
+            ]
+        );
+        for id in [
+            Id::Config,
+            Id::DiagAddr,
+            Id::Debug,
+            Id::LogFormat,
+            Id::Oneshot,
+            Id::Service,
+            Id::Timeout,
+            Id::Help,
+        ] {
+            assert_eq!(flag(id).id, id);
+        }
     }
 
     #[test]

@@ -2,106 +2,43 @@
 //! then wait for signals: SIGHUP reloads (see `reload`), SIGINT/SIGTERM stop
 //! everything in order.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::cli::StartArgs;
 use crate::config::Config;
 use crate::health::{Applier, Health};
-use crate::instance_lock::StorageLockError;
+use crate::infra::instance_lock::StorageLockError;
+use crate::infra::signals::Signal;
+use crate::infra::{signals, systemd};
 use crate::log::{self, Format};
 use crate::metrics::Metrics;
 use crate::reload::{Live, Readiness};
 use crate::services::{self, Bus, Shared};
-use crate::signals::Signal;
-use crate::{diag, signals, supervisor, systemd};
+use crate::{diag, exit, supervisor};
 
 /// How long services get to stop after a signal before tbot exits anyway.
 const STOP_GRACE: Duration = Duration::from_millis(1200);
-
-pub const EXIT_OK: i32 = 0;
-pub const EXIT_FAILURE: i32 = 1;
-pub const EXIT_USAGE: i32 = 2;
-
-/// Loads the configuration and applies command-line overrides, logging each.
-pub fn configure(args: &StartArgs) -> Result<Config, String> {
-    let Some(path) = &args.config else {
-        return Err("no configuration file: pass -c FILE or set TBOT_CONFIG_PATH".into());
-    };
-    let mut config = crate::config::load(Path::new(path)).map_err(|e| e.to_string())?;
-    config.file = path.display().to_string();
-    log::configure(
-        args.log_format.unwrap_or(Format::Text),
-        config.debug || args.debug == Some(true),
-    );
-    if let Some(addr) = &args.diag_addr {
-        if let Some(file) = config.diag_addr.as_ref().filter(|f| *f != addr) {
-            log::info(
-                "--diag-addr overrides diag_addr from the configuration file",
-                &[("flag", addr), ("file", file)],
-            );
-        }
-        config.diag_addr = Some(addr.clone());
-    }
-    if args.debug == Some(true) && !config.debug {
-        let source = if args.debug_from_env {
-            "TBOT_DEBUG"
-        } else {
-            "-d"
-        };
-        log::info(
-            "debug mode enabled on the command line over debug: false in the file",
-            &[("by", &source)],
-        );
-        config.debug = true;
-    }
-    log::info(
-        "configuration loaded",
-        &[
-            ("file", &config.file),
-            (
-                "from",
-                &if args.config_from_env {
-                    "TBOT_CONFIG_PATH"
-                } else {
-                    "-c"
-                },
-            ),
-            ("services", &config.services.len()),
-            (
-                "credential_ttl",
-                &crate::duration::format(config.credential_ttl),
-            ),
-            (
-                "renewal_interval",
-                &crate::duration::format(config.renewal_interval),
-            ),
-            ("debug", &config.debug),
-        ],
-    );
-    Ok(config)
-}
 
 pub fn start(args: StartArgs) -> i32 {
     log::configure(
         args.log_format.unwrap_or(Format::Text),
         args.debug == Some(true),
     );
-    let config = match configure(&args) {
+    let config = match crate::config::configure(&args) {
         Ok(c) => Arc::new(c),
         Err(e) => {
             log::fatal(&e);
-            return EXIT_USAGE;
+            return exit::USAGE;
         }
     };
     // One tbot per storage directory, daemon or --oneshot: held until exit.
-    let _storage_lock = match crate::instance_lock::lock_storage(&config.storage) {
+    let _storage_lock = match crate::infra::instance_lock::lock_storage(&config.storage) {
         Ok(held) => Some(held),
         Err(StorageLockError::InUse(e)) => {
             log::error("cannot start", &[("error", &e)]);
             eprintln!("tbot: {e}");
-            return EXIT_FAILURE;
+            return exit::FAILURE;
         }
         Err(StorageLockError::Unusable(e)) => {
             log::warn(
@@ -119,14 +56,14 @@ pub fn start(args: StartArgs) -> i32 {
     // the signals reach `signals::wait` only.
     if let Err(e) = signals::block() {
         log::fatal(&format!("blocking signals: {e}"));
-        return EXIT_FAILURE;
+        return exit::FAILURE;
     }
     match run(args, config) {
-        Ok(()) => EXIT_OK,
+        Ok(()) => exit::OK,
         Err(e) => {
             log::error("tbot failed", &[("error", &e)]);
             log::fatal(&e);
-            EXIT_FAILURE
+            exit::FAILURE
         }
     }
 }
@@ -151,21 +88,9 @@ fn run(args: StartArgs, config: Arc<Config>) -> Result<(), String> {
         health: health.clone(),
         updates: updates_rx,
     };
-    let applier = crate::threads::spawn("health", move || applier.run())
+    let applier = crate::infra::threads::spawn("health", move || applier.run())
         .map_err(|e| format!("health thread: {e}"))?;
-
-    let diag = match listener {
-        Some(l) => Some(diag::start(
-            l,
-            diag::Options {
-                max_connections: config.diag_max_connections,
-                debug: config.debug,
-            },
-            health.clone(),
-            metrics.clone(),
-        )?),
-        None => None,
-    };
+    let diag = start_diag(listener, &config, &health, &metrics)?;
 
     let shared = Arc::new(Shared {
         health: health.clone(),
@@ -214,17 +139,47 @@ fn run(args: StartArgs, config: Arc<Config>) -> Result<(), String> {
     log::info("stopping", &[("signal", &signal)]);
     systemd::stopping(signal);
     drop(stop_tx);
+    shut_down(live, notifier, applier);
+    log::info("stopped", &[]);
+    Ok(())
+}
+
+/// The diagnostics service on `listener` (None: not configured).
+fn start_diag(
+    listener: Option<std::net::TcpListener>,
+    config: &Config,
+    health: &Health,
+    metrics: &Arc<Metrics>,
+) -> Result<Option<diag::Diag>, String> {
+    let Some(l) = listener else {
+        return Ok(None);
+    };
+    let options = diag::Options {
+        max_connections: config.diag_max_connections,
+        debug: config.debug,
+    };
+    diag::start(l, options, health.clone(), metrics.clone()).map(Some)
+}
+
+/// After the stop signal: the services (within [`STOP_GRACE`]), the
+/// readiness notifier, the diagnostics service, then the health applier
+/// (which ends once every sender of updates is gone with `live`).
+fn shut_down(
+    mut live: Live,
+    notifier: std::thread::JoinHandle<()>,
+    applier: std::thread::JoinHandle<()>,
+) {
     live.stop_all(Instant::now() + STOP_GRACE);
     let _ = notifier.join();
     if let Some(d) = live.diag.take() {
         d.shutdown();
     }
     drop(live);
-    if applier.is_finished() {
-        let _ = applier.join();
+    // It ends once every sender of updates is gone; a service that did not
+    // stop in time still holds one, so it is joined only if it has ended.
+    if applier.is_finished() && applier.join().is_err() {
+        log::error("the health applier thread panicked", &[]);
     }
-    log::info("stopped", &[]);
-    Ok(())
 }
 
 /// Sends `READY=1` once every service has reported (and records that it
@@ -234,7 +189,7 @@ fn notify_ready(
     stop: crossbeam_channel::Receiver<()>,
     readiness: Readiness,
 ) -> Result<std::thread::JoinHandle<()>, String> {
-    crate::threads::spawn("sd-notify", move || {
+    crate::infra::threads::spawn("sd-notify", move || {
         let stopping = || {
             matches!(
                 stop.try_recv(),
@@ -242,7 +197,7 @@ fn notify_ready(
             )
         };
         while !stopping() {
-            if health.wait_all_reported("", Duration::from_secs(3600), &stopping) {
+            if health.wait_all_reported("", Duration::from_secs(3600), &stop) {
                 // Under the lock: a reload in progress finishes first.
                 let mut ready = readiness.lock().unwrap_or_else(|p| p.into_inner());
                 log::info("every service has reported", &[]);

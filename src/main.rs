@@ -3,47 +3,34 @@
 //!
 //! The data flow, one module per room: `cli` → `config` → `services` (run by
 //! `supervisor`, one thread each) → `health` (the table) → `diag` (the
-//! diagnostics HTTP service). `daemon` wires them together.
+//! diagnostics HTTP service). `daemon` wires them together. What they stand
+//! on (system calls, waiting and stopping, threads, systemd, formats) is
+//! under `infra`; the CA and the files it writes under `credentials`; exit
+//! codes are in `exit`, logging in `log`.
 
-mod atomic_file;
-mod ca_key_file;
-mod chase;
 mod cli;
-mod clock_step;
 mod config;
-mod config_text;
+mod credentials;
 mod daemon;
 mod diag;
-mod duration;
-mod failpoints;
-mod fsutil;
+mod exit;
 mod health;
-mod identity_files;
-mod inotify;
-mod instance_lock;
-mod issuer;
-mod liveness;
+mod infra;
 mod log;
 mod metrics;
 mod oneshot;
-mod poll;
-mod process_metrics;
 mod proxy_command;
 mod reload;
 mod services;
-mod signals;
 mod supervisor;
-mod systemd;
 #[cfg(test)]
 mod testutil;
-mod threads;
 // The integration-test sshd harness, reused so unit tests can prove that the
 // certificates the issuer writes get a real login.
 #[cfg(test)]
 #[path = "../tests/support/sshd.rs"]
 #[allow(dead_code)]
 mod sshd_harness;
-mod timefmt;
 mod wait;
 
 use cli::Command;
@@ -54,17 +41,17 @@ fn main() {
         Ok(c) => c,
         Err(cli::Usage(msg)) => {
             log::fatal(&msg);
-            std::process::exit(daemon::EXIT_USAGE);
+            std::process::exit(exit::USAGE);
         }
     };
     let code = match command {
         Command::Help(cmd) => {
             print!("{}", cli::help(cmd));
-            daemon::EXIT_OK
+            exit::OK
         }
         Command::Version => {
             println!("tbot {}", env!("CARGO_PKG_VERSION"));
-            daemon::EXIT_OK
+            exit::OK
         }
         Command::Wait(args) => wait::run(&args),
         Command::MuxProxy { socket, target } => proxy_command::run(&socket, &target),

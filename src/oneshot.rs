@@ -9,11 +9,12 @@
 //! when something failed, a closing line on stderr naming each failure.
 
 use crate::config::{Config, ServiceConfig};
-use crate::daemon::{EXIT_FAILURE, EXIT_OK};
-use crate::identity_files::remove_stale_temps;
-use crate::issuer::Issuer;
+use crate::credentials::identity_files::remove_stale_temps;
+use crate::credentials::issuer::Issuer;
+use crate::exit;
+use crate::infra::timefmt;
+use crate::log;
 use crate::services::identity::{issue_to, key_id};
-use crate::{log, timefmt};
 
 pub fn run(config: &Config) -> i32 {
     let issuer = match Issuer::load_or_create(&config.storage) {
@@ -21,7 +22,7 @@ pub fn run(config: &Config) -> i32 {
         Err(e) => {
             log::error("the bot's CA is not usable", &[("error", &e)]);
             eprintln!("tbot: oneshot: the bot's CA: {e}");
-            return EXIT_FAILURE;
+            return exit::FAILURE;
         }
     };
     log::info(
@@ -31,7 +32,7 @@ pub fn run(config: &Config) -> i32 {
             ("fingerprint", &issuer.fingerprint()),
         ],
     );
-    let host = crate::services::heartbeat::hostname();
+    let host = crate::infra::host::hostname();
     let mut outputs = 0;
     let mut failures = Vec::new();
     for s in &config.services {
@@ -73,13 +74,13 @@ pub fn run(config: &Config) -> i32 {
     }
     if failures.is_empty() {
         log::info("oneshot: done", &[("identity_outputs", &outputs)]);
-        EXIT_OK
+        exit::OK
     } else {
         eprintln!(
             "tbot: oneshot: {} of {outputs} identity outputs failed: {}",
             failures.len(),
             failures.join("; ")
         );
-        EXIT_FAILURE
+        exit::FAILURE
     }
 }

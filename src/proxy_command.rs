@@ -16,26 +16,30 @@
 //! connection setup; for a target that waits for the client, the socket is
 //! passed on when the wait ends.
 
-use std::io::{self, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::io::{self, IoSlice, Write};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::daemon::{EXIT_FAILURE, EXIT_OK};
-use crate::services::ssh_multiplexer::{
-    wait_readable, wait_writable, DIAL_TIMEOUT, ERROR_PREFIX, MAX_REQUEST,
-};
+use rustix::fs::FileType;
+use rustix::io::Errno;
+use rustix::net::{recv, sendmsg, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+
+use crate::exit;
+use crate::infra::poll::{wait_readable, wait_writable};
+use crate::services::ssh_multiplexer::{DIAL_TIMEOUT, ERROR_PREFIX, MAX_REQUEST};
 
 /// Longest wait for the multiplexer's first reply: its dial timeout and then some.
 pub const REPLY_WAIT: Duration = DIAL_TIMEOUT.saturating_add(Duration::from_secs(5));
 
 pub fn run(socket: &Path, target: &str) -> i32 {
     match proxy(socket, target) {
-        Ok(()) => EXIT_OK,
+        Ok(()) => exit::OK,
         Err(e) => {
             eprintln!("tbot: ssh-multiplexer-proxy-command: {e}");
-            EXIT_FAILURE
+            exit::FAILURE
         }
     }
 }
@@ -47,7 +51,8 @@ fn proxy(socket: &Path, target: &str) -> Result<(), String> {
             MAX_REQUEST - 1
         ));
     }
-    let stdout = io::stdout().as_raw_fd();
+    let stdout = io::stdout();
+    let stdout = stdout.as_fd();
     if !is_socket(stdout).map_err(|e| format!("stdout: {e}"))? {
         return Err(
             "stdout is not a socket: this command passes its connection to ssh \
@@ -67,17 +72,13 @@ fn proxy(socket: &Path, target: &str) -> Result<(), String> {
     if let Some(reason) = refusal(&conn, REPLY_WAIT) {
         return Err(reason);
     }
-    send_fd(stdout, conn.as_raw_fd())
+    send_fd(stdout, conn.as_fd())
         .map_err(|e| format!("passing the connection to ssh over stdout: {e}"))
 }
 
-fn is_socket(fd: RawFd) -> io::Result<bool> {
-    // SAFETY: fstat fills the zeroed stat we own.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    if unsafe { libc::fstat(fd, &mut st) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(st.st_mode & libc::S_IFMT == libc::S_IFSOCK)
+fn is_socket(fd: impl AsFd) -> io::Result<bool> {
+    let st = rustix::fs::fstat(fd)?;
+    Ok(FileType::from_raw_mode(st.st_mode) == FileType::Socket)
 }
 
 /// Waits up to `wait` for the first reply bytes and returns the
@@ -87,16 +88,8 @@ fn refusal(conn: &UnixStream, wait: Duration) -> Option<String> {
         return None;
     }
     let mut buf = [0u8; 1024];
-    // SAFETY: recv into a buffer we own, of the length given.
-    let n = unsafe {
-        libc::recv(
-            conn.as_raw_fd(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    let head = buf.get(..usize::try_from(n).ok()?)?;
+    let (n, _) = recv(conn, &mut buf, RecvFlags::PEEK | RecvFlags::DONTWAIT).ok()?;
+    let head = buf.get(..n)?;
     let reason = head.strip_prefix(ERROR_PREFIX.as_bytes())?;
     let line = reason.split(|&b| b == b'\n').next().unwrap_or_default();
     Some(String::from_utf8_lossy(line).into_owned())
@@ -104,51 +97,25 @@ fn refusal(conn: &UnixStream, wait: Duration) -> Option<String> {
 
 /// Sends `fd` over the Unix socket `over` with SCM_RIGHTS and one data byte,
 /// as OpenSSH's `mm_send_fd` (which `mm_receive_fd` in ssh expects).
-pub fn send_fd(over: RawFd, fd: RawFd) -> io::Result<()> {
-    let mut byte = 0u8;
-    let mut iov = libc::iovec {
-        iov_base: (&mut byte as *mut u8).cast(),
-        iov_len: 1,
-    };
-    // u64s: the control buffer must be aligned for cmsghdr.
-    let mut control = [0u64; 4];
-    // SAFETY: CMSG_SPACE is a pure size computation.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
-    if space > std::mem::size_of_val(&control) {
+pub fn send_fd(over: BorrowedFd, fd: BorrowedFd) -> io::Result<()> {
+    let fds = [fd];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
         return Err(io::Error::other("control buffer too small for SCM_RIGHTS"));
     }
-    // SAFETY: a zeroed msghdr is valid; every pointer set below points into
-    // locals that outlive the sendmsg calls, with the lengths given.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space as _;
-    // SAFETY: msg_control has room for one header and one int (checked above).
-    unsafe {
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        if cmsg.is_null() {
-            return Err(io::Error::other("no room for the control message"));
-        }
-        (*cmsg).cmsg_level = libc::SOL_SOCKET;
-        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
-        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>(), fd);
-    }
     loop {
-        // SAFETY: msg is fully initialised (see above).
-        let n = unsafe { libc::sendmsg(over, &msg, 0) };
-        match n {
-            1 => return Ok(()),
-            -1 => {
-                let e = io::Error::last_os_error();
-                match e.kind() {
-                    io::ErrorKind::Interrupted => {}
-                    io::ErrorKind::WouldBlock => wait_writable(over)?,
-                    _ => return Err(e),
-                }
-            }
-            n => return Err(io::Error::other(format!("sendmsg sent {n} bytes, not 1"))),
+        match sendmsg(
+            over,
+            &[IoSlice::new(&[0])],
+            &mut control,
+            SendFlags::empty(),
+        ) {
+            Ok(1) => return Ok(()),
+            Ok(n) => return Err(io::Error::other(format!("sendmsg sent {n} bytes, not 1"))),
+            Err(Errno::INTR) => {}
+            Err(Errno::AGAIN) => wait_writable(over.as_raw_fd())?,
+            Err(e) => return Err(e.into()),
         }
     }
 }

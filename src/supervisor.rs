@@ -13,20 +13,25 @@
 //! does not stop the pings: it shows in its status and `updated_at`.
 
 use std::any::Any;
-use std::os::unix::net::UnixStream;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
 use crate::health::Update;
+use crate::infra::backoff::Backoff;
+use crate::infra::stop::{Stop, Stopper};
+use crate::infra::threads::{spawn_member, Group, Member};
 use crate::log;
 use crate::services::{Context, Drain, Shared, Spec};
 
 pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
+const RESTART: Backoff = Backoff {
+    first: FIRST_BACKOFF,
+    max: MAX_BACKOFF,
+};
 
 /// Installs a panic hook that logs one line through tbot's logger (instead
 /// of the default multi-line stderr message) and names the thread.
@@ -64,26 +69,20 @@ pub fn panic_message(payload: &(dyn Any + Send)) -> String {
 /// service without touching the others.
 pub struct Running {
     pub name: String,
-    pub handle: JoinHandle<()>,
+    thread: Member,
     /// Dropping it stops the service (see [`Running::stop`]).
-    stop: Stop,
+    stop: Stopper,
     /// For a multiplexer, its live relays (see [`Drain`]).
     pub drain: Option<Drain>,
-}
-
-/// The daemon's ends of one service's stop signal.
-struct Stop {
-    _channel: Sender<()>,
-    _fd: UnixStream,
 }
 
 impl Running {
     /// Tells the service to stop (without waiting).
     pub fn stop(self) -> Stopping {
-        drop(self.stop);
+        self.stop.fire();
         Stopping {
             name: self.name,
-            handle: self.handle,
+            thread: self.thread,
             drain: self.drain,
         }
     }
@@ -92,30 +91,33 @@ impl Running {
 /// A service told to stop.
 pub struct Stopping {
     pub name: String,
-    pub handle: JoinHandle<()>,
+    thread: Member,
     pub drain: Option<Drain>,
 }
 
-impl Stopping {
-    /// Waits until its thread has ended or `deadline`; logs a thread that
-    /// did not stop in time (with `late`, which says what happens next) or
-    /// panicked. True when it ended.
-    pub fn join_until(self, deadline: Instant, late: &str) -> bool {
-        while !self.handle.is_finished() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
+/// Waits until the threads of `stopping` have ended or `deadline` (all in
+/// one [`Group`]); logs each that did not stop in time (with `late`, which
+/// says what happens next) and each that panicked. Returns their drains.
+pub fn join_until(stopping: Vec<Stopping>, deadline: Instant, late: &str) -> Vec<(String, Drain)> {
+    let mut group = Group::default();
+    let mut drains = Vec::new();
+    for s in stopping {
+        group.push(s.thread);
+        if let Some(d) = s.drain {
+            drains.push((s.name, d));
         }
-        if !self.handle.is_finished() {
-            log::warn(late, &[("service", &self.name)]);
-            return false;
-        }
-        if self.handle.join().is_err() {
-            log::error(
-                "service thread panicked while stopping",
-                &[("service", &self.name)],
-            );
-        }
-        true
     }
+    let joined = group.join_until(deadline);
+    for name in &joined.late {
+        log::warn(late, &[("service", name)]);
+    }
+    for name in &joined.panicked {
+        log::error(
+            "service thread panicked while stopping",
+            &[("service", name)],
+        );
+    }
+    drains
 }
 
 /// Starts every service on a thread named after it, each with its own stop
@@ -139,26 +141,21 @@ pub fn start_one(
     updates: &Sender<Update>,
     shared: &Arc<Shared>,
 ) -> std::io::Result<Running> {
-    let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
-    let (stop_fd, stop_fd_closer) = crate::services::stop_signal()?;
+    let (stopper, stop) = Stop::new()?;
     let instance = shared.health.instance(&spec.name).unwrap_or(0);
     let ctx = Context::new(
         spec.name.clone(),
         instance,
         updates.clone(),
-        stop_rx,
-        stop_fd,
+        stop,
         shared.clone(),
     );
     let drain = spec.service.drain();
-    let handle = crate::threads::spawn(&spec.name, move || supervise(spec.service, ctx))?;
+    let thread = spawn_member(&spec.name, move || supervise(spec.service, ctx))?;
     Ok(Running {
         name: spec.name,
-        handle,
-        stop: Stop {
-            _channel: stop_tx,
-            _fd: stop_fd_closer,
-        },
+        thread,
+        stop: stopper,
         drain,
     })
 }
@@ -183,7 +180,7 @@ fn supervise(mut service: Box<dyn crate::services::Service>, ctx: Context) {
             &[
                 ("service", &ctx.name()),
                 ("reason", &reason),
-                ("restart_in", &crate::duration::format(delay)),
+                ("restart_in", &crate::infra::duration::format(delay)),
             ],
         );
         ctx.unhealthy(reason);
@@ -199,8 +196,8 @@ fn supervise(mut service: Box<dyn crate::services::Service>, ctx: Context) {
 /// back to 1 s after a run that lasted longer than the cap.
 fn delay_before_restart(previous: Option<Duration>, ran_for: Duration) -> Duration {
     match previous {
-        Some(d) if ran_for <= MAX_BACKOFF => (d * 2).min(MAX_BACKOFF),
-        _ => FIRST_BACKOFF,
+        Some(d) if ran_for <= MAX_BACKOFF => RESTART.after(Some(d)),
+        _ => RESTART.after(None),
     }
 }
 

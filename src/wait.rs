@@ -1,5 +1,6 @@
 //! `tbot wait`: poll a running bot's `/wait` until it answers 200.
 
+use crate::infra::backoff::Backoff;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
@@ -116,7 +117,11 @@ pub fn run(args: &WaitArgs) -> i32 {
         Some(s) => format!("/wait/{}", encode(s)),
         None => "/wait".to_string(),
     };
-    let mut backoff = FIRST_BACKOFF;
+    let backoff = Backoff {
+        first: FIRST_BACKOFF,
+        max: MAX_BACKOFF,
+    };
+    let mut delay = backoff.after(None);
     let mut last;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -131,7 +136,7 @@ pub fn run(args: &WaitArgs) -> i32 {
                         ("service", &args.service.as_deref().unwrap_or("all")),
                     ],
                 );
-                return 0;
+                return crate::exit::OK;
             }
             Ok((status, body)) => {
                 last = format!(
@@ -145,12 +150,12 @@ pub fn run(args: &WaitArgs) -> i32 {
         if left.is_zero() {
             eprintln!(
                 "tbot wait: not ready after {}: {last}",
-                crate::duration::format(args.timeout)
+                crate::infra::duration::format(args.timeout)
             );
-            return 1;
+            return crate::exit::FAILURE;
         }
-        std::thread::sleep(backoff.min(left));
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        std::thread::sleep(delay.min(left));
+        delay = backoff.after(Some(delay));
     }
 }
 

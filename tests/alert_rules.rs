@@ -1,4 +1,4 @@
-//! The example alerting rules in contrib/ (issue 12, item 3) are valid
+//! The example alerting rules in contrib/ are valid
 //! Prometheus rules and fire when they should: `promtool check rules` and
 //! `promtool test rules` (tests/alert_rules_test.yml), and every metric they
 //! use is one tbot serves.

@@ -1,4 +1,4 @@
-//! The configuration file's front door (issue 11, item 3): a byte-order
+//! The configuration file's front door: a byte-order
 //! mark at the start is accepted, and nesting deeper than any valid
 //! configuration needs is refused before the YAML parser, at once, with the
 //! line of the problem. Through the real binary (`tbot start -c FILE`).

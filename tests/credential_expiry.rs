@@ -1,4 +1,4 @@
-//! The truth about expiry, and clock steps (issue 12, item 3), through the
+//! The truth about expiry, and clock steps, through the
 //! real binary under libfaketime (Debian package `faketime`): the wall clock
 //! of the running, multi-threaded tbot is stepped by rewriting the file
 //! `FAKETIME_TIMESTAMP_FILE` names (read on every call with

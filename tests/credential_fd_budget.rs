@@ -1,4 +1,4 @@
-//! A descriptor budget (issue 12, item 4): under an open-file limit of 80,
+//! A descriptor budget: under an open-file limit of 80,
 //! 200 multiplexer clients (relays to a silent target held open, and more
 //! waiting) do not starve credential work: renewals (every second), the CA
 //! check and the heartbeat keep succeeding, and clients past the fitted cap
@@ -10,7 +10,7 @@
 //! diagnostics front keeps its connections to tiny_http (3, two
 //! descriptors each). Under 64 that left as few as 31, and in one CI-style
 //! run no relay was granted beside credential work's headroom
-//! (`mux_budget::FDS_HEADROOM`, 16), the 8 waiting clients and the 8
+//! (`ssh_multiplexer::budget::FDS_HEADROOM`, 16), the 8 waiting clients and the 8
 //! lingering refusals. Under 80 the static cap alone (12 relays, 12
 //! lingering refusals: 27 + 6 + 48 + 12 > 80) would still run tbot out of
 //! descriptors; each relay's claim on the descriptors left is what keeps

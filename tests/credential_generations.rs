@@ -1,4 +1,4 @@
-//! One generation, always (issue 12, item 2): `key`, `key.pub`,
+//! One generation, always: `key`, `key.pub`,
 //! `key-cert.pub` and `ssh_ca.pub` change as a whole. tbot is SIGKILLed at
 //! every write and rename step of an issue (the debug build's failpoints
 //! `identity-step-1` … `identity-step-13`, see `identity_files`); after each

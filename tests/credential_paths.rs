@@ -1,4 +1,4 @@
-//! Hostile and broken paths (issue 12, items 1 and 5), through the real
+//! Hostile and broken paths, through the real
 //! binary: a destination through a symlink another user planted is refused
 //! and reported, for identity outputs and the multiplexer alike, while links
 //! of root's or tbot's own keep working; errors of CA loading and output

@@ -1,7 +1,7 @@
-//! Issue 2 item 5: a diagnostics front that survives hostile clients.
+//! A diagnostics front that survives hostile clients.
 //!
 //! Every case runs against the real binary on a loopback port and asserts
-//! on status codes, functional deadlines from the issue ("within 1 s") and
+//! on status codes, functional deadlines ("within 1 s") and
 //! the process staying alive. Every loop is bounded in count and time.
 //!
 //! The scenario helpers take a [`Target`] (an address and a PID), so the

@@ -1,5 +1,5 @@
 //! HTTP conformance where upstream's Go stack (net/http) and RFC 9110/9112
-//! set the bar (issue 11, item 2): Host, long targets (414), path cleaning
+//! set the bar: Host, long targets (414), path cleaning
 //! (301), `Connection: close`, the overall readiness status, gzip.
 //! One test per case, through the real binary.
 

@@ -1,5 +1,5 @@
-//! A live tbot is told apart by the locks it holds, never by its PID
-//! (issue 11, item 1): two tbots in different PID namespaces sharing a
+//! A live tbot is told apart by the locks it holds, never by its PID:
+//! two tbots in different PID namespaces sharing a
 //! runtime directory keep their own diagnostics socket directory, and a
 //! second tbot on the same storage directory refuses to start.
 

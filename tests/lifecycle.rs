@@ -294,3 +294,27 @@ fn tells_systemd_ready_then_stopping() {
         Some(0)
     );
 }
+
+/// Dependencies' `log` records are tbot log lines at their level: tiny_http
+/// says at debug level where its server listens.
+#[test]
+fn dependency_log_records_are_tbot_lines() {
+    let dir = TempDir::new("life-bridge");
+    let cfg = config_text(dir.path(), "debug: true\n", "");
+    let t = Tbot::start(dir, &cfg, &[]);
+    t.until("/readyz", Duration::from_secs(10), |r| r.status == 200);
+    assert!(
+        t.wait_log("Server listening on", Duration::from_secs(10)),
+        "{}",
+        t.log()
+    );
+    let log = t.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("Server listening on"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("DEBUG") && line.contains("from=tiny_http"),
+        "{line}"
+    );
+}

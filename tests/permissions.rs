@@ -15,12 +15,8 @@ const NOBODY: u32 = 65534;
 fn chown(path: &Path, uid: u32) {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
     // SAFETY: a valid C string; gid -1 leaves the group alone.
-    assert_eq!(
-        unsafe { libc::chown(c.as_ptr(), uid, u32::MAX) },
-        0,
-        "chown {}",
-        path.display()
-    );
+    let rc = unsafe { libc::chown(c.as_ptr(), uid, u32::MAX) };
+    assert_eq!(rc, 0, "chown {}", path.display());
 }
 
 #[test]

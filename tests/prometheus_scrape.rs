@@ -1,4 +1,4 @@
-//! A real Prometheus scrapes tbot, gzip-compressed (issue 11, item 2).
+//! A real Prometheus scrapes tbot, gzip-compressed.
 //!
 //! Prometheus (Debian's `prometheus` package) runs on a free loopback port
 //! with a temp config and storage, scraping tbot every second through a

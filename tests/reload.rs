@@ -1,7 +1,7 @@
-//! Configuration reload on SIGHUP (issue 9), through the real binary:
+//! Configuration reload on SIGHUP, through the real binary:
 //! add/remove/change/keep in one reload, bad files that change nothing,
 //! `diag_addr` moves, debug mode toggles, no leak over 200 reloads, systemd's
-//! RELOADING=1/READY=1, and SIGHUP/SIGPIPE never killing tbot (issue 8).
+//! RELOADING=1/READY=1, and SIGHUP/SIGPIPE never killing tbot.
 //! The SSH-session and relay-drain cases are in tests/reload_mux.rs.
 
 mod common;

@@ -1,4 +1,4 @@
-//! Reload and the SSH multiplexer (issue 9): an SSH session relayed through
+//! Reload and the SSH multiplexer: an SSH session relayed through
 //! a multiplexer that a reload keeps goes on working (real OpenSSH client and
 //! sshd); the relays of a multiplexer that a reload removes are drained for
 //! a bounded time (10 s, `DRAIN_TIMEOUT`), then cut.
@@ -23,7 +23,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-/// The drain bound of src/services/relays.rs, as the man page states it.
+/// The drain bound of src/services/ssh_multiplexer/drain.rs, as the man page states it.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn mux(dir: &Path, name: &str, extra: &str) -> String {

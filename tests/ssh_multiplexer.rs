@@ -824,7 +824,7 @@ fn out_of_descriptors_clients_are_refused_with_a_reason_and_the_warning_is_rate_
     // many are free, with no guessing about which numbers they have.
     let dir = TempDir::new("mux-emfile");
     let cfg = mux_config(dir.path(), "");
-    // The multiplexer's cap is fitted to the open-file limit (mux_budget),
+    // The multiplexer's cap is fitted to the open-file limit (ssh_multiplexer::budget),
     // which keeps relays from ever running tbot out of descriptors; this
     // test switches that off (a debug-build failpoint) to exercise what
     // happens when something does.

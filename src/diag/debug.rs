@@ -9,7 +9,6 @@
 
 use super::routes::query_param;
 use std::fs;
-use std::io;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -300,13 +299,10 @@ fn threads_table(list: &[ThreadInfo]) -> String {
 /// Threads under `task_dir` (`/proc/<pid>/task`), sorted by id. A thread that
 /// exits while we read is skipped.
 fn list_threads(task_dir: &Path) -> Result<Vec<ThreadInfo>, String> {
-    // SAFETY: sysconf has no preconditions; it only reads a constant.
-    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if ticks_per_second <= 0 {
-        return Err(format!(
-            "sysconf(_SC_CLK_TCK) failed: {}",
-            io::Error::last_os_error()
-        ));
+    // _SC_CLK_TCK, as the kernel gave it in the auxiliary vector.
+    let ticks_per_second = rustix::param::clock_ticks_per_second();
+    if ticks_per_second == 0 {
+        return Err("clock ticks per second (_SC_CLK_TCK) unknown".into());
     }
     let entries =
         fs::read_dir(task_dir).map_err(|e| format!("cannot list {}: {e}", task_dir.display()))?;
@@ -325,7 +321,7 @@ fn list_threads(task_dir: &Path) -> Result<Vec<ThreadInfo>, String> {
             continue;
         };
         // tbot's own threads keep their whole name (the kernel keeps 15 bytes).
-        let full = crate::threads::full_name(tid);
+        let full = crate::infra::threads::full_name(tid);
         let name = match full.map_or_else(
             || fs::read(entry.path().join("comm")),
             |n| Ok(n.into_bytes()),

@@ -1,7 +1,8 @@
 //! The front door of the diagnostics service: the only code that touches
 //! bytes from untrusted clients.
 //!
-//! tiny_http 0.12 trusts its peers (see shared/notes/tiny_http.md): no
+//! tiny_http 0.12 trusts its peers (its `lib.rs` accept loop and
+//! `client.rs` request reading, as published on crates.io): no
 //! timeouts, no header limits, one thread per connection without bound, body
 //! draining that can abort the process, and an accept loop that dies on the
 //! first error. So tiny_http listens on a private Unix socket, and this front
@@ -34,8 +35,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::head::{parse_head, set_connection_header, simple_response, HeadLimits, Parsed};
-use crate::log;
-use crate::poll::pollfd;
+use crate::infra::poll::{poll, pollfd};
+use crate::log::{self, once_a_second};
 
 mod upstream;
 
@@ -99,17 +100,12 @@ const FDS_RESERVED: u64 = 24 + 3 * upstream::MAX_KEPT as u64;
 /// Caps `wanted` so that every connection's descriptors fit under the soft
 /// RLIMIT_NOFILE, with room for the rest of the daemon.
 pub fn fit_to_fd_limit(wanted: usize) -> usize {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we own.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0
-        || lim.rlim_cur == libc::RLIM_INFINITY
-    {
+    // None: unlimited.
+    let Some(current) = rustix::process::getrlimit(rustix::process::Resource::Nofile).current
+    else {
         return wanted;
-    }
-    let fit = lim.rlim_cur.saturating_sub(FDS_RESERVED) / FDS_PER_CONNECTION;
+    };
+    let fit = current.saturating_sub(FDS_RESERVED) / FDS_PER_CONNECTION;
     wanted.min(fit.max(1) as usize)
 }
 
@@ -273,21 +269,14 @@ impl Front {
             if let Some(t) = self.accept_paused_until {
                 next = Some(next.map_or(t, |n| n.min(t)));
             }
-            let timeout_ms = match next {
-                None => -1,
-                Some(t) => t
-                    .saturating_duration_since(now)
-                    .as_millis()
-                    .clamp(1, 60_000) as libc::c_int,
-            };
-            // SAFETY: fds is a valid, initialised slice of pollfd for the call.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() != ErrorKind::Interrupted {
-                    log::error("diagnostics front: poll failed", &[("error", &e)]);
-                    std::thread::sleep(Duration::from_millis(100));
-                }
+            let timeout = next.map(|t| {
+                t.saturating_duration_since(now)
+                    .clamp(Duration::from_millis(1), Duration::from_secs(60))
+            });
+            // poll(2) through infra::poll, which retries after EINTR.
+            if let Err(e) = poll(&mut fds, timeout) {
+                log::error("diagnostics front: poll failed", &[("error", &e)]);
+                std::thread::sleep(Duration::from_millis(100));
                 continue;
             }
             if fds[0].revents != 0 {
@@ -644,15 +633,4 @@ impl Conn {
 /// A nonblocking read or write that found nothing to do: try again later.
 fn again(e: &io::Error) -> bool {
     matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted)
-}
-
-/// Rate limit for warnings the network can trigger at will: true at most
-/// once a second, however hard the port is hit.
-pub(crate) fn once_a_second(last: &mut Option<Instant>) -> bool {
-    let now = Instant::now();
-    if last.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {
-        return false;
-    }
-    *last = Some(now);
-    true
 }

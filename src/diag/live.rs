@@ -38,7 +38,7 @@ impl FrontRun {
             stop_rx,
         )
         .map_err(|e| format!("diagnostics listener: {e}"))?;
-        let thread = crate::threads::spawn("diag-front", move || front.run())
+        let thread = crate::infra::threads::spawn("diag-front", move || front.run())
             .map_err(|e| format!("diag-front: {e}"))?;
         Ok(FrontRun { stop, thread, addr })
     }

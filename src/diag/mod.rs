@@ -61,7 +61,7 @@ struct Loop {
     /// tiny_http no longer listens on its socket: rebuild it.
     lost: AtomicBool,
     /// One turn per pass of the serving loop (for the systemd watchdog).
-    beat: crate::liveness::Beat,
+    beat: crate::infra::liveness::Beat,
 }
 
 impl Loop {
@@ -85,7 +85,7 @@ pub struct Diag {
     threads: Vec<JoinHandle<()>>,
     dir: PathBuf,
     /// Held for the service's life: what marks `dir` as live.
-    _dir_lock: crate::instance_lock::Held,
+    _dir_lock: crate::infra::instance_lock::Held,
     /// What a new front needs (see `live`).
     backend_path: front::BackendPath,
     backend_lost: front::BackendLost,
@@ -163,7 +163,7 @@ pub fn start(
     };
     let serve_backend = backend_path.clone();
     threads.push(
-        crate::threads::spawn("diag-http", move || {
+        crate::infra::threads::spawn("diag-http", move || {
             serve(serve_state, ctx, serve_dir, serve_backend, max_parked)
         })
         .map_err(|e| format!("diag-http: {e}"))?,
@@ -185,9 +185,9 @@ pub fn start(
 impl Diag {
     /// The serving loop as the systemd watchdog watches it: a poke wakes it
     /// as a health change does, and each pass counts a turn.
-    pub fn watched(&self) -> crate::liveness::Watched {
+    pub fn watched(&self) -> crate::infra::liveness::Watched {
         let state = self.state.clone();
-        crate::liveness::Watched {
+        crate::infra::liveness::Watched {
             name: "diag-http",
             beat: self.state.beat.clone(),
             poke: Box::new(move || state.wake()),
@@ -245,7 +245,7 @@ fn serve(
             match server.recv_timeout(wait) {
                 Ok(Some(req)) => {
                     // Tests wedge the loop here (`diag-request=sleep:MS`).
-                    crate::failpoints::hit("diag-request");
+                    crate::infra::failpoints::hit("diag-request");
                     // A bug in an endpoint must not take the whole
                     // diagnostics service down with this thread.
                     match catch_unwind(AssertUnwindSafe(|| routes::handle(&ctx, req))) {

@@ -3,7 +3,7 @@
 //!
 //! `BASE/tbot-diag-<random>`, where BASE is `$XDG_RUNTIME_DIR`, the temp dir
 //! or /tmp (the first that works). A live instance holds an flock on its
-//! directory for its whole life ([`crate::instance_lock::lock_dir`]); a
+//! directory for its whole life ([`crate::infra::instance_lock::lock_dir`]); a
 //! directory whose lock can be taken belongs to a tbot that is gone (SIGKILL,
 //! OOM) and is removed at the next start. Nothing here is keyed by a PID:
 //! tbots in different PID namespaces (each PID 1) sharing one /tmp must not
@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use rand_core::RngCore;
 
-use crate::instance_lock::{lock_dir, Held};
+use crate::infra::instance_lock::{lock_dir, Held};
 
 const PREFIX: &str = "tbot-diag-";
 
@@ -59,8 +59,7 @@ fn remove_stale(base: &Path) {
     let Ok(entries) = std::fs::read_dir(base) else {
         return;
     };
-    // SAFETY: getuid cannot fail.
-    let uid = unsafe { libc::getuid() };
+    let uid = rustix::process::getuid().as_raw();
     for entry in entries.flatten() {
         let name = entry.file_name();
         if !name.to_str().is_some_and(|n| n.starts_with(PREFIX)) {

@@ -11,6 +11,9 @@ use crate::health::{Health, Status};
 use crate::log;
 use crate::metrics::Metrics;
 
+/// A request method in log lines (as text).
+impl crate::log::Field for Method {}
+
 pub struct Ctx {
     pub health: Health,
     pub metrics: Arc<Metrics>,
@@ -158,12 +161,12 @@ fn wait_timeout(query: &str) -> Result<Duration, String> {
     let v = percent_decode(v).ok_or("bad percent-encoding in timeout")?;
     let d = match v.parse::<u64>() {
         Ok(secs) => Duration::from_secs(secs),
-        Err(_) => crate::duration::parse(&v)?,
+        Err(_) => crate::infra::duration::parse(&v)?,
     };
     if d > MAX_WAIT {
         return Err(format!(
             "timeout {v:?} is too long: at most {}",
-            crate::duration::format(MAX_WAIT)
+            crate::infra::duration::format(MAX_WAIT)
         ));
     }
     Ok(d)
@@ -220,7 +223,7 @@ pub fn handle(ctx: &Ctx, req: Request) -> Option<Parked> {
                         None => debug::Reply::profile_busy().into(),
                         Some(slot) => {
                             // Sampling takes seconds: off the serving loop.
-                            let spawned = crate::threads::spawn("diag-profile", move || {
+                            let spawned = crate::infra::threads::spawn("diag-profile", move || {
                                 Answer::from(debug::run_profile(&job, slot)).send(req);
                             });
                             if let Err(e) = spawned {
@@ -267,7 +270,7 @@ fn metrics(ctx: &Ctx, req: Request) {
     // The request comes back if the thread cannot start.
     let job = Arc::new(std::sync::Mutex::new(Some((a, req))));
     let theirs = job.clone();
-    let spawned = crate::threads::spawn("diag-gzip", move || {
+    let spawned = crate::infra::threads::spawn("diag-gzip", move || {
         let _slot = slot;
         let taken = theirs.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some((a, req)) = taken {

@@ -9,7 +9,7 @@
 //!    `diag_max_connections`);
 //! 3. bind a new `diag_addr`, if it moved (a failure ends the reload here);
 //! 4. stop the removed and changed services (a stopped multiplexer's relays
-//!    drain on a thread of their own, see `services::relays`);
+//!    drain on a thread of their own, see `services::ssh_multiplexer::drain`);
 //! 5. change the health table's rows at once (`Health::change_rows`): no
 //!    reader sees half of the new set;
 //! 6. start the changed and added services;
@@ -30,29 +30,18 @@ use crate::cli::StartArgs;
 use crate::config::Config;
 use crate::diag::{self, Diag};
 use crate::health::{Health, RowChange, Update};
+use crate::infra::systemd;
 use crate::log;
 use crate::metrics::Metrics;
-use crate::services::{self, relays::DRAIN_TIMEOUT, Shared};
+use crate::services::ssh_multiplexer::drain::DRAIN_TIMEOUT;
+use crate::services::{self, Shared};
 use crate::supervisor::{self, Running};
-use crate::systemd;
 
 mod diff;
 
-/// Seconds since the Unix epoch, for timestamp metrics.
-pub fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
 /// CLOCK_MONOTONIC in microseconds, for systemd's `MONOTONIC_USEC=`.
 fn monotonic_usec() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the struct we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
     (ts.tv_sec as u64) * 1_000_000 + (ts.tv_nsec as u64) / 1_000
 }
 
@@ -92,7 +81,9 @@ impl Live {
         match self.reload() {
             Ok(d) => {
                 self.metrics.reload_successful.set(1);
-                self.metrics.reload_success_timestamp.set(unix_now());
+                self.metrics
+                    .reload_success_timestamp
+                    .set(crate::infra::timefmt::unix_now());
                 systemd::status::reload_outcome(&self.health, None);
                 let list = |v: &[String]| v.join(",");
                 log::info(
@@ -128,7 +119,7 @@ impl Live {
 
     /// Applies the configuration file anew (see the module's steps).
     fn reload(&mut self) -> Result<Applied, String> {
-        let new = crate::daemon::configure(&self.args)?;
+        let new = crate::config::configure(&self.args)?;
         if let Some(why) = diff::needs_restart(&self.config, &new) {
             return Err(format!("{}: {why}", new.file));
         }
@@ -186,23 +177,20 @@ impl Live {
         // Every stop signal first, so that they stop side by side.
         let stopping: Vec<_> = stop.into_iter().map(Running::stop).collect();
         let deadline = Instant::now() + self.stop_grace;
-        for mut s in stopping {
-            let drain = s.drain.take();
-            let name = s.name.clone();
-            s.join_until(
-                deadline,
-                "service did not stop in time; reloading without waiting for it",
-            );
-            if let Some(drain) = drain {
-                let spawned = crate::threads::spawn("mux-drain", move || {
-                    drain.run(&name, DRAIN_TIMEOUT);
-                });
-                if let Err(e) = spawned {
-                    log::warn(
-                        "cannot start a thread to drain relays; they end on their own",
-                        &[("error", &e)],
-                    );
-                }
+        let drains = supervisor::join_until(
+            stopping,
+            deadline,
+            "service did not stop in time; reloading without waiting for it",
+        );
+        for (name, drain) in drains {
+            let spawned = crate::infra::threads::spawn("mux-drain", move || {
+                drain.run(&name, DRAIN_TIMEOUT);
+            });
+            if let Err(e) = spawned {
+                log::warn(
+                    "cannot start a thread to drain relays; they end on their own",
+                    &[("error", &e)],
+                );
             }
         }
     }
@@ -248,8 +236,10 @@ impl Live {
             .into_iter()
             .map(Running::stop)
             .collect();
-        for s in stopping {
-            s.join_until(deadline, "service did not stop in time; exiting anyway");
-        }
+        supervisor::join_until(
+            stopping,
+            deadline,
+            "service did not stop in time; exiting anyway",
+        );
     }
 }

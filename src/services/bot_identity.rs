@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::issuer::Issuer;
+use crate::credentials::issuer::Issuer;
 use crate::log;
 use crate::services::ca::Installed;
 use crate::services::identity::retry_delay;
@@ -97,7 +97,10 @@ impl Service for BotIdentity {
                     let delay = retry_delay(failures, self.interval);
                     log::warn(
                         "the bot's CA is not usable; retrying",
-                        &[("error", &e), ("retry_in", &crate::duration::format(delay))],
+                        &[
+                            ("error", &e),
+                            ("retry_in", &crate::infra::duration::format(delay)),
+                        ],
                     );
                     ctx.unhealthy(e);
                     delay

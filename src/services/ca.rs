@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::issuer::Issuer;
+use crate::credentials::issuer::Issuer;
 
 pub struct CurrentCa {
     state: Mutex<State>,
@@ -156,7 +156,7 @@ mod tests {
         ca.record_failure("ca_key: half written");
         assert_eq!(ca.get().unwrap().fingerprint(), fp_a);
 
-        std::fs::remove_file(d.0.join(crate::issuer::CA_KEY_FILE)).unwrap();
+        std::fs::remove_file(d.0.join(crate::credentials::issuer::CA_KEY_FILE)).unwrap();
         let b = Issuer::load_or_create(&d.0).unwrap();
         let fp_b = b.fingerprint().to_string();
         assert_eq!(ca.install(b), Installed::Rotated { previous: fp_a });

@@ -23,10 +23,11 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
-use crate::inotify::{Event, Watch};
-use crate::issuer::{ca_key_stamp, Issuer, KeyFileStamp, CA_KEY_FILE};
+use crate::credentials::ca_key_file::KeyFileStamp;
+use crate::credentials::issuer::{ca_key_stamp, Issuer, CA_KEY_FILE};
+use crate::infra::inotify::{Event, Watch};
+use crate::infra::poll::{poll, pollfd};
 use crate::log;
-use crate::poll::{poll, pollfd};
 use crate::services::{Context, Iteration, Service};
 
 /// How often the key file is checked when the storage directory cannot be
@@ -159,7 +160,10 @@ enum Woke {
 fn cannot_watch(ctx: &Context, unwatched: &mut Option<String>, e: String) {
     if unwatched.as_ref() != Some(&e) {
         log::info(
-            "cannot watch the storage directory; checking the CA key every 250ms",
+            &format!(
+                "cannot watch the storage directory; checking the CA key every {}",
+                crate::infra::duration::format(POLL)
+            ),
             &[("service", &ctx.name()), ("error", &e)],
         );
         *unwatched = Some(e);

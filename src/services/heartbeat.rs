@@ -8,10 +8,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
-use crate::atomic_file::parent_dir;
 use crate::config::Config;
+use crate::infra::atomic_file::parent_dir;
+use crate::infra::timefmt;
 use crate::services::{Context, Service};
-use crate::timefmt;
 
 /// The heartbeat file's name in the storage directory.
 pub const FILE: &str = "heartbeat.json";
@@ -56,18 +56,12 @@ struct ServiceRecord {
     reason: String,
 }
 
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
-}
-
 impl Heartbeat {
     fn write(&self, ctx: &Context) -> Result<(), String> {
         let snap = ctx.shared.health.snapshot();
         let record = Record {
             time: timefmt::rfc3339(SystemTime::now()),
-            hostname: hostname(),
+            hostname: crate::infra::host::hostname(),
             pid: std::process::id(),
             uptime_seconds: self.started.elapsed().as_secs(),
             version: env!("CARGO_PKG_VERSION"),
@@ -92,9 +86,9 @@ impl Heartbeat {
             serde_json::to_vec_pretty(&record).map_err(|e| format!("encoding heartbeat: {e}"))?;
         body.push(b'\n');
         if let Some(dir) = self.path.parent() {
-            crate::fsutil::create_private_dir(dir)?;
+            crate::infra::fsutil::create_private_dir(dir)?;
         }
-        crate::atomic_file::write_atomic(&self.path, &body, 0o600)
+        crate::infra::atomic_file::write_atomic(&self.path, &body, 0o600)
             .map_err(|e| format!("{}: {e}", self.path.display()))
     }
 }
@@ -105,18 +99,18 @@ impl Service for Heartbeat {
     }
 
     fn run(&mut self, ctx: &Context) -> Result<(), String> {
-        crate::failpoints::hit("heartbeat-start");
+        crate::infra::failpoints::hit("heartbeat-start");
         // Only this service writes the file: temps at start are a killed
         // write's.
-        crate::atomic_file::remove_stale_temps(parent_dir(&self.path), &[FILE]);
+        crate::infra::atomic_file::remove_stale_temps(parent_dir(&self.path), &[FILE]);
         ctx.shared
             .health
-            .wait_all_reported(ctx.name(), FIRST_REPORT_WAIT, &|| ctx.stopping());
+            .wait_all_reported(ctx.name(), FIRST_REPORT_WAIT, ctx.stop());
         loop {
             if ctx.stopping() {
                 return Ok(());
             }
-            crate::failpoints::hit("heartbeat");
+            crate::infra::failpoints::hit("heartbeat");
             let timer = crate::services::Iteration::start(ctx, "heartbeat");
             match self.write(ctx) {
                 Ok(()) => {

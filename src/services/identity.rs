@@ -23,9 +23,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::Receiver;
 
 use crate::config::IdentityConfig;
-use crate::issuer::Issuer;
+use crate::credentials::identity_files;
+use crate::credentials::issuer::Issuer;
+use crate::infra::backoff::Backoff;
+use crate::infra::timefmt;
+use crate::log;
 use crate::services::{Context, Iteration, Service};
-use crate::{identity_files, log, timefmt};
 
 /// The `name` label of this service's `tbot_task_*` metrics.
 pub const TASK: &str = "output-renewal";
@@ -41,7 +44,7 @@ pub struct IdentityOutput {
 
 impl IdentityOutput {
     pub fn new(config: IdentityConfig) -> IdentityOutput {
-        let key_id = key_id(&crate::services::heartbeat::hostname(), &config.name);
+        let key_id = key_id(&crate::infra::host::hostname(), &config.name);
         IdentityOutput {
             config,
             key_id,
@@ -58,8 +61,11 @@ pub fn key_id(hostname: &str, service: &str) -> String {
 /// How long to wait before retrying after `failures` failures in a row
 /// (1 s, 2 s, 4 s …, never more than `cap`).
 pub fn retry_delay(failures: u32, cap: Duration) -> Duration {
-    let doublings = failures.saturating_sub(1).min(30);
-    FIRST_RETRY.saturating_mul(1u32 << doublings).min(cap)
+    Backoff {
+        first: FIRST_RETRY,
+        max: cap,
+    }
+    .delay(failures)
 }
 
 /// Issues a credential for `config` from `issuer` and writes it to the
@@ -201,7 +207,7 @@ impl IdentityOutput {
                     &[
                         ("service", &ctx.name()),
                         ("error", &e),
-                        ("retry_in", &crate::duration::format(delay)),
+                        ("retry_in", &crate::infra::duration::format(delay)),
                     ],
                 );
                 st.error = Some(e);
@@ -249,7 +255,7 @@ impl Service for IdentityOutput {
             .reissue
             .get_or_insert_with(|| ctx.shared.reissue.subscribe())
             .clone();
-        let steps = crate::clock_step::subscribe();
+        let steps = crate::infra::clock_step::subscribe();
         // Before the first attempt, wait for the internal `identity` service
         // to have tried loading the CA.
         crossbeam_channel::select! {

@@ -4,8 +4,7 @@
 //! its [`Context`] and returns from `run` when the context says stop. Adding a
 //! service is one file here plus one arm in [`build`].
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::net::UnixStream;
+use std::os::fd::BorrowedFd;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,6 +12,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::config::{Config, ServiceConfig};
 use crate::health::{Health, Status, Update};
+use crate::infra::stop::Stop;
 use crate::metrics::Metrics;
 
 pub mod bot_identity;
@@ -20,12 +20,9 @@ pub mod ca;
 pub mod ca_rotation;
 pub mod heartbeat;
 pub mod identity;
-pub mod mux_budget;
-pub mod mux_socket;
-pub mod relays;
 pub mod ssh_multiplexer;
 
-pub use relays::Drain;
+pub use ssh_multiplexer::drain::Drain;
 
 /// What every service implements.
 pub trait Service: Send + 'static {
@@ -93,20 +90,17 @@ pub struct Context {
     /// The health row instance this run reports to (see `Health::instance`).
     instance: u64,
     updates: Sender<Update>,
-    stop: Receiver<()>,
-    stop_fd: Arc<OwnedFd>,
+    stop: Stop,
     pub shared: Arc<Shared>,
 }
 
 impl Context {
-    /// `stop` disconnects and `stop_fd` becomes readable when tbot stops
-    /// (see [`stop_signal`]).
+    /// `stop` fires when tbot stops the service.
     pub fn new(
         name: String,
         instance: u64,
         updates: Sender<Update>,
-        stop: Receiver<()>,
-        stop_fd: Arc<OwnedFd>,
+        stop: Stop,
         shared: Arc<Shared>,
     ) -> Context {
         Context {
@@ -114,7 +108,6 @@ impl Context {
             instance,
             updates,
             stop,
-            stop_fd,
             shared,
         }
     }
@@ -145,7 +138,7 @@ impl Context {
     /// Never yields a value; becomes ready (disconnected) when tbot stops.
     /// Use it in `crossbeam_channel::select!`.
     pub fn stop(&self) -> &Receiver<()> {
-        &self.stop
+        self.stop.receiver()
     }
 
     /// Never readable until tbot stops; from then on readable (end of
@@ -153,33 +146,17 @@ impl Context {
     /// service's own descriptors to wait for them or a stop, with no timer.
     /// Once it is ready, [`Context::stopping`] is true.
     pub fn stop_fd(&self) -> BorrowedFd<'_> {
-        self.stop_fd.as_fd()
+        self.stop.fd()
     }
 
     pub fn stopping(&self) -> bool {
-        matches!(
-            self.stop.try_recv(),
-            Err(crossbeam_channel::TryRecvError::Disconnected)
-        )
+        self.stop.is_set()
     }
 
     /// Sleeps `d` unless tbot stops first. Returns false when stopping.
     pub fn sleep(&self, d: Duration) -> bool {
-        !matches!(
-            self.stop.recv_timeout(d),
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected)
-        )
+        self.stop.sleep(d)
     }
-}
-
-/// The stop signal as a descriptor: the end services poll (for
-/// [`Context::new`]) and the end the daemon closes when it stops, just after
-/// it drops the stop channel's sender (so that a service woken by the
-/// descriptor finds [`Context::stopping`] already true). Nothing is ever
-/// written: closing is the signal.
-pub fn stop_signal() -> std::io::Result<(Arc<OwnedFd>, UnixStream)> {
-    let (services_end, daemon_end) = UnixStream::pair()?;
-    Ok((Arc::new(OwnedFd::from(services_end)), daemon_end))
 }
 
 /// One service to run: its unique name and the implementation.

@@ -1,0 +1,424 @@
+//! The configuration file (YAML, `version: v2`): strict parsing, validation,
+//! default service names.
+//!
+//! Every error names the file, line and column: type and syntax errors come
+//! with serde_yaml's location; checks that span several fields (durations
+//! that must be ordered, duplicate names, references between services) find
+//! the offending node's location with [`locate`], which walks the same text
+//! again with serde_yaml.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+mod locate;
+mod names;
+mod schema;
+mod start_args;
+mod text;
+mod validate;
+
+pub use locate::{locate, Seg};
+pub use names::check_addr;
+use schema::{RawConfig, ServiceType};
+pub use start_args::configure;
+use validate::validate;
+
+pub const RESERVED_NAMES: [&str; 3] = ["identity", "heartbeat", "ca-rotation"];
+pub const DEFAULT_CREDENTIAL_TTL: Duration = Duration::from_secs(3600);
+pub const DEFAULT_RENEWAL_INTERVAL: Duration = Duration::from_secs(20 * 60);
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30 * 60);
+pub const DEFAULT_DIAG_MAX_CONNECTIONS: usize = 64;
+pub const DEFAULT_MUX_MAX_CONNECTIONS: usize = 64;
+
+/// A configuration problem, rendered `file:line:column: message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file, self.message)
+        } else {
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file, self.line, self.column, self.message
+            )
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The validated configuration the rest of tbot uses.
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from, for messages.
+    pub file: String,
+    pub diag_addr: Option<String>,
+    pub diag_max_connections: usize,
+    pub debug: bool,
+    pub storage: PathBuf,
+    pub credential_ttl: Duration,
+    pub renewal_interval: Duration,
+    pub heartbeat_interval: Duration,
+    pub services: Vec<ServiceConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub enum ServiceConfig {
+    Identity(IdentityConfig),
+    SshMultiplexer(MultiplexerConfig),
+}
+
+// PartialEq: a reload compares each service's configuration (see `reload::diff`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdentityConfig {
+    pub name: String,
+    pub principals: Vec<String>,
+    pub destination: PathBuf,
+    pub credential_ttl: Duration,
+    pub renewal_interval: Duration,
+}
+
+// PartialEq: a reload compares each service's configuration (see `reload::diff`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MultiplexerConfig {
+    pub name: String,
+    pub destination: PathBuf,
+    /// Name of the identity output whose key the written ssh_config uses.
+    pub identity: String,
+    pub max_connections: usize,
+}
+
+impl ServiceConfig {
+    pub fn name(&self) -> &str {
+        match self {
+            ServiceConfig::Identity(c) => &c.name,
+            ServiceConfig::SshMultiplexer(c) => &c.name,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ServiceConfig::Identity(_) => ServiceType::Identity.as_str(),
+            ServiceConfig::SshMultiplexer(_) => ServiceType::SshMultiplexer.as_str(),
+        }
+    }
+}
+
+impl Config {
+    pub fn identity(&self, name: &str) -> Option<&IdentityConfig> {
+        self.services.iter().find_map(|s| match s {
+            ServiceConfig::Identity(c) if c.name == name => Some(c),
+            _ => None,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Loading.
+
+/// The largest configuration file read, in bytes: a real one is a few KiB;
+/// a wrong path (`/dev/zero`, a log file) is refused rather than read into
+/// memory without end.
+pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// Reads, parses and validates a configuration file.
+pub fn load(path: &Path) -> Result<Config, Error> {
+    let file = path.display().to_string();
+    let error = |message: String| Error {
+        file: file.clone(),
+        line: 0,
+        column: 0,
+        message,
+    };
+    let text = read_limited(path, MAX_CONFIG_BYTES).map_err(|e| error(e.to_string()))?;
+    let Some(text) = text else {
+        return Err(error(format!(
+            "larger than {} MiB; is this the configuration file?",
+            MAX_CONFIG_BYTES / (1024 * 1024)
+        )));
+    };
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    parse(&file, &text, &base)
+}
+
+/// Reads a whole file as UTF-8 text, or None when it is longer than `max`
+/// bytes. Any kind of file: a pipe (`-c <(...)`) works like a regular file.
+fn read_limited(path: &Path, max: u64) -> std::io::Result<Option<String>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(max + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        // Checked before UTF-8: the cut may split a character.
+        return Ok(None);
+    }
+    String::from_utf8(bytes).map(Some).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to()),
+        )
+    })
+}
+
+/// Parses and validates configuration text. Relative paths are resolved
+/// against `base` (the configuration file's directory).
+pub fn parse(file: &str, text: &str, base: &Path) -> Result<Config, Error> {
+    let text = text::admit(text).map_err(|(line, column, message)| Error {
+        file: file.to_string(),
+        line,
+        column,
+        message,
+    })?;
+    let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| yaml_error(file, &e))?;
+    validate(raw, base).map_err(|(path, message)| {
+        let (line, column) = locate(text, &path).unwrap_or((0, 0));
+        let message = if path.is_empty() {
+            message
+        } else {
+            format!("{}: {message}", render_path(&path))
+        };
+        Error {
+            file: file.to_string(),
+            line,
+            column,
+            message,
+        }
+    })
+}
+
+/// `services[1].name`, as serde_yaml writes paths.
+fn render_path(path: &[Seg]) -> String {
+    let mut out = String::new();
+    for seg in path {
+        match seg {
+            Seg::Key(k) if out.is_empty() => out += k,
+            Seg::Key(k) => out += &format!(".{k}"),
+            Seg::Index(i) => out += &format!("[{i}]"),
+        }
+    }
+    out
+}
+
+fn yaml_error(file: &str, e: &serde_yaml::Error) -> Error {
+    let (line, column) = e
+        .location()
+        .map(|l| (l.line(), l.column()))
+        .unwrap_or((0, 0));
+    // serde_yaml says " at line L column C" of the error's own place, which
+    // the prefix says already; another place it names (where the flow
+    // mapping being parsed began) stays.
+    let message = e
+        .to_string()
+        .replace(&format!(" at line {line} column {column}"), "");
+    Error {
+        file: file.to_string(),
+        line,
+        column,
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::names::default_name;
+    use super::*;
+    use std::collections::HashSet;
+
+    fn parse_str(text: &str) -> Result<Config, Error> {
+        parse("c.yaml", text, Path::new("/base"))
+    }
+
+    #[test]
+    fn reads_at_most_the_limit_and_says_which_limit_was_hit() {
+        let dir = crate::testutil::TestDir::new("cfg-limit");
+        let file = dir.0.join("c.yaml");
+        // The limit falls inside a two-byte character: still "too large".
+        std::fs::write(&file, "#aaé").unwrap();
+        assert_eq!(read_limited(&file, 4).unwrap(), None);
+        assert_eq!(read_limited(&file, 5).unwrap().as_deref(), Some("#aaé"));
+        std::fs::write(&file, b"ok\n\xff").unwrap();
+        let e = read_limited(&file, 100).unwrap_err();
+        assert_eq!(e.to_string(), "not UTF-8 text (byte 3)");
+    }
+
+    const GOOD: &str = "version: v2
+storage: {type: directory, path: /var/lib/tbot}
+services:
+  - type: identity
+    principals: [deploy]
+    destination: {type: directory, path: /opt/machine-id}
+  - type: identity
+    name: my-service-123
+    principals: [a, b]
+    destination: {type: directory, path: out}
+  - type: ssh-multiplexer
+    destination: {type: directory, path: /opt/machine-id/mux}
+    identity: my-service-123
+";
+
+    #[test]
+    fn good_config_gets_defaults_and_names() {
+        let c = parse_str(GOOD).unwrap();
+        let names: Vec<&str> = c.services.iter().map(ServiceConfig::name).collect();
+        assert_eq!(
+            names,
+            [
+                "identity-opt-machine-id",
+                "my-service-123",
+                "ssh-multiplexer-opt-machine-id-mux"
+            ]
+        );
+        assert_eq!(c.credential_ttl, DEFAULT_CREDENTIAL_TTL);
+        assert_eq!(
+            c.identity("my-service-123").unwrap().destination,
+            Path::new("/base/out")
+        );
+        assert!(c.diag_addr.is_none());
+        let c = parse_str(&GOOD.replace("path: out}", "path: ./out/./x}")).unwrap();
+        assert_eq!(
+            c.identity("my-service-123").unwrap().destination,
+            Path::new("/base/out/x")
+        );
+    }
+
+    fn err(text: &str) -> String {
+        parse_str(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_carry_line_and_column() {
+        let e = err("version: v2\nstorage: {type: directory, path: /x}\nbogus: 1\n");
+        assert!(e.starts_with("c.yaml:3:1: unknown field `bogus`"), "{e}");
+        let e = err("version: v2\nstorage: {type: directory, path: /x}\nservices:\n  - type: identity\n    principals: [a]\n    destination: {type: directory, path: /o}\n    colour: red\n");
+        assert!(
+            e.starts_with("c.yaml:7:5: services[0]: unknown field `colour`"),
+            "{e}"
+        );
+        let e = err("version: v2\nstorage: {type: directory, path: /x}\ncredential_ttl: 5x\n");
+        assert!(
+            e.starts_with("c.yaml:3:17: ") && e.contains("invalid duration \"5x\""),
+            "{e}"
+        );
+        let e = err("version: v2\nstorage: {type: directory, path: /x}\ndiag_addr: nope\n");
+        assert!(
+            e.starts_with("c.yaml:3:12: ") && e.contains("invalid address"),
+            "{e}"
+        );
+        let e = err("version: v2\nstorage: {type: directory, path: /x}\ncredential_ttl: 10m\nrenewal_interval: 20m\n");
+        assert!(
+            e.starts_with(
+                "c.yaml:4:19: renewal_interval: renewal_interval (20m0s) must be shorter"
+            ),
+            "{e}"
+        );
+        let e = err("version: v3\n");
+        assert!(
+            e.starts_with("c.yaml:1:10: version: unsupported version"),
+            "{e}"
+        );
+        let e = err("version: v2\n");
+        assert!(e.starts_with("c.yaml:1:1: missing field `storage`"), "{e}");
+        let e = err("");
+        assert!(e.contains("missing field `version`"), "{e}");
+        let e = err("version: v2\nstorage: [\n");
+        assert!(e.starts_with("c.yaml:"), "{e}");
+    }
+
+    #[test]
+    fn name_rules() {
+        let svc = |name: &str| {
+            format!("version: v2\nstorage: {{type: directory, path: /x}}\nservices:\n  - type: identity\n    name: {name}\n    principals: [a]\n    destination: {{type: directory, path: /o}}\n")
+        };
+        assert!(
+            err(&svc("Upper")).starts_with("c.yaml:5:11: services[0].name: invalid service name")
+        );
+        assert!(err(&svc(&"a".repeat(65))).contains("invalid service name"));
+        assert!(err(&svc("heartbeat")).contains("reserved"));
+        assert!(parse_str(&svc(&"a".repeat(64))).is_ok());
+        let twice = "version: v2\nstorage: {type: directory, path: /x}\nservices:\n  - type: identity\n    name: a\n    principals: [a]\n    destination: {type: directory, path: /o}\n  - type: identity\n    name: a\n    principals: [a]\n    destination: {type: directory, path: /p}\n";
+        assert!(
+            err(twice)
+                .starts_with("c.yaml:9:11: services[1].name: service name \"a\" is used twice"),
+            "{}",
+            err(twice)
+        );
+    }
+
+    #[test]
+    fn default_names_are_stable_under_reordering() {
+        let a = "  - type: identity\n    principals: [a]\n    destination: {type: directory, path: /opt/a.b}\n";
+        let b = "  - type: identity\n    principals: [a]\n    destination: {type: directory, path: /opt/a b}\n";
+        let head = "version: v2\nstorage: {type: directory, path: /x}\nservices:\n";
+        let one = parse_str(&format!("{head}{a}{b}")).unwrap();
+        let two = parse_str(&format!("{head}{b}{a}")).unwrap();
+        let by_dest = |c: &Config| {
+            let mut v: Vec<(String, String)> = c
+                .services
+                .iter()
+                .map(|s| match s {
+                    ServiceConfig::Identity(i) => {
+                        (i.destination.display().to_string(), i.name.clone())
+                    }
+                    ServiceConfig::SshMultiplexer(_) => unreachable!(),
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(by_dest(&one), by_dest(&two));
+        let names: HashSet<String> = one.services.iter().map(|s| s.name().to_string()).collect();
+        assert!(
+            names.contains("identity-opt-a-b") && names.contains("identity-opt-a-b-2"),
+            "{names:?}"
+        );
+    }
+
+    #[test]
+    fn default_name_sanitises() {
+        assert_eq!(
+            default_name("identity", "/opt/machine-id"),
+            "identity-opt-machine-id"
+        );
+        assert_eq!(
+            default_name("identity", "./Out Dir//x"),
+            "identity-out-dir-x"
+        );
+        assert_eq!(default_name("identity", "/"), "identity");
+        assert!(default_name("identity", &"/abc".repeat(40)).len() <= 64);
+    }
+
+    #[test]
+    fn reserved_default_names_get_a_suffix() {
+        let c = parse_str("version: v2\nstorage: {type: directory, path: /x}\nservices:\n  - type: identity\n    principals: [a]\n    destination: {type: directory, path: /}\n").unwrap();
+        assert_eq!(c.services[0].name(), "identity-2");
+    }
+
+    #[test]
+    fn type_specific_fields_and_references() {
+        let e = err("version: v2\nstorage: {type: directory, path: /x}\nservices:\n  - type: ssh-multiplexer\n    principals: [a]\n    destination: {type: directory, path: /o}\n");
+        assert!(
+            e.starts_with("c.yaml:5:17: services[0].principals: field `principals` does not apply"),
+            "{e}"
+        );
+        let e = err("version: v2\nstorage: {type: directory, path: /x}\nservices:\n  - type: ssh-multiplexer\n    identity: nope\n    destination: {type: directory, path: /o}\n");
+        assert!(
+            e.starts_with("c.yaml:5:15: services[0].identity: \"nope\" is not the name of an identity service"),
+            "{e}"
+        );
+        let e = err("version: v2\nstorage: {type: directory, path: /x}\nservices:\n  - type: identity\n    destination: {type: directory, path: /o}\n");
+        assert!(
+            e.starts_with("c.yaml:4:5: services[0]: an identity service needs"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,275 @@
+//! Checks that span several fields, in named steps: the renewal window,
+//! each entry's fields and destination, names (explicit ones first, then
+//! defaults), each service's own settings, and references between services.
+//! Each refusal is a path into the document and a message; `parse` places
+//! it with [`locate`](super::locate).
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use super::locate::Seg::{self, Index, Key};
+use super::names::{default_name, truncate, MAX_NAME_LEN};
+use super::schema::{Dur, Name, RawConfig, RawService, ServiceType};
+use super::{
+    Config, IdentityConfig, MultiplexerConfig, ServiceConfig, DEFAULT_CREDENTIAL_TTL,
+    DEFAULT_DIAG_MAX_CONNECTIONS, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_MUX_MAX_CONNECTIONS,
+    DEFAULT_RENEWAL_INTERVAL, RESERVED_NAMES,
+};
+
+/// Where a refusal points, and why.
+pub type Invalid = (Vec<Seg>, String);
+
+/// Turns the file as written into the configuration tbot runs, or the first
+/// problem found.
+pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Invalid> {
+    let resolve = |p: &Path| resolve(base, p);
+    let credential_ttl = raw.credential_ttl.map_or(DEFAULT_CREDENTIAL_TTL, |d| d.0);
+    let renewal_interval = raw
+        .renewal_interval
+        .map_or(DEFAULT_RENEWAL_INTERVAL, |d| d.0);
+    check_window(
+        credential_ttl,
+        renewal_interval,
+        raw.renewal_interval,
+        vec![],
+    )?;
+
+    let (names, taken) = check_entries(&raw.services, &resolve)?;
+    let names = default_names(&raw.services, names, taken);
+
+    let defaults = (credential_ttl, renewal_interval);
+    let services = raw
+        .services
+        .into_iter()
+        .zip(names)
+        .enumerate()
+        .map(|(i, (s, name))| service(i, s, name.unwrap_or_default(), defaults, &resolve))
+        .collect::<Result<Vec<_>, _>>()?;
+    check_references(&services)?;
+
+    Ok(Config {
+        file: String::new(),
+        diag_addr: raw.diag_addr.map(|a| a.0),
+        diag_max_connections: raw
+            .diag_max_connections
+            .map_or(DEFAULT_DIAG_MAX_CONNECTIONS, |c| c.0),
+        debug: raw.debug,
+        storage: resolve(&raw.storage.path.0),
+        credential_ttl,
+        renewal_interval,
+        heartbeat_interval: raw
+            .heartbeat_interval
+            .map_or(DEFAULT_HEARTBEAT_INTERVAL, |d| d.0),
+        services,
+    })
+}
+
+/// `p` against the configuration file's directory: `./out` under
+/// `/etc/tbot` is `/etc/tbot/out`, not `/etc/tbot/./out`.
+fn resolve(base: &Path, p: &Path) -> PathBuf {
+    let p: PathBuf = p.components().filter(|c| *c != Component::CurDir).collect();
+    if p.is_absolute() {
+        p
+    } else {
+        base.join(p)
+    }
+}
+
+/// A renewal must come before the credential expires. The refusal points at
+/// `renewal_interval` when it is set where checked (`at`), else at
+/// `credential_ttl`. The one place this rule is checked, top level and per
+/// service.
+fn check_window(
+    ttl: Duration,
+    renew: Duration,
+    renew_set: Option<Dur>,
+    at: Vec<Seg>,
+) -> Result<(), Invalid> {
+    if renew < ttl {
+        return Ok(());
+    }
+    let field = if renew_set.is_some() {
+        "renewal_interval"
+    } else {
+        "credential_ttl"
+    };
+    let mut path = at;
+    path.push(Key(field));
+    Err((
+        path,
+        format!(
+            "renewal_interval ({}) must be shorter than credential_ttl ({})",
+            crate::infra::duration::format(renew),
+            crate::infra::duration::format(ttl)
+        ),
+    ))
+}
+
+/// Each entry, in order: only the fields its type takes, a destination no
+/// other entry uses, an explicit name that is unique and not reserved.
+/// Returns the explicit names by index and every name taken.
+fn check_entries(
+    services: &[RawService],
+    resolve: &impl Fn(&Path) -> PathBuf,
+) -> Result<(Vec<Option<String>>, HashSet<String>), Invalid> {
+    let mut taken: HashSet<String> = RESERVED_NAMES.iter().map(|s| s.to_string()).collect();
+    let mut names: Vec<Option<String>> = vec![None; services.len()];
+    let mut destinations: BTreeMap<PathBuf, usize> = BTreeMap::new();
+    for (i, s) in services.iter().enumerate() {
+        let at = |k| vec![Key("services"), Index(i), Key(k)];
+        for (field, set) in s.set_fields() {
+            if set && !s.allowed(field) {
+                return Err((
+                    at(field),
+                    format!(
+                        "field `{field}` does not apply to a {} service",
+                        s.kind.as_str()
+                    ),
+                ));
+            }
+        }
+        let Some(dest) = &s.destination else {
+            return Err((
+                vec![Key("services"), Index(i)],
+                "missing field `destination`".into(),
+            ));
+        };
+        if let Some(j) = destinations.insert(resolve(&dest.path.0), i) {
+            return Err((
+                vec![Key("services"), Index(i), Key("destination"), Key("path")],
+                format!(
+                    "destination {} is already used by services[{j}]",
+                    dest.path.0.display()
+                ),
+            ));
+        }
+        if let Some(Name(n)) = &s.name {
+            if !taken.insert(n.clone()) {
+                return Err((at("name"), format!("service name {n:?} is used twice")));
+            }
+            names[i] = Some(n.clone());
+        }
+    }
+    Ok((names, taken))
+}
+
+/// Default names for the entries without one, in an order that does not
+/// depend on the list's order: by default name, then destination; a name
+/// taken gets `-2`, `-3`, ... (within [`MAX_NAME_LEN`]).
+fn default_names(
+    services: &[RawService],
+    mut names: Vec<Option<String>>,
+    mut taken: HashSet<String>,
+) -> Vec<Option<String>> {
+    let mut unnamed: Vec<(String, String, usize)> = services
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| names[*i].is_none())
+        .filter_map(|(i, s)| {
+            let dest = s.destination.as_ref()?.path.0.display().to_string();
+            Some((default_name(s.kind.as_str(), &dest), dest, i))
+        })
+        .collect();
+    unnamed.sort();
+    for (name, _, i) in unnamed {
+        let mut candidate = name.clone();
+        let mut n = 2;
+        while taken.contains(&candidate) {
+            let suffix = format!("-{n}");
+            candidate = truncate(name.clone(), MAX_NAME_LEN - suffix.len()) + &suffix;
+            n += 1;
+        }
+        taken.insert(candidate.clone());
+        names[i] = Some(candidate);
+    }
+    names
+}
+
+/// Entry `i` as the service it configures; `defaults` are the top level's
+/// (credential_ttl, renewal_interval).
+fn service(
+    i: usize,
+    s: RawService,
+    name: String,
+    defaults: (Duration, Duration),
+    resolve: &impl Fn(&Path) -> PathBuf,
+) -> Result<ServiceConfig, Invalid> {
+    let destination = s
+        .destination
+        .map(|d| resolve(&d.path.0))
+        .unwrap_or_default();
+    Ok(match s.kind {
+        ServiceType::Identity => {
+            let principals: Vec<String> = s
+                .principals
+                .unwrap_or_default()
+                .into_iter()
+                .map(|p| p.0)
+                .collect();
+            if principals.is_empty() {
+                return Err((
+                    vec![Key("services"), Index(i)],
+                    "an identity service needs at least one entry in `principals`".into(),
+                ));
+            }
+            let ttl = s.credential_ttl.map_or(defaults.0, |d| d.0);
+            let renew = s.renewal_interval.map_or(defaults.1, |d| d.0);
+            check_window(
+                ttl,
+                renew,
+                s.renewal_interval,
+                vec![Key("services"), Index(i)],
+            )?;
+            ServiceConfig::Identity(IdentityConfig {
+                name,
+                principals,
+                destination,
+                credential_ttl: ttl,
+                renewal_interval: renew,
+            })
+        }
+        ServiceType::SshMultiplexer => {
+            let Some(identity) = s.identity else {
+                return Err((
+                    vec![Key("services"), Index(i)],
+                    "an ssh-multiplexer service needs `identity`: the name of an identity service"
+                        .into(),
+                ));
+            };
+            ServiceConfig::SshMultiplexer(MultiplexerConfig {
+                name,
+                destination,
+                identity,
+                max_connections: s
+                    .max_connections
+                    .map_or(DEFAULT_MUX_MAX_CONNECTIONS, |c| c.0),
+            })
+        }
+    })
+}
+
+/// Every multiplexer's `identity` names an identity service (now that every
+/// name is known).
+fn check_references(services: &[ServiceConfig]) -> Result<(), Invalid> {
+    for (i, s) in services.iter().enumerate() {
+        if let ServiceConfig::SshMultiplexer(m) = s {
+            let target = services.iter().find(|t| t.name() == m.identity);
+            if !matches!(target, Some(ServiceConfig::Identity(_))) {
+                let known: Vec<&str> = services
+                    .iter()
+                    .filter(|t| matches!(t, ServiceConfig::Identity(_)))
+                    .map(ServiceConfig::name)
+                    .collect();
+                return Err((
+                    vec![Key("services"), Index(i), Key("identity")],
+                    format!(
+                        "{:?} is not the name of an identity service (identity services: {known:?})",
+                        m.identity
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}

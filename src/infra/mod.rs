@@ -1,0 +1,38 @@
+//! The ground the data flow stands on, kept out of the crate root: system
+//! interfaces and the helpers every room uses.
+//!
+//! - waiting on descriptors: `poll` (poll(2)), `inotify` (inotify(7)),
+//!   `signals` (the signals tbot handles, taken with sigwait),
+//!   `clock_step` (wall-clock steps, through a timerfd);
+//! - files: `chase` (output directories without following others'
+//!   symlinks), `atomic_file` (crash-safe writes), `fsutil` (private
+//!   directories), `instance_lock` (flock(2): one tbot per storage directory);
+//! - public sockets: `sockets` (spare descriptor, out-of-descriptors
+//!   check, lingering close);
+//! - stopping: `stop` (one stop signal: a channel and a descriptor);
+//! - retries: `backoff` (exponential, the one kind);
+//! - threads: `threads` (named threads), `liveness` (turn counters the
+//!   watchdog reads);
+//! - systemd: `systemd` (`sd_notify`, `STATUS=`, the watchdog, journald);
+//! - the host: `host` (its name);
+//! - formats: `duration` (Go syntax), `timefmt` (RFC 3339);
+//! - `failpoints`: fault injection for the tests (debug builds only).
+
+pub mod atomic_file;
+pub mod backoff;
+pub mod chase;
+pub mod clock_step;
+pub mod duration;
+pub mod failpoints;
+pub mod fsutil;
+pub mod host;
+pub mod inotify;
+pub mod instance_lock;
+pub mod liveness;
+pub mod poll;
+pub mod signals;
+pub mod sockets;
+pub mod stop;
+pub mod systemd;
+pub mod threads;
+pub mod timefmt;

@@ -1,0 +1,75 @@
+//! The signals tbot handles, delivered to one place. Every choice here is
+//! written down in the man page (SIGNALS) and `tbot start --help`:
+//!
+//! - SIGINT, SIGTERM: stop cleanly (services stopped, sockets removed).
+//! - SIGHUP: reload the configuration file (`systemctl reload`); never kills.
+//! - SIGPIPE: ignored. A peer that went away is an `EPIPE` error on that one
+//!   connection, never the end of the process. (Rust's runtime ignores it
+//!   already; [`block`] says so explicitly so the choice does not rest on a
+//!   runtime default.)
+//! - Every other signal keeps its default action (SIGQUIT dumps core, as a
+//!   last-resort debugging aid; SIGKILL cannot be caught).
+//!
+//! [`block`] runs early in `daemon::start`, before any thread exists, so every thread
+//! inherits a mask that blocks SIGINT, SIGTERM and SIGHUP; [`wait`] (on the
+//! main thread) then receives them synchronously with sigwait(2). No
+//! async-signal-safety puzzles, no self-pipe. `--oneshot` does not call
+//! [`block`]: there SIGHUP, SIGINT and SIGTERM keep their default action
+//! (each ends the run), and SIGPIPE stays ignored by Rust's runtime.
+
+/// What a received signal asks of the daemon.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGINT or SIGTERM: stop. The name is for the log.
+    Stop(&'static str),
+    /// SIGHUP: reload the configuration.
+    Reload,
+}
+
+fn set() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset initialise and fill the set we own.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        set
+    }
+}
+
+/// Ignores SIGPIPE, and blocks SIGINT, SIGTERM and SIGHUP for this thread
+/// and every thread it spawns.
+pub fn block() -> std::io::Result<()> {
+    let set = set();
+    // SAFETY: setting a standard signal's disposition to SIG_IGN; then
+    // blocking a valid set (the old mask is not needed).
+    let rc = unsafe {
+        if libc::signal(libc::SIGPIPE, libc::SIG_IGN) == libc::SIG_ERR {
+            return Err(std::io::Error::last_os_error());
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut())
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::from_raw_os_error(rc))
+    }
+}
+
+/// Waits for SIGINT, SIGTERM or SIGHUP. (Several SIGHUPs that arrive during
+/// one reload are one pending signal: they make one more reload.)
+pub fn wait() -> Signal {
+    let set = set();
+    loop {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: a valid set and a place for the result.
+        if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
+            return match sig {
+                libc::SIGINT => Signal::Stop("SIGINT"),
+                libc::SIGHUP => Signal::Reload,
+                _ => Signal::Stop("SIGTERM"),
+            };
+        }
+    }
+}
