@@ -90,24 +90,45 @@ impl Drop for Claim {
 /// always a claim.
 pub fn claim_relay() -> Result<Claim, String> {
     const NEEDED: u64 = FDS_PER_CONNECTION - 1;
-    const REFUSED: &str = "out of file descriptors; try again later";
-    if crate::infra::failpoints::on("mux-no-fd-budget") {
-        return Ok(Claim(0));
-    }
-    let Some(limit) = soft_nofile() else {
-        return Ok(Claim(0));
-    };
     let mut claimed = CLAIMED.lock().unwrap_or_else(|p| p.into_inner());
-    let open = match open_below(limit) {
-        Ok(n) => n,
-        Err(e) if e.raw_os_error() == Some(libc::EMFILE) => return Err(REFUSED.into()),
-        Err(_) => return Ok(Claim(0)),
-    };
-    if open + *claimed + NEEDED + FDS_HEADROOM > limit {
-        return Err(REFUSED.into());
+    match left_beside(*claimed, NEEDED) {
+        Some(true) => {
+            *claimed += NEEDED;
+            Ok(Claim(NEEDED))
+        }
+        Some(false) => Err(OUT_OF_DESCRIPTORS.into()),
+        None => Ok(Claim(0)),
     }
-    *claimed += NEEDED;
-    Ok(Claim(NEEDED))
+}
+
+/// What a client is told when the descriptors left are credential work's.
+pub const OUT_OF_DESCRIPTORS: &str = "out of file descriptors; try again later";
+
+/// Whether a client just accepted (or refused) may keep its descriptor:
+/// the descriptors open now (it included) and those claimed by relays being
+/// set up leave [`FDS_HEADROOM`] free under the soft RLIMIT_NOFILE. A
+/// client that may not is told [`OUT_OF_DESCRIPTORS`] and closed at once
+/// (neither served nor lingering): waiting and lingering clients must not
+/// eat the headroom any more than relays may. True, as [`claim_relay`],
+/// when the limit or /proc cannot be read, or under `mux-no-fd-budget=on`.
+pub fn may_hold_client() -> bool {
+    let claimed = *CLAIMED.lock().unwrap_or_else(|p| p.into_inner());
+    left_beside(claimed, 0) != Some(false)
+}
+
+/// Whether `claimed + more` descriptors and the headroom fit beside those
+/// open now; `None` when the budget is off or cannot be read (no limit, no
+/// /proc, `mux-no-fd-budget=on`).
+fn left_beside(claimed: u64, more: u64) -> Option<bool> {
+    if crate::infra::failpoints::on("mux-no-fd-budget") {
+        return None;
+    }
+    let limit = soft_nofile()?;
+    match open_below(limit) {
+        Ok(open) => Some(open + claimed + more + FDS_HEADROOM <= limit),
+        Err(e) if e.raw_os_error() == Some(libc::EMFILE) => Some(false),
+        Err(_) => None,
+    }
 }
 
 /// The process's open descriptors numbered below `limit` (one inherited

@@ -14,6 +14,7 @@ use crate::infra::sockets::{drained, linger, Spare};
 use crate::log;
 use crate::metrics::Metrics;
 
+use super::budget;
 use super::drain::Relays;
 use super::relay::relay;
 use super::request::{printable, read_request, Target};
@@ -70,6 +71,11 @@ impl Connections {
     /// blocks (a refused client lingers in `lingering`).
     pub(super) fn handle(&self, stream: UnixStream, lingering: &mut Lingering) {
         let request = Request::start(&self.metrics);
+        if !budget::may_hold_client() {
+            self.refuse(stream, budget::OUT_OF_DESCRIPTORS, lingering);
+            drop(request);
+            return;
+        }
         // Only this thread adds to `active`, so check-then-add cannot overshoot.
         if self.active.load(Ordering::Acquire) >= self.limits.max_connections {
             let reason = format!(
@@ -117,7 +123,7 @@ impl Connections {
             Ok((stream, _)) => {
                 let _request = Request::start(&self.metrics);
                 let _ = stream.set_nonblocking(true);
-                tell(&stream, "out of file descriptors; try again later");
+                tell(&stream, budget::OUT_OF_DESCRIPTORS);
                 // Take in what the client has sent so far: closing with
                 // unread data would reset it before it reads the line. No
                 // lingering: that would hold the descriptor.
@@ -136,7 +142,13 @@ impl Connections {
         let _ = stream.set_nonblocking(true);
         log_failure(&self.service, None, reason);
         tell(&stream, reason);
-        lingering.add(stream);
+        if budget::may_hold_client() {
+            lingering.add(stream);
+        } else {
+            // Take in what it sent (no reset before it reads the line),
+            // then close: lingering would hold credential work's headroom.
+            drained(&stream, &mut 0, self.limits.linger_bytes);
+        }
     }
 }
 
