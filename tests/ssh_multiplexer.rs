@@ -772,31 +772,6 @@ fn pollfd_in(s: &UnixStream) -> libc::pollfd {
     }
 }
 
-/// [`Tbot::start_with_nofile`] with environment variables.
-fn start_with_nofile_and_env(
-    dir: TempDir,
-    config: &str,
-    nofile: u64,
-    env: &[(&str, &str)],
-) -> Tbot {
-    use std::os::unix::process::CommandExt;
-    let mut cmd = Tbot::command_with(Path::new(BIN), &dir, config, &[], env);
-    // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child.
-    unsafe {
-        cmd.pre_exec(move || {
-            let lim = libc::rlimit {
-                rlim_cur: nofile,
-                rlim_max: nofile,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    Tbot::spawn_and_wait_addr(cmd, dir)
-}
-
 /// The soft and hard RLIMIT_NOFILE tbot runs under in the test below.
 ///
 /// The arithmetic: at rest tbot holds 27 descriptors below the limit
@@ -828,7 +803,7 @@ fn out_of_descriptors_clients_are_refused_with_a_reason_and_the_warning_is_rate_
     // which keeps relays from ever running tbot out of descriptors; this
     // test switches that off (a debug-build failpoint) to exercise what
     // happens when something does.
-    let t = start_with_nofile_and_env(
+    let t = Tbot::start_with_nofile_and_env(
         dir,
         &cfg,
         NOFILE,

@@ -94,8 +94,18 @@ impl Tbot {
     /// `nofile` before tbot runs its first instruction, as
     /// `prlimit --nofile=N:N tbot start ...` would.
     pub fn start_with_nofile(dir: TempDir, config: &str, nofile: u64) -> Tbot {
+        Tbot::start_with_nofile_and_env(dir, config, nofile, &[])
+    }
+
+    /// [`Tbot::start_with_nofile`] with environment variables.
+    pub fn start_with_nofile_and_env(
+        dir: TempDir,
+        config: &str,
+        nofile: u64,
+        env: &[(&str, &str)],
+    ) -> Tbot {
         use std::os::unix::process::CommandExt;
-        let mut cmd = Tbot::command(&dir, config, &[], &[]);
+        let mut cmd = Tbot::command(&dir, config, &[], env);
         // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child.
         unsafe {
             cmd.pre_exec(move || {
