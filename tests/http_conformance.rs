@@ -80,6 +80,9 @@ fn unclean_paths_get_a_301_to_the_clean_path() {
         ("/a/../readyz", "/readyz"),
         ("//metrics?name[]=x", "/metrics?name[]=x"),
         ("/readyz//heartbeat", "/readyz/heartbeat"),
+        // Cleaned once decoded, as Go's ServeMux does.
+        ("/%2E/readyz", "/readyz"),
+        ("/readyz%2F%2Fheartbeat", "/readyz/heartbeat"),
     ] {
         let r = t.get(from);
         assert_eq!(r.status, 301, "{from}: {}", r.body);

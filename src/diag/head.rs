@@ -128,8 +128,7 @@ fn complete(req: &httparse::Request, len: usize, limits: &HeadLimits, peer: Sock
         out.push_str("Host: tbot\r\n");
     }
     let (p, query) = path.split_once('?').unwrap_or((path, ""));
-    if !is_clean(p) {
-        let mut location = clean_path(p);
+    if let Some(mut location) = redirect_for(p) {
         if !query.is_empty() {
             location.push('?');
             location.push_str(query);
@@ -246,6 +245,36 @@ fn origin_form(target: &str) -> Option<&str> {
         Some(_) => None,
         None => Some("/"),
     }
+}
+
+/// Where the path `p` of a target redirects: `None` when it is clean.
+/// As Go's ServeMux, which cleans the decoded path: `/%2E/readyz` is
+/// `/./readyz` and redirects to `/readyz` (the location re-escaped where a
+/// target needs it). A path with a malformed escape is left to the routes.
+fn redirect_for(p: &str) -> Option<String> {
+    if !is_clean(p) {
+        return Some(clean_path(p));
+    }
+    if !p.contains('%') {
+        return None;
+    }
+    let decoded = crate::diag::routes::percent_decode(p)?;
+    (!is_clean(&decoded)).then(|| escape_path(&clean_path(&decoded)))
+}
+
+/// `p` with every byte a path segment may not hold as is (RFC 3986
+/// section 3.3: unreserved, sub-delims, `:`, `@`, and `/` between segments)
+/// written as `%XX`.
+fn escape_path(p: &str) -> String {
+    let mut out = String::with_capacity(p.len());
+    for b in p.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Whether `clean_path(p) == p`, without allocating (the common case).
@@ -587,10 +616,22 @@ mod tests {
             ("//", "/"),
             ("//metrics?x=1&y=/./", "/metrics?x=1&y=/./"),
             ("http://h:1//livez", "/livez"),
+            ("/%2E/readyz", "/readyz"),
+            ("/%2e%2e/readyz", "/readyz"),
+            ("/readyz%2F%2Fheartbeat", "/readyz/heartbeat"),
+            ("/%2E/a%20b%3F", "/a%20b%3F"),
         ] {
             assert_eq!(redirect(from).as_deref(), Some(to), "{from}");
         }
-        for clean in ["/readyz", "/readyz/", "/", "/a.b/..c/.d", "/metrics?a=//./"] {
+        for clean in [
+            "/readyz",
+            "/readyz/",
+            "/",
+            "/a.b/..c/.d",
+            "/metrics?a=//./",
+            "/readyz/my%2Dservice",
+            "/readyz/%zz",
+        ] {
             assert_eq!(redirect(clean), None, "{clean}");
         }
         let Parsed::Answer { resp, .. } = parse("HEAD //livez HTTP/1.1\r\nHost: x\r\n\r\n") else {
