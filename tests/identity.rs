@@ -3,6 +3,9 @@
 //! broken destination is reported and recovers; SIGKILL never leaves a
 //! broken file; `--oneshot` exit codes; the renewal metrics.
 
+#[path = "support/certs.rs"]
+#[allow(dead_code)]
+mod certs;
 mod common;
 #[path = "support/sshd.rs"]
 #[allow(dead_code)]
@@ -31,20 +34,9 @@ fn output(name: &str, principal: &str, dest: &Path, extra: &str) -> String {
     )
 }
 
+/// `ssh-keygen ARGS FILE`'s stdout; the test fails with its error.
 fn ssh_keygen(args: &[&str], file: &Path) -> String {
-    let out = Command::new("ssh-keygen")
-        .args(args)
-        .arg(file)
-        .env("TZ", "UTC")
-        .output()
-        .expect("ssh-keygen (openssh-client) must be installed");
-    assert!(
-        out.status.success(),
-        "ssh-keygen {args:?} {}: {}",
-        file.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    certs::ssh_keygen(args, file).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// `SHA256:...` of a public key (or private key) file.

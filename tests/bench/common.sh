@@ -51,6 +51,19 @@ idle_wakeups() { # seconds pid...
 
 # Starts tbot on $work/tbot.yaml and go-diag (4 services), each on a free
 # loopback port; sets tport/tpid and gport/gpid once both answer /livez.
+# tbot's bench configuration: one identity output plus the internal
+# services (about as many as go-diag's default 4).
+write_tbot_config() {
+  cat > "$work/tbot.yaml" <<YAML
+version: v2
+storage: {type: directory, path: $work/storage}
+services:
+  - type: identity
+    principals: [bench]
+    destination: {type: directory, path: $work/out}
+YAML
+}
+
 start_both() {
   tport=$(free_port)
   "$tbot" start -c "$work/tbot.yaml" --diag-addr "127.0.0.1:$tport" 2>"$work/tbot.log" &

@@ -17,16 +17,7 @@ CONNS=${CONNS:-16}
 PROFILE=release TOOLS="wrk go python3 curl"
 . "$(dirname "$0")/common.sh"
 
-# tbot: one identity output plus the internal services (about as many as
-# go-diag's default 4).
-cat > "$work/tbot.yaml" <<YAML
-version: v2
-storage: {type: directory, path: $work/storage}
-services:
-  - type: identity
-    principals: [bench]
-    destination: {type: directory, path: $work/out}
-YAML
+write_tbot_config
 start_both
 
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r); wrk -t2 -c$CONNS -d${DUR}s per row"

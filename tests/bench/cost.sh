@@ -29,14 +29,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 # TBOT=/path/to/tbot measures another build (say, the commit before a change).
 tbot=${TBOT:-$tbot}
 
-cat > "$work/tbot.yaml" <<YAML
-version: v2
-storage: {type: directory, path: $work/storage}
-services:
-  - type: identity
-    principals: [bench]
-    destination: {type: directory, path: $work/out}
-YAML
+write_tbot_config
 start_both
 
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r); tbot ${TBOT:-commit $(git -C "$root" rev-parse --short HEAD)$(git -C "$root" diff --quiet HEAD -- src || echo '+dirty')}"
