@@ -317,7 +317,7 @@ fn list_threads(task_dir: &Path) -> Result<Vec<ThreadInfo>, String> {
             continue;
         };
         let stat = String::from_utf8_lossy(&stat);
-        let Some(fields) = parse_stat(&stat) else {
+        let Some(fields) = crate::infra::procstat::parse(&stat) else {
             continue;
         };
         // tbot's own threads keep their whole name (the kernel keeps 15 bytes).
@@ -329,7 +329,7 @@ fn list_threads(task_dir: &Path) -> Result<Vec<ThreadInfo>, String> {
             Ok(comm) => String::from_utf8_lossy(&comm)
                 .trim_end_matches('\n')
                 .to_string(),
-            Err(_) => fields.name,
+            Err(_) => fields.comm,
         };
         list.push(ThreadInfo {
             tid,
@@ -340,33 +340,6 @@ fn list_threads(task_dir: &Path) -> Result<Vec<ThreadInfo>, String> {
     }
     list.sort_by_key(|t| t.tid);
     Ok(list)
-}
-
-#[derive(Debug, PartialEq)]
-struct StatFields {
-    name: String,
-    state: char,
-    /// utime + stime, in clock ticks.
-    cpu_ticks: u64,
-}
-
-/// Parses `/proc/<pid>/task/<tid>/stat`: `tid (comm) state ppid ...`, where
-/// comm may itself contain spaces and parentheses, so the fields start after
-/// the last ')'. utime and stime are fields 14 and 15.
-fn parse_stat(stat: &str) -> Option<StatFields> {
-    let open = stat.find('(')?;
-    let close = stat.rfind(')')?;
-    let name = stat.get(open + 1..close)?.to_string();
-    let mut fields = stat.get(close + 1..)?.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    // After state (field 3), utime is field 14: skip fields 4..=13.
-    let utime: u64 = fields.nth(10)?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some(StatFields {
-        name,
-        state,
-        cpu_ticks: utime.saturating_add(stime),
-    })
 }
 
 /// The command line, arguments joined by NUL as Go's /debug/pprof/cmdline does.
@@ -483,22 +456,6 @@ mod tests {
         drop(slot);
         let again = try_start_profile();
         assert!(again.is_some(), "slot should be free after drop");
-    }
-
-    #[test]
-    fn parse_stat_handles_odd_names() {
-        let line = "4242 ((a) b)) S 1 4242 4242 0 -1 4194560 100 0 0 0 \
-                    250 50 0 0 20 0 3 0 12345 1000 200 18446744073709551615";
-        assert_eq!(
-            parse_stat(line),
-            Some(StatFields {
-                name: "(a) b)".to_string(),
-                state: 'S',
-                cpu_ticks: 300,
-            })
-        );
-        assert_eq!(parse_stat("4242 (x) S 1 2"), None, "truncated");
-        assert_eq!(parse_stat("garbage"), None);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tiny_http::{Header, Method, Request, Response};
 
 use crate::diag::{debug, gzip};
-use crate::health::{Health, Status};
+use crate::health::Health;
 use crate::log;
 use crate::metrics::Metrics;
 
@@ -94,14 +94,6 @@ impl From<debug::Reply> for Answer {
     }
 }
 
-fn status_code(s: Status) -> u16 {
-    if s == Status::Healthy {
-        200
-    } else {
-        503
-    }
-}
-
 fn not_found_service(name: &str) -> Answer {
     Answer::json(
         404,
@@ -114,10 +106,10 @@ fn readiness(health: &Health, service: Option<&str>) -> Answer {
     match service {
         None => {
             let snap = health.snapshot();
-            Answer::json(status_code(snap.status), &snap)
+            Answer::json(snap.status.http_code(), &snap)
         }
         Some(name) => match health.service(name) {
-            Some(entry) => Answer::json(status_code(entry.status), &entry),
+            Some(entry) => Answer::json(entry.status.http_code(), &entry),
             None => not_found_service(name),
         },
     }

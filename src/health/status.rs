@@ -22,4 +22,34 @@ impl Status {
             Status::Unhealthy => "unhealthy",
         }
     }
+
+    /// The HTTP status code that answers for this status on `/readyz`,
+    /// `/readyz/{service}` and `/wait`: 200 OK when healthy, 503 Service
+    /// Unavailable otherwise (initializing included). Upstream:
+    /// `Status.HTTPStatusCode` in teleport's `lib/tbot/readyz/status.go`
+    /// (`http.StatusOK` for `Healthy`, `http.StatusServiceUnavailable` by
+    /// default).
+    pub fn http_code(self) -> u16 {
+        match self {
+            Status::Healthy => 200,
+            Status::Initializing | Status::Unhealthy => 503,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_codes_follow_upstream() {
+        let codes: Vec<(&str, u16)> = Status::ALL
+            .iter()
+            .map(|s| (s.as_str(), s.http_code()))
+            .collect();
+        assert_eq!(
+            codes,
+            [("initializing", 503), ("healthy", 200), ("unhealthy", 503)]
+        );
+    }
 }

@@ -14,7 +14,7 @@
 //! - threads: `threads` (named threads), `liveness` (turn counters the
 //!   watchdog reads);
 //! - systemd: `systemd` (`sd_notify`, `STATUS=`, the watchdog, journald);
-//! - the host: `host` (its name);
+//! - the host: `host` (its name); `procstat` (`/proc/*/stat` lines);
 //! - formats: `duration` (Go syntax), `timefmt` (RFC 3339);
 //! - `failpoints`: fault injection for the tests (debug builds only).
 
@@ -30,6 +30,7 @@ pub mod inotify;
 pub mod instance_lock;
 pub mod liveness;
 pub mod poll;
+pub mod procstat;
 pub mod signals;
 pub mod sockets;
 pub mod stop;

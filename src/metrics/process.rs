@@ -5,10 +5,14 @@
 //! seconds, as in Go. (The prometheus crate's own collector counts CPU in
 //! whole seconds, so a quiet daemon's `rate(process_cpu_seconds_total[5m])`
 //! reads 0 with a step now and then; it also pulls in the procfs crate.)
+//! `/proc/self/stat` is parsed by [`crate::infra::procstat`], as the thread
+//! list of `/debug/pprof/threads` is.
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{Counter, Gauge, Opts};
+
+use crate::infra::procstat;
 
 pub struct ProcessCollector {
     descs: Vec<Desc>,
@@ -19,33 +23,6 @@ pub struct ProcessCollector {
     resident_memory: Gauge,
     start_time: Gauge,
     threads: Gauge,
-}
-
-/// What /proc/self/stat says, in units ready to export.
-#[derive(Debug, PartialEq)]
-struct Stat {
-    cpu_seconds: f64,
-    threads: f64,
-    /// Clock ticks after boot.
-    start_ticks: f64,
-    virtual_bytes: f64,
-    resident_pages: f64,
-}
-
-/// Parses /proc/self/stat: the fields after the command name, which is in
-/// parentheses and may itself hold spaces and parentheses.
-fn parse_stat(text: &str, ticks_per_second: f64) -> Option<Stat> {
-    let rest = &text[text.rfind(')')? + 1..];
-    // Field 3 (state) is the first after the name; proc(5) numbers from 1.
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let field = |n: usize| -> Option<f64> { f.get(n - 3)?.parse().ok() };
-    Some(Stat {
-        cpu_seconds: (field(14)? + field(15)?) / ticks_per_second,
-        threads: field(20)?,
-        start_ticks: field(22)?,
-        virtual_bytes: field(23)?,
-        resident_pages: field(24)?,
-    })
 }
 
 /// The boot time, in seconds since the epoch (`btime` in /proc/stat).
@@ -127,24 +104,24 @@ impl ProcessCollector {
         };
         let stat = std::fs::read_to_string("/proc/self/stat")
             .ok()
-            .and_then(|t| parse_stat(&t, ticks));
+            .and_then(|t| procstat::parse(&t));
         let Some(stat) = stat else {
             return;
         };
-        let grown = stat.cpu_seconds - self.cpu.get();
+        let grown = stat.cpu_ticks as f64 / ticks - self.cpu.get();
         if grown > 0.0 {
             self.cpu.inc_by(grown);
         }
-        self.threads.set(stat.threads);
-        self.virtual_memory.set(stat.virtual_bytes);
+        self.threads.set(stat.threads as f64);
+        self.virtual_memory.set(stat.virtual_bytes as f64);
         let page = rustix::param::page_size() as f64;
-        self.resident_memory.set(stat.resident_pages * page);
+        self.resident_memory.set(stat.resident_pages as f64 * page);
         if self.start_time.get() == 0.0 {
             if let Some(boot) = std::fs::read_to_string("/proc/stat")
                 .ok()
                 .and_then(|t| boot_time(&t))
             {
-                self.start_time.set(boot + stat.start_ticks / ticks);
+                self.start_time.set(boot + stat.start_ticks as f64 / ticks);
             }
         }
     }
@@ -178,24 +155,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_a_stat_line_whose_name_holds_spaces_and_parentheses() {
-        // A real /proc/<pid>/stat line (52 fields), with an odd name.
-        let line = "4242 (tb (o) t) S 1 4242 4242 0 -1 4194560 1000 0 0 0 \
-                    250 130 0 0 20 0 13 0 987654 842010624 2151 \
-                    18446744073709551615 1 1 0 0 0 0 0 4096 0 0 0 0 17 1 0 0 0 0 0 \
-                    0 0 0 0 0 0 0 0";
+    fn boot_time_from_proc_stat() {
         assert_eq!(
-            parse_stat(line, 100.0),
-            Some(Stat {
-                cpu_seconds: 3.8,
-                threads: 13.0,
-                start_ticks: 987654.0,
-                virtual_bytes: 842010624.0,
-                resident_pages: 2151.0,
-            })
+            boot_time("cpu  1 2 3\nbtime 1700000000\nprocesses 5\n"),
+            Some(1700000000.0)
         );
-        assert_eq!(parse_stat("4242 (tbot", 100.0), None);
-        assert_eq!(parse_stat("4242 (tbot) S 1 2", 100.0), None);
+        assert_eq!(boot_time("cpu  1 2 3\n"), None);
     }
 
     #[test]
