@@ -25,12 +25,6 @@ mod services;
 mod supervisor;
 #[cfg(test)]
 mod testutil;
-// The integration-test sshd harness, reused so unit tests can prove that the
-// certificates the issuer writes get a real login.
-#[cfg(test)]
-#[path = "../tests/support/sshd.rs"]
-#[allow(dead_code)]
-mod sshd_harness;
 mod wait;
 
 use cli::Command;

@@ -240,6 +240,12 @@ fn a_replaced_ca_key_reaches_every_output_within_two_seconds() {
     t.until("/readyz", Duration::from_secs(10), |r| r.status == 200);
     let old_fp = fingerprint(&t.dir.join("storage/ca_key"));
     assert_eq!(cert_signing_ca(&a.join("key-cert.pub")), old_fp);
+    // An sshd that trusts the old CA only (its own copy of ssh_ca.pub).
+    let old_trust = t.dir.join("old_ca.pub");
+    fs::copy(a.join("ssh_ca.pub"), &old_trust).unwrap();
+    let old_sshd = Sshd::start(&old_trust);
+    let out = login(&old_sshd, &a, "true");
+    assert!(out.status.success(), "{}", describe(&out));
 
     let new_pub = rotate_ca(t.dir.path(), "1");
     let new_fp = fingerprint(&new_pub);
@@ -257,8 +263,12 @@ fn a_replaced_ca_key_reaches_every_output_within_two_seconds() {
     }
     assert!(t.log().contains("the bot's CA key changed"), "{}", t.log());
 
-    // An sshd that trusts only the new CA (the operator's own .pub file)
-    // accepts the re-issued certificate.
+    // The rotated CA's certificate is refused until sshd trusts it...
+    let out = login(&old_sshd, &a, "true");
+    assert!(!out.status.success(), "{}", describe(&out));
+    drop(old_sshd);
+    // ...and an sshd that trusts only the new CA (the operator's own .pub
+    // file) accepts it.
     let sshd = Sshd::start(&new_pub);
     let out = login(&sshd, &a, "true");
     assert!(out.status.success(), "{}", describe(&out));

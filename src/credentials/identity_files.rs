@@ -387,47 +387,4 @@ mod tests {
             format!("{}\n", c.certificate_openssh)
         );
     }
-
-    #[test]
-    fn real_sshd_trusting_the_ca_accepts_the_written_identity() {
-        use crate::sshd_harness::{describe, ssh_run, Sshd};
-        let d = TestDir::new("identity-sshd");
-        let issuer = Issuer::load_or_create(&d.0.join("storage")).unwrap();
-        let dest = d.0.join("machine-id");
-        let ca_pub = issuer.ca_public_openssh();
-        let sshd_user = crate::sshd_harness::current_user();
-        let cred = issue(&issuer, &sshd_user);
-        write_identity(&dest, &cred, &ca_pub).unwrap();
-        // sshd re-reads TrustedUserCAKeys per login: give it its own copy.
-        let trusted = d.0.join("trusted_ca.pub");
-        fs::copy(dest.join(CA_FILE), &trusted).unwrap();
-        let sshd = Sshd::start(&trusted);
-        let (key, cert) = (dest.join(KEY_FILE), dest.join(CERT_FILE));
-
-        let out = ssh_run(sshd.port(), &key, &cert, sshd.user(), &[], "echo ok");
-        assert!(out.status.success(), "{}", describe(&out));
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
-        assert!(sshd.wait_for_log("ID tbot-test", Duration::from_secs(5)));
-
-        // A certificate for another login is refused by the same server.
-        let other = issue(&issuer, "not-the-login-user");
-        write_identity(&dest, &other, &ca_pub).unwrap();
-        let out = ssh_run(sshd.port(), &key, &cert, sshd.user(), &[], "true");
-        assert!(!out.status.success(), "{}", describe(&out));
-
-        // A rotated CA's certificates are refused until sshd trusts it.
-        fs::remove_file(d.0.join("storage").join("ca_key")).unwrap();
-        let rotated = Issuer::load_or_create(&d.0.join("storage")).unwrap();
-        assert_ne!(rotated.fingerprint(), issuer.fingerprint());
-        let cred = rotated
-            .issue(
-                std::slice::from_ref(&sshd_user),
-                "tbot-test",
-                Duration::from_secs(600),
-            )
-            .unwrap();
-        write_identity(&dest, &cred, &rotated.ca_public_openssh()).unwrap();
-        let out = ssh_run(sshd.port(), &key, &cert, sshd.user(), &[], "true");
-        assert!(!out.status.success(), "{}", describe(&out));
-    }
 }

@@ -39,9 +39,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-// The harness is also included by the unit tests (src/main.rs), which have
-// no `common` module: include the std-only helpers directly. A test crate
-// with `mod common;` as well compiles them twice, which is harmless.
+// Some test crates include the harness without a `common` module
+// (tests/sshd_harness.rs): include the std-only helpers directly. A test
+// crate with `mod common;` as well compiles them twice, which is harmless.
 #[path = "../common/util.rs"]
 #[allow(clippy::duplicate_mod)]
 mod util;
