@@ -206,6 +206,7 @@ fn threads_are_listed_by_service_name() {
         "ssh-multiplexer-mux",
         "diag-http",
         "diag-front",
+        "diag-render",
         "health",
     ] {
         assert!(

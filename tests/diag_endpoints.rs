@@ -210,6 +210,42 @@ fn wait_parks_without_blocking_other_requests() {
 }
 
 #[test]
+fn a_metrics_render_in_progress_holds_up_no_other_endpoint() {
+    // Every /metrics render takes 5 s; -d logs each request as the serving
+    // loop takes it.
+    let dir = TempDir::new("diag-render");
+    let cfg = config_text(dir.path(), "", "");
+    let env = [("TBOT_FAILPOINTS", "metrics-render=sleep:5000")];
+    let t = Tbot::start_with(dir, &cfg, &["-d"], &env);
+    let addr = t.addr();
+    let scraped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let scrape = {
+        let scraped = scraped.clone();
+        std::thread::spawn(move || {
+            let r = get(addr, "/metrics");
+            scraped.store(true, std::sync::atomic::Ordering::SeqCst);
+            r
+        })
+    };
+    // The loop has the scrape: from here it renders for 5 s, on the loop
+    // (then /livez waits) or off it.
+    assert!(
+        t.wait_log("path=/metrics", Duration::from_secs(10)),
+        "{}",
+        t.log()
+    );
+    let r = get(addr, "/livez");
+    assert_eq!((r.status, r.body.as_str()), (200, "OK"));
+    let held = !scraped.load(std::sync::atomic::Ordering::SeqCst);
+    let r = get(addr, "/readyz");
+    assert!([200, 503].contains(&r.status), "{}", r.body);
+    assert!(held, "/livez was answered only after the /metrics render");
+    let r = scrape.join().unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("process_threads"), "{}", r.body);
+}
+
+#[test]
 fn metrics_pass_promtool_and_carry_tbot_series() {
     // An identity output and a multiplexer too, so that promtool sees every
     // label set the daemon exports.

@@ -1,13 +1,13 @@
-//! The `/debug/pprof/` endpoints (debug mode only; the caller decides).
+//! The `/debug/pprof/` pages (debug mode only; the router decides).
 //!
-//! Independent of the HTTP library: the serving loop hands over the path
-//! after `/debug/pprof` and the raw query string, and writes back a [`Reply`].
-//! CPU profiles block for seconds, so [`route`] returns them as a
-//! [`ProfileJob`] that the caller runs on its own thread with
-//! [`run_profile`], after taking the process-wide slot with
-//! [`try_start_profile`].
+//! Independent of the HTTP library: the router ([`super::routes`]) picks
+//! the page from the endpoint table and hands over the query values it
+//! needs; every page is a [`Response`]. CPU profiles block for seconds: the
+//! router returns them as a [`ProfileJob`] that the caller runs on its own
+//! thread with [`run_profile`], after taking the process-wide slot with
+//! [`try_start_profile`]. The thread list reads /proc for every thread, so
+//! it is rendered off the serving loop too ([`super::render`]).
 
-use super::routes::query_param;
 use std::fs;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::Path;
@@ -18,48 +18,33 @@ use std::time::Duration;
 use pprof::protos::Message;
 use serde::Serialize;
 
+use super::endpoints::{Listed, ENDPOINTS};
+use super::response::{Response, TEXT};
+
 const DEFAULT_SECONDS: u64 = 30;
 const MAX_SECONDS: u64 = 300;
 const FREQUENCY_HZ: i32 = 99;
 const BLOCKLIST: &[&str] = &["libc", "libgcc", "pthread", "vdso"];
 
-const TEXT: &str = "text/plain; charset=utf-8";
-
-/// An HTTP answer, independent of the HTTP library.
-#[derive(Debug)]
-pub struct Reply {
-    pub status: u16,
-    pub content_type: &'static str,
-    pub headers: Vec<(&'static str, String)>,
-    pub body: Vec<u8>,
+/// A debug page: `X-Content-Type-Options: nosniff`, as Go's net/http/pprof
+/// sets.
+fn page(status: u16, content_type: &'static str, body: Vec<u8>) -> Response {
+    Response::new(status, content_type, body).with_header("X-Content-Type-Options", "nosniff")
 }
 
-impl Reply {
-    fn new(status: u16, content_type: &'static str, body: Vec<u8>) -> Reply {
-        Reply {
-            status,
-            content_type,
-            headers: vec![("X-Content-Type-Options", "nosniff".to_string())],
-            body,
-        }
-    }
-
-    /// A one-line plain-text answer.
-    fn text(status: u16, message: &str) -> Reply {
-        Reply::new(status, TEXT, format!("{message}\n").into_bytes())
-    }
-
-    /// The answer when [`try_start_profile`] returns `None`.
-    pub fn profile_busy() -> Reply {
-        Reply::text(409, "a CPU profile is already running; try again later")
-    }
+/// A one-line plain-text debug page.
+fn message(status: u16, message: &str) -> Response {
+    page(status, TEXT, format!("{message}\n").into_bytes())
 }
 
-#[derive(Debug)]
-pub enum Action {
-    Reply(Reply),
-    /// Must run off the serving thread: see [`try_start_profile`] and [`run_profile`].
-    Profile(ProfileJob),
+/// The answer when [`try_start_profile`] returns `None`.
+pub fn profile_busy() -> Response {
+    message(409, "a CPU profile is already running; try again later")
+}
+
+/// A path under `/debug/pprof/` that is no page.
+pub fn not_found() -> Response {
+    message(404, "not found; see /debug/pprof/ for the debug endpoints")
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,75 +57,42 @@ pub enum ProfileKind {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProfileJob {
-    /// Sampling time, validated by [`route`] to 1..=300.
+    /// Sampling time, validated by [`profile_job`] to 1..=300.
     pub seconds: u64,
     pub kind: ProfileKind,
 }
 
-/// `rest` is the path after "/debug/pprof" (e.g. "/", "/profile", "/threads"),
-/// `query` the raw query string without '?'.
-pub fn route(rest: &str, query: &str) -> Action {
-    match rest {
-        "" | "/" => Action::Reply(index()),
-        "/profile" => profile_action(query, ProfileKind::Pprof),
-        "/flamegraph" => profile_action(query, ProfileKind::Flamegraph),
-        "/threads" => Action::Reply(threads(query)),
-        "/cmdline" => Action::Reply(cmdline()),
-        _ => Action::Reply(Reply::text(
-            404,
-            "not found; see /debug/pprof/ for the debug endpoints",
-        )),
-    }
-}
-
-const ENDPOINTS: &[(&str, &str, &str)] = &[
-    (
-        "profile",
-        "profile?seconds=30",
-        "CPU profile in pprof protobuf format (for go tool pprof); seconds 1..=300, default 30.",
-    ),
-    (
-        "flamegraph",
-        "flamegraph?seconds=30",
-        "CPU profile rendered as an SVG flame graph; seconds 1..=300, default 30.",
-    ),
-    (
-        "threads",
-        "threads",
-        "Every OS thread of the process: id, name, state and CPU time (?format=json for JSON).",
-    ),
-    (
-        "cmdline",
-        "cmdline",
-        "The command line of the process, arguments separated by NUL bytes.",
-    ),
-];
-
-fn index() -> Reply {
+/// The index page: the endpoint table's rows listed on it.
+pub fn index() -> Response {
     let mut html = String::from(
         "<!DOCTYPE html>\n<html>\n<head><title>/debug/pprof/</title></head>\n<body>\n\
          <h1>/debug/pprof/</h1>\n<p>Only one CPU profile runs at a time.</p>\n<dl>\n",
     );
-    for (name, link, description) in ENDPOINTS {
+    for e in ENDPOINTS.iter().filter(|e| e.listed == Listed::PprofIndex) {
+        let link = e.usage.trim_start_matches("/debug/pprof/");
+        let name = e.path.trim_start_matches("/debug/pprof/");
         html.push_str(&format!(
-            "<dt><a href=\"/debug/pprof/{link}\">{name}</a></dt>\n<dd>{description}</dd>\n"
+            "<dt><a href=\"/debug/pprof/{link}\">{name}</a></dt>\n<dd>{}</dd>\n",
+            e.description
         ));
     }
     html.push_str("</dl>\n</body>\n</html>\n");
-    Reply::new(200, "text/html; charset=utf-8", html.into_bytes())
+    page(200, "text/html; charset=utf-8", html.into_bytes())
 }
 
-fn profile_action(query: &str, kind: ProfileKind) -> Action {
-    match parse_seconds(query) {
-        Ok(seconds) => Action::Profile(ProfileJob { seconds, kind }),
-        Err(message) => Action::Reply(Reply::text(400, &message)),
+/// A profile of `kind` for the raw `seconds` query value (`None` when
+/// absent), or the 400 that says what is wrong with it.
+pub fn profile_job(seconds: Option<&str>, kind: ProfileKind) -> Result<ProfileJob, Response> {
+    match parse_seconds(seconds) {
+        Ok(seconds) => Ok(ProfileJob { seconds, kind }),
+        Err(m) => Err(message(400, &m)),
     }
 }
 
-/// The first `seconds` parameter: absent means the default, otherwise plain
-/// decimal digits in 1..=300.
-fn parse_seconds(query: &str) -> Result<u64, String> {
-    let Some(value) = query_param(query, "seconds") else {
+/// The `seconds` value: absent means the default, otherwise plain decimal
+/// digits in 1..=300.
+fn parse_seconds(value: Option<&str>) -> Result<u64, String> {
+    let Some(value) = value else {
         return Ok(DEFAULT_SECONDS);
     };
     let parsed = if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
@@ -172,7 +124,7 @@ impl Drop for ProfileSlot {
 }
 
 /// One at a time per process: returns None when a profile is already running
-/// (caller answers 409, see [`Reply::profile_busy`]).
+/// (caller answers 409, see [`profile_busy`]).
 pub fn try_start_profile() -> Option<ProfileSlot> {
     PROFILE_RUNNING
         .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
@@ -182,11 +134,11 @@ pub fn try_start_profile() -> Option<ProfileSlot> {
 
 /// Blocking: samples for `job.seconds` and renders. Called on a dedicated
 /// thread, holding the slot (released when this returns).
-pub fn run_profile(job: &ProfileJob, _slot: ProfileSlot) -> Reply {
-    sample_and_render(job).unwrap_or_else(|message| Reply::text(500, &message))
+pub fn run_profile(job: &ProfileJob, _slot: ProfileSlot) -> Response {
+    sample_and_render(job).unwrap_or_else(|m| message(500, &m))
 }
 
-fn sample_and_render(job: &ProfileJob) -> Result<Reply, String> {
+fn sample_and_render(job: &ProfileJob) -> Result<Response, String> {
     let guard = pprof::ProfilerGuardBuilder::default()
         .frequency(FREQUENCY_HZ)
         .blocklist(BLOCKLIST)
@@ -205,12 +157,10 @@ fn sample_and_render(job: &ProfileJob) -> Result<Reply, String> {
             let profile = report
                 .pprof()
                 .map_err(|e| format!("cannot convert the CPU profile to pprof format: {e}"))?;
-            let mut reply = Reply::new(200, "application/octet-stream", profile.encode_to_vec());
-            reply.headers.push((
-                "Content-Disposition",
-                "attachment; filename=\"profile\"".to_string(),
-            ));
-            Ok(reply)
+            Ok(
+                page(200, "application/octet-stream", profile.encode_to_vec())
+                    .with_header("Content-Disposition", "attachment; filename=\"profile\""),
+            )
         }
         ProfileKind::Flamegraph => {
             let mut svg = Vec::new();
@@ -223,7 +173,7 @@ fn sample_and_render(job: &ProfileJob) -> Result<Reply, String> {
                 // pprof writes nothing when there are no samples.
                 svg = empty_flamegraph(job.seconds).into_bytes();
             }
-            Ok(Reply::new(200, "image/svg+xml", svg))
+            Ok(page(200, "image/svg+xml", svg))
         }
     }
 }
@@ -260,28 +210,33 @@ struct ThreadInfo {
     cpu_seconds: f64,
 }
 
-fn threads(query: &str) -> Reply {
-    let json = match query_param(query, "format") {
-        None | Some("text") => false,
-        Some("json") => true,
-        Some(other) => {
-            return Reply::text(
-                400,
-                &format!("invalid format {other:?}: must be \"text\" or \"json\""),
-            )
-        }
-    };
+/// `?format=` of the thread list: `Ok(true)` for JSON, `Ok(false)` for the
+/// text table (also when absent), or the 400 for anything else.
+pub fn threads_format(format: Option<&str>) -> Result<bool, Response> {
+    match format {
+        None | Some("text") => Ok(false),
+        Some("json") => Ok(true),
+        Some(other) => Err(message(
+            400,
+            &format!("invalid format {other:?}: must be \"text\" or \"json\""),
+        )),
+    }
+}
+
+/// The thread list, as JSON or a text table. Reads /proc for every
+/// thread: run it off the serving loop.
+pub fn threads(json: bool) -> Response {
     let list = match list_threads(Path::new("/proc/self/task")) {
         Ok(list) => list,
-        Err(message) => return Reply::text(500, &message),
+        Err(m) => return message(500, &m),
     };
     if json {
         match serde_json::to_vec(&list) {
-            Ok(body) => Reply::new(200, "application/json", body),
-            Err(e) => Reply::text(500, &format!("cannot encode the thread list: {e}")),
+            Ok(body) => page(200, "application/json", body),
+            Err(e) => message(500, &format!("cannot encode the thread list: {e}")),
         }
     } else {
-        Reply::new(200, TEXT, threads_table(&list).into_bytes())
+        page(200, TEXT, threads_table(&list).into_bytes())
     }
 }
 
@@ -343,10 +298,10 @@ fn list_threads(task_dir: &Path) -> Result<Vec<ThreadInfo>, String> {
 }
 
 /// The command line, arguments joined by NUL as Go's /debug/pprof/cmdline does.
-fn cmdline() -> Reply {
+pub fn cmdline() -> Response {
     use std::os::unix::ffi::OsStrExt;
     let args: Vec<Vec<u8>> = std::env::args_os().map(|a| a.as_bytes().to_vec()).collect();
-    Reply::new(200, TEXT, args.join(&0u8))
+    page(200, TEXT, args.join(&0u8))
 }
 
 #[cfg(test)]
@@ -361,87 +316,30 @@ mod tests {
         SLOT_TESTS.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn reply(action: Action) -> Reply {
-        match action {
-            Action::Reply(r) => r,
-            Action::Profile(job) => panic!("expected a reply, got {job:?}"),
-        }
-    }
-
-    fn body(r: &Reply) -> &str {
+    fn body(r: &Response) -> &str {
         std::str::from_utf8(&r.body).unwrap()
     }
 
-    #[test]
-    fn seconds_default_and_bounds() {
-        for (query, want) in [
-            ("", 30),
-            ("debug=1", 30),
-            ("seconds=1", 1),
-            ("seconds=300", 300),
-            ("seconds=007", 7),
-            ("foo=bar&seconds=5", 5),
-            ("seconds=5&seconds=abc", 5),
-        ] {
-            match route("/profile", query) {
-                Action::Profile(job) => assert_eq!(
-                    job,
-                    ProfileJob {
-                        seconds: want,
-                        kind: ProfileKind::Pprof
-                    },
-                    "query {query:?}"
-                ),
-                Action::Reply(r) => panic!("query {query:?}: got {} {}", r.status, body(&r)),
-            }
-        }
-        match route("/flamegraph", "seconds=2") {
-            Action::Profile(job) => assert_eq!(job.kind, ProfileKind::Flamegraph),
-            Action::Reply(r) => panic!("got {}", r.status),
-        }
-    }
+    // The `seconds` and `format` query values through the router, and 404s
+    // under /debug/pprof/: diag::routes's tests.
 
     #[test]
-    fn seconds_invalid_forms_are_400() {
-        for query in [
-            "seconds=0",
-            "seconds=301",
-            "seconds=-1",
-            "seconds=abc",
-            "seconds=1.5",
-            "seconds=",
-            "seconds",
-            "seconds=+5",
-            "seconds= 5",
-            "seconds=99999999999999999999999",
-        ] {
-            for path in ["/profile", "/flamegraph"] {
-                let r = reply(route(path, query));
-                assert_eq!(r.status, 400, "{path}?{query}");
-                assert!(r.content_type.starts_with("text/plain"));
-                let text = body(&r);
-                assert!(text.contains("1 to 300"), "{text}");
-                assert_eq!(text.lines().count(), 1, "{text}");
-            }
+    fn index_lists_the_tables_debug_rows_and_cmdline_joins_with_nul() {
+        let r = index();
+        assert_eq!(r.status, 200);
+        assert!(r.content_type.starts_with("text/html"));
+        assert_eq!(r.header("X-Content-Type-Options"), Some("nosniff"));
+        for name in ["profile", "flamegraph", "threads", "cmdline"] {
+            assert!(
+                body(&r).contains(&format!("<a href=\"/debug/pprof/{name}")),
+                "{name}"
+            );
         }
-    }
-
-    #[test]
-    fn index_unknown_and_cmdline() {
-        for rest in ["", "/"] {
-            let r = reply(route(rest, ""));
-            assert_eq!(r.status, 200);
-            assert!(r.content_type.starts_with("text/html"));
-            for (name, _, _) in ENDPOINTS {
-                assert!(body(&r).contains(&format!("/debug/pprof/{name}")), "{name}");
-            }
-        }
-        for rest in ["/nope", "/profile/", "//", "/threads/x", "profile"] {
-            let r = reply(route(rest, ""));
-            assert_eq!(r.status, 404, "{rest}");
-            assert!(r.content_type.starts_with("text/plain"));
-        }
-        let r = reply(route("/cmdline", ""));
+        assert_eq!(body(&r).matches("<dt>").count(), 4);
+        let r = not_found();
+        assert_eq!(r.status, 404);
+        assert!(r.content_type.starts_with("text/plain"));
+        let r = cmdline();
         assert_eq!(r.status, 200);
         assert_eq!(r.content_type, "text/plain; charset=utf-8");
         let want: Vec<String> = std::env::args().collect();
@@ -473,8 +371,8 @@ mod tests {
         // Let it reach the blocking recv.
         thread::sleep(Duration::from_millis(50));
 
-        let text_reply = reply(route("/threads", ""));
-        let json_reply = reply(route("/threads", "format=json"));
+        let text_reply = threads(false);
+        let json_reply = threads(true);
         stop_tx.send(()).unwrap();
         handle.join().unwrap();
 
@@ -505,7 +403,9 @@ mod tests {
         assert!(ours["cpu_seconds"].as_f64().unwrap() >= 0.0);
         assert_eq!(list.len(), text.lines().count() - 1);
 
-        assert_eq!(reply(route("/threads", "format=xml")).status, 400);
+        assert_eq!(threads_format(Some("xml")).unwrap_err().status, 400);
+        assert_eq!(threads_format(Some("json")), Ok(true));
+        assert_eq!(threads_format(None), Ok(false));
     }
 
     #[inline(never)]
@@ -519,7 +419,7 @@ mod tests {
         x
     }
 
-    fn profile_while_busy(kind: ProfileKind) -> Reply {
+    fn profile_while_busy(kind: ProfileKind) -> Response {
         let stop = AtomicBool::new(false);
         thread::scope(|s| {
             s.spawn(|| burn_cpu_for_profile_test(&stop));

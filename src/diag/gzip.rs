@@ -2,26 +2,13 @@
 //! scraper accepts gzip (Prometheus always says `Accept-Encoding: gzip`),
 //! and `Vary: Accept-Encoding` on every answer.
 //!
-//! Compression costs about as much CPU as rendering: a small body is
-//! compressed on the serving loop; a large one (a scrape of many services)
-//! on a thread of its own, so a scrape never stalls `/livez` behind it. At
-//! most [`MAX_BACKGROUND`] such threads run at once; past that, the answer
-//! goes out uncompressed (identity is always acceptable), so a flood of
-//! scrapes costs the loop no more than it did before compression.
+//! Compression costs about as much CPU as rendering: both run on the
+//! renderer thread (`render.rs`), never on the serving loop.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use flate2::write::GzEncoder;
 use flate2::Compression;
-
-/// Bodies up to this size are compressed on the serving loop (well under a
-/// millisecond at level 1).
-pub const INLINE_MAX_BYTES: usize = 64 * 1024;
-/// Compressions running off the loop at once.
-pub const MAX_BACKGROUND: usize = 2;
-
-static BACKGROUND: AtomicUsize = AtomicUsize::new(0);
 
 /// Whether an `Accept-Encoding` value allows gzip (RFC 9110 §12.5.3):
 /// `gzip` (or `x-gzip`) with a q-value above 0, or, gzip not named, `*`
@@ -53,27 +40,6 @@ pub fn compress(body: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut enc = GzEncoder::new(Vec::with_capacity(body.len() / 4 + 64), Compression::fast());
     enc.write_all(body)?;
     enc.finish()
-}
-
-/// A place among the background compressions, released on drop.
-pub struct Slot(());
-
-impl Slot {
-    /// `None` when [`MAX_BACKGROUND`] run already.
-    pub fn try_take() -> Option<Slot> {
-        BACKGROUND
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n < MAX_BACKGROUND).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Slot(()))
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        BACKGROUND.fetch_sub(1, Ordering::SeqCst);
-    }
 }
 
 #[cfg(test)]
@@ -120,13 +86,5 @@ mod tests {
             .read_to_string(&mut back)
             .unwrap();
         assert_eq!(back, body);
-    }
-
-    #[test]
-    fn background_slots_are_bounded_and_released() {
-        let held: Vec<Slot> = std::iter::from_fn(Slot::try_take).take(10).collect();
-        assert_eq!(held.len(), MAX_BACKGROUND);
-        drop(held);
-        assert!(Slot::try_take().is_some());
     }
 }

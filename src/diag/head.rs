@@ -145,9 +145,7 @@ fn complete(req: &httparse::Request, len: usize, limits: &HeadLimits, peer: Sock
     // No `Connection: close`: the front keeps its connections to tiny_http
     // open and reuses them (see front/upstream.rs).
     out.push_str("\r\n\r\n");
-    let slow = path.starts_with("/wait")
-        || path.starts_with("/debug/pprof/profile")
-        || path.starts_with("/debug/pprof/flamegraph");
+    let slow = crate::diag::endpoints::is_slow(path);
     Parsed::Forward {
         head: out.into_bytes(),
         keep_alive,

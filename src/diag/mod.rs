@@ -1,12 +1,16 @@
 //! The diagnostics service.
 //!
-//! Three pieces, each on its own thread:
+//! Four pieces, each on its own thread:
 //! - `diag-front` ([`front`]): owns the public TCP port and every untrusted
 //!   byte; hands clean requests to tiny_http over a private Unix socket.
 //! - tiny_http's own threads: parse those requests.
-//! - `diag-http` (this file): the one serving loop. It answers every request
-//!   ([`routes`]), parks `/wait` requests until they can be answered, and
-//!   hands CPU profiles to a thread of their own. Nothing on it blocks.
+//! - `diag-http` (this file): the one serving loop. Every request goes
+//!   through the pure router ([`routes`], over the table in [`endpoints`]);
+//!   [`http`] carries out its answer through tiny_http: at once, parked
+//!   (`/wait`, until it can be answered), or handed off. Nothing on it
+//!   blocks.
+//! - `diag-render` ([`render`]): renders `/metrics` and the thread list,
+//!   which cost milliseconds; CPU profiles get a `diag-profile` thread each.
 
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::os::unix::net::UnixListener;
@@ -22,11 +26,15 @@ use crate::log;
 use crate::metrics::Metrics;
 
 pub mod debug;
+pub mod endpoints;
 pub mod front;
 mod gzip;
 mod head;
+mod http;
 mod live;
 mod private_dir;
+mod render;
+pub mod response;
 pub mod routes;
 
 /// Binds the public listener. Done before any service starts, so a bad or
@@ -121,19 +129,7 @@ pub fn start(
         beat: Default::default(),
     });
 
-    let limits = front::Limits {
-        max_connections: front::fit_to_fd_limit(opts.max_connections),
-        ..front::Limits::default()
-    };
-    if limits.max_connections < opts.max_connections {
-        log::warn(
-            "diagnostics connection cap lowered to fit the open-file limit",
-            &[
-                ("wanted", &opts.max_connections),
-                ("cap", &limits.max_connections),
-            ],
-        );
-    }
+    let limits = limits(&opts);
     let lost_state = state.clone();
     let lost_path = backend_path.clone();
     let backend_lost: front::BackendLost = Arc::new(move |path: &Path| {
@@ -158,16 +154,26 @@ pub fn start(
     let debug = Arc::new(AtomicBool::new(opts.debug));
     let ctx = routes::Ctx {
         health,
-        metrics,
         debug: debug.clone(),
     };
+    // Queued pages wait on the front's connections: as many as it holds.
+    let (renderer, render_thread) =
+        render::Renderer::spawn(metrics, max_parked).map_err(|e| format!("diag-render: {e}"))?;
     let serve_backend = backend_path.clone();
     threads.push(
         crate::infra::threads::spawn("diag-http", move || {
-            serve(serve_state, ctx, serve_dir, serve_backend, max_parked)
+            serve(
+                serve_state,
+                (ctx, renderer),
+                serve_dir,
+                serve_backend,
+                max_parked,
+            )
         })
         .map_err(|e| format!("diag-http: {e}"))?,
     );
+    // Joined after the loop, whose end drops the renderer's queue.
+    threads.push(render_thread);
     live::announce(addr, opts.debug);
     Ok(Diag {
         state,
@@ -180,6 +186,25 @@ pub fn start(
         limits,
         debug,
     })
+}
+
+/// The front's limits for `opts`: the connection cap fitted to the
+/// open-file limit (with a warning when lowered).
+fn limits(opts: &Options) -> front::Limits {
+    let limits = front::Limits {
+        max_connections: front::fit_to_fd_limit(opts.max_connections),
+        ..front::Limits::default()
+    };
+    if limits.max_connections < opts.max_connections {
+        log::warn(
+            "diagnostics connection cap lowered to fit the open-file limit",
+            &[
+                ("wanted", &opts.max_connections),
+                ("cap", &limits.max_connections),
+            ],
+        );
+    }
+    limits
 }
 
 impl Diag {
@@ -219,12 +244,12 @@ const IDLE_WAKE: Duration = Duration::from_secs(3600);
 /// gone; the oldest is answered (into the void) to free its descriptor.
 fn serve(
     state: Arc<Loop>,
-    ctx: routes::Ctx,
+    (ctx, renderer): (routes::Ctx, render::Renderer),
     dir: PathBuf,
     backend_path: front::BackendPath,
     max_parked: usize,
 ) {
-    let mut parked: Vec<routes::Parked> = Vec::new();
+    let mut parked: Vec<http::Parked> = Vec::new();
     let mut generation = 0;
     while !state.stop.load(Ordering::SeqCst) {
         state.beat.beat();
@@ -248,7 +273,7 @@ fn serve(
                     crate::infra::failpoints::hit("diag-request");
                     // A bug in an endpoint must not take the whole
                     // diagnostics service down with this thread.
-                    match catch_unwind(AssertUnwindSafe(|| routes::handle(&ctx, req))) {
+                    match catch_unwind(AssertUnwindSafe(|| http::handle(&ctx, &renderer, req))) {
                         Ok(Some(p)) => parked.push(p),
                         Ok(None) => {}
                         Err(_) => log::error("a diagnostics request panicked; dropped", &[]),
@@ -268,10 +293,10 @@ fn serve(
             parked.sort_by_key(|p| p.deadline);
             let excess = parked.len() - max_parked;
             for p in parked.drain(..excess) {
-                routes::answer_now(&ctx, p);
+                http::answer_now(&ctx, p);
             }
         }
-        parked = routes::answer_ready(&ctx, parked);
+        parked = http::answer_ready(&ctx, parked);
     }
 }
 

@@ -1,118 +1,169 @@
-//! What each diagnostics endpoint answers. Runs on the serving loop: every
-//! function here returns at once.
+//! The router: which answer each diagnostics request gets. Pure: no I/O,
+//! no HTTP library. [`route`] reads the endpoint table
+//! ([`super::endpoints`]) and the health table, and returns an [`Action`]
+//! for the caller ([`super::http`]) to carry out on the serving loop:
+//! answer now, park a `/wait`, hand a page to the renderer, or start a
+//! CPU profile.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tiny_http::{Header, Method, Request, Response};
-
-use crate::diag::{debug, gzip};
+use super::endpoints::{self, Endpoint, Kind};
+use super::render::Job;
+use super::response::Response;
+use super::{debug, gzip};
 use crate::health::Health;
-use crate::log;
-use crate::metrics::Metrics;
 
-/// A request method in log lines (as text).
-impl crate::log::Field for Method {}
-
+/// What the router reads besides the request.
 pub struct Ctx {
     pub health: Health,
-    pub metrics: Arc<Metrics>,
     /// `/debug/pprof/` is served while on; a reload switches it.
-    pub debug: Arc<std::sync::atomic::AtomicBool>,
+    pub debug: Arc<AtomicBool>,
 }
 
-/// A `/wait` request waiting for its services to report.
-pub struct Parked {
-    req: Request,
-    service: Option<String>,
-    pub deadline: Instant,
+/// What the router needs of a request.
+#[derive(Clone, Copy, Debug)]
+pub struct Request<'a> {
+    /// As sent (`GET`, `HEAD`, ...).
+    pub method: &'a str,
+    /// The path, still percent-encoded, without the query.
+    pub path: &'a str,
+    /// The raw query string without `?` (empty when none).
+    pub query: &'a str,
+    /// The `Accept-Encoding` header's value, if any.
+    pub accept_encoding: Option<&'a str>,
+}
+
+impl<'a> Request<'a> {
+    /// A request for `target` (path and optional `?query`).
+    pub fn new(method: &'a str, target: &'a str, accept_encoding: Option<&'a str>) -> Request<'a> {
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        Request {
+            method,
+            path,
+            query,
+            accept_encoding,
+        }
+    }
+}
+
+/// What the caller does with a request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Answer now.
+    Respond(Response),
+    /// A `/wait`: answer with [`readiness`] once `service` (every service
+    /// when `None`) has reported, or after `timeout`.
+    Park {
+        service: Option<String>,
+        timeout: Duration,
+    },
+    /// Hand to the renderer thread (see [`super::render`]).
+    Render(Job),
+    /// Start a CPU profile on its own thread, if none runs (else 409).
+    Profile(debug::ProfileJob),
 }
 
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(30);
 pub const MAX_WAIT: Duration = Duration::from_secs(300);
 
-const NOT_FOUND: &str = "404 page not found\nendpoints: /livez /readyz /readyz/{service} /wait /wait/{service} /metrics /debug/pprof/ (debug mode)\n";
-
-struct Answer {
-    status: u16,
-    content_type: &'static str,
-    headers: Vec<(&'static str, String)>,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    fn text(status: u16, body: &str) -> Answer {
-        Answer {
-            status,
-            content_type: "text/plain; charset=utf-8",
-            headers: Vec::new(),
-            body: body.as_bytes().to_vec(),
-        }
+/// The answer to `req`.
+pub fn route(ctx: &Ctx, req: &Request) -> Action {
+    let debug = ctx.debug.load(Ordering::Relaxed);
+    let Some(e) = endpoints::find(req.path, debug) else {
+        return Action::Respond(if !endpoints::any_takes(req.method) {
+            method_not_allowed("the diagnostics endpoints take", &["GET", "HEAD"])
+        } else if debug && req.path.starts_with("/debug/pprof/") {
+            debug::not_found()
+        } else {
+            Response::text(404, &endpoints::not_found_text())
+        });
+    };
+    if !e.methods.contains(&req.method) {
+        let what = format!("{} takes", e.usage);
+        return Action::Respond(method_not_allowed(&what, e.methods));
     }
-
-    fn json(status: u16, value: &impl serde::Serialize) -> Answer {
-        match serde_json::to_vec(value) {
-            Ok(mut body) => {
-                body.push(b'\n');
-                Answer {
-                    status,
-                    content_type: "application/json",
-                    headers: Vec::new(),
-                    body,
-                }
-            }
-            Err(e) => Answer::text(500, &format!("encoding JSON: {e}\n")),
+    let param = |key| query_param(req.query, key);
+    match e.kind {
+        Kind::Livez => Action::Respond(Response::text(200, "OK")),
+        Kind::Readyz => Action::Respond(readiness(&ctx.health, None)),
+        Kind::Wait => wait(ctx, None, req.query),
+        Kind::ReadyzService | Kind::WaitService => match service_name(e, req.path) {
+            Err(r) => Action::Respond(r),
+            Ok(name) if e.kind == Kind::WaitService => wait(ctx, Some(name), req.query),
+            Ok(name) => Action::Respond(readiness(&ctx.health, Some(&name))),
+        },
+        Kind::Metrics => Action::Render(Job::Metrics {
+            gzip: req.accept_encoding.is_some_and(gzip::accepted),
+        }),
+        Kind::PprofIndex => Action::Respond(debug::index()),
+        Kind::Profile | Kind::Flamegraph => {
+            let kind = if e.kind == Kind::Profile {
+                debug::ProfileKind::Pprof
+            } else {
+                debug::ProfileKind::Flamegraph
+            };
+            debug::profile_job(param("seconds"), kind).map_or_else(Action::Respond, Action::Profile)
         }
-    }
-
-    fn send(self, req: Request) {
-        // Always Content-Length, never chunked: every body is in memory, and the
-        // front relays to clients of any HTTP version.
-        let mut resp = Response::from_data(self.body)
-            .with_status_code(self.status)
-            .with_chunked_threshold(usize::MAX);
-        for (name, value) in
-            std::iter::once(("Content-Type", self.content_type.to_string())).chain(self.headers)
-        {
-            if let Ok(h) = Header::from_bytes(name.as_bytes(), value.as_bytes()) {
-                resp.add_header(h);
-            }
-        }
-        // The client may have gone; nothing to do about it.
-        let _ = req.respond(resp);
+        Kind::Threads => match debug::threads_format(param("format")) {
+            Ok(json) => Action::Render(Job::Threads { json }),
+            Err(r) => Action::Respond(r),
+        },
+        Kind::Cmdline => Action::Respond(debug::cmdline()),
     }
 }
 
-impl From<debug::Reply> for Answer {
-    fn from(r: debug::Reply) -> Answer {
-        Answer {
-            status: r.status,
-            content_type: r.content_type,
-            headers: r.headers,
-            body: r.body,
-        }
-    }
+/// 405 with `Allow` (RFC 9110 §15.5.6): "405 method not allowed: `what`
+/// GET and HEAD".
+fn method_not_allowed(what: &str, methods: &[&str]) -> Response {
+    Response::text(
+        405,
+        &format!("405 method not allowed: {what} {}\n", methods.join(" and ")),
+    )
+    .with_header("Allow", methods.join(", "))
 }
 
-fn not_found_service(name: &str) -> Answer {
-    Answer::json(
+/// The decoded service name after a prefix row's path, or the 400.
+fn service_name(e: &Endpoint, path: &str) -> Result<String, Response> {
+    percent_decode(&path[e.path.len()..])
+        .ok_or_else(|| Response::text(400, "400 bad percent-encoding in the service name\n"))
+}
+
+/// 404 for a service name the table does not hold, as upstream words it.
+fn not_found_service(name: &str) -> Response {
+    Response::json(
         404,
         &serde_json::json!({ "error": format!("Service named {name:?} not found.") }),
     )
 }
 
-/// `/readyz` or `/readyz/{name}` as of now.
-fn readiness(health: &Health, service: Option<&str>) -> Answer {
+/// `/readyz` or `/readyz/{name}` as of now; the code from
+/// [`crate::health::Status::http_code`].
+pub fn readiness(health: &Health, service: Option<&str>) -> Response {
     match service {
         None => {
             let snap = health.snapshot();
-            Answer::json(snap.status.http_code(), &snap)
+            Response::json(snap.status.http_code(), &snap)
         }
         Some(name) => match health.service(name) {
-            Some(entry) => Answer::json(entry.status.http_code(), &entry),
+            Some(entry) => Response::json(entry.status.http_code(), &entry),
             None => not_found_service(name),
         },
     }
+}
+
+fn wait(ctx: &Ctx, service: Option<String>, query: &str) -> Action {
+    let timeout = match wait_timeout(query) {
+        Ok(t) => t,
+        Err(e) => return Action::Respond(Response::text(400, &format!("400 {e}\n"))),
+    };
+    if let Some(name) = &service {
+        if ctx.health.service(name).is_none() {
+            return Action::Respond(not_found_service(name));
+        }
+    }
+    Action::Park { service, timeout }
 }
 
 /// Decodes `%XX` escapes; `None` for malformed escapes or non-UTF-8.
@@ -164,184 +215,295 @@ fn wait_timeout(query: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// Answers `req`, or returns it parked (a `/wait` that must wait).
-pub fn handle(ctx: &Ctx, req: Request) -> Option<Parked> {
-    let url = req.url().to_string();
-    let (path, query) = url.split_once('?').unwrap_or((&url, ""));
-    // The front names the client (tiny_http only sees its Unix socket).
-    let peer = req
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv("X-Tbot-Peer"))
-        .map_or_else(String::new, |h| h.value.to_string());
-    log::debug(
-        "diagnostics request",
-        &[("method", req.method()), ("path", &path), ("peer", &peer)],
-    );
-
-    if !matches!(req.method(), Method::Get | Method::Head) {
-        let mut a = Answer::text(
-            405,
-            "405 method not allowed: the diagnostics endpoints take GET and HEAD\n",
-        );
-        a.headers.push(("Allow", "GET, HEAD".into()));
-        a.send(req);
-        return None;
-    }
-
-    let answer = match path {
-        "/livez" => Answer::text(200, "OK"),
-        "/readyz" => readiness(&ctx.health, None),
-        "/metrics" => {
-            metrics(ctx, req);
-            return None;
-        }
-        "/wait" => return wait(ctx, req, None, query),
-        _ if path.starts_with("/readyz/") || path.starts_with("/wait/") => {
-            let (prefix, raw) = path[1..].split_once('/').unwrap_or(("", ""));
-            match percent_decode(raw) {
-                None => Answer::text(400, "400 bad percent-encoding in the service name\n"),
-                Some(name) if prefix == "wait" => return wait(ctx, req, Some(name), query),
-                Some(name) => readiness(&ctx.health, Some(&name)),
-            }
-        }
-        _ if ctx.debug.load(std::sync::atomic::Ordering::Relaxed)
-            && (path == "/debug/pprof" || path.starts_with("/debug/pprof/")) =>
-        {
-            match debug::route(&path["/debug/pprof".len()..], query) {
-                debug::Action::Reply(r) => r.into(),
-                debug::Action::Profile(job) => {
-                    match debug::try_start_profile() {
-                        None => debug::Reply::profile_busy().into(),
-                        Some(slot) => {
-                            // Sampling takes seconds: off the serving loop.
-                            let spawned = crate::infra::threads::spawn("diag-profile", move || {
-                                Answer::from(debug::run_profile(&job, slot)).send(req);
-                            });
-                            if let Err(e) = spawned {
-                                log::error("cannot start the profiling thread", &[("error", &e)]);
-                            }
-                            return None;
-                        }
-                    }
-                }
-            }
-        }
-        _ => Answer::text(404, NOT_FOUND),
-    };
-    answer.send(req);
-    None
-}
-
-/// `/metrics`: the text format, gzip-compressed when the client accepts it
-/// (off the loop when large: see [`gzip`]); `Vary: Accept-Encoding` always.
-fn metrics(ctx: &Ctx, req: Request) {
-    let body = match ctx.metrics.render() {
-        Ok(body) => body,
-        Err(e) => return Answer::text(500, &format!("{e}\n")).send(req),
-    };
-    let gzip_ok = req
-        .headers()
-        .iter()
-        .any(|h| h.field.equiv("Accept-Encoding") && gzip::accepted(h.value.as_str()));
-    let a = Answer {
-        status: 200,
-        content_type: crate::metrics::CONTENT_TYPE,
-        headers: vec![("Vary", "Accept-Encoding".into())],
-        body,
-    };
-    if !gzip_ok {
-        return a.send(req);
-    }
-    if a.body.len() <= gzip::INLINE_MAX_BYTES {
-        return compressed(a).send(req);
-    }
-    let Some(slot) = gzip::Slot::try_take() else {
-        return a.send(req);
-    };
-    // The request comes back if the thread cannot start.
-    let job = Arc::new(std::sync::Mutex::new(Some((a, req))));
-    let theirs = job.clone();
-    let spawned = crate::infra::threads::spawn("diag-gzip", move || {
-        let _slot = slot;
-        let taken = theirs.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some((a, req)) = taken {
-            compressed(a).send(req);
-        }
-    });
-    if let Err(e) = spawned {
-        log::warn(
-            "cannot start a compression thread; answering uncompressed",
-            &[("error", &e)],
-        );
-        if let Some((a, req)) = job.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            a.send(req);
-        }
-    }
-}
-
-/// `a` with its body gzip-compressed (unchanged if compression fails).
-fn compressed(mut a: Answer) -> Answer {
-    if let Ok(gz) = gzip::compress(&a.body) {
-        a.body = gz;
-        a.headers.push(("Content-Encoding", "gzip".into()));
-    }
-    a
-}
-
-fn wait(ctx: &Ctx, req: Request, service: Option<String>, query: &str) -> Option<Parked> {
-    let timeout = match wait_timeout(query) {
-        Ok(t) => t,
-        Err(e) => {
-            Answer::text(400, &format!("400 {e}\n")).send(req);
-            return None;
-        }
-    };
-    if let Some(name) = &service {
-        if ctx.health.service(name).is_none() {
-            not_found_service(name).send(req);
-            return None;
-        }
-    }
-    let parked = Parked {
-        req,
-        service,
-        deadline: Instant::now() + timeout,
-    };
-    answer_ready(ctx, vec![parked]).pop()
-}
-
-/// Answers a parked request with the state as of now.
-pub fn answer_now(ctx: &Ctx, p: Parked) {
-    readiness(&ctx.health, p.service.as_deref()).send(p.req);
-}
-
-/// Answers the parked requests whose services have all reported, or whose
-/// time is up; returns the rest.
-pub fn answer_ready(ctx: &Ctx, parked: Vec<Parked>) -> Vec<Parked> {
-    if parked.is_empty() {
-        return parked;
-    }
-    let snap = ctx.health.snapshot();
-    let now = Instant::now();
-    let mut still = Vec::with_capacity(parked.len());
-    for p in parked {
-        let reported = match &p.service {
-            None => snap.all_reported(),
-            Some(name) => snap.services.get(name).is_some_and(|e| e.reported()),
-        };
-        if reported || now >= p.deadline {
-            answer_now(ctx, p);
-        } else {
-            still.push(p);
-        }
-    }
-    still
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::health::{Applier, Status, Update};
+    use crate::metrics::Metrics;
+    use debug::{ProfileJob, ProfileKind};
+
+    /// Services `a` (reported healthy) and `b` (initializing); debug as
+    /// given.
+    fn ctx(debug: bool) -> Ctx {
+        let health = Health::new(
+            [("a", "identity"), ("b", "heartbeat")],
+            Arc::new(Metrics::new()),
+        );
+        let (tx, updates) = crossbeam_channel::unbounded();
+        tx.send(Update {
+            service: "a".into(),
+            instance: health.instance("a").unwrap(),
+            status: Status::Healthy,
+            reason: String::new(),
+        })
+        .unwrap();
+        drop(tx);
+        Applier {
+            health: health.clone(),
+            updates,
+        }
+        .run();
+        Ctx {
+            health,
+            debug: Arc::new(AtomicBool::new(debug)),
+        }
+    }
+
+    fn get(ctx: &Ctx, target: &str) -> Action {
+        route(ctx, &Request::new("GET", target, None))
+    }
+
+    /// The answer, which must be immediate.
+    fn respond(action: Action) -> Response {
+        match action {
+            Action::Respond(r) => r,
+            other => panic!("expected an answer, got {other:?}"),
+        }
+    }
+
+    fn body(r: &Response) -> String {
+        String::from_utf8(r.body.clone()).unwrap()
+    }
+
+    fn json(r: &Response) -> serde_json::Value {
+        assert_eq!(r.content_type, "application/json");
+        serde_json::from_slice(&r.body).unwrap()
+    }
+
+    #[test]
+    fn livez_and_readyz() {
+        let c = ctx(false);
+        let r = respond(get(&c, "/livez"));
+        assert_eq!((r.status, body(&r).as_str()), (200, "OK"));
+        let r = respond(get(&c, "/livez?verbose"));
+        assert_eq!(r.status, 200, "a query changes nothing");
+
+        let r = respond(get(&c, "/readyz"));
+        assert_eq!(r.status, 503, "b is initializing");
+        let j = json(&r);
+        assert_eq!(j["status"], "unhealthy");
+        assert_eq!(j["services"]["a"]["status"], "healthy");
+        assert_eq!(j["services"]["b"]["status"], "initializing");
+
+        let r = respond(get(&c, "/readyz/a"));
+        assert_eq!(
+            (r.status, json(&r)["status"].clone()),
+            (200, "healthy".into())
+        );
+        let r = respond(get(&c, "/readyz/%62"));
+        assert_eq!(
+            (r.status, json(&r)["status"].clone()),
+            (503, "initializing".into())
+        );
+    }
+
+    #[test]
+    fn unknown_service_and_bad_escapes() {
+        let c = ctx(false);
+        for target in ["/readyz/nope", "/wait/nope", "/wait/nope?timeout=1s"] {
+            let r = respond(get(&c, target));
+            assert_eq!(r.status, 404, "{target}");
+            assert_eq!(
+                json(&r),
+                serde_json::json!({"error": "Service named \"nope\" not found."})
+            );
+        }
+        let r = respond(get(&c, "/readyz/"));
+        assert_eq!(json(&r)["error"], "Service named \"\" not found.");
+        for target in ["/readyz/%zz", "/wait/%ff", "/readyz/a%"] {
+            let r = respond(get(&c, target));
+            assert_eq!(r.status, 400, "{target}");
+            assert!(body(&r).contains("percent-encoding"), "{target}");
+        }
+    }
+
+    #[test]
+    fn wait_parks_with_its_timeout_or_is_400() {
+        let c = ctx(false);
+        let park = |service: Option<&str>, secs: f64| Action::Park {
+            service: service.map(str::to_string),
+            timeout: Duration::from_secs_f64(secs),
+        };
+        assert_eq!(get(&c, "/wait"), park(None, 30.0));
+        assert_eq!(get(&c, "/wait?timeout=5"), park(None, 5.0));
+        assert_eq!(get(&c, "/wait/b?x=1&timeout=1500ms"), park(Some("b"), 1.5));
+        assert_eq!(get(&c, "/wait/a?timeout=5m"), park(Some("a"), 300.0));
+        for bad in ["timeout=301s", "timeout=soon", "timeout=%zz", "timeout="] {
+            let r = respond(get(&c, &format!("/wait?{bad}")));
+            assert_eq!(r.status, 400, "{bad}");
+            assert!(body(&r).starts_with("400 "), "{bad}: {}", body(&r));
+        }
+    }
+
+    #[test]
+    fn metrics_goes_to_the_renderer_with_gzip_as_accepted() {
+        let c = ctx(false);
+        let metrics = |ae| route(&c, &Request::new("GET", "/metrics", ae));
+        assert_eq!(metrics(None), Action::Render(Job::Metrics { gzip: false }));
+        assert_eq!(
+            metrics(Some("gzip, deflate")),
+            Action::Render(Job::Metrics { gzip: true })
+        );
+        assert_eq!(
+            metrics(Some("gzip;q=0")),
+            Action::Render(Job::Metrics { gzip: false })
+        );
+    }
+
+    #[test]
+    fn not_found_text_comes_from_the_table() {
+        let c = ctx(false);
+        for target in [
+            "/nope",
+            "/",
+            "/livez/",
+            "/readyz2",
+            "/metrics/x",
+            "/%6Civez",
+        ] {
+            let r = respond(get(&c, target));
+            assert_eq!(r.status, 404, "{target}");
+            assert_eq!(body(&r), endpoints::not_found_text(), "{target}");
+        }
+        let text = endpoints::not_found_text();
+        for e in endpoints::ENDPOINTS.iter().filter(|e| !e.debug) {
+            assert!(text.contains(e.usage), "{} missing from {text}", e.usage);
+        }
+    }
+
+    #[test]
+    fn other_methods_are_405_with_allow() {
+        let c = ctx(true);
+        for (method, target) in [
+            ("POST", "/livez"),
+            ("DELETE", "/readyz/a"),
+            ("PUT", "/nope"),
+            ("OPTIONS", "*"),
+            ("BREW", "/metrics"),
+            ("POST", "/debug/pprof/profile"),
+        ] {
+            let r = respond(route(&c, &Request::new(method, target, None)));
+            assert_eq!(r.status, 405, "{method} {target}");
+            assert_eq!(r.header("Allow"), Some("GET, HEAD"), "{method} {target}");
+            assert!(body(&r).starts_with("405 method not allowed: "));
+        }
+        let r = respond(route(&c, &Request::new("HEAD", "/livez", None)));
+        assert_eq!(
+            r.status, 200,
+            "HEAD is GET without the body (tiny_http drops it)"
+        );
+        // Case matters (RFC 9110 §9.1).
+        let r = respond(route(&c, &Request::new("get", "/livez", None)));
+        assert_eq!(r.status, 405);
+    }
+
+    #[test]
+    fn debug_pages_only_in_debug_mode() {
+        let off = ctx(false);
+        let on = ctx(true);
+        let debug_targets = [
+            "/debug/pprof",
+            "/debug/pprof/",
+            "/debug/pprof/profile?seconds=1",
+            "/debug/pprof/flamegraph",
+            "/debug/pprof/threads",
+            "/debug/pprof/cmdline",
+        ];
+        for target in debug_targets {
+            let r = respond(get(&off, target));
+            assert_eq!(r.status, 404, "{target}");
+            assert_eq!(body(&r), endpoints::not_found_text());
+        }
+        for target in ["/debug/pprof", "/debug/pprof/"] {
+            let r = respond(get(&on, target));
+            assert_eq!(r.status, 200);
+            assert!(r.content_type.starts_with("text/html"));
+        }
+        let r = respond(get(&on, "/debug/pprof/cmdline"));
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("X-Content-Type-Options"), Some("nosniff"));
+        assert_eq!(
+            get(&on, "/debug/pprof/threads"),
+            Action::Render(Job::Threads { json: false })
+        );
+        assert_eq!(
+            get(&on, "/debug/pprof/threads?format=json"),
+            Action::Render(Job::Threads { json: true })
+        );
+        assert_eq!(
+            respond(get(&on, "/debug/pprof/threads?format=xml")).status,
+            400
+        );
+        for target in [
+            "/debug/pprof/nope",
+            "/debug/pprof/profile/",
+            "/debug/pprof//",
+            "/debug/pprof/threads/x",
+        ] {
+            let r = respond(get(&on, target));
+            assert_eq!(r.status, 404, "{target}");
+            assert!(body(&r).contains("see /debug/pprof/"), "{target}");
+        }
+        // A reload switches it for the next request.
+        on.debug.store(false, Ordering::Relaxed);
+        assert_eq!(respond(get(&on, "/debug/pprof/")).status, 404);
+    }
+
+    #[test]
+    fn profile_seconds_default_and_bounds() {
+        let c = ctx(true);
+        for (query, want) in [
+            ("", 30),
+            ("debug=1", 30),
+            ("seconds=1", 1),
+            ("seconds=300", 300),
+            ("seconds=007", 7),
+            ("foo=bar&seconds=5", 5),
+            ("seconds=5&seconds=abc", 5),
+        ] {
+            assert_eq!(
+                get(&c, &format!("/debug/pprof/profile?{query}")),
+                Action::Profile(ProfileJob {
+                    seconds: want,
+                    kind: ProfileKind::Pprof
+                }),
+                "query {query:?}"
+            );
+        }
+        assert_eq!(
+            get(&c, "/debug/pprof/flamegraph?seconds=2"),
+            Action::Profile(ProfileJob {
+                seconds: 2,
+                kind: ProfileKind::Flamegraph
+            })
+        );
+    }
+
+    #[test]
+    fn profile_seconds_invalid_forms_are_400() {
+        let c = ctx(true);
+        for query in [
+            "seconds=0",
+            "seconds=301",
+            "seconds=-1",
+            "seconds=abc",
+            "seconds=1.5",
+            "seconds=",
+            "seconds",
+            "seconds=+5",
+            "seconds= 5",
+            "seconds=99999999999999999999999",
+        ] {
+            for path in ["/debug/pprof/profile", "/debug/pprof/flamegraph"] {
+                let r = respond(get(&c, &format!("{path}?{query}")));
+                assert_eq!(r.status, 400, "{path}?{query}");
+                assert!(r.content_type.starts_with("text/plain"));
+                let text = body(&r);
+                assert!(text.contains("1 to 300"), "{text}");
+                assert_eq!(text.lines().count(), 1, "{text}");
+            }
+        }
+    }
 
     #[test]
     fn percent_decoding() {

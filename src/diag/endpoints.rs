@@ -1,0 +1,227 @@
+//! The one table of diagnostics endpoints. It feeds the router
+//! ([`super::routes`]), the 404 text, the `/debug/pprof/` index
+//! ([`super::debug`]) and the front's list of slow paths ([`is_slow`],
+//! read by `head.rs`): a new endpoint is one row here and one arm in
+//! `routes::route`.
+
+/// Which endpoint a row is; the router's `match` names every one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Livez,
+    Readyz,
+    ReadyzService,
+    Wait,
+    WaitService,
+    Metrics,
+    PprofIndex,
+    Profile,
+    Flamegraph,
+    Threads,
+    Cmdline,
+}
+
+/// Where a row is listed for people to find.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listed {
+    /// In the 404 text.
+    NotFound,
+    /// On the `/debug/pprof/` index page.
+    PprofIndex,
+}
+
+/// One endpoint.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub kind: Kind,
+    /// The path it answers. A `prefix` row answers every path that starts
+    /// with it (`/readyz/` + a service name, possibly empty). A path that
+    /// ends in `/` is answered without it too (`/debug/pprof`).
+    pub path: &'static str,
+    pub prefix: bool,
+    /// The methods it takes (RFC 9110 §9); others get 405 with `Allow`.
+    pub methods: &'static [&'static str],
+    /// Served in debug mode only (`-d`, `debug: true`); else 404.
+    pub debug: bool,
+    /// Its answer may take minutes (a `/wait`, a CPU profile): the front
+    /// gives it a connection of its own and a longer response timeout.
+    pub slow: bool,
+    /// How the 404 text and the pprof index show it.
+    pub usage: &'static str,
+    pub listed: Listed,
+    /// One line for the pprof index.
+    pub description: &'static str,
+}
+
+const GET_HEAD: &[&str] = &["GET", "HEAD"];
+
+const fn row(
+    kind: Kind,
+    path: &'static str,
+    prefix: bool,
+    flags: (bool, bool),
+    usage: &'static str,
+    listed: Listed,
+    description: &'static str,
+) -> Endpoint {
+    Endpoint {
+        kind,
+        path,
+        prefix,
+        methods: GET_HEAD,
+        debug: flags.0,
+        slow: flags.1,
+        usage,
+        listed,
+        description,
+    }
+}
+
+/// (debug-only, slow) for [`row`].
+const PLAIN: (bool, bool) = (false, false);
+const SLOW: (bool, bool) = (false, true);
+const DEBUG: (bool, bool) = (true, false);
+const DEBUG_SLOW: (bool, bool) = (true, true);
+
+use Kind::*;
+use Listed::{NotFound as N, PprofIndex as P};
+
+/// Every endpoint, in the order the 404 text and the index list them.
+#[rustfmt::skip]
+pub const ENDPOINTS: &[Endpoint] = &[
+    row(Livez, "/livez", false, PLAIN, "/livez", N,
+        "200 OK while tbot runs."),
+    row(Readyz, "/readyz", false, PLAIN, "/readyz", N,
+        "Every service's health (JSON): 200 when all are healthy, else 503."),
+    row(ReadyzService, "/readyz/", true, PLAIN, "/readyz/{service}", N,
+        "One service's health (JSON); 404 for an unknown name."),
+    row(Wait, "/wait", false, SLOW, "/wait", N,
+        "/readyz once every service has reported (?timeout=, default 30s, at most 5m)."),
+    row(WaitService, "/wait/", true, SLOW, "/wait/{service}", N,
+        "/readyz/{service} once that service has reported (?timeout= as /wait)."),
+    row(Metrics, "/metrics", false, PLAIN, "/metrics", N,
+        "Prometheus text format 0.0.4, gzip-compressed when accepted."),
+    row(PprofIndex, "/debug/pprof/", false, DEBUG, "/debug/pprof/ (debug mode)", N,
+        "This index."),
+    row(Profile, "/debug/pprof/profile", false, DEBUG_SLOW, "/debug/pprof/profile?seconds=30", P,
+        "CPU profile in pprof protobuf format (for go tool pprof); seconds 1..=300, default 30."),
+    row(Flamegraph, "/debug/pprof/flamegraph", false, DEBUG_SLOW, "/debug/pprof/flamegraph?seconds=30", P,
+        "CPU profile rendered as an SVG flame graph; seconds 1..=300, default 30."),
+    row(Threads, "/debug/pprof/threads", false, DEBUG, "/debug/pprof/threads", P,
+        "Every OS thread of the process: id, name, state and CPU time (?format=json for JSON)."),
+    row(Cmdline, "/debug/pprof/cmdline", false, DEBUG, "/debug/pprof/cmdline", P,
+        "The command line of the process, arguments separated by NUL bytes."),
+];
+
+impl Endpoint {
+    /// Whether this row answers `path` (no query).
+    pub fn matches(&self, path: &str) -> bool {
+        if self.prefix {
+            path.starts_with(self.path)
+        } else {
+            path == self.path || self.path.strip_suffix('/') == Some(path)
+        }
+    }
+}
+
+/// The row that answers `path` (no query), debug-only rows included only
+/// when `debug` is on.
+pub fn find(path: &str, debug: bool) -> Option<&'static Endpoint> {
+    ENDPOINTS
+        .iter()
+        .find(|e| (debug || !e.debug) && e.matches(path))
+}
+
+/// Whether some endpoint takes `method`.
+pub fn any_takes(method: &str) -> bool {
+    ENDPOINTS.iter().any(|e| e.methods.contains(&method))
+}
+
+/// Whether a request for `target` (path, possibly with `?query`) may take
+/// long to answer: a `/wait` or a CPU profile. Debug mode is not known
+/// where this is asked (the front), so debug-only rows count as if on: a
+/// slow path in debug mode off merely gets a 404 on a connection of its own.
+pub fn is_slow(target: &str) -> bool {
+    let path = target.split_once('?').map_or(target, |(p, _)| p);
+    ENDPOINTS.iter().any(|e| e.slow && e.matches(path))
+}
+
+/// The 404 answer's text: the listed endpoints, one line.
+pub fn not_found_text() -> String {
+    let mut text = String::from("404 page not found\nendpoints:");
+    for e in ENDPOINTS.iter().filter(|e| e.listed == Listed::NotFound) {
+        text.push(' ');
+        text.push_str(e.usage);
+    }
+    text.push('\n');
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slow_paths_come_from_the_table() {
+        for slow in [
+            "/wait",
+            "/wait?timeout=5s",
+            "/wait/a",
+            "/wait/",
+            "/debug/pprof/profile?seconds=1",
+            "/debug/pprof/flamegraph",
+        ] {
+            assert!(is_slow(slow), "{slow}");
+        }
+        for quick in [
+            "/livez",
+            "/readyz/wait",
+            "/waiting",
+            "/metrics?x=/wait",
+            "/debug/pprof/threads",
+            "/debug/pprof/",
+            "/nope",
+        ] {
+            assert!(!is_slow(quick), "{quick}");
+        }
+    }
+
+    #[test]
+    fn lookup_respects_debug_mode_and_trailing_slashes() {
+        assert_eq!(find("/livez", false).map(|e| e.kind), Some(Livez));
+        assert_eq!(
+            find("/readyz/x", false).map(|e| e.kind),
+            Some(ReadyzService)
+        );
+        assert_eq!(find("/readyz/", false).map(|e| e.kind), Some(ReadyzService));
+        assert!(find("/livez/", false).is_none());
+        assert!(find("/debug/pprof/", false).is_none());
+        assert_eq!(find("/debug/pprof", true).map(|e| e.kind), Some(PprofIndex));
+        assert_eq!(
+            find("/debug/pprof/", true).map(|e| e.kind),
+            Some(PprofIndex)
+        );
+        assert!(find("/debug/pprof/profile/", true).is_none());
+        assert!(any_takes("HEAD") && !any_takes("POST"));
+    }
+
+    #[test]
+    fn not_found_text_lists_the_public_rows() {
+        assert_eq!(
+            not_found_text(),
+            "404 page not found\nendpoints: /livez /readyz /readyz/{service} /wait /wait/{service} /metrics /debug/pprof/ (debug mode)\n"
+        );
+    }
+
+    #[test]
+    fn every_row_is_well_formed() {
+        for e in ENDPOINTS {
+            assert!(e.path.starts_with('/'), "{e:?}");
+            assert!(e.usage.starts_with(e.path.trim_end_matches('/')), "{e:?}");
+            assert!(!e.methods.is_empty() && !e.description.is_empty(), "{e:?}");
+            assert_eq!(
+                e.listed == Listed::PprofIndex,
+                e.debug && e.kind != PprofIndex
+            );
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! tiny_http plumbing, and nothing else: a `tiny_http::Request` read into
+//! what the router needs ([`routes::Request`]), the router's [`Action`]
+//! carried out, and a [`Response`] written back. The serving loop
+//! (`mod.rs`) calls [`handle`] for each request and keeps the parked
+//! `/wait` requests ([`Parked`]).
+
+use std::time::Instant;
+
+use tiny_http::{Header, Method};
+
+use super::debug;
+use super::render::Renderer;
+use super::response::Response;
+use super::routes::{self, Action, Ctx};
+use crate::log;
+
+/// A request method in log lines (as text).
+impl crate::log::Field for Method {}
+
+/// Writes `resp` as the answer to `req`. Always `Content-Length`, never
+/// chunked: every body is in memory, and the front relays to clients of
+/// any HTTP version. tiny_http leaves the body out for HEAD.
+pub fn send(resp: Response, req: tiny_http::Request) {
+    let mut out = tiny_http::Response::from_data(resp.body)
+        .with_status_code(resp.status)
+        .with_chunked_threshold(usize::MAX);
+    let content_type = ("Content-Type", resp.content_type);
+    for (name, value) in std::iter::once(content_type).chain(
+        resp.headers
+            .iter()
+            .map(|(name, value)| (*name, value.as_str())),
+    ) {
+        if let Ok(h) = Header::from_bytes(name.as_bytes(), value.as_bytes()) {
+            out.add_header(h);
+        }
+    }
+    // The client may have gone; nothing to do about it.
+    let _ = req.respond(out);
+}
+
+/// The value of header `name` (ASCII case ignored), if present.
+fn header<'r>(req: &'r tiny_http::Request, name: &'static str) -> Option<&'r str> {
+    req.headers()
+        .iter()
+        .find(|h| h.field.equiv(name))
+        .map(|h| h.value.as_str())
+}
+
+/// A `/wait` request waiting for its services to report.
+pub struct Parked {
+    req: tiny_http::Request,
+    service: Option<String>,
+    pub deadline: Instant,
+}
+
+/// Routes `req` and carries out the answer; returns it parked if it is a
+/// `/wait` that must wait.
+pub fn handle(ctx: &Ctx, renderer: &Renderer, req: tiny_http::Request) -> Option<Parked> {
+    let action = {
+        let url = req.url();
+        let r = routes::Request::new(req.method().as_str(), url, header(&req, "Accept-Encoding"));
+        // The front names the client (tiny_http only sees its Unix socket).
+        log::debug(
+            "diagnostics request",
+            &[
+                ("method", req.method()),
+                ("path", &r.path),
+                ("peer", &header(&req, "X-Tbot-Peer").unwrap_or_default()),
+            ],
+        );
+        routes::route(ctx, &r)
+    };
+    match action {
+        Action::Respond(resp) => send(resp, req),
+        Action::Park { service, timeout } => {
+            let parked = Parked {
+                req,
+                service,
+                deadline: Instant::now() + timeout,
+            };
+            return answer_ready(ctx, vec![parked]).pop();
+        }
+        Action::Render(job) => renderer.submit(job, Box::new(move |resp| send(resp, req))),
+        Action::Profile(job) => profile(job, req),
+    }
+    None
+}
+
+/// Starts a CPU profile on a `diag-profile` thread (sampling takes
+/// seconds), or answers 409 when one runs already.
+fn profile(job: debug::ProfileJob, req: tiny_http::Request) {
+    let Some(slot) = debug::try_start_profile() else {
+        return send(debug::profile_busy(), req);
+    };
+    // A thread that cannot start drops the request: tiny_http answers 500.
+    let spawned = crate::infra::threads::spawn("diag-profile", move || {
+        send(debug::run_profile(&job, slot), req);
+    });
+    if let Err(e) = spawned {
+        log::error("cannot start the profiling thread", &[("error", &e)]);
+    }
+}
+
+/// Answers a parked request with the state as of now.
+pub fn answer_now(ctx: &Ctx, p: Parked) {
+    send(routes::readiness(&ctx.health, p.service.as_deref()), p.req);
+}
+
+/// Answers the parked requests whose services have all reported, or whose
+/// time is up; returns the rest.
+pub fn answer_ready(ctx: &Ctx, parked: Vec<Parked>) -> Vec<Parked> {
+    if parked.is_empty() {
+        return parked;
+    }
+    let snap = ctx.health.snapshot();
+    let now = Instant::now();
+    let mut still = Vec::with_capacity(parked.len());
+    for p in parked {
+        let reported = match &p.service {
+            None => snap.all_reported(),
+            Some(name) => snap.services.get(name).is_some_and(|e| e.reported()),
+        };
+        if reported || now >= p.deadline {
+            answer_now(ctx, p);
+        } else {
+            still.push(p);
+        }
+    }
+    still
+}

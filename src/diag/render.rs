@@ -1,0 +1,193 @@
+//! Pages too costly for the serving loop, rendered on a thread of their
+//! own: `/metrics` (gather, encode and gzip take 12 to 21 ms at 1000
+//! services, issue 11 item 4) and `/debug/pprof/threads` (a /proc read per
+//! thread). While one renders, the loop goes on answering `/livez`,
+//! `/readyz` and `/wait`.
+//!
+//! One long-lived thread, `diag-render`, takes jobs in order from a bounded
+//! channel and answers each through the reply it came with. The bound is
+//! the front's connection cap: every job waits on a client connection the
+//! front holds open, so the queue fills only with jobs of clients already
+//! gone (a reload moved the front, say). A job that finds it full is
+//! answered at once with 503 Service Unavailable (RFC 9110 §15.6.4) and
+//! `Retry-After: 1`, so the loop never waits on the renderer. The thread
+//! ends when the [`Renderer`] (the sender) is dropped.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+
+use super::response::Response;
+use super::{debug, gzip};
+use crate::log;
+use crate::metrics::Metrics;
+
+/// A page to render.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Job {
+    /// `/metrics`, gzip-compressed when `gzip` (the client accepts it).
+    Metrics { gzip: bool },
+    /// `/debug/pprof/threads`, as JSON or a text table.
+    Threads { json: bool },
+}
+
+/// Where a rendered page goes: sends it to its client.
+pub type Reply = Box<dyn FnOnce(Response) + Send>;
+
+/// The serving loop's handle on the renderer thread.
+pub struct Renderer {
+    jobs: Sender<(Job, Reply)>,
+}
+
+impl Renderer {
+    /// Starts `diag-render` with room for `capacity` queued jobs (at
+    /// least 1).
+    pub fn spawn(
+        metrics: Arc<Metrics>,
+        capacity: usize,
+    ) -> std::io::Result<(Renderer, JoinHandle<()>)> {
+        let (jobs, queue) = crossbeam_channel::bounded(capacity.max(1));
+        let thread = crate::infra::threads::spawn("diag-render", move || run(&queue, &metrics))?;
+        Ok((Renderer { jobs }, thread))
+    }
+
+    /// Queues `job`; never blocks. A full queue, or a renderer that is
+    /// gone, answers 503 through `reply` at once.
+    pub fn submit(&self, job: Job, reply: Reply) {
+        let (reason, reply) = match self.jobs.try_send((job, reply)) {
+            Ok(()) => return,
+            Err(TrySendError::Full((_, reply))) => ("busy", reply),
+            Err(TrySendError::Disconnected((_, reply))) => ("stopped", reply),
+        };
+        log::warn(
+            "diagnostics renderer cannot take a page; answered 503",
+            &[("reason", &reason), ("job", &format_args!("{job:?}"))],
+        );
+        reply(unavailable(reason));
+    }
+}
+
+/// The 503 for a page the renderer cannot take.
+fn unavailable(reason: &str) -> Response {
+    Response::text(
+        503,
+        &format!("503 service unavailable: the diagnostics renderer is {reason}; try again\n"),
+    )
+    .with_header("Retry-After", "1")
+}
+
+fn run(queue: &Receiver<(Job, Reply)>, metrics: &Metrics) {
+    for (job, reply) in queue.iter() {
+        // A bug in a page must not end the thread; the client gets a 500.
+        let page = catch_unwind(AssertUnwindSafe(|| render(job, metrics))).unwrap_or_else(|_| {
+            log::error("rendering a diagnostics page panicked", &[]);
+            Response::text(500, "500 internal server error: rendering panicked\n")
+        });
+        reply(page);
+    }
+}
+
+/// Renders `job` (blocking: this is the slow part).
+pub fn render(job: Job, metrics: &Metrics) -> Response {
+    match job {
+        Job::Metrics { gzip } => metrics_page(metrics, gzip),
+        Job::Threads { json } => debug::threads(json),
+    }
+}
+
+/// `/metrics`: the text format, gzip-compressed when the client accepts it
+/// (as Go's promhttp); `Vary: Accept-Encoding` always.
+fn metrics_page(metrics: &Metrics, gzip: bool) -> Response {
+    // Tests hold a render here (`metrics-render=sleep:MS`).
+    crate::infra::failpoints::hit("metrics-render");
+    let body = match metrics.render() {
+        Ok(body) => body,
+        Err(e) => return Response::text(500, &format!("{e}\n")),
+    };
+    let page = Response::new(200, crate::metrics::CONTENT_TYPE, body)
+        .with_header("Vary", "Accept-Encoding");
+    if !gzip {
+        return page;
+    }
+    // Uncompressed if compression fails: identity is always acceptable.
+    match gzip::compress(&page.body) {
+        Ok(gz) => Response { body: gz, ..page }.with_header("Content-Encoding", "gzip"),
+        Err(_) => page,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::time::Duration;
+
+    fn channel_reply() -> (Reply, Receiver<Response>) {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        (
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+            rx,
+        )
+    }
+
+    #[test]
+    fn metrics_plain_and_gzip() {
+        let m = Metrics::new();
+        let plain = render(Job::Metrics { gzip: false }, &m);
+        assert_eq!(plain.status, 200);
+        assert_eq!(plain.content_type, crate::metrics::CONTENT_TYPE);
+        assert_eq!(plain.header("Vary"), Some("Accept-Encoding"));
+        assert_eq!(plain.header("Content-Encoding"), None);
+        let text = String::from_utf8(plain.body).unwrap();
+        assert!(text.contains("process_threads"), "{text}");
+
+        let gz = render(Job::Metrics { gzip: true }, &m);
+        assert_eq!(gz.header("Content-Encoding"), Some("gzip"));
+        assert_eq!(gz.header("Vary"), Some("Accept-Encoding"));
+        let mut back = String::new();
+        flate2::read::GzDecoder::new(&gz.body[..])
+            .read_to_string(&mut back)
+            .unwrap();
+        assert!(back.contains("# TYPE process_threads gauge"), "{back}");
+    }
+
+    #[test]
+    fn jobs_are_answered_in_order_and_a_full_queue_is_503() {
+        let (renderer, thread) = Renderer::spawn(Arc::new(Metrics::new()), 1).unwrap();
+        // Hold the thread: its first reply blocks until we take it.
+        let (hold_tx, hold_rx) = crossbeam_channel::bounded::<Response>(0);
+        renderer.submit(
+            Job::Threads { json: true },
+            Box::new(move |r| {
+                let _ = hold_tx.send(r);
+            }),
+        );
+        // Once the thread holds the first job, one more fits in the queue.
+        let (queued, queued_rx) = channel_reply();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !renderer.jobs.is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "renderer never took the job"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        renderer.submit(Job::Metrics { gzip: false }, queued);
+        let (full, full_rx) = channel_reply();
+        renderer.submit(Job::Metrics { gzip: false }, full);
+        let busy = full_rx.try_recv().expect("a full queue answers at once");
+        assert_eq!(busy.status, 503);
+        assert_eq!(busy.header("Retry-After"), Some("1"));
+        assert!(String::from_utf8_lossy(&busy.body).contains("busy"));
+
+        let first = hold_rx.recv().unwrap();
+        assert_eq!(first.content_type, "application/json");
+        assert_eq!(queued_rx.recv().unwrap().status, 200);
+        drop(renderer);
+        thread.join().unwrap();
+    }
+}
