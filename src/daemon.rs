@@ -104,7 +104,7 @@ fn run(args: StartArgs, config: Arc<Config>) -> Result<(), String> {
     // and the status line all end with it).
     let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
     let mut watched = vec![crate::health::watched(&health, &updates_tx)];
-    watched.extend(diag.as_ref().map(diag::Diag::watched));
+    watched.extend(diag.iter().flat_map(diag::Diag::watched));
     systemd::watchdog::start(watched, &stop_rx)?;
     systemd::status::start(&health, &stop_rx)?;
     log::info(

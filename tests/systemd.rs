@@ -338,6 +338,43 @@ fn watchdog_pings_stop_while_the_serving_loop_is_wedged() {
 }
 
 #[test]
+fn a_wedged_metrics_render_withholds_the_watchdog_pings() {
+    // /metrics renders off the serving loop, on diag-render: a render
+    // that wedges there must stop the pings as one on the loop did.
+    let dir = TempDir::new("sd-wd-render");
+    let cfg = config_text(dir.path(), "", "");
+    let notify = NotifySocket::abstract_name("wd-render");
+    let t = start(
+        dir,
+        &cfg,
+        &[
+            ("NOTIFY_SOCKET", &notify.addr),
+            ("WATCHDOG_USEC", "1000000"),
+            ("TBOT_FAILPOINTS", "metrics-render=sleep:5000"),
+        ],
+    );
+    notify.wait_for("READY=1", Duration::from_secs(10), |t| t == "READY=1");
+    let addr = t.addr();
+    let scrape = std::thread::spawn(move || get(addr, "/metrics").status);
+    assert!(
+        t.wait_log("loop=diag-render", Duration::from_secs(10)),
+        "{}",
+        t.log()
+    );
+    let withheld = t.log().lines().any(|l| {
+        l.contains("not responding; watchdog pings withheld") && l.contains("loop=diag-render")
+    });
+    assert!(withheld, "{}", t.log());
+    // The serving loop itself answers meanwhile.
+    assert_eq!(get(addr, "/livez").status, 200);
+    assert_eq!(scrape.join().unwrap(), 200);
+    let resumed = Instant::now();
+    notify.wait_for("a ping after the render", Duration::from_secs(10), |_| {
+        notify.times_of("WATCHDOG=1").iter().any(|at| *at > resumed)
+    });
+}
+
+#[test]
 fn without_diag_addr_the_watchdog_follows_the_health_applier() {
     let dir = TempDir::new("sd-wd-nodiag");
     let cfg = dir.write("tbot.yaml", &one_output(&dir, "200ms"));

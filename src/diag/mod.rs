@@ -99,6 +99,7 @@ pub struct Diag {
     backend_lost: front::BackendLost,
     limits: front::Limits,
     debug: Arc<AtomicBool>,
+    render_watch: render::Watch,
 }
 
 fn backend(dir: &Path, generation: usize) -> Result<(tiny_http::Server, PathBuf), String> {
@@ -159,6 +160,7 @@ pub fn start(
     // Queued pages wait on the front's connections: as many as it holds.
     let (renderer, render_thread) =
         render::Renderer::spawn(metrics, max_parked).map_err(|e| format!("diag-render: {e}"))?;
+    let render_watch = renderer.watch();
     let serve_backend = backend_path.clone();
     threads.push(
         crate::infra::threads::spawn("diag-http", move || {
@@ -185,6 +187,7 @@ pub fn start(
         backend_lost,
         limits,
         debug,
+        render_watch,
     })
 }
 
@@ -208,15 +211,17 @@ fn limits(opts: &Options) -> front::Limits {
 }
 
 impl Diag {
-    /// The serving loop as the systemd watchdog watches it: a poke wakes it
-    /// as a health change does, and each pass counts a turn.
-    pub fn watched(&self) -> crate::infra::liveness::Watched {
+    /// The threads the systemd watchdog watches: the serving loop (a poke
+    /// wakes it as a health change does, and each pass counts a turn) and
+    /// the renderer (see [`render::Watch::watched`]).
+    pub fn watched(&self) -> Vec<crate::infra::liveness::Watched> {
         let state = self.state.clone();
-        crate::infra::liveness::Watched {
+        let serving = crate::infra::liveness::Watched {
             name: "diag-http",
             beat: self.state.beat.clone(),
             poke: Box::new(move || state.wake()),
-        }
+        };
+        vec![serving, self.render_watch.watched()]
     }
 
     /// Stops the front and the serving loop and waits for both.

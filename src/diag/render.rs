@@ -1,7 +1,6 @@
 //! Pages too costly for the serving loop, rendered on a thread of their
-//! own: `/metrics` (gather, encode and gzip take 12 to 21 ms at 1000
-//! services, issue 11 item 4) and `/debug/pprof/threads` (a /proc read per
-//! thread). While one renders, the loop goes on answering `/livez`,
+//! own: `/metrics` (gather, encode and gzip took 12 to 21 ms at 1000
+//! services) and `/debug/pprof/threads` (a /proc read per thread). While one renders, the loop goes on answering `/livez`,
 //! `/readyz` and `/wait`.
 //!
 //! One long-lived thread, `diag-render`, takes jobs in order from a bounded
@@ -12,6 +11,10 @@
 //! answered at once with 503 Service Unavailable (RFC 9110 §15.6.4) and
 //! `Retry-After: 1`, so the loop never waits on the renderer. The thread
 //! ends when the [`Renderer`] (the sender) is dropped.
+//!
+//! The systemd watchdog watches this thread as it watches the serving loop
+//! ([`Renderer::watched`]): a render that wedges (as one on the loop used
+//! to wedge the loop) withholds the pings.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -21,6 +24,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use super::response::Response;
 use super::{debug, gzip};
+use crate::infra::liveness::{Beat, Watched};
 use crate::log;
 use crate::metrics::Metrics;
 
@@ -39,6 +43,17 @@ pub type Reply = Box<dyn FnOnce(Response) + Send>;
 /// The serving loop's handle on the renderer thread.
 pub struct Renderer {
     jobs: Sender<(Job, Reply)>,
+    watch: Watch,
+}
+
+/// What the systemd watchdog needs of the renderer (see [`Watch::watched`]).
+#[derive(Clone)]
+pub struct Watch {
+    /// One turn per job or probe taken.
+    beat: Beat,
+    /// A poke: makes an idle renderer turn once. (Apart from `jobs`, so
+    /// that a poke held by the watchdog does not keep the thread alive.)
+    probes: Sender<()>,
 }
 
 impl Renderer {
@@ -49,8 +64,19 @@ impl Renderer {
         capacity: usize,
     ) -> std::io::Result<(Renderer, JoinHandle<()>)> {
         let (jobs, queue) = crossbeam_channel::bounded(capacity.max(1));
-        let thread = crate::infra::threads::spawn("diag-render", move || run(&queue, &metrics))?;
-        Ok((Renderer { jobs }, thread))
+        let (probes, probed) = crossbeam_channel::bounded(1);
+        let beat = Beat::default();
+        let turns = beat.clone();
+        let thread = crate::infra::threads::spawn("diag-render", move || {
+            run(&queue, probed, &metrics, &turns)
+        })?;
+        let watch = Watch { beat, probes };
+        Ok((Renderer { jobs, watch }, thread))
+    }
+
+    /// The watchdog's view of the thread (held apart from the queue).
+    pub fn watch(&self) -> Watch {
+        self.watch.clone()
     }
 
     /// Queues `job`; never blocks. A full queue, or a renderer that is
@@ -69,6 +95,22 @@ impl Renderer {
     }
 }
 
+impl Watch {
+    /// The renderer as the systemd watchdog watches it: a poke queues a
+    /// probe (none when one is queued already), which the thread counts as
+    /// a turn once it is free.
+    pub fn watched(&self) -> Watched {
+        let probes = self.probes.clone();
+        Watched {
+            name: "diag-render",
+            beat: self.beat.clone(),
+            poke: Box::new(move || {
+                let _ = probes.try_send(());
+            }),
+        }
+    }
+}
+
 /// The 503 for a page the renderer cannot take.
 fn unavailable(reason: &str) -> Response {
     Response::text(
@@ -78,14 +120,38 @@ fn unavailable(reason: &str) -> Response {
     .with_header("Retry-After", "1")
 }
 
-fn run(queue: &Receiver<(Job, Reply)>, metrics: &Metrics) {
-    for (job, reply) in queue.iter() {
-        // A bug in a page must not end the thread; the client gets a 500.
-        let page = catch_unwind(AssertUnwindSafe(|| render(job, metrics))).unwrap_or_else(|_| {
-            log::error("rendering a diagnostics page panicked", &[]);
-            Response::text(500, "500 internal server error: rendering panicked\n")
-        });
-        reply(page);
+/// The thread: jobs in order until the queue's sender is gone; a probe
+/// only counts a turn.
+fn run(queue: &Receiver<(Job, Reply)>, probes: Receiver<()>, metrics: &Metrics, beat: &Beat) {
+    // Once the watchdog is gone, probes are no longer waited on.
+    let mut probes = Some(probes);
+    loop {
+        let next = match &probes {
+            Some(p) => crossbeam_channel::select! {
+                recv(queue) -> job => Some(job.ok()),
+                recv(p) -> probe => {
+                    if probe.is_err() {
+                        probes = None;
+                    }
+                    None
+                }
+            },
+            None => Some(queue.recv().ok()),
+        };
+        beat.beat();
+        match next {
+            None => {}
+            Some(None) => return,
+            Some(Some((job, reply))) => {
+                // A bug in a page must not end the thread; the client gets a 500.
+                let page =
+                    catch_unwind(AssertUnwindSafe(|| render(job, metrics))).unwrap_or_else(|_| {
+                        log::error("rendering a diagnostics page panicked", &[]);
+                        Response::text(500, "500 internal server error: rendering panicked\n")
+                    });
+                reply(page);
+            }
+        }
     }
 }
 
@@ -184,10 +250,29 @@ mod tests {
         assert_eq!(busy.header("Retry-After"), Some("1"));
         assert!(String::from_utf8_lossy(&busy.body).contains("busy"));
 
+        // Wedged on the first job: a poke is not answered.
+        let watched = renderer.watch().watched();
+        let turns = watched.beat.count();
+        (watched.poke)();
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(watched.beat.count(), turns, "a wedged renderer turned");
+
         let first = hold_rx.recv().unwrap();
         assert_eq!(first.content_type, "application/json");
         assert_eq!(queued_rx.recv().unwrap().status, 200);
+        // Free again: the probe and each later poke count a turn.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        for _ in 0..3 {
+            let before = watched.beat.count();
+            (watched.poke)();
+            while watched.beat.count() == before {
+                assert!(std::time::Instant::now() < deadline, "no turn after a poke");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        // The watchdog's poke does not keep the thread alive.
         drop(renderer);
         thread.join().unwrap();
+        drop(watched);
     }
 }

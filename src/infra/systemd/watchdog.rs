@@ -3,7 +3,8 @@
 //! respond, so that systemd restarts a wedged tbot.
 //!
 //! The loops watched ([`crate::infra::liveness`]): the diagnostics serving loop
-//! (`diag-http`, when `diag_addr` is set) and the health applier (`health`:
+//! and its page renderer (`diag-http`, `diag-render`, when `diag_addr` is
+//! set) and the health applier (`health`:
 //! every service report, and so every restart the supervisor reports, goes
 //! through it). Without `diag_addr` there is no serving loop, and the pings
 //! follow the applier alone.
