@@ -136,6 +136,18 @@ pub fn any_takes(method: &str) -> bool {
     ENDPOINTS.iter().any(|e| e.methods.contains(&method))
 }
 
+/// Every method some endpoint takes, in table order, each once (the
+/// `Allow` of a 405 for a path no row answers).
+pub fn all_methods() -> Vec<&'static str> {
+    let mut all: Vec<&'static str> = Vec::new();
+    for m in ENDPOINTS.iter().flat_map(|e| e.methods.iter()) {
+        if !all.contains(m) {
+            all.push(m);
+        }
+    }
+    all
+}
+
 /// Whether a request for `target` (path, possibly with `?query`) may take
 /// long to answer: a `/wait` or a CPU profile. Debug mode is not known
 /// where this is asked (the front), so debug-only rows count as if on: a
@@ -202,6 +214,7 @@ mod tests {
         );
         assert!(find("/debug/pprof/profile/", true).is_none());
         assert!(any_takes("HEAD") && !any_takes("POST"));
+        assert_eq!(all_methods(), ["GET", "HEAD"]);
     }
 
     #[test]

@@ -65,15 +65,17 @@ pub enum Action {
     Profile(debug::ProfileJob),
 }
 
-pub const DEFAULT_WAIT: Duration = Duration::from_secs(30);
-pub const MAX_WAIT: Duration = Duration::from_secs(300);
+/// How long a `/wait` without `?timeout=` waits.
+const DEFAULT_WAIT: Duration = Duration::from_secs(30);
+/// The longest `?timeout=` a `/wait` takes; longer is 400.
+const MAX_WAIT: Duration = Duration::from_secs(300);
 
 /// The answer to `req`.
 pub fn route(ctx: &Ctx, req: &Request) -> Action {
     let debug = ctx.debug.load(Ordering::Relaxed);
     let Some(e) = endpoints::find(req.path, debug) else {
         return Action::Respond(if !endpoints::any_takes(req.method) {
-            method_not_allowed("the diagnostics endpoints take", &["GET", "HEAD"])
+            method_not_allowed("the diagnostics endpoints take", &endpoints::all_methods())
         } else if debug && req.path.starts_with("/debug/pprof/") {
             debug::not_found()
         } else {
@@ -189,7 +191,7 @@ pub fn percent_decode(s: &str) -> Option<String> {
 }
 
 /// The raw value of `key` in a query string (`""` for a bare `key`).
-pub fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
+fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
     query.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         (k == key).then_some(v)
