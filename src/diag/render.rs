@@ -1,20 +1,24 @@
 //! Pages too costly for the serving loop, rendered on a thread of their
 //! own: `/metrics` (gather, encode and gzip took 12 to 21 ms at 1000
-//! services) and `/debug/pprof/threads` (a /proc read per thread). While one renders, the loop goes on answering `/livez`,
-//! `/readyz` and `/wait`.
+//! services) and `/debug/pprof/threads` (a /proc read per thread). While
+//! one renders, the loop goes on answering `/livez`, `/readyz` and `/wait`.
 //!
 //! One long-lived thread, `diag-render`, takes jobs in order from a bounded
-//! channel and answers each through the reply it came with. The bound is
-//! the front's connection cap: every job waits on a client connection the
-//! front holds open, so the queue fills only with jobs of clients already
-//! gone (a reload moved the front, say). A job that finds it full is
-//! answered at once with 503 Service Unavailable (RFC 9110 §15.6.4) and
+//! channel and answers each through the reply it came with. Jobs that
+//! queued up while it rendered are taken together, and each distinct page
+//! among them is rendered once for all who asked: every one of them asked
+//! before that render began, so none gets an answer older than its
+//! request (a burst of scrapes costs one render, not one each). The bound
+//! is the front's connection cap: every job waits on a client connection
+//! the front holds open, so the queue fills only with jobs of clients
+//! already gone (a reload moved the front, say). A job that finds it full
+//! is answered at once with 503 Service Unavailable (RFC 9110 §15.6.4) and
 //! `Retry-After: 1`, so the loop never waits on the renderer. The thread
 //! ends when the [`Renderer`] (the sender) is dropped.
 //!
 //! The systemd watchdog watches this thread as it watches the serving loop
-//! ([`Renderer::watched`]): a render that wedges (as one on the loop used
-//! to wedge the loop) withholds the pings.
+//! ([`Watch::watched`]): a render that wedges (as one on the loop used to
+//! wedge the loop) withholds the pings.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -142,17 +146,47 @@ fn run(queue: &Receiver<(Job, Reply)>, probes: Receiver<()>, metrics: &Metrics, 
         match next {
             None => {}
             Some(None) => return,
-            Some(Some((job, reply))) => {
-                // A bug in a page must not end the thread; the client gets a 500.
-                let page =
-                    catch_unwind(AssertUnwindSafe(|| render(job, metrics))).unwrap_or_else(|_| {
-                        log::error("rendering a diagnostics page panicked", &[]);
-                        Response::text(500, "500 internal server error: rendering panicked\n")
-                    });
-                reply(page);
+            Some(Some(first)) => {
+                let batch: Vec<(Job, Reply)> =
+                    std::iter::once(first).chain(queue.try_iter()).collect();
+                answer_batch(batch, metrics);
             }
         }
     }
+}
+
+/// Renders each distinct job of `batch` once, in order of first request,
+/// and answers every request with its page (a copy is kept only while a
+/// later request in the batch still wants it).
+fn answer_batch(batch: Vec<(Job, Reply)>, metrics: &Metrics) {
+    let jobs: Vec<Job> = batch.iter().map(|(j, _)| *j).collect();
+    let mut kept: Vec<(Job, Response)> = Vec::new();
+    for (i, (job, reply)) in batch.into_iter().enumerate() {
+        let wanted_later = jobs[i + 1..].contains(&job);
+        let page = match kept.iter().position(|(j, _)| *j == job) {
+            Some(k) if wanted_later => kept[k].1.clone(),
+            Some(k) => kept.swap_remove(k).1,
+            None => {
+                let page = render_guarded(job, metrics);
+                if wanted_later {
+                    kept.push((job, page.clone()));
+                }
+                page
+            }
+        };
+        reply(page);
+    }
+}
+
+/// [`render`], with a panic turned into a 500: a bug in a page must not
+/// end the thread.
+fn render_guarded(job: Job, metrics: &Metrics) -> Response {
+    #[cfg(test)]
+    tests::RENDERS.with(|n| n.set(n.get() + 1));
+    catch_unwind(AssertUnwindSafe(|| render(job, metrics))).unwrap_or_else(|_| {
+        log::error("rendering a diagnostics page panicked", &[]);
+        Response::text(500, "500 internal server error: rendering panicked\n")
+    })
 }
 
 /// Renders `job` (blocking: this is the slow part).
@@ -219,6 +253,31 @@ mod tests {
             .read_to_string(&mut back)
             .unwrap();
         assert!(back.contains("# TYPE process_threads gauge"), "{back}");
+    }
+
+    thread_local! {
+        /// Renders on this thread (see `render_guarded`).
+        pub(super) static RENDERS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    #[test]
+    fn a_batch_renders_each_distinct_page_once() {
+        let m = Metrics::new();
+        let plain = Job::Metrics { gzip: false };
+        let gz = Job::Metrics { gzip: true };
+        let threads = Job::Threads { json: false };
+        let jobs = [plain, threads, plain, gz, plain];
+        let (replies, answers): (Vec<Reply>, Vec<Receiver<Response>>) =
+            jobs.iter().map(|_| channel_reply()).unzip();
+        RENDERS.with(|n| n.set(0));
+        answer_batch(jobs.into_iter().zip(replies).collect(), &m);
+        assert_eq!(RENDERS.with(|n| n.get()), 3, "one render per distinct page");
+        let got: Vec<Response> = answers.iter().map(|rx| rx.try_recv().unwrap()).collect();
+        assert_eq!(got[0], got[2]);
+        assert_eq!(got[0], got[4]);
+        assert_eq!(got[0].header("Content-Encoding"), None);
+        assert_eq!(got[3].header("Content-Encoding"), Some("gzip"));
+        assert!(String::from_utf8_lossy(&got[1].body).starts_with("TID"));
     }
 
     #[test]
