@@ -511,9 +511,7 @@ mod tests {
         let h = table();
         let task = |name: &str| {
             h.metrics
-                .task_iterations
-                .with_label_values(&[name, "output-renewal"])
-                .inc()
+                .task_finished(name, "output-renewal", false, 0.001)
         };
         task("a");
         task("b");

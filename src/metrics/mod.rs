@@ -1,27 +1,33 @@
 //! Every Prometheus metric tbot exports, on one registry of its own.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::health::status::Status;
 
 pub mod process;
+pub mod series;
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
+/// tbot's metrics: process-wide ones on a prometheus registry, and the
+/// series kept per service in a [`series::Table`] of their own.
 pub struct Metrics {
     registry: Registry,
-    service_health: IntGaugeVec,
-    pub task_iterations: IntCounterVec,
-    pub task_iterations_failed: IntCounterVec,
-    pub task_iteration_duration: HistogramVec,
+    /// `tbot_service_health`, `tbot_task_*` and
+    /// `tbot_identity_certificate_expiry_timestamp_seconds`.
+    series: Mutex<series::Table>,
+    /// The length of the last scrape: the next one's buffer starts that
+    /// large (no regrowth and copying while writing).
+    last_len: AtomicUsize,
     pub mux_started: IntCounter,
     pub mux_handled: IntCounterVec,
     pub mux_in_flight: IntGauge,
-    certificate_expiry: GaugeVec,
     /// `tbot_config_last_reload_successful`, as Prometheus'
     /// `prometheus_config_last_reload_successful`: 1 after the start and
     /// after a reload that applied, 0 after one that failed.
@@ -119,58 +125,14 @@ impl Metrics {
             &["version"],
         )?;
         info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        let service_health = int_gauge_vec(
-            &r,
-            "tbot_service_health",
-            "Health of each tbot service: 1 for its current status, 0 for the others.",
-            &["service", "type", "status"],
-        )?;
-        let task_iterations = int_counter_vec(
-            &r,
-            "tbot_task_iterations_total",
-            "Iterations of a service's renewal loop.",
-            &["service", "name"],
-        )?;
-        let task_iterations_failed = int_counter_vec(
-            &r,
-            "tbot_task_iterations_failed_total",
-            "Iterations of a service's renewal loop that failed.",
-            &["service", "name"],
-        )?;
-        let task_iteration_duration = register(
-            &r,
-            HistogramVec::new(
-                HistogramOpts::new(
-                    "tbot_task_iteration_duration_seconds",
-                    "Time taken by one iteration of a service's renewal loop.",
-                )
-                .buckets(vec![
-                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-                ]),
-                &["service", "name"],
-            )?,
-        )?;
         let (mux_started, mux_handled, mux_in_flight) = mux_metrics(&r)?;
-        let certificate_expiry = register(
-            &r,
-            GaugeVec::new(
-                Opts::new(
-                    "tbot_identity_certificate_expiry_timestamp_seconds",
-                    "When the certificate an identity output last wrote expires (its valid_before), in Unix seconds.",
-                ),
-                &["service"],
-            )?,
-        )?;
         let (reload_successful, reload_success_timestamp) = reload_metrics(&r)?;
         Ok(Metrics {
             registry: r,
-            certificate_expiry,
+            series: Mutex::default(),
+            last_len: AtomicUsize::new(0),
             reload_successful,
             reload_success_timestamp,
-            service_health,
-            task_iterations,
-            task_iterations_failed,
-            task_iteration_duration,
             mux_started,
             mux_handled,
             mux_in_flight,
@@ -182,88 +144,75 @@ impl Metrics {
         Metrics::try_new().expect("static metric definitions are valid")
     }
 
+    fn series(&self) -> MutexGuard<'_, series::Table> {
+        self.series.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `tbot_service_health{service, type}`: 1 for `status`, 0 for the others.
     pub fn set_service_health(&self, service: &str, kind: &str, status: Status) {
-        for s in Status::ALL {
-            self.service_health
-                .with_label_values(&[service, kind, s.as_str()])
-                .set(i64::from(s == status));
-        }
+        self.series().set_health(service, kind, status);
     }
 
     /// Records the `valid_before` (Unix seconds) of the certificate the
     /// identity output `service` wrote last.
     pub fn set_certificate_expiry(&self, service: &str, unix_seconds: f64) {
-        self.certificate_expiry
-            .with_label_values(&[service])
-            .set(unix_seconds);
+        self.series().set_expiry(service, unix_seconds);
     }
 
     /// Drops `service`'s expiry series (the service stopped or was removed).
     pub fn remove_certificate_expiry(&self, service: &str) {
-        let _ = self.certificate_expiry.remove_label_values(&[service]);
+        self.series().remove_expiry(service);
     }
 
     /// Drops the `tbot_service_health` series of `service` (every type and status).
     pub fn remove_service_health(&self, service: &str) {
-        remove_series_of(&self.service_health, service, |labels| {
-            let _ = self.service_health.remove_label_values(labels);
-        });
+        self.series().remove_health(service);
+    }
+
+    /// Makes the `tbot_task_*` series of `service`'s `task` exist, at 0.
+    pub fn task_started(&self, service: &str, task: &str) {
+        self.series().touch_task(service, task);
+    }
+
+    /// Counts one iteration of `service`'s `task` that took `seconds`.
+    pub fn task_finished(&self, service: &str, task: &str, failed: bool, seconds: f64) {
+        self.series().record_task(service, task, failed, seconds);
     }
 
     /// Drops every series labelled `service="NAME"`: for a service a reload
     /// removed, so that nothing stale stays in `/metrics`.
     pub fn remove_service(&self, service: &str) {
-        self.remove_service_health(service);
-        self.remove_certificate_expiry(service);
-        remove_series_of(&self.task_iterations, service, |l| {
-            let _ = self.task_iterations.remove_label_values(l);
-        });
-        remove_series_of(&self.task_iterations_failed, service, |l| {
-            let _ = self.task_iterations_failed.remove_label_values(l);
-        });
-        remove_series_of(&self.task_iteration_duration, service, |l| {
-            let _ = self.task_iteration_duration.remove_label_values(l);
-        });
+        let mut t = self.series();
+        t.remove_health(service);
+        t.remove_expiry(service);
+        t.remove_tasks(service);
     }
 
-    /// The text exposition format 0.0.4.
+    /// The text exposition format 0.0.4: the registry's families and the
+    /// per-service ones, all sorted by name, as `Registry::gather` sorts.
     pub fn render(&self) -> Result<Vec<u8>, String> {
-        let mut out = Vec::with_capacity(8 * 1024);
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
-            .map_err(|e| format!("encoding metrics: {e}"))?;
-        Ok(out)
-    }
-}
-
-/// Calls `remove` with the label values (in the vector's label order) of
-/// every series of `vec` whose `service` label is `service`.
-fn remove_series_of(vec: &impl Collector, service: &str, remove: impl Fn(&[&str])) {
-    let desc_labels: Vec<String> = vec
-        .desc()
-        .first()
-        .map(|d| d.variable_labels.clone())
-        .unwrap_or_default();
-    for family in vec.collect() {
-        for m in family.get_metric() {
-            let pairs = m.get_label();
-            if !pairs
-                .iter()
-                .any(|p| p.name() == "service" && p.value() == service)
-            {
-                continue;
+        let gathered = self.registry.gather();
+        let mut out = Vec::with_capacity(self.last_len.load(Ordering::Relaxed) + 4096);
+        let encode = |family: &prometheus::proto::MetricFamily, out: &mut Vec<u8>| {
+            TextEncoder::new()
+                .encode(std::slice::from_ref(family), out)
+                .map_err(|e| format!("encoding metrics: {e}"))
+        };
+        {
+            let table = self.series();
+            let mut ours = series::families().into_iter().peekable();
+            for family in &gathered {
+                while let Some(f) = ours.next_if(|f| f.name() < family.name()) {
+                    table.write(f, &mut out);
+                }
+                encode(family, &mut out)?;
             }
-            let values: Vec<&str> = desc_labels
-                .iter()
-                .filter_map(|name| {
-                    pairs
-                        .iter()
-                        .find(|p| p.name() == name.as_str())
-                        .map(|p| p.value())
-                })
-                .collect();
-            remove(&values);
+            for f in ours {
+                table.write(f, &mut out);
+            }
         }
+        self.last_len.store(out.len(), Ordering::Relaxed);
+        Ok(out)
     }
 }
 

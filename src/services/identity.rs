@@ -26,6 +26,7 @@ use crate::config::IdentityConfig;
 use crate::credentials::identity_files;
 use crate::credentials::issuer::Issuer;
 use crate::infra::backoff::Backoff;
+use crate::infra::threads::run_beside;
 use crate::infra::timefmt;
 use crate::log;
 use crate::services::{Context, Iteration, Service};
@@ -156,10 +157,15 @@ struct State {
 }
 
 impl IdentityOutput {
-    /// One attempt: the current CA, a new credential, the files.
+    /// One attempt: the current CA, a new credential, the files. The
+    /// credential and the files are made beside the service's thread (see
+    /// `threads::run_beside`): their stack depth and freed blocks would
+    /// otherwise stay with every identity service's thread for good.
     fn renew(&self, ctx: &Context) -> Result<(Validity, String), String> {
         let issuer = ctx.shared.ca.get()?;
-        let v = issue_validity(&self.config, &issuer, &self.key_id)?;
+        let v = run_beside(ctx.name(), || {
+            issue_validity(&self.config, &issuer, &self.key_id)
+        })?;
         Ok((v, issuer.fingerprint().to_string()))
     }
 
@@ -263,7 +269,9 @@ impl Service for IdentityOutput {
             recv(ctx.stop()) -> _ => return Ok(()),
         }
         // This service owns its destination: no other writer is running.
-        identity_files::remove_stale_temps(&self.config.destination);
+        run_beside(ctx.name(), || {
+            identity_files::remove_stale_temps(&self.config.destination)
+        });
         let mut st = State {
             held: None,
             error: None,

@@ -210,11 +210,7 @@ impl<'a> Iteration<'a> {
         // on: a failure counter that appeared only with the first failure
         // would hide that failure from rate() and increase(), and leave
         // ratios of failed to total empty rather than 0.
-        let m = &ctx.shared.metrics;
-        let labels = [ctx.name(), task];
-        m.task_iterations.with_label_values(&labels);
-        m.task_iterations_failed.with_label_values(&labels);
-        m.task_iteration_duration.with_label_values(&labels);
+        ctx.shared.metrics.task_started(ctx.name(), task);
         Iteration {
             ctx,
             task,
@@ -223,15 +219,12 @@ impl<'a> Iteration<'a> {
     }
 
     fn finish(self, failed: bool) {
-        let m = &self.ctx.shared.metrics;
-        let labels = [self.ctx.name(), self.task];
-        m.task_iterations.with_label_values(&labels).inc();
-        if failed {
-            m.task_iterations_failed.with_label_values(&labels).inc();
-        }
-        m.task_iteration_duration
-            .with_label_values(&labels)
-            .observe(self.started.elapsed().as_secs_f64());
+        self.ctx.shared.metrics.task_finished(
+            self.ctx.name(),
+            self.task,
+            failed,
+            self.started.elapsed().as_secs_f64(),
+        );
     }
 
     pub fn succeeded(self) {

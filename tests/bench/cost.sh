@@ -34,10 +34,16 @@ start_both
 
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r); tbot ${TBOT:-commit $(git -C "$root" rev-parse --short HEAD)$(git -C "$root" diff --quiet HEAD -- src || echo '+dirty')}"
 echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+# SECTIONS picks the sections by number (default all: 1 2 3).
+SECTIONS=${SECTIONS:-1 2 3}
+section() { [[ " $SECTIONS " == *" $1 "* ]]; }
+if section 1; then
 echo
 echo "## CPU per request (SLICES=${SLICES:-6} one-second slices per server and row)"
 python3 "$here/cost.py" "$tport" "$tpid" "$gport" "$gpid"
+fi
 
+if section 2; then
 echo
 echo "## Saturated keep-alive throughput (wrk -t2 -c16 -d${DUR}s)"
 rps() { wrk -t2 -c16 -d"${DUR}s" "$@" 2>&1 | awk '/Requests\/sec/ {print $2}'; }
@@ -47,9 +53,11 @@ for path in /livez /readyz; do
   g=$(rps "http://127.0.0.1:$gport$path")
   printf '%-9s %10s %10s %7.2f %6s\n' "$path" "$t" "$g" "$(echo "$t / $g" | bc -l)" "$(cut -d' ' -f1 /proc/loadavg)"
 done
+fi
+section 3 || exit 0
 
 echo
-echo "## 1000 identity services: /metrics p50 (wrk -t1 -c1 -d${DUR}s) and RSS"
+echo "## 1000 identity services: /metrics p50 (wrk -t1 -c1 -d${DUR}s) and RSS (idle: before the scrapes; RSS-KiB: after them)"
 kill "$tpid" "$gpid"; wait "$tpid" "$gpid" 2>/dev/null || true
 {
   echo "version: v2"
@@ -69,11 +77,12 @@ wait_up "127.0.0.1:$gport"
 sleep 3
 p50() { wrk -t1 -c1 -d"${DUR}s" --latency "$@" 2>&1 | awk '$1=="50%" {print $2}'; }
 size() { curl -s -o /dev/null -w '%{size_download}' "$@"; }
-printf '%-8s %10s %10s %12s %12s %10s %6s\n' server p50 p50-gzip bytes bytes-gzip RSS-KiB load1
+printf '%-8s %10s %10s %12s %12s %10s %10s %6s\n' server p50 p50-gzip bytes bytes-gzip idle-KiB RSS-KiB load1
 for s in tbot go; do
   if [ $s = tbot ]; then a="127.0.0.1:$tport"; p=$tpid; else a="127.0.0.1:$gport"; p=$gpid; fi
-  printf '%-8s %10s %10s %12s %12s %10s %6s\n' $s "$(p50 "http://$a/metrics")" \
+  idle=$(rss_kb $p)
+  printf '%-8s %10s %10s %12s %12s %10s %10s %6s\n' $s "$(p50 "http://$a/metrics")" \
     "$(p50 -H 'Accept-Encoding: gzip' "http://$a/metrics")" "$(size "http://$a/metrics")" \
-    "$(size -H 'Accept-Encoding: gzip' "http://$a/metrics")" "$(rss_kb $p)" "$(cut -d' ' -f1 /proc/loadavg)"
+    "$(size -H 'Accept-Encoding: gzip' "http://$a/metrics")" "$idle" "$(rss_kb $p)" "$(cut -d' ' -f1 /proc/loadavg)"
 done
 echo "tbot threads: $(threads $tpid); go-diag threads: $(threads $gpid)"
