@@ -151,5 +151,15 @@ impl Front {
             deadline: now + self.limits.head_timeout,
             half_closed: false,
         });
+        // Read at once: a request that is there already (a client that
+        // sent it with its handshake, or clients that queued while the
+        // front could not run) goes on its way now, and the client is not
+        // taken for an idle one when the next newcomer needs room (it
+        // would be closed with its request unread). This also saves the
+        // poll round a fresh connection's request would wait for.
+        let i = self.conns.len() - 1;
+        if !self.step(i, now) {
+            self.conns.swap_remove(i);
+        }
     }
 }
