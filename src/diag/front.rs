@@ -140,6 +140,15 @@ enum State {
         /// `up` is a kept connection (else it closes after this answer).
         kept: Option<upstream::Kept>,
     },
+    /// Waiting for a kept connection to tiny_http, all of them carrying a
+    /// request (see [`upstream`]): tiny_http's one serving loop answers
+    /// one request at a time anyway, so the request waits here, at no
+    /// cost, rather than on a connection (and a tiny_http thread) of its
+    /// own. `head` and `next` as for [`State::Backend`].
+    Queued {
+        head: Vec<u8>,
+        next: Option<Vec<u8>>,
+    },
     Reply {
         out: Vec<u8>,
         sent: usize,

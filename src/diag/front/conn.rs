@@ -29,7 +29,7 @@ impl Front {
                 let _ =
                     (&c.client).write(&simple_response(408, "request head not received in time"));
             }
-            State::Backend { .. } => {
+            State::Backend { .. } | State::Queued { .. } => {
                 let _ = (&c.client).write(&simple_response(
                     504,
                     "the diagnostics service did not answer in time",
@@ -60,6 +60,8 @@ impl Front {
                 true
             }
             State::Backend { .. } => self.step_backend(i, now),
+            // Not polled: `dispatch_queued` moves it on.
+            State::Queued { .. } => true,
             State::Reply { .. } => self.step_reply(i, now),
             State::Linger { drained: total } => {
                 !drained(&c.client, total, self.limits.linger_bytes)
@@ -144,9 +146,11 @@ impl Front {
     }
 
     /// Hands a clean request head to tiny_http on a kept connection (or a
-    /// new one); `next`: the client's connection stays open, and these
-    /// bytes of its next request arrived already. A tiny_http that cannot
-    /// be reached gets the client a 503.
+    /// new one, for a slow request); `next`: the client's connection stays
+    /// open, and these bytes of its next request arrived already. When
+    /// every kept connection carries a request, the request is queued
+    /// ([`State::Queued`]). A tiny_http that cannot be reached gets the
+    /// client a 503.
     fn forward(
         &mut self,
         i: usize,
@@ -156,11 +160,28 @@ impl Front {
         slow: bool,
     ) {
         let path = self.backend_path();
+        let c = &mut self.conns[i];
+        // The time spent queued counts against the response timeout.
+        if !matches!(c.state, State::Queued { .. }) {
+            let mut timeout = if slow {
+                self.limits.slow_response_timeout
+            } else {
+                self.limits.response_timeout
+            };
+            if c.half_closed {
+                timeout = timeout.min(self.limits.half_close_grace);
+            }
+            c.deadline = now + timeout;
+        }
+        if !slow && !self.pool.has_room(&path) {
+            c.state = State::Queued { head, next };
+            return;
+        }
         let taken = match self.pool.take(&path, slow) {
             Ok(taken) => taken,
             Err(e) => {
                 let out = simple_response(503, "the diagnostics service is busy; try again");
-                self.conns[i].reply(out, Then::Close, now + self.limits.write_timeout);
+                c.reply(out, Then::Close, now + self.limits.write_timeout);
                 if matches!(e.kind(), ErrorKind::ConnectionRefused | ErrorKind::NotFound) {
                     (self.backend_lost)(&path);
                 }
@@ -180,7 +201,6 @@ impl Front {
             head.truncate(head.len() - 2);
             head.extend_from_slice(b"Connection: close\r\n\r\n");
         }
-        let c = &mut self.conns[i];
         c.state = State::Backend {
             up: taken.stream,
             out: head,
@@ -192,15 +212,32 @@ impl Front {
             generation: taken.generation,
             kept: taken.kept,
         };
-        let mut timeout = if slow {
-            self.limits.slow_response_timeout
-        } else {
-            self.limits.response_timeout
-        };
-        if c.half_closed {
-            timeout = timeout.min(self.limits.half_close_grace);
-        }
-        c.deadline = now + timeout;
         self.send_head_now(i);
+    }
+
+    /// Hands queued requests, oldest first, to the kept connections that
+    /// are free (at the end of every turn).
+    pub(super) fn dispatch_queued(&mut self, now: Instant) {
+        loop {
+            let oldest = self
+                .conns
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| matches!(c.state, State::Queued { .. }))
+                .min_by_key(|(_, c)| c.since)
+                .map(|(i, _)| i);
+            let Some(i) = oldest else {
+                return;
+            };
+            if !self.pool.has_room(&self.backend_path()) {
+                return;
+            }
+            let State::Queued { head, next } = &mut self.conns[i].state else {
+                return;
+            };
+            // Taken out, the state still says `Queued` for `forward`.
+            let (head, next) = (std::mem::take(head), next.take());
+            self.forward(i, now, head, next, false);
+        }
     }
 }

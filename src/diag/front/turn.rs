@@ -55,6 +55,8 @@ impl Front {
                     pollfd(up.as_raw_fd(), ev)
                 }
                 State::Reply { .. } => pollfd(c.client.as_raw_fd(), libc::POLLOUT),
+                // Moved on by `dispatch_queued`, not by its sockets.
+                State::Queued { .. } => pollfd(-1, 0),
             });
         }
         // Clients that hang up while their request is with tiny_http (a
@@ -63,7 +65,8 @@ impl Front {
         // a short grace in which the answer can still go out.
         set.watch_start = fds.len();
         for c in &self.conns {
-            let fd = if matches!(c.state, State::Backend { .. }) && !c.half_closed {
+            let waiting = matches!(c.state, State::Backend { .. } | State::Queued { .. });
+            let fd = if waiting && !c.half_closed {
                 c.client.as_raw_fd()
             } else {
                 -1
@@ -114,6 +117,8 @@ impl Front {
                 self.conns.swap_remove(i);
             }
         }
+        // Kept connections freed above take the queued requests.
+        self.dispatch_queued(now);
         // Before any new client: a descriptor freed above goes back to the
         // spare first.
         self.restore_spare();

@@ -14,9 +14,13 @@
 //! was notified but has not yet run as idle: when new connections arrive
 //! faster than workers wake, one can be queued with no thread to run it
 //! until some worker finishes a connection. With a thread never held by a
-//! kept connection, that worker always comes back. Requests beyond the cap,
-//! and slow ones (`/wait`, profiles), go on a connection of their own that
-//! closes after the answer, as before.
+//! kept connection, that worker always comes back. Requests that find every
+//! kept connection busy wait in the front (`State::Queued`) for one to come
+//! back: tiny_http's one serving loop answers one request at a time anyway,
+//! and a connection of their own cost a connect, an accept and, in a burst,
+//! a new tiny_http thread each. Slow requests (`/wait`, profiles) go on a
+//! connection of their own that closes after the answer, so that they
+//! never hold a kept one.
 //!
 //! One request at a time per connection (no pipelining): a parked `/wait` or
 //! a profile on one connection cannot hold up the answers on another, and
@@ -127,6 +131,16 @@ impl Pool {
             kept,
             generation,
         })
+    }
+
+    /// Whether a request that is not slow can have a kept connection to
+    /// `path` now: an idle one, or room under the cap for a new one. (With
+    /// no kept connections allowed, every request has one of its own.)
+    pub(super) fn has_room(&mut self, path: &Path) -> bool {
+        self.follow(path);
+        self.max_kept == 0
+            || !self.idle.is_empty()
+            || self.live.load(Ordering::Relaxed) < self.max_kept
     }
 
     /// Keeps a connection whose last response was read whole, if it leads
