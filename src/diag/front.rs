@@ -33,8 +33,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rustix::event::epoll::EventFlags;
+
 use super::head::HeadLimits;
-use crate::infra::poll::poll;
 use crate::infra::sockets::Spare;
 use crate::log;
 
@@ -127,6 +128,8 @@ enum State {
     },
     Backend {
         up: UnixStream,
+        /// `up`'s registration in the epoll set ([`turn`]).
+        up_ev: EventFlags,
         out: Vec<u8>,
         sent: usize,
         resp: Vec<u8>,
@@ -172,6 +175,8 @@ enum Then {
 
 struct Conn {
     client: TcpStream,
+    /// `client`'s registration in the epoll set ([`turn`]).
+    client_ev: EventFlags,
     peer: SocketAddr,
     state: State,
     since: Instant,
@@ -229,23 +234,30 @@ impl Front {
 
     /// Serves until the stop socket hangs up.
     pub fn run(mut self) {
-        let mut set = turn::PollSet::default();
+        let mut events = match turn::Events::new(&self) {
+            Ok(events) => events,
+            Err(e) => {
+                log::error(
+                    "diagnostics front: cannot create its epoll set",
+                    &[("error", &e)],
+                );
+                return;
+            }
+        };
         loop {
             let now = Instant::now();
             if self.accept_paused_until.is_some_and(|t| now >= t) {
                 self.accept_paused_until = None;
             }
-            self.fill(&mut set);
-            // poll(2) through infra::poll, which retries after EINTR.
-            if let Err(e) = poll(&mut set.fds, self.timeout(now)) {
-                log::error("diagnostics front: poll failed", &[("error", &e)]);
+            if let Err(e) = self.wait(&mut events, now) {
+                log::error("diagnostics front: epoll_wait failed", &[("error", &e)]);
                 std::thread::sleep(Duration::from_millis(100));
                 continue;
             }
-            if set.stopping() {
+            if self.stopping(&events) {
                 return;
             }
-            self.serve(&set);
+            self.serve(&events);
         }
     }
 }

@@ -12,6 +12,8 @@ use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use rustix::event::epoll::EventFlags;
+
 use super::{Conn, Front, State, Then};
 use crate::diag::head::simple_response;
 use crate::infra::sockets::out_of_descriptors;
@@ -67,6 +69,7 @@ impl Front {
                     let now = Instant::now();
                     let mut c = Conn {
                         client: stream,
+                        client_ev: EventFlags::empty(),
                         peer,
                         state: State::Linger { drained: 0 },
                         since: now,
@@ -143,6 +146,7 @@ impl Front {
         let now = Instant::now();
         self.conns.push(Conn {
             client: stream,
+            client_ev: EventFlags::empty(),
             peer,
             state: State::Head {
                 buf: Vec::with_capacity(1024),

@@ -6,6 +6,8 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::Shutdown;
 use std::time::Instant;
 
+use rustix::event::epoll::EventFlags;
+
 use super::{again, Conn, Front, State, Then};
 use crate::diag::head::{parse_head, set_connection_header, simple_response, Parsed};
 use crate::infra::sockets::drained;
@@ -203,6 +205,11 @@ impl Front {
         }
         c.state = State::Backend {
             up: taken.stream,
+            // From the pool: registered readable; new: not yet.
+            up_ev: match taken.reused {
+                true => EventFlags::IN,
+                false => EventFlags::empty(),
+            },
             out: head,
             sent: 0,
             resp: Vec::new(),

@@ -40,6 +40,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use rustix::event::epoll::EventFlags;
+
 use super::{again, Front, State, Then};
 use crate::diag::head::{set_connection_header, simple_response};
 use crate::log;
@@ -151,20 +153,10 @@ impl Pool {
         }
     }
 
-    /// The idle connections' descriptors, in the order `prune` expects.
-    pub(super) fn fds(&self) -> impl Iterator<Item = RawFd> + '_ {
-        self.idle.iter().map(|(s, _)| s.as_raw_fd())
-    }
-
-    /// Drops the idle connections whose poll entry (one per connection, in
-    /// `fds` order) reported anything.
-    pub(super) fn prune(&mut self, polled: &[libc::pollfd]) {
-        let mut i = 0;
-        self.idle.retain(|_| {
-            let keep = polled.get(i).is_none_or(|p| p.revents == 0);
-            i += 1;
-            keep
-        });
+    /// Drops the idle connections for which `reported` (the last wait
+    /// reported something: tiny_http sends nothing unasked).
+    pub(super) fn prune(&mut self, reported: impl Fn(RawFd) -> bool) {
+        self.idle.retain(|(s, _)| !reported(s.as_raw_fd()));
     }
 }
 
@@ -316,6 +308,7 @@ impl Front {
         let c = &mut self.conns[i];
         let State::Backend {
             up,
+            up_ev,
             resp,
             keep_alive,
             generation,
@@ -325,7 +318,8 @@ impl Front {
         else {
             return;
         };
-        if let (Some(true), Some(kept)) = (reuse, kept) {
+        // Idle connections in the pool are registered readable.
+        if let (Some(true), Some(kept), true) = (reuse, kept, up_ev == EventFlags::IN) {
             self.pool.put(generation, up, kept);
         }
         let mut out = resp;
@@ -359,6 +353,7 @@ impl Front {
         let fresh = UnixStream::connect(&path).and_then(|s| s.set_nonblocking(true).map(|_| s));
         let State::Backend {
             up,
+            up_ev,
             sent,
             reused,
             generation,
@@ -371,6 +366,8 @@ impl Front {
             Ok(s) => {
                 // In the same place under the cap as the one it replaces.
                 *up = s;
+                // A new socket: not in the epoll set yet.
+                *up_ev = EventFlags::empty();
                 *sent = 0;
                 *reused = false;
                 *generation = current;
