@@ -184,6 +184,9 @@ struct Conn {
     /// The client shut down its sending side while its request was with
     /// tiny_http.
     half_closed: bool,
+    /// The client sent more while its request was with tiny_http (see
+    /// [`turn`]).
+    sent_more: bool,
 }
 
 pub struct Front {

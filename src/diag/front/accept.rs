@@ -75,6 +75,7 @@ impl Front {
                         since: now,
                         deadline: now,
                         half_closed: false,
+                        sent_more: false,
                     };
                     c.reply(
                         simple_response(503, "the diagnostics service is out of file descriptors"),
@@ -154,6 +155,7 @@ impl Front {
             since: now,
             deadline: now + self.limits.head_timeout,
             half_closed: false,
+            sent_more: false,
         });
         // Read at once: a request that is there already (a client that
         // sent it with its handshake, or clients that queued while the

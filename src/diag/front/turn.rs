@@ -6,10 +6,10 @@
 //! Interest per socket:
 //! - the stop socket: readable (it hangs up when the daemon stops);
 //! - the listener: readable, unless accepting is paused;
-//! - a client: readable while its head is read or while it lingers,
-//!   writable while its answer is written, only its hang-up
-//!   (`EPOLLRDHUP`) while tiny_http has its request or it is queued,
-//!   nothing once it half-closed then;
+//! - a client: readable and its hang-up (`EPOLLRDHUP`) while its head is
+//!   read, while it lingers, and while tiny_http has its request or it is
+//!   queued (see `client_interest`), writable while its answer is written,
+//!   nothing once it half-closed with its request at tiny_http;
 //! - a connection to tiny_http: readable for its life (an idle one that
 //!   gets anything is dropped), and writable too while a head is only
 //!   partly sent.
@@ -109,16 +109,25 @@ fn data(fd: RawFd) -> EventData {
 }
 
 /// What a client's socket waits for in its state.
+///
+/// Readable and its hang-up both while a head is read and while tiny_http
+/// has the request: a keep-alive client goes from one to the other and
+/// back for every request, and an unchanged registration costs no
+/// `epoll_ctl`. A client that sends more while its request is with
+/// tiny_http (pipelining, or its end of stream) is left readable, which
+/// level-triggered epoll would report every turn: it waits for its hang-up
+/// only, until its next head is read (`sent_more`).
 fn client_interest(c: &Conn) -> EventFlags {
     match &c.state {
-        State::Head { .. } | State::Linger { .. } => EventFlags::IN,
+        State::Head { .. } | State::Linger { .. } => EventFlags::IN | EventFlags::RDHUP,
         State::Reply { .. } => EventFlags::OUT,
         // Clients that hang up while their request is with tiny_http (a
         // parked /wait) free their slot soon: a reset at once, an end of
         // stream (a close or a mere half-close, which look the same) after
         // a short grace in which the answer can still go out.
-        State::Backend { .. } | State::Queued { .. } if !c.half_closed => EventFlags::RDHUP,
-        State::Backend { .. } | State::Queued { .. } => EventFlags::empty(),
+        State::Backend { .. } | State::Queued { .. } if c.half_closed => EventFlags::empty(),
+        State::Backend { .. } | State::Queued { .. } if c.sent_more => EventFlags::RDHUP,
+        State::Backend { .. } | State::Queued { .. } => EventFlags::IN | EventFlags::RDHUP,
     }
 }
 
@@ -136,6 +145,9 @@ impl Front {
             events.listening = have == EventFlags::IN;
         }
         for c in &mut self.conns {
+            if !matches!(c.state, State::Backend { .. } | State::Queued { .. }) {
+                c.sent_more = false;
+            }
             let want = client_interest(c);
             events.set(&c.client, &mut c.client_ev, want);
             if let State::Backend {
@@ -191,6 +203,8 @@ impl Front {
                 let c = &mut self.conns[i];
                 c.half_closed = true;
                 c.deadline = c.deadline.min(now + self.limits.half_close_grace);
+            } else if watch.contains(EventFlags::IN) {
+                self.conns[i].sent_more = true;
             }
             let keep = if watch.intersects(EventFlags::HUP | EventFlags::ERR) {
                 false
