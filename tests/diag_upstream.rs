@@ -102,3 +102,42 @@ fn head_and_get_answers_alternate_on_one_kept_connection() {
         }
     }
 }
+
+/// Requests that arrive together, more than there are kept connections,
+/// wait in the front for a kept one (tiny_http's one serving loop answers
+/// one at a time anyway) rather than each opening a connection of its own,
+/// which made tiny_http start a worker thread per connection.
+#[test]
+fn a_burst_waits_for_the_kept_connections_and_starts_no_threads() {
+    let t = start("burst");
+    for _ in 0..3 {
+        assert_eq!(t.get("/livez").status, 200);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let before = t.threads();
+    let mut peak = before;
+    for round in 0..10 {
+        let mut conns: Vec<TcpStream> = (0..24)
+            .map(|_| TcpStream::connect(t.addr()).unwrap())
+            .collect();
+        for c in &mut conns {
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            std::io::Write::write_all(
+                c,
+                b"GET /livez HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            )
+            .unwrap();
+        }
+        for (i, c) in conns.iter_mut().enumerate() {
+            let r = read_response(c, false).unwrap_or_else(|e| panic!("round {round}, {i}: {e}"));
+            assert_eq!(r.status, 200, "round {round}, {i}");
+        }
+        peak = peak.max(t.threads());
+    }
+    // tiny_http's idle workers above its minimum of 4 stay for 5 s: any
+    // started during the burst are still there.
+    assert!(
+        peak <= before,
+        "threads grew from {before} to {peak} during the burst"
+    );
+}

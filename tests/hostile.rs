@@ -352,6 +352,39 @@ fn the_connection_cap_is_configurable_and_evicts_the_oldest_idle_client() {
     assert_alive(&mut t, "at the cap");
 }
 
+/// Clients that connected and sent a whole request while the front could
+/// not run (a stalled machine: here SIGSTOP) are accepted in one burst.
+/// Over the cap, none of them is "the oldest idle client": each has a
+/// request waiting unread. Each gets an answer (200, or a 503 when every
+/// slot is busy), none a close without one or a reset.
+#[test]
+fn a_burst_over_the_cap_gets_answers_not_silent_closes() {
+    let mut t = start("burst", "diag_max_connections: 4\n", &[]);
+    let addr = t.addr();
+    t.signal(libc::SIGSTOP);
+    let conns: Vec<TcpStream> = (0..12)
+        .map(|i| {
+            let mut c = connect(addr).unwrap_or_else(|| panic!("connect {i}"));
+            c.write_all(b"GET /livez HTTP/1.1\r\nHost: burst\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            c
+        })
+        .collect();
+    t.signal(libc::SIGCONT);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let answers: Vec<Option<u16>> = conns
+        .into_iter()
+        .map(|mut c| status_of(&read_all(&mut c, deadline)))
+        .collect();
+    eprintln!("answers: {answers:?}");
+    assert!(
+        answers.iter().all(|a| matches!(a, Some(200 | 503))),
+        "every client of the burst is answered: {answers:?}"
+    );
+    assert!(answers.contains(&Some(200)), "{answers:?}");
+    assert_alive(&mut t, "after the burst");
+}
+
 #[test]
 fn over_the_cap_with_every_slot_busy_a_newcomer_gets_a_quick_503() {
     // One slot, held by a request the endpoints take seconds to answer.

@@ -18,26 +18,30 @@
 //! connection cap is reached, the connection that has waited longest for its
 //! head is closed to make room (slow clients cannot lock others out); if
 //! every slot is busy with a real request, the newcomer gets a quick 503.
-//! Accept errors (EMFILE and friends) never end the loop: a reserve file
+//! Accept errors (EMFILE and friends) never end the loop: a spare file
 //! descriptor lets the front accept and refuse a client even when the process
-//! is out of descriptors, and new connections resume as soon as fds free up.
+//! is out of descriptors, and new connections resume as soon as fds free up
+//! ([`accept`], on the toolkit of [`crate::infra::sockets`]).
 //! If tiny_http stops listening on its socket (its accept thread dies on
 //! some accept-time errors, one of them a panic), the front notices the
 //! refused connection and the serving loop rebuilds it.
 
-use std::fs::File;
-use std::io::{self, ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::io::{self, ErrorKind};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::head::{parse_head, set_connection_header, simple_response, HeadLimits, Parsed};
-use crate::infra::poll::{poll, pollfd};
-use crate::log::{self, once_a_second};
+use rustix::event::epoll::EventFlags;
 
+use super::head::HeadLimits;
+use crate::infra::sockets::Spare;
+use crate::log;
+
+mod accept;
+mod conn;
+mod turn;
 mod upstream;
 
 /// Every limit of the front, explicit.
@@ -124,6 +128,8 @@ enum State {
     },
     Backend {
         up: UnixStream,
+        /// `up`'s registration in the epoll set ([`turn`]).
+        up_ev: EventFlags,
         out: Vec<u8>,
         sent: usize,
         resp: Vec<u8>,
@@ -136,6 +142,15 @@ enum State {
         generation: u64,
         /// `up` is a kept connection (else it closes after this answer).
         kept: Option<upstream::Kept>,
+    },
+    /// Waiting for a kept connection to tiny_http, all of them carrying a
+    /// request (see [`upstream`]): tiny_http's one serving loop answers
+    /// one request at a time anyway, so the request waits here, at no
+    /// cost, rather than on a connection (and a tiny_http thread) of its
+    /// own. `head` and `next` as for [`State::Backend`].
+    Queued {
+        head: Vec<u8>,
+        next: Option<Vec<u8>>,
     },
     Reply {
         out: Vec<u8>,
@@ -160,6 +175,8 @@ enum Then {
 
 struct Conn {
     client: TcpStream,
+    /// `client`'s registration in the epoll set ([`turn`]).
+    client_ev: EventFlags,
     peer: SocketAddr,
     state: State,
     since: Instant,
@@ -167,6 +184,9 @@ struct Conn {
     /// The client shut down its sending side while its request was with
     /// tiny_http.
     half_closed: bool,
+    /// The client sent more while its request was with tiny_http (see
+    /// [`turn`]).
+    sent_more: bool,
 }
 
 pub struct Front {
@@ -176,9 +196,9 @@ pub struct Front {
     limits: Limits,
     /// Readable (hang-up) when the daemon stops.
     stop: UnixStream,
-    reserve: Option<File>,
+    spare: Spare,
     /// A client was closed to free a descriptor for the one waiting in
-    /// accept(): the reserve must not take it first.
+    /// accept(): the spare must not take it first.
     newcomer_first: bool,
     conns: Vec<Conn>,
     /// Idle connections to tiny_http.
@@ -205,7 +225,7 @@ impl Front {
             backend_lost,
             limits,
             stop,
-            reserve: File::open("/dev/null").ok(),
+            spare: Spare::new(),
             newcomer_first: false,
             conns: Vec::new(),
             pool,
@@ -217,416 +237,31 @@ impl Front {
 
     /// Serves until the stop socket hangs up.
     pub fn run(mut self) {
-        let mut fds: Vec<libc::pollfd> = Vec::new();
+        let mut events = match turn::Events::new(&self) {
+            Ok(events) => events,
+            Err(e) => {
+                log::error(
+                    "diagnostics front: cannot create its epoll set",
+                    &[("error", &e)],
+                );
+                return;
+            }
+        };
         loop {
             let now = Instant::now();
             if self.accept_paused_until.is_some_and(|t| now >= t) {
                 self.accept_paused_until = None;
             }
-            fds.clear();
-            fds.push(pollfd(self.stop.as_raw_fd(), libc::POLLIN));
-            let listening = self.accept_paused_until.is_none();
-            fds.push(pollfd(
-                if listening {
-                    self.listener.as_raw_fd()
-                } else {
-                    -1
-                },
-                libc::POLLIN,
-            ));
-            for c in &self.conns {
-                fds.push(match &c.state {
-                    State::Head { .. } | State::Linger { .. } => {
-                        pollfd(c.client.as_raw_fd(), libc::POLLIN)
-                    }
-                    State::Backend { up, out, sent, .. } => {
-                        let ev = if *sent < out.len() {
-                            libc::POLLOUT
-                        } else {
-                            libc::POLLIN
-                        };
-                        pollfd(up.as_raw_fd(), ev)
-                    }
-                    State::Reply { .. } => pollfd(c.client.as_raw_fd(), libc::POLLOUT),
-                });
-            }
-            // Clients that hang up while their request is with tiny_http
-            // (a parked /wait) free their slot soon: a reset at once, an
-            // end of stream (a close or a mere half-close, which look the
-            // same) after a short grace in which the answer can still go out.
-            let watch_start = fds.len();
-            for c in &self.conns {
-                let fd = if matches!(c.state, State::Backend { .. }) && !c.half_closed {
-                    c.client.as_raw_fd()
-                } else {
-                    -1
-                };
-                fds.push(pollfd(fd, libc::POLLRDHUP));
-            }
-            let pool_start = fds.len();
-            fds.extend(self.pool.fds().map(|fd| pollfd(fd, libc::POLLIN)));
-            let mut next = self.conns.iter().map(|c| c.deadline).min();
-            if let Some(t) = self.accept_paused_until {
-                next = Some(next.map_or(t, |n| n.min(t)));
-            }
-            let timeout = next.map(|t| {
-                t.saturating_duration_since(now)
-                    .clamp(Duration::from_millis(1), Duration::from_secs(60))
-            });
-            // poll(2) through infra::poll, which retries after EINTR.
-            if let Err(e) = poll(&mut fds, timeout) {
-                log::error("diagnostics front: poll failed", &[("error", &e)]);
+            if let Err(e) = self.wait(&mut events, now) {
+                log::error("diagnostics front: epoll_wait failed", &[("error", &e)]);
                 std::thread::sleep(Duration::from_millis(100));
                 continue;
             }
-            if fds[0].revents != 0 {
+            if self.stopping(&events) {
                 return;
             }
-            let now = Instant::now();
-            // Before any connection goes back to the pool.
-            self.pool.prune(&fds[pool_start..]);
-            // Walk connections back to front so removal keeps indexes valid.
-            let ready: Vec<(i16, i16)> = (0..self.conns.len())
-                .map(|i| (fds[2 + i].revents, fds[watch_start + i].revents))
-                .collect();
-            for i in (0..self.conns.len()).rev() {
-                let (ev, watch) = ready[i];
-                if watch & libc::POLLRDHUP != 0 {
-                    let c = &mut self.conns[i];
-                    c.half_closed = true;
-                    c.deadline = c.deadline.min(now + self.limits.half_close_grace);
-                }
-                let keep = if watch & (libc::POLLHUP | libc::POLLERR) != 0 {
-                    false
-                } else if ev != 0 {
-                    self.step(i, now)
-                } else {
-                    now < self.conns[i].deadline || self.expire(i)
-                };
-                if !keep {
-                    self.conns.swap_remove(i);
-                }
-            }
-            // Before any new client: a descriptor freed above goes back to
-            // the reserve first.
-            self.restore_reserve();
-            if fds[1].revents != 0 {
-                self.accept_all();
-            }
+            self.serve(&events);
         }
-    }
-
-    fn accept_all(&mut self) {
-        loop {
-            match self.listener.accept() {
-                Ok((stream, peer)) => self.admit(stream, peer),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                Err(e) => match e.raw_os_error() {
-                    Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS)
-                    | Some(libc::ENOMEM) => {
-                        self.out_of_descriptors(&e);
-                        return;
-                    }
-                    // The client went away between SYN and accept, a signal,
-                    // or a network error on that one connection.
-                    Some(libc::ECONNABORTED)
-                    | Some(libc::EINTR)
-                    | Some(libc::EPROTO)
-                    | Some(libc::EPERM) => continue,
-                    _ => {
-                        self.note_accept_error(&e);
-                        self.accept_paused_until =
-                            Some(Instant::now() + Duration::from_millis(100));
-                        return;
-                    }
-                },
-            }
-        }
-    }
-
-    /// accept() failed for want of descriptors: free one (the slowest idle
-    /// client, or the reserve), refuse the waiting client, and pause briefly
-    /// when nothing can be freed.
-    fn out_of_descriptors(&mut self, e: &io::Error) {
-        self.note_accept_error(e);
-        if let Some(i) = self.oldest_waiting_for_head() {
-            self.conns.swap_remove(i);
-            // The freed descriptor is for the newcomer: the reserve, if it
-            // is out, waits for the next one.
-            self.newcomer_first = self.reserve.is_none();
-            return;
-        }
-        if self.reserve.take().is_some() {
-            // The reserve's number goes to the refused client, which keeps
-            // it while it reads the refusal: the 503 is written, then what
-            // the client sent is read and dropped (the lingering close), so
-            // the client sees the reason rather than a reset. The reserve
-            // comes back once a descriptor is free (`restore_reserve`).
-            if let Ok((stream, peer)) = self.listener.accept() {
-                if stream.set_nonblocking(true).is_ok() {
-                    let now = Instant::now();
-                    let mut c = Conn {
-                        client: stream,
-                        peer,
-                        state: State::Linger { drained: 0 },
-                        since: now,
-                        deadline: now,
-                        half_closed: false,
-                    };
-                    c.reply(
-                        simple_response(503, "the diagnostics service is out of file descriptors"),
-                        Then::Linger,
-                        now + self.limits.write_timeout,
-                    );
-                    self.conns.push(c);
-                }
-            }
-            self.restore_reserve();
-        }
-        self.accept_paused_until = Some(Instant::now() + Duration::from_millis(50));
-    }
-
-    /// Takes the reserve descriptor back when it was given away and one is
-    /// free again (unless the one just freed is for a waiting newcomer).
-    fn restore_reserve(&mut self) {
-        if self.reserve.is_none() && !std::mem::take(&mut self.newcomer_first) {
-            self.reserve = File::open("/dev/null").ok();
-        }
-    }
-
-    fn note_accept_error(&mut self, e: &io::Error) {
-        if once_a_second(&mut self.last_accept_error) {
-            log::warn(
-                "diagnostics front: accept failed; still listening",
-                &[("error", e)],
-            );
-        }
-    }
-
-    fn oldest_waiting_for_head(&self) -> Option<usize> {
-        self.conns
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| matches!(c.state, State::Head { .. } | State::Linger { .. }))
-            .min_by_key(|(_, c)| c.since)
-            .map(|(i, _)| i)
-    }
-
-    fn admit(&mut self, stream: TcpStream, peer: SocketAddr) {
-        if self.conns.len() >= self.limits.max_connections {
-            match self.oldest_waiting_for_head() {
-                Some(i) => {
-                    self.conns.swap_remove(i);
-                }
-                None => {
-                    // No slot to linger in: read what the client has sent
-                    // already, so that closing does not reset the answer
-                    // away (a request still on its way may).
-                    let _ = stream.set_nonblocking(true);
-                    let mut sent = [0u8; 16 * 1024];
-                    let _ = (&stream).read(&mut sent);
-                    let _ = (&stream).write(&simple_response(
-                        503,
-                        "too many connections to the diagnostics service",
-                    ));
-                    let _ = stream.shutdown(Shutdown::Write);
-                    return;
-                }
-            }
-        }
-        if stream.set_nonblocking(true).is_err() {
-            return;
-        }
-        let _ = stream.set_nodelay(true);
-        let now = Instant::now();
-        self.conns.push(Conn {
-            client: stream,
-            peer,
-            state: State::Head {
-                buf: Vec::with_capacity(1024),
-            },
-            since: now,
-            deadline: now + self.limits.head_timeout,
-            half_closed: false,
-        });
-    }
-
-    /// A deadline passed. Returns whether to keep the connection.
-    fn expire(&mut self, i: usize) -> bool {
-        let c = &mut self.conns[i];
-        match &c.state {
-            State::Head { buf } if !buf.is_empty() => {
-                let _ =
-                    (&c.client).write(&simple_response(408, "request head not received in time"));
-            }
-            State::Backend { .. } => {
-                let _ = (&c.client).write(&simple_response(
-                    504,
-                    "the diagnostics service did not answer in time",
-                ));
-            }
-            _ => {}
-        }
-        false
-    }
-
-    /// The connection's socket is ready. Returns whether to keep it.
-    fn step(&mut self, i: usize, now: Instant) -> bool {
-        let limits = self.limits.clone();
-        let c = &mut self.conns[i];
-        match &mut c.state {
-            State::Head { buf } => {
-                let mut chunk = [0u8; 4096];
-                let room = (limits.head.max_head_bytes + 1)
-                    .saturating_sub(buf.len())
-                    .min(chunk.len());
-                let n = match (&c.client).read(&mut chunk[..room]) {
-                    Ok(0) => return false,
-                    Ok(n) => n,
-                    Err(e) if again(&e) => return true,
-                    Err(_) => return false,
-                };
-                buf.extend_from_slice(&chunk[..n]);
-                self.advance_head(i, now);
-                true
-            }
-            State::Backend { .. } => self.step_backend(i, now),
-            State::Reply { out, sent, then } => match (&c.client).write(&out[*sent..]) {
-                Ok(n) => {
-                    *sent += n;
-                    if *sent < out.len() {
-                        return true;
-                    }
-                    match std::mem::replace(then, Then::Close) {
-                        Then::Close => false,
-                        Then::Linger => {
-                            let _ = c.client.shutdown(Shutdown::Write);
-                            c.state = State::Linger { drained: 0 };
-                            c.deadline = now + limits.linger_time;
-                            true
-                        }
-                        Then::KeepAlive(next) => {
-                            c.state = State::Head { buf: next };
-                            c.since = now;
-                            c.deadline = now + limits.head_timeout;
-                            self.advance_head(i, now);
-                            true
-                        }
-                    }
-                }
-                Err(e) if again(&e) => true,
-                Err(_) => false,
-            },
-            State::Linger { drained } => {
-                let mut chunk = [0u8; 16 * 1024];
-                match (&c.client).read(&mut chunk) {
-                    Ok(0) => false,
-                    Ok(n) => {
-                        *drained += n;
-                        *drained < limits.linger_bytes
-                    }
-                    Err(e) if again(&e) => true,
-                    Err(_) => false,
-                }
-            }
-        }
-    }
-}
-
-impl Front {
-    /// A `Head` connection got bytes: refuse, forward, or keep reading.
-    fn advance_head(&mut self, i: usize, now: Instant) {
-        let c = &mut self.conns[i];
-        let State::Head { buf } = &c.state else {
-            return;
-        };
-        if buf.is_empty() {
-            return;
-        }
-        match parse_head(buf, &self.limits.head, c.peer) {
-            Parsed::Partial => {}
-            Parsed::Refuse(status, why) => {
-                let out = simple_response(status, why);
-                c.reply(out, Then::Linger, now + self.limits.write_timeout);
-            }
-            Parsed::Answer {
-                resp,
-                keep_alive,
-                len,
-            } => {
-                // As for a relayed answer: one that has half-closed still
-                // gets answers to the requests it sent before.
-                let next = Some(buf[len..].to_vec())
-                    .filter(|next| keep_alive && (!c.half_closed || !next.is_empty()));
-                let resp = set_connection_header(resp, next.is_none());
-                let then = next.map_or(Then::Close, Then::KeepAlive);
-                c.reply(resp, then, now + self.limits.write_timeout);
-            }
-            Parsed::Forward {
-                head,
-                keep_alive,
-                len,
-                slow,
-            } => {
-                let next = keep_alive.then(|| buf[len..].to_vec());
-                let path = self.backend_path();
-                match self.pool.take(&path, slow) {
-                    Ok(taken) => {
-                        let head_request = head.starts_with(b"HEAD ");
-                        let mut head = head;
-                        if taken.kept.is_none() {
-                            // For this request only: tiny_http's worker ends
-                            // with it.
-                            head.truncate(head.len() - 2);
-                            head.extend_from_slice(b"Connection: close\r\n\r\n");
-                        }
-                        let c = &mut self.conns[i];
-                        c.state = State::Backend {
-                            up: taken.stream,
-                            out: head,
-                            sent: 0,
-                            resp: Vec::new(),
-                            keep_alive: next,
-                            reused: taken.reused,
-                            head_request,
-                            generation: taken.generation,
-                            kept: taken.kept,
-                        };
-                        let mut timeout = if slow {
-                            self.limits.slow_response_timeout
-                        } else {
-                            self.limits.response_timeout
-                        };
-                        if c.half_closed {
-                            timeout = timeout.min(self.limits.half_close_grace);
-                        }
-                        c.deadline = now + timeout;
-                        self.send_head_now(i);
-                    }
-                    Err(e) => {
-                        let out =
-                            simple_response(503, "the diagnostics service is busy; try again");
-                        self.conns[i].reply(out, Then::Close, now + self.limits.write_timeout);
-                        if matches!(e.kind(), ErrorKind::ConnectionRefused | ErrorKind::NotFound) {
-                            (self.backend_lost)(&path);
-                        }
-                        if once_a_second(&mut self.last_backend_error) {
-                            log::warn(
-                                "diagnostics front: cannot reach the serving loop",
-                                &[("error", &e)],
-                            );
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-impl Conn {
-    fn reply(&mut self, out: Vec<u8>, then: Then, deadline: Instant) {
-        self.state = State::Reply { out, sent: 0, then };
-        self.deadline = deadline;
     }
 }
 

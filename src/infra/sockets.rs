@@ -1,7 +1,7 @@
 //! The hardened-socket toolkit of tbot's public entry points (the
-//! multiplexer socket; the diagnostics front keeps its own copies until it
-//! moves onto this): a spare descriptor for running out of them, the
-//! out-of-descriptors check, and the lingering close.
+//! multiplexer socket and the diagnostics front): a spare descriptor for
+//! running out of them, the out-of-descriptors check, and the lingering
+//! close.
 
 use std::fs::File;
 use std::io::{self, ErrorKind, Read};
@@ -34,6 +34,11 @@ impl Spare {
     /// Gives the descriptor up. False if none was held.
     pub fn release(&mut self) -> bool {
         self.0.take().is_some()
+    }
+
+    /// Whether the descriptor is held (not given up).
+    pub fn is_held(&self) -> bool {
+        self.0.is_some()
     }
 
     /// Holds one again if none is held.
@@ -108,7 +113,9 @@ mod tests {
         assert!(drained(&a, &mut 0, 10));
         // The spare comes and goes.
         let mut spare = Spare::new();
+        assert!(spare.is_held());
         assert!(spare.release());
+        assert!(!spare.is_held());
         assert!(!spare.release());
         spare.restore();
         assert!(spare.release());

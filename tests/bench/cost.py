@@ -158,6 +158,7 @@ def slice_run(addr, path, keep, rate, secs, pool):
             else:
                 c = Conn(sel, addr, keep)
                 live.add(c)
+                pool["peak"] = max(pool.get("peak", 0), len(live))
             c.send(req)
             sent += 1
         if sent >= total and answered + errors >= total:
@@ -228,6 +229,10 @@ def main():
     slices = int(os.environ.get("SLICES", "6"))
     rows = [("/livez", True), ("/livez", False), ("/readyz", True),
             ("/readyz", False), ("/metrics", True)]
+    # ROWS="/livez:keep-alive /readyz:new" runs only those rows.
+    only = os.environ.get("ROWS", "").split()
+    if only:
+        rows = [r for r in rows if f"{r[0]}:{'keep-alive' if r[1] else 'new'}" in only]
     servers = {"tbot": (("127.0.0.1", tport), Cpu("tbot", tpid)),
                "go": (("127.0.0.1", gport), Cpu("go", gpid))}
     print(f"{'endpoint':<9} {'conn':<10} {'rate':>5} {'tbot us/req':>11} {'go us/req':>10} "
@@ -263,7 +268,11 @@ def main():
                       flush=True)
                 for n in servers:
                     if pools[n]["why"]:
-                        print(f"#   {n} errors: {pools[n]['why']}", flush=True)
+                        # The most connections the driver had open to the
+                        # server at once: past tbot's diag_max_connections
+                        # (64), newcomers evict idle keep-alive connections.
+                        print(f"#   {n} errors: {pools[n]['why']} "
+                              f"(at most {pools[n].get('peak', 0)} connections open)", flush=True)
     finally:
         for _, cpu in servers.values():
             cpu.close()

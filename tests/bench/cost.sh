@@ -14,6 +14,7 @@
 #
 #   tests/bench/cost.sh                      # about 5 minutes after the builds
 #   SLICES=3 RATES="500" DUR=3 tests/bench/cost.sh
+#   ROWS="/livez:keep-alive /readyz:keep-alive" tests/bench/cost.sh  # those rows only
 #   TBOT=/tmp/tbot-before tests/bench/cost.sh  # another tbot binary
 #
 # Loopback only, bounded in time; every process started here is killed by

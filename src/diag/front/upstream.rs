@@ -14,9 +14,13 @@
 //! was notified but has not yet run as idle: when new connections arrive
 //! faster than workers wake, one can be queued with no thread to run it
 //! until some worker finishes a connection. With a thread never held by a
-//! kept connection, that worker always comes back. Requests beyond the cap,
-//! and slow ones (`/wait`, profiles), go on a connection of their own that
-//! closes after the answer, as before.
+//! kept connection, that worker always comes back. Requests that find every
+//! kept connection busy wait in the front (`State::Queued`) for one to come
+//! back: tiny_http's one serving loop answers one request at a time anyway,
+//! and a connection of their own cost a connect, an accept and, in a burst,
+//! a new tiny_http thread each. Slow requests (`/wait`, profiles) go on a
+//! connection of their own that closes after the answer, so that they
+//! never hold a kept one.
 //!
 //! One request at a time per connection (no pipelining): a parked `/wait` or
 //! a profile on one connection cannot hold up the answers on another, and
@@ -35,6 +39,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
+
+use rustix::event::epoll::EventFlags;
 
 use super::{again, Front, State, Then};
 use crate::diag::head::{set_connection_header, simple_response};
@@ -129,6 +135,16 @@ impl Pool {
         })
     }
 
+    /// Whether a request that is not slow can have a kept connection to
+    /// `path` now: an idle one, or room under the cap for a new one. (With
+    /// no kept connections allowed, every request has one of its own.)
+    pub(super) fn has_room(&mut self, path: &Path) -> bool {
+        self.follow(path);
+        self.max_kept == 0
+            || !self.idle.is_empty()
+            || self.live.load(Ordering::Relaxed) < self.max_kept
+    }
+
     /// Keeps a connection whose last response was read whole, if it leads
     /// to the current tiny_http.
     pub(super) fn put(&mut self, generation: u64, s: UnixStream, kept: Kept) {
@@ -137,20 +153,10 @@ impl Pool {
         }
     }
 
-    /// The idle connections' descriptors, in the order `prune` expects.
-    pub(super) fn fds(&self) -> impl Iterator<Item = RawFd> + '_ {
-        self.idle.iter().map(|(s, _)| s.as_raw_fd())
-    }
-
-    /// Drops the idle connections whose poll entry (one per connection, in
-    /// `fds` order) reported anything.
-    pub(super) fn prune(&mut self, polled: &[libc::pollfd]) {
-        let mut i = 0;
-        self.idle.retain(|_| {
-            let keep = polled.get(i).is_none_or(|p| p.revents == 0);
-            i += 1;
-            keep
-        });
+    /// Drops the idle connections for which `reported` (the last wait
+    /// reported something: tiny_http sends nothing unasked).
+    pub(super) fn prune(&mut self, reported: impl Fn(RawFd) -> bool) {
+        self.idle.retain(|(s, _)| !reported(s.as_raw_fd()));
     }
 }
 
@@ -302,6 +308,7 @@ impl Front {
         let c = &mut self.conns[i];
         let State::Backend {
             up,
+            up_ev,
             resp,
             keep_alive,
             generation,
@@ -311,7 +318,8 @@ impl Front {
         else {
             return;
         };
-        if let (Some(true), Some(kept)) = (reuse, kept) {
+        // Idle connections in the pool are registered readable.
+        if let (Some(true), Some(kept), true) = (reuse, kept, up_ev == EventFlags::IN) {
             self.pool.put(generation, up, kept);
         }
         let mut out = resp;
@@ -345,6 +353,7 @@ impl Front {
         let fresh = UnixStream::connect(&path).and_then(|s| s.set_nonblocking(true).map(|_| s));
         let State::Backend {
             up,
+            up_ev,
             sent,
             reused,
             generation,
@@ -357,6 +366,8 @@ impl Front {
             Ok(s) => {
                 // In the same place under the cap as the one it replaces.
                 *up = s;
+                // A new socket: not in the epoll set yet.
+                *up_ev = EventFlags::empty();
                 *sent = 0;
                 *reused = false;
                 *generation = current;

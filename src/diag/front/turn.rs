@@ -1,0 +1,234 @@
+//! One turn of the front's loop on epoll(7), level-triggered: what each
+//! socket waits for follows from its connection's state, and only changes
+//! reach the kernel (`epoll_ctl`), so a turn costs one `epoll_wait` however
+//! many connections are open, where poll(2) walked every descriptor twice.
+//!
+//! Interest per socket:
+//! - the stop socket: readable (it hangs up when the daemon stops);
+//! - the listener: readable, unless accepting is paused;
+//! - a client: readable and its hang-up (`EPOLLRDHUP`) while its head is
+//!   read, while it lingers, and while tiny_http has its request or it is
+//!   queued (see `client_interest`), writable while its answer is written,
+//!   nothing once it half-closed with its request at tiny_http;
+//! - a connection to tiny_http: readable for its life (an idle one that
+//!   gets anything is dropped), and writable too while a head is only
+//!   partly sent.
+//!
+//! Where a registration is kept: a client's in its [`Conn`], a connection
+//! to tiny_http's beside it (`State::Backend`'s `up_ev`; every idle one in
+//! the pool is registered readable). A socket closed leaves the epoll set
+//! by itself, so a new socket that reuses its number starts unregistered.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use rustix::event::epoll::{self, EventData, EventFlags};
+
+use super::{Conn, Front, State};
+
+/// The epoll set and the events of the last wait.
+pub(super) struct Events {
+    ep: OwnedFd,
+    ready: Vec<epoll::Event>,
+    /// (descriptor, events) of the last wait, sorted by descriptor.
+    got: Vec<(RawFd, EventFlags)>,
+    /// The listener is in the set (not paused).
+    listening: bool,
+}
+
+impl Events {
+    /// An epoll set holding the stop socket and the listener.
+    pub(super) fn new(front: &Front) -> io::Result<Events> {
+        let ep = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+        let stop = &front.stop;
+        epoll::add(&ep, stop, data(stop.as_raw_fd()), EventFlags::IN)?;
+        let l = &front.listener;
+        epoll::add(&ep, l, data(l.as_raw_fd()), EventFlags::IN)?;
+        Ok(Events {
+            ep,
+            ready: Vec::with_capacity(256),
+            got: Vec::with_capacity(256),
+            listening: true,
+        })
+    }
+
+    /// Makes `fd`'s registration `want` (empty: out of the set), from what
+    /// it is (`have`, updated). An error leaves `have` as it was: the next
+    /// turn tries again.
+    fn set(&self, fd: impl AsFd, have: &mut EventFlags, want: EventFlags) {
+        if *have == want {
+            return;
+        }
+        let raw = fd.as_fd().as_raw_fd();
+        let done = if want.is_empty() {
+            epoll::delete(&self.ep, fd)
+        } else if have.is_empty() {
+            epoll::add(&self.ep, fd, data(raw), want)
+        } else {
+            epoll::modify(&self.ep, fd, data(raw), want)
+        };
+        if done.is_ok() {
+            *have = want;
+        }
+    }
+
+    /// Waits for events, at most `timeout` (None: without a limit).
+    fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        let ts = timeout.map(|t| rustix::time::Timespec {
+            tv_sec: t.as_secs() as _,
+            tv_nsec: t.subsec_nanos() as _,
+        });
+        self.ready.clear();
+        loop {
+            let buf = rustix::buffer::spare_capacity(&mut self.ready);
+            match epoll::wait(&self.ep, buf, ts.as_ref()) {
+                Ok(_) => break,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.got.clear();
+        self.got
+            .extend(self.ready.iter().map(|e| (e.data.u64() as RawFd, e.flags)));
+        self.got.sort_unstable_by_key(|&(fd, _)| fd);
+        Ok(())
+    }
+
+    /// What the last wait reported for `fd` (empty: nothing).
+    pub(super) fn of(&self, fd: RawFd) -> EventFlags {
+        match self.got.binary_search_by_key(&fd, |&(f, _)| f) {
+            Ok(i) => self.got[i].1,
+            Err(_) => EventFlags::empty(),
+        }
+    }
+}
+
+fn data(fd: RawFd) -> EventData {
+    EventData::new_u64(fd as u64)
+}
+
+/// What a client's socket waits for in its state.
+///
+/// Readable and its hang-up both while a head is read and while tiny_http
+/// has the request: a keep-alive client goes from one to the other and
+/// back for every request, and an unchanged registration costs no
+/// `epoll_ctl`. A client that sends more while its request is with
+/// tiny_http (pipelining, or its end of stream) is left readable, which
+/// level-triggered epoll would report every turn: it waits for its hang-up
+/// only, until its next head is read (`sent_more`).
+fn client_interest(c: &Conn) -> EventFlags {
+    match &c.state {
+        State::Head { .. } | State::Linger { .. } => EventFlags::IN | EventFlags::RDHUP,
+        State::Reply { .. } => EventFlags::OUT,
+        // Clients that hang up while their request is with tiny_http (a
+        // parked /wait) free their slot soon: a reset at once, an end of
+        // stream (a close or a mere half-close, which look the same) after
+        // a short grace in which the answer can still go out.
+        State::Backend { .. } | State::Queued { .. } if c.half_closed => EventFlags::empty(),
+        State::Backend { .. } | State::Queued { .. } if c.sent_more => EventFlags::RDHUP,
+        State::Backend { .. } | State::Queued { .. } => EventFlags::IN | EventFlags::RDHUP,
+    }
+}
+
+impl Front {
+    /// Brings the epoll set in line with every connection's state, then
+    /// waits for events until the nearest deadline.
+    pub(super) fn wait(&mut self, events: &mut Events, now: Instant) -> io::Result<()> {
+        let listen = self.accept_paused_until.is_none();
+        if listen != events.listening {
+            let (mut have, want) = match listen {
+                true => (EventFlags::empty(), EventFlags::IN),
+                false => (EventFlags::IN, EventFlags::empty()),
+            };
+            events.set(&self.listener, &mut have, want);
+            events.listening = have == EventFlags::IN;
+        }
+        for c in &mut self.conns {
+            if !matches!(c.state, State::Backend { .. } | State::Queued { .. }) {
+                c.sent_more = false;
+            }
+            let want = client_interest(c);
+            events.set(&c.client, &mut c.client_ev, want);
+            if let State::Backend {
+                up,
+                out,
+                sent,
+                up_ev,
+                ..
+            } = &mut c.state
+            {
+                let want = match *sent < out.len() {
+                    true => EventFlags::IN | EventFlags::OUT,
+                    false => EventFlags::IN,
+                };
+                events.set(&*up, up_ev, want);
+            }
+        }
+        events.wait(self.timeout(now))
+    }
+
+    /// How long this turn may wait: until the nearest deadline (or the end
+    /// of an accept pause), between 1 ms and 60 s; None: no deadline.
+    pub(super) fn timeout(&self, now: Instant) -> Option<Duration> {
+        let mut next = self.conns.iter().map(|c| c.deadline).min();
+        if let Some(t) = self.accept_paused_until {
+            next = Some(next.map_or(t, |n| n.min(t)));
+        }
+        next.map(|t| {
+            t.saturating_duration_since(now)
+                .clamp(Duration::from_millis(1), Duration::from_secs(60))
+        })
+    }
+
+    /// Acts on what the wait reported: steps ready connections, closes
+    /// those that hung up or passed their deadline, accepts newcomers.
+    pub(super) fn serve(&mut self, events: &Events) {
+        let now = Instant::now();
+        // Before any connection goes back to the pool.
+        self.pool.prune(|fd| !events.of(fd).is_empty());
+        // Walk connections back to front so removal keeps indexes valid
+        // (a removal moves the last one, already walked, into its place).
+        for i in (0..self.conns.len()).rev() {
+            let c = &self.conns[i];
+            let client = events.of(c.client.as_raw_fd());
+            // The socket the state waits on, and the client's hang-up
+            // while tiny_http has its request.
+            let (ev, watch) = match &c.state {
+                State::Backend { up, .. } => (events.of(up.as_raw_fd()), client),
+                State::Queued { .. } => (EventFlags::empty(), client),
+                _ => (client, EventFlags::empty()),
+            };
+            if watch.contains(EventFlags::RDHUP) {
+                let c = &mut self.conns[i];
+                c.half_closed = true;
+                c.deadline = c.deadline.min(now + self.limits.half_close_grace);
+            } else if watch.contains(EventFlags::IN) {
+                self.conns[i].sent_more = true;
+            }
+            let keep = if watch.intersects(EventFlags::HUP | EventFlags::ERR) {
+                false
+            } else if !ev.is_empty() {
+                self.step(i, now)
+            } else {
+                now < self.conns[i].deadline || self.expire(i)
+            };
+            if !keep {
+                self.conns.swap_remove(i);
+            }
+        }
+        // Kept connections freed above take the queued requests.
+        self.dispatch_queued(now);
+        // Before any new client: a descriptor freed above goes back to the
+        // spare first.
+        self.restore_spare();
+        if !events.of(self.listener.as_raw_fd()).is_empty() {
+            self.accept_all();
+        }
+    }
+
+    /// Whether the stop socket reported anything (the daemon stops).
+    pub(super) fn stopping(&self, events: &Events) -> bool {
+        !events.of(self.stop.as_raw_fd()).is_empty()
+    }
+}
