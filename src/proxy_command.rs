@@ -18,7 +18,7 @@
 
 use std::io::{self, IoSlice, Write};
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
@@ -84,7 +84,7 @@ fn is_socket(fd: impl AsFd) -> io::Result<bool> {
 /// Waits up to `wait` for the first reply bytes and returns the
 /// multiplexer's reason if they are its error line. Leaves them unread.
 fn refusal(conn: &UnixStream, wait: Duration) -> Option<String> {
-    if !wait_readable(conn.as_raw_fd(), wait).unwrap_or(false) {
+    if !wait_readable(conn, wait).unwrap_or(false) {
         return None;
     }
     let mut buf = [0u8; 1024];
@@ -114,7 +114,7 @@ pub fn send_fd(over: BorrowedFd, fd: BorrowedFd) -> io::Result<()> {
             Ok(1) => return Ok(()),
             Ok(n) => return Err(io::Error::other(format!("sendmsg sent {n} bytes, not 1"))),
             Err(Errno::INTR) => {}
-            Err(Errno::AGAIN) => wait_writable(over.as_raw_fd())?,
+            Err(Errno::AGAIN) => wait_writable(over)?,
             Err(e) => return Err(e.into()),
         }
     }

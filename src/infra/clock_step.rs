@@ -11,7 +11,6 @@
 //! `CLOCK_MONOTONIC` every [`POLL`] and reports a change of their offset by
 //! more than [`STEP`]. Each step is sent to every subscriber.
 
-use std::os::fd::AsRawFd;
 use std::sync::{Mutex, Once};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -105,15 +104,19 @@ fn watch() {
     let timer = arm();
     let mut last = offset_ns();
     loop {
-        let mut fds = [crate::infra::poll::pollfd(
-            timer.as_ref().map_or(-1, |t| t.as_raw_fd()),
-            libc::POLLIN,
-        )];
-        if crate::infra::poll::poll(&mut fds, Some(POLL)).is_err() {
-            std::thread::sleep(POLL);
-        }
+        // Without a timer, only the poll of the offset below.
+        let fired = match &timer {
+            Some(t) => crate::infra::poll::wait_readable(t, POLL).unwrap_or_else(|_| {
+                std::thread::sleep(POLL);
+                false
+            }),
+            None => {
+                std::thread::sleep(POLL);
+                false
+            }
+        };
         let mut stepped = false;
-        if fds[0].revents != 0 {
+        if fired {
             if let Some(t) = &timer {
                 // ECANCELED: the clock was set. Either way, arm it again.
                 let mut buf = [0u8; 8];

@@ -8,7 +8,7 @@
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{ErrorKind, Read};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 
@@ -68,11 +68,6 @@ impl Watch {
         })
     }
 
-    /// The descriptor to poll for `POLLIN`.
-    pub fn fd(&self) -> RawFd {
-        self.file.as_raw_fd()
-    }
-
     /// The events queued now, oldest first; none if nothing is queued. An
     /// `IN_Q_OVERFLOW` event (no name) says that events were lost.
     pub fn events(&self) -> Result<Vec<Event>, String> {
@@ -125,10 +120,17 @@ fn parse(buf: &[u8], events: &mut Vec<Event>) -> Result<(), String> {
     Ok(())
 }
 
+/// The descriptor to poll for `POLLIN`.
+impl AsFd for Watch {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::infra::poll::{poll, pollfd};
+    use crate::infra::poll::wait_readable;
     use crate::testutil::TestDir;
     use std::time::Duration;
 
@@ -140,8 +142,7 @@ mod tests {
         | libc::IN_MOVE_SELF;
 
     fn wait(w: &Watch) -> Vec<Event> {
-        let mut fds = [pollfd(w.fd(), libc::POLLIN)];
-        assert_eq!(poll(&mut fds, Some(Duration::from_secs(5))).unwrap(), 1);
+        assert!(wait_readable(w, Duration::from_secs(5)).unwrap());
         w.events().unwrap()
     }
 

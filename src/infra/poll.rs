@@ -1,52 +1,65 @@
 //! poll(2), for the threads that wait on descriptors rather than on a timer.
 //!
-//! Through libc rather than rustix: callers poll raw descriptor numbers
-//! (including -1 for a slot not in use this turn), which rustix's `PollFd`
-//! would only take as borrowed descriptors.
+//! Through rustix's `poll` (ppoll(2) underneath): descriptors are borrowed
+//! for the call, so no descriptor number can outlive what it names, and no
+//! `unsafe` is needed here. A slot not in use this turn is simply left out.
 
 use std::io::{self, ErrorKind};
-use std::os::fd::RawFd;
+use std::os::fd::AsFd;
 use std::time::Duration;
 
-/// A `pollfd` asking for `events` on `fd` (a negative `fd` is ignored by poll).
-pub fn pollfd(fd: RawFd, events: i16) -> libc::pollfd {
-    libc::pollfd {
-        fd,
-        events,
-        revents: 0,
+pub use rustix::event::{PollFd, PollFlags};
+
+/// poll(2) on `fds` for at most `timeout` (None: until one is ready), again
+/// after EINTR (with the whole timeout: callers recompute deadlines from
+/// the clock); the number of ready descriptors.
+pub fn poll(fds: &mut [PollFd<'_>], timeout: Option<Duration>) -> io::Result<usize> {
+    // A timeout too long for a timespec (centuries) waits without one.
+    let timeout = timeout.and_then(|t| rustix::time::Timespec::try_from(t).ok());
+    loop {
+        match rustix::event::poll(fds, timeout.as_ref()) {
+            Ok(n) => return Ok(n),
+            Err(e) => {
+                let e = io::Error::from(e);
+                if e.kind() != ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
     }
 }
 
-/// poll(2) on `fds` for at most `timeout` (None: until one is ready), again
-/// after EINTR; the number of ready descriptors. A timeout is rounded up to
-/// the next millisecond, so that a deadline less than 1 ms away is slept to
-/// rather than spun on.
-pub fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> io::Result<usize> {
-    let ms = match timeout {
-        None => -1,
-        Some(t) => {
-            libc::c_int::try_from(t.as_nanos().div_ceil(1_000_000)).unwrap_or(libc::c_int::MAX)
-        }
-    };
-    loop {
-        // SAFETY: a valid, initialised slice of pollfd of the length given.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
-        if let Ok(n) = usize::try_from(n) {
-            return Ok(n);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
+/// Whether poll reported anything on `fd`: readiness asked for, or
+/// POLLHUP/POLLERR, which poll(2) always reports.
+pub fn woke(fd: &PollFd<'_>) -> bool {
+    !fd.revents().is_empty()
 }
 
 /// Waits until `fd` is readable (or hung up); false on timeout.
-pub fn wait_readable(fd: RawFd, timeout: Duration) -> io::Result<bool> {
-    poll(&mut [pollfd(fd, libc::POLLIN)], Some(timeout)).map(|n| n > 0)
+pub fn wait_readable(fd: impl AsFd, timeout: Duration) -> io::Result<bool> {
+    poll(&mut [PollFd::new(&fd, PollFlags::IN)], Some(timeout)).map(|n| n > 0)
 }
 
 /// Waits until `fd` can be written to, without a time limit.
-pub fn wait_writable(fd: RawFd) -> io::Result<()> {
-    poll(&mut [pollfd(fd, libc::POLLOUT)], None).map(|_| ())
+pub fn wait_writable(fd: impl AsFd) -> io::Result<()> {
+    poll(&mut [PollFd::new(&fd, PollFlags::OUT)], None).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+    use std::time::Instant;
+
+    #[test]
+    fn readable_after_a_write_and_a_timeout_before() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let t0 = Instant::now();
+        assert!(!wait_readable(&a, Duration::from_millis(30)).unwrap());
+        assert!(t0.elapsed() >= Duration::from_millis(30));
+        b.write_all(b"x").unwrap();
+        assert!(wait_readable(&a, Duration::from_secs(5)).unwrap());
+        wait_writable(&a).unwrap();
+    }
 }

@@ -5,7 +5,6 @@
 
 use std::fs::File;
 use std::io::{self, ErrorKind, Read};
-use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -82,7 +81,7 @@ pub fn linger(s: &UnixStream, time: Duration, max: usize) {
     let mut total = 0;
     while !drained(s, &mut total, max) {
         let left = end.saturating_duration_since(Instant::now());
-        if left.is_zero() || wait_readable(s.as_raw_fd(), left).is_err() {
+        if left.is_zero() || wait_readable(s, left).is_err() {
             return;
         }
     }

@@ -91,18 +91,17 @@ impl Stop {
 mod tests {
     use super::*;
     use crate::infra::poll::wait_readable;
-    use std::os::fd::AsRawFd;
 
     #[test]
     fn a_dropped_stopper_fires_the_channel_then_the_descriptor() {
         let (stopper, stop) = Stop::new().unwrap();
         let other = stop.clone();
         assert!(!stop.is_set());
-        assert!(!wait_readable(stop.fd().as_raw_fd(), Duration::ZERO).unwrap());
+        assert!(!wait_readable(stop.fd(), Duration::ZERO).unwrap());
         assert!(stop.sleep(Duration::from_millis(1)));
         let waiter = std::thread::spawn(move || {
             // Woken by the descriptor: the channel has fired already.
-            assert!(wait_readable(other.fd().as_raw_fd(), Duration::from_secs(10)).unwrap());
+            assert!(wait_readable(other.fd(), Duration::from_secs(10)).unwrap());
             other.is_set()
         });
         std::thread::sleep(Duration::from_millis(20));
@@ -110,6 +109,6 @@ mod tests {
         assert!(waiter.join().unwrap());
         assert!(stop.is_set());
         assert!(!stop.sleep(Duration::from_secs(10)));
-        assert!(wait_readable(stop.fd().as_raw_fd(), Duration::ZERO).unwrap());
+        assert!(wait_readable(stop.fd(), Duration::ZERO).unwrap());
     }
 }

@@ -18,7 +18,6 @@
 //! makes it `unhealthy` with the error and it checks again at the next event
 //! (or poll); the last good CA stays in use meanwhile.
 
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -26,7 +25,7 @@ use crate::config::Config;
 use crate::credentials::ca_key_file::KeyFileStamp;
 use crate::credentials::issuer::{ca_key_stamp, Issuer, CA_KEY_FILE};
 use crate::infra::inotify::{Event, Watch};
-use crate::infra::poll::{poll, pollfd};
+use crate::infra::poll::{poll, woke, PollFd, PollFlags};
 use crate::log;
 use crate::services::{Context, Iteration, Service};
 
@@ -198,14 +197,15 @@ impl CaRotation {
         // Set by the first event about the key: the latest the check waits.
         let mut settle_cap = None;
         loop {
+            let stop = ctx.stop_fd();
             let mut fds = [
-                pollfd(ctx.stop_fd().as_raw_fd(), libc::POLLIN),
-                pollfd(w.fd(), libc::POLLIN),
+                PollFd::new(&stop, PollFlags::IN),
+                PollFd::new(w, PollFlags::IN),
             ];
             let timeout = due.saturating_duration_since(Instant::now());
             match poll(&mut fds, Some(timeout)) {
-                Ok(_) if fds[0].revents != 0 => return Woke::Stop,
-                Ok(_) if fds[1].revents != 0 => {}
+                Ok(_) if woke(&fds[0]) => return Woke::Stop,
+                Ok(_) if woke(&fds[1]) => {}
                 Ok(_) => return Woke::Check,
                 Err(e) => {
                     return Woke::WatchFailed(format!("{}: poll: {e}", self.storage.display()))

@@ -4,7 +4,6 @@
 
 use std::collections::VecDeque;
 use std::io::Write;
-use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -218,8 +217,9 @@ impl Lingering {
         }
     }
 
-    pub(super) fn fds(&self) -> impl Iterator<Item = RawFd> + '_ {
-        self.held.iter().map(|(s, _, _)| s.as_raw_fd())
+    /// The lingering sockets, to poll for readability.
+    pub(super) fn sockets(&self) -> impl Iterator<Item = &UnixStream> + '_ {
+        self.held.iter().map(|(s, _, _)| s)
     }
 
     /// Until when the accept loop may sleep: until the oldest one's time

@@ -40,7 +40,6 @@
 //! is always started minus handled.
 
 use std::io::ErrorKind;
-use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -48,7 +47,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{Config, MultiplexerConfig};
 use crate::infra::inotify;
-use crate::infra::poll::{poll, pollfd};
+use crate::infra::poll::{poll, woke, PollFd, PollFlags};
 use crate::infra::sockets::{out_of_descriptors, Spare};
 use crate::log::{self, once_a_second};
 use crate::services::{Context, Drain, Service};
@@ -241,7 +240,6 @@ fn accept_loop(
     let mut ownership = Ownership::new(dest, ctx);
     // A change between the bind and the watch sent no event.
     socket.check_still_ours()?;
-    let mut fds = Vec::new();
     let mut accepter = Accepter {
         spare: Spare::new(),
         last_error: None,
@@ -250,26 +248,32 @@ fn accept_loop(
         if ctx.stopping() {
             return Ok(());
         }
-        fds.clear();
-        fds.push(pollfd(socket.listener.as_raw_fd(), libc::POLLIN));
-        fds.push(pollfd(ctx.stop_fd().as_raw_fd(), libc::POLLIN));
-        fds.push(pollfd(ownership.fd(), libc::POLLIN));
-        fds.extend(lingering.fds().map(|fd| pollfd(fd, libc::POLLIN)));
         // Idle, with a watch: no timeout at all.
         let wake_at = [lingering.deadline(), ownership.next_check]
             .into_iter()
             .flatten()
             .min();
-        poll(
-            &mut fds,
-            wake_at.map(|t| t.saturating_duration_since(Instant::now())),
-        )
-        .map_err(|e| format!("{}: poll: {e}", socket.path.display()))?;
-        if fds[1].revents != 0 {
+        let (stopping, readable, dest_changed) = {
+            let stop = ctx.stop_fd();
+            let mut fds = vec![
+                PollFd::new(&stop, PollFlags::IN),
+                PollFd::new(&socket.listener, PollFlags::IN),
+            ];
+            if let Some(w) = &ownership.watch {
+                fds.push(PollFd::new(w, PollFlags::IN));
+            }
+            fds.extend(lingering.sockets().map(|s| PollFd::new(s, PollFlags::IN)));
+            poll(
+                &mut fds,
+                wake_at.map(|t| t.saturating_duration_since(Instant::now())),
+            )
+            .map_err(|e| format!("{}: poll: {e}", socket.path.display()))?;
+            let watched = ownership.watch.is_some() && woke(&fds[2]);
+            (woke(&fds[0]), woke(&fds[1]), watched)
+        };
+        if stopping {
             return Ok(());
         }
-        let readable = fds[0].revents != 0;
-        let dest_changed = fds[2].revents != 0;
         lingering.drain();
         if readable && !accepter.accept_ready(socket, conns, &mut lingering, ctx) {
             return Ok(());
@@ -300,10 +304,6 @@ impl Ownership {
     }
 
     /// The watch's descriptor, or -1 (ignored by poll) without one.
-    fn fd(&self) -> RawFd {
-        self.watch.as_ref().map_or(-1, |w| w.fd())
-    }
-
     /// Reads the watch's events; falls back to the timer when the watch is
     /// over (the directory moved or deleted) or cannot be read.
     fn read_changes(&mut self, ctx: &Context) {

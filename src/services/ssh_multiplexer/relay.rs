@@ -4,12 +4,12 @@
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::infra::poll::{poll, pollfd};
+use crate::infra::poll::{poll, PollFd, PollFlags};
 use rustix::net::{shutdown, Shutdown};
 
 use crate::log;
@@ -120,9 +120,9 @@ fn wait_for_down(down: &JoinHandle<u64>, client: &UnixStream, target: &TcpStream
         // Events 0: only POLLHUP and POLLERR, which poll(2) always reports.
         // (POLLHUP also comes once the down direction shuts the client's
         // write side: then both sides of it are shut. Cutting is harmless then.)
-        let mut fds = [pollfd(client.as_raw_fd(), 0)];
+        let mut fds = [PollFd::new(client, PollFlags::empty())];
         match poll(&mut fds, Some(HANGUP_CHECK)) {
-            Ok(_) if fds[0].revents & (libc::POLLHUP | libc::POLLERR) != 0 => {
+            Ok(_) if fds[0].revents().intersects(PollFlags::HUP | PollFlags::ERR) => {
                 end_direction(&Err(ErrorKind::BrokenPipe.into()), target, client);
                 return;
             }
@@ -168,6 +168,7 @@ fn pump(from: &mut impl Read, to: &mut impl Write) -> io::Result<u64> {
 mod tests {
     use super::super::request::tests::target;
     use super::*;
+    use std::os::fd::AsRawFd;
 
     #[test]
     fn targets_are_dialed_with_tcp_keepalive() {
