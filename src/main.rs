@@ -30,6 +30,8 @@ mod wait;
 use cli::Command;
 
 fn main() {
+    // Before any thread exists (see infra::malloc).
+    infra::malloc::tune();
     let env = |k: &str| std::env::var(k).ok();
     let command = match cli::parse(std::env::args_os().skip(1), &env) {
         Ok(c) => c,

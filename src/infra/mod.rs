@@ -11,7 +11,8 @@
 //!   check, lingering close);
 //! - stopping: `stop` (one stop signal: a channel and a descriptor);
 //! - retries: `backoff` (exponential, the one kind);
-//! - threads: `threads` (named threads), `liveness` (turn counters the
+//! - threads: `threads` (named threads), `malloc` (glibc arenas for a
+//!   thread per service), `liveness` (turn counters the
 //!   watchdog reads);
 //! - systemd: `systemd` (`sd_notify`, `STATUS=`, the watchdog, journald);
 //! - the host: `host` (its name); `procstat` (`/proc/*/stat` lines);
@@ -29,6 +30,7 @@ pub mod host;
 pub mod inotify;
 pub mod instance_lock;
 pub mod liveness;
+pub mod malloc;
 pub mod poll;
 pub mod procstat;
 pub mod signals;
