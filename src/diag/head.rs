@@ -146,7 +146,7 @@ fn complete(req: &httparse::Request, len: usize, limits: &HeadLimits, peer: Sock
     out.push_str("X-Tbot-Peer: ");
     out.push_str(&peer.to_string());
     // No `Connection: close`: the front keeps its connections to tiny_http
-    // open and reuses them (see front/upstream.rs).
+    // open and pipelines requests down them (see front/pipe.rs).
     out.push_str("\r\n\r\n");
     let slow = crate::diag::endpoints::is_slow(path);
     let at_once = crate::diag::endpoints::answered_at_once(path);

@@ -29,7 +29,14 @@ fn front(sock: PathBuf) -> (SocketAddr, UnixStream, std::thread::JoinHandle<()>)
         stop_far,
     )
     .unwrap();
-    (addr, stop, std::thread::spawn(move || f.run()))
+    // A stack glibc will not hand to a later, smaller thread once this
+    // one ends (its cache reuses a stack up to 4 times the size asked):
+    // infra::threads' test checks that service threads get small stacks.
+    let t = std::thread::Builder::new()
+        .stack_size(8 << 20)
+        .spawn(move || f.run())
+        .unwrap();
+    (addr, stop, t)
 }
 
 /// Reads from `s` until `n` request heads came; returns their targets.
