@@ -141,3 +141,67 @@ fn a_burst_waits_for_the_kept_connections_and_starts_no_threads() {
         "threads grew from {before} to {peak} during the burst"
     );
 }
+
+/// Many keep-alive clients at once, as `wrk -c16`: the front pipelines
+/// their requests down its kept connections, several at a time, and every
+/// client gets the answer to its own request, in order, whatever rides
+/// beside it: a 404 that names the service asked for, a HEAD (no body), a
+/// `/metrics` page (answered later, by the renderer, so never pipelined
+/// behind). tiny_http starts no threads for it. (The splitting of several
+/// answers read at once, and the pipelining itself, are proven against a
+/// stand-in for tiny_http in src/diag/front/tests.rs.)
+#[test]
+fn concurrent_keep_alive_clients_each_get_their_own_answers() {
+    let t = start("pipelined");
+    for _ in 0..3 {
+        assert_eq!(t.get("/livez").status, 200);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let before = t.threads();
+    let addr = t.addr();
+    let clients: Vec<_> = (0..16)
+        .map(|c| {
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                for k in 0..150 {
+                    let name = format!("c{c}-r{k}");
+                    let (method, path) = match k % 10 {
+                        3 => ("HEAD", format!("/readyz/{name}")),
+                        7 => ("GET", "/metrics".to_string()),
+                        _ => ("GET", format!("/readyz/{name}")),
+                    };
+                    let req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+                    std::io::Write::write_all(&mut s, req.as_bytes()).unwrap();
+                    let r = read_response(&mut s, method == "HEAD")
+                        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+                    assert_eq!(r.header("connection"), None, "{method} {path}: kept open");
+                    if path == "/metrics" {
+                        assert_eq!(r.status, 200, "{path}");
+                        assert!(r.body.contains("# TYPE"), "{path}: {}", r.body);
+                    } else if method == "HEAD" {
+                        assert_eq!(r.status, 404, "{method} {path}");
+                        assert!(r.raw_body.is_empty(), "{method} {path}: a body");
+                    } else {
+                        assert_eq!(r.status, 404, "{path}");
+                        assert_eq!(
+                            r.json()["error"],
+                            format!("Service named \"{name}\" not found."),
+                            "{path}: another request's answer"
+                        );
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut peak = before;
+    for c in clients {
+        peak = peak.max(t.threads());
+        c.join().unwrap();
+    }
+    assert!(
+        peak <= before,
+        "threads grew from {before} to {peak} with 16 clients"
+    );
+    assert_eq!(t.get("/livez").status, 200);
+}

@@ -157,6 +157,20 @@ pub fn is_slow(target: &str) -> bool {
     ENDPOINTS.iter().any(|e| e.slow && e.matches(path))
 }
 
+/// Whether the serving loop answers a request for `target` (path,
+/// possibly with `?query`) as it takes it, rather than later from another
+/// thread: not slow (a `/wait`, a profile), and not a page the renderer
+/// thread makes (`/metrics`, `/debug/pprof/threads`). Unknown paths (404)
+/// are answered at once. The front pipelines only these on its kept
+/// connections: tiny_http writes answers on a connection in order, so an
+/// answer queued behind a later one would hold the serving loop.
+pub fn answered_at_once(target: &str) -> bool {
+    let path = target.split_once('?').map_or(target, |(p, _)| p);
+    !ENDPOINTS
+        .iter()
+        .any(|e| (e.slow || matches!(e.kind, Metrics | Threads)) && e.matches(path))
+}
+
 /// The 404 answer's text: the listed endpoints, one line.
 pub fn not_found_text() -> String {
     let mut text = String::from("404 page not found\nendpoints:");
@@ -194,6 +208,30 @@ mod tests {
             "/nope",
         ] {
             assert!(!is_slow(quick), "{quick}");
+        }
+    }
+
+    #[test]
+    fn answered_at_once_leaves_out_slow_and_rendered_pages() {
+        for now in [
+            "/livez",
+            "/readyz",
+            "/readyz/a",
+            "/nope",
+            "/debug/pprof/",
+            "/livez?x=1",
+        ] {
+            assert!(answered_at_once(now), "{now}");
+        }
+        for later in [
+            "/metrics",
+            "/metrics?x=1",
+            "/debug/pprof/threads",
+            "/wait",
+            "/wait/a",
+            "/debug/pprof/profile?seconds=1",
+        ] {
+            assert!(!answered_at_once(later), "{later}");
         }
     }
 

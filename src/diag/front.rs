@@ -10,8 +10,10 @@
 //!
 //! 1. `Head`: read the request head, bounded in size, header count and time.
 //!    Requests that declare a body are refused (the endpoints take none).
-//! 2. `Backend`: forward a clean copy of the head to tiny_http (always
-//!    `Connection: close`), collect its whole response.
+//! 2. `Queued`, `Piped`: forward a clean copy of the head to tiny_http on
+//!    a kept connection, several in one write when they come together
+//!    ([`pipe`]), and take its response from there; or `Backend`: on a
+//!    connection of its own (`Connection: close`) for a slow request.
 //! 3. `Reply`: write the response back, bounded in time.
 //!
 //! A connection waiting for its head costs a buffer, not a thread. When the
@@ -41,6 +43,9 @@ use crate::log;
 
 mod accept;
 mod conn;
+mod pipe;
+#[cfg(test)]
+mod tests;
 mod turn;
 mod upstream;
 
@@ -126,6 +131,9 @@ enum State {
     Head {
         buf: Vec<u8>,
     },
+    /// On a connection to tiny_http of its own, which closes after the
+    /// answer: a slow request, or every request when no connections are
+    /// kept.
     Backend {
         up: UnixStream,
         /// `up`'s registration in the epoll set ([`turn`]).
@@ -134,24 +142,14 @@ enum State {
         sent: usize,
         resp: Vec<u8>,
         keep_alive: Option<Vec<u8>>,
-        /// `up` came from the pool of idle connections.
-        reused: bool,
         /// The request is a HEAD (its response has no body).
         head_request: bool,
-        /// The pool's generation when `up` was taken.
-        generation: u64,
-        /// `up` is a kept connection (else it closes after this answer).
-        kept: Option<upstream::Kept>,
     },
-    /// Waiting for a kept connection to tiny_http, all of them carrying a
-    /// request (see [`upstream`]): tiny_http's one serving loop answers
-    /// one request at a time anyway, so the request waits here, at no
-    /// cost, rather than on a connection (and a tiny_http thread) of its
-    /// own. `head` and `next` as for [`State::Backend`].
-    Queued {
-        head: Vec<u8>,
-        next: Option<Vec<u8>>,
-    },
+    /// Waiting for room on a kept connection to tiny_http (see [`pipe`]).
+    Queued(Request),
+    /// Sent down a kept connection to tiny_http, waiting for its answer
+    /// there, in order ([`pipe`]).
+    Piped(Request),
     Reply {
         out: Vec<u8>,
         sent: usize,
@@ -160,6 +158,19 @@ enum State {
     Linger {
         drained: usize,
     },
+}
+
+/// A request for a kept connection to tiny_http.
+struct Request {
+    /// The clean head to send (kept to send again once, see [`pipe`]).
+    head: Vec<u8>,
+    /// The client's connection stays open, and these bytes of its next
+    /// request arrived already.
+    next: Option<Vec<u8>>,
+    /// The serving loop answers it as it takes it: it may be pipelined.
+    at_once: bool,
+    /// Sent once already, on a kept connection that closed unanswered.
+    retried: bool,
 }
 
 /// What happens to a connection once its response is written.
@@ -174,6 +185,9 @@ enum Then {
 }
 
 struct Conn {
+    /// Names the connection for the kept connections to tiny_http that
+    /// carry its request (its index in `conns` changes).
+    id: u64,
     client: TcpStream,
     /// `client`'s registration in the epoll set ([`turn`]).
     client_ev: EventFlags,
@@ -187,6 +201,9 @@ struct Conn {
     /// The client sent more while its request was with tiny_http (see
     /// [`turn`]).
     sent_more: bool,
+    /// Its answer came in on a kept connection: step it this turn, without
+    /// waiting for an event.
+    kick: bool,
 }
 
 pub struct Front {
@@ -201,8 +218,12 @@ pub struct Front {
     /// accept(): the spare must not take it first.
     newcomer_first: bool,
     conns: Vec<Conn>,
-    /// Idle connections to tiny_http.
+    /// The id of the next connection.
+    next_id: u64,
+    /// Where tiny_http is, and the cap on kept connections.
     pool: upstream::Pool,
+    /// The kept connections to tiny_http, idle or carrying requests.
+    pipes: Vec<pipe::Pipe>,
     accept_paused_until: Option<Instant>,
     last_accept_error: Option<Instant>,
     last_backend_error: Option<Instant>,
@@ -228,7 +249,9 @@ impl Front {
             spare: Spare::new(),
             newcomer_first: false,
             conns: Vec::new(),
+            next_id: 0,
             pool,
+            pipes: Vec::new(),
             accept_paused_until: None,
             last_accept_error: None,
             last_backend_error: None,

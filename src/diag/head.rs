@@ -64,6 +64,9 @@ pub enum Parsed {
         len: usize,
         /// An endpoint that may take minutes (`/wait`, CPU profiles).
         slow: bool,
+        /// The serving loop answers it as it takes it
+        /// ([`crate::diag::endpoints::answered_at_once`]).
+        at_once: bool,
     },
 }
 
@@ -143,14 +146,16 @@ fn complete(req: &httparse::Request, len: usize, limits: &HeadLimits, peer: Sock
     out.push_str("X-Tbot-Peer: ");
     out.push_str(&peer.to_string());
     // No `Connection: close`: the front keeps its connections to tiny_http
-    // open and reuses them (see front/upstream.rs).
+    // open and pipelines requests down them (see front/pipe.rs).
     out.push_str("\r\n\r\n");
     let slow = crate::diag::endpoints::is_slow(path);
+    let at_once = crate::diag::endpoints::answered_at_once(path);
     Parsed::Forward {
         head: out.into_bytes(),
         keep_alive,
         len,
         slow,
+        at_once,
     }
 }
 
@@ -409,6 +414,7 @@ mod tests {
             keep_alive,
             len,
             slow,
+            at_once,
         } = parse(
             "GET /readyz HTTP/1.0\r\nHost: x\r\nCookie: a\r\nConnection: keep-alive\r\n\r\nGET /x",
         )
@@ -424,7 +430,11 @@ mod tests {
                 && h.ends_with("\r\n\r\n")
         );
         assert!(!keep_alive, "HTTP/1.0 closes");
-        assert!(!slow);
+        assert!(!slow && at_once);
+        assert!(matches!(
+            parse("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Parsed::Forward { at_once: false, .. }
+        ));
         assert!(matches!(
             parse("GET /wait/x HTTP/1.1\r\nHost: x\r\n\r\n"),
             Parsed::Forward { slow: true, .. }

@@ -68,6 +68,7 @@ impl Front {
                 if stream.set_nonblocking(true).is_ok() {
                     let now = Instant::now();
                     let mut c = Conn {
+                        id: self.next_id,
                         client: stream,
                         client_ev: EventFlags::empty(),
                         peer,
@@ -76,7 +77,9 @@ impl Front {
                         deadline: now,
                         half_closed: false,
                         sent_more: false,
+                        kick: false,
                     };
+                    self.next_id += 1;
                     c.reply(
                         simple_response(503, "the diagnostics service is out of file descriptors"),
                         Then::Linger,
@@ -146,6 +149,7 @@ impl Front {
         let _ = stream.set_nodelay(true);
         let now = Instant::now();
         self.conns.push(Conn {
+            id: self.next_id,
             client: stream,
             client_ev: EventFlags::empty(),
             peer,
@@ -156,7 +160,9 @@ impl Front {
             deadline: now + self.limits.head_timeout,
             half_closed: false,
             sent_more: false,
+            kick: false,
         });
+        self.next_id += 1;
         // Read at once: a request that is there already (a client that
         // sent it with its handshake, or clients that queued while the
         // front could not run) goes on its way now, and the client is not

@@ -2,13 +2,14 @@
 //! tiny_http ([`super::upstream`] relays the answer), write the answer, then
 //! close, linger, or wait for the next head (keep-alive).
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{self, ErrorKind, Read, Write};
 use std::net::Shutdown;
+use std::path::Path;
 use std::time::Instant;
 
 use rustix::event::epoll::EventFlags;
 
-use super::{again, Conn, Front, State, Then};
+use super::{again, Conn, Front, Request, State, Then};
 use crate::diag::head::{parse_head, set_connection_header, simple_response, Parsed};
 use crate::infra::sockets::drained;
 use crate::log::{self, once_a_second};
@@ -31,11 +32,17 @@ impl Front {
                 let _ =
                     (&c.client).write(&simple_response(408, "request head not received in time"));
             }
-            State::Backend { .. } | State::Queued { .. } => {
+            State::Backend { .. } | State::Queued(_) | State::Piped(_) => {
                 let _ = (&c.client).write(&simple_response(
                     504,
                     "the diagnostics service did not answer in time",
                 ));
+                if matches!(c.state, State::Piped(_)) {
+                    // tiny_http has not answered on that kept connection:
+                    // the requests behind would wait as long.
+                    let id = c.id;
+                    self.drop_pipe_of(id);
+                }
             }
             _ => {}
         }
@@ -62,8 +69,8 @@ impl Front {
                 true
             }
             State::Backend { .. } => self.step_backend(i, now),
-            // Not polled: `dispatch_queued` moves it on.
-            State::Queued { .. } => true,
+            // Not polled: the kept connections move them on ([`super::pipe`]).
+            State::Queued(_) | State::Piped(_) => true,
             State::Reply { .. } => self.step_reply(i, now),
             State::Linger { drained: total } => {
                 !drained(&c.client, total, self.limits.linger_bytes)
@@ -140,111 +147,82 @@ impl Front {
                 keep_alive,
                 len,
                 slow,
+                at_once,
             } => {
                 let next = keep_alive.then(|| buf[len..].to_vec());
-                self.forward(i, now, head, next, slow);
+                self.forward(i, now, head, next, How { slow, at_once });
             }
         }
     }
 
-    /// Hands a clean request head to tiny_http on a kept connection (or a
-    /// new one, for a slow request); `next`: the client's connection stays
-    /// open, and these bytes of its next request arrived already. When
-    /// every kept connection carries a request, the request is queued
-    /// ([`State::Queued`]). A tiny_http that cannot be reached gets the
-    /// client a 503.
-    fn forward(
-        &mut self,
-        i: usize,
-        now: Instant,
-        head: Vec<u8>,
-        next: Option<Vec<u8>>,
-        slow: bool,
-    ) {
-        let path = self.backend_path();
+    /// Hands a clean request head to tiny_http: queued for a kept
+    /// connection ([`super::pipe`], sent at the end of the turn), or on a
+    /// new connection of its own for a slow request (or when no
+    /// connections are kept); `next`: the client's connection stays open,
+    /// and these bytes of its next request arrived already. A tiny_http
+    /// that cannot be reached gets the client a 503.
+    fn forward(&mut self, i: usize, now: Instant, head: Vec<u8>, next: Option<Vec<u8>>, how: How) {
         let c = &mut self.conns[i];
-        // The time spent queued counts against the response timeout.
-        if !matches!(c.state, State::Queued { .. }) {
-            let mut timeout = if slow {
-                self.limits.slow_response_timeout
-            } else {
-                self.limits.response_timeout
-            };
-            if c.half_closed {
-                timeout = timeout.min(self.limits.half_close_grace);
-            }
-            c.deadline = now + timeout;
+        let mut timeout = if how.slow {
+            self.limits.slow_response_timeout
+        } else {
+            self.limits.response_timeout
+        };
+        if c.half_closed {
+            timeout = timeout.min(self.limits.half_close_grace);
         }
-        if !slow && !self.pool.has_room(&path) {
-            c.state = State::Queued { head, next };
+        c.deadline = now + timeout;
+        if !how.slow && self.pool.keeps() {
+            c.state = State::Queued(Request {
+                head,
+                next,
+                at_once: how.at_once,
+                retried: false,
+            });
             return;
         }
-        let taken = match self.pool.take(&path, slow) {
-            Ok(taken) => taken,
-            Err(e) => {
-                let out = simple_response(503, "the diagnostics service is busy; try again");
-                c.reply(out, Then::Close, now + self.limits.write_timeout);
-                if matches!(e.kind(), ErrorKind::ConnectionRefused | ErrorKind::NotFound) {
-                    (self.backend_lost)(&path);
-                }
-                if once_a_second(&mut self.last_backend_error) {
-                    log::warn(
-                        "diagnostics front: cannot reach the serving loop",
-                        &[("error", &e)],
-                    );
-                }
-                return;
-            }
+        let path = self.backend_path();
+        let up = match self.pool.connect(&path) {
+            Ok(up) => up,
+            Err(e) => return self.unreachable(i, now, &path, e),
         };
         let head_request = head.starts_with(b"HEAD ");
         let mut head = head;
-        if taken.kept.is_none() {
-            // For this request only: tiny_http's worker ends with it.
-            head.truncate(head.len() - 2);
-            head.extend_from_slice(b"Connection: close\r\n\r\n");
-        }
-        c.state = State::Backend {
-            up: taken.stream,
-            // From the pool: registered readable; new: not yet.
-            up_ev: match taken.reused {
-                true => EventFlags::IN,
-                false => EventFlags::empty(),
-            },
+        // For this request only: tiny_http's worker ends with it.
+        head.truncate(head.len() - 2);
+        head.extend_from_slice(b"Connection: close\r\n\r\n");
+        self.conns[i].state = State::Backend {
+            up,
+            up_ev: EventFlags::empty(),
             out: head,
             sent: 0,
             resp: Vec::new(),
             keep_alive: next,
-            reused: taken.reused,
             head_request,
-            generation: taken.generation,
-            kept: taken.kept,
         };
         self.send_head_now(i);
     }
 
-    /// Hands queued requests, oldest first, to the kept connections that
-    /// are free (at the end of every turn).
-    pub(super) fn dispatch_queued(&mut self, now: Instant) {
-        loop {
-            let oldest = self
-                .conns
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| matches!(c.state, State::Queued { .. }))
-                .min_by_key(|(_, c)| c.since)
-                .map(|(i, _)| i);
-            let Some(i) = oldest else {
-                return;
-            };
-            if !self.pool.has_room(&self.backend_path()) {
-                return;
-            }
-            let State::Queued { head, next } = &mut self.conns[i].state else {
-                return;
-            };
-            // Taken out, the state still says `Queued` for `forward`.
-            let (head, next) = (std::mem::take(head), next.take());
-            self.forward(i, now, head, next, false);
+    /// tiny_http cannot be reached at `path` (`e`): the client `i` gets a
+    /// 503, and a socket no one listens on is reported.
+    pub(super) fn unreachable(&mut self, i: usize, now: Instant, path: &Path, e: io::Error) {
+        let out = simple_response(503, "the diagnostics service is busy; try again");
+        self.conns[i].reply(out, Then::Close, now + self.limits.write_timeout);
+        if matches!(e.kind(), ErrorKind::ConnectionRefused | ErrorKind::NotFound) {
+            (self.backend_lost)(path);
+        }
+        if once_a_second(&mut self.last_backend_error) {
+            log::warn(
+                "diagnostics front: cannot reach the serving loop",
+                &[("error", &e)],
+            );
         }
     }
+}
+
+/// How a forwarded request is sent (from [`Parsed::Forward`]).
+#[derive(Clone, Copy)]
+struct How {
+    slow: bool,
+    at_once: bool,
 }

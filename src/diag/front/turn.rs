@@ -10,14 +10,14 @@
 //!   read, while it lingers, and while tiny_http has its request or it is
 //!   queued (see `client_interest`), writable while its answer is written,
 //!   nothing once it half-closed with its request at tiny_http;
-//! - a connection to tiny_http: readable for its life (an idle one that
-//!   gets anything is dropped), and writable too while a head is only
+//! - a connection to tiny_http: readable for its life (an idle kept one
+//!   that gets anything is dropped), and writable too while heads are only
 //!   partly sent.
 //!
 //! Where a registration is kept: a client's in its [`Conn`], a connection
-//! to tiny_http's beside it (`State::Backend`'s `up_ev`; every idle one in
-//! the pool is registered readable). A socket closed leaves the epoll set
-//! by itself, so a new socket that reuses its number starts unregistered.
+//! to tiny_http's beside it (`State::Backend`'s `up_ev`, a kept one's in its
+//! [`super::pipe::Pipe`]). A socket closed leaves the epoll set by itself,
+//! so a new socket that reuses its number starts unregistered.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
@@ -125,9 +125,15 @@ fn client_interest(c: &Conn) -> EventFlags {
         // parked /wait) free their slot soon: a reset at once, an end of
         // stream (a close or a mere half-close, which look the same) after
         // a short grace in which the answer can still go out.
-        State::Backend { .. } | State::Queued { .. } if c.half_closed => EventFlags::empty(),
-        State::Backend { .. } | State::Queued { .. } if c.sent_more => EventFlags::RDHUP,
-        State::Backend { .. } | State::Queued { .. } => EventFlags::IN | EventFlags::RDHUP,
+        State::Backend { .. } | State::Queued(_) | State::Piped(_) if c.half_closed => {
+            EventFlags::empty()
+        }
+        State::Backend { .. } | State::Queued(_) | State::Piped(_) if c.sent_more => {
+            EventFlags::RDHUP
+        }
+        State::Backend { .. } | State::Queued(_) | State::Piped(_) => {
+            EventFlags::IN | EventFlags::RDHUP
+        }
     }
 }
 
@@ -145,7 +151,10 @@ impl Front {
             events.listening = have == EventFlags::IN;
         }
         for c in &mut self.conns {
-            if !matches!(c.state, State::Backend { .. } | State::Queued { .. }) {
+            if !matches!(
+                c.state,
+                State::Backend { .. } | State::Queued(_) | State::Piped(_)
+            ) {
                 c.sent_more = false;
             }
             let want = client_interest(c);
@@ -165,12 +174,21 @@ impl Front {
                 events.set(&*up, up_ev, want);
             }
         }
+        for p in &mut self.pipes {
+            let want = p.interest();
+            events.set(&p.stream, &mut p.ev, want);
+        }
         events.wait(self.timeout(now))
     }
 
     /// How long this turn may wait: until the nearest deadline (or the end
     /// of an accept pause), between 1 ms and 60 s; None: no deadline.
     pub(super) fn timeout(&self, now: Instant) -> Option<Duration> {
+        if self.kicked() {
+            // An answer is ready to go (a kept connection broke late in
+            // the last turn): look, do not wait.
+            return Some(Duration::ZERO);
+        }
         let mut next = self.conns.iter().map(|c| c.deadline).min();
         if let Some(t) = self.accept_paused_until {
             next = Some(next.map_or(t, |n| n.min(t)));
@@ -185,8 +203,8 @@ impl Front {
     /// those that hung up or passed their deadline, accepts newcomers.
     pub(super) fn serve(&mut self, events: &Events) {
         let now = Instant::now();
-        // Before any connection goes back to the pool.
-        self.pool.prune(|fd| !events.of(fd).is_empty());
+        // Answers first: their clients are stepped below.
+        self.serve_pipes(events, now);
         // Walk connections back to front so removal keeps indexes valid
         // (a removal moves the last one, already walked, into its place).
         for i in (0..self.conns.len()).rev() {
@@ -196,7 +214,7 @@ impl Front {
             // while tiny_http has its request.
             let (ev, watch) = match &c.state {
                 State::Backend { up, .. } => (events.of(up.as_raw_fd()), client),
-                State::Queued { .. } => (EventFlags::empty(), client),
+                State::Queued(_) | State::Piped(_) => (EventFlags::empty(), client),
                 _ => (client, EventFlags::empty()),
             };
             if watch.contains(EventFlags::RDHUP) {
@@ -208,7 +226,7 @@ impl Front {
             }
             let keep = if watch.intersects(EventFlags::HUP | EventFlags::ERR) {
                 false
-            } else if !ev.is_empty() {
+            } else if !ev.is_empty() || std::mem::take(&mut self.conns[i].kick) {
                 self.step(i, now)
             } else {
                 now < self.conns[i].deadline || self.expire(i)
@@ -217,14 +235,15 @@ impl Front {
                 self.conns.swap_remove(i);
             }
         }
-        // Kept connections freed above take the queued requests.
-        self.dispatch_queued(now);
         // Before any new client: a descriptor freed above goes back to the
         // spare first.
         self.restore_spare();
         if !events.of(self.listener.as_raw_fd()).is_empty() {
             self.accept_all();
         }
+        // Every request queued this turn goes down the kept connections,
+        // several in one write where they can.
+        self.dispatch_queued(now);
     }
 
     /// Whether the stop socket reported anything (the daemon stops).

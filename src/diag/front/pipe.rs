@@ -1,0 +1,326 @@
+//! Kept connections to tiny_http, pipelined (issue 11, item 4).
+//!
+//! Requests queued in a turn of the front's loop go out at its end, several
+//! heads down one kept connection in one write. tiny_http's worker on that
+//! connection parses them in one wake and queues them all (client.rs reads
+//! the next head as soon as a request without a body is made; lib.rs pushes
+//! each to the serving loop's queue without waiting for its answer); the
+//! serving loop takes them without sleeping in between; the answers come
+//! back in order, and the front reads several in one read and splits them
+//! by `Content-Length` ([`super::upstream::framing`]; no body after a HEAD).
+//!
+//! tiny_http writes the answers on one connection in order
+//! (util/sequential.rs: the writer of request N+1 waits until N's is
+//! done), so a request joins a connection that carries others only if
+//! every one of them, and it, is answered by the serving loop as it takes
+//! it ([`crate::diag::endpoints::answered_at_once`]). A page the renderer
+//! thread makes (`/metrics`) goes on an idle connection and nothing goes
+//! behind it: else the serving loop would wait on the renderer. At most
+//! [`MAX_PIPELINED`] requests ride one connection.
+//!
+//! Idle connections are polled for readability: tiny_http sends nothing
+//! unasked, so anything there (its end closing, stray bytes) drops the
+//! connection. When a kept connection closes (tiny_http closed it, or it
+//! was replaced), every request on it that got no answer is sent again, in
+//! order, once, on another (the endpoints are GET and HEAD, which are safe
+//! to repeat); a second loss gets the client a 502. A client that goes
+//! away while its request is on a connection leaves its answer to be read
+//! and dropped there; a client whose answer is late (504) takes the
+//! connection down with it, and the requests behind its own are sent again.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::time::Instant;
+
+use rustix::event::epoll::EventFlags;
+
+use super::turn::Events;
+use super::upstream::{framing, Framing, Kept};
+use super::{again, Front, State};
+use crate::log;
+
+/// Requests on one kept connection at once, at most.
+pub(super) const MAX_PIPELINED: usize = 8;
+
+/// One kept connection to tiny_http and the requests it carries.
+pub(super) struct Pipe {
+    pub(super) stream: UnixStream,
+    /// `stream`'s registration in the epoll set.
+    pub(super) ev: EventFlags,
+    /// Its place under the cap on kept connections.
+    _kept: Kept,
+    /// The pool's generation when it was made.
+    generation: u64,
+    /// Heads not yet written, from `sent` on.
+    out: Vec<u8>,
+    sent: usize,
+    /// Answer bytes read and not yet relayed.
+    resp: Vec<u8>,
+    /// The requests sent, oldest (next to be answered) first.
+    waiting: VecDeque<Waiter>,
+    /// The first answer is delimited by the connection's close.
+    until_close: bool,
+}
+
+struct Waiter {
+    /// The client's [`super::Conn::id`].
+    client: u64,
+    head_request: bool,
+    at_once: bool,
+}
+
+impl Pipe {
+    /// What its socket waits for: readable always, writable too while
+    /// heads are left to write.
+    pub(super) fn interest(&self) -> EventFlags {
+        match self.sent < self.out.len() {
+            true => EventFlags::IN | EventFlags::OUT,
+            false => EventFlags::IN,
+        }
+    }
+
+    /// Whether a request (`at_once`: answered as the loop takes it) may go
+    /// down this connection now.
+    fn takes(&self, at_once: bool, generation: u64) -> bool {
+        self.generation == generation
+            && !self.until_close
+            && (self.waiting.is_empty()
+                || (at_once
+                    && self.waiting.len() < MAX_PIPELINED
+                    && self.waiting.iter().all(|w| w.at_once)))
+    }
+
+    /// Writes what the socket takes of the heads.
+    fn flush(&mut self) -> io::Result<()> {
+        while self.sent < self.out.len() {
+            match (&self.stream).write(&self.out[self.sent..]) {
+                Ok(n) => self.sent += n,
+                Err(e) if again(&e) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        self.out.clear();
+        self.sent = 0;
+        Ok(())
+    }
+}
+
+impl Front {
+    /// Sends the queued requests, oldest first, down the kept connections
+    /// (the one carrying the most that takes it, else a new one under the
+    /// cap), one write per connection (at the end of every turn).
+    pub(super) fn dispatch_queued(&mut self, now: Instant) {
+        let mut queued: Vec<usize> = (0..self.conns.len())
+            .filter(|&i| matches!(self.conns[i].state, State::Queued(_)))
+            .collect();
+        if queued.is_empty() {
+            return;
+        }
+        queued.sort_by_key(|&i| self.conns[i].since);
+        let path = self.backend_path();
+        let generation = self.pool.follow(&path);
+        // Idle connections to a replaced tiny_http are closed.
+        self.pipes
+            .retain(|p| p.generation == generation || !p.waiting.is_empty());
+        for i in queued {
+            let State::Queued(rq) = &self.conns[i].state else {
+                continue;
+            };
+            let at_once = rq.at_once;
+            // The fullest that takes it: one write and one wake of
+            // tiny_http's worker carry more requests.
+            let best = (0..self.pipes.len())
+                .filter(|&p| self.pipes[p].takes(at_once, generation))
+                .max_by_key(|&p| self.pipes[p].waiting.len());
+            let p = match best {
+                Some(p) => p,
+                None => match self.pool.kept() {
+                    Some(kept) => match self.pool.connect(&path) {
+                        Ok(stream) => {
+                            self.pipes.push(Pipe {
+                                stream,
+                                ev: EventFlags::empty(),
+                                _kept: kept,
+                                generation,
+                                out: Vec::new(),
+                                sent: 0,
+                                resp: Vec::new(),
+                                waiting: VecDeque::new(),
+                                until_close: false,
+                            });
+                            self.pipes.len() - 1
+                        }
+                        Err(e) => {
+                            self.unreachable(i, now, &path, e);
+                            continue;
+                        }
+                    },
+                    // Stays queued until a connection takes it.
+                    None => continue,
+                },
+            };
+            let c = &mut self.conns[i];
+            let State::Queued(rq) = std::mem::replace(&mut c.state, State::Linger { drained: 0 })
+            else {
+                continue;
+            };
+            let pipe = &mut self.pipes[p];
+            pipe.out.extend_from_slice(&rq.head);
+            pipe.waiting.push_back(Waiter {
+                client: c.id,
+                head_request: rq.head.starts_with(b"HEAD "),
+                at_once,
+            });
+            c.state = State::Piped(rq);
+        }
+        for pipe in &mut self.pipes {
+            // An error shows in the next wait (the socket hung up).
+            let _ = pipe.flush();
+        }
+    }
+
+    /// Acts on what the wait reported for the kept connections: writes
+    /// heads, relays answers, drops connections that closed (sending their
+    /// unanswered requests again).
+    pub(super) fn serve_pipes(&mut self, events: &Events, now: Instant) {
+        for p in (0..self.pipes.len()).rev() {
+            let ev = events.of(self.pipes[p].stream.as_raw_fd());
+            if ev.is_empty() {
+                continue;
+            }
+            if self.pipes[p].waiting.is_empty() {
+                // tiny_http sends nothing unasked: it closed, or sent
+                // stray bytes.
+                self.pipes.swap_remove(p);
+                continue;
+            }
+            if ev.contains(EventFlags::OUT) && self.pipes[p].flush().is_err() {
+                self.break_pipe(p, now, false);
+                continue;
+            }
+            if ev.intersects(EventFlags::IN | EventFlags::HUP | EventFlags::ERR) {
+                if let Err(first_fails) = self.read_pipe(p, now) {
+                    self.break_pipe(p, now, first_fails);
+                }
+            }
+        }
+    }
+
+    /// Reads answers on kept connection `p` and relays the whole ones.
+    /// Err: the connection is done (`true`: and the oldest request on it
+    /// is not to be sent again).
+    fn read_pipe(&mut self, p: usize, now: Instant) -> Result<(), bool> {
+        let mut chunk = [0u8; 16 * 1024];
+        let pipe = &mut self.pipes[p];
+        let n = match (&pipe.stream).read(&mut chunk) {
+            Ok(0) => return Err(false),
+            Ok(n) => n,
+            Err(e) if again(&e) => return Ok(()),
+            Err(_) => return Err(false),
+        };
+        if pipe.resp.len() + n > self.limits.max_response_bytes {
+            log::warn("diagnostics front: response too large; dropped", &[]);
+            return Err(true);
+        }
+        pipe.resp.extend_from_slice(&chunk[..n]);
+        loop {
+            let pipe = &mut self.pipes[p];
+            let Some(w) = pipe.waiting.front() else {
+                // Bytes no request asked for.
+                return match pipe.resp.is_empty() {
+                    true => Ok(()),
+                    false => Err(false),
+                };
+            };
+            let len = match framing(&pipe.resp, w.head_request) {
+                Framing::Length(len) if pipe.resp.len() >= len => len,
+                Framing::Length(_) | Framing::Partial => return Ok(()),
+                Framing::UntilClose => {
+                    // Relayed when tiny_http closes the connection; nothing
+                    // more goes down it.
+                    pipe.until_close = true;
+                    return Ok(());
+                }
+            };
+            let resp = match pipe.resp.len() == len {
+                true => std::mem::take(&mut pipe.resp),
+                false => pipe.resp.drain(..len).collect(),
+            };
+            let client = w.client;
+            pipe.waiting.pop_front();
+            self.deliver(client, resp, now);
+        }
+    }
+
+    /// Client `id`'s answer came (empty: none will): it goes out this turn.
+    /// A client gone meanwhile is not looked for.
+    fn deliver(&mut self, id: u64, resp: Vec<u8>, now: Instant) {
+        let Some(i) = self.conns.iter().position(|c| c.id == id) else {
+            return;
+        };
+        let c = &mut self.conns[i];
+        if !matches!(c.state, State::Piped(_)) {
+            return;
+        }
+        let State::Piped(rq) = std::mem::replace(&mut c.state, State::Linger { drained: 0 }) else {
+            return;
+        };
+        c.kick = true;
+        self.answer(i, resp, rq.next, now);
+    }
+
+    /// Kept connection `p` is done: its unanswered requests go back to the
+    /// queue, in order, to be sent once more (those sent twice already, and
+    /// the oldest if `first_fails`, get a 502).
+    fn break_pipe(&mut self, p: usize, now: Instant, first_fails: bool) {
+        let mut pipe = self.pipes.swap_remove(p);
+        if pipe.until_close && !first_fails {
+            // The oldest's answer ended with the connection.
+            if let Some(w) = pipe.waiting.pop_front() {
+                self.deliver(w.client, std::mem::take(&mut pipe.resp), now);
+            }
+        }
+        for (k, w) in pipe.waiting.into_iter().enumerate() {
+            let Some(i) = self.conns.iter().position(|c| c.id == w.client) else {
+                continue;
+            };
+            let State::Piped(rq) = &mut self.conns[i].state else {
+                continue;
+            };
+            if rq.retried || (k == 0 && first_fails) {
+                self.deliver(w.client, Vec::new(), now);
+            } else {
+                rq.retried = true;
+                let State::Piped(rq) =
+                    std::mem::replace(&mut self.conns[i].state, State::Linger { drained: 0 })
+                else {
+                    continue;
+                };
+                self.conns[i].state = State::Queued(rq);
+            }
+        }
+    }
+
+    /// Client `id` gives up on its request (late): the kept connection
+    /// carrying it is dropped, and the requests behind its own are sent
+    /// again.
+    pub(super) fn drop_pipe_of(&mut self, id: u64) {
+        let Some(p) = self
+            .pipes
+            .iter()
+            .position(|p| p.waiting.iter().any(|w| w.client == id))
+        else {
+            return;
+        };
+        self.pipes[p].waiting.retain(|w| w.client != id);
+        self.pipes[p].until_close = false;
+        self.break_pipe(p, Instant::now(), false);
+    }
+
+    /// Whether some client's answer is ready to go without an event.
+    pub(super) fn kicked(&self) -> bool {
+        self.conns.iter().any(|c| c.kick)
+    }
+}
