@@ -272,8 +272,12 @@ impl Front {
     }
 
     /// Kept connection `p` is done: its unanswered requests go back to the
-    /// queue, in order, to be sent once more (those sent twice already, and
-    /// the oldest if `first_fails`, get a 502).
+    /// queue, in order. Only the oldest of them is blamed (tiny_http drops a
+    /// connection over the request it is reading, not over those behind
+    /// it): it is sent once more, or gets a 502 if it was sent twice
+    /// already or `first_fails`. The ones behind are sent again unblamed,
+    /// so one client's bad request cannot fail its neighbours' (each is
+    /// still bounded by its own response timeout).
     fn break_pipe(&mut self, p: usize, now: Instant, first_fails: bool) {
         let mut pipe = self.pipes.swap_remove(p);
         if pipe.until_close && !first_fails {
@@ -289,10 +293,11 @@ impl Front {
             let State::Piped(rq) = &mut self.conns[i].state else {
                 continue;
             };
-            if rq.retried || (k == 0 && first_fails) {
+            let blamed = k == 0;
+            if blamed && (rq.retried || first_fails) {
                 self.deliver(w.client, Vec::new(), now);
             } else {
-                rq.retried = true;
+                rq.retried |= blamed;
                 let State::Piped(rq) =
                     std::mem::replace(&mut self.conns[i].state, State::Linger { drained: 0 })
                 else {
