@@ -43,6 +43,34 @@ fn http11_needs_exactly_one_host_header() {
     }
 }
 
+/// A target with bytes outside ASCII (RFC 3986 §2: they must be
+/// percent-encoded) gets 400 with its reason from the front. (Before, it
+/// went on to tiny_http, which drops a connection over a non-ASCII line
+/// unanswered: the client's connection closed with no answer, and the
+/// requests pipelined behind it on the same kept connection went with it.)
+#[test]
+fn a_target_that_is_not_ascii_gets_400_and_others_are_unharmed() {
+    let t = start("ascii", "", &[]);
+    for req in [
+        "GET /r\u{e9}adyz HTTP/1.1\r\nHost: a\r\n\r\n",
+        "GET /readyz?x=\u{e9} HTTP/1.1\r\nHost: a\r\n\r\n",
+    ] {
+        let r = raw(&t, req);
+        assert_eq!(r.status, 400, "{req:?}: {}", r.body);
+        assert!(r.body.contains("ASCII"), "{req:?}: says why: {}", r.body);
+    }
+    let r = raw(&t, "GET /r%C3%A9adyz HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(
+        r.status, 404,
+        "percent-encoded, it is a path like any: {}",
+        r.body
+    );
+    assert_eq!(
+        raw(&t, "GET /livez HTTP/1.1\r\nHost: a\r\n\r\n").status,
+        200
+    );
+}
+
 #[test]
 fn targets_of_8000_octets_work_and_longer_ones_get_414() {
     let t = start("long-target", "", &[]);

@@ -113,6 +113,15 @@ fn complete(req: &httparse::Request, len: usize, limits: &HeadLimits, peer: Sock
     let Some(path) = origin_form(target) else {
         return Parsed::Refuse(400, "request target must be an absolute path");
     };
+    // A URI is visible ASCII, other bytes percent-encoded (RFC 3986 §2;
+    // RFC 9112 §3.2). httparse lets UTF-8 through, and tiny_http drops the
+    // connection over a line that is not ASCII, with no answer.
+    if !path.bytes().all(|b| b.is_ascii_graphic()) {
+        return Parsed::Refuse(
+            400,
+            "request target must be ASCII (percent-encode other bytes)",
+        );
+    }
     let http11 = req.version == Some(1);
     let mut out = String::with_capacity(path.len() + 128);
     out.push_str(method);
@@ -534,6 +543,20 @@ mod tests {
         ));
         let long = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(20_000));
         assert!(matches!(parse(&long), Parsed::Refuse(431, _)));
+    }
+
+    #[test]
+    fn a_target_outside_ascii_is_a_400() {
+        for req in [
+            "GET /\u{e9} HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET /livez?q=\u{2603} HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET http://a/\u{e9} HTTP/1.1\r\nHost: a\r\n\r\n",
+        ] {
+            assert!(
+                matches!(parse(req), Parsed::Refuse(400, m) if m.contains("ASCII")),
+                "{req:?}"
+            );
+        }
     }
 
     #[test]
