@@ -71,7 +71,7 @@ impl Connections {
     pub(super) fn handle(&self, stream: UnixStream, lingering: &mut Lingering) {
         let request = Request::start(&self.metrics);
         if !budget::may_hold_client() {
-            self.refuse(stream, budget::OUT_OF_DESCRIPTORS, lingering);
+            self.refuse(stream, budget::OUT_OF_DESCRIPTORS, lingering, false);
             drop(request);
             return;
         }
@@ -81,7 +81,7 @@ impl Connections {
                 "too many connections (max_connections is {}); try again later",
                 self.limits.max_connections
             );
-            self.refuse(stream, &reason, lingering);
+            self.refuse(stream, &reason, lingering, true);
             drop(request);
             return;
         }
@@ -104,7 +104,7 @@ impl Connections {
             // The closure (request, slot, stream) was dropped: counted ERROR.
             let reason = format!("cannot start a connection thread: {e}");
             match fallback {
-                Ok(s) => self.refuse(s, &reason, lingering),
+                Ok(s) => self.refuse(s, &reason, lingering, budget::may_hold_client()),
                 Err(_) => fail(&self.service, None, None, &reason, &self.limits),
             }
         }
@@ -135,13 +135,15 @@ impl Connections {
         refused
     }
 
-    fn refuse(&self, stream: UnixStream, reason: &str, lingering: &mut Lingering) {
+    /// `room`: what [`budget::may_hold_client`] said just now (each call
+    /// lists /proc/self/fd).
+    fn refuse(&self, stream: UnixStream, reason: &str, lingering: &mut Lingering, room: bool) {
         // A fresh socket's buffer takes a short line without blocking;
         // nonblocking anyway, so that the accept loop never waits.
         let _ = stream.set_nonblocking(true);
         log_failure(&self.service, None, reason);
         tell(&stream, reason);
-        if budget::may_hold_client() {
+        if room {
             lingering.add(stream);
         } else {
             // Take in what it sent (no reset before it reads the line),

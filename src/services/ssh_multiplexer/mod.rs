@@ -303,7 +303,6 @@ impl Ownership {
         Ownership { watch, next_check }
     }
 
-    /// The watch's descriptor, or -1 (ignored by poll) without one.
     /// Reads the watch's events; falls back to the timer when the watch is
     /// over (the directory moved or deleted) or cannot be read.
     fn read_changes(&mut self, ctx: &Context) {
