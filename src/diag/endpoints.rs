@@ -1,8 +1,9 @@
 //! The one table of diagnostics endpoints. It feeds the router
 //! ([`super::routes`]), the 404 text, the `/debug/pprof/` index
-//! ([`super::debug`]) and the front's list of slow paths ([`is_slow`],
-//! read by `head.rs`): a new endpoint is one row here and one arm in
-//! `routes::route`.
+//! ([`super::debug`]) and the front's view of when each path is answered
+//! ([`answered`], read by `head.rs`): a new endpoint is one row here and
+//! one arm in `routes::route` (a router test holds the arm to the row's
+//! [`Answered`]).
 
 /// Which endpoint a row is; the router's `match` names every one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,6 +30,21 @@ pub enum Listed {
     PprofIndex,
 }
 
+/// When the serving loop answers a row's requests. The front reads it:
+/// tiny_http writes the answers on a connection in order, so only
+/// requests answered at once are pipelined on its kept connections (an
+/// answer queued behind a later one would hold the serving loop).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answered {
+    /// As the loop takes the request.
+    AtOnce,
+    /// Later, by the `diag-render` thread (`/metrics`, the thread list).
+    Rendered,
+    /// Its answer may take minutes (a `/wait`, a CPU profile): the front
+    /// gives it a connection of its own and a longer response timeout.
+    Slow,
+}
+
 /// One endpoint.
 #[derive(Debug)]
 pub struct Endpoint {
@@ -42,9 +58,7 @@ pub struct Endpoint {
     pub methods: &'static [&'static str],
     /// Served in debug mode only (`-d`, `debug: true`); else 404.
     pub debug: bool,
-    /// Its answer may take minutes (a `/wait`, a CPU profile): the front
-    /// gives it a connection of its own and a longer response timeout.
-    pub slow: bool,
+    pub answered: Answered,
     /// How the 404 text and the pprof index show it.
     pub usage: &'static str,
     pub listed: Listed,
@@ -58,7 +72,7 @@ const fn row(
     kind: Kind,
     path: &'static str,
     prefix: bool,
-    flags: (bool, bool),
+    flags: (bool, Answered),
     usage: &'static str,
     listed: Listed,
     description: &'static str,
@@ -69,18 +83,20 @@ const fn row(
         prefix,
         methods: GET_HEAD,
         debug: flags.0,
-        slow: flags.1,
+        answered: flags.1,
         usage,
         listed,
         description,
     }
 }
 
-/// (debug-only, slow) for [`row`].
-const PLAIN: (bool, bool) = (false, false);
-const SLOW: (bool, bool) = (false, true);
-const DEBUG: (bool, bool) = (true, false);
-const DEBUG_SLOW: (bool, bool) = (true, true);
+/// (debug-only, answered) for [`row`].
+const PLAIN: (bool, Answered) = (false, Answered::AtOnce);
+const SLOW: (bool, Answered) = (false, Answered::Slow);
+const RENDERED: (bool, Answered) = (false, Answered::Rendered);
+const DEBUG: (bool, Answered) = (true, Answered::AtOnce);
+const DEBUG_SLOW: (bool, Answered) = (true, Answered::Slow);
+const DEBUG_RENDERED: (bool, Answered) = (true, Answered::Rendered);
 
 use Kind::*;
 use Listed::{NotFound as N, PprofIndex as P};
@@ -98,7 +114,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "/readyz once every service has reported (?timeout=, default 30s, at most 5m)."),
     row(WaitService, "/wait/", true, SLOW, "/wait/{service}", N,
         "/readyz/{service} once that service has reported (?timeout= as /wait)."),
-    row(Metrics, "/metrics", false, PLAIN, "/metrics", N,
+    row(Metrics, "/metrics", false, RENDERED, "/metrics", N,
         "Prometheus text format 0.0.4, gzip-compressed when accepted."),
     row(PprofIndex, "/debug/pprof/", false, DEBUG, "/debug/pprof/ (debug mode)", N,
         "This index."),
@@ -106,7 +122,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "CPU profile in pprof protobuf format (for go tool pprof); seconds 1..=300, default 30."),
     row(Flamegraph, "/debug/pprof/flamegraph", false, DEBUG_SLOW, "/debug/pprof/flamegraph?seconds=30", P,
         "CPU profile rendered as an SVG flame graph; seconds 1..=300, default 30."),
-    row(Threads, "/debug/pprof/threads", false, DEBUG, "/debug/pprof/threads", P,
+    row(Threads, "/debug/pprof/threads", false, DEBUG_RENDERED, "/debug/pprof/threads", P,
         "Every OS thread of the process: id, name, state and CPU time (?format=json for JSON)."),
     row(Cmdline, "/debug/pprof/cmdline", false, DEBUG, "/debug/pprof/cmdline", P,
         "The command line of the process, arguments separated by NUL bytes."),
@@ -148,27 +164,12 @@ pub fn all_methods() -> Vec<&'static str> {
     all
 }
 
-/// Whether a request for `target` (path, possibly with `?query`) may take
-/// long to answer: a `/wait` or a CPU profile. Debug mode is not known
-/// where this is asked (the front), so debug-only rows count as if on: a
-/// slow path in debug mode off merely gets a 404 on a connection of its own.
-pub fn is_slow(target: &str) -> bool {
-    let path = target.split_once('?').map_or(target, |(p, _)| p);
-    ENDPOINTS.iter().any(|e| e.slow && e.matches(path))
-}
-
-/// Whether the serving loop answers a request for `target` (path,
-/// possibly with `?query`) as it takes it, rather than later from another
-/// thread: not slow (a `/wait`, a profile), and not a page the renderer
-/// thread makes (`/metrics`, `/debug/pprof/threads`). Unknown paths (404)
-/// are answered at once. The front pipelines only these on its kept
-/// connections: tiny_http writes answers on a connection in order, so an
-/// answer queued behind a later one would hold the serving loop.
-pub fn answered_at_once(target: &str) -> bool {
-    let path = target.split_once('?').map_or(target, |(p, _)| p);
-    !ENDPOINTS
-        .iter()
-        .any(|e| (e.slow || matches!(e.kind, Metrics | Threads)) && e.matches(path))
+/// When a request for `path` (no query) is answered. Debug mode is not
+/// known where this is asked (the front), so debug-only rows count as if
+/// on: such a path in debug mode off merely gets its 404 on the connection
+/// its row would have had. Unknown paths (404) are answered at once.
+pub fn answered(path: &str) -> Answered {
+    find(path, true).map_or(Answered::AtOnce, |e| e.answered)
 }
 
 /// The 404 answer's text: the listed endpoints, one line.
@@ -187,51 +188,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn slow_paths_come_from_the_table() {
-        for slow in [
-            "/wait",
-            "/wait?timeout=5s",
-            "/wait/a",
-            "/wait/",
-            "/debug/pprof/profile?seconds=1",
-            "/debug/pprof/flamegraph",
+    fn when_each_path_is_answered_comes_from_the_table() {
+        use Answered::*;
+        for (path, want) in [
+            ("/wait", Slow),
+            ("/wait/a", Slow),
+            ("/wait/", Slow),
+            ("/debug/pprof/profile", Slow),
+            ("/debug/pprof/flamegraph", Slow),
+            ("/metrics", Rendered),
+            ("/debug/pprof/threads", Rendered),
+            ("/livez", AtOnce),
+            ("/readyz", AtOnce),
+            ("/readyz/wait", AtOnce),
+            ("/waiting", AtOnce),
+            ("/debug/pprof/", AtOnce),
+            ("/debug/pprof", AtOnce),
+            ("/nope", AtOnce),
         ] {
-            assert!(is_slow(slow), "{slow}");
-        }
-        for quick in [
-            "/livez",
-            "/readyz/wait",
-            "/waiting",
-            "/metrics?x=/wait",
-            "/debug/pprof/threads",
-            "/debug/pprof/",
-            "/nope",
-        ] {
-            assert!(!is_slow(quick), "{quick}");
-        }
-    }
-
-    #[test]
-    fn answered_at_once_leaves_out_slow_and_rendered_pages() {
-        for now in [
-            "/livez",
-            "/readyz",
-            "/readyz/a",
-            "/nope",
-            "/debug/pprof/",
-            "/livez?x=1",
-        ] {
-            assert!(answered_at_once(now), "{now}");
-        }
-        for later in [
-            "/metrics",
-            "/metrics?x=1",
-            "/debug/pprof/threads",
-            "/wait",
-            "/wait/a",
-            "/debug/pprof/profile?seconds=1",
-        ] {
-            assert!(!answered_at_once(later), "{later}");
+            assert_eq!(answered(path), want, "{path}");
         }
     }
 

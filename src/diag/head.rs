@@ -17,6 +17,8 @@
 
 use std::net::SocketAddr;
 
+use crate::diag::endpoints::Answered;
+
 /// The longest request target (path and query, or absolute-form URI), in
 /// bytes. Past it: 414.
 pub const MAX_TARGET_BYTES: usize = 8192;
@@ -65,7 +67,7 @@ pub enum Parsed {
         /// An endpoint that may take minutes (`/wait`, CPU profiles).
         slow: bool,
         /// The serving loop answers it as it takes it
-        /// ([`crate::diag::endpoints::answered_at_once`]).
+        /// ([`crate::diag::endpoints::answered`]).
         at_once: bool,
     },
 }
@@ -157,8 +159,9 @@ fn complete(req: &httparse::Request, len: usize, limits: &HeadLimits, peer: Sock
     // No `Connection: close`: the front keeps its connections to tiny_http
     // open and pipelines requests down them (see front/pipe.rs).
     out.push_str("\r\n\r\n");
-    let slow = crate::diag::endpoints::is_slow(path);
-    let at_once = crate::diag::endpoints::answered_at_once(path);
+    let answered = crate::diag::endpoints::answered(p);
+    let slow = answered == Answered::Slow;
+    let at_once = answered == Answered::AtOnce;
     Parsed::Forward {
         head: out.into_bytes(),
         keep_alive,

@@ -20,9 +20,11 @@
 //! ([`Watch::watched`]): a render that wedges (as one on the loop used to
 //! wedge the loop) withholds the pings.
 
+use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
@@ -48,6 +50,9 @@ pub type Reply = Box<dyn FnOnce(Response) + Send>;
 pub struct Renderer {
     jobs: Sender<(Job, Reply)>,
     watch: Watch,
+    /// When the last 503 was logged (at most one a second: clients can
+    /// cause them at will).
+    last_refusal_log: Cell<Option<Instant>>,
 }
 
 /// What the systemd watchdog needs of the renderer (see [`Watch::watched`]).
@@ -75,7 +80,12 @@ impl Renderer {
             run(&queue, probed, &metrics, &turns)
         })?;
         let watch = Watch { beat, probes };
-        Ok((Renderer { jobs, watch }, thread))
+        let renderer = Renderer {
+            jobs,
+            watch,
+            last_refusal_log: Cell::new(None),
+        };
+        Ok((renderer, thread))
     }
 
     /// The watchdog's view of the thread (held apart from the queue).
@@ -91,10 +101,14 @@ impl Renderer {
             Err(TrySendError::Full((_, reply))) => ("busy", reply),
             Err(TrySendError::Disconnected((_, reply))) => ("stopped", reply),
         };
-        log::warn(
-            "diagnostics renderer cannot take a page; answered 503",
-            &[("reason", &reason), ("job", &format_args!("{job:?}"))],
-        );
+        let mut last = self.last_refusal_log.get();
+        if log::once_a_second(&mut last) {
+            log::warn(
+                "diagnostics renderer cannot take a page; answered 503",
+                &[("reason", &reason), ("job", &format_args!("{job:?}"))],
+            );
+        }
+        self.last_refusal_log.set(last);
         reply(unavailable(reason));
     }
 }
@@ -190,7 +204,7 @@ fn render_guarded(job: Job, metrics: &Metrics) -> Response {
 }
 
 /// Renders `job` (blocking: this is the slow part).
-pub fn render(job: Job, metrics: &Metrics) -> Response {
+fn render(job: Job, metrics: &Metrics) -> Response {
     match job {
         Job::Metrics { gzip } => metrics_page(metrics, gzip),
         Job::Threads { json } => debug::threads(json),

@@ -223,6 +223,7 @@ mod tests {
     use crate::health::{Applier, Status, Update};
     use crate::metrics::Metrics;
     use debug::{ProfileJob, ProfileKind};
+    use endpoints::Answered;
 
     /// Services `a` (reported healthy) and `b` (initializing); debug as
     /// given.
@@ -370,6 +371,29 @@ mod tests {
         let text = endpoints::not_found_text();
         for e in endpoints::ENDPOINTS.iter().filter(|e| !e.debug) {
             assert!(text.contains(e.usage), "{} missing from {text}", e.usage);
+        }
+    }
+
+    /// The front pipelines requests by the table's `answered` (see
+    /// `endpoints::Answered`): the router must act as the row says, or a
+    /// page answered later would have requests queued behind it.
+    #[test]
+    fn every_row_is_routed_as_its_answered_says() {
+        let c = ctx(true);
+        for e in endpoints::ENDPOINTS {
+            let mut target = e.path.to_string();
+            if e.prefix {
+                target.push('a');
+            }
+            if matches!(e.kind, Kind::Profile | Kind::Flamegraph) {
+                target.push_str("?seconds=1");
+            }
+            let got = match get(&c, &target) {
+                Action::Respond(_) => Answered::AtOnce,
+                Action::Render(_) => Answered::Rendered,
+                Action::Park { .. } | Action::Profile(_) => Answered::Slow,
+            };
+            assert_eq!(got, e.answered, "{target}");
         }
     }
 
