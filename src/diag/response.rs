@@ -1,7 +1,11 @@
 //! The one answer type of the diagnostics endpoints, independent of the
 //! HTTP library: what the router ([`super::routes`]), the pprof pages
 //! ([`super::debug`]) and the renderer ([`super::render`]) produce, and what
-//! [`super::http`] writes through tiny_http.
+//! [`super::http`] writes through tiny_http, as the bytes [`Response::wire`]
+//! makes of it.
+
+use std::io::Write as _;
+use std::time::SystemTime;
 
 /// An HTTP answer: status code, `Content-Type`, other headers, and the
 /// whole body (always sent with `Content-Length`, never chunked).
@@ -51,6 +55,44 @@ impl Response {
         self
     }
 
+    /// The answer as HTTP/1.1 bytes, head and body (no body for a HEAD
+    /// request, nor for 1xx, 204 and 304: RFC 9110 §9.3.2, §15.2, §15.3.5,
+    /// §15.4.5), with `Date` (RFC 9110 §6.6.1, as of `now`) and
+    /// `Content-Length` always (the front frames relayed answers by it).
+    /// No `Connection` header: the front sets it for its own client. A
+    /// header with a control character in its name or value is left out
+    /// (RFC 9110 §5.5).
+    pub fn wire(&self, head_request: bool, now: SystemTime) -> Vec<u8> {
+        let reason = tiny_http::StatusCode(self.status).default_reason_phrase();
+        let bodiless = head_request || matches!(self.status, 100..=199 | 204 | 304);
+        let body: &[u8] = if bodiless { &[] } else { &self.body };
+        let mut out = Vec::with_capacity(160 + body.len());
+        let _ = write!(out, "HTTP/1.1 {} {reason}\r\n", self.status);
+        let mut line = |name: &str, value: &str| {
+            let ok = |t: &str| !t.bytes().any(|b| b.is_ascii_control() && b != b'\t');
+            if ok(name) && ok(value) {
+                out.extend_from_slice(name.as_bytes());
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(value.as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+        };
+        line("Date", &httpdate::fmt_http_date(now));
+        line("Content-Type", self.content_type);
+        for (name, value) in &self.headers {
+            line(name, value);
+        }
+        if !matches!(self.status, 100..=199 | 204) {
+            line(
+                "Content-Length",
+                itoa::Buffer::new().format(self.body.len()),
+            );
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(body);
+        out
+    }
+
     /// The value of header `name` (ASCII case ignored), if set.
     #[cfg(test)]
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -75,5 +117,32 @@ mod tests {
         let j = Response::json(200, &serde_json::json!({"a": 1}));
         assert_eq!(j.content_type, "application/json");
         assert_eq!(j.body, b"{\"a\":1}\n");
+    }
+
+    #[test]
+    fn wire_bytes() {
+        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(784_111_777);
+        let r = Response::text(200, "OK").with_header("Vary", "Accept-Encoding");
+        let get = String::from_utf8(r.wire(false, t)).unwrap();
+        assert_eq!(
+            get,
+            "HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n\
+             Content-Type: text/plain; charset=utf-8\r\nVary: Accept-Encoding\r\n\
+             Content-Length: 2\r\n\r\nOK"
+        );
+        let head = String::from_utf8(r.wire(true, t)).unwrap();
+        assert_eq!(head, get.strip_suffix("OK").unwrap(), "HEAD: no body");
+        let bad = Response::text(503, "x").with_header("Retry-After", "1\r\nX: y");
+        let bad = String::from_utf8(bad.wire(false, t)).unwrap();
+        assert!(
+            bad.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{bad}"
+        );
+        assert!(
+            !bad.contains("Retry-After") && !bad.contains("X: y"),
+            "{bad}"
+        );
+        let none = String::from_utf8(Response::new(204, TEXT, Vec::new()).wire(false, t)).unwrap();
+        assert!(!none.contains("Content-Length"), "{none}");
     }
 }

@@ -43,6 +43,12 @@ pub fn configure(format: Format, debug: bool) {
     bridge::install();
 }
 
+/// Whether debug lines are written (`--debug`): work done only for them
+/// can be skipped.
+pub fn debug_enabled() -> bool {
+    enabled(0)
+}
+
 /// Whether a line at `level` (0 debug … 3 error) is written.
 fn enabled(level: u8) -> bool {
     level >= MIN_LEVEL.load(Ordering::Relaxed)

@@ -41,8 +41,12 @@ use super::upstream::{framing, Framing, Kept};
 use super::{again, Front, State};
 use crate::log;
 
-/// Requests on one kept connection at once, at most.
-pub(super) const MAX_PIPELINED: usize = 8;
+/// Requests on one kept connection at once, at most. At 8, a saturated
+/// keep-alive load of 16 clients (wrk -t2 -c16) split over two connections,
+/// two wakes of tiny_http's workers per batch: 26.5 µs of CPU per /livez
+/// request against 22.5 µs at 32 (release build, 2-core VM). Only requests
+/// answered at once ride behind others, so none waits on a slow one.
+pub(super) const MAX_PIPELINED: usize = 32;
 
 /// One kept connection to tiny_http and the requests it carries.
 pub(super) struct Pipe {
