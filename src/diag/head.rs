@@ -378,39 +378,50 @@ pub fn simple_response(status: u16, message: &str) -> Vec<u8> {
 /// when the connection is to close after it, says `Connection: close`
 /// (tiny_http never writes one itself: it drops the header from responses).
 pub fn set_connection_header(mut resp: Vec<u8>, close: bool) -> Vec<u8> {
-    let Some(end) = resp.windows(4).position(|w| w == b"\r\n\r\n") else {
+    let Some((mut end, has_one)) = scan_head(&resp) else {
         return resp;
     };
-    let has_one = resp[..end]
-        .split(|&b| b == b'\n')
-        .skip(1)
-        .any(|line| line.len() >= 11 && line[..11].eq_ignore_ascii_case(b"connection:"));
     if has_one {
-        resp = drop_connection_header(resp);
+        resp = drop_connection_header(resp, end);
+        end = match scan_head(&resp) {
+            Some((end, _)) => end,
+            None => return resp,
+        };
     }
     if close {
-        if let Some(end) = resp.windows(4).position(|w| w == b"\r\n\r\n") {
-            resp.splice(end..end, b"\r\nConnection: close".iter().copied());
-        }
+        resp.splice(end..end, b"\r\nConnection: close".iter().copied());
     }
     resp
 }
 
-/// Removes `Connection:` lines from a response head.
-fn drop_connection_header(resp: Vec<u8>) -> Vec<u8> {
-    let Some(end) = resp.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return resp;
-    };
-    let mut out = Vec::with_capacity(resp.len());
-    for line in resp[..end].split(|&b| b == b'\n') {
-        if line.len() >= 11 && line[..11].eq_ignore_ascii_case(b"connection:") {
-            continue;
+/// Where a response head ends (the index of its final `\r\n\r\n`), and
+/// whether it has a `Connection:` line; one pass over the head. None: no
+/// complete head.
+fn scan_head(resp: &[u8]) -> Option<(usize, bool)> {
+    let mut has_one = false;
+    // Each line after the status line starts after a '\n'.
+    let mut at = resp.iter().position(|&b| b == b'\n')? + 1;
+    loop {
+        let line = &resp[at..];
+        if line.starts_with(b"\r\n") {
+            return Some((at - 2, has_one));
         }
-        out.extend_from_slice(line);
-        out.push(b'\n');
+        has_one |= line.len() >= 11 && line[..11].eq_ignore_ascii_case(b"connection:");
+        at += line.iter().position(|&b| b == b'\n')? + 1;
     }
-    out.pop();
-    out.extend_from_slice(&resp[end..]);
+}
+
+/// Removes `Connection:` lines from a response head that ends at `end`
+/// (where its final `\r\n\r\n` starts).
+fn drop_connection_header(resp: Vec<u8>, end: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(resp.len());
+    // Each line with its own "\r\n".
+    for line in resp[..end + 2].split_inclusive(|&b| b == b'\n') {
+        if !(line.len() >= 11 && line[..11].eq_ignore_ascii_case(b"connection:")) {
+            out.extend_from_slice(line);
+        }
+    }
+    out.extend_from_slice(&resp[end + 2..]);
     out
 }
 
@@ -502,6 +513,16 @@ mod tests {
             set_connection_header(r, true),
             b"HTTP/1.1 200 OK\r\nServer: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nOK"
                 .to_vec()
+        );
+        let last = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nconnection: x\r\n\r\nOK".to_vec();
+        assert_eq!(
+            set_connection_header(last, false),
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK".to_vec(),
+            "a Connection line last in the head"
+        );
+        assert_eq!(
+            set_connection_header(b"HTTP/1.1 200 OK\r\n".to_vec(), true),
+            b"HTTP/1.1 200 OK\r\n"
         );
         let plain = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK".to_vec();
         assert_eq!(

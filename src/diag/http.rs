@@ -26,13 +26,23 @@ impl crate::log::Field for Method {}
 ///
 /// Not `Request::respond`: for each answer, that builds tiny_http `Header`s
 /// (two strings each), formats a `Date`, and writes the head in about 25
-/// small writes, each taking a lock. This is one buffer, one write.
+/// small writes, each taking a lock. This is one buffer and one write, or
+/// two for a body over [`INLINE_BODY_BYTES`] (not copied).
 pub fn send(resp: Response, req: tiny_http::Request) {
-    let bytes = resp.wire(*req.method() == Method::Head, SystemTime::now());
+    let (mut head, body) = resp.wire(*req.method() == Method::Head, SystemTime::now());
     let mut w = req.into_writer();
+    let written = if body.len() <= INLINE_BODY_BYTES {
+        head.extend_from_slice(&body);
+        w.write_all(&head)
+    } else {
+        w.write_all(&head).and_then(|()| w.write_all(&body))
+    };
     // The client may have gone; nothing to do about it.
-    let _ = w.write_all(&bytes).and_then(|()| w.flush());
+    let _ = written.and_then(|()| w.flush());
 }
+
+/// Bodies up to this size are copied behind their head and go in one write.
+const INLINE_BODY_BYTES: usize = 16 * 1024;
 
 /// The value of header `name` (ASCII case ignored), if present.
 fn header<'r>(req: &'r tiny_http::Request, name: &'static str) -> Option<&'r str> {

@@ -55,18 +55,17 @@ impl Response {
         self
     }
 
-    /// The answer as HTTP/1.1 bytes, head and body (no body for a HEAD
-    /// request, nor for 1xx, 204 and 304: RFC 9110 §9.3.2, §15.2, §15.3.5,
-    /// §15.4.5), with `Date` (RFC 9110 §6.6.1, as of `now`) and
-    /// `Content-Length` always (the front frames relayed answers by it).
-    /// No `Connection` header: the front sets it for its own client. A
-    /// header with a control character in its name or value is left out
-    /// (RFC 9110 §5.5).
-    pub fn wire(&self, head_request: bool, now: SystemTime) -> Vec<u8> {
+    /// The answer as HTTP/1.1 bytes: the head, and the body to send after
+    /// it (the body moved, not copied; empty for a HEAD request, and for
+    /// 1xx, 204 and 304: RFC 9110 §9.3.2, §15.2, §15.3.5, §15.4.5). The head
+    /// has `Date` (RFC 9110 §6.6.1, as of `now`) and `Content-Length`
+    /// (the front frames relayed answers by it), and no `Connection`
+    /// header: the front sets it for its own client. A header with a
+    /// control character in its name or value is left out (RFC 9110 §5.5).
+    pub fn wire(self, head_request: bool, now: SystemTime) -> (Vec<u8>, Vec<u8>) {
         let reason = tiny_http::StatusCode(self.status).default_reason_phrase();
         let bodiless = head_request || matches!(self.status, 100..=199 | 204 | 304);
-        let body: &[u8] = if bodiless { &[] } else { &self.body };
-        let mut out = Vec::with_capacity(160 + body.len());
+        let mut out = Vec::with_capacity(256);
         let _ = write!(out, "HTTP/1.1 {} {reason}\r\n", self.status);
         let mut line = |name: &str, value: &str| {
             let ok = |t: &str| !t.bytes().any(|b| b.is_ascii_control() && b != b'\t');
@@ -89,8 +88,7 @@ impl Response {
             );
         }
         out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(body);
-        out
+        (out, if bodiless { Vec::new() } else { self.body })
     }
 
     /// The value of header `name` (ASCII case ignored), if set.
@@ -123,17 +121,22 @@ mod tests {
     fn wire_bytes() {
         let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(784_111_777);
         let r = Response::text(200, "OK").with_header("Vary", "Accept-Encoding");
-        let get = String::from_utf8(r.wire(false, t)).unwrap();
+        let wire = |r: &Response, head| {
+            let (mut out, body) = r.clone().wire(head, t);
+            out.extend(body);
+            String::from_utf8(out).unwrap()
+        };
+        let get = wire(&r, false);
         assert_eq!(
             get,
             "HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n\
              Content-Type: text/plain; charset=utf-8\r\nVary: Accept-Encoding\r\n\
              Content-Length: 2\r\n\r\nOK"
         );
-        let head = String::from_utf8(r.wire(true, t)).unwrap();
+        let head = wire(&r, true);
         assert_eq!(head, get.strip_suffix("OK").unwrap(), "HEAD: no body");
         let bad = Response::text(503, "x").with_header("Retry-After", "1\r\nX: y");
-        let bad = String::from_utf8(bad.wire(false, t)).unwrap();
+        let bad = wire(&bad, false);
         assert!(
             bad.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
             "{bad}"
@@ -142,7 +145,7 @@ mod tests {
             !bad.contains("Retry-After") && !bad.contains("X: y"),
             "{bad}"
         );
-        let none = String::from_utf8(Response::new(204, TEXT, Vec::new()).wire(false, t)).unwrap();
+        let none = wire(&Response::new(204, TEXT, Vec::new()), false);
         assert!(!none.contains("Content-Length"), "{none}");
     }
 }

@@ -8,7 +8,9 @@
 #    and a new connection per request, /metrics keep-alive (with
 #    Accept-Encoding: gzip, as Prometheus), at 50, 500 and 2000 req/s;
 #    µs of CPU per answered request and the ratio tbot/Go.
-# 2. Saturated keep-alive throughput (wrk -t2 -c16) on /livez and /readyz.
+# 2. Saturated keep-alive throughput (wrk -t2 -c16) on /livez and /readyz,
+#    ROUNDS (default 3) rounds with tbot and Go alternating; the ratio is
+#    the median round's (one round swings by about ±10 % on a 2-core VM).
 # 3. At 1000 identity services: /metrics p50 (wrk -t1 -c1, with and without
 #    gzip) and RSS, both servers.
 #
@@ -45,14 +47,20 @@ python3 "$here/cost.py" "$tport" "$tpid" "$gport" "$gpid"
 fi
 
 if section 2; then
+ROUNDS=${ROUNDS:-3}
 echo
-echo "## Saturated keep-alive throughput (wrk -t2 -c16 -d${DUR}s)"
+echo "## Saturated keep-alive throughput (wrk -t2 -c16 -d${DUR}s; ROUNDS=$ROUNDS rounds, tbot and Go alternating; the ratio is the median round's)"
 rps() { wrk -t2 -c16 -d"${DUR}s" "$@" 2>&1 | awk '/Requests\/sec/ {print $2}'; }
-printf '%-9s %10s %10s %7s %6s\n' endpoint tbot go tbot/go load1
+printf '%-9s %-32s %-32s %7s %6s\n' endpoint "tbot req/s by round" "go req/s by round" tbot/go load1
 for path in /livez /readyz; do
-  t=$(rps "http://127.0.0.1:$tport$path")
-  g=$(rps "http://127.0.0.1:$gport$path")
-  printf '%-9s %10s %10s %7.2f %6s\n' "$path" "$t" "$g" "$(echo "$t / $g" | bc -l)" "$(cut -d' ' -f1 /proc/loadavg)"
+  ts=() gs=() ratios=()
+  for _ in $(seq "$ROUNDS"); do
+    t=$(rps "http://127.0.0.1:$tport$path")
+    g=$(rps "http://127.0.0.1:$gport$path")
+    ts+=("${t%.*}") gs+=("${g%.*}") ratios+=("$(echo "$t / $g" | bc -l)")
+  done
+  median=$(printf '%s\n' "${ratios[@]}" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+  printf '%-9s %-32s %-32s %7.2f %6s\n' "$path" "${ts[*]}" "${gs[*]}" "$median" "$(cut -d' ' -f1 /proc/loadavg)"
 done
 fi
 section 3 || exit 0
