@@ -376,7 +376,8 @@ pub fn simple_response(status: u16, message: &str) -> Vec<u8> {
 
 /// Sets a relayed response's `Connection` header: removes any there is and,
 /// when the connection is to close after it, says `Connection: close`
-/// (tiny_http never writes one itself: it drops the header from responses).
+/// (the serving loop's answers never have one: see
+/// [`crate::diag::response::Response::wire`]).
 pub fn set_connection_header(mut resp: Vec<u8>, close: bool) -> Vec<u8> {
     let Some((mut end, has_one)) = scan_head(&resp) else {
         return resp;
@@ -402,6 +403,10 @@ fn scan_head(resp: &[u8]) -> Option<(usize, bool)> {
     // Each line after the status line starts after a '\n'.
     let mut at = resp.iter().position(|&b| b == b'\n')? + 1;
     loop {
+        // Lines end in CRLF (RFC 9112 §2.1); a bare LF is left alone.
+        if at < 2 || &resp[at - 2..at] != b"\r\n" {
+            return None;
+        }
         let line = &resp[at..];
         if line.starts_with(b"\r\n") {
             return Some((at - 2, has_one));
@@ -523,6 +528,12 @@ mod tests {
         assert_eq!(
             set_connection_header(b"HTTP/1.1 200 OK\r\n".to_vec(), true),
             b"HTTP/1.1 200 OK\r\n"
+        );
+        let bare = b"HTTP/1.1 200 OK\r\nX: y\n\r\n".to_vec();
+        assert_eq!(
+            set_connection_header(bare.clone(), true),
+            bare,
+            "bare LF: left alone"
         );
         let plain = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK".to_vec();
         assert_eq!(

@@ -20,9 +20,9 @@ impl crate::log::Field for Method {}
 
 /// Writes `resp` as the answer to `req`, as [`Response::wire`] makes it,
 /// through tiny_http's writer for the request (`Request::into_writer`: the
-/// answers on one connection still go out in order). Always
-/// `Content-Length`, never chunked: every body is in memory, and the front
-/// relays to clients of any HTTP version.
+/// answers on one connection still go out in order). `Content-Length`
+/// (but for 1xx, 204 and 304, which have no body), never chunked: every
+/// body is in memory, and the front relays to clients of any HTTP version.
 ///
 /// Not `Request::respond`: for each answer, that builds tiny_http `Header`s
 /// (two strings each), formats a `Date`, and writes the head in about 25

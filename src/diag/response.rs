@@ -19,6 +19,18 @@ pub struct Response {
     pub body: Vec<u8>,
 }
 
+/// Headers [`Response::wire`] writes itself or that frame the message; an
+/// endpoint's own are left out.
+const OWN_HEADERS: [&str; 7] = [
+    "Date",
+    "Content-Type",
+    "Content-Length",
+    "Transfer-Encoding",
+    "Connection",
+    "Trailer",
+    "Upgrade",
+];
+
 /// `text/plain` in UTF-8, as every plain-text answer says.
 pub const TEXT: &str = "text/plain; charset=utf-8";
 
@@ -79,9 +91,15 @@ impl Response {
         line("Date", &httpdate::fmt_http_date(now));
         line("Content-Type", self.content_type);
         for (name, value) in &self.headers {
-            line(name, value);
+            // The framing is this function's, and the front's: not an
+            // endpoint's to set (as tiny_http's `add_header` refused them).
+            if !OWN_HEADERS.iter().any(|h| h.eq_ignore_ascii_case(name)) {
+                line(name, value);
+            }
         }
-        if !matches!(self.status, 100..=199 | 204) {
+        // None for 304 either: it would have to be the 200's length
+        // (RFC 9110 §8.6), which a 304 made here does not carry.
+        if !matches!(self.status, 100..=199 | 204 | 304) {
             line(
                 "Content-Length",
                 itoa::Buffer::new().format(self.body.len()),
@@ -145,7 +163,22 @@ mod tests {
             !bad.contains("Retry-After") && !bad.contains("X: y"),
             "{bad}"
         );
-        let none = wire(&Response::new(204, TEXT, Vec::new()), false);
-        assert!(!none.contains("Content-Length"), "{none}");
+        for status in [204, 304] {
+            let none = wire(&Response::new(status, TEXT, Vec::new()), false);
+            assert!(!none.contains("Content-Length"), "{none}");
+        }
+        let framing = Response::text(200, "OK")
+            .with_header("Content-Length", "9")
+            .with_header("transfer-encoding", "chunked")
+            .with_header("Connection", "close");
+        let framing = wire(&framing, false);
+        assert!(
+            framing.ends_with("\r\nContent-Length: 2\r\n\r\nOK"),
+            "{framing}"
+        );
+        assert!(
+            !framing.contains(": 9") && !framing.contains("chunked") && !framing.contains("close"),
+            "{framing}"
+        );
     }
 }

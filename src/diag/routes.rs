@@ -416,7 +416,7 @@ mod tests {
         let r = respond(route(&c, &Request::new("HEAD", "/livez", None)));
         assert_eq!(
             r.status, 200,
-            "HEAD is GET without the body (tiny_http drops it)"
+            "HEAD is GET without the body (Response::wire drops it)"
         );
         // Case matters (RFC 9110 §9.1).
         let r = respond(route(&c, &Request::new("get", "/livez", None)));

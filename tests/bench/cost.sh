@@ -10,7 +10,9 @@
 #    µs of CPU per answered request and the ratio tbot/Go.
 # 2. Saturated keep-alive throughput (wrk -t2 -c16) on /livez and /readyz,
 #    ROUNDS (default 3) rounds with tbot and Go alternating; the ratio is
-#    the median round's (one round swings by about ±10 % on a 2-core VM).
+#    the median of the rounds' ratios (one round swings by about ±10 % on a
+#    2-core VM); a round where wrk printed no rate shows "failed" and does
+#    not count.
 # 3. At 1000 identity services: /metrics p50 (wrk -t1 -c1, with and without
 #    gzip) and RSS, both servers.
 #
@@ -57,10 +59,16 @@ for path in /livez /readyz; do
   for _ in $(seq "$ROUNDS"); do
     t=$(rps "http://127.0.0.1:$tport$path")
     g=$(rps "http://127.0.0.1:$gport$path")
-    ts+=("${t%.*}") gs+=("${g%.*}") ratios+=("$(echo "$t / $g" | bc -l)")
+    ts+=("${t:-failed}") gs+=("${g:-failed}")
+    # A round where either wrk printed no rate does not count.
+    [[ $t =~ ^[0-9.]+$ && $g =~ ^[0-9.]+$ && ${g//[0.]/} ]] || continue
+    ratios+=("$(echo "$t / $g" | bc -l)")
   done
-  median=$(printf '%s\n' "${ratios[@]}" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
-  printf '%-9s %-32s %-32s %7.2f %6s\n' "$path" "${ts[*]}" "${gs[*]}" "$median" "$(cut -d' ' -f1 /proc/loadavg)"
+  # The median (of an even count, the mean of the middle two); n/a if no
+  # round counted.
+  median=$(printf '%s\n' "${ratios[@]}" | sort -g | awk 'NF {a[++n]=$1} END {
+    if (!n) print "n/a"; else if (n % 2) printf "%.2f", a[(n+1)/2]; else printf "%.2f", (a[n/2]+a[n/2+1])/2 }')
+  printf '%-9s %-32s %-32s %7s %6s\n' "$path" "${ts[*]%.*}" "${gs[*]%.*}" "$median" "$(cut -d' ' -f1 /proc/loadavg)"
 done
 fi
 section 3 || exit 0
