@@ -298,3 +298,58 @@ fn a_large_scrape_is_gzipped_too() {
     assert!(size > 64 * 1024, "scrape of {size} bytes: not a large one");
     assert_eq!(t.get("/livez").status, 200);
 }
+
+/// Every answer the serving loop writes (it writes them itself, not through
+/// tiny_http's `Response`) carries a `Date` in IMF-fixdate (RFC 9110
+/// §6.6.1, §5.6.7) and its `Content-Length`; a HEAD answer has the same
+/// head as GET's and no body (RFC 9110 §9.3.2), even when the connection
+/// then closes; no `Server` header names the HTTP library.
+#[test]
+fn answers_carry_date_and_length_and_head_has_no_body() {
+    let t = start("wire", "", &[]);
+    for path in ["/livez", "/readyz", "/metrics", "/nowhere"] {
+        let get = raw(&t, &format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n"));
+        let date = get
+            .header("Date")
+            .unwrap_or_else(|| panic!("{path}: no Date"));
+        let fields: Vec<&str> = date.split(' ').collect();
+        assert!(
+            date.len() == 29 && fields.len() == 6 && fields[0].ends_with(',') && fields[5] == "GMT",
+            "{path}: Date {date:?} is not IMF-fixdate"
+        );
+        assert_eq!(
+            get.header("Content-Length"),
+            Some(get.raw_body.len().to_string().as_str()),
+            "{path}"
+        );
+        assert_eq!(get.header("Server"), None, "{path}");
+        // HEAD, and the connection closes after it: every byte until the
+        // close is the head.
+        let mut s = TcpStream::connect(t.addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(
+            format!("HEAD {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).unwrap();
+        let text = String::from_utf8_lossy(&all);
+        let end = text.find("\r\n\r\n").expect("a whole head") + 4;
+        assert_eq!(
+            end,
+            all.len(),
+            "{path}: bytes after a HEAD answer's head: {text:?}"
+        );
+        let head = common::parse_response(&all).unwrap();
+        assert_eq!(head.status, get.status, "{path}");
+        if path != "/metrics" {
+            // (A page's length may change between two scrapes.)
+            assert_eq!(
+                head.header("Content-Length"),
+                get.header("Content-Length"),
+                "{path}"
+            );
+        }
+        assert_eq!(head.header("Connection"), Some("close"), "{path}");
+    }
+}
