@@ -115,13 +115,16 @@ pub fn answer_now(ctx: &Ctx, p: Parked) {
 }
 
 /// Answers the parked requests whose services have all reported, or whose
-/// time is up; returns the rest.
+/// time is up; returns the rest. One snapshot of the table serves them
+/// all, and the overall answer is encoded once for every request that
+/// waits on all services.
 pub fn answer_ready(ctx: &Ctx, parked: Vec<Parked>) -> Vec<Parked> {
     if parked.is_empty() {
         return parked;
     }
     let snap = ctx.health.snapshot();
     let now = Instant::now();
+    let mut overall: Option<Response> = None;
     let mut still = Vec::with_capacity(parked.len());
     for p in parked {
         let reported = match &p.service {
@@ -129,7 +132,13 @@ pub fn answer_ready(ctx: &Ctx, parked: Vec<Parked>) -> Vec<Parked> {
             Some(name) => snap.services.get(name).is_some_and(|e| e.reported()),
         };
         if reported || now >= p.deadline {
-            answer_now(ctx, p);
+            let resp = match p.service.as_deref() {
+                None => overall
+                    .get_or_insert_with(|| routes::readiness_of(&snap, None))
+                    .clone(),
+                one => routes::readiness_of(&snap, one),
+            };
+            send(resp, p.req);
         } else {
             still.push(p);
         }

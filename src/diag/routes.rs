@@ -13,7 +13,7 @@ use super::endpoints::{self, Endpoint, Kind};
 use super::render::Job;
 use super::response::Response;
 use super::{debug, gzip};
-use crate::health::Health;
+use crate::health::{Health, Snapshot};
 
 /// What the router reads besides the request.
 pub struct Ctx {
@@ -155,6 +155,18 @@ pub fn readiness(health: &Health, service: Option<&str>) -> Response {
     }
 }
 
+/// The same answer as [`readiness`], from a snapshot already taken (the
+/// parked `/wait` requests released in one pass share one).
+pub fn readiness_of(snap: &Snapshot, service: Option<&str>) -> Response {
+    match service {
+        None => Response::json(snap.status.http_code(), snap),
+        Some(name) => match snap.services.get(name) {
+            Some(entry) => Response::json(entry.status.http_code(), entry),
+            None => not_found_service(name),
+        },
+    }
+}
+
 fn wait(ctx: &Ctx, service: Option<String>, query: &str) -> Action {
     let timeout = match wait_timeout(query) {
         Ok(t) => t,
@@ -254,6 +266,18 @@ mod tests {
 
     fn get(ctx: &Ctx, target: &str) -> Action {
         route(ctx, &Request::new("GET", target, None))
+    }
+
+    #[test]
+    fn readiness_from_a_snapshot_is_the_same_answer() {
+        let c = ctx(false);
+        let snap = c.health.snapshot();
+        for service in [None, Some("a"), Some("b"), Some("nope")] {
+            let from_snap = readiness_of(&snap, service);
+            assert_eq!(from_snap, readiness(&c.health, service), "{service:?}");
+            assert!(!from_snap.body.is_empty());
+        }
+        assert_eq!(readiness_of(&snap, Some("nope")).status, 404);
     }
 
     /// The answer, which must be immediate.
