@@ -11,6 +11,9 @@
 //!   blocks.
 //! - `diag-render` ([`render`]): renders `/metrics` and the thread list,
 //!   which cost milliseconds; CPU profiles get a `diag-profile` thread each.
+//!
+//! The systemd watchdog watches `diag-front`, `diag-http` and `diag-render`
+//! ([`Diag::watched`]): if one of them wedges, systemd restarts tbot.
 
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::os::unix::net::UnixListener;
@@ -100,6 +103,8 @@ pub struct Diag {
     limits: front::Limits,
     debug: Arc<AtomicBool>,
     render_watch: render::Watch,
+    /// The current front for the watchdog (it follows `move_to`).
+    front_watch: live::FrontWatch,
 }
 
 fn backend(dir: &Path, generation: usize) -> Result<(tiny_http::Server, PathBuf), String> {
@@ -131,17 +136,16 @@ pub fn start(
     });
 
     let limits = limits(&opts);
-    let lost_state = state.clone();
-    let lost_path = backend_path.clone();
-    let backend_lost: front::BackendLost = Arc::new(move |path: &Path| {
-        // Only if the serving loop has not moved on already.
-        if *lost_path.lock().unwrap_or_else(|p| p.into_inner()) == path {
-            lost_state.lost.store(true, Ordering::SeqCst);
-            lost_state.wake();
-        }
-    });
+    let backend_lost = backend_lost(&state, &backend_path);
     let max_parked = limits.max_connections;
-    let front = live::FrontRun::spawn(listener, &backend_path, &backend_lost, &limits)?;
+    let front_watch = live::FrontWatch::default();
+    let front = live::FrontRun::spawn(
+        listener,
+        &backend_path,
+        &backend_lost,
+        &limits,
+        &front_watch,
+    )?;
 
     // Every applied update wakes the loop, which re-checks parked /wait
     // requests. (Waking only while some are parked would race with parking:
@@ -188,6 +192,20 @@ pub fn start(
         limits,
         debug,
         render_watch,
+        front_watch,
+    })
+}
+
+/// What the front calls when tiny_http refused a connection at `path`: the
+/// serving loop rebuilds it, unless it has moved on from `path` already.
+fn backend_lost(state: &Arc<Loop>, backend_path: &front::BackendPath) -> front::BackendLost {
+    let state = state.clone();
+    let current = backend_path.clone();
+    Arc::new(move |path: &Path| {
+        if *current.lock().unwrap_or_else(|p| p.into_inner()) == path {
+            state.lost.store(true, Ordering::SeqCst);
+            state.wake();
+        }
     })
 }
 
@@ -212,8 +230,9 @@ fn limits(opts: &Options) -> front::Limits {
 
 impl Diag {
     /// The threads the systemd watchdog watches: the serving loop (a poke
-    /// wakes it as a health change does, and each pass counts a turn) and
-    /// the renderer (see [`render::Watch::watched`]).
+    /// wakes it as a health change does, and each pass counts a turn), the
+    /// renderer (see [`render::Watch::watched`]) and the front, whichever
+    /// is current (see [`live::FrontWatch::watched`]).
     pub fn watched(&self) -> Vec<crate::infra::liveness::Watched> {
         let state = self.state.clone();
         let serving = crate::infra::liveness::Watched {
@@ -221,7 +240,11 @@ impl Diag {
             beat: self.state.beat.clone(),
             poke: Box::new(move || state.wake()),
         };
-        vec![serving, self.render_watch.watched()]
+        vec![
+            serving,
+            self.render_watch.watched(),
+            self.front_watch.watched(),
+        ]
     }
 
     /// Stops the front and the serving loop and waits for both.
