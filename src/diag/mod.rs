@@ -13,7 +13,9 @@
 //!   which cost milliseconds; CPU profiles get a `diag-profile` thread each.
 //!
 //! The systemd watchdog watches `diag-front`, `diag-http` and `diag-render`
-//! ([`Diag::watched`]): if one of them wedges, systemd restarts tbot.
+//! ([`Diag::watched`]): if one of them wedges, systemd restarts tbot. It
+//! follows the front that a reload moves, and lets go of a service that a
+//! reload stops.
 
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::os::unix::net::UnixListener;
@@ -25,6 +27,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::health::Health;
+use crate::infra::liveness::{Beat, Watched};
 use crate::log;
 use crate::metrics::Metrics;
 
@@ -72,7 +75,7 @@ struct Loop {
     /// tiny_http no longer listens on its socket: rebuild it.
     lost: AtomicBool,
     /// One turn per pass of the serving loop (for the systemd watchdog).
-    beat: crate::infra::liveness::Beat,
+    beat: Beat,
 }
 
 impl Loop {
@@ -105,6 +108,8 @@ pub struct Diag {
     render_watch: render::Watch,
     /// The current front for the watchdog (it follows `move_to`).
     front_watch: live::FrontWatch,
+    /// Set once [`Diag::shutdown`] is done (see [`Diag::watched`]).
+    gone: Arc<AtomicBool>,
 }
 
 fn backend(dir: &Path, generation: usize) -> Result<(tiny_http::Server, PathBuf), String> {
@@ -193,6 +198,7 @@ pub fn start(
         debug,
         render_watch,
         front_watch,
+        gone: Default::default(),
     })
 }
 
@@ -232,23 +238,30 @@ impl Diag {
     /// The threads the systemd watchdog watches: the serving loop (a poke
     /// wakes it as a health change does, and each pass counts a turn), the
     /// renderer (see [`render::Watch::watched`]) and the front, whichever
-    /// is current (see [`live::FrontWatch::watched`]).
-    pub fn watched(&self) -> Vec<crate::infra::liveness::Watched> {
+    /// is current (see [`live::FrontWatch::watched`]). Once a reload has
+    /// stopped the service ([`Diag::shutdown`]), a poke counts the turn
+    /// itself: the loops are gone, not wedged.
+    pub fn watched(&self) -> Vec<Watched> {
         let state = self.state.clone();
-        let serving = crate::infra::liveness::Watched {
+        let serving = Watched {
             name: "diag-http",
             beat: self.state.beat.clone(),
             poke: Box::new(move || state.wake()),
         };
-        vec![
+        let loops = [
             serving,
             self.render_watch.watched(),
             self.front_watch.watched(),
-        ]
+        ];
+        loops
+            .into_iter()
+            .map(|w| unless_gone(w, self.gone.clone()))
+            .collect()
     }
 
     /// Stops the front and the serving loop and waits for both.
     pub fn shutdown(self) {
+        let beats: Vec<Beat> = self.watched().into_iter().map(|w| w.beat).collect();
         self.state.stop.store(true, Ordering::SeqCst);
         self.state.wake();
         self.front.stop();
@@ -258,6 +271,25 @@ impl Diag {
             }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+        // A poke the loops took as they stopped is answered here; the next
+        // ones answer themselves (see `watched`).
+        self.gone.store(true, Ordering::SeqCst);
+        for b in beats {
+            b.beat();
+        }
+    }
+}
+
+/// `w`, whose poke counts a turn by itself once `gone` is set.
+fn unless_gone(w: Watched, gone: Arc<AtomicBool>) -> Watched {
+    let beat = w.beat.clone();
+    let poke = w.poke;
+    Watched {
+        poke: Box::new(move || match gone.load(Ordering::SeqCst) {
+            true => beat.beat(),
+            false => poke(),
+        }),
+        ..w
     }
 }
 

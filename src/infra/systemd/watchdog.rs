@@ -8,7 +8,10 @@
 //! behind it and its page renderer (`diag-http`, `diag-render`); and the
 //! health applier (`health`: every service report, and so every restart the
 //! supervisor reports, goes through it). Without `diag_addr` there is no
-//! diagnostics service, and the pings follow the applier alone.
+//! diagnostics service, and the pings follow the applier alone; the same
+//! once a reload removed `diag_addr` (the stopped loops count as turning).
+//! The list is made at start: a diagnostics service that a reload starts
+//! later is not watched.
 //!
 //! Each period the thread (`sd-watchdog`) checks that every loop turned
 //! since it was last poked, pings only if all did, then pokes them again.
