@@ -283,7 +283,6 @@ impl Front {
             }
         };
         loop {
-            self.beat.beat();
             let now = Instant::now();
             if self.accept_paused_until.is_some_and(|t| now >= t) {
                 self.accept_paused_until = None;
@@ -293,10 +292,12 @@ impl Front {
                 std::thread::sleep(Duration::from_millis(100));
                 continue;
             }
+            // A turn is a wait that worked (one that keeps failing serves
+            // no one, and the watchdog should see it).
+            self.beat.beat();
             if self.stopping(&events) {
-                // The last turn counts too: a poke taken just before the
-                // stop is answered (the next front takes the next pokes).
-                self.beat.beat();
+                // This last turn counted too: a poke taken just before
+                // the stop is answered (the next front takes the next).
                 return;
             }
             self.serve(&events);

@@ -284,7 +284,6 @@ fn a_poke_turns_the_idle_front_and_a_hang_up_stops_it() {
     let (sock, l) = socket("poke");
     let beat = Beat::default();
     let (addr, mut stop, front) = front_beating(sock.clone(), beat.clone());
-    assert!(turns_past(&beat, 0), "the front never turned");
     // Idle, with no client and no deadline: it sleeps without turning.
     std::thread::sleep(Duration::from_millis(100));
     let idle = beat.count();
