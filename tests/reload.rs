@@ -11,11 +11,10 @@ use common::*;
 #[path = "support/reload.rs"]
 #[allow(dead_code)]
 mod reload_support;
-use reload_support::{identity_as as identity, reload, rewrite, start, tid_of};
+use reload_support::{identity_as as identity, reload, rewrite, start, start_without_flag, tid_of};
 
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::net::UnixDatagram;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -198,21 +197,6 @@ fn a_bad_file_changes_nothing_and_the_next_good_one_applies() {
     assert!(m.sample(WHEN).unwrap() > started_at);
 }
 
-/// `tbot start -c FILE` with no --diag-addr flag: the file's `diag_addr` rules.
-fn start_without_flag(dir: TempDir, config: &str) -> Tbot {
-    let cfg = dir.write("tbot.yaml", config);
-    let mut cmd = Command::new(BIN);
-    cmd.args(["start", "-c"])
-        .arg(cfg)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .env_remove("TBOT_CONFIG_PATH")
-        .env_remove("TBOT_DEBUG")
-        .env_remove("NOTIFY_SOCKET")
-        .env("XDG_RUNTIME_DIR", dir.path());
-    Tbot::spawn_and_wait_addr(cmd, dir)
-}
-
 fn answers(addr: SocketAddr) -> bool {
     request_timeout(
         addr,
@@ -234,7 +218,7 @@ fn diag_addr_moves_and_a_busy_port_fails_the_reload() {
         )
     };
     let first = free_port();
-    let t = start_without_flag(dir, &at(first, false));
+    let t = start_without_flag(dir, &at(first, false), &[]);
     let first_addr: SocketAddr = format!("127.0.0.1:{first}").parse().unwrap();
     assert_eq!(t.addr(), first_addr);
     assert_eq!(t.get("/debug/pprof/").status, 404);

@@ -4,15 +4,22 @@
 //! - `STATUS=` follows health changes, is coalesced when a service flaps,
 //!   and ends with `STOPPING=1`;
 //! - `WATCHDOG=1` every half of `WATCHDOG_USEC`, withheld while the serving
-//!   loop or the health applier is wedged (debug-build failpoints), only for
-//!   the process `WATCHDOG_PID` names;
+//!   loop, the renderer, the front or the health applier is wedged
+//!   (debug-build failpoints), kept up after a reload moves the front, only
+//!   for the process `WATCHDOG_PID` names;
 //! - priority prefixes on stderr only under a matching `JOURNAL_STREAM`.
 //!
 //! Timing bounds are loose (several times the expected figure): they tell a
 //! ping every 500 ms from none at all, not measure latency.
 
 mod common;
+use common::util::free_port;
 use common::*;
+
+#[path = "support/reload.rs"]
+#[allow(dead_code)]
+mod reload_support;
+use reload_support::{reload_to, start_without_flag};
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -261,9 +268,24 @@ fn ping_gaps(notify: &NotifySocket, from: Instant) -> Vec<Duration> {
 
 #[test]
 fn watchdog_pings_stop_while_the_serving_loop_is_wedged() {
-    let dir = TempDir::new("sd-wd");
+    pings_stop_while_one_request_wedges("wd", "diag-request", "diag-http");
+}
+
+#[test]
+fn watchdog_pings_stop_while_the_front_is_wedged() {
+    // The front owns every client socket: wedged, it fails every probe
+    // while the serving loop behind it idles happily.
+    pings_stop_while_one_request_wedges("wd-front", "diag-front-accept", "diag-front");
+}
+
+/// Starts tbot with failpoint `point` sleeping 6 s, checks that it pings
+/// every 500 ms, then sends one request, which reaches `point` and wedges
+/// `loop_name`: the pings stop, the log names the loop, and once the
+/// request is answered the pings resume.
+fn pings_stop_while_one_request_wedges(tag: &str, point: &str, loop_name: &str) {
+    let dir = TempDir::new(&format!("sd-{tag}"));
     let cfg = config_text(dir.path(), "", "");
-    let notify = NotifySocket::abstract_name("wd");
+    let notify = NotifySocket::abstract_name(tag);
     // Long enough that the window checked below (from 2.5 s into the
     // wedge to its last 0.5 s) would hold about six pings if the watchdog
     // pinged regardless, and far from the request's own delays under load.
@@ -276,7 +298,7 @@ fn watchdog_pings_stop_while_the_serving_loop_is_wedged() {
             ("WATCHDOG_USEC", "1000000"),
             (
                 "TBOT_FAILPOINTS",
-                &format!("diag-request=sleep:{}", wedge.as_millis()),
+                &format!("{point}=sleep:{}", wedge.as_millis()),
             ),
         ],
     );
@@ -294,7 +316,7 @@ fn watchdog_pings_stop_while_the_serving_loop_is_wedged() {
         "pings every 500 ms expected: {gaps:?}"
     );
 
-    // One request wedges the serving loop for `wedge`.
+    // One request wedges the loop for `wedge`.
     let addr = t.addr();
     let wedged_at = Instant::now();
     let client = std::thread::spawn(move || get(addr, "/livez").status);
@@ -310,7 +332,7 @@ fn watchdog_pings_stop_while_the_serving_loop_is_wedged() {
         .collect();
     assert!(
         late.is_empty(),
-        "pings while the serving loop was wedged, {:?} after the wedge; all pings: {:?}",
+        "pings while {loop_name} was wedged, {:?} after the wedge; all pings: {:?}",
         late.iter().map(|at| *at - wedged_at).collect::<Vec<_>>(),
         notify
             .times_of("WATCHDOG=1")
@@ -318,12 +340,11 @@ fn watchdog_pings_stop_while_the_serving_loop_is_wedged() {
             .map(|at| at.duration_since(started).as_millis())
             .collect::<Vec<_>>()
     );
-    assert!(
-        t.log().contains("not responding; watchdog pings withheld")
-            && t.log().contains("loop=diag-http"),
-        "{}",
-        t.log()
-    );
+    let withheld = t.log().lines().any(|l| {
+        l.contains("not responding; watchdog pings withheld")
+            && l.contains(&format!("loop={loop_name}"))
+    });
+    assert!(withheld, "{}", t.log());
     // The request is answered once the loop moves again, and pings resume.
     assert_eq!(client.join().unwrap(), 200);
     let resumed = Instant::now();
@@ -372,6 +393,69 @@ fn a_wedged_metrics_render_withholds_the_watchdog_pings() {
     notify.wait_for("a ping after the render", Duration::from_secs(10), |_| {
         notify.times_of("WATCHDOG=1").iter().any(|at| *at > resumed)
     });
+}
+
+/// Waits 3 s after a reload that ended at `from` and checks that the pings
+/// went on: two at least from `from` + 1 s on (a poke the old loops took
+/// just before the reload may go unanswered within a period), and nothing
+/// logged as not responding.
+#[track_caller]
+fn pings_after_a_reload(notify: &NotifySocket, t: &Tbot, from: Instant) {
+    std::thread::sleep(Duration::from_millis(3000));
+    let pings = notify
+        .times_of("WATCHDOG=1")
+        .into_iter()
+        .filter(|at| *at > from + Duration::from_secs(1))
+        .count();
+    // About four in the 2 s window; none if the watchdog still waited on
+    // loops that the reload stopped.
+    assert!(
+        pings >= 2,
+        "{pings} pings after the reload; log:\n{}",
+        t.log()
+    );
+    assert!(!t.log().contains("not responding"), "{}", t.log());
+}
+
+#[test]
+fn the_watchdog_follows_the_diagnostics_service_through_reloads() {
+    // A reload that moves diag_addr replaces the front: the watchdog's
+    // pokes must wake the new one (idle, with no client, it sleeps in
+    // epoll_wait without a limit) and its turns must count. A reload that
+    // removes diag_addr stops the service: its loops are gone, not wedged.
+    let dir = TempDir::new("sd-wd-move");
+    let d = dir.path().to_path_buf();
+    let at = |port: u16| config_text(&d, &format!("diag_addr: 127.0.0.1:{port}\n"), "");
+    let notify = NotifySocket::abstract_name("wd-move");
+    let env = [
+        ("NOTIFY_SOCKET", notify.addr.as_str()),
+        ("WATCHDOG_USEC", "1000000"),
+    ];
+    let t = start_without_flag(dir, &at(free_port()), &env);
+    assert!(
+        t.log()
+            .contains("watching=health,diag-http,diag-render,diag-front\n"),
+        "{}",
+        t.log()
+    );
+    notify.wait_for("READY=1", Duration::from_secs(10), |t| t == "READY=1");
+
+    let second = free_port();
+    let line = reload_to(&t, &at(second));
+    assert!(line.contains("configuration reloaded"), "{line}");
+    assert!(t.log().contains("diagnostics service moved"), "{}", t.log());
+    pings_after_a_reload(&notify, &t, Instant::now());
+    let new_addr = format!("127.0.0.1:{second}").parse().unwrap();
+    assert_eq!(get(new_addr, "/livez").status, 200);
+
+    let line = reload_to(&t, &config_text(&d, "", ""));
+    assert!(line.contains("configuration reloaded"), "{line}");
+    assert!(
+        t.log().contains("diagnostics service stopped"),
+        "{}",
+        t.log()
+    );
+    pings_after_a_reload(&notify, &t, Instant::now());
 }
 
 #[test]

@@ -38,6 +38,7 @@ use std::time::{Duration, Instant};
 use rustix::event::epoll::EventFlags;
 
 use super::head::HeadLimits;
+use crate::infra::liveness::Beat;
 use crate::infra::sockets::Spare;
 use crate::log;
 
@@ -211,8 +212,11 @@ pub struct Front {
     backend: BackendPath,
     backend_lost: BackendLost,
     limits: Limits,
-    /// Readable (hang-up) when the daemon stops.
+    /// Hangs up when the daemon stops; a byte on it is a watchdog poke,
+    /// which only wakes the loop for a turn ([`turn`]).
     stop: UnixStream,
+    /// One turn per pass of the loop (for the systemd watchdog).
+    beat: Beat,
     spare: Spare,
     /// A client was closed to free a descriptor for the one waiting in
     /// accept(): the spare must not take it first.
@@ -246,6 +250,7 @@ impl Front {
             backend_lost,
             limits,
             stop,
+            beat: Beat::default(),
             spare: Spare::new(),
             newcomer_first: false,
             conns: Vec::new(),
@@ -256,6 +261,13 @@ impl Front {
             last_accept_error: None,
             last_backend_error: None,
         })
+    }
+
+    /// Counts the loop's turns on `beat` (shared with the systemd watchdog,
+    /// and with the fronts before and after this one).
+    pub fn beating(mut self, beat: Beat) -> Front {
+        self.beat = beat;
+        self
     }
 
     /// Serves until the stop socket hangs up.
@@ -280,7 +292,12 @@ impl Front {
                 std::thread::sleep(Duration::from_millis(100));
                 continue;
             }
+            // A turn is a wait that worked (one that keeps failing serves
+            // no one, and the watchdog should see it).
+            self.beat.beat();
             if self.stopping(&events) {
+                // This last turn counted too: a poke taken just before
+                // the stop is answered (the next front takes the next).
                 return;
             }
             self.serve(&events);

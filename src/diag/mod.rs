@@ -11,6 +11,11 @@
 //!   blocks.
 //! - `diag-render` ([`render`]): renders `/metrics` and the thread list,
 //!   which cost milliseconds; CPU profiles get a `diag-profile` thread each.
+//!
+//! The systemd watchdog watches `diag-front`, `diag-http` and `diag-render`
+//! ([`Diag::watched`]): if one of them wedges, systemd restarts tbot. It
+//! follows the front that a reload moves, and lets go of a service that a
+//! reload stops.
 
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::os::unix::net::UnixListener;
@@ -22,6 +27,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::health::Health;
+use crate::infra::liveness::{Beat, Watched};
 use crate::log;
 use crate::metrics::Metrics;
 
@@ -69,7 +75,7 @@ struct Loop {
     /// tiny_http no longer listens on its socket: rebuild it.
     lost: AtomicBool,
     /// One turn per pass of the serving loop (for the systemd watchdog).
-    beat: crate::infra::liveness::Beat,
+    beat: Beat,
 }
 
 impl Loop {
@@ -100,6 +106,10 @@ pub struct Diag {
     limits: front::Limits,
     debug: Arc<AtomicBool>,
     render_watch: render::Watch,
+    /// The current front for the watchdog (it follows `move_to`).
+    front_watch: live::FrontWatch,
+    /// Set once [`Diag::shutdown`] is done (see [`Diag::watched`]).
+    gone: Arc<AtomicBool>,
 }
 
 fn backend(dir: &Path, generation: usize) -> Result<(tiny_http::Server, PathBuf), String> {
@@ -131,17 +141,16 @@ pub fn start(
     });
 
     let limits = limits(&opts);
-    let lost_state = state.clone();
-    let lost_path = backend_path.clone();
-    let backend_lost: front::BackendLost = Arc::new(move |path: &Path| {
-        // Only if the serving loop has not moved on already.
-        if *lost_path.lock().unwrap_or_else(|p| p.into_inner()) == path {
-            lost_state.lost.store(true, Ordering::SeqCst);
-            lost_state.wake();
-        }
-    });
+    let backend_lost = backend_lost(&state, &backend_path);
     let max_parked = limits.max_connections;
-    let front = live::FrontRun::spawn(listener, &backend_path, &backend_lost, &limits)?;
+    let front_watch = live::FrontWatch::default();
+    let front = live::FrontRun::spawn(
+        listener,
+        &backend_path,
+        &backend_lost,
+        &limits,
+        &front_watch,
+    )?;
 
     // Every applied update wakes the loop, which re-checks parked /wait
     // requests. (Waking only while some are parked would race with parking:
@@ -188,6 +197,21 @@ pub fn start(
         limits,
         debug,
         render_watch,
+        front_watch,
+        gone: Default::default(),
+    })
+}
+
+/// What the front calls when tiny_http refused a connection at `path`: the
+/// serving loop rebuilds it, unless it has moved on from `path` already.
+fn backend_lost(state: &Arc<Loop>, backend_path: &front::BackendPath) -> front::BackendLost {
+    let state = state.clone();
+    let current = backend_path.clone();
+    Arc::new(move |path: &Path| {
+        if *current.lock().unwrap_or_else(|p| p.into_inner()) == path {
+            state.lost.store(true, Ordering::SeqCst);
+            state.wake();
+        }
     })
 }
 
@@ -212,20 +236,32 @@ fn limits(opts: &Options) -> front::Limits {
 
 impl Diag {
     /// The threads the systemd watchdog watches: the serving loop (a poke
-    /// wakes it as a health change does, and each pass counts a turn) and
-    /// the renderer (see [`render::Watch::watched`]).
-    pub fn watched(&self) -> Vec<crate::infra::liveness::Watched> {
+    /// wakes it as a health change does, and each pass counts a turn), the
+    /// renderer (see [`render::Watch::watched`]) and the front, whichever
+    /// is current (see [`live::FrontWatch::watched`]). Once a reload has
+    /// stopped the service ([`Diag::shutdown`]), a poke counts the turn
+    /// itself: the loops are gone, not wedged.
+    pub fn watched(&self) -> Vec<Watched> {
         let state = self.state.clone();
-        let serving = crate::infra::liveness::Watched {
+        let serving = Watched {
             name: "diag-http",
             beat: self.state.beat.clone(),
             poke: Box::new(move || state.wake()),
         };
-        vec![serving, self.render_watch.watched()]
+        let loops = [
+            serving,
+            self.render_watch.watched(),
+            self.front_watch.watched(),
+        ];
+        loops
+            .into_iter()
+            .map(|w| unless_gone(w, self.gone.clone()))
+            .collect()
     }
 
     /// Stops the front and the serving loop and waits for both.
     pub fn shutdown(self) {
+        let beats: Vec<Beat> = self.watched().into_iter().map(|w| w.beat).collect();
         self.state.stop.store(true, Ordering::SeqCst);
         self.state.wake();
         self.front.stop();
@@ -235,6 +271,25 @@ impl Diag {
             }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+        // A poke the loops took as they stopped is answered here; the next
+        // ones answer themselves (see `watched`).
+        self.gone.store(true, Ordering::SeqCst);
+        for b in beats {
+            b.beat();
+        }
+    }
+}
+
+/// `w`, whose poke counts a turn by itself once `gone` is set.
+fn unless_gone(w: Watched, gone: Arc<AtomicBool>) -> Watched {
+    let beat = w.beat.clone();
+    let poke = w.poke;
+    Watched {
+        poke: Box::new(move || match gone.load(Ordering::SeqCst) {
+            true => beat.beat(),
+            false => poke(),
+        }),
+        ..w
     }
 }
 

@@ -1,7 +1,7 @@
 //! Proof that a loop is still turning, for the systemd watchdog.
 //!
-//! A loop that must stay responsive (the diagnostics serving loop, the
-//! health applier) owns a [`Beat`] and calls [`Beat::beat`] once per turn:
+//! A loop that must stay responsive (the diagnostics front, serving loop
+//! and renderer, the health applier) owns a [`Beat`] and calls [`Beat::beat`] once per turn:
 //! one relaxed atomic increment, nothing else, so a loop pays nothing when
 //! no watchdog is configured. The watchdog (`systemd::watchdog`)
 //! holds a [`Watched`] per loop: the same counter plus a `poke` that makes
@@ -31,7 +31,8 @@ impl Beat {
 
 /// A loop as the watchdog sees it.
 pub struct Watched {
-    /// The loop's thread name (`diag-http`, `health`), for the log.
+    /// The loop's thread name (`diag-front`, `diag-http`, `health`), for
+    /// the log.
     pub name: &'static str,
     pub beat: Beat,
     /// Makes the loop turn once soon (it must not block the caller).

@@ -1,5 +1,6 @@
 //! Helpers for reload tests: identity sections, a reload that waits for its
-//! log line, and a thread's id by name from `/debug/pprof/threads`.
+//! log line, a thread's id by name from `/debug/pprof/threads`, and a
+//! start whose `diag_addr` a reload can move.
 //!
 //! Include it from an integration test that also has `mod common;`:
 //!
@@ -10,10 +11,11 @@
 //! ```
 
 use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::util::current_user;
-use crate::common::Tbot;
+use crate::common::{Tbot, TempDir, BIN};
 
 /// An identity output `name` writing to `dir/name`, for `principals`.
 pub fn identity_as(dir: &Path, name: &str, principals: &str) -> String {
@@ -84,9 +86,28 @@ pub fn tid_of(t: &Tbot, name: &str) -> u64 {
 /// namespaces that share /tmp (other sandboxes on one machine) take a live
 /// PID of ours for a dead one of theirs and remove `/tmp/tbot-diag-PID-*`
 /// (`diag::remove_stale_dirs` keys on a PID; reported, not the subject here).
-pub fn start(dir: crate::common::TempDir, config: &str, env: &[(&str, &str)]) -> Tbot {
+pub fn start(dir: TempDir, config: &str, env: &[(&str, &str)]) -> Tbot {
     let runtime = dir.path().display().to_string();
     let mut env = env.to_vec();
     env.push(("XDG_RUNTIME_DIR", &runtime));
     Tbot::start_with(dir, config, &[], &env)
+}
+
+/// `tbot start -c FILE` with no --diag-addr flag, so that the file's
+/// `diag_addr` rules (a reload can move it), with `env` set and its
+/// diagnostics socket directory in the test's own (see [`start`]); waits
+/// until the log names the address.
+pub fn start_without_flag(dir: TempDir, config: &str, env: &[(&str, &str)]) -> Tbot {
+    let cfg = dir.write("tbot.yaml", config);
+    let mut cmd = Command::new(BIN);
+    cmd.args(["start", "-c"])
+        .arg(cfg)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .env_remove("TBOT_CONFIG_PATH")
+        .env_remove("TBOT_DEBUG")
+        .env_remove("NOTIFY_SOCKET")
+        .env("XDG_RUNTIME_DIR", dir.path())
+        .envs(env.iter().copied());
+    Tbot::spawn_and_wait_addr(cmd, dir)
 }

@@ -10,10 +10,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::{Front, Limits};
+use crate::infra::liveness::Beat;
 
 /// A front on a free port whose tiny_http is `sock`, with one kept
 /// connection. Dropping the returned stream stops it.
 fn front(sock: PathBuf) -> (SocketAddr, UnixStream, std::thread::JoinHandle<()>) {
+    front_beating(sock, Beat::default())
+}
+
+/// [`front`], counting its turns on `beat`.
+fn front_beating(
+    sock: PathBuf,
+    beat: Beat,
+) -> (SocketAddr, UnixStream, std::thread::JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stop_far) = UnixStream::pair().unwrap();
@@ -28,7 +37,8 @@ fn front(sock: PathBuf) -> (SocketAddr, UnixStream, std::thread::JoinHandle<()>)
         limits,
         stop_far,
     )
-    .unwrap();
+    .unwrap()
+    .beating(beat);
     // A stack glibc will not hand to a later, smaller thread once this
     // one ends (its cache reuses a stack up to 4 times the size asked):
     // infra::threads' test checks that service threads get small stacks.
@@ -249,6 +259,47 @@ fn nothing_is_pipelined_behind_a_page_answered_later() {
         assert!(k > 0);
         body.extend_from_slice(&chunk[..k]);
     }
+    drop(stop);
+    front.join().unwrap();
+    cleanup(&sock);
+}
+
+/// Waits up to 10 s for `beat` to pass `n` turns.
+fn turns_past(beat: &Beat, n: u64) -> bool {
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while beat.count() <= n {
+        if std::time::Instant::now() > end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    true
+}
+
+/// A byte on the stop socket (a systemd watchdog poke) wakes the idle front
+/// for a turn and does not stop it; the hang-up does. (Checked to fail with
+/// any event on the stop socket taken for a stop: the front is gone.)
+#[test]
+fn a_poke_turns_the_idle_front_and_a_hang_up_stops_it() {
+    let (sock, l) = socket("poke");
+    let beat = Beat::default();
+    let (addr, mut stop, front) = front_beating(sock.clone(), beat.clone());
+    // Idle, with no client and no deadline: it sleeps without turning.
+    std::thread::sleep(Duration::from_millis(100));
+    let idle = beat.count();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(beat.count(), idle, "an idle front turned unpoked");
+    for _ in 0..3 {
+        let before = beat.count();
+        stop.write_all(&[0]).unwrap();
+        assert!(turns_past(&beat, before), "a poke did not turn the front");
+    }
+    // Still serving.
+    let mut cs = clients(addr, 1);
+    let mut up = accept(&l);
+    assert_eq!(heads(&mut up, 1), ["/readyz/c0"]);
+    up.write_all(answer("/readyz/c0").as_bytes()).unwrap();
+    check(&mut cs);
     drop(stop);
     front.join().unwrap();
     cleanup(&sock);

@@ -4,7 +4,8 @@
 //! many connections are open, where poll(2) walked every descriptor twice.
 //!
 //! Interest per socket:
-//! - the stop socket: readable (it hangs up when the daemon stops);
+//! - the stop socket: readable (it hangs up when the daemon stops; a byte
+//!   on it is a watchdog poke, read and dropped);
 //! - the listener: readable, unless accepting is paused;
 //! - a client: readable and its hang-up (`EPOLLRDHUP`) while its head is
 //!   read, while it lingers, and while tiny_http has its request or it is
@@ -19,7 +20,7 @@
 //! [`super::pipe::Pipe`]). A socket closed leaves the epoll set by itself,
 //! so a new socket that reuses its number starts unregistered.
 
-use std::io;
+use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
@@ -239,6 +240,8 @@ impl Front {
         // spare first.
         self.restore_spare();
         if !events.of(self.listener.as_raw_fd()).is_empty() {
+            // Tests wedge the front here (`diag-front-accept=sleep:MS`).
+            crate::infra::failpoints::hit("diag-front-accept");
             self.accept_all();
         }
         // Every request queued this turn goes down the kept connections,
@@ -246,8 +249,22 @@ impl Front {
         self.dispatch_queued(now);
     }
 
-    /// Whether the stop socket reported anything (the daemon stops).
+    /// Whether the daemon hung up the stop socket (it stops). The bytes
+    /// before a hang-up are watchdog pokes, which only had to wake this
+    /// turn: read and dropped. An error reading it also stops the front.
     pub(super) fn stopping(&self, events: &Events) -> bool {
-        !events.of(self.stop.as_raw_fd()).is_empty()
+        if events.of(self.stop.as_raw_fd()).is_empty() {
+            return false;
+        }
+        let mut pokes = [0u8; 64];
+        loop {
+            match (&self.stop).read(&mut pokes) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(_) => return true,
+            }
+        }
     }
 }

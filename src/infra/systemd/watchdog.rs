@@ -2,12 +2,16 @@
 //! `WATCHDOG=1` every half of `$WATCHDOG_USEC`, but only while tbot's loops
 //! respond, so that systemd restarts a wedged tbot.
 //!
-//! The loops watched ([`crate::infra::liveness`]): the diagnostics serving loop
-//! and its page renderer (`diag-http`, `diag-render`, when `diag_addr` is
-//! set) and the health applier (`health`:
-//! every service report, and so every restart the supervisor reports, goes
-//! through it). Without `diag_addr` there is no serving loop, and the pings
-//! follow the applier alone.
+//! The loops watched ([`crate::infra::liveness`]): when `diag_addr` is set,
+//! the diagnostics front, which holds every client connection (`diag-front`,
+//! whichever front is current after a reload moved it), the serving loop
+//! behind it and its page renderer (`diag-http`, `diag-render`); and the
+//! health applier (`health`: every service report, and so every restart the
+//! supervisor reports, goes through it). Without `diag_addr` there is no
+//! diagnostics service, and the pings follow the applier alone; the same
+//! once a reload removed `diag_addr` (the stopped loops count as turning).
+//! The list is made at start: a diagnostics service that a reload starts
+//! later is not watched.
 //!
 //! Each period the thread (`sd-watchdog`) checks that every loop turned
 //! since it was last poked, pings only if all did, then pokes them again.
