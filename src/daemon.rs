@@ -90,7 +90,9 @@ fn run(args: StartArgs, config: Arc<Config>) -> Result<(), String> {
     };
     let applier = crate::infra::threads::spawn("health", move || applier.run())
         .map_err(|e| format!("health thread: {e}"))?;
-    let diag = start_diag(listener, &config, &health, &metrics)?;
+    // For the watchdog: whichever diagnostics service is current.
+    let diag_slots = diag::Slots::default();
+    let diag = start_diag(listener, &config, &health, &metrics, &diag_slots)?;
 
     let shared = Arc::new(Shared {
         health: health.clone(),
@@ -104,7 +106,7 @@ fn run(args: StartArgs, config: Arc<Config>) -> Result<(), String> {
     // and the status line all end with it).
     let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
     let mut watched = vec![crate::health::watched(&health, &updates_tx)];
-    watched.extend(diag.iter().flat_map(diag::Diag::watched));
+    watched.extend(diag_slots.watched());
     systemd::watchdog::start(watched, &stop_rx)?;
     systemd::status::start(&health, &stop_rx)?;
     log::info(
@@ -122,6 +124,7 @@ fn run(args: StartArgs, config: Arc<Config>) -> Result<(), String> {
         config,
         running,
         diag,
+        diag_slots,
         health,
         metrics,
         shared,
@@ -144,12 +147,14 @@ fn run(args: StartArgs, config: Arc<Config>) -> Result<(), String> {
     Ok(())
 }
 
-/// The diagnostics service on `listener` (None: not configured).
+/// The diagnostics service on `listener` (None: not configured), watched
+/// through `slots`.
 fn start_diag(
     listener: Option<std::net::TcpListener>,
     config: &Config,
     health: &Health,
     metrics: &Arc<Metrics>,
+    slots: &diag::Slots,
 ) -> Result<Option<diag::Diag>, String> {
     let Some(l) = listener else {
         return Ok(None);
@@ -158,7 +163,7 @@ fn start_diag(
         max_connections: config.diag_max_connections,
         debug: config.debug,
     };
-    diag::start(l, options, health.clone(), metrics.clone()).map(Some)
+    diag::start(l, options, health.clone(), metrics.clone(), slots).map(Some)
 }
 
 /// After the stop signal: the services (within [`STOP_GRACE`]), the

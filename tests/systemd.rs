@@ -5,8 +5,9 @@
 //!   and ends with `STOPPING=1`;
 //! - `WATCHDOG=1` every half of `WATCHDOG_USEC`, withheld while the serving
 //!   loop, the renderer, the front or the health applier is wedged
-//!   (debug-build failpoints), kept up after a reload moves the front, only
-//!   for the process `WATCHDOG_PID` names;
+//!   (debug-build failpoints), kept up after a reload moves the front or
+//!   stops the service, withheld again when a service that a reload started
+//!   wedges, only for the process `WATCHDOG_PID` names;
 //! - priority prefixes on stderr only under a matching `JOURNAL_STREAM`.
 //!
 //! Timing bounds are loose (several times the expected figure): they tell a
@@ -19,7 +20,7 @@ use common::*;
 #[path = "support/reload.rs"]
 #[allow(dead_code)]
 mod reload_support;
-use reload_support::{reload_to, start_without_flag};
+use reload_support::{command_without_flag, reload_to, start_without_flag};
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -316,8 +317,33 @@ fn pings_stop_while_one_request_wedges(tag: &str, point: &str, loop_name: &str) 
         "pings every 500 ms expected: {gaps:?}"
     );
 
+    one_request_wedges(&t, &notify, t.addr(), wedge, loop_name);
+}
+
+/// Log lines that contain `what` and name `loop_name`.
+fn log_lines_naming(t: &Tbot, what: &str, loop_name: &str) -> usize {
+    let name = format!("loop={loop_name}");
+    t.log()
+        .lines()
+        .filter(|l| l.contains(what) && l.contains(&name))
+        .count()
+}
+
+/// Sends one request to `addr`, which reaches a failpoint sleeping `wedge`
+/// and wedges `loop_name`: the pings stop, the log names the loop (anew),
+/// and once the request is answered the pings resume.
+#[track_caller]
+fn one_request_wedges(
+    t: &Tbot,
+    notify: &NotifySocket,
+    addr: std::net::SocketAddr,
+    wedge: Duration,
+    loop_name: &str,
+) {
+    let withheld = || log_lines_naming(t, "not responding; watchdog pings withheld", loop_name);
+    let again = || log_lines_naming(t, "responding again", loop_name);
+    let (withheld_before, again_before) = (withheld(), again());
     // One request wedges the loop for `wedge`.
-    let addr = t.addr();
     let wedged_at = Instant::now();
     let client = std::thread::spawn(move || get(addr, "/livez").status);
     std::thread::sleep(wedge - Duration::from_millis(500));
@@ -332,30 +358,26 @@ fn pings_stop_while_one_request_wedges(tag: &str, point: &str, loop_name: &str) 
         .collect();
     assert!(
         late.is_empty(),
-        "pings while {loop_name} was wedged, {:?} after the wedge; all pings: {:?}",
+        "pings while {loop_name} was wedged, {:?} after the wedge; all pings (ms from the wedge): {:?}",
         late.iter().map(|at| *at - wedged_at).collect::<Vec<_>>(),
         notify
             .times_of("WATCHDOG=1")
             .iter()
-            .map(|at| at.duration_since(started).as_millis())
+            .map(|at| at.duration_since(wedged_at).as_millis())
             .collect::<Vec<_>>()
     );
-    let withheld = t.log().lines().any(|l| {
-        l.contains("not responding; watchdog pings withheld")
-            && l.contains(&format!("loop={loop_name}"))
-    });
-    assert!(withheld, "{}", t.log());
+    assert!(withheld() > withheld_before, "{}", t.log());
     // The request is answered once the loop moves again, and pings resume.
     assert_eq!(client.join().unwrap(), 200);
     let resumed = Instant::now();
     notify.wait_for("a ping after the wedge", Duration::from_secs(10), |_| {
         notify.times_of("WATCHDOG=1").iter().any(|at| *at > resumed)
     });
-    assert!(
-        t.wait_log("responding again", Duration::from_secs(10)),
-        "{}",
-        t.log()
-    );
+    let end = Instant::now() + Duration::from_secs(10);
+    while again() == again_before {
+        assert!(Instant::now() < end, "{}", t.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]
@@ -395,12 +417,32 @@ fn a_wedged_metrics_render_withholds_the_watchdog_pings() {
     });
 }
 
+/// Waits for the watchdog to start and checks that it watches the health
+/// applier and the diagnostics loops: all four, with or without a
+/// diagnostics service (`diag::Slots`).
+#[track_caller]
+fn watchdog_watches_every_loop(t: &Tbot) {
+    assert!(
+        t.wait_log("systemd watchdog enabled", Duration::from_secs(10)),
+        "{}",
+        t.log()
+    );
+    assert!(
+        t.log()
+            .contains("watching=health,diag-http,diag-render,diag-front\n"),
+        "{}",
+        t.log()
+    );
+}
+
 /// Waits 3 s after a reload that ended at `from` and checks that the pings
 /// went on: two at least from `from` + 1 s on (a poke the old loops took
 /// just before the reload may go unanswered within a period), and nothing
-/// logged as not responding.
+/// logged as not responding meanwhile.
 #[track_caller]
 fn pings_after_a_reload(notify: &NotifySocket, t: &Tbot, from: Instant) {
+    let alarms = || t.log().matches("not responding").count();
+    let alarms_before = alarms();
     std::thread::sleep(Duration::from_millis(3000));
     let pings = notify
         .times_of("WATCHDOG=1")
@@ -414,7 +456,26 @@ fn pings_after_a_reload(notify: &NotifySocket, t: &Tbot, from: Instant) {
         "{pings} pings after the reload; log:\n{}",
         t.log()
     );
-    assert!(!t.log().contains("not responding"), "{}", t.log());
+    assert_eq!(alarms(), alarms_before, "{}", t.log());
+}
+
+/// A configuration in `dir` with `diag_addr` on `port`.
+fn diag_at(dir: &Path, port: u16) -> String {
+    config_text(dir, &format!("diag_addr: 127.0.0.1:{port}\n"), "")
+}
+
+/// Reloads to a configuration without `diag_addr`: the service stops, and
+/// the pings go on ([`pings_after_a_reload`]).
+#[track_caller]
+fn reload_without_diag(t: &Tbot, notify: &NotifySocket, dir: &Path) {
+    let line = reload_to(t, &config_text(dir, "", ""));
+    assert!(line.contains("configuration reloaded"), "{line}");
+    assert!(
+        t.log().contains("diagnostics service stopped"),
+        "{}",
+        t.log()
+    );
+    pings_after_a_reload(notify, t, Instant::now());
 }
 
 #[test]
@@ -425,37 +486,67 @@ fn the_watchdog_follows_the_diagnostics_service_through_reloads() {
     // removes diag_addr stops the service: its loops are gone, not wedged.
     let dir = TempDir::new("sd-wd-move");
     let d = dir.path().to_path_buf();
-    let at = |port: u16| config_text(&d, &format!("diag_addr: 127.0.0.1:{port}\n"), "");
     let notify = NotifySocket::abstract_name("wd-move");
     let env = [
         ("NOTIFY_SOCKET", notify.addr.as_str()),
         ("WATCHDOG_USEC", "1000000"),
     ];
-    let t = start_without_flag(dir, &at(free_port()), &env);
-    assert!(
-        t.log()
-            .contains("watching=health,diag-http,diag-render,diag-front\n"),
-        "{}",
-        t.log()
-    );
+    let t = start_without_flag(dir, &diag_at(&d, free_port()), &env);
+    watchdog_watches_every_loop(&t);
     notify.wait_for("READY=1", Duration::from_secs(10), |t| t == "READY=1");
 
     let second = free_port();
-    let line = reload_to(&t, &at(second));
+    let line = reload_to(&t, &diag_at(&d, second));
     assert!(line.contains("configuration reloaded"), "{line}");
     assert!(t.log().contains("diagnostics service moved"), "{}", t.log());
     pings_after_a_reload(&notify, &t, Instant::now());
     let new_addr = format!("127.0.0.1:{second}").parse().unwrap();
     assert_eq!(get(new_addr, "/livez").status, 200);
 
-    let line = reload_to(&t, &config_text(&d, "", ""));
-    assert!(line.contains("configuration reloaded"), "{line}");
-    assert!(
-        t.log().contains("diagnostics service stopped"),
-        "{}",
-        t.log()
-    );
-    pings_after_a_reload(&notify, &t, Instant::now());
+    reload_without_diag(&t, &notify, &d);
+}
+
+#[test]
+fn the_watchdog_watches_a_diagnostics_service_that_a_reload_starts() {
+    // tbot starts without diag_addr, and the watchdog's list is made then:
+    // it must still cover the service a reload adds, and the one a later
+    // reload adds back after another removed it. Each service is wedged
+    // once (its serving loop, on a request), and must stop the pings.
+    let dir = TempDir::new("sd-wd-add");
+    let d = dir.path().to_path_buf();
+    let notify = NotifySocket::abstract_name("wd-add");
+    let wedge = Duration::from_millis(6000);
+    // Every request wedges the loop: none is sent but the two below.
+    let failpoint = format!("diag-request=sleep:{}", wedge.as_millis());
+    let env = [
+        ("NOTIFY_SOCKET", notify.addr.as_str()),
+        ("WATCHDOG_USEC", "1000000"),
+        ("TBOT_FAILPOINTS", failpoint.as_str()),
+    ];
+    let cmd = command_without_flag(&dir, &config_text(&d, "", ""), &env);
+    let t = Tbot::spawn(cmd, dir);
+    // The diagnostics loops are on the list with no service yet.
+    watchdog_watches_every_loop(&t);
+    notify.wait_for("READY=1", Duration::from_secs(10), |t| t == "READY=1");
+
+    for round in ["added", "added back"] {
+        let port = free_port();
+        let line = reload_to(&t, &diag_at(&d, port));
+        assert!(line.contains("configuration reloaded"), "{round}: {line}");
+        assert!(
+            t.log().contains(&format!(
+                "diagnostics service listening addr=127.0.0.1:{port}"
+            )),
+            "{round}: {}",
+            t.log()
+        );
+        pings_after_a_reload(&notify, &t, Instant::now());
+        let addr = format!("127.0.0.1:{port}").parse().unwrap();
+        one_request_wedges(&t, &notify, addr, wedge, "diag-http");
+        if round == "added" {
+            reload_without_diag(&t, &notify, &d);
+        }
+    }
 }
 
 #[test]
@@ -479,12 +570,9 @@ fn without_diag_addr_the_watchdog_follows_the_health_applier() {
         .env("TBOT_FAILPOINTS", "health-unhealthy=sleep:5000");
     let dir_path = dir.path().to_path_buf();
     let mut t = Tbot::spawn(sh, dir);
-    assert!(
-        t.wait_log("systemd watchdog enabled", Duration::from_secs(10)),
-        "{}",
-        t.log()
-    );
-    assert!(t.log().contains("watching=health\n"), "{}", t.log());
+    // The diagnostics loops are listed too, and count as turning while no
+    // service runs (a reload may start one).
+    watchdog_watches_every_loop(&t);
     notify.wait_for("READY=1", Duration::from_secs(10), |t| t == "READY=1");
     let started = Instant::now();
     std::thread::sleep(Duration::from_millis(1300));

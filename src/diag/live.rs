@@ -2,72 +2,81 @@
 //! the public address (a new front on a new listener, started before the old
 //! one stops) and debug mode (`/debug/pprof/` on or off). The serving loop,
 //! its parked `/wait` requests and tiny_http are untouched by either.
-//! The systemd watchdog follows whichever front is current ([`FrontWatch`]).
+//! The systemd watchdog follows whichever service and front are current
+//! ([`Slots`]).
 
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use rustix::net::SendFlags;
 
 use super::{front, Diag};
-use crate::infra::liveness::{Beat, Watched};
+use crate::infra::liveness::{Beat, Poke, Slot, Watched};
 use crate::log;
 
 /// A `diag-front` thread and the daemon's end of its stop socket.
 pub(super) struct FrontRun {
-    /// Hung up to stop the front; a byte on it is a watchdog poke (shared
-    /// with [`FrontWatch`]).
+    /// Hung up to stop the front; a byte on it is a watchdog poke (see
+    /// [`FrontRun::poke`]).
     stop: Arc<UnixStream>,
     thread: JoinHandle<()>,
     addr: SocketAddr,
 }
 
-/// The front as the systemd watchdog sees it, across reloads that replace
-/// it: one turn counter that every successive front beats, and the stop
-/// socket of the current one, where a poke goes.
-#[derive(Clone, Default)]
-pub(super) struct FrontWatch {
-    beat: Beat,
-    current: Arc<Mutex<Option<Arc<UnixStream>>>>,
+/// The diagnostics loops as the systemd watchdog sees them, across reloads
+/// that start, stop and move the service: one [`Slot`] per loop
+/// (`diag-http`, `diag-render`, `diag-front`), made once by the daemon and
+/// handed to every service it starts ([`super::start`]), which fills them;
+/// [`Diag::shutdown`] empties them, and [`Diag::move_to`] puts the new
+/// front in. The slots are watched whether or not a service runs: while
+/// none does (no `diag_addr`), a poke counts the turn itself.
+#[derive(Clone)]
+pub struct Slots {
+    pub(super) http: Slot,
+    pub(super) render: Slot,
+    pub(super) front: Slot,
 }
 
-impl FrontWatch {
-    /// Pokes reach `run` from now on.
-    fn follow(&self, run: &FrontRun) {
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(run.stop.clone());
-    }
-
-    /// `diag-front` for the watchdog: a poke writes one byte on the current
-    /// front's stop socket, which wakes it for one turn (it drains the
-    /// byte; only a hang-up stops it). The write never blocks: a full
-    /// socket buffer means pokes are pending already, and an error (the
-    /// front is gone) shows as the missing turn.
-    pub(super) fn watched(&self) -> Watched {
-        let current = self.current.clone();
-        Watched {
-            name: "diag-front",
-            beat: self.beat.clone(),
-            poke: Box::new(move || {
-                if let Some(stop) = &*current.lock().unwrap_or_else(|p| p.into_inner()) {
-                    let _ =
-                        rustix::net::send(&**stop, &[0], SendFlags::DONTWAIT | SendFlags::NOSIGNAL);
-                }
-            }),
+impl Default for Slots {
+    fn default() -> Slots {
+        Slots {
+            http: Slot::new("diag-http"),
+            render: Slot::new("diag-render"),
+            front: Slot::new("diag-front"),
         }
     }
 }
 
+impl Slots {
+    /// The three loops, for the watchdog's list.
+    pub fn watched(&self) -> Vec<Watched> {
+        self.all().iter().map(|s| s.watched()).collect()
+    }
+
+    /// No service runs any more (see [`Slot::empty`]).
+    pub(super) fn empty(&self) {
+        for s in self.all() {
+            s.empty();
+        }
+    }
+
+    fn all(&self) -> [&Slot; 3] {
+        [&self.http, &self.render, &self.front]
+    }
+}
+
 impl FrontRun {
-    /// Starts a front on `listener` that hands requests to the serving loop.
+    /// Starts a front on `listener` that hands requests to the serving
+    /// loop and counts its turns on `beat`.
     pub(super) fn spawn(
         listener: TcpListener,
         backend_path: &front::BackendPath,
         backend_lost: &front::BackendLost,
         limits: &front::Limits,
-        watch: &FrontWatch,
+        beat: Beat,
     ) -> Result<FrontRun, String> {
         let addr = listener
             .local_addr()
@@ -81,16 +90,25 @@ impl FrontRun {
             stop_rx,
         )
         .map_err(|e| format!("diagnostics listener: {e}"))?
-        .beating(watch.beat.clone());
+        .beating(beat);
         let thread = crate::infra::threads::spawn("diag-front", move || front.run())
             .map_err(|e| format!("diag-front: {e}"))?;
-        let run = FrontRun {
+        Ok(FrontRun {
             stop: Arc::new(stop),
             thread,
             addr,
-        };
-        watch.follow(&run);
-        Ok(run)
+        })
+    }
+
+    /// The front's watchdog poke: one byte on its stop socket, which wakes
+    /// it for one turn (it drains the byte; only a hang-up stops it). The
+    /// write never blocks: a full socket buffer means pokes are pending
+    /// already, and an error (the front is gone) shows as the missing turn.
+    pub(super) fn poke(&self) -> Poke {
+        let stop = self.stop.clone();
+        Box::new(move || {
+            let _ = rustix::net::send(&*stop, &[0], SendFlags::DONTWAIT | SendFlags::NOSIGNAL);
+        })
     }
 
     /// Stops the front (its listener and connections close) and waits for it.
@@ -123,15 +141,17 @@ impl Diag {
     /// bind failure is the caller's, before anything changed): the new
     /// front starts, then the old one stops. Requests in flight on the old
     /// address are cut; the serving loop carries on. The watchdog's pokes
-    /// go to the new front as soon as it runs.
+    /// go to the new front as soon as it runs (a poke the old one took as
+    /// it stopped is answered: its last turn counts).
     pub fn move_to(&mut self, listener: TcpListener) -> Result<(), String> {
         let new = FrontRun::spawn(
             listener,
             &self.backend_path,
             &self.backend_lost,
             &self.limits,
-            &self.front_watch,
+            self.slots.front.beat(),
         )?;
+        self.slots.front.fill(new.poke());
         let old = std::mem::replace(&mut self.front, new);
         let from = old.addr;
         old.stop();

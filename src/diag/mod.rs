@@ -13,9 +13,12 @@
 //!   which cost milliseconds; CPU profiles get a `diag-profile` thread each.
 //!
 //! The systemd watchdog watches `diag-front`, `diag-http` and `diag-render`
-//! ([`Diag::watched`]): if one of them wedges, systemd restarts tbot. It
-//! follows the front that a reload moves, and lets go of a service that a
-//! reload stops.
+//! through [`Slots`] that the daemon makes once, at start: if one of them
+//! wedges, systemd restarts tbot. The slots follow whichever service is
+//! current, across any sequence of reloads: a service a reload starts
+//! (`diag_addr` added) fills them, one it stops (`diag_addr` removed)
+//! empties them, and a move puts the new front in. They are always on the
+//! watchdog's list; while no service runs, they count as turning.
 
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::os::unix::net::UnixListener;
@@ -27,7 +30,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::health::Health;
-use crate::infra::liveness::{Beat, Watched};
+use crate::infra::liveness::Beat;
 use crate::log;
 use crate::metrics::Metrics;
 
@@ -42,6 +45,8 @@ mod private_dir;
 mod render;
 pub mod response;
 pub mod routes;
+
+pub use live::Slots;
 
 /// Binds the public listener. Done before any service starts, so a bad or
 /// busy address fails the start cleanly.
@@ -105,11 +110,9 @@ pub struct Diag {
     backend_lost: front::BackendLost,
     limits: front::Limits,
     debug: Arc<AtomicBool>,
-    render_watch: render::Watch,
-    /// The current front for the watchdog (it follows `move_to`).
-    front_watch: live::FrontWatch,
-    /// Set once [`Diag::shutdown`] is done (see [`Diag::watched`]).
-    gone: Arc<AtomicBool>,
+    /// The watchdog's view of the loops: filled by [`start`] and
+    /// `move_to`, emptied by [`Diag::shutdown`].
+    slots: Slots,
 }
 
 fn backend(dir: &Path, generation: usize) -> Result<(tiny_http::Server, PathBuf), String> {
@@ -121,11 +124,16 @@ fn backend(dir: &Path, generation: usize) -> Result<(tiny_http::Server, PathBuf)
     Ok((server, path))
 }
 
+/// Starts the service on `listener` (bound by the caller). Once every
+/// thread runs, the watchdog's pokes go to its loops, whose turns count on
+/// `slots` (made once by the daemon, shared by each service it starts; see
+/// [`Slots`]). Errors name the thread or socket that could not be made.
 pub fn start(
     listener: TcpListener,
     opts: Options,
     health: Health,
     metrics: Arc<Metrics>,
+    slots: &Slots,
 ) -> Result<Diag, String> {
     let addr = listener
         .local_addr()
@@ -137,19 +145,18 @@ pub fn start(
         server: Mutex::new(Arc::new(server)),
         stop: AtomicBool::new(false),
         lost: AtomicBool::new(false),
-        beat: Default::default(),
+        beat: slots.http.beat(),
     });
 
     let limits = limits(&opts);
     let backend_lost = backend_lost(&state, &backend_path);
     let max_parked = limits.max_connections;
-    let front_watch = live::FrontWatch::default();
     let front = live::FrontRun::spawn(
         listener,
         &backend_path,
         &backend_lost,
         &limits,
-        &front_watch,
+        slots.front.beat(),
     )?;
 
     // Every applied update wakes the loop, which re-checks parked /wait
@@ -158,9 +165,6 @@ pub fn start(
     let wake = state.clone();
     health.on_change(move || wake.wake());
 
-    let mut threads = Vec::new();
-    let serve_state = state.clone();
-    let serve_dir = dir.clone();
     let debug = Arc::new(AtomicBool::new(opts.debug));
     let ctx = routes::Ctx {
         health,
@@ -168,23 +172,19 @@ pub fn start(
     };
     // Queued pages wait on the front's connections: as many as it holds.
     let (renderer, render_thread) =
-        render::Renderer::spawn(metrics, max_parked).map_err(|e| format!("diag-render: {e}"))?;
-    let render_watch = renderer.watch();
-    let serve_backend = backend_path.clone();
-    threads.push(
-        crate::infra::threads::spawn("diag-http", move || {
-            serve(
-                serve_state,
-                (ctx, renderer),
-                serve_dir,
-                serve_backend,
-                max_parked,
-            )
-        })
-        .map_err(|e| format!("diag-http: {e}"))?,
-    );
-    // Joined after the loop, whose end drops the renderer's queue.
-    threads.push(render_thread);
+        render::Renderer::spawn(metrics, max_parked, slots.render.beat())
+            .map_err(|e| format!("diag-render: {e}"))?;
+    let render_poke = renderer.watch().watched().poke;
+    let serving = spawn_serving(&state, (ctx, renderer), &dir, &backend_path, max_parked)?;
+    // The renderer is joined after the loop, whose end drops its queue.
+    let threads = vec![serving, render_thread];
+    // Everything runs: the watchdog's pokes go here from now on. (A
+    // serving-loop poke wakes it as a health change does; each pass is a
+    // turn.)
+    let wake = state.clone();
+    slots.http.fill(Box::new(move || wake.wake()));
+    slots.render.fill(render_poke);
+    slots.front.fill(front.poke());
     live::announce(addr, opts.debug);
     Ok(Diag {
         state,
@@ -196,10 +196,23 @@ pub fn start(
         backend_lost,
         limits,
         debug,
-        render_watch,
-        front_watch,
-        gone: Default::default(),
+        slots: slots.clone(),
     })
+}
+
+/// Starts `diag-http`, the serving loop ([`serve`]).
+fn spawn_serving(
+    state: &Arc<Loop>,
+    pages: (routes::Ctx, render::Renderer),
+    dir: &Path,
+    backend_path: &front::BackendPath,
+    max_parked: usize,
+) -> Result<JoinHandle<()>, String> {
+    let (state, dir, backend_path) = (state.clone(), dir.to_path_buf(), backend_path.clone());
+    crate::infra::threads::spawn("diag-http", move || {
+        serve(state, pages, dir, backend_path, max_parked)
+    })
+    .map_err(|e| format!("diag-http: {e}"))
 }
 
 /// What the front calls when tiny_http refused a connection at `path`: the
@@ -235,33 +248,9 @@ fn limits(opts: &Options) -> front::Limits {
 }
 
 impl Diag {
-    /// The threads the systemd watchdog watches: the serving loop (a poke
-    /// wakes it as a health change does, and each pass counts a turn), the
-    /// renderer (see [`render::Watch::watched`]) and the front, whichever
-    /// is current (see [`live::FrontWatch::watched`]). Once a reload has
-    /// stopped the service ([`Diag::shutdown`]), a poke counts the turn
-    /// itself: the loops are gone, not wedged.
-    pub fn watched(&self) -> Vec<Watched> {
-        let state = self.state.clone();
-        let serving = Watched {
-            name: "diag-http",
-            beat: self.state.beat.clone(),
-            poke: Box::new(move || state.wake()),
-        };
-        let loops = [
-            serving,
-            self.render_watch.watched(),
-            self.front_watch.watched(),
-        ];
-        loops
-            .into_iter()
-            .map(|w| unless_gone(w, self.gone.clone()))
-            .collect()
-    }
-
-    /// Stops the front and the serving loop and waits for both.
+    /// Stops the front and the serving loop and waits for both; the
+    /// watchdog's slots are emptied (the loops are gone, not wedged).
     pub fn shutdown(self) {
-        let beats: Vec<Beat> = self.watched().into_iter().map(|w| w.beat).collect();
         self.state.stop.store(true, Ordering::SeqCst);
         self.state.wake();
         self.front.stop();
@@ -272,24 +261,8 @@ impl Diag {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
         // A poke the loops took as they stopped is answered here; the next
-        // ones answer themselves (see `watched`).
-        self.gone.store(true, Ordering::SeqCst);
-        for b in beats {
-            b.beat();
-        }
-    }
-}
-
-/// `w`, whose poke counts a turn by itself once `gone` is set.
-fn unless_gone(w: Watched, gone: Arc<AtomicBool>) -> Watched {
-    let beat = w.beat.clone();
-    let poke = w.poke;
-    Watched {
-        poke: Box::new(move || match gone.load(Ordering::SeqCst) {
-            true => beat.beat(),
-            false => poke(),
-        }),
-        ..w
+        // ones answer themselves.
+        self.slots.empty();
     }
 }
 

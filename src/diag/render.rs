@@ -67,14 +67,15 @@ pub struct Watch {
 
 impl Renderer {
     /// Starts `diag-render` with room for `capacity` queued jobs (at
-    /// least 1).
+    /// least 1), counting its turns on `beat` (the watchdog's slot, shared
+    /// with the renderers of the services before and after this one).
     pub fn spawn(
         metrics: Arc<Metrics>,
         capacity: usize,
+        beat: Beat,
     ) -> std::io::Result<(Renderer, JoinHandle<()>)> {
         let (jobs, queue) = crossbeam_channel::bounded(capacity.max(1));
         let (probes, probed) = crossbeam_channel::bounded(1);
-        let beat = Beat::default();
         let turns = beat.clone();
         let thread = crate::infra::threads::spawn("diag-render", move || {
             run(&queue, probed, &metrics, &turns)
@@ -296,7 +297,8 @@ mod tests {
 
     #[test]
     fn jobs_are_answered_in_order_and_a_full_queue_is_503() {
-        let (renderer, thread) = Renderer::spawn(Arc::new(Metrics::new()), 1).unwrap();
+        let (renderer, thread) =
+            Renderer::spawn(Arc::new(Metrics::new()), 1, Beat::default()).unwrap();
         // Hold the thread: its first reply blocks until we take it.
         let (hold_tx, hold_rx) = crossbeam_channel::bounded::<Response>(0);
         renderer.submit(

@@ -13,7 +13,8 @@
 //! 5. change the health table's rows at once (`Health::change_rows`): no
 //!    reader sees half of the new set;
 //! 6. start the changed and added services;
-//! 7. move the diagnostics service and switch debug mode.
+//! 7. move, start or stop the diagnostics service and switch debug mode
+//!    (the systemd watchdog follows it: `diag::Slots`).
 //!
 //! Kept services are not touched at all: same thread, same health row.
 //! systemd hears `RELOADING=1` (with `MONOTONIC_USEC=`) before and `READY=1`
@@ -56,6 +57,9 @@ pub struct Live {
     pub config: Arc<Config>,
     pub running: Vec<Running>,
     pub diag: Option<Diag>,
+    /// The watchdog's view of the diagnostics loops, made at start: each
+    /// service a reload starts fills it, one it stops empties it.
+    pub diag_slots: diag::Slots,
     pub health: Health,
     pub metrics: Arc<Metrics>,
     pub shared: Arc<Shared>,
@@ -220,6 +224,7 @@ impl Live {
                     },
                     self.health.clone(),
                     self.metrics.clone(),
+                    &self.diag_slots,
                 )?);
             }
             (None, _) => {}

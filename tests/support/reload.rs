@@ -98,6 +98,13 @@ pub fn start(dir: TempDir, config: &str, env: &[(&str, &str)]) -> Tbot {
 /// diagnostics socket directory in the test's own (see [`start`]); waits
 /// until the log names the address.
 pub fn start_without_flag(dir: TempDir, config: &str, env: &[(&str, &str)]) -> Tbot {
+    let cmd = command_without_flag(&dir, config, env);
+    Tbot::spawn_and_wait_addr(cmd, dir)
+}
+
+/// The command [`start_without_flag`] runs (`config` written to `dir`),
+/// for a test whose configuration has no `diag_addr` to wait for.
+pub fn command_without_flag(dir: &TempDir, config: &str, env: &[(&str, &str)]) -> Command {
     let cfg = dir.write("tbot.yaml", config);
     let mut cmd = Command::new(BIN);
     cmd.args(["start", "-c"])
@@ -109,5 +116,5 @@ pub fn start_without_flag(dir: TempDir, config: &str, env: &[(&str, &str)]) -> T
         .env_remove("NOTIFY_SOCKET")
         .env("XDG_RUNTIME_DIR", dir.path())
         .envs(env.iter().copied());
-    Tbot::spawn_and_wait_addr(cmd, dir)
+    cmd
 }

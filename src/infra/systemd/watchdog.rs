@@ -2,16 +2,17 @@
 //! `WATCHDOG=1` every half of `$WATCHDOG_USEC`, but only while tbot's loops
 //! respond, so that systemd restarts a wedged tbot.
 //!
-//! The loops watched ([`crate::infra::liveness`]): when `diag_addr` is set,
-//! the diagnostics front, which holds every client connection (`diag-front`,
-//! whichever front is current after a reload moved it), the serving loop
-//! behind it and its page renderer (`diag-http`, `diag-render`); and the
-//! health applier (`health`: every service report, and so every restart the
-//! supervisor reports, goes through it). Without `diag_addr` there is no
-//! diagnostics service, and the pings follow the applier alone; the same
-//! once a reload removed `diag_addr` (the stopped loops count as turning).
-//! The list is made at start: a diagnostics service that a reload starts
-//! later is not watched.
+//! The loops watched ([`crate::infra::liveness`]): the health applier
+//! (`health`: every service report, and so every restart the supervisor
+//! reports, goes through it), and the diagnostics service's front, which
+//! holds every client connection (`diag-front`), the serving loop behind it
+//! and its page renderer (`diag-http`, `diag-render`). The list is made at
+//! start, and always names all four: the diagnostics loops are slots
+//! (`diag::Slots`) that follow whichever service is current, across any
+//! sequence of reloads (one started by a reload that adds `diag_addr`, a
+//! front that a reload moves). While no diagnostics service runs (no
+//! `diag_addr`, or a reload removed it) they count as turning, and the
+//! pings follow the applier alone.
 //!
 //! Each period the thread (`sd-watchdog`) checks that every loop turned
 //! since it was last poked, pings only if all did, then pokes them again.
