@@ -1,6 +1,7 @@
 //! Configuration reload on SIGHUP, through the real binary:
 //! add/remove/change/keep in one reload, bad files that change nothing,
-//! `diag_addr` moves, debug mode toggles, no leak over 200 reloads, systemd's
+//! `diag_addr` moves, debug mode toggles, no leak over 200 reloads nor from
+//! a diagnostics service that a reload stops, systemd's
 //! RELOADING=1/READY=1, and SIGHUP/SIGPIPE never killing tbot.
 //! The SSH-session and relay-drain cases are in tests/reload_mux.rs.
 
@@ -257,6 +258,41 @@ fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
         .unwrap_or(0)
+}
+
+#[test]
+fn a_diagnostics_service_that_a_reload_stops_leaves_no_thread_or_descriptor() {
+    // Each service runs tiny_http: an accept thread, four workers and a
+    // listening socket. A stopped one must take them with it (the health
+    // table kept its state alive, and its socket went before tiny_http
+    // could wake its accept thread through it: five threads and a
+    // descriptor per stop, for good).
+    let dir = TempDir::new("reload-diag-stop");
+    let d = dir.path().to_path_buf();
+    let with = config_text(&d, &format!("diag_addr: 127.0.0.1:{}\n", free_port()), "");
+    let without = config_text(&d, "", "");
+    let t = start_without_flag(dir, &with, &[]);
+    t.until("/readyz", Duration::from_secs(20), |r| r.status == 200);
+    let (threads, fds) = (t.threads(), open_fds(t.pid()));
+    for _ in 0..3 {
+        for text in [&without, &with] {
+            rewrite(&t, text);
+            let line = reload(&t);
+            assert!(line.contains("configuration reloaded"), "{line}");
+        }
+    }
+    assert_eq!(t.get("/readyz").status, 200);
+    // tiny_http's idle workers end 5 s after their pool does.
+    let end = Instant::now() + Duration::from_secs(20);
+    while t.threads() > threads || open_fds(t.pid()) > fds {
+        assert!(
+            Instant::now() < end,
+            "{} threads (from {threads}), {} descriptors (from {fds}) after three stops",
+            t.threads(),
+            open_fds(t.pid())
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn mean(v: &[u64]) -> f64 {

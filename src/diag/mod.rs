@@ -162,8 +162,14 @@ pub fn start(
     // Every applied update wakes the loop, which re-checks parked /wait
     // requests. (Waking only while some are parked would race with parking:
     // an update between the loop's check and its count would be lost.)
-    let wake = state.clone();
-    health.on_change(move || wake.wake());
+    // Weak: the table outlives a service that a reload stops, and must not
+    // keep its tiny_http alive (see `shutdown`).
+    let wake = Arc::downgrade(&state);
+    health.on_change(move || {
+        if let Some(state) = wake.upgrade() {
+            state.wake();
+        }
+    });
 
     let debug = Arc::new(AtomicBool::new(opts.debug));
     let ctx = routes::Ctx {
@@ -249,20 +255,37 @@ fn limits(opts: &Options) -> front::Limits {
 
 impl Diag {
     /// Stops the front and the serving loop and waits for both; the
-    /// watchdog's slots are emptied (the loops are gone, not wedged).
+    /// watchdog's slots are emptied (the loops are gone, not wedged). Then
+    /// tiny_http goes, threads and all, and the socket directory with it.
     pub fn shutdown(self) {
-        self.state.stop.store(true, Ordering::SeqCst);
-        self.state.wake();
-        self.front.stop();
-        for t in self.threads {
+        let Diag {
+            state,
+            front,
+            threads,
+            dir,
+            _dir_lock,
+            backend_lost,
+            slots,
+            ..
+        } = self;
+        state.stop.store(true, Ordering::SeqCst);
+        state.wake();
+        front.stop();
+        for t in threads {
             if t.join().is_err() {
                 log::error("a diagnostics thread panicked", &[]);
             }
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
         // A poke the loops took as they stopped is answered here; the next
         // ones answer themselves.
-        self.slots.empty();
+        slots.empty();
+        // The last holders of the serving state, and so of tiny_http, whose
+        // drop ends its accept thread (and with it its worker threads) by
+        // connecting to its socket: before the socket is removed, or a
+        // service that a reload stops would leave them blocked for good.
+        drop(backend_lost);
+        drop(state);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 
