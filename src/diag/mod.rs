@@ -163,12 +163,15 @@ pub fn start(
     // requests. (Waking only while some are parked would race with parking:
     // an update between the loop's check and its count would be lost.)
     // Weak: the table outlives a service that a reload stops, and must not
-    // keep its tiny_http alive (see `shutdown`).
+    // keep its tiny_http alive (see `shutdown`); once it is gone, the
+    // listener asks to be removed.
     let wake = Arc::downgrade(&state);
-    health.on_change(move || {
-        if let Some(state) = wake.upgrade() {
+    health.on_change(move || match wake.upgrade() {
+        Some(state) => {
             state.wake();
+            true
         }
+        None => false,
     });
 
     let debug = Arc::new(AtomicBool::new(opts.debug));

@@ -135,8 +135,9 @@ fn overall<'a>(mut entries: impl Iterator<Item = &'a Entry>) -> Status {
     }
 }
 
-/// A callback run after each applied update.
-type Listener = Box<dyn Fn() + Send>;
+/// A callback run after each applied update; it returns whether it wants
+/// the next ones (false: it is removed).
+type Listener = Box<dyn Fn() -> bool + Send>;
 
 /// A waiter's latch: its id, the service it does not wait for, and the
 /// sender whose drop wakes it.
@@ -186,8 +187,10 @@ impl Health {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers a callback run (on the applier thread) after each update.
-    pub fn on_change(&self, f: impl Fn() + Send + 'static) {
+    /// Registers a callback run (on the applier thread) after each update,
+    /// until it returns false (its owner is gone: a diagnostics service
+    /// that a reload stopped), when it is removed.
+    pub fn on_change(&self, f: impl Fn() -> bool + Send + 'static) {
         self.listeners
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -252,14 +255,10 @@ impl Health {
                 .unwrap_or_else(|p| p.into_inner())
                 .retain(|(_, except, _)| !table.all_reported_but(except));
         }
-        for f in self
-            .listeners
+        self.listeners
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
-            f();
-        }
+            .retain(|f| f());
     }
 
     /// Blocks until every service but `except` has reported at least once,
@@ -542,7 +541,10 @@ mod tests {
         let w = watched(&h, &tx);
         let seen = Arc::new(Mutex::new(0));
         let s = seen.clone();
-        h.on_change(move || *s.lock().unwrap() += 1);
+        h.on_change(move || {
+            *s.lock().unwrap() += 1;
+            true
+        });
         (w.poke)();
         (w.poke)();
         drop(tx);
@@ -555,6 +557,25 @@ mod tests {
         assert_eq!(h.applier_beat.count(), 2);
         assert_eq!(*seen.lock().unwrap(), 0, "a probe is not a health change");
         assert!(!h.snapshot().all_reported());
+    }
+
+    #[test]
+    fn a_listener_that_returns_false_is_removed() {
+        let h = table();
+        let calls = Arc::new(AtomicU64::new(0));
+        let (kept, once) = (calls.clone(), calls.clone());
+        h.on_change(move || {
+            kept.fetch_add(1, Ordering::Relaxed);
+            true
+        });
+        h.on_change(move || {
+            once.fetch_add(100, Ordering::Relaxed);
+            false
+        });
+        h.changed();
+        h.changed();
+        assert_eq!(calls.load(Ordering::Relaxed), 102, "the second ran once");
+        assert_eq!(h.listeners.lock().unwrap().len(), 1);
     }
 
     #[test]

@@ -123,8 +123,10 @@ pub fn start(health: &Health, stop: &Receiver<()>) -> Result<(), String> {
     }
     // Capacity 1: a pending notice already says "look again".
     let (changed_tx, changed) = crossbeam_channel::bounded(1);
+    // Kept for good: the thread reading it lives as long as the daemon.
     health.on_change(move || {
         let _ = changed_tx.try_send(());
+        true
     });
     let health = health.clone();
     let stop = stop.clone();
