@@ -79,6 +79,9 @@ struct Loop {
     stop: AtomicBool,
     /// tiny_http no longer listens on its socket: rebuild it.
     lost: AtomicBool,
+    /// The health table changed since the parked `/wait` requests were
+    /// last checked (only then, or at a deadline, is it read for them).
+    changed: AtomicBool,
     /// One turn per pass of the serving loop (for the systemd watchdog).
     beat: Beat,
 }
@@ -145,6 +148,7 @@ pub fn start(
         server: Mutex::new(Arc::new(server)),
         stop: AtomicBool::new(false),
         lost: AtomicBool::new(false),
+        changed: AtomicBool::new(false),
         beat: slots.http.beat(),
     });
 
@@ -159,21 +163,7 @@ pub fn start(
         slots.front.beat(),
     )?;
 
-    // Every applied update wakes the loop, which re-checks parked /wait
-    // requests. (Waking only while some are parked would race with parking:
-    // an update between the loop's check and its count would be lost.)
-    // Weak: the table outlives a service that a reload stops, and must not
-    // keep its tiny_http alive (see `shutdown`); once it is gone, the
-    // listener asks to be removed.
-    let wake = Arc::downgrade(&state);
-    health.on_change(move || match wake.upgrade() {
-        Some(state) => {
-            state.wake();
-            true
-        }
-        None => false,
-    });
-
+    wake_on_change(&health, &state);
     let debug = Arc::new(AtomicBool::new(opts.debug));
     let ctx = routes::Ctx {
         health,
@@ -207,6 +197,24 @@ pub fn start(
         debug,
         slots: slots.clone(),
     })
+}
+
+/// Every applied update marks the table changed and wakes the loop, which
+/// re-checks parked /wait requests. (Waking only while some are parked
+/// would race with parking: an update between the loop's check and its
+/// count would be lost.) Weak: the table outlives a service that a reload
+/// stops, and must not keep its tiny_http alive (see [`Diag::shutdown`]);
+/// once it is gone, the listener asks to be removed.
+fn wake_on_change(health: &Health, state: &Arc<Loop>) {
+    let wake = Arc::downgrade(state);
+    health.on_change(move || match wake.upgrade() {
+        Some(state) => {
+            state.changed.store(true, Ordering::SeqCst);
+            state.wake();
+            true
+        }
+        None => false,
+    });
 }
 
 /// Starts `diag-http`, the serving loop ([`serve`]).
@@ -355,7 +363,12 @@ fn serve(
                 http::answer_now(&ctx, p);
             }
         }
-        parked = http::answer_ready(&ctx, parked);
+        // Not on every pass: a snapshot copies the whole table, and other
+        // requests pass here too while a /wait is parked.
+        let now = Instant::now();
+        if state.changed.swap(false, Ordering::SeqCst) || parked.iter().any(|p| p.deadline <= now) {
+            parked = http::answer_ready(&ctx, parked);
+        }
     }
 }
 

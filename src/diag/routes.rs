@@ -13,7 +13,7 @@ use super::endpoints::{self, Endpoint, Kind};
 use super::render::Job;
 use super::response::Response;
 use super::{debug, gzip};
-use crate::health::{Health, Snapshot};
+use crate::health::{Entry, Health, Snapshot};
 
 /// What the router reads besides the request.
 pub struct Ctx {
@@ -144,14 +144,9 @@ fn not_found_service(name: &str) -> Response {
 /// [`crate::health::Status::http_code`].
 pub fn readiness(health: &Health, service: Option<&str>) -> Response {
     match service {
-        None => {
-            let snap = health.snapshot();
-            Response::json(snap.status.http_code(), &snap)
-        }
-        Some(name) => match health.service(name) {
-            Some(entry) => Response::json(entry.status.http_code(), &entry),
-            None => not_found_service(name),
-        },
+        None => readiness_of(&health.snapshot(), None),
+        // One row: not a copy of the whole table.
+        Some(name) => entry_answer(name, health.service(name).as_ref()),
     }
 }
 
@@ -160,10 +155,15 @@ pub fn readiness(health: &Health, service: Option<&str>) -> Response {
 pub fn readiness_of(snap: &Snapshot, service: Option<&str>) -> Response {
     match service {
         None => Response::json(snap.status.http_code(), snap),
-        Some(name) => match snap.services.get(name) {
-            Some(entry) => Response::json(entry.status.http_code(), entry),
-            None => not_found_service(name),
-        },
+        Some(name) => entry_answer(name, snap.services.get(name)),
+    }
+}
+
+/// `/readyz/{name}`'s answer for the row found under `name`, if any.
+fn entry_answer(name: &str, entry: Option<&Entry>) -> Response {
+    match entry {
+        Some(entry) => Response::json(entry.status.http_code(), entry),
+        None => not_found_service(name),
     }
 }
 

@@ -48,6 +48,20 @@ use crate::log;
 /// answered at once ride behind others, so none waits on a slow one.
 pub(super) const MAX_PIPELINED: usize = 32;
 
+/// Whom a kept connection that ends unanswered blames ([`Front::break_pipe`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Blame {
+    /// tiny_http dropped it over the request at its head: that one is sent
+    /// again once (a 502 if it was sent again already).
+    Head,
+    /// The same, and the head request is not sent again (its answer was
+    /// too large).
+    HeadFails,
+    /// The front dropped it (a client's answer was late): every request
+    /// on it is sent again, none blamed.
+    NoOne,
+}
+
 /// One kept connection to tiny_http and the requests it carries.
 pub(super) struct Pipe {
     pub(super) stream: UnixStream,
@@ -201,12 +215,17 @@ impl Front {
                 continue;
             }
             if ev.contains(EventFlags::OUT) && self.pipes[p].flush().is_err() {
-                self.break_pipe(p, now, false);
+                self.break_pipe(p, now, Blame::Head);
                 continue;
             }
             if ev.intersects(EventFlags::IN | EventFlags::HUP | EventFlags::ERR) {
                 if let Err(first_fails) = self.read_pipe(p, now) {
-                    self.break_pipe(p, now, first_fails);
+                    let blame = if first_fails {
+                        Blame::HeadFails
+                    } else {
+                        Blame::Head
+                    };
+                    self.break_pipe(p, now, blame);
                 }
             }
         }
@@ -218,17 +237,32 @@ impl Front {
     fn read_pipe(&mut self, p: usize, now: Instant) -> Result<(), bool> {
         let mut chunk = [0u8; 16 * 1024];
         let pipe = &mut self.pipes[p];
-        let n = match (&pipe.stream).read(&mut chunk) {
-            Ok(0) => return Err(false),
-            Ok(n) => n,
-            Err(e) if again(&e) => return Ok(()),
-            Err(_) => return Err(false),
+        // All there is now, not one chunk a turn: a large page (megabytes
+        // of /metrics) would cost a turn of the whole loop per 16 KiB. The
+        // answers read before an end or an error still go out.
+        let ended = loop {
+            let n = match (&pipe.stream).read(&mut chunk) {
+                Ok(0) => break true,
+                Ok(n) => n,
+                Err(e) if again(&e) => break false,
+                Err(_) => break true,
+            };
+            if pipe.resp.len() + n > self.limits.max_response_bytes {
+                log::warn("diagnostics front: response too large; dropped", &[]);
+                return Err(true);
+            }
+            pipe.resp.extend_from_slice(&chunk[..n]);
         };
-        if pipe.resp.len() + n > self.limits.max_response_bytes {
-            log::warn("diagnostics front: response too large; dropped", &[]);
-            return Err(true);
+        let relayed = self.relay_answers(p, now);
+        match ended {
+            true => Err(false),
+            false => relayed,
         }
-        pipe.resp.extend_from_slice(&chunk[..n]);
+    }
+
+    /// Relays the whole answers read on kept connection `p`, oldest first.
+    /// Err(false): bytes no request asked for.
+    fn relay_answers(&mut self, p: usize, now: Instant) -> Result<(), bool> {
         loop {
             let pipe = &mut self.pipes[p];
             let Some(w) = pipe.waiting.front() else {
@@ -276,15 +310,15 @@ impl Front {
     }
 
     /// Kept connection `p` is done: its unanswered requests go back to the
-    /// queue, in order. Only the oldest of them is blamed (tiny_http drops a
-    /// connection over the request it is reading, not over those behind
-    /// it): it is sent once more, or gets a 502 if it was sent twice
-    /// already or `first_fails`. The ones behind are sent again unblamed,
+    /// queue, in order. At most the oldest of them is blamed (tiny_http
+    /// drops a connection over the request it is reading, not over those
+    /// behind it; see [`Blame`]): it is sent once more, or gets a 502. The
+    /// ones behind are sent again unblamed,
     /// so one client's bad request cannot fail its neighbours' (each is
     /// still bounded by its own response timeout).
-    fn break_pipe(&mut self, p: usize, now: Instant, first_fails: bool) {
+    fn break_pipe(&mut self, p: usize, now: Instant, blame: Blame) {
         let mut pipe = self.pipes.swap_remove(p);
-        if pipe.until_close && !first_fails {
+        if pipe.until_close && blame == Blame::Head {
             // The oldest's answer ended with the connection.
             if let Some(w) = pipe.waiting.pop_front() {
                 self.deliver(w.client, std::mem::take(&mut pipe.resp), now);
@@ -297,8 +331,8 @@ impl Front {
             let State::Piped(rq) = &mut self.conns[i].state else {
                 continue;
             };
-            let blamed = k == 0;
-            if blamed && (rq.retried || first_fails) {
+            let blamed = k == 0 && blame != Blame::NoOne;
+            if blamed && (rq.retried || blame == Blame::HeadFails) {
                 self.deliver(w.client, Vec::new(), now);
             } else {
                 rq.retried |= blamed;
@@ -325,7 +359,8 @@ impl Front {
         };
         self.pipes[p].waiting.retain(|w| w.client != id);
         self.pipes[p].until_close = false;
-        self.break_pipe(p, Instant::now(), false);
+        // The front gave up on it, not tiny_http: no one behind is to blame.
+        self.break_pipe(p, Instant::now(), Blame::NoOne);
     }
 
     /// Whether some client's answer is ready to go without an event.

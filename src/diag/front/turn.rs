@@ -225,9 +225,12 @@ impl Front {
             } else if watch.contains(EventFlags::IN) {
                 self.conns[i].sent_more = true;
             }
+            // Taken whatever else happens: a kick left set would make every
+            // later turn look without waiting.
+            let kicked = std::mem::take(&mut self.conns[i].kick);
             let keep = if watch.intersects(EventFlags::HUP | EventFlags::ERR) {
                 false
-            } else if !ev.is_empty() || std::mem::take(&mut self.conns[i].kick) {
+            } else if !ev.is_empty() || kicked {
                 self.step(i, now)
             } else {
                 now < self.conns[i].deadline || self.expire(i)
