@@ -394,10 +394,6 @@ fn http11_connections_are_kept_alive_and_pipelining_works() {
     assert_eq!((r.status, r.body.as_str()), (200, "OK"));
 }
 
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
-}
-
 #[test]
 fn abandoned_waits_do_not_pile_up() {
     // Nothing reports for 20 s, so every /wait parks; the clients leave at
@@ -411,7 +407,7 @@ fn abandoned_waits_do_not_pile_up() {
         &[],
         &[("TBOT_FAILPOINTS", "heartbeat-start=sleep:20000")],
     );
-    let base = open_fds(t.pid());
+    let base = t.open_fds();
     use std::os::fd::AsRawFd;
     for _ in 0..150 {
         let mut s = std::net::TcpStream::connect(t.addr()).unwrap();
@@ -438,7 +434,7 @@ fn abandoned_waits_do_not_pile_up() {
     }
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(t.get("/livez").status, 200);
-    let fds = open_fds(t.pid());
+    let fds = t.open_fds();
     assert!(
         fds <= base + 16 + 8,
         "{fds} descriptors open (from {base}) after 150 abandoned /wait requests"

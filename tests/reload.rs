@@ -254,12 +254,6 @@ fn diag_addr_moves_and_a_busy_port_fails_the_reload() {
     assert_eq!(m.sample(OK), Some(1.0));
 }
 
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
 #[test]
 fn a_diagnostics_service_that_a_reload_stops_leaves_no_thread_or_descriptor() {
     // Each service runs tiny_http: an accept thread, four workers and a
@@ -273,7 +267,7 @@ fn a_diagnostics_service_that_a_reload_stops_leaves_no_thread_or_descriptor() {
     let without = config_text(&d, "", "");
     let t = start_without_flag(dir, &with, &[]);
     t.until("/readyz", Duration::from_secs(20), |r| r.status == 200);
-    let (threads, fds) = (t.threads(), open_fds(t.pid()));
+    let (threads, fds) = (t.threads(), t.open_fds());
     for _ in 0..3 {
         for text in [&without, &with] {
             rewrite(&t, text);
@@ -284,12 +278,12 @@ fn a_diagnostics_service_that_a_reload_stops_leaves_no_thread_or_descriptor() {
     assert_eq!(t.get("/readyz").status, 200);
     // tiny_http's idle workers end 5 s after their pool does.
     let end = Instant::now() + Duration::from_secs(20);
-    while t.threads() > threads || open_fds(t.pid()) > fds {
+    while t.threads() > threads || t.open_fds() > fds {
         assert!(
             Instant::now() < end,
             "{} threads (from {threads}), {} descriptors (from {fds}) after three stops",
             t.threads(),
-            open_fds(t.pid())
+            t.open_fds()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -359,7 +353,7 @@ fn two_hundred_reloads_under_load_fail_no_request_and_leak_nothing() {
         if i % 2 == 1 {
             t.until("/readyz", Duration::from_secs(20), |r| r.status == 200);
             threads.push(t.threads());
-            fds.push(open_fds(t.pid()) as u64);
+            fds.push(t.open_fds() as u64);
             rss.push(t.rss_bytes());
         }
     }

@@ -20,7 +20,7 @@ use common::*;
 #[path = "support/reload.rs"]
 #[allow(dead_code)]
 mod reload_support;
-use reload_support::{command_without_flag, reload_to, start_without_flag};
+use reload_support::{command_without_flag, reload_to, start, start_without_flag};
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -117,18 +117,6 @@ impl NotifySocket {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-}
-
-/// `Tbot::start_with`, with the diagnostics socket directory inside the
-/// test's own: tbots of other sandboxes sharing /tmp in other PID
-/// namespaces can take a live PID of ours for a dead one of theirs and
-/// remove `/tmp/tbot-diag-PID-*` (`diag::remove_stale_dirs`; being fixed on
-/// another branch), which stalls the serving loop and so the watchdog.
-fn start(dir: TempDir, config: &str, env: &[(&str, &str)]) -> Tbot {
-    let runtime = dir.path().display().to_string();
-    let mut env = env.to_vec();
-    env.push(("XDG_RUNTIME_DIR", &runtime));
-    Tbot::start_with(dir, config, &[], &env)
 }
 
 /// A config with one identity output, `web`, renewed every `every`, into

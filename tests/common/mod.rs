@@ -284,6 +284,15 @@ impl Tbot {
     pub fn threads(&self) -> u64 {
         proc_status_kb(self.pid(), "Threads:")
     }
+
+    /// Descriptors the process holds now (panics if /proc cannot tell, so
+    /// that a count compared with another is never a silent 0).
+    pub fn open_fds(&self) -> usize {
+        let dir = format!("/proc/{}/fd", self.pid());
+        std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{dir}: {e}"))
+            .count()
+    }
 }
 
 pub fn proc_status_kb(pid: u32, key: &str) -> u64 {

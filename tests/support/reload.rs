@@ -82,10 +82,9 @@ pub fn tid_of(t: &Tbot, name: &str) -> u64 {
 }
 
 /// Starts tbot (`Tbot::start_with`, `--diag-addr 127.0.0.1:0`) with its
-/// diagnostics socket directory inside the test's own: tbots in other PID
-/// namespaces that share /tmp (other sandboxes on one machine) take a live
-/// PID of ours for a dead one of theirs and remove `/tmp/tbot-diag-PID-*`
-/// (`diag::remove_stale_dirs` keys on a PID; reported, not the subject here).
+/// runtime directory (`XDG_RUNTIME_DIR`, where the diagnostics socket
+/// directory goes) inside the test's own, so that nothing of it is shared
+/// with other tests or tbots on the machine.
 pub fn start(dir: TempDir, config: &str, env: &[(&str, &str)]) -> Tbot {
     let runtime = dir.path().display().to_string();
     let mut env = env.to_vec();
