@@ -27,6 +27,15 @@ pub fn start(args: StartArgs) -> i32 {
     );
     let config = match crate::config::configure(&args) {
         Ok(c) => Arc::new(c),
+        // A stop that cut the configuration's read short (a FIFO path that
+        // nobody writes) is a clean stop, not a bad file.
+        Err(_) if signals::stop_pending() => {
+            log::info(
+                "stopped before starting: a stop signal arrived while reading the configuration",
+                &[],
+            );
+            return exit::OK;
+        }
         Err(e) => {
             log::fatal(&e);
             return exit::USAGE;
@@ -37,7 +46,7 @@ pub fn start(args: StartArgs) -> i32 {
         Ok(held) => Some(held),
         Err(StorageLockError::InUse(e)) => {
             log::error("cannot start", &[("error", &e)]);
-            eprintln!("tbot: {e}");
+            log::fatal(&e.to_string());
             return exit::FAILURE;
         }
         Err(StorageLockError::Unusable(e)) => {
@@ -49,15 +58,12 @@ pub fn start(args: StartArgs) -> i32 {
         }
     };
     if args.oneshot {
-        // Signals keep their default action: SIGINT/SIGTERM end a oneshot.
+        // Signals get their default action back: they end a oneshot.
+        signals::unblock();
         return crate::oneshot::run(&config);
     }
-    // Before any thread exists, so that every thread inherits the mask and
-    // the signals reach `signals::wait` only.
-    if let Err(e) = signals::block() {
-        log::fatal(&format!("blocking signals: {e}"));
-        return exit::FAILURE;
-    }
+    // Signals were blocked by main's first instruction: they reach
+    // `signals::wait` only.
     match run(args, config) {
         Ok(()) => exit::OK,
         Err(e) => {

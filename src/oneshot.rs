@@ -21,7 +21,7 @@ pub fn run(config: &Config) -> i32 {
         Ok(i) => i,
         Err(e) => {
             log::error("the bot's CA is not usable", &[("error", &e)]);
-            eprintln!("tbot: oneshot: the bot's CA: {e}");
+            log::fatal(&format!("oneshot: the bot's CA: {e}"));
             return exit::FAILURE;
         }
     };
@@ -76,11 +76,11 @@ pub fn run(config: &Config) -> i32 {
         log::info("oneshot: done", &[("identity_outputs", &outputs)]);
         exit::OK
     } else {
-        eprintln!(
-            "tbot: oneshot: {} of {outputs} identity outputs failed: {}",
+        log::fatal(&format!(
+            "oneshot: {} of {outputs} identity outputs failed: {}",
             failures.len(),
             failures.join("; ")
-        );
+        ));
         exit::FAILURE
     }
 }

@@ -150,18 +150,19 @@ pub fn load(path: &Path) -> Result<Config, Error> {
     parse(&file, &text, &base)
 }
 
+/// How long reading the configuration file may take: a FIFO or
+/// `-c <(...)` that nobody writes, a network mount that does not answer.
+/// A stop signal ends the wait sooner (see `infra::bounded_read`).
+pub const CONFIG_READ_BOUND: Duration = Duration::from_secs(10);
+
 /// Reads a whole file as UTF-8 text, or None when it is longer than `max`
-/// bytes. Any kind of file: a pipe (`-c <(...)`) works like a regular file.
+/// bytes. Any kind of file: a pipe (`-c <(...)`) works like a regular file,
+/// within [`CONFIG_READ_BOUND`].
 fn read_limited(path: &Path, max: u64) -> std::io::Result<Option<String>> {
-    use std::io::Read;
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)?
-        .take(max + 1)
-        .read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > max {
-        // Checked before UTF-8: the cut may split a character.
+    let Some(bytes) = crate::infra::bounded_read::read_whole(path, max, CONFIG_READ_BOUND)? else {
         return Ok(None);
-    }
+    };
+    // The length was checked before UTF-8: a cut may split a character.
     String::from_utf8(bytes).map(Some).map_err(|e| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidData,

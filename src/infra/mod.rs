@@ -4,7 +4,8 @@
 //! - waiting on descriptors: `poll` (poll(2)), `inotify` (inotify(7)),
 //!   `signals` (the signals tbot handles, taken with sigwait),
 //!   `clock_step` (wall-clock steps, through a timerfd);
-//! - files: `chase` (output directories without following others'
+//! - files: `bounded_read` (a whole file that may not answer: a FIFO, a
+//!   hung mount), `chase` (output directories without following others'
 //!   symlinks), `atomic_file` (crash-safe writes), `fsutil` (private
 //!   directories), `instance_lock` (flock(2): one tbot per storage directory);
 //! - public sockets: `sockets` (spare descriptor, out-of-descriptors
@@ -21,6 +22,7 @@
 
 pub mod atomic_file;
 pub mod backoff;
+pub mod bounded_read;
 pub mod chase;
 pub mod clock_step;
 pub mod duration;

@@ -41,11 +41,18 @@ static FAILING: AtomicBool = AtomicBool::new(false);
 /// newlines) when running under systemd with `Type=notify`. Errors are
 /// never fatal; the first of a run of them is a warning, the others (a
 /// watchdog ping every period to a socket that is gone) debug lines.
+///
+/// Never waits: the datagram is sent without blocking, and one the
+/// receiver has no room for now (systemd busy, a container's notify proxy
+/// that stopped reading: `EAGAIN`) is dropped like any other failure.
+/// Waiting there would hold whichever thread notifies: the watchdog, the
+/// status line, or the main thread on its way to stopping.
 pub fn notify(state: &str) {
     let Some(target) = std::env::var_os("NOTIFY_SOCKET").filter(|s| !s.is_empty()) else {
         return;
     };
     let sent = UnixDatagram::unbound().and_then(|sock| {
+        sock.set_nonblocking(true)?;
         let bytes = target.as_encoded_bytes();
         if let Some(name) = bytes.strip_prefix(b"@") {
             use std::os::linux::net::SocketAddrExt;

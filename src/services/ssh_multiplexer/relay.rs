@@ -10,6 +10,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::infra::poll::{poll, PollFd, PollFlags};
+use crate::infra::threads::within;
 use rustix::net::{shutdown, Shutdown};
 
 use crate::log;
@@ -31,10 +32,20 @@ const HANGUP_CHECK: Duration = Duration::from_secs(1);
 impl Target {
     /// Resolves the host and connects to the first address that answers.
     pub fn dial(&self, timeout: Duration) -> Result<TcpStream, String> {
-        let addrs: Vec<SocketAddr> = (self.host.as_str(), self.port)
-            .to_socket_addrs()
-            .map_err(|e| format!("resolving {}: {e}", self.host))?
-            .collect();
+        // getaddrinfo(3) cannot be cut short, and its own bound (resolv.conf's
+        // timeout × attempts × servers, per family) is not ours: it runs
+        // beside, and the dial gives up on it after `timeout`.
+        let (host, port) = (self.host.clone(), self.port);
+        let lookup = move || (host.as_str(), port).to_socket_addrs().map(|a| a.collect());
+        let addrs: Vec<SocketAddr> = within("mux-lookup", timeout, || false, lookup)
+            .map_err(|_| {
+                format!(
+                    "resolving {}: no answer within {}",
+                    self.host,
+                    crate::infra::duration::format(timeout)
+                )
+            })?
+            .map_err(|e: io::Error| format!("resolving {}: {e}", self.host))?;
         let mut last = format!("resolving {}: no addresses", self.host);
         for a in addrs {
             match TcpStream::connect_timeout(&a, timeout) {
