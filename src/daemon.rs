@@ -25,6 +25,7 @@ pub fn start(args: StartArgs) -> i32 {
         args.log_format.unwrap_or(Format::Text),
         args.debug == Some(true),
     );
+    crate::infra::limits::log_raised();
     let config = match crate::config::configure(&args) {
         Ok(c) => Arc::new(c),
         // A stop that cut the configuration's read short (a FIFO path that

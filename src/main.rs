@@ -46,6 +46,8 @@ fn main() {
             exit(exit::USAGE);
         }
     };
+    // Before any budget is sized from it (see infra::limits).
+    infra::limits::raise_nofile();
     if !matches!(command, Command::Start(_)) {
         // The commands that are not the daemon: signals end them.
         infra::signals::unblock();

@@ -141,7 +141,8 @@ pub fn start_one(
     updates: &Sender<Update>,
     shared: &Arc<Shared>,
 ) -> std::io::Result<Running> {
-    let (stopper, stop) = Stop::new()?;
+    let named = crate::infra::limits::name_limit;
+    let (stopper, stop) = Stop::new().map_err(named)?;
     let instance = shared.health.instance(&spec.name).unwrap_or(0);
     let ctx = Context::new(
         spec.name.clone(),
@@ -151,7 +152,7 @@ pub fn start_one(
         shared.clone(),
     );
     let drain = spec.service.drain();
-    let thread = spawn_member(&spec.name, move || supervise(spec.service, ctx))?;
+    let thread = spawn_member(&spec.name, move || supervise(spec.service, ctx)).map_err(named)?;
     Ok(Running {
         name: spec.name,
         thread,

@@ -16,7 +16,8 @@
 //!   thread per service), `liveness` (turn counters the
 //!   watchdog reads);
 //! - systemd: `systemd` (`sd_notify`, `STATUS=`, the watchdog, journald);
-//! - the host: `host` (its name); `procstat` (`/proc/*/stat` lines);
+//! - the host: `host` (its name); `limits` (RLIMIT_NOFILE raised at start,
+//!   errors that name the limit that ran out); `procstat` (`/proc/*/stat` lines);
 //! - formats: `duration` (Go syntax), `timefmt` (RFC 3339);
 //! - `failpoints`: fault injection for the tests (debug builds only).
 
@@ -31,6 +32,7 @@ pub mod fsutil;
 pub mod host;
 pub mod inotify;
 pub mod instance_lock;
+pub mod limits;
 pub mod liveness;
 pub mod malloc;
 pub mod poll;

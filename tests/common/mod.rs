@@ -70,6 +70,25 @@ pub fn config_text(dir: &Path, extra_top: &str, services: &str) -> String {
     s
 }
 
+/// Sets RLIMIT_NOFILE (soft `soft`, hard `hard`) for `cmd` before it runs
+/// its first instruction, as `prlimit --nofile=SOFT:HARD` would.
+pub fn limit_nofile(cmd: &mut Command, soft: u64, hard: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// A running tbot, killed (by PID) and reaped on drop.
 pub struct Tbot {
     pub child: Child,
@@ -104,21 +123,8 @@ impl Tbot {
         nofile: u64,
         env: &[(&str, &str)],
     ) -> Tbot {
-        use std::os::unix::process::CommandExt;
         let mut cmd = Tbot::command(&dir, config, &[], env);
-        // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child.
-        unsafe {
-            cmd.pre_exec(move || {
-                let lim = libc::rlimit {
-                    rlim_cur: nofile,
-                    rlim_max: nofile,
-                };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        limit_nofile(&mut cmd, nofile, nofile);
         Tbot::spawn_and_wait_addr(cmd, dir)
     }
 
