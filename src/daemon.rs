@@ -58,6 +58,12 @@ pub fn start(args: StartArgs) -> i32 {
             None
         }
     };
+    if let Some(dir) = crate::infra::fsutil::settle_temp_dir(&config.storage) {
+        log::info(
+            "the temporary directory is not writable; using this one (TMPDIR)",
+            &[("directory", &dir.display())],
+        );
+    }
     if args.oneshot {
         // Signals get their default action back: they end a oneshot.
         signals::unblock();
