@@ -30,6 +30,18 @@ pub const DEFAULT_RENEWAL_INTERVAL: Duration = Duration::from_secs(20 * 60);
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30 * 60);
 pub const DEFAULT_DIAG_MAX_CONNECTIONS: usize = 64;
 pub const DEFAULT_MUX_MAX_CONNECTIONS: usize = 64;
+/// An ssh-multiplexer's socket file name in its destination.
+pub const MUX_SOCKET_NAME: &str = "v1.sock";
+/// Most principals in one certificate: OpenSSH refuses a certificate with
+/// more (`SSHKEY_CERT_MAX_PRINCIPALS` in sshkey.c: `ssh-keygen -L` says
+/// `invalid format`, sshd denies the login).
+pub const MAX_PRINCIPALS: usize = 256;
+/// Shortest renewal or heartbeat interval: below it a loop would spin
+/// (a renewal every nanosecond is all the CPU there is).
+pub const MIN_INTERVAL: Duration = Duration::from_millis(10);
+/// Shortest credential TTL: a certificate's validity is counted in whole
+/// seconds.
+pub const MIN_CREDENTIAL_TTL: Duration = Duration::from_secs(1);
 
 /// A configuration problem, rendered `file:line:column: message`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,16 +52,18 @@ pub struct Error {
     pub message: String,
 }
 
+/// The message as shown: it may quote the file's text (an unknown key, a
+/// bad value), so it is one line of at most
+/// [`MAX_MESSAGE_CHARS`](crate::infra::quote::MAX_MESSAGE_CHARS)
+/// characters, whatever that text held.
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use crate::infra::quote::{one_line, MAX_MESSAGE_CHARS};
+        let message = one_line(&self.message, MAX_MESSAGE_CHARS);
         if self.line == 0 {
-            write!(f, "{}: {}", self.file, self.message)
+            write!(f, "{}: {message}", self.file)
         } else {
-            write!(
-                f,
-                "{}:{}:{}: {}",
-                self.file, self.line, self.column, self.message
-            )
+            write!(f, "{}:{}:{}: {message}", self.file, self.line, self.column)
         }
     }
 }

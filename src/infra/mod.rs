@@ -7,7 +7,8 @@
 //! - files: `bounded_read` (a whole file that may not answer: a FIFO, a
 //!   hung mount), `chase` (output directories without following others'
 //!   symlinks), `atomic_file` (crash-safe writes), `fsutil` (private
-//!   directories), `instance_lock` (flock(2): one tbot per storage directory);
+//!   directories), `trust` (sshd's StrictModes for the CA key),
+//!   `instance_lock` (flock(2): one tbot per storage directory);
 //! - public sockets: `sockets` (spare descriptor, out-of-descriptors
 //!   check, lingering close);
 //! - stopping: `stop` (one stop signal: a channel and a descriptor);
@@ -18,7 +19,8 @@
 //! - systemd: `systemd` (`sd_notify`, `STATUS=`, the watchdog, journald);
 //! - the host: `host` (its name); `limits` (RLIMIT_NOFILE raised at start,
 //!   errors that name the limit that ran out); `procstat` (`/proc/*/stat` lines);
-//! - formats: `duration` (Go syntax), `timefmt` (RFC 3339);
+//! - formats: `duration` (Go syntax), `timefmt` (RFC 3339), `quote` (outside
+//!   text on one bounded line);
 //! - `failpoints`: fault injection for the tests (debug builds only).
 
 pub mod atomic_file;
@@ -37,9 +39,11 @@ pub mod liveness;
 pub mod malloc;
 pub mod poll;
 pub mod procstat;
+pub mod quote;
 pub mod signals;
 pub mod sockets;
 pub mod stop;
 pub mod systemd;
 pub mod threads;
 pub mod timefmt;
+pub mod trust;

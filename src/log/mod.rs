@@ -176,6 +176,8 @@ pub fn fatal(msg: &str) {
     } else {
         ""
     };
+    // One line, always: the message may quote input.
+    let msg = crate::infra::quote::one_line(msg, 4096);
     sink::write(format!("{prefix}tbot: {msg}\n"));
 }
 
