@@ -73,6 +73,14 @@ pub fn start(args: StartArgs) -> i32 {
     // `signals::wait` only.
     match run(args, config) {
         Ok(()) => exit::OK,
+        // A wait at start that a stop cut short (a name lookup): clean.
+        Err(e) if signals::stop_pending() => {
+            log::info(
+                "stopped before starting",
+                &[("signal", &"SIGTERM or SIGINT"), ("error", &e)],
+            );
+            exit::OK
+        }
         Err(e) => {
             log::error("tbot failed", &[("error", &e)]);
             log::fatal(&e);

@@ -221,3 +221,90 @@ fn a_reload_from_a_fifo_nobody_writes_does_not_hold_sigterm() {
     assert_eq!(status.code(), Some(0), "{}", t.log());
     assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
 }
+
+/// `tbot start` (config `cfg`, `extra` flags) in new network and mount
+/// namespaces whose resolver never answers: a name server on a route that
+/// drops every packet, asked with a long timeout, so getaddrinfo(3) waits
+/// minutes. Root only.
+fn start_with_a_silent_resolver(dir: TempDir, cfg: &str, extra: &[&str]) -> Tbot {
+    let resolv = dir.write(
+        "resolv.conf",
+        "nameserver 10.255.255.1\noptions timeout:30 attempts:5\n",
+    );
+    let inner = Tbot::command_with(Path::new(BIN), &dir, cfg, extra, &[]);
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["--net", "--mount", "sh", "-c"])
+        .arg(
+            "ip link set lo up && ip route add 10.255.255.0/24 dev lo && \
+             mount --bind \"$RESOLV\" /etc/resolv.conf && exec \"$0\" \"$@\"",
+        )
+        .arg(inner.get_program())
+        .args(inner.get_args())
+        .env("RESOLV", &resolv)
+        .env_remove("TBOT_CONFIG_PATH")
+        .env_remove("NOTIFY_SOCKET");
+    Tbot::spawn(cmd, dir)
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid(2) cannot fail and touches no memory.
+    unsafe { libc::geteuid() == 0 }
+}
+
+#[test]
+fn a_name_lookup_that_never_answers_does_not_hold_sigterm() {
+    if !is_root() {
+        eprintln!(
+            "skipped: needs root (mount and network namespaces for a resolver that never answers)"
+        );
+        return;
+    }
+    let dir = TempDir::new("bw-lookup");
+    let cfg = one_output(&dir, "1s");
+    let extra = ["--diag-addr", "tbot-lookup.example:3001"];
+    let mut t = start_with_a_silent_resolver(dir, &cfg, &extra);
+    assert!(
+        t.wait_log("configuration loaded", Duration::from_secs(10)),
+        "{}",
+        t.log()
+    );
+    // tbot is now looking the diagnostics address up.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(t.child.try_wait().unwrap().is_none(), "{}", t.log());
+    let t0 = Instant::now();
+    let status = term_and_wait(&mut t, Duration::from_secs(5));
+    assert_eq!(status.code(), Some(0), "{}", t.log());
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+}
+
+#[test]
+fn a_multiplexer_target_whose_lookup_never_answers_is_refused_in_time() {
+    if !is_root() {
+        eprintln!(
+            "skipped: needs root (mount and network namespaces for a resolver that never answers)"
+        );
+        return;
+    }
+    use std::io::{Read, Write};
+    let dir = TempDir::new("bw-mux-lookup");
+    let services = identity_and_mux(&dir.join("id"), &dir.join("mux"));
+    let cfg = config_text(dir.path(), "", &services);
+    let t = start_with_a_silent_resolver(dir, &cfg, &[]);
+    assert!(
+        t.wait_log("ssh multiplexer listening", Duration::from_secs(20)),
+        "{}",
+        t.log()
+    );
+    let mut c = std::os::unix::net::UnixStream::connect(t.dir.join("mux/v1.sock")).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let t0 = Instant::now();
+    c.write_all(b"tbot-lookup.example:22\0").unwrap();
+    let mut answer = String::new();
+    let _ = c.read_to_string(&mut answer);
+    assert!(
+        answer.contains("resolving tbot-lookup.example: no answer within 10s"),
+        "{answer:?}\n{}",
+        t.log()
+    );
+    assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
+}

@@ -80,12 +80,7 @@ fn a_link_local_target_with_a_zone_is_carried() {
         return;
     }
     let dir = TempDir::new("zone");
-    let services = format!(
-        "  - type: identity\n    name: id\n    principals: [a]\n    destination: {{type: directory, path: {}}}\n\
-         \x20 - type: ssh-multiplexer\n    name: mux\n    identity: id\n    destination: {{type: directory, path: {}}}\n",
-        dir.join("id").display(),
-        dir.join("mux").display()
-    );
+    let services = identity_and_mux(&dir.join("id"), &dir.join("mux"));
     let cfg_text = config_text(dir.path(), "", &services);
     let inner = Tbot::command_with(Path::new(BIN), &dir, &cfg_text, &[], &[]);
     let mut cmd = Command::new("unshare");

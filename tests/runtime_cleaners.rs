@@ -35,12 +35,7 @@ fn systemd_tmpfiles_clean_leaves_a_running_tbots_files() {
     std::fs::create_dir(&aged).unwrap();
     let runtime = aged.join("run");
     std::fs::create_dir(&runtime).unwrap();
-    let services = format!(
-        "  - type: identity\n    name: id\n    principals: [a]\n    destination: {{type: directory, path: {id}}}\n\
-         \x20 - type: ssh-multiplexer\n    name: mux\n    identity: id\n    destination: {{type: directory, path: {mux}}}\n",
-        id = dir.join("id").display(),
-        mux = aged.join("mux").display(),
-    );
+    let services = identity_and_mux(&dir.join("id"), &aged.join("mux"));
     let cfg = format!(
         "version: v2\nstorage: {{type: directory, path: {}}}\nservices:\n{services}",
         aged.join("storage").display()

@@ -89,6 +89,17 @@ pub fn limit_nofile(cmd: &mut Command, soft: u64, hard: u64) {
     }
 }
 
+/// `services:` items for an identity output `id` in `id_dir` and an
+/// ssh-multiplexer `mux` in `mux_dir` that uses it.
+pub fn identity_and_mux(id_dir: &Path, mux_dir: &Path) -> String {
+    format!(
+        "  - type: identity\n    name: id\n    principals: [a]\n    destination: {{type: directory, path: {}}}\n\
+         \x20 - type: ssh-multiplexer\n    name: mux\n    identity: id\n    destination: {{type: directory, path: {}}}\n",
+        id_dir.display(),
+        mux_dir.display()
+    )
+}
+
 /// A running tbot, killed (by PID) and reaped on drop.
 pub struct Tbot {
     pub child: Child,
