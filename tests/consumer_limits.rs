@@ -121,3 +121,32 @@ fn bad_input_is_quoted_on_one_bounded_line() {
         assert!(lines[0].len() < 1200, "{} bytes: {}", lines[0].len(), &lines[0][..300]);
     }
 }
+
+#[test]
+fn yaml_merge_keys_that_upstream_accepts_are_accepted() {
+    let dir = TempDir::new("cl-merge");
+    let services = format!(
+        "  - &web\n    type: identity\n    name: web\n    principals: [a, b]\n    destination: {{type: directory, path: {}}}\n\
+         \x20 - <<: *web\n    name: web2\n    destination: {{type: directory, path: {}}}\n",
+        dir.join("a").display(),
+        dir.join("b").display()
+    );
+    let (code, err) = start(
+        &dir,
+        &config_text(dir.path(), "", &services),
+        &["--oneshot"],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let out = Command::new("ssh-keygen")
+        .arg("-L")
+        .arg("-f")
+        .arg(dir.join("b/key-cert.pub"))
+        .output()
+        .expect("ssh-keygen (openssh-client)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("tbot/") && text.contains("/web2"), "{text}");
+    assert!(
+        text.contains("\n                b\n") || text.contains(" b\n"),
+        "{text}"
+    );
+}

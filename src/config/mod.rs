@@ -194,7 +194,22 @@ pub fn parse(file: &str, text: &str, base: &Path) -> Result<Config, Error> {
         column,
         message,
     })?;
-    let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| yaml_error(file, &e))?;
+    let raw: RawConfig = match serde_yaml::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => match merged(text) {
+            None => return Err(yaml_error(file, &e)),
+            Some(Ok(raw)) => raw,
+            // Merged mappings have no place in the text.
+            Some(Err(e)) => {
+                return Err(Error {
+                    file: file.to_string(),
+                    line: 0,
+                    column: 0,
+                    message: format!("{e} (after applying the merge keys '<<')"),
+                })
+            }
+        },
+    };
     validate(raw, base).map_err(|(path, message)| {
         let (line, column) = locate(text, &path).unwrap_or((0, 0));
         let message = if path.is_empty() {
@@ -209,6 +224,30 @@ pub fn parse(file: &str, text: &str, base: &Path) -> Result<Config, Error> {
             message,
         }
     })
+}
+
+/// The configuration with YAML merge keys (`<<: *anchor`, YAML 1.1's
+/// merge type) applied, when the text has any; None when it has none.
+/// Upstream tbot's loader (Go's yaml.v3) applies them; serde_yaml reads
+/// `<<` as a key of its own, which `deny_unknown_fields` refuses.
+fn merged(text: &str) -> Option<Result<RawConfig, serde_yaml::Error>> {
+    fn has_merge(v: &serde_yaml::Value) -> bool {
+        match v {
+            serde_yaml::Value::Mapping(m) => m.contains_key("<<") || m.values().any(has_merge),
+            serde_yaml::Value::Sequence(s) => s.iter().any(has_merge),
+            serde_yaml::Value::Tagged(t) => has_merge(&t.value),
+            _ => false,
+        }
+    }
+    let mut value: serde_yaml::Value = serde_yaml::from_str(text).ok()?;
+    if !has_merge(&value) {
+        return None;
+    }
+    Some(
+        value
+            .apply_merge()
+            .and_then(|()| serde_yaml::from_value(value)),
+    )
 }
 
 /// `services[1].name`, as serde_yaml writes paths.
@@ -251,6 +290,22 @@ mod tests {
 
     fn parse_str(text: &str) -> Result<Config, Error> {
         parse("c.yaml", text, Path::new("/base"))
+    }
+
+    #[test]
+    fn merge_keys_are_applied_as_upstream_does() {
+        let text = "version: v2\nstorage: {type: directory, path: /s}\nservices:\n  - &web\n    type: identity\n    name: web\n    principals: [a, b]\n    destination: {type: directory, path: /x/a}\n  - <<: *web\n    name: web2\n    destination: {type: directory, path: /x/b}\n";
+        let c = parse_str(text).unwrap();
+        let web2 = c.identity("web2").unwrap();
+        assert_eq!(web2.principals, ["a", "b"]);
+        assert_eq!(web2.destination, Path::new("/x/b"));
+        // A bad value after the merge is still refused, and says so.
+        let bad = text.replace("name: web2", "name: Web2");
+        let e = parse_str(&bad).unwrap_err().to_string();
+        assert!(
+            e.contains("invalid service name") && e.contains("merge keys"),
+            "{e}"
+        );
     }
 
     #[test]
