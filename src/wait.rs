@@ -153,6 +153,8 @@ pub fn run(args: &WaitArgs) -> i32 {
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
+            // After the log lines queued before it (see log::flush).
+            crate::log::flush();
             eprintln!(
                 "tbot wait: not ready after {}: {last}",
                 crate::infra::duration::format(args.timeout)
