@@ -401,7 +401,8 @@ fn unhealthy_reason(t: &Tbot, name: &str) -> String {
 fn health_says_why_the_socket_cannot_be_bound_and_a_stale_one_is_replaced() {
     let dir = TempDir::new("mux-health");
     let file = dir.write("plain-file", "");
-    let long = dir.join(&"d".repeat(110));
+    // A destination too long for a socket path is refused at load now
+    // (tests/consumer_limits.rs), so it is not among these.
     // The good one's socket is left over from a "crash": bound, never removed.
     std::fs::create_dir(dir.join("good")).unwrap();
     drop(UnixListener::bind(dir.join("good").join("v1.sock")).unwrap());
@@ -412,10 +413,9 @@ fn health_says_why_the_socket_cannot_be_bound_and_a_stale_one_is_replaced() {
         )
     };
     let services = format!(
-        "  - type: identity\n    name: id\n    principals: [x]\n    destination: {{type: directory, path: {}}}\n{}{}{}",
+        "  - type: identity\n    name: id\n    principals: [x]\n    destination: {{type: directory, path: {}}}\n{}{}",
         dir.join("id").display(),
         mux("good", &dir.join("good")),
-        mux("long", &long),
         mux("under-file", &file.join("mux")),
     );
     let cfg = config_text(dir.path(), "", &services);
@@ -425,12 +425,6 @@ fn health_says_why_the_socket_cannot_be_bound_and_a_stale_one_is_replaced() {
     assert!(t.log().contains("removed a stale ssh multiplexer socket"));
     assert!(UnixStream::connect(&good_socket).is_ok());
 
-    let reason = unhealthy_reason(&t, "long");
-    assert!(
-        reason.contains("path too long for a Unix socket"),
-        "{reason}"
-    );
-    assert!(reason.contains("v1.sock"), "{reason}");
     let reason = unhealthy_reason(&t, "under-file");
     assert!(reason.ends_with("plain-file: not a directory"), "{reason}");
 
