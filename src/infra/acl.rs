@@ -194,7 +194,14 @@ pub fn set(
         Kind::Socket => FileType::Socket,
     };
     if FileType::from_raw_mode(st.st_mode) != want {
-        return Err(refused(Errno::LOOP.into()));
+        return Err(refused(std::io::Error::other(format!(
+            "not a {} (a symbolic link or another kind of file: not followed)",
+            match kind {
+                Kind::File => "regular file",
+                Kind::Dir => "directory",
+                Kind::Socket => "socket",
+            }
+        ))));
     }
     let proc_path = format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd());
     exacl::setfacl(
@@ -202,13 +209,26 @@ pub fn set(
         &entries(kind, readers),
         AclOption::ACCESS_ACL,
     )
-    .map_err(|e| {
-        // exacl's message names the /proc path: keep the OS error only.
-        let error = e
-            .raw_os_error()
-            .map_or(e, std::io::Error::from_raw_os_error);
-        refused(error)
-    })
+    .map_err(|e| refused(os_error(e)))
+}
+
+/// The OS error inside an exacl error: exacl wraps libacl's errno in a
+/// message naming the path it was given (here `/proc/self/fd/N`, which
+/// tells the operator nothing) and keeps only its kind; the errno is the
+/// `(os error N)` its message ends with.
+fn os_error(e: std::io::Error) -> std::io::Error {
+    if e.raw_os_error().is_some() {
+        return e;
+    }
+    let text = e.to_string();
+    let errno = text
+        .rsplit_once("(os error ")
+        .and_then(|(_, n)| n.strip_suffix(')'))
+        .and_then(|n| n.parse::<i32>().ok());
+    match errno {
+        Some(n) => std::io::Error::from_raw_os_error(n),
+        None => e,
+    }
 }
 
 /// A destination's access, and whether a `try` refusal was warned about:
@@ -460,7 +480,12 @@ mod tests {
         );
         // A symlink is never followed, and a kind mismatch is refused.
         let e = set(&dir, Some("link"), Kind::File, &readers).unwrap_err();
-        assert_eq!(e.error.raw_os_error(), Some(libc::ELOOP));
+        assert!(
+            e.to_string().ends_with(
+                "not a regular file (a symbolic link or another kind of file: not followed)"
+            ),
+            "{e}"
+        );
         assert!(set(&dir, Some("sub"), Kind::File, &readers).is_err());
         // No readers: back to the plain mode, no named entry left.
         set(&dir, Some("f"), Kind::File, &[]).unwrap();
