@@ -180,9 +180,9 @@ fn write_generation(
 
 /// Gives the readers their rights on a generation before it is published:
 /// traverse on the destination and the generation directory, read on each
-/// file (`infra::acl`). With no readers, only the destination's ACL is
-/// reset (it may carry an earlier configuration's); the new generation has
-/// the plain modes already. A refusal under `acls: required` is the error.
+/// file (`infra::acl`). With nothing to grant, nothing is done: the new
+/// generation has the plain modes already. A refusal under
+/// `acls: required` is the error.
 fn grant_generation(
     dir: &DirHandle,
     gen_name: &str,
@@ -190,7 +190,7 @@ fn grant_generation(
     readers: &mut Policy,
 ) -> Result<(), String> {
     if !readers.grants() {
-        return readers.apply(&[(dir, None, Kind::Dir)]);
+        return Ok(());
     }
     let gen = dir.subdir(gen_name)?;
     let mut objects = vec![(dir, None, Kind::Dir), (&gen, None, Kind::Dir)];

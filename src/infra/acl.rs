@@ -18,7 +18,7 @@
 //! followed.
 
 use std::fmt;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use exacl::{AclEntry, AclOption, Perm};
@@ -168,48 +168,75 @@ impl crate::log::Field for Refused {}
 
 /// Sets the ACL of the entry `name` of `dir` (of `dir` itself when `name`
 /// is None) to `kind`'s ACL for `readers`. The entry must be a `kind`
-/// object; a symlink is refused (ELOOP), never followed.
+/// object; a symlink is refused, never followed.
 pub fn set(
     dir: &DirHandle,
     name: Option<&str>,
     kind: Kind,
     readers: &[Reader],
 ) -> Result<(), Refused> {
-    let path = name.map_or_else(|| dir.path().to_path_buf(), |n| dir.join(n));
-    let refused = |error: std::io::Error| Refused {
-        path: path.clone(),
-        error,
-    };
-    let fd = rfs::openat(
-        dir.fd(),
-        name.unwrap_or("."),
-        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| refused(e.into()))?;
-    let st = rfs::fstat(&fd).map_err(|e| refused(e.into()))?;
-    let want = match kind {
-        Kind::File => FileType::RegularFile,
-        Kind::Dir => FileType::Directory,
-        Kind::Socket => FileType::Socket,
-    };
-    if FileType::from_raw_mode(st.st_mode) != want {
-        return Err(refused(std::io::Error::other(format!(
-            "not a {} (a symbolic link or another kind of file: not followed)",
-            match kind {
-                Kind::File => "regular file",
-                Kind::Dir => "directory",
-                Kind::Socket => "socket",
-            }
-        ))));
-    }
-    let proc_path = format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd());
+    let (_fd, proc_path, refused) = open_object(dir, name, kind)?;
     exacl::setfacl(
         &[Path::new(&proc_path)],
         &entries(kind, readers),
         AclOption::ACCESS_ACL,
     )
     .map_err(|e| refused(os_error(e)))
+}
+
+/// Whether the entry's ACL has more than the mode bits (a mask, named
+/// users or groups): an earlier grant.
+fn extended(dir: &DirHandle, name: Option<&str>, kind: Kind) -> Result<bool, Refused> {
+    let (_fd, proc_path, refused) = open_object(dir, name, kind)?;
+    let acl = exacl::getfacl(Path::new(&proc_path), AclOption::ACCESS_ACL)
+        .map_err(|e| refused(os_error(e)))?;
+    Ok(acl
+        .iter()
+        .any(|e| e.kind == exacl::AclEntryKind::Mask || !e.name.is_empty()))
+}
+
+/// A way to make a [`Refused`] for an object.
+type RefusedAt = Box<dyn Fn(std::io::Error) -> Refused>;
+
+/// Opens the entry `name` of `dir` (`dir` itself when None) with
+/// `O_PATH|O_NOFOLLOW`, checks it is a `kind` object, and returns the
+/// descriptor (keep it while the path is used), its `/proc/self/fd/N`
+/// name, and the maker of its refusals.
+fn open_object(
+    dir: &DirHandle,
+    name: Option<&str>,
+    kind: Kind,
+) -> Result<(OwnedFd, String, RefusedAt), Refused> {
+    let path = name.map_or_else(|| dir.path().to_path_buf(), |n| dir.join(n));
+    let refused: RefusedAt = Box::new(move |error| Refused {
+        path: path.clone(),
+        error,
+    });
+    let fd = match rfs::openat(
+        dir.fd(),
+        name.unwrap_or("."),
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(e) => return Err(refused(e.into())),
+    };
+    let st = match rfs::fstat(&fd) {
+        Ok(st) => st,
+        Err(e) => return Err(refused(e.into())),
+    };
+    let (want, what) = match kind {
+        Kind::File => (FileType::RegularFile, "regular file"),
+        Kind::Dir => (FileType::Directory, "directory"),
+        Kind::Socket => (FileType::Socket, "socket"),
+    };
+    if FileType::from_raw_mode(st.st_mode) != want {
+        return Err(refused(std::io::Error::other(format!(
+            "not a {what} (a symbolic link or another kind of file: not followed)"
+        ))));
+    }
+    let proc_path = format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd());
+    Ok((fd, proc_path, refused))
 }
 
 /// The OS error inside an exacl error: exacl wraps libacl's errno in a
@@ -251,48 +278,52 @@ impl Policy {
         }
     }
 
-    /// Whether new objects need an ACL call at all: fresh files and
-    /// directories have the plain modes already when there is no reader.
+    /// Whether there is anything to grant: ACLs not off, and readers.
     pub fn grants(&self) -> bool {
         self.access.acls != AclMode::Off && !self.access.readers.is_empty()
     }
 
-    /// Sets each object's ACL, in order (`acls: off`: nothing). A refusal
+    /// Gives the readers their rights on new objects, in order; with
+    /// nothing to grant, no call at all (new objects have the plain modes,
+    /// and a destination directory keeps the mode it was given). A refusal
     /// under `required` is the error (the caller publishes nothing); under
     /// `try` it is warned about once per service and the rest is skipped.
-    /// With no readers (the minimal ACL, removing earlier grants) a file
-    /// system without ACLs is no refusal: nothing can have been granted.
     pub fn apply(&mut self, objects: &[(&DirHandle, Option<&str>, Kind)]) -> Result<(), String> {
-        if self.access.acls == AclMode::Off {
+        if !self.grants() {
             return Ok(());
         }
         for (dir, name, kind) in objects {
-            match set(dir, *name, *kind, &self.access.readers) {
-                Ok(()) => {}
-                Err(r) if r.unsupported() && self.access.readers.is_empty() => return Ok(()),
-                Err(r) => return self.refused(&r),
+            if let Err(r) = set(dir, *name, *kind, &self.access.readers) {
+                return self.refused(&r);
             }
         }
         Ok(())
     }
 
-    /// Applies the policy to objects that already carry an earlier one (a
-    /// reload's change, on the current generation): as [`Policy::apply`],
-    /// except that `acls: off` removes every reader's grant (the plain
-    /// modes) rather than leaving the old ACL in place.
+    /// Applies the policy to objects that may carry an earlier one (a
+    /// reload's change, on the current files): as [`Policy::apply`], but
+    /// with nothing to grant (`acls: off`, or no readers) it removes every
+    /// earlier grant, leaving the plain modes.
     pub fn reapply(&mut self, objects: &[(&DirHandle, Option<&str>, Kind)]) -> Result<(), String> {
-        if self.access.acls == AclMode::Off {
-            self.strip(objects);
-            return Ok(());
+        if self.grants() {
+            return self.apply(objects);
         }
-        self.apply(objects)
+        self.strip(objects);
+        Ok(())
     }
 
-    /// Removes every reader's grant from the objects (the minimal ACL).
-    /// Failures are logged, not returned: there is nothing to fall back to.
+    /// Removes the readers' grants from the objects that have some (an
+    /// extended ACL), leaving the plain modes; an object without one is
+    /// not touched. Failures are logged, not returned: there is nothing to
+    /// fall back to.
     fn strip(&self, objects: &[(&DirHandle, Option<&str>, Kind)]) {
         for (dir, name, kind) in objects {
-            match set(dir, *name, *kind, &[]) {
+            let stripped = match extended(dir, *name, *kind) {
+                Ok(true) => set(dir, *name, *kind, &[]),
+                Ok(false) => Ok(()),
+                Err(r) => Err(r),
+            };
+            match stripped {
                 Ok(()) => {}
                 Err(r) if r.unsupported() => return,
                 Err(r) => crate::log::warn(
@@ -492,9 +523,34 @@ mod tests {
         let f = text(&d.0.join("f"));
         assert!(!f.contains("65534") && !f.contains("mask"), "{f}");
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(
-            fs::metadata(d.0.join("f")).unwrap().permissions().mode() & 0o777,
-            0o600
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&d.0.join("f")), 0o600);
+
+        // A reload to no readers takes grants away, and leaves an object
+        // that never had any (a directory of mode 0755) as it was.
+        fs::set_permissions(d.0.join("sub"), fs::Permissions::from_mode(0o755)).unwrap();
+        fs::create_dir(d.0.join("open")).unwrap();
+        fs::set_permissions(d.0.join("open"), fs::Permissions::from_mode(0o755)).unwrap();
+        let mut p = Policy::new(
+            "t",
+            Access {
+                acls: AclMode::Try,
+                readers: readers.to_vec(),
+            },
         );
+        p.apply(&[(&dir, Some("sub"), Kind::Dir)]).unwrap();
+        assert!(text(&d.0.join("sub")).contains("user:65534:--x"));
+        p.access.readers.clear();
+        p.reapply(&[
+            (&dir, Some("sub"), Kind::Dir),
+            (&dir, Some("open"), Kind::Dir),
+        ])
+        .unwrap();
+        assert!(!text(&d.0.join("sub")).contains("65534"));
+        assert_eq!(mode(&d.0.join("sub")), 0o700);
+        assert_eq!(mode(&d.0.join("open")), 0o755, "never granted: untouched");
+        // Nothing to grant: no call at all on new objects.
+        p.apply(&[(&dir, Some("open"), Kind::Dir)]).unwrap();
+        assert_eq!(mode(&d.0.join("open")), 0o755);
     }
 }

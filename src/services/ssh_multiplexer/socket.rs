@@ -123,9 +123,7 @@ impl Socket {
             }
         }
         self.dir.write_atomic(name, contents, 0o600)?;
-        if readers.grants() {
-            readers.apply(&[(&self.dir, Some(name), Kind::File)])?;
-        }
+        readers.apply(&[(&self.dir, Some(name), Kind::File)])?;
         Ok(self.dir.join(name))
     }
 }
