@@ -493,3 +493,75 @@ fn ss_shows_the_sockets_real_path() {
         ours.join("\n")
     );
 }
+
+/// `getfacl -n -p PATH` (Debian's `acl`).
+fn getfacl(path: &Path) -> String {
+    let out = Command::new("getfacl")
+        .args(["-n", "-p"])
+        .arg(path)
+        .output()
+        .expect("getfacl (acl) must be installed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_destination_inside_storage_is_reachable_and_nothing_else_there() {
+    need_root!();
+    let reader = TestUser::new("s");
+    let other = TestUser::new("t");
+    let dir = TempDir::new("readers-storage");
+    let path = dir.path().to_path_buf();
+    let storage = path.join("storage");
+    // As packaged: /var/lib/tbot (0700) and /var/lib/tbot/machine-id.
+    let services = |readers: &str| {
+        format!(
+            "  - type: identity\n    name: machine-id\n    principals: [{}]\n    \
+             destination: {{type: directory, path: {}, readers: [{readers}]}}\n",
+            reader.name,
+            storage.join("machine-id").display()
+        )
+    };
+    let cfg = config_text(&path, "", &services(&format!("{{user: {}}}", reader.name)));
+    let t = Tbot::start(dir, &cfg, &[]);
+    wait_ready(&t);
+    let key = storage.join("machine-id/key");
+    let r = reader.cat(&key);
+    assert!(
+        r.status.success(),
+        "the reader cannot reach the key: {}",
+        describe(&r)
+    );
+    // Traverse only: no listing of storage, no CA key.
+    let mut ls = Command::new("ls");
+    ls.arg(&storage);
+    assert!(
+        !reader.run(&ls).status.success(),
+        "the reader lists storage"
+    );
+    assert!(!reader.cat(&storage.join("ca_key")).status.success());
+    assert!(
+        !other.cat(&key).status.success(),
+        "a non-reader reaches the key"
+    );
+    let acl = getfacl(&storage);
+    assert!(
+        acl.contains(&format!("user:{}:--x", reader.uid)) && acl.contains("other::---"),
+        "{acl}"
+    );
+
+    // A reload without readers takes the passage away too.
+    fs::write(
+        path.join("tbot.yaml"),
+        config_text(&path, "", &services("")),
+    )
+    .unwrap();
+    t.signal(libc::SIGHUP);
+    assert!(
+        t.wait_log("configuration reloaded", Duration::from_secs(10)),
+        "{}",
+        t.log()
+    );
+    let acl = getfacl(&storage);
+    assert!(!acl.contains(&format!("user:{}:", reader.uid)), "{acl}");
+    assert!(!reader.cat(&key).status.success());
+}

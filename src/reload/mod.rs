@@ -174,6 +174,7 @@ impl Live {
                 Err(e) => failed.push(format!("{name}: cannot start its thread: {e}")),
             }
         }
+        crate::services::readers::grant_passages(&new);
         let moved = self.apply_diag(&new, listener);
         self.config = Arc::new(new);
         moved?;

@@ -9,11 +9,14 @@
 //! the policy and applies it; so a generation is never published with
 //! readers a reload has already replaced.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::config::{Config, ServiceConfig};
 use crate::credentials::identity_files;
-use crate::infra::acl::{Access, Policy};
+use crate::infra::acl::{Access, AclMode, Kind, Policy, Reader};
+use crate::infra::chase::open_dir;
 use crate::log;
 use crate::services::ssh_multiplexer::socket;
 
@@ -75,5 +78,72 @@ impl Readers {
                 &[fields, &[("error", &e)]].concat(),
             ),
         }
+    }
+}
+
+/// Lets the readers of every destination inside the storage directory reach
+/// it: traverse on the storage directory (mode 0700, tbot's own: as
+/// packaged, `/var/lib/tbot` for `/var/lib/tbot/machine-id`) and on each
+/// directory between it and the destination, for the union of the readers
+/// of the destinations below each. Nothing else in storage is opened to
+/// them (its files are 0600 with no ACL). Directories outside storage are
+/// not changed. Run at start and after each reload; a directory no reader
+/// needs any more loses its earlier grants. Refusals are logged as the
+/// destinations' `acls` say (`required` wins over `try`).
+pub fn grant_passages(config: &Config) {
+    let mut passages: BTreeMap<PathBuf, Access> = BTreeMap::new();
+    passages.insert(config.storage.clone(), Access::default());
+    for s in &config.services {
+        let (dest, access) = match s {
+            ServiceConfig::Identity(c) => (&c.destination, &c.access),
+            ServiceConfig::SshMultiplexer(m) => (&m.destination, &m.access),
+        };
+        let Ok(rel) = dest.strip_prefix(&config.storage) else {
+            continue;
+        };
+        if access.acls == AclMode::Off || access.readers.is_empty() {
+            continue;
+        }
+        // storage, then each directory down to the destination's parent.
+        let parts: Vec<_> = rel.components().collect();
+        let mut dir = config.storage.clone();
+        merge(passages.entry(dir.clone()).or_default(), access);
+        for c in parts.iter().take(parts.len().saturating_sub(1)) {
+            dir.push(c);
+            merge(passages.entry(dir.clone()).or_default(), access);
+        }
+    }
+    for (dir, access) in passages {
+        let Ok(handle) = open_dir(&dir, !access.readers.is_empty()) else {
+            continue;
+        };
+        let mut policy = Policy::new("storage", access);
+        if let Err(e) = policy.reapply(&[(&handle, None, Kind::Dir)]) {
+            log::error(
+                "the readers cannot reach their destination in the storage directory",
+                &[("error", &e)],
+            );
+        }
+    }
+}
+
+/// Adds `from`'s readers to `into` (once each); `required` wins.
+fn merge(into: &mut Access, from: &Access) {
+    if from.acls == AclMode::Required {
+        into.acls = AclMode::Required;
+    }
+    for r in &from.readers {
+        if !into.readers.iter().any(|x| same(x, r)) {
+            into.readers.push(r.clone());
+        }
+    }
+}
+
+/// The same user or group, however written.
+fn same(a: &Reader, b: &Reader) -> bool {
+    match (a, b) {
+        (Reader::User { uid: x, .. }, Reader::User { uid: y, .. }) => x == y,
+        (Reader::Group { gid: x, .. }, Reader::Group { gid: y, .. }) => x == y,
+        _ => false,
     }
 }
