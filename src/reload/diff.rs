@@ -202,6 +202,33 @@ mod tests {
     }
 
     #[test]
+    fn a_readers_only_change_keeps_the_service_and_lists_the_new_readers() {
+        let old = parse("", &[ID_A, MUX].concat());
+        let with = |s: &str| s.replace("path: /a}", "path: /a, readers: [{user: root}]}");
+        let new = parse("", &[with(ID_A).as_str(), MUX].concat());
+        let d = diff(&old, &new);
+        assert!(d.changed.is_empty(), "{d:?}");
+        assert!(d.kept.contains(&"a".to_string()));
+        assert_eq!(d.readers.len(), 1);
+        assert_eq!(d.readers[0].0, "a");
+        assert_eq!(d.readers[0].1.readers.len(), 1);
+        // With another change too, the service is restarted (and built
+        // with its new readers): not listed.
+        let both = with(ID_A).replace("principals: [x]", "principals: [y]");
+        let d = diff(&old, &parse("", &[both.as_str(), MUX].concat()));
+        assert_eq!(d.changed, ["a"]);
+        assert!(d.readers.is_empty());
+        // The multiplexer's own readers.
+        let mux = MUX.replace("path: /m}", "path: /m, acls: off}");
+        let d = diff(&old, &parse("", &[ID_A, mux.as_str()].concat()));
+        assert_eq!(
+            d.readers.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(),
+            ["m"]
+        );
+        assert!(d.changed.is_empty());
+    }
+
+    #[test]
     fn storage_and_the_diag_cap_need_a_restart() {
         let old = parse("", ID_A);
         assert_eq!(needs_restart(&old, &old), None);
