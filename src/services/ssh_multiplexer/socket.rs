@@ -290,6 +290,42 @@ mod tests {
         assert_eq!(fs::read(&path).unwrap(), b"x");
     }
 
+    /// A bound socket, not listening, at `path`.
+    fn bound_at(path: &Path) -> OwnedFd {
+        let fd = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        rustix::net::bind(&fd, &SocketAddrUnix::new(path).unwrap()).unwrap();
+        fd
+    }
+
+    #[test]
+    fn a_bind_that_landed_elsewhere_or_on_a_foreign_socket_is_refused() {
+        let d = TestDir::new("mux-place");
+        let dir = chase::open_dir(&d.0.join("dest"), true).unwrap();
+        let path = d.0.join("dest").join(SOCKET_NAME);
+        // The bind went elsewhere (a component swapped during it): nothing
+        // in the directory opened, nothing removed there.
+        fs::create_dir(d.0.join("elsewhere")).unwrap();
+        let fd = bound_at(&d.0.join("elsewhere").join(SOCKET_NAME));
+        let (e, ours) = place(&dir, &path, &fd, &mut plain()).unwrap_err();
+        assert!(e.contains("is not in the destination opened"), "{e}");
+        assert!(!ours);
+        // A socket there that tbot's user does not own (as root: chown it).
+        if rustix::process::geteuid().is_root() {
+            let fd = bound_at(&path);
+            std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+            let (e, ours) = place(&dir, &path, &fd, &mut plain()).unwrap_err();
+            assert!(e.contains("not the socket tbot bound (uid 65534)"), "{e}");
+            assert!(!ours, "someone else's file is never removed");
+            assert!(path.exists());
+        }
+    }
+
     #[test]
     fn bind_errors_name_the_path() {
         let d = TestDir::new("mux-bind-err");
