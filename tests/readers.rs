@@ -396,6 +396,12 @@ impl Ramfs {
 impl Drop for Ramfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.0).output();
+        // The mount point, and the test's directory it was in (emptied by
+        // its TempDir, which could not remove the mount point).
+        let _ = fs::remove_dir(&self.0);
+        if let Some(parent) = self.0.parent() {
+            let _ = fs::remove_dir(parent);
+        }
     }
 }
 
@@ -447,7 +453,8 @@ fn without_acl_support_try_warns_and_works_and_required_is_unhealthy() {
     drop(t);
 
     let dir = TempDir::new("readers-noacl-req");
-    let t = Tbot::start(dir, &config_text(&path, "", &services("required")), &[]);
+    let cfg = config_text(dir.path(), "", &services("required"));
+    let t = Tbot::start(dir, &cfg, &[]);
     for name in ["id", "mux"] {
         let r = t.until(&format!("/readyz/{name}"), Duration::from_secs(15), |r| {
             r.status == 503 && r.body.contains("does not support POSIX ACLs")
