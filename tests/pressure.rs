@@ -100,15 +100,12 @@ fn whole_200s(buf: &[u8]) -> usize {
     n
 }
 
-/// The case: `diag_max_connections` (64) clients each pipeline 400
-/// `GET /metrics` and never read, and reconnect every 2 s; meanwhile a
-/// probe comes every half second, alternately `/livez` and `/readyz`, with
-/// a 1 s timeout. Every probe gets a 200.
-#[test]
-fn probes_get_200_while_non_readers_hold_every_slot() {
-    let t = start("pressure", "", &[]);
-    let addr = t.addr();
-    t.until("/readyz", Duration::from_secs(10), |r| r.status == 200);
+/// The case against the server at `addr`: `clients` (its
+/// connection cap) clients each pipeline 400 `GET /metrics` and never read,
+/// and reconnect every 2 s; meanwhile 20 probes come, one every half
+/// second, alternately `/livez` and `/readyz`, each with a 1 s timeout.
+/// Returns each probe's path and answer.
+fn probes_beside_non_readers(addr: SocketAddr, clients: usize) -> Vec<(&'static str, Option<u16>)> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     let attack = std::thread::spawn(move || {
@@ -117,7 +114,7 @@ fn probes_get_200_while_non_readers_hold_every_slot() {
         let mut held: Vec<(Instant, Option<TcpStream>)> = Vec::new();
         while !flag.load(Ordering::Relaxed) && Instant::now() < end {
             held.retain(|(at, _)| at.elapsed() < Duration::from_secs(2));
-            while held.len() < 64 {
+            while held.len() < clients {
                 let c = TcpStream::connect_timeout(&addr, Duration::from_secs(1))
                     .ok()
                     .and_then(|mut c| {
@@ -141,9 +138,44 @@ fn probes_get_200_while_non_readers_hold_every_slot() {
     }
     stop.store(true, Ordering::Relaxed);
     attack.join().unwrap();
+    answers
+}
+
+/// The case through tbot with its default cap (64): every probe
+/// gets a 200.
+#[test]
+fn probes_get_200_while_non_readers_hold_every_slot() {
+    let t = start("pressure", "", &[]);
+    let addr = t.addr();
+    t.until("/readyz", Duration::from_secs(10), |r| r.status == 200);
+    let answers = probes_beside_non_readers(addr, 64);
     let ok = answers.iter().filter(|(_, a)| *a == Some(200)).count();
     assert_eq!(ok, 20, "probes answered 200: {ok} of 20: {answers:?}");
     assert_eq!(t.get("/livez").status, 200, "after the attack");
+}
+
+/// The case against any server (`HOSTILE_ADDR`, named
+/// `HOSTILE_NAME`): for tests/bench/hostile_compare.sh, which runs it
+/// against tbot and the Go reference peer.
+#[test]
+#[ignore = "a measurement for tests/bench/hostile_compare.sh"]
+fn peer_comparison_under_pressure() {
+    let addr: SocketAddr = std::env::var("HOSTILE_ADDR")
+        .expect("set HOSTILE_ADDR")
+        .parse()
+        .expect("HOSTILE_ADDR: host:port");
+    let name = std::env::var("HOSTILE_NAME").unwrap_or_else(|_| addr.to_string());
+    let answers = probes_beside_non_readers(addr, 64);
+    let ok = answers.iter().filter(|(_, a)| *a == Some(200)).count();
+    let other: Vec<String> = answers
+        .iter()
+        .filter(|(_, a)| *a != Some(200))
+        .map(|(p, a)| format!("{p}:{}", a.map_or("none".into(), |s| s.to_string())))
+        .collect();
+    println!(
+        "{name}: 64 non-readers x 400 pipelined /metrics, reconnecting every 2 s: probes 200 within 1 s: {ok} of 20 {}",
+        other.join(" ")
+    );
 }
 
 /// Four slots, held by three clients that pipeline thousands of
@@ -220,34 +252,26 @@ fn clients_that_do_not_read_lose_their_slots_first_and_keep_what_was_written() {
     }
 }
 
-/// Every slot is held by requests waiting on tbot itself: two parked
-/// `/wait`s (nothing has reported yet) and two clients pipelining
-/// `/metrics` whose renders take 300 ms each. `/livez` and `/readyz` are
-/// still answered within a probe's timeout; anything else over the cap is
-/// refused at once.
+/// Every slot is held by a `/wait` that parks (nothing has reported yet):
+/// requests waiting on tbot itself, which keep their slots. `/livez` and
+/// `/readyz` are still answered within a probe's timeout; anything else
+/// over the cap is refused at once.
 #[test]
-fn probes_find_room_beside_parked_waits_and_slow_renders() {
+fn probes_find_room_beside_parked_waits() {
     let t = start(
         "parked",
         "diag_max_connections: 4\n",
-        &[(
-            "TBOT_FAILPOINTS",
-            "heartbeat-start=sleep:30000,metrics-render=sleep:300",
-        )],
+        &[("TBOT_FAILPOINTS", "heartbeat-start=sleep:30000")],
     );
     let addr = t.addr();
-    let mut held = Vec::new();
-    for _ in 0..2 {
-        let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).unwrap();
-        c.write_all(b"GET /wait?timeout=60s HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
-        held.push(c);
-    }
-    for _ in 0..2 {
-        let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).unwrap();
-        c.write_all(&pipelined("/metrics", 40)).unwrap();
-        held.push(c);
-    }
+    let held: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).unwrap();
+            c.write_all(b"GET /wait?timeout=60s HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            c
+        })
+        .collect();
     std::thread::sleep(Duration::from_millis(500));
     for i in 0..5 {
         assert_eq!(probe(addr, "/livez"), Some(200), "/livez {i}");
@@ -267,14 +291,62 @@ fn probes_find_room_beside_parked_waits_and_slow_renders() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let r = request_timeout(
-        addr,
-        b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-        PROBE_TIMEOUT,
-    )
-    .expect("a quick refusal");
+    let r = request_timeout(addr, METRICS, PROBE_TIMEOUT).expect("a quick refusal");
     assert_eq!(r.status, 503, "over the cap, not a probe: {}", r.body);
     drop(held);
+}
+
+/// `GET /metrics` on a connection of its own.
+const METRICS: &[u8] = b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+
+/// Two slots hold parked `/wait`s, two hold clients that pipeline
+/// `/metrics` whose renders take 300 ms each (12 s of work each). A
+/// newcomer's `/metrics` gets a 200: a pipelining client gives up its
+/// slot, reads what was written for it and an end of stream, and the
+/// other pipelining client keeps its own.
+#[test]
+fn a_client_pipelining_slow_renders_gives_up_its_slot_first() {
+    let t = start(
+        "pipeliners",
+        "diag_max_connections: 4\n",
+        &[(
+            "TBOT_FAILPOINTS",
+            "heartbeat-start=sleep:30000,metrics-render=sleep:300",
+        )],
+    );
+    let addr = t.addr();
+    let mut waits = Vec::new();
+    for _ in 0..2 {
+        let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).unwrap();
+        c.write_all(b"GET /wait?timeout=60s HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        waits.push(c);
+    }
+    let mut pipeliners = Vec::new();
+    for _ in 0..2 {
+        let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).unwrap();
+        c.write_all(&pipelined("/metrics", 40)).unwrap();
+        pipeliners.push(c);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let r = request_timeout(addr, METRICS, Duration::from_secs(5)).expect("an answer");
+    assert_eq!(r.status, 200, "a newcomer beside pipeliners: {}", r.body);
+    let mut ended = 0;
+    for (i, c) in pipeliners.iter_mut().enumerate() {
+        match read_to_eof(c, Duration::from_secs(3)) {
+            Ok(got) => {
+                eprintln!(
+                    "pipeliner {i}: {} whole answers, then EOF",
+                    whole_200s(&got)
+                );
+                ended += 1;
+            }
+            Err((ErrorKind::WouldBlock | ErrorKind::TimedOut, _)) => {}
+            Err((kind, got)) => panic!("pipeliner {i}: {kind:?} after {} bytes", got.len()),
+        }
+    }
+    assert_eq!(ended, 1, "one pipelining client gives up its slot");
+    drop(waits);
 }
 
 /// Slots are free, but the kept connections to the serving loop all carry

@@ -9,10 +9,14 @@
 //!   first a client that has taken none of its answer for `stall_time`
 //!   (it does not read: it pipelined requests and left, or reads a byte a
 //!   second), then the one that has waited longest for its head (an idle
-//!   keep-alive, a header trickle, a half-sent request).
-//! - A connection that waits on tbot itself (a parked `/wait`, a slow
-//!   `/metrics` render, a request queued for tiny_http) keeps its slot: its
-//!   client did nothing wrong. For probes beside them, `probe_room` more
+//!   keep-alive, a header trickle, a half-sent request), then a client
+//!   whose request waits on tbot with more requests pipelined behind it
+//!   (one connection doing the work of many: HTTP clients must be ready to
+//!   send pipelined requests again when a connection closes, RFC 9112
+//!   §9.3.2), the one that has waited longest first.
+//! - A connection with one request that waits on tbot (a parked `/wait`, a
+//!   slow `/metrics` render, a request queued for tiny_http) keeps its
+//!   slot: its client did nothing wrong. For probes beside them, `probe_room` more
 //!   connections may read a head and get an answer that the serving loop
 //!   gives at once (`/livez`, `/readyz`: see
 //!   [`crate::diag::endpoints::answered`]); any other request made there
@@ -63,9 +67,10 @@ impl Front {
     }
 
     /// The connection that loses its place to a newcomer, if any (see the
-    /// module's rule): a client that has taken none of its answer for
-    /// `stall_time`, the longest stalled first, else the one that has
-    /// waited longest for its head. `slots_only`: not one in the probe
+    /// module's rule): a client that has not taken its answer whole within
+    /// `stall_time` of its socket filling, the longest stalled first, else
+    /// the one that has waited longest for its head, else the pipelining
+    /// client that has waited longest. `slots_only`: not one in the probe
     /// room (its place frees no slot). Never `except`.
     pub(super) fn victim(&self, now: Instant, slots_only: bool, except: usize) -> Option<usize> {
         self.conns
@@ -79,7 +84,13 @@ impl Front {
                         .filter(|&t| now.saturating_duration_since(t) >= self.limits.stall_time)
                         .map(|t| (0, t)),
                     State::Head { .. } => Some((1, c.since)),
-                    _ => None,
+                    State::Queued(ref rq) | State::Piped(ref rq) => {
+                        pipelining(&rq.next).then_some((2, c.since))
+                    }
+                    State::Backend { ref keep_alive, .. } => {
+                        pipelining(keep_alive).then_some((2, c.since))
+                    }
+                    State::Linger { .. } => None,
                 }?;
                 Some((rank, j))
             })
@@ -143,4 +154,10 @@ impl Front {
             self.drop_oldest_lingering();
         }
     }
+}
+
+/// The client sent more behind the request in progress (`next`, the
+/// bytes of its next requests already read).
+fn pipelining(next: &Option<Vec<u8>>) -> bool {
+    next.as_ref().is_some_and(|b| !b.is_empty())
 }
