@@ -349,6 +349,46 @@ fn a_client_pipelining_slow_renders_gives_up_its_slot_first() {
     drop(waits);
 }
 
+/// Both slots are held by clients pipelining slow renders. A probe
+/// connects and has not sent its request yet when a newcomer needs a slot:
+/// a pipelining client gives it up, not the probe that connected a moment
+/// ago.
+#[test]
+fn a_probe_that_just_connected_keeps_its_place() {
+    let t = start(
+        "justnow",
+        "diag_max_connections: 2\n",
+        &[("TBOT_FAILPOINTS", "metrics-render=sleep:300")],
+    );
+    let addr = t.addr();
+    t.until("/readyz", Duration::from_secs(10), |r| r.status == 200);
+    let pipeliners: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).unwrap();
+            c.write_all(&pipelined("/metrics", 40)).unwrap();
+            c
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut probe = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let newcomer = send_in_background(addr, METRICS.to_vec());
+    std::thread::sleep(Duration::from_millis(100));
+    probe.set_read_timeout(Some(PROBE_TIMEOUT)).unwrap();
+    probe
+        .write_all(b"GET /livez HTTP/1.1\r\nHost: kubelet\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let r = read_response(&mut probe, false).expect("the probe's answer");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let mut newcomer = newcomer.join().unwrap().expect("connect");
+    newcomer
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let r = read_response(&mut newcomer, false).expect("the newcomer's answer");
+    assert_eq!(r.status, 200, "{}", r.body);
+    drop(pipeliners);
+}
+
 /// Slots are free, but the kept connections to the serving loop all carry
 /// `/metrics` requests whose renders take 400 ms, with more queued behind
 /// them. A probe does not wait behind the renders.

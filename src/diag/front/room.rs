@@ -9,11 +9,14 @@
 //!   first a client that has taken none of its answer for `stall_time`
 //!   (it does not read: it pipelined requests and left, or reads a byte a
 //!   second), then the one that has waited longest for its head (an idle
-//!   keep-alive, a header trickle, a half-sent request), then a client
-//!   whose request waits on tbot with more requests pipelined behind it
-//!   (one connection doing the work of many: HTTP clients must be ready to
-//!   send pipelined requests again when a connection closes, RFC 9112
-//!   §9.3.2), the one that has waited longest first.
+//!   keep-alive, a header trickle, a half-sent request) if that is
+//!   `stall_time` or more, then a client whose request waits on tbot with
+//!   more requests pipelined behind it (one connection doing the work of
+//!   many: HTTP clients must be ready to send pipelined requests again when
+//!   a connection closes, RFC 9112 §9.3.2), the one that has waited
+//!   longest first, and last a connection that has waited for its head for
+//!   less than `stall_time` (most likely a client whose request is on its
+//!   way: a probe that connected a moment ago).
 //! - A connection with one request that waits on tbot (a parked `/wait`, a
 //!   slow `/metrics` render, a request queued for tiny_http) keeps its
 //!   slot: its client did nothing wrong. For probes beside them, `probe_room` more
@@ -69,9 +72,10 @@ impl Front {
     /// The connection that loses its place to a newcomer, if any (see the
     /// module's rule): a client that has not taken its answer whole within
     /// `stall_time` of its socket filling, the longest stalled first, else
-    /// the one that has waited longest for its head, else the pipelining
-    /// client that has waited longest. `slots_only`: not one in the probe
-    /// room (its place frees no slot). Never `except`.
+    /// the one that has waited longest for its head (for `stall_time` or
+    /// more), else the pipelining client that has waited longest, else the
+    /// one that has waited longest for its head. `slots_only`: not one in
+    /// the probe room (its place frees no slot). Never `except`.
     pub(super) fn victim(&self, now: Instant, slots_only: bool, except: usize) -> Option<usize> {
         self.conns
             .iter()
@@ -83,7 +87,15 @@ impl Front {
                         .stalled_since
                         .filter(|&t| now.saturating_duration_since(t) >= self.limits.stall_time)
                         .map(|t| (0, t)),
-                    State::Head { .. } => Some((1, c.since)),
+                    State::Head { .. } => {
+                        let waited = now.saturating_duration_since(c.since);
+                        let rank = if waited >= self.limits.stall_time {
+                            1
+                        } else {
+                            3
+                        };
+                        Some((rank, c.since))
+                    }
                     State::Queued(ref rq) | State::Piped(ref rq) => {
                         pipelining(&rq.next).then_some((2, c.since))
                     }
