@@ -15,7 +15,7 @@ use std::io::{self, ErrorKind, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use super::{Conn, Front, State, Then};
+use super::{Conn, Front, State};
 use crate::diag::head::simple_response;
 use crate::infra::sockets::out_of_descriptors;
 use crate::log::{self, once_a_second};
@@ -69,18 +69,8 @@ impl Front {
             // the client sees the reason rather than a reset. The spare
             // comes back once a descriptor is free (`restore_spare`).
             if let Ok((stream, peer)) = self.listener.accept() {
-                if stream.set_nonblocking(true).is_ok() {
-                    let now = Instant::now();
-                    let state = State::Linger { drained: 0 };
-                    let mut c = Conn::new(self.next_id, stream, peer, state, now);
-                    self.next_id += 1;
-                    c.reply(
-                        simple_response(503, "the diagnostics service is out of file descriptors"),
-                        Then::Close,
-                        now + self.limits.write_timeout,
-                    );
-                    self.conns.push(c);
-                }
+                let why = "the diagnostics service is out of file descriptors";
+                self.refuse(stream, peer, Instant::now(), why);
             }
             self.restore_spare();
         }
@@ -111,7 +101,12 @@ impl Front {
         let now = Instant::now();
         self.trim_lingering();
         let Some(probe_room) = self.room_for_newcomer(now) else {
-            return self.refuse(stream, peer, now);
+            return self.refuse(
+                stream,
+                peer,
+                now,
+                "too many connections to the diagnostics service",
+            );
         };
         if stream.set_nonblocking(true).is_err() {
             return;
@@ -137,18 +132,14 @@ impl Front {
         }
     }
 
-    /// No room for a newcomer: a 503, then the lingering close, so that it
-    /// reads the refusal whatever it sent (a fresh socket takes the few
-    /// bytes at once). It holds no slot; the oldest lingering connections
-    /// go first beyond their cap.
-    fn refuse(&mut self, stream: TcpStream, peer: SocketAddr, now: Instant) {
+    /// No room for a newcomer: a 503 saying `why`, then the lingering
+    /// close, so that it reads the refusal whatever it sent (a fresh socket
+    /// takes the few bytes at once). It holds no slot.
+    fn refuse(&mut self, stream: TcpStream, peer: SocketAddr, now: Instant, why: &str) {
         if stream.set_nonblocking(true).is_err() {
             return;
         }
-        let _ = (&stream).write(&simple_response(
-            503,
-            "too many connections to the diagnostics service",
-        ));
+        let _ = (&stream).write(&simple_response(503, why));
         let state = State::Linger { drained: 0 };
         let mut c = Conn::new(self.next_id, stream, peer, state, now);
         self.next_id += 1;
