@@ -84,8 +84,9 @@ pub struct Limits {
     /// an answer the serving loop gives at once (`/livez`, `/readyz`), so
     /// that probes find room whatever holds the slots ([`room`]).
     pub probe_room: usize,
-    /// A client that has taken none of its answer for this long is the
-    /// first to lose its slot to a newcomer ([`room`]).
+    /// A client that has not taken its answer whole this long after its
+    /// socket filled is the first to lose its slot to a newcomer; a client
+    /// that has waited this long for its head comes next ([`room`]).
     pub stall_time: Duration,
     /// Connections to tiny_http kept open for the next requests (see
     /// [`upstream`]; never more than 3): each holds one of tiny_http's

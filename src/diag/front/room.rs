@@ -4,24 +4,27 @@
 //! - A slot is held by a connection the front still serves: reading its
 //!   head, its request with tiny_http, or its answer being written. There
 //!   are `max_connections` of them.
-//! - When they are all taken, a newcomer takes the slot of a connection
-//!   that is not making progress of its own doing ([`Front::victim`]),
-//!   first a client that has taken none of its answer for `stall_time`
-//!   (it does not read: it pipelined requests and left, or reads a byte a
-//!   second), then the one that has waited longest for its head (an idle
-//!   keep-alive, a header trickle, a half-sent request) if that is
-//!   `stall_time` or more, then a client whose request waits on tbot with
-//!   more requests pipelined behind it (one connection doing the work of
-//!   many: HTTP clients must be ready to send pipelined requests again when
-//!   a connection closes, RFC 9112 §9.3.2), the one that has waited
-//!   longest first, and last a connection that has waited for its head for
-//!   less than `stall_time` (most likely a client whose request is on its
-//!   way: a probe that connected a moment ago).
+//! - When they are all taken, a newcomer takes the place of a connection
+//!   that is not making progress of its own doing ([`Front::victim`]), in
+//!   this order:
+//!   1. a client that has not taken its answer whole within `stall_time`
+//!      of its socket filling (it does not read: it pipelined requests and
+//!      left, or reads a byte a second), the longest stalled first;
+//!   2. the one that has waited longest for its head (an idle keep-alive,
+//!      a header trickle, a half-sent request), if for `stall_time` or
+//!      more;
+//!   3. a client whose request waits on tbot with more requests pipelined
+//!      behind it (one connection doing the work of many: HTTP clients
+//!      must be ready to send pipelined requests again when a connection
+//!      closes, RFC 9112 §9.3.2), the one that has waited longest first;
+//!   4. a connection that has waited for its head for less than
+//!      `stall_time` (most likely a client whose request is on its way: a
+//!      probe that connected a moment ago), the oldest first.
 //! - A connection with one request that waits on tbot (a parked `/wait`, a
 //!   slow `/metrics` render, a request queued for tiny_http) keeps its
-//!   slot: its client did nothing wrong. For probes beside them, `probe_room` more
-//!   connections may read a head and get an answer that the serving loop
-//!   gives at once (`/livez`, `/readyz`: see
+//!   slot: its client did nothing wrong. For probes beside them,
+//!   `probe_room` more connections may read a head and get an answer that
+//!   the serving loop gives at once (`/livez`, `/readyz`: see
 //!   [`crate::diag::endpoints::answered`]); any other request made there
 //!   needs a slot (a victim's, else a 503).
 //! - A connection the front closes after it wrote something lingers
@@ -69,13 +72,9 @@ impl Front {
         (slots, room)
     }
 
-    /// The connection that loses its place to a newcomer, if any (see the
-    /// module's rule): a client that has not taken its answer whole within
-    /// `stall_time` of its socket filling, the longest stalled first, else
-    /// the one that has waited longest for its head (for `stall_time` or
-    /// more), else the pipelining client that has waited longest, else the
-    /// one that has waited longest for its head. `slots_only`: not one in
-    /// the probe room (its place frees no slot). Never `except`.
+    /// The connection that loses its place to a newcomer, if any, by the
+    /// module's ranks 1 to 4. `slots_only`: not one in the probe room (its
+    /// place frees no slot). Never `except`.
     pub(super) fn victim(&self, now: Instant, slots_only: bool, except: usize) -> Option<usize> {
         self.conns
             .iter()
@@ -86,21 +85,21 @@ impl Front {
                     State::Reply { .. } => c
                         .stalled_since
                         .filter(|&t| now.saturating_duration_since(t) >= self.limits.stall_time)
-                        .map(|t| (0, t)),
+                        .map(|t| (1, t)),
                     State::Head { .. } => {
                         let waited = now.saturating_duration_since(c.since);
                         let rank = if waited >= self.limits.stall_time {
-                            1
+                            2
                         } else {
-                            3
+                            4
                         };
                         Some((rank, c.since))
                     }
                     State::Queued(ref rq) | State::Piped(ref rq) => {
-                        pipelining(&rq.next).then_some((2, c.since))
+                        pipelining(&rq.next).then_some((3, c.since))
                     }
                     State::Backend { ref keep_alive, .. } => {
-                        pipelining(keep_alive).then_some((2, c.since))
+                        pipelining(keep_alive).then_some((3, c.since))
                     }
                     State::Linger { .. } => None,
                 }?;
