@@ -389,6 +389,66 @@ fn a_probe_that_just_connected_keeps_its_place() {
     drop(pipeliners);
 }
 
+/// Four slots held by clients that never finish a head: two trickle a
+/// header byte every 100 ms (a slowloris without TLS), one sent half a
+/// request and stopped, one sent nothing. Once they have waited a second, a
+/// probe and four `/metrics` newcomers (each keeping its connection) are
+/// all answered, each taking the place of one of them.
+#[test]
+fn slow_and_half_sent_heads_give_up_their_slots() {
+    let t = start("slowloris", "diag_max_connections: 4\n", &[]);
+    let addr = t.addr();
+    t.until("/readyz", Duration::from_secs(10), |r| r.status == 200);
+    let mut held: Vec<TcpStream> = (0..4)
+        .map(|_| TcpStream::connect_timeout(&addr, Duration::from_secs(3)).unwrap())
+        .collect();
+    for c in &mut held[..3] {
+        c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let drip: Vec<TcpStream> = held[..2].iter().map(|c| c.try_clone().unwrap()).collect();
+    let flag = stop.clone();
+    let dripper = std::thread::spawn(move || {
+        let end = Instant::now() + Duration::from_secs(20);
+        while !flag.load(Ordering::Relaxed) && Instant::now() < end {
+            for mut c in &drip {
+                let _ = c.write(b"a");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(
+        probe(addr, "/livez"),
+        Some(200),
+        "a probe beside slow heads"
+    );
+    let mut newcomers = Vec::new();
+    for i in 0..4 {
+        let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let r = read_response(&mut c, false).unwrap_or_else(|e| panic!("newcomer {i}: {e}"));
+        assert_eq!(r.status, 200, "newcomer {i}: {}", r.body);
+        newcomers.push(c);
+    }
+    stop.store(true, Ordering::Relaxed);
+    dripper.join().unwrap();
+    for (i, c) in held.iter_mut().enumerate() {
+        c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut b = [0u8; 64];
+        // Closed (an end of stream, or a reset after a trickle went on
+        // past the lingering close): not left waiting.
+        let closed = !matches!(
+            c.read(&mut b),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
+        );
+        assert!(closed, "slow client {i} still holds its slot");
+    }
+}
+
 /// Slots are free, but the kept connections to the serving loop all carry
 /// `/metrics` requests whose renders take 400 ms, with more queued behind
 /// them. A probe does not wait behind the renders.
