@@ -9,8 +9,9 @@
 //! read on a file, traverse (`x`, not `r`: no listing) on a directory, write
 //! on a socket (`connect(2)` needs write permission, unix(7)). The mask is
 //! that same right, so no named entry can ever grant more. No reader ever
-//! gets write on a file or a directory. With no readers, the ACL is the
-//! minimal one: the plain modes (0600 files, 0700 directories).
+//! gets write on a file or a directory. With no readers nothing is set
+//! (the plain modes: 0600 files, 0700 directories); a reload that removes
+//! the readers puts the minimal ACL back where an earlier one granted some.
 //!
 //! Objects are reached through a [`DirHandle`] and an `O_PATH|O_NOFOLLOW`
 //! descriptor of the entry, whose `/proc/self/fd/N` name libacl resolves to
