@@ -38,6 +38,13 @@ pub struct Readers {
 
 impl Readers {
     pub fn new(service: &str, access: Access, layout: Layout) -> Readers {
+        if access.acls == AclMode::Off && !access.readers.is_empty() {
+            // As upstream: said, not refused.
+            log::info(
+                "readers are configured but acls: off; no ACLs are set for them",
+                &[("service", &service)],
+            );
+        }
         Readers {
             policy: Arc::new(Mutex::new(Policy::new(service, access))),
             layout,
