@@ -6,10 +6,12 @@
 //! and after a CA rotation; a reload that changes the readers applies them
 //! to the current generation at once; on a file system without ACLs
 //! (ramfs), `acls: try` warns and works and `acls: required` is unhealthy.
-//! The socket is bound under its real path (`ss -x`).
+//! The socket is bound under its real path (`ss -x`). A destination inside
+//! the storage directory is reachable, and nothing else there. An unknown
+//! user is refused with file:line:column, at start and at a reload.
 //!
-//! Every test needs root (useradd, setpriv, mount) and says so when it
-//! skips.
+//! Every test but the last needs root (useradd, setpriv, mount) and says so
+//! when it skips.
 
 #[path = "support/certs.rs"]
 #[allow(dead_code)]
@@ -360,6 +362,31 @@ fn a_reload_that_changes_the_readers_applies_them_to_the_current_generation_at_o
     assert!(!t.log().contains("ssh multiplexer stopped"), "{}", t.log());
     wait_ready(&t);
 
+    // An unknown user: the reload is refused with file:line:column, and
+    // the readers in force stay.
+    let bad = config(&path, &principals, "try", &[&second])
+        .replace("renewal_interval: 6s", "renewal_interval: 30s")
+        .replace(
+            &format!("{{user: {}}}", second.name),
+            "{user: no-such-user-tbot-test}",
+        );
+    fs::write(path.join("tbot.yaml"), bad).unwrap();
+    t.signal(libc::SIGHUP);
+    assert!(
+        t.wait_log("configuration reload failed", Duration::from_secs(10)),
+        "{}",
+        t.log()
+    );
+    let file = path.join("tbot.yaml").display().to_string();
+    assert!(
+        t.log().contains(&format!("{file}:9:"))
+            && t.log()
+                .contains("unknown user \\\"no-such-user-tbot-test\\\""),
+        "{}",
+        t.log()
+    );
+    assert!(second.cat(&out.join("key")).status.success());
+
     // acls: off takes every grant away again (the plain modes).
     let cfg = config(&path, &principals, "off", &[&second])
         .replace("renewal_interval: 6s", "renewal_interval: 30s");
@@ -571,4 +598,32 @@ fn a_destination_inside_storage_is_reachable_and_nothing_else_there() {
     let acl = getfacl(&storage);
     assert!(!acl.contains(&format!("user:{}:", reader.uid)), "{acl}");
     assert!(!reader.cat(&key).status.success());
+}
+
+#[test]
+fn an_unknown_reader_is_refused_at_start_with_file_line_and_column() {
+    // No root needed: nothing is started.
+    let dir = TempDir::new("readers-unknown");
+    let cfg = config_text(
+        dir.path(),
+        "",
+        &format!(
+            "  - type: identity\n    principals: [x]\n    destination:\n      type: directory\n      \
+             path: {}\n      readers:\n        - group: root\n        - user: no-such-user-tbot-test\n",
+            dir.join("out").display()
+        ),
+    );
+    let file = dir.write("tbot.yaml", &cfg);
+    let (code, _, err) = run_tbot(
+        &["start", "-c", file.to_str().unwrap()],
+        &[],
+        Duration::from_secs(10),
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains(&format!("{}:11:17: ", file.display()))
+            && err.contains("unknown user \"no-such-user-tbot-test\""),
+        "{err}"
+    );
+    assert!(!dir.join("out").exists(), "nothing written");
 }
