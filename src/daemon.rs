@@ -64,6 +64,7 @@ pub fn start(args: StartArgs) -> i32 {
             &[("directory", &dir.display())],
         );
     }
+    crate::services::readers::grant_passages(&config);
     if args.oneshot {
         // Signals get their default action back: they end a oneshot.
         signals::unblock();

@@ -8,7 +8,8 @@
 //!   hung mount), `chase` (output directories without following others'
 //!   symlinks), `atomic_file` (crash-safe writes), `fsutil` (private
 //!   directories), `trust` (sshd's StrictModes for the CA key),
-//!   `instance_lock` (flock(2): one tbot per storage directory);
+//!   `instance_lock` (flock(2): one tbot per storage directory),
+//!   `acl` (POSIX ACLs for a destination's readers);
 //! - public sockets: `sockets` (spare descriptor, out-of-descriptors
 //!   check, lingering close);
 //! - stopping: `stop` (one stop signal: a channel and a descriptor);
@@ -23,6 +24,7 @@
 //!   text on one bounded line);
 //! - `failpoints`: fault injection for the tests (debug builds only).
 
+pub mod acl;
 pub mod atomic_file;
 pub mod backoff;
 pub mod bounded_read;
