@@ -39,20 +39,39 @@ fn read_only_root_script(dirs: &[&Path]) -> String {
 
 #[test]
 fn it_runs_on_a_read_only_root_with_only_its_own_directories_writable() {
+    run_hardened("ro-root", None);
+}
+
+/// The same, as a UID that no passwd entry names (Kubernetes' restricted
+/// profile may pick any): the storage and output directories are that
+/// UID's, tbot runs as it (setpriv after the mounts).
+#[test]
+fn it_runs_there_as_an_arbitrary_uid() {
+    run_hardened("ro-root-uid", Some(54321));
+}
+
+fn run_hardened(tag: &str, uid: Option<u32>) {
     // SAFETY: geteuid(2) cannot fail and touches no memory.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("skipped: needs root (a mount namespace with a read-only root)");
         return;
     }
-    if Command::new("unshare").arg("--version").output().is_err() {
-        eprintln!("skipped: unshare(1) is not installed (util-linux)");
-        return;
+    for tool in ["unshare", "setpriv"] {
+        if Command::new(tool).arg("--version").output().is_err() {
+            eprintln!("skipped: {tool}(1) is not installed (util-linux)");
+            return;
+        }
     }
-    let dir = TempDir::new("ro-root");
+    let dir = TempDir::new(tag);
     let storage = dir.join("storage");
     let out = dir.join("out");
     std::fs::create_dir(&storage).unwrap();
     std::fs::create_dir(&out).unwrap();
+    if let Some(uid) = uid {
+        for d in [&storage, &out] {
+            std::os::unix::fs::chown(d, Some(uid), Some(uid)).unwrap();
+        }
+    }
     let cfg = format!(
         "version: v2\ndebug: true\nstorage: {{type: directory, path: {}}}\nservices:\n\
          \x20 - type: identity\n    name: web\n    principals: [a]\n    destination: {{type: directory, path: {}}}\n",
@@ -65,8 +84,14 @@ fn it_runs_on_a_read_only_root_with_only_its_own_directories_writable() {
     let mut cmd = Command::new("unshare");
     cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
         .arg(read_only_root_script(&[&storage, &out]))
-        .arg("sh")
-        .arg(BIN)
+        .arg("sh");
+    if let Some(uid) = uid {
+        cmd.arg("setpriv")
+            .arg(format!("--reuid={uid}"))
+            .arg(format!("--regid={uid}"))
+            .arg("--clear-groups");
+    }
+    cmd.arg(BIN)
         .args(["start", "-c"])
         .arg(&cfg_path)
         .args(["--diag-addr", &addr])
@@ -90,7 +115,11 @@ fn it_runs_on_a_read_only_root_with_only_its_own_directories_writable() {
         assert!(Instant::now() < end, "not ready:\n{}", t.log());
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(t.dir.join("out/key-cert.pub").exists());
+    let cert = std::fs::metadata(t.dir.join("out/key-cert.pub")).unwrap();
+    if let Some(uid) = uid {
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(cert.uid(), uid, "tbot did not run as uid {uid}");
+    }
     // The CPU profiler's buffer file needs a writable temporary directory.
     let raw =
         b"GET /debug/pprof/profile?seconds=1 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
