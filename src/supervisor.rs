@@ -155,7 +155,8 @@ pub fn start_one(
     );
     let drain = spec.service.drain();
     let readers = spec.service.readers();
-    let thread = spawn_member(&spec.name, move || supervise(spec.service, ctx)).map_err(named)?;
+    let thread = spawn_member(&spec.name, move || supervise(spec.service, ctx))
+        .map_err(crate::infra::limits::name_task_limit)?;
     Ok(Running {
         name: spec.name,
         thread,

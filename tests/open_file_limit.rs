@@ -84,3 +84,55 @@ fn a_hard_limit_too_low_is_named() {
         "{log}"
     );
 }
+
+#[test]
+fn a_renewal_out_of_descriptors_names_the_limit() {
+    let dir = TempDir::new("nofile-renewal");
+    let services = format!(
+        "  - type: identity\n    name: web\n    principals: [a]\n    destination: {{type: directory, path: {}}}\n",
+        dir.join("out").display()
+    );
+    let cfg = config_text(
+        dir.path(),
+        "credential_ttl: 1m\nrenewal_interval: 300ms\n",
+        &services,
+    );
+    let t = Tbot::start(dir, &cfg, &[]);
+    t.until("/readyz", Duration::from_secs(20), |r| r.status == 200);
+    // The limit drops under tbot's feet to what it holds now: the next
+    // renewal's first new descriptor fails with EMFILE.
+    let open = t.open_fds() as u64;
+    let lim = libc::rlimit {
+        rlim_cur: open,
+        rlim_max: 4096,
+    };
+    // SAFETY: prlimit(2) on our own child, with a valid struct.
+    let rc = unsafe {
+        libc::prlimit(
+            t.pid() as i32,
+            libc::RLIMIT_NOFILE,
+            &lim,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    let reason = loop {
+        let log = t.log();
+        if let Some(line) = log
+            .lines()
+            .find(|l| l.contains("service=web") && l.contains("Too many open files"))
+        {
+            break line.to_string();
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "no EMFILE in the log:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        reason.contains(&format!("RLIMIT_NOFILE soft {open}, hard 4096")),
+        "{reason}"
+    );
+}

@@ -54,17 +54,38 @@ fn raised_nofile() -> Option<(u64, Option<u64>)> {
 }
 
 /// `e`, with the limit it hit named when it is one: the open-file limit
-/// (EMFILE: soft and hard RLIMIT_NOFILE and how many are open), the
-/// system's (ENFILE: `fs.file-max`), or, for a thread that could not be
-/// started (EAGAIN), the limits on tasks.
+/// (EMFILE: soft and hard RLIMIT_NOFILE and how many are open) or the
+/// system's (ENFILE: `fs.file-max`).
 pub fn name_limit(e: io::Error) -> io::Error {
+    match e.raw_os_error() {
+        Some(libc::EMFILE | libc::ENFILE) => named(e),
+        _ => e,
+    }
+}
+
+/// [`name_limit`], and for a thread that could not be started (EAGAIN
+/// from pthread_create) the limits on tasks.
+pub fn name_task_limit(e: io::Error) -> io::Error {
+    match e.raw_os_error() {
+        Some(libc::EMFILE | libc::ENFILE | libc::EAGAIN) => named(e),
+        _ => e,
+    }
+}
+
+/// The text of a descriptor's error `e` at `path`, naming the limit when
+/// it is one (see [`name_limit`]).
+pub fn describe_at(path: &std::path::Path, e: io::Error) -> String {
+    format!("{}: {}", path.display(), name_limit(e))
+}
+
+fn named(e: io::Error) -> io::Error {
     let Some(named) = limit_text(&e) else {
         return e;
     };
     io::Error::new(e.kind(), format!("{e}: {named}"))
 }
 
-/// [`name_limit`]'s words for the limit behind `e`, if one is.
+/// The words for the limit behind `e`, if one is.
 fn limit_text(e: &io::Error) -> Option<String> {
     let show = |v: Option<u64>| v.map_or("unlimited".to_string(), |n| n.to_string());
     match e.raw_os_error()? {
