@@ -1,13 +1,14 @@
 //! contrib/tbot-alerts.yml with real processes: a real Prometheus (Debian's
 //! `prometheus`) loads the rules and scrapes a real tbot, which the test
-//! drives into each failure in turn: a reload of a broken file, an
-//! unwritable destination (left so until a certificate's renewal is overdue
-//! and it is close to expiry), a service held in its start (the debug build's
-//! `service-hold@NAME` failpoint), tbot killed, and at last its target
-//! gone from Prometheus' service discovery. Each expected alert must show firing in
-//! Prometheus' `ALERTS` (HTTP API) within its `for:` plus two evaluation
-//! intervals of tbot reporting the failure, and while tbot is healthy, with
-//! a 5-minute credential_ttl, none may fire.
+//! drives into each failure in turn: a reload of a broken file, unwritable
+//! destinations (left so until a certificate's renewal is overdue and it is
+//! close to expiry), a service held in its start (the debug build's
+//! `service-hold@NAME` failpoint), multiplexer requests it refuses, tbot
+//! killed, and at last its target gone from Prometheus' service discovery.
+//! Each expected alert must show firing in Prometheus' `ALERTS` (HTTP API)
+//! within its `for:` plus two evaluation intervals of tbot showing the
+//! failure, and while tbot is healthy, with a 5-minute credential_ttl (and
+//! a 1-minute one), none may fire.
 //!
 //! To keep this short, the test loads a copy of the rules with every `for:`
 //! lowered to [`FOR`] (as tbot(1), ALERTS, says to try them), and
@@ -25,6 +26,8 @@ use common::util::Metrics;
 use common::*;
 use prometheus::Prometheus;
 use reload_support::{identity, reload_to};
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -71,15 +74,18 @@ scrape_configs:
 /// tbot's configuration: the output `a`, a 5-minute credential renewed
 /// every 10 s, and `short`, a 1-minute one (a 2-minute lifetime with the
 /// 60 s backdate: its renewal is overdue 12 s after its due time), both
-/// under `DIR/a/`; and `more` services.
+/// under `DIR/a/`; the multiplexer `mux` (`DIR/mux/v1.sock`); and `more`
+/// services.
 fn tbot_config(dir: &Path, more: &str) -> String {
     let me = common::util::current_user();
     let out = |name: &str| dir.join("a").join(name).display().to_string();
     let services = format!(
         "  - type: identity\n    name: a\n    principals: [{me}]\n    destination: {{type: directory, path: {}}}\n\
-         \x20 - type: identity\n    name: short\n    principals: [{me}]\n    credential_ttl: 1m\n    destination: {{type: directory, path: {}}}\n{more}",
+         \x20 - type: identity\n    name: short\n    principals: [{me}]\n    credential_ttl: 1m\n    destination: {{type: directory, path: {}}}\n\
+         \x20 - type: ssh-multiplexer\n    name: mux\n    identity: a\n    destination: {{type: directory, path: {}}}\n{more}",
         out("machine-id"),
-        out("short")
+        out("short"),
+        dir.join("mux").display()
     );
     config_text(
         dir,
@@ -270,6 +276,27 @@ fn each_failure_fires_its_alert_in_a_real_prometheus_and_health_fires_none() {
         "TbotServiceStuckInitializing",
         &[("service", "held")],
         since,
+    );
+
+    // Multiplexer requests it refuses: 20 at once are 4 a minute over the
+    // 5-minute window, all of them errors.
+    let socket = t.dir.join("mux/v1.sock");
+    for _ in 0..20 {
+        let mut c = UnixStream::connect(&socket).unwrap();
+        c.write_all(b"nonsense\0").unwrap();
+        let mut answer = String::new();
+        let _ = c.read_to_string(&mut answer);
+        assert!(answer.contains("no port"), "{answer:?}");
+    }
+    let errors = "tbot_ssh_multiplexer_requests_handled_total{status=\"ERROR\"}";
+    t.until("/metrics", Duration::from_secs(10), |r| {
+        Metrics::parse(&r.body).sample(errors) == Some(20.0)
+    });
+    fires(
+        &p,
+        "TbotMultiplexerErrors",
+        &[("job", "tbot")],
+        Instant::now(),
     );
 
     // tbot killed.
