@@ -6,7 +6,8 @@
 //!   `clock_step` (wall-clock steps, through a timerfd);
 //! - files: `chase` (output directories without following others'
 //!   symlinks), `atomic_file` (crash-safe writes), `fsutil` (private
-//!   directories), `instance_lock` (flock(2): one tbot per storage directory);
+//!   directories), `instance_lock` (flock(2): one tbot per storage directory),
+//!   `owner` (whose a directory is; no running on another user's storage);
 //! - public sockets: `sockets` (spare descriptor, out-of-descriptors
 //!   check, lingering close);
 //! - stopping: `stop` (one stop signal: a channel and a descriptor);
@@ -31,6 +32,7 @@ pub mod inotify;
 pub mod instance_lock;
 pub mod liveness;
 pub mod malloc;
+pub mod owner;
 pub mod poll;
 pub mod procstat;
 pub mod signals;
