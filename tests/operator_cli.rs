@@ -562,6 +562,8 @@ fn tbot_info_carries_the_same_build_as_version() {
         .unwrap_or_else(|| panic!("{body}"));
     let version = first.trim_start_matches("tbot ");
     assert!(line.contains(&format!("version=\"{version}\"")), "{line}");
+    let keys: Vec<&str> = fields.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["revision", "tree", "rustc", "target"], "--version");
     for (k, v) in &fields {
         assert!(line.contains(&format!("{k}=\"{v}\"")), "{k}: {line}");
     }
