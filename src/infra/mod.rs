@@ -7,7 +7,8 @@
 //! - files: `chase` (output directories without following others'
 //!   symlinks), `atomic_file` (crash-safe writes), `fsutil` (private
 //!   directories), `instance_lock` (flock(2): one tbot per storage directory),
-//!   `owner` (whose a directory is; no running on another user's storage);
+//!   `acl` (POSIX ACLs for a destination's readers), `owner` (whose a
+//!   directory is; no running on another user's storage);
 //! - public sockets: `sockets` (spare descriptor, out-of-descriptors
 //!   check, lingering close);
 //! - stopping: `stop` (one stop signal: a channel and a descriptor);
@@ -20,6 +21,7 @@
 //! - formats: `duration` (Go syntax), `timefmt` (RFC 3339);
 //! - `failpoints`: fault injection for the tests (debug builds only).
 
+pub mod acl;
 pub mod atomic_file;
 pub mod backoff;
 pub mod chase;
