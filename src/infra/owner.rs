@@ -87,21 +87,27 @@ pub fn refuse_foreign_storage(storage: &Path, command: &str) -> Result<(), Strin
 }
 
 /// This process's command line, as a shell would take it back: arguments
-/// with anything but `[A-Za-z0-9_./:=@+-]` in single quotes.
+/// with anything but `[A-Za-z0-9_./:=@+,-]` in single quotes (bytes that are
+/// not UTF-8, which only the program's own path can still hold here, shown
+/// as U+FFFD).
 pub fn command_line() -> String {
-    std::env::args()
-        .map(|a| {
-            let plain = !a.is_empty()
-                && a.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "_./:=@+-,".contains(c));
-            if plain {
-                a
-            } else {
-                format!("'{}'", a.replace('\'', r"'\''"))
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+    shell_words(std::env::args_os().map(|a| a.to_string_lossy().into_owned()))
+}
+
+/// `args` joined with spaces, each quoted for a POSIX shell when it needs it.
+fn shell_words(args: impl Iterator<Item = String>) -> String {
+    args.map(|a| {
+        let plain = !a.is_empty()
+            && a.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_./:=@+-,".contains(c));
+        if plain {
+            a
+        } else {
+            format!("'{}'", a.replace('\'', r"'\''"))
+        }
+    })
+    .collect::<Vec<_>>()
+    .join(" ")
 }
 
 #[cfg(test)]
@@ -113,6 +119,15 @@ mod tests {
         assert_eq!(user_name(0).as_deref(), Some("root"));
         assert_eq!(user_name(4_000_000_123), None);
         assert_eq!(describe_user(4_000_000_123), "uid 4000000123");
+    }
+
+    #[test]
+    fn the_suggested_command_line_survives_a_shell() {
+        let words = ["/usr/bin/tbot", "start", "-c", "/etc/my tbot/it's.yaml", ""];
+        assert_eq!(
+            shell_words(words.iter().map(|w| w.to_string())),
+            r"/usr/bin/tbot start -c '/etc/my tbot/it'\''s.yaml' ''"
+        );
     }
 
     #[test]
