@@ -122,9 +122,13 @@ impl Metrics {
             &r,
             "tbot_info",
             "Information about this tbot build; always 1.",
-            &["version"],
+            &["version", "revision", "tree", "rustc", "target"],
         )?;
-        info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        {
+            use crate::build_info as b;
+            info.with_label_values(&[b::VERSION, b::REVISION, b::TREE, b::RUSTC, b::TARGET])
+                .set(1);
+        }
         let (mux_started, mux_handled, mux_in_flight) = mux_metrics(&r)?;
         let (reload_successful, reload_success_timestamp) = reload_metrics(&r)?;
         Ok(Metrics {
