@@ -25,12 +25,10 @@ pub fn run(config: &Config) -> i32 {
             return exit::FAILURE;
         }
     };
-    log::info(
-        "the bot's CA is loaded",
-        &[
-            ("path", &issuer.key_path().display()),
-            ("fingerprint", &issuer.fingerprint()),
-        ],
+    crate::services::bot_identity::log_first(
+        &issuer.key_path().display().to_string(),
+        issuer.fingerprint(),
+        issuer.generated(),
     );
     let host = crate::infra::host::hostname();
     let mut outputs = 0;

@@ -9,7 +9,8 @@
 //!   symlinks), `atomic_file` (crash-safe writes), `fsutil` (private
 //!   directories), `trust` (sshd's StrictModes for the CA key),
 //!   `instance_lock` (flock(2): one tbot per storage directory),
-//!   `acl` (POSIX ACLs for a destination's readers);
+//!   `acl` (POSIX ACLs for a destination's readers), `owner` (whose a
+//!   directory is; no running on another user's storage);
 //! - public sockets: `sockets` (spare descriptor, out-of-descriptors
 //!   check, lingering close);
 //! - stopping: `stop` (one stop signal: a channel and a descriptor);
@@ -39,6 +40,7 @@ pub mod instance_lock;
 pub mod limits;
 pub mod liveness;
 pub mod malloc;
+pub mod owner;
 pub mod poll;
 pub mod procstat;
 pub mod quote;
