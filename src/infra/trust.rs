@@ -33,19 +33,22 @@ pub fn check_file_owner(path: &Path, meta: &std::fs::Metadata) -> Result<(), Str
 /// it: owned by tbot's user or root, not writable by group or others (above
 /// `dir`, unless sticky). The error names the first that is not, and why.
 pub fn check_dirs(dir: &Path) -> Result<(), String> {
-    check_from(dir, true)
+    check_from(dir, true, true)
 }
 
-/// [`check_dirs`] for a directory tbot will create when it is missing (the
-/// storage directory, at load): its nearest existing ancestor and those
-/// above it are checked as directories above the holding one.
+/// [`check_dirs`] at load, for the storage directory, which tbot creates
+/// when it is missing: then its nearest existing ancestor and those above
+/// it are checked as directories above the holding one. The storage
+/// directory's own owner is left to `infra::owner` (which refuses any
+/// owner but tbot's user, and says how to run as it); its mode is checked
+/// here.
 pub fn check_dirs_to_be(dir: &Path) -> Result<(), String> {
     match std::fs::symlink_metadata(dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => match dir.parent() {
             Some(p) if !p.as_os_str().is_empty() => check_from_existing(p),
             _ => Ok(()),
         },
-        _ => check_dirs(dir),
+        _ => check_from(dir, true, false),
     }
 }
 
@@ -57,10 +60,12 @@ fn check_from_existing(dir: &Path) -> Result<(), String> {
             _ => return Ok(()),
         }
     }
-    check_from(d, false)
+    check_from(d, false, true)
 }
 
-fn check_from(dir: &Path, mut holding: bool) -> Result<(), String> {
+/// `holding`: `dir` holds the trusted file (no sticky exception); then
+/// `holding_owner` says whether its owner is judged here.
+fn check_from(dir: &Path, mut holding: bool, holding_owner: bool) -> Result<(), String> {
     let dir = std::path::absolute(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     for d in dir.ancestors() {
         let meta = match std::fs::metadata(d) {
@@ -71,6 +76,11 @@ fn check_from(dir: &Path, mut holding: bool) -> Result<(), String> {
             Err(e) => return Err(format!("{}: {e}", d.display())),
         };
         let mode = meta.mode() & 0o7777;
+        if holding && !holding_owner && meta.uid() != rustix::process::geteuid().as_raw() {
+            // Another user's storage directory: `infra::owner` refuses it,
+            // whatever its mode, and says how to run as its owner.
+            return Ok(());
+        }
         if !trusted_owner(meta.uid()) {
             return Err(format!(
                 "{}: owned by uid {}, not by tbot's user or root; another user could replace the CA key below it",
