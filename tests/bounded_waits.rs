@@ -1,8 +1,11 @@
 //! No wait on a peer is unbounded (issue 17, item 3), through the real
 //! binary: a systemd notify socket whose reader never reads, a stderr pipe
-//! nobody drains, a configuration path that is a FIFO nobody writes. In
+//! nobody drains, a configuration path that is a FIFO nobody writes: in
 //! each case the diagnostics service answers, renewals go on, and SIGTERM
-//! ends tbot within seconds with status 0.
+//! ends tbot within seconds with status 0. And a resolver that never
+//! answers (root: network and mount namespaces): SIGTERM during the
+//! start-up lookup of a diagnostics host name exits 0 at once, and a
+//! multiplexer target's lookup is given up after the dial timeout.
 
 mod common;
 use common::util::free_port;
