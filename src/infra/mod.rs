@@ -9,7 +9,10 @@
 //!   directories), `instance_lock` (flock(2): one tbot per storage directory);
 //! - public sockets: `sockets` (spare descriptor, out-of-descriptors
 //!   check, lingering close);
-//! - stopping: `stop` (one stop signal: a channel and a descriptor);
+//! - stopping: `stop` (the one stop signal: a flag and a channel, and a
+//!   descriptor for those who ask);
+//! - subscriptions: `subscribers` (lists whose entries end with their
+//!   subscriber);
 //! - retries: `backoff` (exponential, the one kind);
 //! - threads: `threads` (named threads), `malloc` (glibc arenas for a
 //!   thread per service), `liveness` (turn counters the
@@ -36,6 +39,7 @@ pub mod procstat;
 pub mod signals;
 pub mod sockets;
 pub mod stop;
+pub mod subscribers;
 pub mod systemd;
 pub mod threads;
 pub mod timefmt;

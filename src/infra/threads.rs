@@ -125,6 +125,75 @@ where
     })
 }
 
+/// `e` (a thread or descriptor that could not be made), with the limit
+/// that most likely refused it, read now: for `EAGAIN` the pids cgroup's
+/// `pids.max` (v2, or v1's `pids` controller; the nearest limited group up
+/// from tbot's own) and `RLIMIT_NPROC`; for `EMFILE` `RLIMIT_NOFILE`; for
+/// `ENFILE` the system's `fs.file-max`. An operator reads it in the health
+/// row's reason, so it says which knob to turn.
+pub fn explain_limit(e: &std::io::Error) -> String {
+    use rustix::process::{getrlimit, Resource};
+    let limit = |r| match getrlimit(r).current {
+        Some(n) => n.to_string(),
+        None => "unlimited".to_string(),
+    };
+    match e.raw_os_error() {
+        Some(libc::EAGAIN) => {
+            let cgroup = pids_limit().map_or_else(
+                || "no pids cgroup limit".to_string(),
+                |(file, max, current)| {
+                    format!("the cgroup's pids.max is {max} ({current} in use; {file})")
+                },
+            );
+            format!(
+                "{e}: out of threads: {cgroup}, RLIMIT_NPROC is {}",
+                limit(Resource::Nproc)
+            )
+        }
+        Some(libc::EMFILE) => format!(
+            "{e}: out of descriptors: RLIMIT_NOFILE is {}",
+            limit(Resource::Nofile)
+        ),
+        Some(libc::ENFILE) => format!("{e}: the system's limit on open files (fs.file-max)"),
+        _ => e.to_string(),
+    }
+}
+
+/// The nearest pids cgroup limit over this process: (`pids.max` file,
+/// its value, `pids.current`), or None when no group up to the root has
+/// one.
+fn pids_limit() -> Option<(String, String, String)> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    // `ID:CONTROLLERS:PATH`; v1's pids controller first (a hybrid host's
+    // v2 hierarchy may lack it), else the v2 line (`0::PATH`).
+    let line = |pids: bool| {
+        own.lines().find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
+            let v1 = controllers.split(',').any(|c| c == "pids");
+            (if pids { v1 } else { controllers.is_empty() }).then(|| path.to_string())
+        })
+    };
+    let (base, mut path) = match line(true) {
+        Some(p) => ("/sys/fs/cgroup/pids", p),
+        None => ("/sys/fs/cgroup", line(false)?),
+    };
+    loop {
+        let dir = format!("{base}{}", path.trim_end_matches('/'));
+        let file = format!("{dir}/pids.max");
+        if let Ok(max) = std::fs::read_to_string(&file) {
+            let max = max.trim();
+            if max != "max" {
+                let current = std::fs::read_to_string(format!("{dir}/pids.current"))
+                    .map_or_else(|_| "?".to_string(), |c| c.trim().to_string());
+                return Some((file, max.to_string(), current));
+            }
+        }
+        let cut = path.trim_end_matches('/').rfind('/')?;
+        path.truncate(cut);
+    }
+}
+
 /// Spawns a named thread (see [`spawn`]) with a [`SERVICE_STACK_BYTES`]
 /// stack, whose end can be awaited with a deadline: the [`Member`] is
 /// added to a [`Group`].

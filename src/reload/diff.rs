@@ -1,73 +1,16 @@
 //! Which services a new configuration adds, removes, changes and keeps.
 //!
-//! A service is compared by name on its *effective* configuration: its own
-//! section plus every top-level setting it is built from (`services::build`).
-//! So a changed `renewal_interval` changes every identity output that does
-//! not override it, and the internal `identity`; a changed
+//! A service is compared by name on its key (`services::Key`): what
+//! `services::build` built it from, its own section plus every top-level
+//! setting it reads. So a changed `renewal_interval` changes every identity
+//! output that does not override it, and the internal `identity`; a changed
 //! `heartbeat_interval` changes `heartbeat`; a multiplexer whose identity
 //! output moved changes too, since its ssh_config names that directory.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::time::Duration;
 
-use crate::config::{Config, IdentityConfig, MultiplexerConfig, ServiceConfig};
-
-/// What one service is built from. Two equal values build the same service.
-#[derive(Debug, PartialEq)]
-enum Effective {
-    BotIdentity {
-        storage: PathBuf,
-        renewal_interval: Duration,
-    },
-    CaRotation {
-        storage: PathBuf,
-    },
-    Heartbeat {
-        storage: PathBuf,
-        interval: Duration,
-    },
-    Identity(IdentityConfig),
-    Multiplexer {
-        config: MultiplexerConfig,
-        identity_dir: Option<PathBuf>,
-    },
-}
-
-/// Every service of `config` by name, as `services::build` builds them.
-fn effective(config: &Config) -> BTreeMap<String, Effective> {
-    let storage = || config.storage.clone();
-    let mut all = BTreeMap::new();
-    all.insert(
-        "identity".to_string(),
-        Effective::BotIdentity {
-            storage: storage(),
-            renewal_interval: config.renewal_interval,
-        },
-    );
-    all.insert(
-        "ca-rotation".to_string(),
-        Effective::CaRotation { storage: storage() },
-    );
-    all.insert(
-        "heartbeat".to_string(),
-        Effective::Heartbeat {
-            storage: storage(),
-            interval: config.heartbeat_interval,
-        },
-    );
-    for s in &config.services {
-        let e = match s {
-            ServiceConfig::Identity(c) => Effective::Identity(c.clone()),
-            ServiceConfig::SshMultiplexer(m) => Effective::Multiplexer {
-                config: m.clone(),
-                identity_dir: config.identity(&m.identity).map(|i| i.destination.clone()),
-            },
-        };
-        all.insert(s.name().to_string(), e);
-    }
-    all
-}
+use crate::config::Config;
+use crate::services::Key;
 
 /// Service names, sorted, in four disjoint sets.
 #[derive(Debug, Default, PartialEq)]
@@ -78,21 +21,26 @@ pub struct Diff {
     pub kept: Vec<String>,
 }
 
-/// Compares the services of `old` and `new` by name.
-pub fn diff(old: &Config, new: &Config) -> Diff {
-    let (old, new) = (effective(old), effective(new));
+/// Compares the services in force (`old`) with those of the new
+/// configuration (`new`), each as (name, key), by name.
+pub fn diff<'a>(
+    old: impl IntoIterator<Item = (&'a str, Key)>,
+    new: impl IntoIterator<Item = (&'a str, Key)>,
+) -> Diff {
+    let old: BTreeMap<&str, Key> = old.into_iter().collect();
+    let new: BTreeMap<&str, Key> = new.into_iter().collect();
     let mut d = Diff::default();
     for (name, was) in &old {
         match new.get(name) {
-            None => d.removed.push(name.clone()),
-            Some(now) if now == was => d.kept.push(name.clone()),
-            Some(_) => d.changed.push(name.clone()),
+            None => d.removed.push(name.to_string()),
+            Some(now) if now == was => d.kept.push(name.to_string()),
+            Some(_) => d.changed.push(name.to_string()),
         }
     }
     d.added = new
         .keys()
         .filter(|n| !old.contains_key(*n))
-        .cloned()
+        .map(|n| n.to_string())
         .collect();
     d
 }
@@ -122,7 +70,16 @@ pub fn needs_restart(old: &Config, new: &Config) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
+    use std::path::{Path, PathBuf};
+
+    /// The diff of two configurations, through `services::build`'s keys.
+    fn diff_of(old: &Config, new: &Config) -> Diff {
+        let (old, new) = (crate::services::build(old), crate::services::build(new));
+        diff(
+            old.iter().map(|s| (s.name.as_str(), s.key)),
+            new.iter().map(|s| (s.name.as_str(), s.key)),
+        )
+    }
 
     fn parse(top: &str, services: &str) -> Config {
         let text = format!(
@@ -141,32 +98,32 @@ mod tests {
     fn services_are_added_removed_changed_and_kept_by_name() {
         let old = parse("", &[ID_A, ID_B, MUX].concat());
         let new = parse("", &[ID_A, ID_B2, ID_C].concat());
-        let d = diff(&old, &new);
+        let d = diff_of(&old, &new);
         assert_eq!(d.added, ["c"]);
         assert_eq!(d.removed, ["m"]);
         assert_eq!(d.changed, ["b"]);
         assert_eq!(d.kept, ["a", "ca-rotation", "heartbeat", "identity"]);
-        assert_eq!(diff(&old, &old).kept.len(), 6);
+        assert_eq!(diff_of(&old, &old).kept.len(), 6);
     }
 
     #[test]
     fn top_level_settings_change_the_services_built_from_them() {
         let old = parse("", &[ID_A, ID_C, MUX].concat());
         let new = parse("renewal_interval: 10m\n", &[ID_A, ID_C, MUX].concat());
-        let d = diff(&old, &new);
+        let d = diff_of(&old, &new);
         // `c` overrides the interval; the multiplexer does not use it.
         assert_eq!(d.changed, ["a", "identity"]);
         let new = parse("heartbeat_interval: 1m\n", &[ID_A, ID_C, MUX].concat());
-        assert_eq!(diff(&old, &new).changed, ["heartbeat"]);
+        assert_eq!(diff_of(&old, &new).changed, ["heartbeat"]);
         // The multiplexer's ssh_config names its identity output's directory.
         let moved = ID_A.replace("path: /a", "path: /a2");
         let new = parse("", &[moved.as_str(), ID_C, MUX].concat());
-        assert_eq!(diff(&old, &new).changed, ["a", "m"]);
+        assert_eq!(diff_of(&old, &new).changed, ["a", "m"]);
         let new = parse(
             "debug: true\ndiag_addr: 127.0.0.1:9\n",
             &[ID_A, ID_C, MUX].concat(),
         );
-        assert!(diff(&old, &new).changed.is_empty());
+        assert!(diff_of(&old, &new).changed.is_empty());
     }
 
     #[test]

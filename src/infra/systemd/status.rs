@@ -123,16 +123,18 @@ pub fn start(health: &Health, stop: &Receiver<()>) -> Result<(), String> {
     }
     // Capacity 1: a pending notice already says "look again".
     let (changed_tx, changed) = crossbeam_channel::bounded(1);
-    // Kept for good: the thread reading it lives as long as the daemon.
-    health.on_change(move || {
+    // Held by the thread: the subscription ends with it.
+    let subscription = health.on_change(move || {
         let _ = changed_tx.try_send(());
-        true
     });
     let health = health.clone();
     let stop = stop.clone();
-    crate::infra::threads::spawn("sd-status", move || run(&health, &changed, &stop))
-        .map(drop)
-        .map_err(|e| format!("sd-status thread: {e}"))
+    crate::infra::threads::spawn("sd-status", move || {
+        let _subscription = subscription;
+        run(&health, &changed, &stop)
+    })
+    .map(drop)
+    .map_err(|e| format!("sd-status thread: {e}"))
 }
 
 fn run(health: &Health, changed: &Receiver<()>, stop: &Receiver<()>) {

@@ -49,6 +49,7 @@ use crate::config::{Config, MultiplexerConfig};
 use crate::infra::inotify;
 use crate::infra::poll::{poll, woke, PollFd, PollFlags};
 use crate::infra::sockets::{out_of_descriptors, Spare};
+use crate::infra::threads::explain_limit;
 use crate::log::{self, once_a_second};
 use crate::services::{Context, Drain, Service};
 
@@ -254,7 +255,9 @@ fn accept_loop(
             .flatten()
             .min();
         let (stopping, readable, dest_changed) = {
-            let stop = ctx.stop_fd();
+            let stop = ctx
+                .stop_fd()
+                .map_err(|e| format!("stop descriptor: {}", explain_limit(&e)))?;
             let mut fds = vec![
                 PollFd::new(&stop, PollFlags::IN),
                 PollFd::new(&socket.listener, PollFlags::IN),
