@@ -239,6 +239,46 @@ fn a_start_whose_threads_the_pids_limit_refuses_serves_and_its_services_start_la
     t.until("/readyz", Duration::from_secs(20), |r| r.status == 200);
 }
 
+#[test]
+fn a_reload_that_adds_the_diagnostics_service_beyond_the_pids_limit_fails_whole() {
+    let cg = match PidsCgroup::new("diag") {
+        Ok(cg) => cg,
+        Err(why) => return eprintln!("skipped: {why}"),
+    };
+    let dir = TempDir::new("apply-pids-diag");
+    let d = dir.path().to_path_buf();
+    let with = config_text(&d, "diag_addr: 127.0.0.1:0\n", &identity(&d, "a"));
+    let without = config_text(&d, "", &identity(&d, "a"));
+    let mut t = start(dir, &with, &[], None);
+    t.until("/readyz", Duration::from_secs(20), |r| r.status == 200);
+    assert!(reload_to(&t, &without).contains("configuration reloaded"));
+    cg.add(t.pid());
+    cg.set_max(&cg.current().to_string());
+    // Its threads (tiny_http's among them) cannot be made: the reload
+    // fails, whole, and tbot runs on.
+    let line = reload_to(&t, &with);
+    assert!(
+        line.contains("configuration reload failed") && line.contains("pids.max"),
+        "{line}"
+    );
+    assert!(
+        t.wait_exit(Duration::from_millis(500)).is_none(),
+        "tbot died; log:\n{}",
+        t.log()
+    );
+    cg.set_max("max");
+    assert!(reload(&t).contains("configuration reloaded"));
+    let addr = t
+        .log()
+        .lines()
+        .rfind(|l| l.contains("diagnostics service listening"))
+        .and_then(|l| l.split(' ').find_map(|w| w.strip_prefix("addr=")))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(get(addr, "/livez").status, 200);
+}
+
 /// The names of the process's threads (`comm`: 15 bytes).
 fn thread_names(pid: u32) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))

@@ -33,6 +33,7 @@ use crate::health::{Health, Listener};
 use crate::infra::liveness::{Beat, Poke};
 use crate::infra::stop::{Stop, Stopper};
 use crate::infra::subscribers::Subscription;
+use crate::infra::threads::explain_limit;
 use crate::log;
 use crate::metrics::Metrics;
 
@@ -124,11 +125,24 @@ pub struct Diag {
     slots: Slots,
 }
 
+/// tiny_http on a fresh socket in `dir`. tiny_http starts its accept
+/// thread with `std::thread::spawn`, which panics when no thread can be
+/// made (a pids cgroup limit): that panic is this error, not the end of
+/// the calling thread (the main thread, at a reload).
 fn backend(dir: &Path, generation: usize) -> Result<(tiny_http::Server, PathBuf), String> {
     let path = dir.join(format!("http-{generation}.sock"));
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let server = tiny_http::Server::from_listener(listener, None)
+    let server = catch_unwind(|| tiny_http::Server::from_listener(listener, None))
+        .map_err(|p| {
+            let why = crate::supervisor::panic_message(p.as_ref());
+            // std's message carries the error's code only.
+            let limit = match why.contains("code: 11") {
+                true => explain_limit(&std::io::Error::from_raw_os_error(libc::EAGAIN)),
+                false => why,
+            };
+            format!("tiny_http cannot start its thread: {limit}")
+        })?
         .map_err(|e| format!("{}: {e}", path.display()))?;
     Ok((server, path))
 }
