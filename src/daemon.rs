@@ -92,7 +92,7 @@ fn run(args: StartArgs, config: Arc<Config>) -> Result<(), String> {
     systemd::watchdog::start(watched, stop.receiver())?;
     systemd::status::start(&health, stop.receiver())?;
     let readiness: Readiness = Default::default();
-    let (applied, first_apply) = crossbeam_channel::bounded::<()>(0);
+    let (applied, first_apply) = crossbeam_channel::bounded::<()>(1);
     let notifier = notify_ready(health.clone(), stop, readiness.clone(), first_apply)?;
 
     let shared = Arc::new(Shared {
@@ -112,7 +112,7 @@ fn run(args: StartArgs, config: Arc<Config>) -> Result<(), String> {
     // Start is an apply to the empty set. A failure (the diagnostics
     // address is busy, say) has changed nothing: tbot exits.
     current.apply(Arc::unwrap_or_clone(config))?;
-    drop(applied);
+    let _ = applied.send(());
     let (services, waiting) = current.counts();
     log::info(
         "tbot started",
@@ -161,9 +161,9 @@ fn shut_down(
     }
 }
 
-/// Sends `READY=1` once the first apply is done (`first_apply`
-/// disconnects) and every service has reported (and records that it did,
-/// for reloads); gives up at `stop`.
+/// Sends `READY=1` once the first apply is done (a value on
+/// `first_apply`; its end without one means it failed) and every service
+/// has reported (and records that it did, for reloads); gives up at `stop`.
 fn notify_ready(
     health: Health,
     stop: Stop,
@@ -172,7 +172,7 @@ fn notify_ready(
 ) -> Result<std::thread::JoinHandle<()>, String> {
     crate::infra::threads::spawn("sd-notify", move || {
         crossbeam_channel::select! {
-            recv(first_apply) -> _ => {}
+            recv(first_apply) -> applied => if applied.is_err() { return },
             recv(stop.receiver()) -> _ => return,
         }
         while !stop.is_set() {
