@@ -52,6 +52,8 @@ pub fn start(args: StartArgs) -> i32 {
         }
     };
     if args.oneshot {
+        // (The daemon's apply does this, at start as at each reload.)
+        crate::services::readers::grant_passages(&config);
         // Signals keep their default action: SIGINT/SIGTERM end a oneshot.
         return crate::oneshot::run(&config);
     }

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
+use crate::config::Access;
 use crate::health::Update;
 use crate::infra::backoff::Backoff;
 use crate::infra::stop::{Stop, Stopper};
@@ -77,11 +78,16 @@ pub struct Running {
     pub name: String,
     /// What it was built from (see [`Key`]): a reload keeps it if unchanged.
     pub key: Key,
+    /// Its destination's `acls`/`readers`, apart from the key: a reload
+    /// that changes only these replaces them in place (`readers`).
+    pub access: Option<Access>,
     state: State,
     /// Dropping it stops the service (see [`Running::stop`]).
     stop: Stopper,
     /// For a multiplexer, its live relays (see [`Drain`]).
     pub drain: Option<Drain>,
+    /// For a service with a destination, its readers (see `services::readers`).
+    pub readers: Option<crate::services::readers::Readers>,
 }
 
 enum State {
@@ -154,7 +160,6 @@ fn launch(name: &str, job: Job, previous: Option<Duration>) -> State {
     let inside = slot.clone();
     let take =
         |s: &std::sync::Mutex<Option<Job>>| s.lock().unwrap_or_else(|p| p.into_inner()).take();
-    crate::infra::failpoints::hit("service-spawn");
     let error = match spawn_member(name, move || {
         if let Some(job) = take(&inside) {
             supervise(job.service, job.ctx);
@@ -233,6 +238,7 @@ pub fn start(spec: Spec, updates: &Sender<Update>, shared: &Arc<Shared>) -> Runn
         shared.clone(),
     );
     let drain = spec.service.drain();
+    let readers = spec.service.readers();
     let job = Job {
         service: spec.service,
         ctx,
@@ -241,8 +247,10 @@ pub fn start(spec: Spec, updates: &Sender<Update>, shared: &Arc<Shared>) -> Runn
         state: launch(&spec.name, job, None),
         name: spec.name,
         key: spec.key,
+        access: spec.access,
         stop: stopper,
         drain,
+        readers,
     }
 }
 

@@ -6,11 +6,20 @@
 //! output that does not override it, and the internal `identity`; a changed
 //! `heartbeat_interval` changes `heartbeat`; a multiplexer whose identity
 //! output moved changes too, since its ssh_config names that directory.
+//!
+//! A destination's `acls` and `readers` are not part of a service's key:
+//! a service whose only change is there is kept (same thread, same
+//! credential, same socket) and listed in `readers`, which a reload
+//! applies in place (`services::readers`).
 
 use std::collections::BTreeMap;
 
-use crate::config::Config;
+use crate::config::{Access, Config};
 use crate::services::Key;
+
+/// A service as the diff sees it: its name, its key and its destination's
+/// access (None: no destination).
+pub type Item<'a> = (&'a str, Key, Option<&'a Access>);
 
 /// Service names, sorted, in four disjoint sets.
 #[derive(Debug, Default, PartialEq)]
@@ -19,21 +28,34 @@ pub struct Diff {
     pub removed: Vec<String>,
     pub changed: Vec<String>,
     pub kept: Vec<String>,
+    /// Kept services whose destination's `acls`/`readers` changed, with
+    /// the new ones (a subset of `kept`).
+    pub readers: Vec<(String, Access)>,
 }
 
 /// Compares the services in force (`old`) with those of the new
-/// configuration (`new`), each as (name, key), by name.
+/// configuration (`new`) by name.
 pub fn diff<'a>(
-    old: impl IntoIterator<Item = (&'a str, Key)>,
-    new: impl IntoIterator<Item = (&'a str, Key)>,
+    old: impl IntoIterator<Item = Item<'a>>,
+    new: impl IntoIterator<Item = Item<'a>>,
 ) -> Diff {
-    let old: BTreeMap<&str, Key> = old.into_iter().collect();
-    let new: BTreeMap<&str, Key> = new.into_iter().collect();
+    let by_name = |items: &mut dyn Iterator<Item = Item<'a>>| -> BTreeMap<&'a str, _> {
+        items
+            .map(|(name, key, access)| (name, (key, access)))
+            .collect()
+    };
+    let old = by_name(&mut old.into_iter());
+    let new = by_name(&mut new.into_iter());
     let mut d = Diff::default();
-    for (name, was) in &old {
+    for (name, (was, was_access)) in &old {
         match new.get(name) {
             None => d.removed.push(name.to_string()),
-            Some(now) if now == was => d.kept.push(name.to_string()),
+            Some((now, access)) if now == was => {
+                d.kept.push(name.to_string());
+                if let Some(a) = access.filter(|a| Some(*a) != *was_access) {
+                    d.readers.push((name.to_string(), a.clone()));
+                }
+            }
             Some(_) => d.changed.push(name.to_string()),
         }
     }
@@ -76,8 +98,10 @@ mod tests {
     fn diff_of(old: &Config, new: &Config) -> Diff {
         let (old, new) = (crate::services::build(old), crate::services::build(new));
         diff(
-            old.iter().map(|s| (s.name.as_str(), s.key)),
-            new.iter().map(|s| (s.name.as_str(), s.key)),
+            old.iter()
+                .map(|s| (s.name.as_str(), s.key, s.access.as_ref())),
+            new.iter()
+                .map(|s| (s.name.as_str(), s.key, s.access.as_ref())),
         )
     }
 
@@ -124,6 +148,33 @@ mod tests {
             &[ID_A, ID_C, MUX].concat(),
         );
         assert!(diff_of(&old, &new).changed.is_empty());
+    }
+
+    #[test]
+    fn a_readers_only_change_keeps_the_service_and_lists_the_new_readers() {
+        let old = parse("", &[ID_A, MUX].concat());
+        let with = |s: &str| s.replace("path: /a}", "path: /a, readers: [{user: root}]}");
+        let new = parse("", &[with(ID_A).as_str(), MUX].concat());
+        let d = diff_of(&old, &new);
+        assert!(d.changed.is_empty(), "{d:?}");
+        assert!(d.kept.contains(&"a".to_string()));
+        assert_eq!(d.readers.len(), 1);
+        assert_eq!(d.readers[0].0, "a");
+        assert_eq!(d.readers[0].1.readers.len(), 1);
+        // With another change too, the service is restarted (and built
+        // with its new readers): not listed.
+        let both = with(ID_A).replace("principals: [x]", "principals: [y]");
+        let d = diff_of(&old, &parse("", &[both.as_str(), MUX].concat()));
+        assert_eq!(d.changed, ["a"]);
+        assert!(d.readers.is_empty());
+        // The multiplexer's own readers.
+        let mux = MUX.replace("path: /m}", "path: /m, acls: off}");
+        let d = diff_of(&old, &parse("", &[ID_A, mux.as_str()].concat()));
+        assert_eq!(
+            d.readers.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(),
+            ["m"]
+        );
+        assert!(d.changed.is_empty());
     }
 
     #[test]

@@ -19,7 +19,11 @@
 //!    drain on a thread of their own, see `services::ssh_multiplexer::drain`);
 //! 5. change the health table's rows at once (`Health::change_rows`): no
 //!    reader sees half of the new set;
-//! 6. start the changed and added services. A service whose thread cannot
+//! 6. give kept services whose only change is their destination's
+//!    `acls`/`readers` the new ones, applied to their current files at once
+//!    (`services::readers`), and the readers their passages through the
+//!    storage directory (`readers::grant_passages`);
+//! 7. start the changed and added services. A service whose thread cannot
 //!    be started (a pids cgroup limit, `RLIMIT_NPROC`) is in force all the
 //!    same: its row is `unhealthy` with a reason naming the limit, and it
 //!    is started as soon as it can be (`supervisor::Running::retry`, driven
@@ -161,6 +165,10 @@ impl Current {
                         ("removed", &list(&d.removed)),
                         ("changed", &list(&d.changed)),
                         ("kept", &list(&d.kept)),
+                        (
+                            "readers_changed",
+                            &list(&d.readers.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>()),
+                        ),
                         ("waiting_for_a_thread", &self.counts().1),
                     ],
                 );
@@ -203,8 +211,8 @@ impl Current {
         }
         let specs = services::build(&new);
         let d = diff::diff(
-            self.running.iter().map(|r| (r.name.as_str(), r.key)),
-            specs.iter().map(|s| (s.name.as_str(), s.key)),
+            (self.running.iter()).map(|r| (r.name.as_str(), r.key, r.access.as_ref())),
+            (specs.iter()).map(|s| (s.name.as_str(), s.key, s.access.as_ref())),
         );
         self.apply_diag(&new)?;
         // Nothing has changed but the diagnostics service, and nothing can
@@ -226,6 +234,15 @@ impl Current {
             restarted: d.changed.iter().map(kind_of).collect(),
             added: d.added.iter().map(kind_of).collect(),
         });
+        for (name, access) in &d.readers {
+            if let Some(r) = self.running.iter_mut().find(|r| &r.name == name) {
+                if let Some(readers) = &r.readers {
+                    readers.replace(access.clone());
+                }
+                r.access = Some(access.clone());
+            }
+        }
+        crate::services::readers::grant_passages(&new);
         for spec in specs {
             self.running
                 .push(supervisor::start(spec, &self.updates, &self.shared));

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::config::{Config, ServiceConfig};
+use crate::config::{Access, Config, ServiceConfig};
 use crate::health::{Health, Status, Update};
 use crate::infra::stop::Stop;
 use crate::infra::subscribers::{List, Subscription};
@@ -24,6 +24,7 @@ pub mod ca;
 pub mod ca_rotation;
 pub mod heartbeat;
 pub mod identity;
+pub mod readers;
 pub mod ssh_multiplexer;
 
 pub use ssh_multiplexer::drain::Drain;
@@ -43,6 +44,13 @@ pub trait Service: Send + 'static {
     /// multiplexer's relays): a handle to drain them when a reload removes
     /// or changes the service. Taken before the service's thread starts.
     fn drain(&self) -> Option<Drain> {
+        None
+    }
+
+    /// For a service with a destination: its readers, which a reload that
+    /// changes only `acls`/`readers` replaces in place (see `readers`).
+    /// Taken before the service's thread starts.
+    fn readers(&self) -> Option<readers::Readers> {
         None
     }
 }
@@ -195,6 +203,9 @@ impl Key {
 pub struct Spec {
     pub name: String,
     pub key: Key,
+    /// Its destination's `acls`/`readers`: not in the key, since a reload
+    /// applies a change of these alone in place (see `reload::diff`).
+    pub access: Option<Access>,
     pub service: Box<dyn Service>,
 }
 
@@ -203,7 +214,24 @@ impl Spec {
         Spec {
             name: name.to_string(),
             key: Key::of(&(name, service.kind(), inputs)),
+            access: None,
             service,
+        }
+    }
+
+    /// A service with a destination, built from `inputs`, whose
+    /// `access` `take_access` sets apart from the key.
+    fn with_destination<C: Debug + Clone>(
+        name: &str,
+        inputs: &C,
+        take_access: impl FnOnce(&mut C) -> Access,
+        service: Box<dyn Service>,
+    ) -> Spec {
+        let mut keyed = inputs.clone();
+        let access = take_access(&mut keyed);
+        Spec {
+            access: Some(access),
+            ..Spec::new(name, &keyed, service)
         }
     }
 }
@@ -232,15 +260,20 @@ pub fn build(config: &Config) -> Vec<Spec> {
     ];
     for s in &config.services {
         specs.push(match s {
-            ServiceConfig::Identity(c) => Spec::new(
+            ServiceConfig::Identity(c) => Spec::with_destination(
                 &c.name,
                 c,
+                |c| std::mem::take(&mut c.access),
                 Box::new(identity::IdentityOutput::new(c.clone())),
             ),
             // Its ssh_config names the identity output's directory.
-            ServiceConfig::SshMultiplexer(m) => Spec::new(
+            ServiceConfig::SshMultiplexer(m) => Spec::with_destination(
                 &m.name,
-                &(m, config.identity(&m.identity).map(|i| &i.destination)),
+                &(
+                    m.clone(),
+                    config.identity(&m.identity).map(|i| i.destination.clone()),
+                ),
+                |(m, _)| std::mem::take(&mut m.access),
                 Box::new(ssh_multiplexer::SshMultiplexer::new(m, config)),
             ),
         });
