@@ -279,6 +279,28 @@ fn a_reload_that_adds_the_diagnostics_service_beyond_the_pids_limit_fails_whole(
     assert_eq!(get(addr, "/livez").status, 200);
 }
 
+#[test]
+fn a_service_needs_no_descriptor_of_its_own_to_start() {
+    // 100 identity outputs under a limit of 128 open files: each used to
+    // hold a socket pair for its stop signal (200 descriptors), and tbot
+    // exited at start with `Too many open files`.
+    let dir = TempDir::new("apply-nofile");
+    let d = dir.path().to_path_buf();
+    let (names, hundred) = outputs(&d, "out", 100);
+    let config = config_text(&d, "", &hundred);
+    let runtime = d.display().to_string();
+    let t = Tbot::start_with_nofile_and_env(dir, &config, 128, &[("XDG_RUNTIME_DIR", &runtime)]);
+    assert!(
+        t.addr.is_some(),
+        "no diagnostics service; log:\n{}",
+        t.log()
+    );
+    until_rows(&t, &names, Duration::from_secs(90), |rows| {
+        rows.iter().all(|r| r.1 == "healthy")
+    });
+    t.until("/readyz", Duration::from_secs(20), |r| r.status == 200);
+}
+
 /// The names of the process's threads (`comm`: 15 bytes).
 fn thread_names(pid: u32) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
