@@ -92,9 +92,12 @@ fn run(args: StartArgs, config: Arc<Config>) -> Result<(), String> {
     let mut watched = vec![crate::health::watched(&health, &updates_tx)];
     watched.extend(diag_slots.watched());
     systemd::watchdog::start(watched, stop.receiver())?;
-    systemd::status::start(&health, stop.receiver())?;
     let readiness: Readiness = Default::default();
-    let (applied, first_apply) = crossbeam_channel::bounded::<()>(1);
+    // Opened (disconnected) once the first apply has worked: until then
+    // the table is empty, and nothing is said to systemd. A failed apply
+    // fires the stop first, so that these threads end saying nothing.
+    let (applied, first_apply) = crossbeam_channel::bounded::<()>(0);
+    systemd::status::start(&health, stop.receiver(), &first_apply)?;
     let notifier = notify_ready(health.clone(), stop, readiness.clone(), first_apply)?;
 
     let shared = Arc::new(Shared {
@@ -113,8 +116,11 @@ fn run(args: StartArgs, config: Arc<Config>) -> Result<(), String> {
     });
     // Start is an apply to the empty set. A failure (the diagnostics
     // address is busy, say) has changed nothing: tbot exits.
-    current.apply(Arc::unwrap_or_clone(config))?;
-    let _ = applied.send(());
+    if let Err(e) = current.apply(Arc::unwrap_or_clone(config)) {
+        drop(stopper);
+        return Err(e);
+    }
+    drop(applied);
     let (services, waiting) = current.counts();
     log::info(
         "tbot started",
@@ -163,9 +169,9 @@ fn shut_down(
     }
 }
 
-/// Sends `READY=1` once the first apply is done (a value on
-/// `first_apply`; its end without one means it failed) and every service
-/// has reported (and records that it did, for reloads); gives up at `stop`.
+/// Sends `READY=1` once the first apply is done (`first_apply`
+/// disconnects) and every service has reported (and records that it did,
+/// for reloads); gives up at `stop`.
 fn notify_ready(
     health: Health,
     stop: Stop,
@@ -174,7 +180,7 @@ fn notify_ready(
 ) -> Result<std::thread::JoinHandle<()>, String> {
     crate::infra::threads::spawn("sd-notify", move || {
         crossbeam_channel::select! {
-            recv(first_apply) -> applied => if applied.is_err() { return },
+            recv(first_apply) -> _ => {}
             recv(stop.receiver()) -> _ => return,
         }
         while !stop.is_set() {

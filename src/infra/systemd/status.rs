@@ -114,10 +114,11 @@ fn cut(text: &str, max: usize) -> String {
     out
 }
 
-/// Starts the `sd-status` thread when `$NOTIFY_SOCKET` is set; it ends when
-/// `stop` disconnects. Without `$NOTIFY_SOCKET` nothing is started and the
-/// table has no extra listener.
-pub fn start(health: &Health, stop: &Receiver<()>) -> Result<(), String> {
+/// Starts the `sd-status` thread when `$NOTIFY_SOCKET` is set; it sends
+/// its first line once `after` disconnects (the daemon's first apply: the
+/// table is empty before it) and ends when `stop` disconnects. Without
+/// `$NOTIFY_SOCKET` nothing is started and the table has no extra listener.
+pub fn start(health: &Health, stop: &Receiver<()>, after: &Receiver<()>) -> Result<(), String> {
     if !super::notify_socket_set() {
         return Ok(());
     }
@@ -127,10 +128,13 @@ pub fn start(health: &Health, stop: &Receiver<()>) -> Result<(), String> {
     let subscription = health.on_change(move || {
         let _ = changed_tx.try_send(());
     });
-    let health = health.clone();
-    let stop = stop.clone();
+    let (health, stop, after) = (health.clone(), stop.clone(), after.clone());
     crate::infra::threads::spawn("sd-status", move || {
         let _subscription = subscription;
+        select! {
+            recv(after) -> _ => {}
+            recv(stop) -> _ => return,
+        }
         run(&health, &changed, &stop)
     })
     .map(drop)
