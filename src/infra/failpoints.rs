@@ -5,7 +5,9 @@
 //! point named `heartbeat`, panic the first time; at `heartbeat-start`,
 //! sleep 3000 ms. `name=on` sets a switch that [`on`] reads
 //! (`mux-no-fd-budget=on`: the multiplexer's cap is not fitted to the
-//! open-file limit, so that a test can run it out of descriptors).
+//! open-file limit, so that a test can run it out of descriptors;
+//! `service-hold@NAME=on`: the supervisor holds the service NAME in its
+//! start, `initializing`, until it stops).
 //! `name=fail:N` makes [`fails`] true at the N-th time the point is
 //! reached only (`diag-start=fail:2`: the diagnostics service starts at
 //! tbot's start and fails to at the first reload that starts it again).
