@@ -162,6 +162,7 @@ fn start_diag(
     let options = diag::Options {
         max_connections: config.diag_max_connections,
         debug: config.debug,
+        security: diag::security(config)?,
     };
     diag::start(l, options, health.clone(), metrics.clone(), slots).map(Some)
 }

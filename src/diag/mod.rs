@@ -71,6 +71,25 @@ pub fn bind(addr: &str) -> Result<TcpListener, String> {
 pub struct Options {
     pub max_connections: usize,
     pub debug: bool,
+    /// TLS and auth (from [`security`]).
+    pub security: Secured,
+}
+
+pub use front::auth::Security;
+
+/// The web configuration as the front applies it, and whether it makes a
+/// non-loopback address safe (TLS with basic auth or a required client
+/// certificate: no warning then).
+pub struct Secured(pub Security, pub bool);
+
+/// Reads the files the web configuration names (certificate, key, client
+/// CA): a start or reload with one that does not load fails, before
+/// anything changed.
+pub fn security(config: &crate::config::Config) -> Result<Secured, String> {
+    let web = config.web.as_ref();
+    let s = Security::build(web, &config.diag_unauthenticated_paths)?;
+    let secured = s.secured(web);
+    Ok(Secured(s, secured))
 }
 
 /// State the serving loop shares with whoever needs to wake it.
@@ -112,6 +131,10 @@ pub struct Diag {
     backend_path: front::BackendPath,
     backend_lost: front::BackendLost,
     limits: front::Limits,
+    /// TLS and auth, shared with the front (a reload swaps it: `live`).
+    security: front::auth::SecurityHandle,
+    /// The address is safe off loopback (see [`Secured`]).
+    secured: bool,
     debug: Arc<AtomicBool>,
     /// The watchdog's view of the loops: filled by [`start`] and
     /// `move_to`, emptied by [`Diag::shutdown`].
@@ -153,6 +176,8 @@ pub fn start(
     });
 
     let limits = limits(&opts);
+    let Secured(security, secured) = opts.security;
+    let security: front::auth::SecurityHandle = Arc::new(Mutex::new(Arc::new(security)));
     let backend_lost = backend_lost(&state, &backend_path);
     let max_parked = limits.max_connections;
     let front = live::FrontRun::spawn(
@@ -160,6 +185,7 @@ pub fn start(
         &backend_path,
         &backend_lost,
         &limits,
+        &security,
         slots.front.beat(),
     )?;
 
@@ -184,7 +210,7 @@ pub fn start(
     slots.http.fill(Box::new(move || wake.wake()));
     slots.render.fill(render_poke);
     slots.front.fill(front.poke());
-    live::announce(addr, opts.debug);
+    live::announce(addr, opts.debug, secured);
     Ok(Diag {
         state,
         front,
@@ -194,6 +220,8 @@ pub fn start(
         backend_path,
         backend_lost,
         limits,
+        security,
+        secured,
         debug,
         slots: slots.clone(),
     })

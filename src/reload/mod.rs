@@ -131,6 +131,8 @@ impl Live {
             Some(addr) if self.config.diag_addr.as_ref() != Some(addr) => Some(diag::bind(addr)?),
             _ => None,
         };
+        // The web configuration's TLS files, read again (a bad one fails here).
+        let security = diag::security(&new)?;
         let d = diff::diff(&self.config, &new);
         // Nothing has changed yet. From here on, what can still fail (a
         // thread or the diagnostics service that cannot start: out of
@@ -161,7 +163,7 @@ impl Live {
                 Err(e) => failed.push(format!("{name}: cannot start its thread: {e}")),
             }
         }
-        let moved = self.apply_diag(&new, listener);
+        let moved = self.apply_diag(&new, listener, security);
         self.config = Arc::new(new);
         moved?;
         if !failed.is_empty() {
@@ -205,6 +207,7 @@ impl Live {
         &mut self,
         new: &Config,
         listener: Option<std::net::TcpListener>,
+        security: diag::Secured,
     ) -> Result<(), String> {
         if new.diag_addr.is_none() {
             if let Some(d) = self.diag.take() {
@@ -214,20 +217,25 @@ impl Live {
             return Ok(());
         }
         match (listener, &mut self.diag) {
-            (Some(l), Some(d)) => d.move_to(l)?,
+            (Some(l), Some(d)) => {
+                d.set_security(security);
+                d.move_to(l)?
+            }
             (Some(l), None) => {
                 self.diag = Some(diag::start(
                     l,
                     diag::Options {
                         max_connections: new.diag_max_connections,
                         debug: new.debug,
+                        security,
                     },
                     self.health.clone(),
                     self.metrics.clone(),
                     &self.diag_slots,
                 )?);
             }
-            (None, _) => {}
+            (None, Some(d)) => d.set_security(security),
+            (None, None) => {}
         }
         if let Some(d) = &self.diag {
             d.set_debug(new.debug);

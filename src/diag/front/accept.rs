@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use rustix::event::epoll::EventFlags;
 
-use super::{Conn, Front, State, Then};
+use super::tls::Client;
+use super::{auth, Conn, Front, State, Then};
 use crate::diag::head::simple_response;
 use crate::infra::sockets::out_of_descriptors;
 use crate::log::{self, once_a_second};
@@ -69,7 +70,8 @@ impl Front {
                     let now = Instant::now();
                     let mut c = Conn {
                         id: self.next_id,
-                        client: stream,
+                        // Plain even on a TLS port: no handshake for a refusal.
+                        client: Client::Plain(stream),
                         client_ev: EventFlags::empty(),
                         peer,
                         state: State::Linger { drained: 0 },
@@ -147,10 +149,14 @@ impl Front {
             return;
         }
         let _ = stream.set_nodelay(true);
+        // TLS when the web configuration asks for it ([`super::tls`]).
+        let Ok(client) = Client::new(stream, auth::current(&self.security).tls_config()) else {
+            return;
+        };
         let now = Instant::now();
         self.conns.push(Conn {
             id: self.next_id,
-            client: stream,
+            client,
             client_ev: EventFlags::empty(),
             peer,
             state: State::Head {

@@ -3,13 +3,12 @@
 //! close, linger, or wait for the next head (keep-alive).
 
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::Shutdown;
 use std::path::Path;
 use std::time::Instant;
 
 use rustix::event::epoll::EventFlags;
 
-use super::{again, Conn, Front, Request, State, Then};
+use super::{again, auth, Conn, Front, Request, State, Then};
 use crate::diag::head::{parse_head, set_connection_header, simple_response, Parsed};
 use crate::infra::sockets::drained;
 use crate::log::{self, once_a_second};
@@ -29,11 +28,12 @@ impl Front {
         let c = &mut self.conns[i];
         match &c.state {
             State::Head { buf } if !buf.is_empty() => {
-                let _ =
-                    (&c.client).write(&simple_response(408, "request head not received in time"));
+                let _ = c
+                    .client
+                    .write(&simple_response(408, "request head not received in time"));
             }
-            State::Backend { .. } | State::Queued(_) | State::Piped(_) => {
-                let _ = (&c.client).write(&simple_response(
+            State::Backend { .. } | State::Queued(_) | State::Piped(_) | State::Auth(_) => {
+                let _ = c.client.write(&simple_response(
                     504,
                     "the diagnostics service did not answer in time",
                 ));
@@ -58,7 +58,7 @@ impl Front {
                 let room = (self.limits.head.max_head_bytes + 1)
                     .saturating_sub(buf.len())
                     .min(chunk.len());
-                let n = match (&c.client).read(&mut chunk[..room]) {
+                let n = match c.client.read(&mut chunk[..room]) {
                     Ok(0) => return false,
                     Ok(n) => n,
                     Err(e) if again(&e) => return true,
@@ -70,10 +70,10 @@ impl Front {
             }
             State::Backend { .. } => self.step_backend(i, now),
             // Not polled: the kept connections move them on ([`super::pipe`]).
-            State::Queued(_) | State::Piped(_) => true,
+            State::Queued(_) | State::Piped(_) | State::Auth(_) => true,
             State::Reply { .. } => self.step_reply(i, now),
             State::Linger { drained: total } => {
-                !drained(&c.client, total, self.limits.linger_bytes)
+                !drained(c.client.raw(), total, self.limits.linger_bytes)
             }
         }
     }
@@ -85,16 +85,23 @@ impl Front {
         let State::Reply { out, sent, then } = &mut c.state else {
             return true;
         };
-        match (&c.client).write(&out[*sent..]) {
+        match c.client.write(&out[*sent..]) {
             Ok(n) => {
                 *sent += n;
-                if *sent < out.len() {
+                // TLS: until its last records are out too.
+                if *sent < out.len() || !c.client.flushed() {
                     return true;
                 }
                 match std::mem::replace(then, Then::Close) {
-                    Then::Close => false,
+                    Then::Close => {
+                        // TLS: say close_notify (best effort) before closing.
+                        if c.client.is_tls() {
+                            c.client.shutdown_write();
+                        }
+                        false
+                    }
                     Then::Linger => {
-                        let _ = c.client.shutdown(Shutdown::Write);
+                        c.client.shutdown_write();
                         c.state = State::Linger { drained: 0 };
                         c.deadline = now + self.limits.linger_time;
                         true
@@ -150,7 +157,10 @@ impl Front {
                 at_once,
             } => {
                 let next = keep_alive.then(|| buf[len..].to_vec());
-                self.forward(i, now, head, next, How { slow, at_once });
+                // Basic auth and client certificates ([`super::auth`]).
+                let sec = auth::current(&self.security);
+                let verdict = auth::judge(&sec, &buf[..len], c.client.has_certificate());
+                self.admit_request(i, now, verdict, head, next, How { slow, at_once });
             }
         }
     }
@@ -161,7 +171,14 @@ impl Front {
     /// connections are kept); `next`: the client's connection stays open,
     /// and these bytes of its next request arrived already. A tiny_http
     /// that cannot be reached gets the client a 503.
-    fn forward(&mut self, i: usize, now: Instant, head: Vec<u8>, next: Option<Vec<u8>>, how: How) {
+    pub(super) fn forward(
+        &mut self,
+        i: usize,
+        now: Instant,
+        head: Vec<u8>,
+        next: Option<Vec<u8>>,
+        how: How,
+    ) {
         let c = &mut self.conns[i];
         let mut timeout = if how.slow {
             self.limits.slow_response_timeout
@@ -222,7 +239,7 @@ impl Front {
 
 /// How a forwarded request is sent (from [`Parsed::Forward`]).
 #[derive(Clone, Copy)]
-struct How {
+pub(super) struct How {
     slow: bool,
     at_once: bool,
 }
