@@ -115,13 +115,48 @@ fn hash() -> String {
 /// A tbot with `web` as its web configuration (written to `web.yml`) and
 /// `top` added to its tbot.yaml.
 fn start(tag: &str, web: &str, top: &str) -> Tbot {
+    start_at(tag, web, top, "127.0.0.1:0")
+}
+
+/// [`start`] on `addr`.
+fn start_at(tag: &str, web: &str, top: &str, addr: &str) -> Tbot {
     let dir = TempDir::new(tag);
     pki(dir.path());
     dir.write("web.yml", web);
     let cfg = config_text(dir.path(), &format!("web_config_file: web.yml\n{top}"), "");
-    let t = Tbot::start(dir, &cfg, &[]);
+    let t = Tbot::start(dir, &cfg, &["--diag-addr", addr]);
     t.addr();
     t
+}
+
+#[test]
+fn beyond_loopback_only_tls_with_authentication_goes_without_a_warning() {
+    const WARNING: &str = "the diagnostics service listens on a non-loopback address";
+    let secured = start_at("tls-any-auth", &tls_basic_auth(), "", "0.0.0.0:0");
+    let cert = start_at("tls-any-cert", TLS_CLIENT_CERT, "", "0.0.0.0:0");
+    let tls_only = start_at(
+        "tls-any-open",
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n",
+        "",
+        "0.0.0.0:0",
+    );
+    let auth_only = start_at(
+        "tls-any-plain",
+        &format!("basic_auth_users:\n  {USER}: {}\n", hash()),
+        "",
+        "0.0.0.0:0",
+    );
+    for t in [&secured, &cert] {
+        assert!(!t.log().contains(WARNING), "{}", t.log());
+    }
+    for t in [&tls_only, &auth_only] {
+        assert!(t.log().contains(WARNING), "{}", t.log());
+    }
+    // Basic auth over plain HTTP works too (exporter-toolkit allows it).
+    let port = auth_only.addr().port();
+    let r = get(format!("127.0.0.1:{port}").parse().unwrap(), "/metrics");
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("www-authenticate"), Some("Basic"));
 }
 
 fn tls_basic_auth() -> String {
