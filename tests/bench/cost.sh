@@ -86,8 +86,10 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyou
 hash=$(python3 -W ignore -c 'import crypt; print(crypt.crypt("bench-pw", crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=1024)))')
 printf 'tls_server_config:\n  cert_file: %s\n  key_file: %s\nbasic_auth_users:\n  bench: %s\n' \
   "$work/tls.crt" "$work/tls.key" "$hash" > "$work/web.yml"
+# A storage directory of its own: one tbot per storage directory.
+sed "s|$work/storage|$work/storage-tls|; s|$work/out|$work/out-tls|" "$work/tbot.yaml" > "$work/tbot-tls.yaml"
 tlsport=$(free_port)
-"$tbot" start -c "$work/tbot.yaml" --diag-addr "127.0.0.1:$tlsport" --web-config-file "$work/web.yml" 2>"$work/tbot-tls.log" &
+"$tbot" start -c "$work/tbot-tls.yaml" --diag-addr "127.0.0.1:$tlsport" --web-config-file "$work/web.yml" 2>"$work/tbot-tls.log" &
 tlspid=$!; pids+=("$tlspid")
 gtlsport=$(free_port)
 "$work/go-diag" -addr "127.0.0.1:$gtlsport" -services 4 -tls-cert "$work/tls.crt" -tls-key "$work/tls.key" \
