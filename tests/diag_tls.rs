@@ -11,10 +11,11 @@ mod prometheus;
 use common::*;
 use prometheus::Prometheus;
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -374,6 +375,50 @@ fn replace(dir: &Path, from: &str, to: &str) {
     std::fs::rename(&tmp, dir.join(to)).unwrap();
 }
 
+/// A TCP relay on a free loopback port to `upstream` that closes each
+/// connection once it has been idle for 300 ms: a scraper behind it opens
+/// a new connection (and TLS handshake) for every scrape, 1 s apart. Counts
+/// the connections it relayed.
+fn closing_relay(upstream: SocketAddr) -> (SocketAddr, Arc<AtomicUsize>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    let counted = count.clone();
+    std::thread::spawn(move || {
+        for client in l.incoming().flatten() {
+            let Ok(up) = TcpStream::connect(upstream) else {
+                continue;
+            };
+            counted.fetch_add(1, Ordering::SeqCst);
+            std::thread::spawn(move || relay_until_idle(client, up));
+        }
+    });
+    (addr, count)
+}
+
+fn relay_until_idle(a: TcpStream, b: TcpStream) {
+    let tick = Some(Duration::from_millis(10));
+    let (Ok(()), Ok(())) = (a.set_read_timeout(tick), b.set_read_timeout(tick)) else {
+        return;
+    };
+    let mut buf = [0u8; 16 * 1024];
+    let mut last = Instant::now();
+    loop {
+        for (mut from, mut to) in [(&a, &b), (&b, &a)] {
+            match from.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) if to.write_all(&buf[..n]).is_ok() => last = Instant::now(),
+                Ok(_) => return,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(_) => return,
+            }
+        }
+        if last.elapsed() > Duration::from_millis(300) {
+            return;
+        }
+    }
+}
+
 /// Polls `q` until it answers `want` (within `within`); the last answer.
 fn until_query(prom: &Prometheus, q: &str, want: &[&str], within: Duration) -> Option<Vec<String>> {
     let end = Instant::now() + within;
@@ -400,6 +445,8 @@ fn prometheus_scrapes_over_https_with_basic_auth_and_with_a_client_certificate()
     let basic = start("tls-prom-basic", &tls_basic_auth(), "");
     let cert = start("tls-prom-cert", TLS_CLIENT_CERT, "");
     let (bdir, cdir) = (basic.dir.path(), cert.dir.path());
+    // Each of job basic's scrapes on a new connection (see below).
+    let (basic_relay, relayed) = closing_relay(basic.addr());
     let pdir = TempDir::new("tls-prometheus");
     let job = |name: &str, target: SocketAddr, tls: String, extra: &str| {
         format!(
@@ -410,7 +457,7 @@ fn prometheus_scrapes_over_https_with_basic_auth_and_with_a_client_certificate()
     let jobs = [
         job(
             "basic",
-            basic.addr(),
+            basic_relay,
             ca(bdir),
             &format!("    basic_auth:\n      username: {USER}\n      password: {PASSWORD}\n"),
         ),
@@ -484,8 +531,15 @@ fn prometheus_scrapes_over_https_with_basic_auth_and_with_a_client_certificate()
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    // Several more scrapes, each with a new connection or not.
-    std::thread::sleep(Duration::from_secs(5));
+    // Three more scrapes or more, each on a new connection: with the new
+    // certificate, verified by Prometheus against the CA.
+    let before = relayed.load(Ordering::SeqCst);
+    let end = Instant::now() + Duration::from_secs(30);
+    while relayed.load(Ordering::SeqCst) < before + 3 {
+        assert!(Instant::now() < end, "Prometheus opened no new connections");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(2));
     let q = "min_over_time(up%7Bjob%3D%22basic%22%7D%5B30s%5D)";
     assert_eq!(
         prom.query(q).as_deref(),
