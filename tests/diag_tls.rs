@@ -672,6 +672,17 @@ fn hostile_clients_over_tls() {
     let r = read_all(&mut c);
     assert_eq!(r.matches("HTTP/1.1 200").count(), 3, "{r}");
 
+    // A client that sends its request and shuts down its sending side
+    // (close_notify, then FIN) still gets its answer.
+    let mut c = tls_connect(&dir, addr);
+    c.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    c.conn.send_close_notify();
+    c.flush().unwrap();
+    c.sock.shutdown(std::net::Shutdown::Write).unwrap();
+    let r = read_all(&mut c);
+    assert!(r.starts_with("HTTP/1.1 200"), "half-closed: {r}");
+
     // Requests decrypted together beyond one read of the front (4 KiB):
     // the rest waits inside TLS, where epoll cannot see it, and must still
     // be answered.
