@@ -260,7 +260,8 @@ fn curl_with_basic_auth_and_kubelet_style_probes() {
 
 #[test]
 fn curl_with_and_without_a_client_certificate() {
-    let t = start("tls-cert", TLS_CLIENT_CERT, "");
+    // Debug mode: failed handshakes are logged at debug level.
+    let t = start("tls-cert", TLS_CLIENT_CERT, "debug: true\n");
     let dir = t.dir.path();
     let with = WITH_CERT;
     assert_eq!(
@@ -273,6 +274,11 @@ fn curl_with_and_without_a_client_certificate() {
     let (code, exit) = curl(dir, &["--cacert", "ca.crt"], &url(&t, "/metrics"));
     assert_eq!(code, 0);
     assert_ne!(exit, 0);
+    assert!(
+        t.wait_log("diagnostics TLS handshake failed", Duration::from_secs(5)),
+        "{}",
+        t.log()
+    );
     // A certificate from another CA: refused too.
     let other = TempDir::new("tls-other-ca");
     pki(other.path());

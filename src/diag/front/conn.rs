@@ -62,7 +62,17 @@ impl Front {
                     Ok(0) => return false,
                     Ok(n) => n,
                     Err(e) if again(&e) => return true,
-                    Err(_) => return false,
+                    Err(e) => {
+                        // A failed TLS handshake (no or a foreign client
+                        // certificate, plain HTTP): say why, for operators.
+                        if e.kind() == ErrorKind::InvalidData {
+                            log::debug(
+                                "diagnostics TLS handshake failed",
+                                &[("peer", &c.peer), ("error", &e)],
+                            );
+                        }
+                        return false;
+                    }
                 };
                 buf.extend_from_slice(&chunk[..n]);
                 self.advance_head(i, now);
