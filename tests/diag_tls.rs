@@ -559,6 +559,44 @@ fn prometheus_scrapes_over_https_with_basic_auth_and_with_a_client_certificate()
         .contains("diagnostics TLS certificate reloaded from disk"));
 }
 
+#[test]
+fn files_that_do_not_load_keep_the_previous_certificate() {
+    let t = start(
+        "tls-rotate-bad",
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n",
+        "",
+    );
+    let dir = t.dir.path();
+    assert!(served_subject(dir, t.addr()).contains("tbot-1"));
+    // Garbage where the certificate was: still tbot-1, one warning.
+    std::fs::write(dir.join("server.crt.new"), "not a certificate\n").unwrap();
+    std::fs::rename(dir.join("server.crt.new"), dir.join("server.crt")).unwrap();
+    for _ in 0..3 {
+        assert!(
+            served_subject(dir, t.addr()).contains("tbot-1"),
+            "{}",
+            t.log()
+        );
+    }
+    const WARNING: &str = "diagnostics TLS files changed but do not load";
+    assert_eq!(t.log().matches(WARNING).count(), 1, "{}", t.log());
+    // The new certificate first, its key a moment later (a cron job's two
+    // renames): the mismatched pair is not used, the matched one is.
+    replace(dir, "server2.crt", "server.crt");
+    assert!(
+        served_subject(dir, t.addr()).contains("tbot-1"),
+        "{}",
+        t.log()
+    );
+    assert_eq!(t.log().matches(WARNING).count(), 2, "{}", t.log());
+    replace(dir, "server2.key", "server.key");
+    assert!(
+        served_subject(dir, t.addr()).contains("tbot-2"),
+        "{}",
+        t.log()
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Hostile clients over TLS.
 
