@@ -688,6 +688,23 @@ fn hostile_clients_over_tls() {
         t.threads()
     );
 
+    // Bytes that are not TLS, and a ClientHello followed by garbage: the
+    // connection closes, nothing else happens.
+    let mut rng = common::util::Rng(20);
+    let noise: Vec<u8> = (0..4096).map(|_| rng.below(256) as u8).collect();
+    for junk in [
+        noise.clone(),
+        [&[0x16, 0x03, 0x01, 0x10, 0x00][..], &noise].concat(),
+    ] {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = s.write_all(&junk);
+        let started = Instant::now();
+        let r = read_all(&mut s);
+        assert!(!r.contains("HTTP/1.1"), "{r}");
+        assert!(started.elapsed() < Duration::from_secs(4), "not closed");
+    }
+
     // Over TLS as over plain HTTP: a head too large (431), a body (413),
     // a method (405).
     for (req, want) in [
