@@ -649,6 +649,7 @@ fn hostile_clients_over_tls() {
     let dir = t.dir.path().to_path_buf();
     let addr = t.addr();
     let threads = t.threads();
+    let rss = t.rss_bytes();
 
     // Clients that open the handshake and stall: a record header only,
     // a whole ClientHello never followed up, a bare connection. More than
@@ -680,6 +681,13 @@ fn hostile_clients_over_tls() {
         started.elapsed() < Duration::from_secs(2),
         "{:?}",
         started.elapsed()
+    );
+    // A buffer each, not a thread (about 13 KiB each in a release build).
+    assert!(
+        t.rss_bytes() < rss + 16 * 1024 * 1024,
+        "RSS {} -> {}",
+        rss,
+        t.rss_bytes()
     );
     assert!(
         t.threads() <= threads + 1,
@@ -786,6 +794,59 @@ fn hostile_clients_over_tls() {
     c.write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .unwrap();
     assert!(read_all(&mut c).starts_with("HTTP/1.1 200"));
+}
+
+/// Whether `GET /livez` over a new TLS connection gets 200 (within 2 s).
+fn livez_over_tls(dir: &Path, addr: SocketAddr) -> bool {
+    let mut c = tls_connect(dir, addr);
+    let _ = c.sock.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = c.write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    read_all(&mut c).starts_with("HTTP/1.1 200")
+}
+
+#[test]
+fn clients_that_never_read_over_tls_are_cut_off_by_the_write_timeout() {
+    // As tests/hostile.rs over plain HTTP: four slots, four clients that
+    // pipeline thousands of /metrics requests over TLS and never read. Once
+    // their socket buffers and TLS' are full, every slot is stuck writing,
+    // a newcomer is refused, and the write timeout (10 s) frees the slots.
+    let t = start(
+        "tls-wtimeout",
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n",
+        "diag_max_connections: 4\n",
+    );
+    let dir = t.dir.path().to_path_buf();
+    let addr = t.addr();
+    let pipelined = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".repeat(5000);
+    let writers: Vec<_> = (0..4)
+        .map(|_| {
+            let pipelined = pipelined.clone();
+            let mut c = tls_connect(&dir, addr);
+            c.sock
+                .set_write_timeout(Some(Duration::from_secs(3)))
+                .unwrap();
+            std::thread::spawn(move || {
+                let _ = c.write_all(&pipelined);
+                c // held, never read
+            })
+        })
+        .collect();
+    let held: Vec<_> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        !livez_over_tls(&dir, addr),
+        "the non-readers never filled every slot: the test proves nothing"
+    );
+    let refused_at = Instant::now();
+    while !livez_over_tls(&dir, addr) {
+        assert!(
+            refused_at.elapsed() < Duration::from_secs(16),
+            "slots still stuck {:?} after they filled: no write timeout",
+            refused_at.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(held);
 }
 
 #[test]
