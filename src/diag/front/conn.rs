@@ -1,6 +1,6 @@
 //! One client connection's state machine: read the head, hand it to
 //! tiny_http ([`super::upstream`] relays the answer), write the answer, then
-//! close, linger, or wait for the next head (keep-alive).
+//! close the lingering way, or wait for the next head (keep-alive).
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::path::Path;
@@ -22,12 +22,15 @@ impl Conn {
 }
 
 impl Front {
-    /// A deadline passed: say so where an answer is owed. Returns whether
-    /// to keep the connection (never).
-    pub(super) fn expire(&mut self, i: usize) -> bool {
+    /// A deadline passed: say so where an answer is owed, and close (the
+    /// lingering way once something was written). Returns whether to keep
+    /// the connection (while it lingers).
+    pub(super) fn expire(&mut self, i: usize, now: Instant) -> bool {
         let c = &mut self.conns[i];
         match &c.state {
-            State::Head { buf } if !buf.is_empty() => {
+            State::Head { buf } if buf.is_empty() => return false,
+            State::Linger { .. } => return false,
+            State::Head { .. } => {
                 let _ = c
                     .client
                     .write(&simple_response(408, "request head not received in time"));
@@ -44,9 +47,11 @@ impl Front {
                     self.drop_pipe_of(id);
                 }
             }
-            _ => {}
+            // The client did not take its answer in time: the rest is cut.
+            State::Reply { .. } => {}
         }
-        false
+        self.conns[i].close_lingering(now, self.limits.linger_time);
+        true
     }
 
     /// The connection's socket is ready. Returns whether to keep it.
@@ -100,21 +105,19 @@ impl Front {
                 *sent += n;
                 // TLS: until its last records are out too.
                 if *sent < out.len() || !c.client.flushed() {
+                    // A short write: its socket is full. The answer is
+                    // stalled from the first one until it is written whole
+                    // (the kernel growing its buffers is not the client
+                    // reading).
+                    c.stalled_since.get_or_insert(now);
                     return true;
                 }
+                c.stalled_since = None;
                 match std::mem::replace(then, Then::Close) {
                     Then::Close => {
-                        // TLS: say close_notify (best effort) before closing.
-                        if c.client.is_tls() {
-                            c.client.shutdown_write();
-                        }
-                        false
-                    }
-                    Then::Linger => {
-                        c.client.shutdown_write();
-                        c.state = State::Linger { drained: 0 };
-                        c.deadline = now + self.limits.linger_time;
-                        true
+                        c.close_lingering(now, self.limits.linger_time);
+                        // A client that is done already is closed now.
+                        self.step(i, now)
                     }
                     Then::KeepAlive(next) => {
                         c.state = State::Head { buf: next };
@@ -125,7 +128,11 @@ impl Front {
                     }
                 }
             }
-            Err(e) if again(&e) => true,
+            Err(e) if again(&e) => {
+                // Its socket is full: the client is not taking its answer.
+                c.stalled_since.get_or_insert(now);
+                true
+            }
             Err(_) => false,
         }
     }
@@ -144,7 +151,7 @@ impl Front {
             Parsed::Partial => {}
             Parsed::Refuse(status, why) => {
                 let out = simple_response(status, why);
-                c.reply(out, Then::Linger, now + self.limits.write_timeout);
+                c.reply(out, Then::Close, now + self.limits.write_timeout);
             }
             Parsed::Answer {
                 resp,
@@ -170,6 +177,14 @@ impl Front {
                 // Basic auth and client certificates ([`super::auth`]).
                 let sec = auth::current(&self.security);
                 let verdict = auth::judge(&sec, &buf[..len], c.client.has_certificate());
+                if c.probe_room && !at_once && !self.slot_for(i, now) {
+                    // In the probe room, only probes are served.
+                    let out =
+                        simple_response(503, "too many connections to the diagnostics service");
+                    let c = &mut self.conns[i];
+                    c.reply(out, Then::Close, now + self.limits.write_timeout);
+                    return;
+                }
                 self.admit_request(i, now, verdict, head, next, How { slow, at_once });
             }
         }

@@ -64,10 +64,6 @@ impl Client {
         }
     }
 
-    pub(super) fn is_tls(&self) -> bool {
-        matches!(self, Client::Tls(_))
-    }
-
     /// Whether bytes of the client's stream were decrypted and not read yet:
     /// epoll cannot tell, so the front steps such a connection without an
     /// event.
