@@ -429,7 +429,7 @@ fn relay_until_idle(a: TcpStream, b: TcpStream) {
 fn until_query(prom: &Prometheus, q: &str, want: &[&str], within: Duration) -> Option<Vec<String>> {
     let end = Instant::now() + within;
     loop {
-        let got = prom.query(q);
+        let got = prom.values(q);
         if got
             .as_ref()
             .is_some_and(|g| g.iter().map(String::as_str).eq(want.iter().copied()))
@@ -445,7 +445,7 @@ fn until_query(prom: &Prometheus, q: &str, want: &[&str], within: Duration) -> O
 
 #[test]
 fn prometheus_scrapes_over_https_with_basic_auth_and_with_a_client_certificate() {
-    if !prometheus::installed() {
+    if prometheus::missing() {
         return;
     }
     let basic = start("tls-prom-basic", &tls_basic_auth(), "");
@@ -453,7 +453,6 @@ fn prometheus_scrapes_over_https_with_basic_auth_and_with_a_client_certificate()
     let (bdir, cdir) = (basic.dir.path(), cert.dir.path());
     // Each of job basic's scrapes on a new connection (see below).
     let (basic_relay, relayed) = closing_relay(basic.addr());
-    let pdir = TempDir::new("tls-prometheus");
     let job = |name: &str, target: SocketAddr, tls: String, extra: &str| {
         format!(
             "  - job_name: {name}\n    scheme: https\n    tls_config:\n{tls}{extra}    static_configs:\n      - targets: ['{target}']\n"
@@ -485,25 +484,26 @@ fn prometheus_scrapes_over_https_with_basic_auth_and_with_a_client_certificate()
             "",
         ),
     ];
-    let prom = prometheus::start(
-        &pdir,
+    let prom = Prometheus::start(
         &format!(
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n{}",
             jobs.concat()
         ),
+        &[],
     );
     let minute = Duration::from_secs(60);
     for (job, up) in [("basic", "1"), ("cert", "1"), ("wrong", "0")] {
-        let q = format!("up%7Bjob%3D%22{job}%22%7D");
+        let q = format!("up{{job=\"{job}\"}}");
         assert_eq!(
             until_query(&prom, &q, &[up], minute).as_deref(),
             Some(&[up.to_string()][..]),
-            "up{{job={job}}}\n{}",
-            basic.log()
+            "up{{job={job}}}\ntbot:\n{}\nprometheus:\n{}",
+            basic.log(),
+            prom.log()
         );
     }
     for job in ["basic", "cert"] {
-        let q = format!("tbot_info%7Bjob%3D%22{job}%22%7D");
+        let q = format!("tbot_info{{job=\"{job}\"}}");
         assert_eq!(
             until_query(&prom, &q, &["1"], minute).as_deref(),
             Some(&["1".to_string()][..]),
@@ -546,14 +546,14 @@ fn prometheus_scrapes_over_https_with_basic_auth_and_with_a_client_certificate()
         std::thread::sleep(Duration::from_millis(200));
     }
     std::thread::sleep(Duration::from_secs(2));
-    let q = "min_over_time(up%7Bjob%3D%22basic%22%7D%5B30s%5D)";
+    let q = "min_over_time(up{job=\"basic\"}[30s])";
     assert_eq!(
-        prom.query(q).as_deref(),
+        prom.values(q).as_deref(),
         Some(&["1".to_string()][..]),
         "a scrape failed"
     );
-    let q = "count_over_time(up%7Bjob%3D%22basic%22%7D%5B5s%5D)";
-    assert!(prom.query(q).is_some_and(|v| v.len() == 1 && v[0] != "0"));
+    let q = "count_over_time(up{job=\"basic\"}[5s])";
+    assert!(prom.values(q).is_some_and(|v| v.len() == 1 && v[0] != "0"));
     assert!(basic
         .log()
         .contains("diagnostics TLS certificate reloaded from disk"));

@@ -9,9 +9,11 @@
 
 mod common;
 #[path = "support/prometheus.rs"]
+#[allow(dead_code)] // not every helper is used here
 mod prometheus;
 
 use common::*;
+use prometheus::Prometheus;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
@@ -76,7 +78,7 @@ fn relay(upstream: SocketAddr) -> (SocketAddr, Arc<Mutex<Seen>>) {
 
 #[test]
 fn prometheus_scrapes_tbot_with_gzip() {
-    if !prometheus::installed() {
+    if prometheus::missing() {
         return;
     }
     let dir = TempDir::new("prometheus");
@@ -85,19 +87,18 @@ fn prometheus_scrapes_tbot_with_gzip() {
     t.until("/readyz", Duration::from_secs(10), |r| r.status == 200);
     let (target, seen) = relay(t.addr());
 
-    let pdir = TempDir::new("prometheus-data");
-    let prom = prometheus::start(
-        &pdir,
+    let p = Prometheus::start(
         &format!(
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: tbot\n    static_configs:\n      - targets: ['{target}']\n"
         ),
+        &[],
     );
 
     let deadline = Instant::now() + Duration::from_secs(60);
     let (mut up, mut info) = (None, None);
     while Instant::now() < deadline {
-        up = prom.query("up");
-        info = prom.query("tbot_info");
+        up = p.values("up");
+        info = p.values("tbot_info");
         if up.as_deref() == Some(&["1".to_string()][..])
             && info.as_ref().is_some_and(|v| !v.is_empty())
         {
@@ -107,8 +108,7 @@ fn prometheus_scrapes_tbot_with_gzip() {
     }
     assert_eq!(up.as_deref(), Some(&["1".to_string()][..]), "up");
     assert_eq!(info.as_deref(), Some(&["1".to_string()][..]), "tbot_info");
-    let health =
-        prom.query("tbot_service_health%7Bservice%3D%22heartbeat%22%2Cstatus%3D%22healthy%22%7D");
+    let health = p.values(r#"tbot_service_health{service="heartbeat",status="healthy"}"#);
     assert_eq!(health.as_deref(), Some(&["1".to_string()][..]));
 
     let s = seen.lock().unwrap();

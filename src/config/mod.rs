@@ -23,7 +23,7 @@ pub use crate::infra::acl::{Access, Reader};
 pub use locate::{locate, Seg};
 pub use names::check_addr;
 use schema::{RawConfig, ServiceType};
-pub use start_args::configure;
+pub use start_args::{config_path, configure};
 use validate::validate;
 pub use web::{load_web, ClientAuth, TlsConfig, TlsVersion, WebConfig};
 
