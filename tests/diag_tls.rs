@@ -342,6 +342,49 @@ fn a_bad_web_configuration_stops_the_start_with_its_place() {
     );
 }
 
+#[test]
+fn tbot_check_judges_the_web_configuration_as_start_does() {
+    let dir = TempDir::new("tls-check");
+    pki(dir.path());
+    let cfg = dir.write(
+        "tbot.yaml",
+        &config_text(dir.path(), "web_config_file: web.yml\n", ""),
+    );
+    let check = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_tbot"))
+            .args(["check", "-c", cfg.to_str().unwrap()])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    dir.write("web.yml", &tls_basic_auth());
+    assert_eq!(check().0, Some(0), "{}", check().1);
+    dir.write(
+        "web.yml",
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  cert_fil: x\n",
+    );
+    let (code, err) = check();
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("web.yml:4:3: ") && err.contains("cert_fil"),
+        "{err}"
+    );
+    dir.write(
+        "web.yml",
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server2.key\n",
+    );
+    let (code, err) = check();
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("tbot.yaml:3:18: web_config_file: ") && err.contains("server2.key"),
+        "{err}"
+    );
+}
+
 /// `tbot start` that is expected to fail: its stderr.
 fn run_tbot_start(dir: &TempDir, cfg: &str) -> String {
     let cfg = dir.write("tbot.yaml", cfg);
