@@ -276,6 +276,37 @@ mod tests {
     }
 
     #[test]
+    fn tbot_yaml_names_the_file_and_the_open_paths() {
+        let top = "version: v2\nstorage: {type: directory, path: /s}\n";
+        let c = crate::config::parse(
+            "t.yaml",
+            &format!(
+                "{top}web_config_file: web.yml\ndiag_unauthenticated_paths: [/livez, /readyz]\n"
+            ),
+            Path::new("/etc/tbot"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.web_config_file.as_deref(),
+            Some(Path::new("/etc/tbot/web.yml"))
+        );
+        assert_eq!(c.diag_unauthenticated_paths, ["/livez", "/readyz"]);
+        for bad in ["livez", "/livez?x=1", "/a b"] {
+            let e = crate::config::parse(
+                "t.yaml",
+                &format!("{top}diag_unauthenticated_paths: [\"{bad}\"]\n"),
+                Path::new("/"),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.starts_with("t.yaml:3:30: ") && e.contains("invalid path"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
     fn refuses_with_file_line_and_column() {
         let e = parse("tls_server_config:\n  cert_file: a\n  key_file: b\n  cert_fil: c\n")
             .unwrap_err();
