@@ -553,8 +553,27 @@ fn prometheus_scrapes_over_https_with_basic_auth_and_with_a_client_certificate()
             "samples of {job}"
         );
     }
-    // The wrong password's scrape: 401 (what Prometheus reports as the
-    // scrape error is not queryable; tbot's answer is, with curl).
+    // The wrong password's scrape: 401, as Prometheus reports it on its
+    // targets page, and as curl sees it.
+    let targets = request_timeout(
+        prom.addr,
+        b"GET /api/v1/targets HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&targets.body).unwrap();
+    let error = v["data"]["activeTargets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["labels"]["job"] == "wrong")
+        .map(|t| t["lastError"].as_str().unwrap_or("").to_string());
+    assert!(
+        error
+            .as_deref()
+            .is_some_and(|e| e.contains("401 Unauthorized")),
+        "{error:?}"
+    );
     let wrong = format!("{USER}:nope");
     assert_eq!(
         curl(
