@@ -9,13 +9,19 @@ use common::*;
 use std::path::Path;
 use std::time::Duration;
 
-/// A configuration with `n` identity outputs renewed hourly.
-fn outputs(dir: &TempDir, n: usize) -> String {
-    let mut services = String::new();
+/// A configuration with one identity output and `n` ssh-multiplexers
+/// that use it. An identity output holds no descriptor between renewals;
+/// a multiplexer holds its listener and its destination's inotify watch
+/// for as long as it runs, so `n` of them need about `2n` descriptors.
+fn multiplexers(dir: &TempDir, n: usize) -> String {
+    let mut services = format!(
+        "  - type: identity\n    name: id\n    principals: [a]\n    destination: {{type: directory, path: {}}}\n",
+        dir.join("id").display()
+    );
     for i in 0..n {
         services += &format!(
-            "  - type: identity\n    name: out{i}\n    principals: [a]\n    destination: {{type: directory, path: {}}}\n",
-            dir.join(&format!("out{i}")).display()
+            "  - type: ssh-multiplexer\n    name: mux{i}\n    identity: id\n    destination: {{type: directory, path: {}}}\n",
+            dir.join(&format!("mux{i}")).display()
         );
     }
     config_text(
@@ -45,7 +51,7 @@ fn soft_nofile(pid: u32) -> u64 {
 #[test]
 fn the_soft_limit_is_raised_to_the_hard_one() {
     let dir = TempDir::new("nofile-raise");
-    let cfg = outputs(&dir, 60);
+    let cfg = multiplexers(&dir, 40);
     let cmd = command(&dir, &cfg, 64, 4096);
     let mut t = Tbot::spawn_and_wait_addr(cmd, dir);
     let r = t.until("/readyz", Duration::from_secs(60), |r| r.status == 200);
@@ -70,18 +76,41 @@ fn the_soft_limit_is_raised_to_the_hard_one() {
     );
 }
 
+/// Under a hard limit of 64, 40 multiplexers cannot all get their
+/// descriptors. A service that cannot is a service failure, not an exit:
+/// tbot keeps serving (`/livez` 200), and each failing service's reason
+/// names the limit and the knob (`LimitNOFILE=`).
 #[test]
 fn a_hard_limit_too_low_is_named() {
     let dir = TempDir::new("nofile-low");
-    let cfg = outputs(&dir, 60);
+    let cfg = multiplexers(&dir, 40);
     let cmd = command(&dir, &cfg, 64, 64);
-    let mut t = Tbot::spawn(cmd, dir);
-    let status = t.wait_exit(Duration::from_secs(30)).expect("tbot exits");
-    assert_eq!(status.code(), Some(1), "{}", t.log());
-    let log = t.log();
+    let mut t = Tbot::spawn_and_wait_addr(cmd, dir);
+    let named = |r: &Resp| {
+        let json: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+        r.status == 503
+            && json["services"].as_object().is_some_and(|all| {
+                all.values().any(|s| {
+                    let reason = s["reason"].as_str().unwrap_or("");
+                    reason.contains("RLIMIT_NOFILE soft 64, hard 64")
+                        && reason.contains("LimitNOFILE=")
+                })
+            })
+    };
+    let r = t.until("/readyz", Duration::from_secs(30), named);
+    assert!(named(&r), "{}\n{}", r.body, t.log());
+    assert_eq!(t.get("/livez").status, 200, "{}", t.log());
     assert!(
-        log.contains("RLIMIT_NOFILE soft 64, hard 64") && log.contains("LimitNOFILE="),
-        "{log}"
+        t.wait_exit(Duration::from_millis(500)).is_none(),
+        "{}",
+        t.log()
+    );
+    t.signal(libc::SIGTERM);
+    assert_eq!(
+        t.wait_exit(Duration::from_secs(10)).and_then(|s| s.code()),
+        Some(0),
+        "{}",
+        t.log()
     );
 }
 
