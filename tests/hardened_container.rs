@@ -37,9 +37,36 @@ fn read_only_root_script(dirs: &[&Path]) -> String {
     s
 }
 
+/// How the writable volume holding the storage directory is set up.
+#[derive(Clone, Copy)]
+enum Volume {
+    /// The storage directory is the running user's own (0755 parent).
+    Own,
+    /// An emptyDir: the mount point is root's, mode 0777 (not sticky); the
+    /// storage directory is a subdirectory that tbot creates.
+    EmptyDir,
+    /// An emptyDir with `fsGroup: GID`: the mount point is root:GID, mode
+    /// 2775, and is itself the storage directory; tbot runs with GID among
+    /// its groups.
+    FsGroup(u32),
+}
+
 #[test]
 fn it_runs_on_a_read_only_root_with_only_its_own_directories_writable() {
-    run_hardened("ro-root", None);
+    run_hardened("ro-root", None, Volume::Own);
+}
+
+/// Storage below a 0777 root-owned mount point, as an arbitrary UID.
+#[test]
+fn it_runs_below_an_empty_dir_mount_point() {
+    run_hardened("ro-emptydir", Some(54322), Volume::EmptyDir);
+}
+
+/// Storage at a root:GID 2775 mount point (`fsGroup`), as an arbitrary
+/// UID with that GID.
+#[test]
+fn it_runs_at_an_fs_group_mount_point() {
+    run_hardened("ro-fsgroup", Some(54323), Volume::FsGroup(54324));
 }
 
 /// The same, as a UID that no passwd entry names (Kubernetes' restricted
@@ -47,10 +74,10 @@ fn it_runs_on_a_read_only_root_with_only_its_own_directories_writable() {
 /// UID's, tbot runs as it (setpriv after the mounts).
 #[test]
 fn it_runs_there_as_an_arbitrary_uid() {
-    run_hardened("ro-root-uid", Some(54321));
+    run_hardened("ro-root-uid", Some(54321), Volume::Own);
 }
 
-fn run_hardened(tag: &str, uid: Option<u32>) {
+fn run_hardened(tag: &str, uid: Option<u32>, volume: Volume) {
     // SAFETY: geteuid(2) cannot fail and touches no memory.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("skipped: needs root (a mount namespace with a read-only root)");
@@ -63,13 +90,32 @@ fn run_hardened(tag: &str, uid: Option<u32>) {
         }
     }
     let dir = TempDir::new(tag);
-    let storage = dir.join("storage");
+    let vol = dir.join("vol");
     let out = dir.join("out");
-    std::fs::create_dir(&storage).unwrap();
+    std::fs::create_dir(&vol).unwrap();
     std::fs::create_dir(&out).unwrap();
+    let storage = match volume {
+        Volume::EmptyDir => vol.join("storage"),
+        Volume::Own | Volume::FsGroup(_) => vol.clone(),
+    };
+    let mode = |p: &Path, m: u32| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    };
+    mode(dir.path(), 0o755);
     if let Some(uid) = uid {
-        for d in [&storage, &out] {
-            std::os::unix::fs::chown(d, Some(uid), Some(uid)).unwrap();
+        std::os::unix::fs::chown(&out, Some(uid), Some(uid)).unwrap();
+    }
+    match volume {
+        Volume::Own => {
+            if let Some(uid) = uid {
+                std::os::unix::fs::chown(&vol, Some(uid), Some(uid)).unwrap();
+            }
+        }
+        Volume::EmptyDir => mode(&vol, 0o777),
+        Volume::FsGroup(gid) => {
+            std::os::unix::fs::chown(&vol, Some(0), Some(gid)).unwrap();
+            mode(&vol, 0o2775);
         }
     }
     let cfg = format!(
@@ -83,13 +129,16 @@ fn run_hardened(tag: &str, uid: Option<u32>) {
     let addr = format!("127.0.0.1:{port}");
     let mut cmd = Command::new("unshare");
     cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
-        .arg(read_only_root_script(&[&storage, &out]))
+        .arg(read_only_root_script(&[&vol, &out]))
         .arg("sh");
     if let Some(uid) = uid {
         cmd.arg("setpriv")
             .arg(format!("--reuid={uid}"))
-            .arg(format!("--regid={uid}"))
-            .arg("--clear-groups");
+            .arg(format!("--regid={uid}"));
+        match volume {
+            Volume::FsGroup(gid) => cmd.arg(format!("--groups={gid}")),
+            _ => cmd.arg("--clear-groups"),
+        };
     }
     cmd.arg(BIN)
         .args(["start", "-c"])

@@ -86,7 +86,7 @@ fn another_users_key_in_an_open_storage_directory_is_refused() {
 
 #[test]
 fn another_users_key_is_refused_even_in_a_closed_directory() {
-    swap_in_a_foreign_key("trust-owner", false, "owned by uid 65534");
+    swap_in_a_foreign_key("trust-owner", false, "(uid 65534)");
 }
 
 #[test]

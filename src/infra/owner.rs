@@ -60,18 +60,24 @@ pub fn dir_owner(dir: &Path) -> Result<Option<u32>, String> {
     Ok(Some(st.st_uid))
 }
 
-/// Refuses a storage directory that exists and belongs to another user than
-/// the one running tbot, root included. The error names the owner and
-/// suggests the command line that runs as the owner: `sudo -u OWNER ` and
-/// `command` (this process's own command line, for the operator to copy).
-/// A storage directory that cannot be walked is not judged here: the storage
-/// lock and the services report that.
+/// Refuses a storage directory that exists and belongs to another user
+/// than the one running tbot: another non-root user's (tbot's files would be
+/// unusable to them, and theirs to tbot), or anyone else's when tbot runs as
+/// root (root-owned files would be unusable to the owner's tbot). A
+/// root-owned directory that a non-root tbot can write is fine: a volume's
+/// mount point in Kubernetes' restricted profile (emptyDir, 0777 root; with
+/// `fsGroup`, root:GROUP 2775), where a non-root tbot can create no
+/// root-owned file. The error names the owner and suggests the command line
+/// that runs as the owner: `sudo -u OWNER ` and `command` (this process's
+/// own command line, for the operator to copy). A storage directory that
+/// cannot be walked is not judged here: the storage lock and the services
+/// report that.
 pub fn refuse_foreign_storage(storage: &Path, command: &str) -> Result<(), String> {
     let Ok(Some(owner)) = dir_owner(storage) else {
         return Ok(());
     };
     let me = euid();
-    if owner == me {
+    if owner == me || owner == 0 {
         return Ok(());
     }
     let sudo_user = user_name(owner).unwrap_or_else(|| format!("#{owner}"));
