@@ -27,7 +27,6 @@
 //! on stdout when the file is good; exit 2 and one line per problem on
 //! stderr (`tbot: FILE:LINE:COLUMN: what`) when it is not.
 
-use std::net::ToSocketAddrs;
 use std::path::Path;
 
 use rustix::fs::{Access, AtFlags, FileType};
@@ -47,14 +46,14 @@ pub fn run(args: &StartArgs) -> i32 {
             return exit::USAGE;
         }
     };
-    let config = match config::load(path) {
+    let (config, text) = match config::load_with_text(path) {
         Ok(c) => c,
         Err(e) => {
             log::fatal(&e.to_string());
             return exit::USAGE;
         }
     };
-    let problems = problems(&config, path);
+    let problems = problems(&config, path, &text);
     if problems.is_empty() {
         println!(
             "{}: ok (services: {}, storage: {})",
@@ -71,11 +70,10 @@ pub fn run(args: &StartArgs) -> i32 {
 }
 
 /// Every problem found beyond parsing, each located at the node it is about
-/// (when the file can be read again to find it).
-fn problems(config: &Config, path: &Path) -> Vec<config::Error> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+/// in `text` (the file as it was read and parsed).
+fn problems(config: &Config, path: &Path, text: &str) -> Vec<config::Error> {
     let at = |node: Vec<Seg>, message: String| {
-        let (line, column) = config::locate(&text, &node).unwrap_or((0, 0));
+        let (line, column) = config::locate(text, &node).unwrap_or((0, 0));
         config::Error {
             file: path.display().to_string(),
             line,
@@ -187,14 +185,9 @@ fn storage(dir: &Path) -> Vec<String> {
 }
 
 /// `addr` (already checked to be `HOST:PORT` at load) resolves to at least
-/// one address, as the diagnostics service's bind needs.
+/// one address, as the diagnostics service's bind needs: within the bind's
+/// own bound (`diag::LOOKUP_BOUND`), and not past a SIGTERM.
 fn resolves(addr: &str) -> Result<(), String> {
-    if addr.parse::<std::net::SocketAddr>().is_ok() {
-        return Ok(());
-    }
-    match addr.to_socket_addrs().map(|mut a| a.next()) {
-        Ok(Some(_)) => Ok(()),
-        Ok(None) => Err(format!("{addr} resolves to no address")),
-        Err(e) => Err(format!("{addr}: {e}")),
-    }
+    let stop = crate::infra::signals::stop_pending;
+    crate::infra::lookup::lookup(addr.to_string(), addr, crate::diag::LOOKUP_BOUND, stop).map(drop)
 }

@@ -2,7 +2,7 @@
 
 use crate::infra::backoff::Backoff;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use crate::cli::WaitArgs;
@@ -16,11 +16,7 @@ const MAX_POLL: Duration = Duration::from_secs(10);
 /// may resolve to ::1 before 127.0.0.1 while the bot listens on one only).
 fn connect(addr: &str, timeout: Duration) -> Result<TcpStream, String> {
     // The lookup too is bounded by `timeout` (getaddrinfo's own is not).
-    let owned = addr.to_string();
-    let lookup = move || owned.to_socket_addrs().map(Iterator::collect::<Vec<_>>);
-    let socks = crate::infra::threads::within("lookup", timeout, || false, lookup)
-        .map_err(|_| format!("{addr}: no answer from the name lookup"))?
-        .map_err(|e| format!("{addr}: {e}"))?;
+    let socks = crate::infra::lookup::lookup(addr.to_string(), addr, timeout, || false)?;
     connect_any(socks.into_iter(), timeout).map_err(|e| format!("{addr}: {e}"))
 }
 

@@ -13,7 +13,7 @@ use common::*;
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixDatagram;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -192,14 +192,6 @@ fn get_opt(addr: std::net::SocketAddr, path: &str) -> Option<Resp> {
     request_timeout(addr, raw.as_bytes(), Duration::from_secs(1)).ok()
 }
 
-/// A FIFO at `path`.
-pub fn mkfifo(path: &Path) -> PathBuf {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-    path.to_path_buf()
-}
-
 #[test]
 fn a_reload_from_a_fifo_nobody_writes_does_not_hold_sigterm() {
     let dir = TempDir::new("bw-fifo");
@@ -226,15 +218,43 @@ fn a_reload_from_a_fifo_nobody_writes_does_not_hold_sigterm() {
 }
 
 /// `tbot start` (config `cfg`, `extra` flags) in new network and mount
-/// namespaces whose resolver never answers: a name server on a route that
-/// drops every packet, asked with a long timeout, so getaddrinfo(3) waits
-/// minutes. Root only.
+/// namespaces whose resolver never answers (see [`silent_resolver`]).
 fn start_with_a_silent_resolver(dir: TempDir, cfg: &str, extra: &[&str]) -> Tbot {
+    let inner = Tbot::command_with(Path::new(BIN), &dir, cfg, extra, &[]);
+    let cmd = silent_resolver(&dir, &inner);
+    Tbot::spawn(cmd, dir)
+}
+
+/// An identity output and a multiplexer using it, started under a resolver
+/// that never answers, once the multiplexer listens; None (said why) when
+/// not root.
+fn mux_with_a_silent_resolver(tag: &str) -> Option<Tbot> {
+    if !is_root() {
+        eprintln!(
+            "skipped: needs root (mount and network namespaces for a resolver that never answers)"
+        );
+        return None;
+    }
+    let dir = TempDir::new(tag);
+    let services = identity_and_mux(&dir.join("id"), &dir.join("mux"));
+    let cfg = config_text(dir.path(), "", &services);
+    let t = start_with_a_silent_resolver(dir, &cfg, &[]);
+    assert!(
+        t.wait_log("ssh multiplexer listening", Duration::from_secs(20)),
+        "{}",
+        t.log()
+    );
+    Some(t)
+}
+
+/// `inner`, run in new network and mount namespaces whose resolver never
+/// answers: a name server on a route that drops every packet, asked with a
+/// long timeout, so getaddrinfo(3) waits minutes. Root only.
+fn silent_resolver(dir: &TempDir, inner: &std::process::Command) -> std::process::Command {
     let resolv = dir.write(
         "resolv.conf",
         "nameserver 10.255.255.1\noptions timeout:30 attempts:5\n",
     );
-    let inner = Tbot::command_with(Path::new(BIN), &dir, cfg, extra, &[]);
     let mut cmd = std::process::Command::new("unshare");
     cmd.args(["--net", "--mount", "sh", "-c"])
         .arg(
@@ -245,13 +265,65 @@ fn start_with_a_silent_resolver(dir: TempDir, cfg: &str, extra: &[&str]) -> Tbot
         .args(inner.get_args())
         .env("RESOLV", &resolv)
         .env_remove("TBOT_CONFIG_PATH")
-        .env_remove("NOTIFY_SOCKET");
-    Tbot::spawn(cmd, dir)
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    cmd
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid(2) cannot fail and touches no memory.
-    unsafe { libc::geteuid() == 0 }
+/// `tbot check` reads its configuration once, as start does: a FIFO
+/// written once is judged, where a second read would wait for a writer
+/// for good.
+#[test]
+fn check_reads_a_fifo_configuration_once() {
+    let dir = TempDir::new("bw-check-fifo");
+    let text = one_output(&dir, "1s");
+    let fifo = mkfifo(&dir.join("tbot.fifo"));
+    let writer = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::write(fifo, text).unwrap())
+    };
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args(["check", "-c"])
+        .arg(&fifo)
+        .env_remove("TBOT_CONFIG_PATH")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    let mut t = Tbot::spawn(cmd, dir);
+    writer.join().unwrap();
+    let status = t.wait_exit(Duration::from_secs(15));
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", t.log());
+}
+
+/// `tbot check` looks a `diag_addr` host name up within the bind's bound
+/// (10 s), whatever the resolver's own timeouts, and says so.
+#[test]
+fn check_gives_up_on_a_lookup_that_never_answers() {
+    if !is_root() {
+        eprintln!(
+            "skipped: needs root (mount and network namespaces for a resolver that never answers)"
+        );
+        return;
+    }
+    let dir = TempDir::new("bw-check-lookup");
+    let cfg = dir.write(
+        "tbot.yaml",
+        &config_text(dir.path(), "diag_addr: tbot-lookup.example:3001\n", ""),
+    );
+    let mut inner = std::process::Command::new(BIN);
+    inner.args(["check", "-c"]).arg(&cfg);
+    let cmd = silent_resolver(&dir, &inner);
+    let mut t = Tbot::spawn(cmd, dir);
+    let t0 = Instant::now();
+    let status = t.wait_exit(Duration::from_secs(25));
+    assert_eq!(status.and_then(|s| s.code()), Some(2), "{}", t.log());
+    assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
+    assert!(
+        t.log()
+            .contains("resolving tbot-lookup.example:3001: no answer within 10s"),
+        "{}",
+        t.log()
+    );
 }
 
 #[test]
@@ -282,22 +354,10 @@ fn a_name_lookup_that_never_answers_does_not_hold_sigterm() {
 
 #[test]
 fn a_multiplexer_target_whose_lookup_never_answers_is_refused_in_time() {
-    if !is_root() {
-        eprintln!(
-            "skipped: needs root (mount and network namespaces for a resolver that never answers)"
-        );
-        return;
-    }
     use std::io::{Read, Write};
-    let dir = TempDir::new("bw-mux-lookup");
-    let services = identity_and_mux(&dir.join("id"), &dir.join("mux"));
-    let cfg = config_text(dir.path(), "", &services);
-    let t = start_with_a_silent_resolver(dir, &cfg, &[]);
-    assert!(
-        t.wait_log("ssh multiplexer listening", Duration::from_secs(20)),
-        "{}",
-        t.log()
-    );
+    let Some(t) = mux_with_a_silent_resolver("bw-mux-lookup") else {
+        return;
+    };
     let mut c = std::os::unix::net::UnixStream::connect(t.dir.join("mux/v1.sock")).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let t0 = Instant::now();
@@ -310,4 +370,76 @@ fn a_multiplexer_target_whose_lookup_never_answers_is_refused_in_time() {
         t.log()
     );
     assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
+}
+
+/// One request to the multiplexer socket at `socket` for `target`; the
+/// answer read within `within` (what arrived by then).
+fn mux_ask(socket: &Path, target: &str, within: Duration) -> std::os::unix::net::UnixStream {
+    use std::io::Write;
+    let mut c = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    c.set_read_timeout(Some(within)).unwrap();
+    c.write_all(format!("{target}\0").as_bytes()).unwrap();
+    c
+}
+
+fn answer(mut c: std::os::unix::net::UnixStream) -> String {
+    use std::io::Read;
+    let mut answer = String::new();
+    let _ = c.read_to_string(&mut answer);
+    answer
+}
+
+/// Lookups left waiting on a resolver that never answers do not pile up:
+/// past 32 a new one is refused at once, with the reason.
+#[test]
+fn multiplexer_lookups_in_flight_are_capped() {
+    let Some(t) = mux_with_a_silent_resolver("bw-mux-cap") else {
+        return;
+    };
+    let socket = t.dir.join("mux/v1.sock");
+    let waiting: Vec<_> = (0..32)
+        .map(|_| mux_ask(&socket, "tbot-lookup.example:22", Duration::from_secs(20)))
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let t0 = Instant::now();
+    let last = answer(mux_ask(
+        &socket,
+        "tbot-lookup.example:22",
+        Duration::from_secs(20),
+    ));
+    assert!(
+        last.contains("32 name lookups are already waiting on the resolver"),
+        "{last:?}\n{}",
+        t.log()
+    );
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    drop(waiting);
+}
+
+/// A multiplexer connection waiting on its target's lookup is answered
+/// as soon as its service stops (a reload that removes it), not after the
+/// lookup's bound; the reload's drain is not held by it.
+#[test]
+fn a_multiplexer_lookup_ends_when_the_service_stops() {
+    let Some(mut t) = mux_with_a_silent_resolver("bw-mux-stop") else {
+        return;
+    };
+    let c = mux_ask(
+        &t.dir.join("mux/v1.sock"),
+        "tbot-lookup.example:22",
+        Duration::from_secs(20),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    // The reload removes the multiplexer: its service stops.
+    let services = identity_and_mux(&t.dir.join("id"), &t.dir.join("mux"));
+    let (id_only, _) = services.split_at(services.find("  - type: ssh-multiplexer").unwrap());
+    t.dir
+        .write("tbot.yaml", &config_text(t.dir.path(), "", id_only));
+    let t0 = Instant::now();
+    t.signal(libc::SIGHUP);
+    let a = answer(c);
+    assert!(a.contains("cut short: stopping"), "{a:?}\n{}", t.log());
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    let status = term_and_wait(&mut t, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "{}", t.log());
 }

@@ -18,11 +18,6 @@ const T: Duration = Duration::from_secs(10);
 const NOBODY: u32 = 65534;
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 fn lchown(path: &Path, uid: u32) {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
     // SAFETY: a valid C string; gid -1 leaves the group alone.
@@ -142,7 +137,7 @@ fn check_refuses_what_start_would_fail_on() {
     check_refuses(
         &dir,
         &config_text(dir.path(), "diag_addr: tbot-check.invalid:3001\n", ""),
-        &[":3:12: diag_addr: tbot-check.invalid:3001"],
+        &[":3:12: diag_addr: resolving tbot-check.invalid:3001: "],
     );
     // A destination through a file.
     let dir = TempDir::new("check-dest");

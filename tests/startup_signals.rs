@@ -7,15 +7,8 @@ mod common;
 use common::*;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
-
-fn mkfifo(path: &Path) -> PathBuf {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-    path.to_path_buf()
-}
 
 /// tbot started on a FIFO configuration, and the FIFO's write end, open
 /// (so tbot's read waits for the text).

@@ -15,11 +15,6 @@ use std::time::Duration;
 
 const OTHER_UID: u32 = 65534;
 
-fn is_root() -> bool {
-    // SAFETY: geteuid(2) cannot fail and touches no memory.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// A fresh ed25519 key at `path`, owned by `uid`, mode 0600.
 fn foreign_key(path: &Path, uid: u32) {
     let out = Command::new("ssh-keygen")

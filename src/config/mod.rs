@@ -163,8 +163,15 @@ pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 
 /// Reads, parses and validates a configuration file.
 pub fn load(path: &Path) -> Result<Config, Error> {
+    load_with_text(path).map(|(config, _)| config)
+}
+
+/// [`load`], with the text it read (once, within [`CONFIG_READ_BOUND`]):
+/// `tbot check` locates its findings in it, and a second read could block
+/// again (a FIFO) or read something else.
+pub fn load_with_text(path: &Path) -> Result<(Config, String), Error> {
     let (file, text, base) = read_text(path)?;
-    parse(&file, &text, &base)
+    parse(&file, &text, &base).map(|config| (config, text))
 }
 
 /// A configuration file's name (for messages), its text (UTF-8, at most

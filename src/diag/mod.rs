@@ -20,7 +20,7 @@
 //! empties them, and a move puts the new front in. They are always on the
 //! watchdog's list; while no service runs, they count as turning.
 
-use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::net::TcpListener;
 use std::os::unix::net::UnixListener;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -57,21 +57,9 @@ pub fn bind(addr: &str) -> Result<TcpListener, String> {
     // A host name is looked up beside the main thread (which binds at start
     // and on reload, and alone takes SIGTERM): within LOOKUP_BOUND, and not
     // past a stop signal.
-    let owned = addr.to_string();
-    let lookup = move || owned.to_socket_addrs().map(Iterator::collect::<Vec<_>>);
     let stop = crate::infra::signals::stop_pending;
-    let addrs: Vec<SocketAddr> =
-        crate::infra::threads::within("diag-lookup", LOOKUP_BOUND, stop, lookup)
-            .map_err(|why| match why {
-                crate::infra::threads::GaveUp::TimedOut => format!(
-                    "diagnostics address {addr}: no answer from the name lookup within {} s",
-                    LOOKUP_BOUND.as_secs()
-                ),
-                crate::infra::threads::GaveUp::Asked => {
-                    format!("diagnostics address {addr}: lookup cut short by a stop signal")
-                }
-            })?
-            .map_err(|e| format!("diagnostics address {addr}: {e}"))?;
+    let addrs = crate::infra::lookup::lookup(addr.to_string(), addr, LOOKUP_BOUND, stop)
+        .map_err(|e| format!("diagnostics address {addr}: {e}"))?;
     let mut last = None;
     for a in &addrs {
         match TcpListener::bind(a) {

@@ -20,8 +20,9 @@ use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
 static RAISED: OnceLock<(u64, Option<u64>)> = OnceLock::new();
 
 /// Raises the soft RLIMIT_NOFILE to the hard one (not allowed, already
-/// equal or unlimited: nothing changes). Called once, first thing in
-/// `main`; [`log_raised`] says what it did once logging is set up.
+/// equal or unlimited: nothing changes). Called once in `main`, after the
+/// command line is parsed and before any thread or budget exists;
+/// [`log_raised`] says what it did once logging is set up.
 pub fn raise_nofile() {
     if let Some(r) = raised_nofile() {
         let _ = RAISED.set(r);

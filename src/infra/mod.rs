@@ -12,7 +12,7 @@
 //!   `acl` (POSIX ACLs for a destination's readers), `owner` (whose a
 //!   directory is; no running on another user's storage);
 //! - public sockets: `sockets` (spare descriptor, out-of-descriptors
-//!   check, lingering close);
+//!   check, lingering close); `lookup` (name lookups, bounded and capped);
 //! - stopping: `stop` (the one stop signal: a flag and a channel, and a
 //!   descriptor for those who ask);
 //! - subscriptions: `subscribers` (lists whose entries end with their
@@ -42,6 +42,7 @@ pub mod inotify;
 pub mod instance_lock;
 pub mod limits;
 pub mod liveness;
+pub mod lookup;
 pub mod malloc;
 pub mod owner;
 pub mod poll;

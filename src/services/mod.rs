@@ -172,6 +172,12 @@ impl Context {
         self.stop.fd()
     }
 
+    /// The service's stop signal, for threads of its own that outlive a
+    /// borrow of the context (a multiplexer's connections).
+    pub fn stop_signal(&self) -> Stop {
+        self.stop.clone()
+    }
+
     pub fn stopping(&self) -> bool {
         self.stop.is_set()
     }

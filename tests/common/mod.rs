@@ -15,6 +15,21 @@ pub mod util;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tbot");
 
+/// Whether this process runs as root (tests that need it say why they
+/// skipped otherwise).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid(2) cannot fail and touches no memory.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A FIFO at `path` (mode 0600), returned.
+pub fn mkfifo(path: &Path) -> PathBuf {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    path.to_path_buf()
+}
+
 /// A fresh directory under the temp dir, removed on drop.
 pub struct TempDir(pub PathBuf);
 

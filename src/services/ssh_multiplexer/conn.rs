@@ -28,6 +28,8 @@ pub(super) struct Connections {
     pub(super) active: Arc<AtomicUsize>,
     pub(super) limits: Limits,
     pub(super) relays: Relays,
+    /// The service's stop signal: a connection's name lookup gives up on it.
+    pub(super) stop: crate::infra::stop::Stop,
 }
 
 /// One request in the metrics: started and in flight from creation; handled
@@ -91,11 +93,12 @@ impl Connections {
         let service = self.service.clone();
         let relays = self.relays.clone();
         let limits = self.limits;
+        let stop = self.stop.clone();
         let spawned = crate::infra::threads::spawn("mux-conn", move || {
             let _slot = slot;
             let mut client = stream;
             let registered = relays.register(&client);
-            serve(&mut client, request, &service, &limits);
+            serve(&mut client, request, &service, &limits, &stop);
             // Out of the registry before the socket closes (see `drain`).
             drop(registered);
             drop(client);
@@ -240,7 +243,13 @@ impl Lingering {
 }
 
 /// Handles one connection on its own thread: request, dial, relay.
-fn serve(client: &mut UnixStream, mut request: Request, service: &str, limits: &Limits) {
+fn serve(
+    client: &mut UnixStream,
+    mut request: Request,
+    service: &str,
+    limits: &Limits,
+    stop: &crate::infra::stop::Stop,
+) {
     let _ = client.set_nonblocking(false);
     let (text, early) = match read_request(client, limits.request_deadline) {
         Ok(r) => r,
@@ -257,7 +266,7 @@ fn serve(client: &mut UnixStream, mut request: Request, service: &str, limits: &
         Ok(c) => c,
         Err(e) => return fail(service, Some(client), Some(&shown), &e, limits),
     };
-    let upstream = match target.dial(limits.dial_timeout) {
+    let upstream = match target.dial(limits.dial_timeout, || stop.is_set()) {
         Ok(s) => s,
         Err(e) => return fail(service, Some(client), Some(&shown), &e, limits),
     };

@@ -232,6 +232,7 @@ impl Service for SshMultiplexer {
             active: self.active.clone(),
             limits,
             relays: self.relays.clone(),
+            stop: ctx.stop_signal(),
         };
         let result = accept_loop(&socket, &dest, &conns, ctx);
         if result.is_ok() {

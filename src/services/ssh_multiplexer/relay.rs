@@ -3,14 +3,13 @@
 //! cuts the relay).
 
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::infra::poll::{poll, PollFd, PollFlags};
-use crate::infra::threads::within;
 use rustix::net::{shutdown, Shutdown};
 
 use crate::log;
@@ -30,11 +29,16 @@ const KEEPALIVE_COUNT: u32 = 4;
 const HANGUP_CHECK: Duration = Duration::from_secs(1);
 
 impl Target {
-    /// Resolves the host and connects to the first address that answers.
-    pub fn dial(&self, timeout: Duration) -> Result<TcpStream, String> {
+    /// Resolves the host and connects to the first address that answers;
+    /// the lookup is given up when `stopping` says so (the service stops).
+    pub fn dial(
+        &self,
+        timeout: Duration,
+        stopping: impl Fn() -> bool,
+    ) -> Result<TcpStream, String> {
         let addrs = match &self.zone {
             Some(zone) => vec![self.scoped(zone)?],
-            None => self.resolve(timeout)?,
+            None => self.resolve(timeout, stopping)?,
         };
         self.connect(addrs, timeout)
     }
@@ -62,23 +66,18 @@ impl Target {
         )))
     }
 
-    /// The target's addresses, looked up within `timeout`.
-    fn resolve(&self, timeout: Duration) -> Result<Vec<SocketAddr>, String> {
-        // getaddrinfo(3) cannot be cut short, and its own bound (resolv.conf's
-        // timeout × attempts × servers, per family) is not ours: it runs
-        // beside, and the dial gives up on it after `timeout`.
-        let (host, port) = (self.host.clone(), self.port);
-        let lookup = move || (host.as_str(), port).to_socket_addrs().map(|a| a.collect());
-        let addrs: Vec<SocketAddr> = within("mux-lookup", timeout, || false, lookup)
-            .map_err(|_| {
-                format!(
-                    "resolving {}: no answer within {}",
-                    self.host,
-                    crate::infra::duration::format(timeout)
-                )
-            })?
-            .map_err(|e: io::Error| format!("resolving {}: {e}", self.host))?;
-        Ok(addrs)
+    /// The target's addresses, looked up within `timeout`, given up when
+    /// `stopping` says so (see `infra::lookup`).
+    fn resolve(
+        &self,
+        timeout: Duration,
+        stopping: impl Fn() -> bool,
+    ) -> Result<Vec<SocketAddr>, String> {
+        let target = match self.host.contains(':') {
+            true => format!("[{}]:{}", self.host, self.port),
+            false => format!("{}:{}", self.host, self.port),
+        };
+        crate::infra::lookup::lookup(target, &self.host, timeout, stopping)
     }
 
     /// Connects to the first of `addrs` that answers within `timeout`.
@@ -223,7 +222,7 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         let s = target("127.0.0.1", port)
-            .dial(Duration::from_secs(5))
+            .dial(Duration::from_secs(5), || false)
             .unwrap();
         let get = |level, name| {
             let mut value: libc::c_int = 0;
