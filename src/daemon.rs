@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use crate::cli::StartArgs;
 use crate::config::Config;
 use crate::health::{Applier, Health};
+use crate::infra::bounded_read::{beside, DISK_BOUND};
 use crate::infra::instance_lock::StorageLockError;
 use crate::infra::signals::Signal;
 use crate::infra::stop::Stop;
@@ -34,40 +35,53 @@ pub fn start(args: StartArgs) -> i32 {
         // A stop that cut the configuration's read short (a FIFO path that
         // nobody writes) is a clean stop, not a bad file.
         Err(_) if signals::stop_pending() => {
-            log::info(
-                "stopped before starting: a stop signal arrived while reading the configuration",
-                &[],
-            );
-            return exit::OK;
+            return stopped_before_starting(&args, "reading the configuration");
         }
         Err(e) => {
             log::fatal(&e);
             return exit::USAGE;
         }
     };
-    // Never as another user than the storage's owner (root included).
+    // Waits on the disk, each beside the main thread (see `beside`).
+    let storage = config.storage.clone();
     let command = crate::infra::owner::command_line();
-    if let Err(e) = crate::infra::owner::refuse_foreign_storage(&config.storage, &command) {
-        log::fatal(&e);
-        return exit::USAGE;
-    }
-    // One tbot per storage directory, daemon or --oneshot: held until exit.
-    let _storage_lock = match crate::infra::instance_lock::lock_storage(&config.storage) {
-        Ok(held) => Some(held),
-        Err(StorageLockError::InUse(e)) => {
-            log::error("cannot start", &[("error", &e)]);
+    let prepared = beside("storage-owner", DISK_BOUND, move || {
+        // Never as another user than the storage's owner.
+        crate::infra::owner::refuse_foreign_storage(&storage, &command)
+            .map_err(|e| (e, exit::USAGE))?;
+        // One tbot per storage directory, daemon or --oneshot: held until exit.
+        let lock = match crate::infra::instance_lock::lock_storage(&storage) {
+            Ok(held) => Some(held),
+            Err(StorageLockError::InUse(e)) => {
+                log::error("cannot start", &[("error", &e)]);
+                return Err((e, exit::FAILURE));
+            }
+            Err(StorageLockError::Unusable(e)) => {
+                log::warn(
+                    "cannot lock the storage directory; starting without the lock (the services using it will report the problem)",
+                    &[("error", &e)],
+                );
+                None
+            }
+        };
+        Ok((lock, crate::infra::fsutil::settle_temp_dir(&storage)))
+    });
+    let (_storage_lock, temp_dir) = match prepared {
+        Ok(Ok(p)) => p,
+        Ok(Err((e, code))) => {
+            log::fatal(&e);
+            return code;
+        }
+        Err(_) if signals::stop_pending() => {
+            return stopped_before_starting(&args, "preparing the storage directory");
+        }
+        Err(e) => {
+            let e = format!("storage directory {}: {e}", config.storage.display());
             log::fatal(&e);
             return exit::FAILURE;
         }
-        Err(StorageLockError::Unusable(e)) => {
-            log::warn(
-                "cannot lock the storage directory; starting without the lock (the services using it will report the problem)",
-                &[("error", &e)],
-            );
-            None
-        }
     };
-    if let Some(dir) = crate::infra::fsutil::settle_temp_dir(&config.storage) {
+    if let Some(dir) = temp_dir {
         log::info(
             "the temporary directory is not writable; using this one (TMPDIR)",
             &[("directory", &dir.display())],
@@ -75,7 +89,7 @@ pub fn start(args: StartArgs) -> i32 {
     }
     if args.oneshot {
         // (The daemon's apply does this, at start as at each reload.)
-        crate::services::readers::grant_passages(&config);
+        crate::reload::grant_passages_beside(&config);
         // Signals get their default action back: they end a oneshot.
         signals::unblock();
         return crate::oneshot::run(&config);
@@ -98,6 +112,19 @@ pub fn start(args: StartArgs) -> i32 {
             exit::FAILURE
         }
     }
+}
+
+/// A stop signal arrived while `during` (before any service started): a
+/// clean stop for the daemon (exit 0); for a oneshot, whose 0 means every
+/// output was issued, a failure (exit 1).
+fn stopped_before_starting(args: &StartArgs, during: &str) -> i32 {
+    let message = format!("stopped before starting: a stop signal arrived while {during}");
+    if args.oneshot {
+        log::fatal(&format!("{message}; no output was issued"));
+        return exit::FAILURE;
+    }
+    log::info(&message, &[]);
+    exit::OK
 }
 
 fn run(args: StartArgs, config: Arc<Config>) -> Result<(), String> {

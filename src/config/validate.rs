@@ -59,8 +59,15 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Invalid> {
         ));
     }
     let storage = resolve(&raw.storage.path.0);
-    crate::infra::trust::check_dirs_to_be(&storage)
-        .map_err(|e| (vec![Key("storage"), Key("path")], e))?;
+    // A walk of the path: off the main thread, bounded, ended by a stop.
+    let walked = storage.clone();
+    let bound = crate::infra::bounded_read::DISK_BOUND;
+    crate::infra::bounded_read::beside("trust-walk", bound, move || {
+        crate::infra::trust::check_dirs_to_be(&walked)
+    })
+    .map_err(|e| format!("{}: {e}", storage.display()))
+    .and_then(|r| r)
+    .map_err(|e| (vec![Key("storage"), Key("path")], e))?;
 
     Ok(Config {
         file: String::new(),

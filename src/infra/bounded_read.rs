@@ -36,21 +36,42 @@ pub fn read_whole(path: &Path, max: u64, bound: Duration) -> io::Result<Option<V
     let helper_gave_up = gave_up.clone();
     let owned: PathBuf = path.to_path_buf();
     let read = move || read_now(&owned, max, &helper_gave_up);
-    let result = within("read-file", bound, stop_pending, read);
-    let (kind, text) = match result {
-        Ok(r) => return r,
-        Err(GaveUp::Asked) => (ErrorKind::Interrupted, "a stop signal arrived".to_string()),
-        Err(GaveUp::TimedOut) => (
+    let result = beside("read-file", bound, read);
+    if result.is_err() {
+        gave_up.store(true, Ordering::SeqCst);
+    }
+    result?
+}
+
+/// Runs `f`, a wait on the disk that the main thread makes (a walk of the
+/// storage directory's path, its lock, an ACL), on a short-lived helper
+/// thread, and waits for it at most `bound`, giving up at once when a stop
+/// signal is pending: the main thread alone takes SIGTERM, and a mount that
+/// does not answer must not hold it. Errors: `TimedOut` after `bound`
+/// (the helper ends when the kernel returns), `Interrupted` on a stop.
+pub fn beside<T, F>(name: &str, bound: Duration, f: F) -> io::Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    match within(name, bound, stop_pending, f) {
+        Ok(v) => Ok(v),
+        Err(GaveUp::Asked) => Err(io::Error::new(
+            ErrorKind::Interrupted,
+            "a stop signal arrived",
+        )),
+        Err(GaveUp::TimedOut) => Err(io::Error::new(
             ErrorKind::TimedOut,
             format!(
-                "not read to its end within {} s (a FIFO nobody writes, or a mount that does not answer?)",
+                "no answer within {} s (a FIFO nobody writes, or a mount that does not answer?)",
                 bound.as_secs()
             ),
-        ),
-    };
-    gave_up.store(true, Ordering::SeqCst);
-    Err(io::Error::new(kind, text))
+        )),
+    }
 }
+
+/// How long a wait on the disk at start or reload ([`beside`]) may take.
+pub const DISK_BOUND: Duration = Duration::from_secs(10);
 
 /// Opens and reads `path` on the calling thread; a non-regular file is
 /// polled in slices until its end, or until `gave_up`.

@@ -95,6 +95,7 @@ pub enum StorageLockError {
 /// `STORAGE/tbot.lock`, creating the storage directory (0700) when missing.
 /// Errors are worded for the operator: the path and what is wrong.
 pub fn lock_storage(storage: &Path) -> Result<Held, StorageLockError> {
+    crate::infra::failpoints::hit_in_write("storage-lock", storage);
     let unusable = |e: String| StorageLockError::Unusable(format!("storage lock: {e}"));
     crate::infra::fsutil::create_private_dir(storage).map_err(unusable)?;
     let path = storage.join(STORAGE_LOCK_FILE);

@@ -60,6 +60,7 @@ pub fn check_dirs(dir: &Path) -> Result<(), String> {
 /// owner but tbot's user, and says how to run as it); its mode is checked
 /// here.
 pub fn check_dirs_to_be(dir: &Path) -> Result<(), String> {
+    crate::infra::failpoints::hit_in_write("trust-walk", dir);
     match std::fs::symlink_metadata(dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => match dir.parent() {
             Some(p) if !p.as_os_str().is_empty() => check_from_existing(p),

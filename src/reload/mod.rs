@@ -244,7 +244,7 @@ impl Current {
                 r.access = Some(access.clone());
             }
         }
-        crate::services::readers::grant_passages(&new);
+        grant_passages_beside(&new);
         for spec in specs {
             self.running
                 .push(supervisor::start(spec, &self.updates, &self.shared));
@@ -343,5 +343,24 @@ impl Current {
         if let Some(d) = self.diag.take() {
             d.shutdown();
         }
+    }
+}
+
+/// `readers::grant_passages` (ACL entries on the storage directory's and
+/// destinations' parents) beside the main thread, within `DISK_BOUND` and
+/// not past a stop signal (see `bounded_read::beside`); a grant that does
+/// not finish is logged, and the services report what they then cannot
+/// reach.
+pub fn grant_passages_beside(config: &Config) {
+    use crate::infra::bounded_read::{beside, DISK_BOUND};
+    let owned = config.clone();
+    let granted = beside("grant-passages", DISK_BOUND, move || {
+        crate::services::readers::grant_passages(&owned)
+    });
+    if let Err(e) = granted {
+        crate::log::warn(
+            "readers: granting passage to the destinations did not finish",
+            &[("error", &e)],
+        );
     }
 }
