@@ -30,6 +30,8 @@ pub fn start(args: StartArgs) -> i32 {
         args.debug == Some(true),
     );
     crate::infra::limits::log_raised();
+    // (Tests: a panic of the main thread, whose line must not be lost.)
+    crate::infra::failpoints::hit("daemon-start");
     let config = match crate::config::configure(&args) {
         Ok(c) => Arc::new(c),
         // A stop that cut the configuration's read short (a FIFO path that

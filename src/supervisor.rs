@@ -61,6 +61,11 @@ pub fn install_panic_hook() {
                 ("at", &location),
             ],
         );
+        // A panic of the main thread ends the process (exit 101) with no
+        // other flush: the line must reach stderr first (bounded).
+        if name == "main" {
+            log::flush();
+        }
     }));
 }
 

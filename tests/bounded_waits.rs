@@ -443,3 +443,21 @@ fn a_multiplexer_lookup_ends_when_the_service_stops() {
     let status = term_and_wait(&mut t, Duration::from_secs(10));
     assert_eq!(status.code(), Some(0), "{}", t.log());
 }
+
+/// A panic of the main thread exits 101 at once: its line reaches stderr
+/// first (the panic hook flushes the log writer's queue, bounded).
+#[test]
+fn a_main_thread_panic_is_logged_before_the_exit() {
+    for i in 0..5 {
+        let dir = TempDir::new("bw-main-panic");
+        let cfg = one_output(&dir, "1s");
+        let env = [("TBOT_FAILPOINTS", "daemon-start=panic:1")];
+        let cmd = Tbot::command_with(Path::new(BIN), &dir, &cfg, &[], &env);
+        let mut t = Tbot::spawn(cmd, dir);
+        let status = t.wait_exit(Duration::from_secs(10)).expect("exits");
+        assert_eq!(status.code(), Some(101), "{}", t.log());
+        // The test's reader thread may still be copying: give it a moment.
+        let logged = t.wait_log("thread panicked thread=main", Duration::from_secs(2));
+        assert!(logged, "run {i}: no panic line:\n{}", t.log());
+    }
+}

@@ -186,7 +186,7 @@ pub fn fatal(msg: &str) {
     } else {
         format!("tbot: {msg}")
     };
-    sink::write(format!("{prefix}{line}\n"));
+    sink::write_fatal(format!("{prefix}{line}\n"));
 }
 
 /// Sets the line format alone, before anything else is known (the command

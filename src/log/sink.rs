@@ -8,7 +8,10 @@
 //! [`MAX_QUEUED_BYTES`], and a line that does not fit is dropped and
 //! counted. Once the writer gets through again, one warning says how many
 //! were dropped. At exit, [`flush`] waits at most [`FLUSH_BOUND`] for the
-//! queue to empty.
+//! queue to empty. The line saying why tbot exits ([`write_fatal`]) is
+//! never dropped for the limit. When the writer is gone (its thread could
+//! not start, or ended), a line is written directly, only if stderr can
+//! take it now ([`direct`]): never waited on, never lost silently.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -60,20 +63,49 @@ fn queue() -> Option<&'static Sender<String>> {
 
 /// Queues one whole line (ending in a newline) for stderr; never waits.
 pub fn write(line: String) {
+    queue_line(line, false);
+}
+
+/// [`write`] for a fatal error: past [`MAX_QUEUED_BYTES`] too, so that the
+/// one line saying why tbot exits is not the one dropped.
+pub fn write_fatal(line: String) {
+    queue_line(line, true);
+}
+
+fn queue_line(line: String, fatal: bool) {
     let Some(tx) = queue() else {
-        // A closed stderr must not take the daemon down: drop the line.
-        let _ = std::io::stderr().lock().write_all(line.as_bytes());
-        return;
+        return direct(&line);
     };
     let len = line.len();
-    if QUEUED.fetch_add(len, Ordering::SeqCst) + len > MAX_QUEUED_BYTES {
+    if QUEUED.fetch_add(len, Ordering::SeqCst) + len > MAX_QUEUED_BYTES && !fatal {
         QUEUED.fetch_sub(len, Ordering::SeqCst);
         DROPPED.fetch_add(1, Ordering::SeqCst);
         return;
     }
-    if tx.send(line).is_err() {
+    if let Err(e) = tx.send(line) {
+        // The writer ended: write it here, if stderr takes it now.
         QUEUED.fetch_sub(len, Ordering::SeqCst);
+        direct(&e.0);
     }
+}
+
+/// Writes `line` to stderr from the calling thread only if stderr can take
+/// it now (poll(2) says writable: a pipe then has room for PIPE_BUF bytes,
+/// so at most that much is written); otherwise it is counted as dropped.
+fn direct(line: &str) {
+    use crate::infra::poll::{poll, PollFd, PollFlags};
+    let stderr = std::io::stderr();
+    let writable = {
+        let mut fds = [PollFd::new(&stderr, PollFlags::OUT)];
+        matches!(poll(&mut fds, Some(Duration::ZERO)), Ok(n) if n > 0)
+            && fds[0].revents().contains(PollFlags::OUT)
+    };
+    if !writable {
+        DROPPED.fetch_add(1, Ordering::SeqCst);
+        return;
+    }
+    let bytes = &line.as_bytes()[..line.len().min(libc::PIPE_BUF)];
+    let _ = stderr.lock().write_all(bytes);
 }
 
 /// Waits until every queued line is written, at most [`FLUSH_BOUND`]:
