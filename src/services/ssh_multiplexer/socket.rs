@@ -155,7 +155,7 @@ fn place(
         }
     };
     if FileType::from_raw_mode(st.st_mode) != FileType::Socket
-        || st.st_uid != rustix::process::geteuid().as_raw()
+        || st.st_uid != crate::infra::owner::euid()
     {
         return Err((
             format!(
