@@ -236,3 +236,82 @@ pub(super) enum Place {
 fn pipelining(next: &Option<Vec<u8>>) -> bool {
     next.as_ref().is_some_and(|b| !b.is_empty())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{TcpListener, TcpStream};
+    use std::os::unix::net::UnixStream;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use super::Place;
+    use crate::diag::front::{Conn, Front, Limits, Request, State};
+
+    /// A front (never run) with `max_connections` 1 and a probe room of 2,
+    /// its one slot held by a request that waits on tbot (no victim).
+    fn front() -> (Front, TcpListener) {
+        let limits = Limits {
+            max_connections: 1,
+            probe_room: 2,
+            ..Limits::default()
+        };
+        let (_, stop) = UnixStream::pair().unwrap();
+        let lost = Arc::new(|_: &std::path::Path| {});
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let backend = Arc::new(Mutex::new("/nonexistent".into()));
+        let mut f = Front::new(listener, backend, lost, limits, stop).unwrap();
+        let clients = TcpListener::bind("127.0.0.1:0").unwrap();
+        let waits = State::Queued(Request {
+            head: Vec::new(),
+            next: None,
+            at_once: false,
+            retried: false,
+        });
+        push(&mut f, &clients, waits, false);
+        (f, clients)
+    }
+
+    /// Adds a connection in `state` (in the probe room or a slot); its id
+    /// is the next one.
+    fn push(f: &mut Front, clients: &TcpListener, state: State, probe_room: bool) {
+        let peer = clients.local_addr().unwrap();
+        let stream = TcpStream::connect(peer).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut c = Conn::new(f.next_id, stream, peer, state, deadline);
+        c.probe_room = probe_room;
+        f.conns.push(c);
+        f.next_id += 1;
+    }
+
+    fn head() -> State {
+        State::Head { buf: Vec::new() }
+    }
+
+    /// A connection that has waited for its head less than `stall_time`
+    /// (a request most likely on its way) keeps its place while the probe
+    /// room has one free, and never loses it to a newcomer of its own
+    /// batch of accepts.
+    #[test]
+    fn a_fresh_connection_is_put_out_last_and_never_by_its_own_batch() {
+        let (mut f, clients) = front();
+        let now = Instant::now();
+        assert_eq!(f.place_for_newcomer(now, f.next_id), Place::ProbeRoom);
+        push(&mut f, &clients, head(), true);
+        // Connection 1 waits for its head: the newcomer gets the room's
+        // other place, not connection 1's.
+        assert_eq!(f.place_for_newcomer(now, f.next_id), Place::ProbeRoom);
+        push(&mut f, &clients, head(), true);
+        // The room is full: the oldest fresh one goes, from an earlier
+        // batch only.
+        assert_eq!(f.place_for_newcomer(now, 2), Place::Instead(1));
+        assert_eq!(f.place_for_newcomer(now, 1), Place::NextTurn);
+        // One that has waited `stall_time` for its head goes first, batch
+        // or not.
+        f.conns[2].since = now - f.limits.stall_time;
+        assert_eq!(f.place_for_newcomer(now, 1), Place::Instead(2));
+        // No one to put out: refused.
+        f.conns.truncate(1);
+        f.limits.probe_room = 0;
+        assert_eq!(f.place_for_newcomer(now, 1), Place::Full);
+    }
+}
