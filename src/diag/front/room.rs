@@ -50,7 +50,6 @@
 //!   ([`Front::trim_lingering`]); other closes in between only turn a
 //!   served connection into a lingering one, which adds no descriptor.
 
-use std::net::Shutdown;
 use std::time::{Duration, Instant};
 
 use super::{Conn, Front, State};
@@ -60,7 +59,8 @@ impl Conn {
     /// stream; what the client still sends is read and dropped until
     /// `now + linger_time`. An answer not yet written whole is cut.
     pub(super) fn close_lingering(&mut self, now: Instant, linger_time: Duration) {
-        let _ = self.client.shutdown(Shutdown::Write);
+        // TLS: close_notify first.
+        self.client.shutdown_write();
         self.state = State::Linger { drained: 0 };
         self.deadline = now + linger_time;
         self.probe_room = false;
@@ -109,6 +109,9 @@ impl Front {
                 pipelining(&rq.next).then_some((3, c.since))
             }
             State::Backend { ref keep_alive, .. } => pipelining(keep_alive).then_some((3, c.since)),
+            // Its password is being checked: a request that waits on tbot
+            // keeps its slot.
+            State::Auth(_) => None,
             State::Linger { .. } => None,
         }
     }
@@ -240,12 +243,13 @@ fn pipelining(next: &Option<Vec<u8>>) -> bool {
 #[cfg(test)]
 mod tests {
     use std::net::{TcpListener, TcpStream};
-    use std::os::unix::net::UnixStream;
     use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
 
     use super::Place;
+    use crate::diag::front::tls::Client;
     use crate::diag::front::{Conn, Front, Limits, Request, State};
+    use crate::infra::stop::Stop;
 
     /// A front (never run) with `max_connections` 1 and a probe room of 2,
     /// its one slot held by a request that waits on tbot (no victim).
@@ -255,7 +259,7 @@ mod tests {
             probe_room: 2,
             ..Limits::default()
         };
-        let (_, stop) = UnixStream::pair().unwrap();
+        let (_, stop) = Stop::new();
         let lost = Arc::new(|_: &std::path::Path| {});
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let backend = Arc::new(Mutex::new("/nonexistent".into()));
@@ -277,7 +281,7 @@ mod tests {
         let peer = clients.local_addr().unwrap();
         let stream = TcpStream::connect(peer).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
-        let mut c = Conn::new(f.next_id, stream, peer, state, deadline);
+        let mut c = Conn::new(f.next_id, Client::Plain(stream), peer, state, deadline);
         c.probe_room = probe_room;
         f.conns.push(c);
         f.next_id += 1;
