@@ -285,13 +285,18 @@ const WAIT: &[u8] = b"GET /wait?timeout=60s HTTP/1.1\r\nHost: x\r\n\r\n";
 /// which keep their slots: two parked `/wait`s (as many as park beside
 /// four slots) and two `/metrics` renders.
 fn every_slot_held(tag: &str) -> (Tbot, Vec<TcpStream>) {
+    slots_held(tag, 4)
+}
+
+/// [`every_slot_held`], with only the first `n` of those four requests.
+fn slots_held(tag: &str, n: usize) -> (Tbot, Vec<TcpStream>) {
     let t = start(
         tag,
         "diag_max_connections: 4\n",
         &[("TBOT_FAILPOINTS", HOLDING)],
     );
     let addr = t.addr();
-    let held = [WAIT, WAIT, METRICS, METRICS]
+    let held = [WAIT, WAIT, METRICS, METRICS][..n]
         .iter()
         .map(|raw| {
             let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).unwrap();
@@ -372,6 +377,35 @@ fn a_flood_of_empty_connections_does_not_put_out_a_probe() {
         answers.iter().all(|a| *a == Ok(200)),
         "probes beside a flood of empty connections: {answers:?}"
     );
+}
+
+/// Three of the four slots are held by requests that wait on tbot; a probe
+/// connects and takes the fourth, and before it sends its request a
+/// newcomer asks for `/metrics` from the probe room. The newcomer takes the
+/// probe's slot and the probe its place in the room, rather than the probe
+/// being put out: it gets its 200.
+#[test]
+fn a_scrape_from_the_probe_room_does_not_put_out_a_probe() {
+    let (t, held) = slots_held("swap", 3);
+    let addr = t.addr();
+    let mut probe = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let mut scrape = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).unwrap();
+    scrape.write_all(METRICS).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    probe.set_read_timeout(Some(PROBE_TIMEOUT)).unwrap();
+    let sent =
+        probe.write_all(b"GET /livez HTTP/1.1\r\nHost: kubelet\r\nConnection: close\r\n\r\n");
+    let r = sent.and_then(|()| read_response(&mut probe, false));
+    assert_eq!(r.ok().map(|r| r.status), Some(200), "the probe");
+    // The scrape got a slot: its render waits behind the held ones.
+    scrape
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    if let Ok(r) = read_response(&mut scrape, false) {
+        assert_ne!(r.status, 503, "the scrape: {}", r.body);
+    }
+    drop(held);
 }
 
 /// Every slot is asked for by a `/wait` while no service has reported

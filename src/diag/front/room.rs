@@ -39,7 +39,8 @@
 //!   (a victim's, else a 503). A newcomer whose request is not known yet
 //!   goes there rather than put out a rank 4 connection; once its request
 //!   shows it is not a probe, it takes a slot the same way
-//!   ([`Front::slot_for`]).
+//!   ([`Front::slot_for`]), but a rank 4 one in a slot is not put out for
+//!   it: the two change places.
 //! - A connection the front closes after it wrote something lingers
 //!   (RFC 9112 §9.6): its sending side is shut down, so what was written
 //!   reaches the client, then what the client still sends is read and
@@ -120,13 +121,18 @@ impl Front {
     /// 1 to 4. `slots_only`: not one in the probe room (its place frees no
     /// slot). Never `except`.
     pub(super) fn victim(&self, now: Instant, slots_only: bool, except: usize) -> Option<usize> {
+        self.ranked_victim(now, slots_only, except).map(|(_, j)| j)
+    }
+
+    /// [`Front::victim`], and its rank.
+    fn ranked_victim(&self, now: Instant, slots_only: bool, except: usize) -> Option<(u8, usize)> {
         self.conns
             .iter()
             .enumerate()
             .filter(|&(j, c)| j != except && !(slots_only && c.probe_room))
             .filter_map(|(j, c)| Some((self.rank(c, now)?, j)))
             .min()
-            .map(|(_, j)| j)
+            .map(|((rank, _), j)| (rank, j))
     }
 
     /// Connection `i` loses its place: it closes the lingering way.
@@ -182,14 +188,18 @@ impl Front {
     }
 
     /// Connection `i`, in the probe room, asks for something that is not a
-    /// probe: it moves to a slot, free or a victim's. False: there is none.
+    /// probe: it moves to a slot, free or a victim's. A rank 4 victim (a
+    /// request most likely on its way) is not put out: it takes `i`'s
+    /// place in the probe room instead, as it would have as a newcomer.
+    /// False: there is no slot.
     pub(super) fn slot_for(&mut self, i: usize, now: Instant) -> bool {
         let (slots, _) = self.occupancy();
         if slots >= self.limits.max_connections {
-            let Some(v) = self.victim(now, true, i) else {
-                return false;
-            };
-            self.evict(v, now);
+            match self.ranked_victim(now, true, i) {
+                Some((4, v)) => self.conns[v].probe_room = true,
+                Some((_, v)) => self.evict(v, now),
+                None => return false,
+            }
         }
         self.conns[i].probe_room = false;
         true
