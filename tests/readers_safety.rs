@@ -182,6 +182,11 @@ fn a_reload_hands_over_new_readers_without_waiting_for_a_write_in_progress() {
         t.log()
     );
     eprintln!("reloaded {:?} after SIGHUP", sent.elapsed());
+    assert!(
+        t.log().contains("readers are still being applied in the background"),
+        "{}",
+        t.log()
+    );
 }
 
 struct Ramfs(PathBuf);

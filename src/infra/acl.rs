@@ -4,7 +4,9 @@
 //! the `system.posix_acl_access` attribute's encoding by hand.
 //!
 //! The ACL tbot sets is the whole ACL, as upstream's `ConfigureACL` does: the
-//! owner keeps its mode bits, the owning group and others get nothing, and
+//! owner (tbot's user) gets `rw-` on a file or socket and `rwx` on a
+//! directory (the rights of tbot's own modes 0600 and 0700, whatever the
+//! object's mode was), the owning group and others get nothing, and
 //! each reader gets the least it needs on that kind of object ([`Kind`]):
 //! read on a file, traverse (`x`, not `r`: no listing) on a directory, write
 //! on a socket (`connect(2)` needs write permission, unix(7)). The mask is
@@ -12,6 +14,8 @@
 //! gets write on a file or a directory. With no readers nothing is set
 //! (the plain modes: 0600 files, 0700 directories); a reload that removes
 //! the readers puts the minimal ACL back where an earlier one granted some.
+//! Any ACL set by hand on these objects is replaced (the man page says so):
+//! tbot owns the ACLs of what it writes and of its storage directory.
 //!
 //! Objects are reached through a [`DirHandle`] and an `O_PATH|O_NOFOLLOW`
 //! descriptor of the entry, whose `/proc/self/fd/N` name libacl resolves to

@@ -159,10 +159,11 @@ impl Live {
             restarted: d.changed.iter().map(kind_of).collect(),
             added: d.added.iter().map(kind_of).collect(),
         });
+        let readers_by = Instant::now() + crate::services::readers::APPLY_WAIT;
         for (name, access) in &d.readers {
             if let Some(r) = self.running.iter().find(|r| &r.name == name) {
                 if let Some(readers) = &r.readers {
-                    readers.replace(access.clone());
+                    readers.replace(access.clone(), readers_by);
                 }
             }
         }
@@ -174,7 +175,7 @@ impl Live {
                 Err(e) => failed.push(format!("{name}: cannot start its thread: {e}")),
             }
         }
-        crate::services::readers::grant_passages(&new);
+        crate::services::readers::grant_passages_beside(&new, readers_by);
         let moved = self.apply_diag(&new, listener);
         self.config = Arc::new(new);
         moved?;

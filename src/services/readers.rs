@@ -22,6 +22,7 @@
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -43,6 +44,30 @@ pub enum Layout {
     Multiplexer(PathBuf),
 }
 
+impl Layout {
+    fn dest(&self) -> PathBuf {
+        match self {
+            Layout::Identity(d) | Layout::Multiplexer(d) => d.clone(),
+        }
+    }
+}
+
+/// The longest a reload waits for its readers (and their passages in
+/// storage) to be applied before it goes on: they are applied on helper
+/// threads, which a write in progress on a slow or hung file system may
+/// hold up; the reload, on the signal thread, is not held longer.
+pub const APPLY_WAIT: Duration = Duration::from_secs(2);
+
+/// Waits for `applied` until `deadline`; logs when it is still pending.
+fn waited(applied: &Receiver<()>, deadline: Instant, what: &dyn log::Field) {
+    if let Err(crossbeam_channel::RecvTimeoutError::Timeout) = applied.recv_deadline(deadline) {
+        log::warn(
+            "readers are still being applied in the background (a write in progress on a slow file system?); the reload goes on",
+            &[("destination", what)],
+        );
+    }
+}
+
 /// A handle on one service's readers; clones share them.
 #[derive(Clone)]
 pub struct Readers {
@@ -58,8 +83,9 @@ pub struct Readers {
 
 #[derive(Default)]
 struct Slot {
-    /// A reload's readers, not yet applied to the current files.
-    pending: Option<Access>,
+    /// A reload's readers, not yet applied to the current files, and who
+    /// waits for them to be.
+    pending: Option<(Access, Sender<()>)>,
     /// A `readers-apply` thread is running (it takes `pending` when it
     /// gets the policy lock, and every later one too).
     applying: bool,
@@ -96,7 +122,7 @@ impl Readers {
     /// it from the ACL step to the publication.
     pub fn lock(&self) -> MutexGuard<'_, Policy> {
         let mut policy = self.policy.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(a) = &self.slot().pending {
+        if let Some((a, _)) = &self.slot().pending {
             policy.access = a.clone();
         }
         policy
@@ -128,26 +154,35 @@ impl Readers {
 
     /// A reload's new `acls`/`readers`: handed to a `readers-apply` thread,
     /// which replaces the policy and applies it to what the destination
-    /// holds now. Returns at once. A refusal under `acls: required` is
-    /// logged as an error and makes the service unhealthy with the reason.
-    pub fn replace(&self, access: Access) {
-        let start = {
+    /// holds now. Waits for it until `deadline` at most (see
+    /// [`APPLY_WAIT`]), then goes on and says so. A refusal under
+    /// `acls: required` is logged as an error and makes the service
+    /// unhealthy with the reason.
+    pub fn replace(&self, access: Access, deadline: Instant) {
+        let (done, applied) = crossbeam_channel::bounded(1);
+        let (start, service) = {
             let mut slot = self.slot();
-            slot.pending = Some(access);
-            !std::mem::replace(&mut slot.applying, true)
+            slot.pending = Some((access, done));
+            (
+                !std::mem::replace(&mut slot.applying, true),
+                self.layout.dest(),
+            )
         };
-        if !start {
-            return; // the running helper takes it
+        if start {
+            let me = self.clone();
+            if let Err(e) =
+                crate::infra::threads::spawn("readers-apply", move || me.apply_pending())
+            {
+                // Left pending: the service's next write takes it.
+                self.slot().applying = false;
+                log::error(
+                    "cannot start a thread to apply the new readers; the service's next write applies them",
+                    &[("error", &e.to_string())],
+                );
+                return;
+            }
         }
-        let me = self.clone();
-        if let Err(e) = crate::infra::threads::spawn("readers-apply", move || me.apply_pending()) {
-            // Left pending: the service's next write takes it.
-            self.slot().applying = false;
-            log::error(
-                "cannot start a thread to apply the new readers; the service's next write applies them",
-                &[("error", &e.to_string())],
-            );
-        }
+        waited(&applied, deadline, &service.display());
     }
 
     /// The `readers-apply` thread: applies the latest pending readers, until
@@ -163,7 +198,7 @@ impl Readers {
                 }
                 a
             };
-            let Some(access) = access else {
+            let Some((access, done)) = access else {
                 return;
             };
             policy.access = access;
@@ -172,6 +207,7 @@ impl Readers {
                 Layout::Multiplexer(dest) => socket::grant_current(dest, &mut policy),
             };
             self.record(&policy, applied);
+            let _ = done.try_send(());
         }
     }
 
@@ -277,6 +313,46 @@ pub fn grant_passages(config: &Config) {
             );
         }
     }
+}
+
+/// [`grant_passages`] for a reload, on a `readers-passage` thread: the
+/// signal thread never waits on the storage directory's file system. The
+/// latest configuration wins: one handed over while a thread is at work is
+/// taken by that thread when it is done.
+pub fn grant_passages_beside(config: &Config, deadline: Instant) {
+    type Pending = (Option<(Config, Sender<()>)>, bool);
+    static SLOT: Mutex<Pending> = Mutex::new((None, false));
+    let slot = || SLOT.lock().unwrap_or_else(|p| p.into_inner());
+    let (done, applied) = crossbeam_channel::bounded(1);
+    let start = {
+        let mut s = slot();
+        s.0 = Some((config.clone(), done));
+        !std::mem::replace(&mut s.1, true)
+    };
+    let work = move || loop {
+        let next = {
+            let mut s = slot();
+            let c = s.0.take();
+            s.1 = c.is_some();
+            c
+        };
+        let Some((c, done)) = next else {
+            return;
+        };
+        grant_passages(&c);
+        let _ = done.try_send(());
+    };
+    if start {
+        if let Err(e) = crate::infra::threads::spawn("readers-passage", work) {
+            slot().1 = false;
+            log::error(
+                "cannot start a thread to give the readers their passages in storage; the next reload or start does",
+                &[("error", &e.to_string())],
+            );
+            return;
+        }
+    }
+    waited(&applied, deadline, &config.storage.display());
 }
 
 /// The directory `rel` below `storage` (None inside: `storage` itself),
