@@ -183,7 +183,8 @@ fn a_reload_hands_over_new_readers_without_waiting_for_a_write_in_progress() {
     );
     eprintln!("reloaded {:?} after SIGHUP", sent.elapsed());
     assert!(
-        t.log().contains("readers are still being applied in the background"),
+        t.log()
+            .contains("readers are still being applied in the background"),
         "{}",
         t.log()
     );
@@ -307,11 +308,47 @@ fn a_user_database_that_never_answers_fails_the_load_within_its_bound() {
         Duration::from_secs(30),
     );
     let took = started.elapsed();
-    let _ = fs::remove_file(&so);
     assert_eq!(code, Some(2), "still waiting after {took:?}: {err}");
     assert!(
         err.contains("did not answer within 10 s") && err.contains("some-directory-user"),
         "{err}"
     );
     assert!(took < Duration::from_secs(25), "{took:?}");
+
+    // SIGTERM during the lookup at start ends it at once.
+    let mut child = Command::new(BIN)
+        .args([
+            "start",
+            "-c",
+            file.to_str().unwrap(),
+            "--diag-addr",
+            "127.0.0.1:0",
+        ])
+        .env("LD_PRELOAD", &so)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    // SAFETY: kill(2) on our own child's PID.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let sent = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if sent.elapsed() > Duration::from_secs(5) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = fs::remove_file(&so);
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "not stopped within 5 s of SIGTERM"
+    );
 }

@@ -7,7 +7,7 @@ use std::os::fd::AsFd;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::infra::{chase, threads};
+use crate::infra::{chase, signals, threads};
 
 /// The longest tbot waits for one answer from the user or group database
 /// (NSS: files, systemd's userdb, sssd, LDAP...). A lookup is made on a
@@ -16,23 +16,19 @@ use crate::infra::{chase, threads};
 /// stuck directory service cannot hang a start, `tbot check` or a reload.
 pub const NSS_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Runs `f` (a lookup in the user or group database) on a helper thread and
-/// waits at most [`NSS_TIMEOUT`] for its answer; `what` names it in the
-/// error.
+/// Runs `f` (a lookup in the user or group database) beside the caller
+/// (`threads::within`) and waits at most [`NSS_TIMEOUT`] for its answer,
+/// or until SIGTERM/SIGINT is pending; `what` names it in the error.
 fn bounded<T: Send + 'static>(
     what: &str,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, String> {
-    let (tx, rx) = crossbeam_channel::bounded(1);
-    threads::spawn("nss-lookup", move || {
-        let _ = tx.send(f());
-    })
-    .map_err(|e| format!("{what}: cannot start a thread for the lookup: {e}"))?;
-    rx.recv_timeout(NSS_TIMEOUT).map_err(|_| {
-        format!(
+    threads::within("nss-lookup", NSS_TIMEOUT, signals::stop_pending, f).map_err(|why| match why {
+        threads::GaveUp::TimedOut => format!(
             "{what}: the user/group database (NSS) did not answer within {} s; is a directory service (sssd, LDAP) hanging?",
             NSS_TIMEOUT.as_secs()
-        )
+        ),
+        threads::GaveUp::Asked => format!("{what}: lookup cut short by a stop signal"),
     })
 }
 
