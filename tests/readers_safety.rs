@@ -284,6 +284,7 @@ fn hanging_nss() -> PathBuf {
         .arg(&src)
         .output()
         .expect("gcc must be installed");
+    let _ = fs::remove_file(&src);
     assert!(out.status.success(), "gcc: {out:?}");
     so
 }
