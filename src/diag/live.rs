@@ -7,6 +7,7 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use super::{front, Diag};
@@ -75,6 +76,7 @@ impl FrontRun {
         backend_path: &front::BackendPath,
         backend_lost: &front::BackendLost,
         limits: &front::Limits,
+        security: &front::auth::SecurityHandle,
         beat: Beat,
     ) -> Result<FrontRun, String> {
         let addr = listener
@@ -94,7 +96,8 @@ impl FrontRun {
             stop.clone(),
         )
         .map_err(|e| format!("diagnostics listener: {e}"))?
-        .beating(beat);
+        .beating(beat)
+        .securing(security.clone());
         let thread = crate::infra::threads::spawn("diag-front", move || front.run())
             .map_err(|e| format!("diag-front: {e}"))?;
         Ok(FrontRun {
@@ -121,11 +124,12 @@ impl FrontRun {
     }
 }
 
-/// Logs where the service listens (and warns about a non-loopback address).
-pub(super) fn announce(addr: SocketAddr, debug: bool) {
-    if !addr.ip().is_loopback() {
+/// Logs where the service listens (and warns about a non-loopback address
+/// that is not `secured`: TLS with basic auth or client certificates).
+pub(super) fn announce(addr: SocketAddr, debug: bool, secured: bool) {
+    if !addr.ip().is_loopback() && !secured {
         log::warn(
-            "the diagnostics service listens on a non-loopback address; anyone who can reach it can read tbot's health, metrics and (in debug mode) profiles",
+            "the diagnostics service listens on a non-loopback address without TLS and authentication (web_config_file); anyone who can reach it can read tbot's health, metrics and (in debug mode) profiles",
             &[("addr", &addr)],
         );
     }
@@ -148,6 +152,7 @@ impl Diag {
             &self.backend_path,
             &self.backend_lost,
             &self.limits,
+            &self.security,
             self.slots.front.beat(),
         )?;
         self.slots.front.fill(new.poke());
@@ -158,8 +163,19 @@ impl Diag {
             "diagnostics service moved",
             &[("from", &from), ("to", &self.front.addr)],
         );
-        announce(self.front.addr, self.debug());
+        announce(self.front.addr, self.debug(), self.secured);
         Ok(())
+    }
+
+    /// Applies a web configuration read again by a reload: new connections
+    /// and requests follow it (connections open keep their TLS or not).
+    pub fn set_security(&mut self, security: super::Secured) {
+        let super::Secured(security, secured) = security;
+        *self.security.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(security);
+        if secured != self.secured {
+            self.secured = secured;
+            announce(self.front.addr, self.debug(), secured);
+        }
     }
 
     /// Whether `/debug/pprof/` is served.

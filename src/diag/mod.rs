@@ -91,6 +91,25 @@ pub const LOOKUP_BOUND: std::time::Duration = std::time::Duration::from_secs(10)
 pub struct Options {
     pub max_connections: usize,
     pub debug: bool,
+    /// TLS and auth (from [`security`]).
+    pub security: Secured,
+}
+
+pub use front::auth::Security;
+
+/// The web configuration as the front applies it, and whether it makes a
+/// non-loopback address safe (TLS with basic auth or a required client
+/// certificate: no warning then).
+pub struct Secured(pub Security, pub bool);
+
+/// Reads the files the web configuration names (certificate, key, client
+/// CA): a start or reload with one that does not load fails, before
+/// anything changed.
+pub fn security(config: &crate::config::Config) -> Result<Secured, String> {
+    let web = config.web.as_ref();
+    let s = Security::build(web, &config.diag_unauthenticated_paths)?;
+    let secured = s.secured(web);
+    Ok(Secured(s, secured))
 }
 
 /// State the serving loop shares with whoever needs to wake it.
@@ -136,6 +155,10 @@ pub struct Diag {
     backend_path: front::BackendPath,
     backend_lost: front::BackendLost,
     limits: front::Limits,
+    /// TLS and auth, shared with the front (a reload swaps it: `live`).
+    security: front::auth::SecurityHandle,
+    /// The address is safe off loopback (see [`Secured`]).
+    secured: bool,
     debug: Arc<AtomicBool>,
     /// The watchdog's view of the loops: filled by [`start`] and
     /// `move_to`, emptied by [`Diag::shutdown`].
@@ -181,6 +204,10 @@ pub fn start(
         .local_addr()
         .map_err(|e| format!("diagnostics listener: {e}"))?;
     let (dir, dir_lock) = private_dir::create()?;
+    let limits = limits(&opts);
+    let debug_on = opts.debug;
+    let Secured(security, secured) = opts.security;
+    let security: front::auth::SecurityHandle = Arc::new(Mutex::new(Arc::new(security)));
     let started = backend(&dir, 0).and_then(|(server, path)| {
         let backend_path: front::BackendPath = Arc::new(Mutex::new(path));
         let (stopper, stop) = Stop::new();
@@ -191,18 +218,18 @@ pub fn start(
             changed: AtomicBool::new(false),
             beat: slots.http.beat(),
         });
-        let limits = limits(&opts);
         let backend_lost = backend_lost(&state, &backend_path);
         let front = live::FrontRun::spawn(
             listener,
             &backend_path,
             &backend_lost,
             &limits,
+            &security,
             slots.front.beat(),
         )?;
         // Dropped again (ended) if the start fails from here on.
         let changes = wake_on_change(&health, &state);
-        let debug = Arc::new(AtomicBool::new(opts.debug));
+        let debug = Arc::new(AtomicBool::new(debug_on));
         let pages = routes::Ctx {
             health,
             debug: debug.clone(),
@@ -233,13 +260,15 @@ pub fn start(
             backend_path,
             backend_lost,
             limits,
+            security,
+            secured,
             debug,
             slots: slots.clone(),
         })
     });
     match started {
         Ok(d) => {
-            live::announce(addr, opts.debug);
+            live::announce(addr, debug_on, secured);
             Ok(d)
         }
         Err(e) => {

@@ -214,7 +214,9 @@ impl Current {
             (self.running.iter()).map(|r| (r.name.as_str(), r.key, r.access.as_ref())),
             (specs.iter()).map(|s| (s.name.as_str(), s.key, s.access.as_ref())),
         );
-        self.apply_diag(&new)?;
+        // The web configuration's TLS files, read again (a bad one fails here).
+        let security = diag::security(&new)?;
+        self.apply_diag(&new, security)?;
         // Nothing has changed but the diagnostics service, and nothing can
         // fail from here on.
         self.stop_services(&d);
@@ -283,7 +285,7 @@ impl Current {
     /// Starts, moves or stops the diagnostics service for `new` and
     /// switches debug mode. A new address is bound before anything
     /// changes; an error leaves the service as it was.
-    fn apply_diag(&mut self, new: &Config) -> Result<(), String> {
+    fn apply_diag(&mut self, new: &Config, security: diag::Secured) -> Result<(), String> {
         let addr_now = self.config.as_ref().and_then(|c| c.diag_addr.as_ref());
         match &new.diag_addr {
             None => {
@@ -292,15 +294,23 @@ impl Current {
                     log::info("diagnostics service stopped: no diag_addr any more", &[]);
                 }
             }
-            Some(addr) if self.diag.is_some() && addr_now == Some(addr) => {}
+            Some(addr) if addr_now == Some(addr) && self.diag.is_some() => {
+                if let Some(d) = &mut self.diag {
+                    d.set_security(security);
+                }
+            }
             Some(addr) => {
                 let listener = diag::bind(addr)?;
                 match &mut self.diag {
-                    Some(d) => d.move_to(listener)?,
+                    Some(d) => {
+                        d.move_to(listener)?;
+                        d.set_security(security);
+                    }
                     None => {
                         let options = diag::Options {
                             max_connections: new.diag_max_connections,
                             debug: new.debug,
+                            security,
                         };
                         let (h, m) = (self.health.clone(), self.metrics.clone());
                         self.diag = Some(diag::start(listener, options, h, m, &self.diag_slots)?);
