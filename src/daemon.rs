@@ -91,7 +91,8 @@ pub fn start(args: StartArgs) -> i32 {
     }
     if args.oneshot {
         // (The daemon's apply does this, at start as at each reload.)
-        crate::reload::grant_passages_beside(&config);
+        let by = Instant::now() + crate::services::readers::APPLY_WAIT;
+        crate::services::readers::grant_passages_beside(&config, by);
         // Signals get their default action back: they end a oneshot.
         signals::unblock();
         return crate::oneshot::run(&config);
