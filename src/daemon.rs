@@ -66,9 +66,9 @@ pub fn start(args: StartArgs) -> i32 {
                 None
             }
         };
-        Ok((lock, crate::infra::fsutil::settle_temp_dir(&storage)))
+        Ok(lock)
     });
-    let (_storage_lock, temp_dir) = match prepared {
+    let _storage_lock = match prepared {
         Ok(Ok(p)) => p,
         Ok(Err((e, code))) => {
             log::fatal(&e);
@@ -83,7 +83,10 @@ pub fn start(args: StartArgs) -> i32 {
             return exit::FAILURE;
         }
     };
-    if let Some(dir) = temp_dir {
+    // On the main thread: it sets TMPDIR, which no other thread may read
+    // meanwhile (its checks are access(2) calls on directories the lock
+    // above has just reached).
+    if let Some(dir) = crate::infra::fsutil::settle_temp_dir(&config.storage) {
         log::info(
             "the temporary directory is not writable; using this one (TMPDIR)",
             &[("directory", &dir.display())],

@@ -59,14 +59,14 @@ fn it_runs_on_a_read_only_root_with_only_its_own_directories_writable() {
 /// Storage below a 0777 root-owned mount point, as an arbitrary UID.
 #[test]
 fn it_runs_below_an_empty_dir_mount_point() {
-    run_hardened("ro-emptydir", Some(54322), Volume::EmptyDir);
+    run_hardened("ro-ed", Some(54322), Volume::EmptyDir);
 }
 
 /// Storage at a root:GID 2775 mount point (`fsGroup`), as an arbitrary
 /// UID with that GID.
 #[test]
 fn it_runs_at_an_fs_group_mount_point() {
-    run_hardened("ro-fsgroup", Some(54323), Volume::FsGroup(54324));
+    run_hardened("ro-fsg", Some(54323), Volume::FsGroup(54324));
 }
 
 /// The same, as a UID that no passwd entry names (Kubernetes' restricted
@@ -90,12 +90,12 @@ fn run_hardened(tag: &str, uid: Option<u32>, volume: Volume) {
         }
     }
     let dir = TempDir::new(tag);
-    let vol = dir.join("vol");
+    let vol = dir.join("v");
     let out = dir.join("out");
     std::fs::create_dir(&vol).unwrap();
     std::fs::create_dir(&out).unwrap();
     let storage = match volume {
-        Volume::EmptyDir => vol.join("storage"),
+        Volume::EmptyDir => vol.join("s"),
         Volume::Own | Volume::FsGroup(_) => vol.clone(),
     };
     let mode = |p: &Path, m: u32| {
