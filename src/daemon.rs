@@ -11,7 +11,7 @@ use crate::cli::StartArgs;
 use crate::config::Config;
 use crate::health::{Applier, Health};
 use crate::infra::bounded_read::{beside, DISK_BOUND};
-use crate::infra::instance_lock::StorageLockError;
+use crate::infra::instance_lock::{Held, StorageLockError};
 use crate::infra::signals::Signal;
 use crate::infra::stop::Stop;
 use crate::infra::{signals, systemd};
@@ -44,44 +44,9 @@ pub fn start(args: StartArgs) -> i32 {
             return exit::USAGE;
         }
     };
-    // Waits on the disk, each beside the main thread (see `beside`).
-    let storage = config.storage.clone();
-    let command = crate::infra::owner::command_line();
-    let prepared = beside("storage-owner", DISK_BOUND, move || {
-        // Never as another user than the storage's owner.
-        crate::infra::owner::refuse_foreign_storage(&storage, &command)
-            .map_err(|e| (e, exit::USAGE))?;
-        // One tbot per storage directory, daemon or --oneshot: held until exit.
-        let lock = match crate::infra::instance_lock::lock_storage(&storage) {
-            Ok(held) => Some(held),
-            Err(StorageLockError::InUse(e)) => {
-                log::error("cannot start", &[("error", &e)]);
-                return Err((e, exit::FAILURE));
-            }
-            Err(StorageLockError::Unusable(e)) => {
-                log::warn(
-                    "cannot lock the storage directory; starting without the lock (the services using it will report the problem)",
-                    &[("error", &e)],
-                );
-                None
-            }
-        };
-        Ok(lock)
-    });
-    let _storage_lock = match prepared {
-        Ok(Ok(p)) => p,
-        Ok(Err((e, code))) => {
-            log::fatal(&e);
-            return code;
-        }
-        Err(_) if signals::stop_pending() => {
-            return stopped_before_starting(&args, "preparing the storage directory");
-        }
-        Err(e) => {
-            let e = format!("storage directory {}: {e}", config.storage.display());
-            log::fatal(&e);
-            return exit::FAILURE;
-        }
+    let _storage_lock = match prepare_storage(&args, &config) {
+        Ok(held) => held,
+        Err(code) => return code,
     };
     // On the main thread: it sets TMPDIR, which no other thread may read
     // meanwhile (its checks are access(2) calls on directories the lock
@@ -116,6 +81,51 @@ pub fn start(args: StartArgs) -> i32 {
             log::error("tbot failed", &[("error", &e)]);
             log::fatal(&e);
             exit::FAILURE
+        }
+    }
+}
+
+/// Refuses another user's storage directory and locks it (one tbot per
+/// storage directory, daemon or --oneshot: held until exit), beside the
+/// main thread within `DISK_BOUND` (see `beside`). Err: the exit code, the
+/// reason already logged.
+fn prepare_storage(args: &StartArgs, config: &Config) -> Result<Option<Held>, i32> {
+    let storage = config.storage.clone();
+    let command = crate::infra::owner::command_line();
+    let prepared = beside("storage-owner", DISK_BOUND, move || {
+        crate::infra::owner::refuse_foreign_storage(&storage, &command)
+            .map_err(|e| (e, exit::USAGE))?;
+        match crate::infra::instance_lock::lock_storage(&storage) {
+            Ok(held) => Ok(Some(held)),
+            Err(StorageLockError::InUse(e)) => {
+                log::error("cannot start", &[("error", &e)]);
+                Err((e, exit::FAILURE))
+            }
+            Err(StorageLockError::Unusable(e)) => {
+                log::warn(
+                    "cannot lock the storage directory; starting without the lock (the services using it will report the problem)",
+                    &[("error", &e)],
+                );
+                Ok(None)
+            }
+        }
+    });
+    match prepared {
+        Ok(Ok(held)) => Ok(held),
+        Ok(Err((e, code))) => {
+            log::fatal(&e);
+            Err(code)
+        }
+        Err(_) if signals::stop_pending() => Err(stopped_before_starting(
+            args,
+            "preparing the storage directory",
+        )),
+        Err(e) => {
+            log::fatal(&format!(
+                "storage directory {}: {e}",
+                config.storage.display()
+            ));
+            Err(exit::FAILURE)
         }
     }
 }
