@@ -58,11 +58,6 @@ fn wait_reason(t: &Tbot, name: &str, reason: &str) {
     });
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// `ln -s target link` as uid 65534, through setpriv (util-linux).
 fn plant_link_as_nobody(target: &Path, link: &Path) {
     let out = Command::new("setpriv")
