@@ -11,7 +11,8 @@
 //!   check, lingering close);
 //! - stopping: `stop` (one stop signal: a channel and a descriptor);
 //! - retries: `backoff` (exponential, the one kind);
-//! - threads: `threads` (named threads), `malloc` (glibc arenas for a
+//! - threads: `threads` (named threads), `deep_work` (the few shared
+//!   threads that run the services' deep work), `malloc` (glibc arenas for a
 //!   thread per service), `liveness` (turn counters the
 //!   watchdog reads);
 //! - systemd: `systemd` (`sd_notify`, `STATUS=`, the watchdog, journald);
@@ -23,6 +24,7 @@ pub mod atomic_file;
 pub mod backoff;
 pub mod chase;
 pub mod clock_step;
+pub mod deep_work;
 pub mod duration;
 pub mod failpoints;
 pub mod fsutil;

@@ -26,7 +26,7 @@ use crate::config::IdentityConfig;
 use crate::credentials::identity_files;
 use crate::credentials::issuer::Issuer;
 use crate::infra::backoff::Backoff;
-use crate::infra::threads::run_beside;
+use crate::infra::deep_work;
 use crate::infra::timefmt;
 use crate::log;
 use crate::services::{Context, Iteration, Service};
@@ -158,25 +158,34 @@ struct State {
 
 impl IdentityOutput {
     /// One attempt: the current CA, a new credential, the files. The
-    /// credential and the files are made beside the service's thread (see
-    /// `threads::run_beside`): their stack depth and freed blocks would
-    /// otherwise stay with every identity service's thread for good.
-    fn renew(&self, ctx: &Context) -> Result<(Validity, String), String> {
-        let issuer = ctx.shared.ca.get()?;
-        let v = run_beside(ctx.name(), || {
-            issue_validity(&self.config, &issuer, &self.key_id)
-        })?;
-        Ok((v, issuer.fingerprint().to_string()))
+    /// credential and the files are made on a shared deep-work thread (see
+    /// `infra::deep_work`): their stack depth and freed blocks would
+    /// otherwise stay with every identity service's thread for good, and
+    /// at most `deep_work::WORKERS` attempts run at once, whatever the
+    /// number of outputs. None: tbot stopped the service before the
+    /// attempt began.
+    fn renew(&self, ctx: &Context) -> Option<Result<(Validity, String), String>> {
+        let issuer = match ctx.shared.ca.get() {
+            Ok(i) => i,
+            Err(e) => return Some(Err(e)),
+        };
+        let (config, key_id) = (self.config.clone(), self.key_id.clone());
+        deep_work::run(ctx.name(), ctx.stop(), move || {
+            issue_validity(&config, &issuer, &key_id).map(|v| (v, issuer.fingerprint().to_string()))
+        })
     }
 
-    /// Renews now and records the outcome in `st` (and the logs and metrics).
-    fn attempt(&self, ctx: &Context, st: &mut State) {
+    /// Renews now and records the outcome in `st` (and the logs and
+    /// metrics). False: tbot stopped the service before the attempt began.
+    fn attempt(&self, ctx: &Context, st: &mut State) -> bool {
         // This attempt uses the current CA: notices so far are answered.
         if let Some(r) = &self.reissue {
             while r.try_recv().is_ok() {}
         }
         let timer = Iteration::start(ctx, TASK);
-        let result = self.renew(ctx);
+        let Some(result) = self.renew(ctx) else {
+            return false;
+        };
         let now = SystemTime::now();
         match result {
             Ok((v, ca)) => {
@@ -220,6 +229,7 @@ impl IdentityOutput {
                 st.next_attempt = now + delay;
             }
         }
+        true
     }
 
     /// Reports the truth: healthy only while the certificate on disk is
@@ -261,6 +271,7 @@ impl Service for IdentityOutput {
             .reissue
             .get_or_insert_with(|| ctx.shared.reissue.subscribe())
             .clone();
+        // Ends when this run does.
         let steps = crate::infra::clock_step::subscribe();
         // Before the first attempt, wait for the internal `identity` service
         // to have tried loading the CA.
@@ -269,9 +280,13 @@ impl Service for IdentityOutput {
             recv(ctx.stop()) -> _ => return Ok(()),
         }
         // This service owns its destination: no other writer is running.
-        run_beside(ctx.name(), || {
-            identity_files::remove_stale_temps(&self.config.destination)
+        let dest = self.config.destination.clone();
+        let cleaned = deep_work::run(ctx.name(), ctx.stop(), move || {
+            identity_files::remove_stale_temps(&dest)
         });
+        if cleaned.is_none() {
+            return Ok(());
+        }
         let mut st = State {
             held: None,
             error: None,
@@ -283,8 +298,8 @@ impl Service for IdentityOutput {
             if ctx.stopping() {
                 break;
             }
-            if renew_now {
-                self.attempt(ctx, &mut st);
+            if renew_now && !self.attempt(ctx, &mut st) {
+                break;
             }
             let now = SystemTime::now();
             self.report(ctx, &st, now);
@@ -293,7 +308,7 @@ impl Service for IdentityOutput {
             if let Some(v) = st.held.filter(|v| v.problem(now).is_none()) {
                 until = until.min(v.valid_before);
             }
-            let wake = wait(ctx, &reissue, &steps, until);
+            let wake = wait(ctx, &reissue, steps.notices(), until);
             let now = SystemTime::now();
             renew_now = match wake {
                 Wake::Stop => break,
