@@ -1,5 +1,5 @@
 //! The small shared gate for the services' deep work: an identity
-//! renewal's ed25519 signing and its file writes run on [`WORKERS`] shared
+//! renewal's ed25519 key and certificate are made on [`WORKERS`] shared
 //! `deep-work` threads, one job each at a time, first come first served.
 //!
 //! Why not on the service's own thread: stack pages stay resident once
@@ -8,19 +8,17 @@
 //! service's life, once per service. Why not a helper thread per job (what
 //! this replaced, `run_beside`): 500 outputs starting at once ran 500
 //! helpers at once, each with its kernel stack, its thread structures and
-//! its stack pages; the cgroup memory peak was 66 MB, and a 32 MB limit
+//! its stack pages; the cgroup memory peak was 48-65 MB, and a 32 MB limit
 //! OOM-killed tbot. Here the deep work costs [`WORKERS`] threads, whatever
 //! the number of services, and starts no thread per job.
 //!
-//! Why eight: the signing is CPU (about 0.1 ms in a release build), but
-//! most of a renewal's time is fsync(2) waiting for the disk (six a
-//! generation, see `identity_files`), and the file system commits the
-//! fsyncs that wait together in one journal commit. Two workers (one a
-//! core) left 1,000 outputs writing almost one after the other: exec to
-//! every output healthy took 5.6 s where 1,000 helpers took 1.3 s (the
-//! shared 2-core VM, loaded; `tests/bench/service_cost.sh`). Eight overlap
-//! their waits for about 0.4 MB more than two (their kernel stacks and
-//! touched stack pages).
+//! Why two, one a core: the work is CPU only. The files a renewal writes
+//! are not written here but on the service's thread: most of that time is
+//! fsync(2) waiting for the disk, and the file system commits together the
+//! fsyncs that wait at once. With the writes behind the gate too (eight
+//! workers), 1,000 outputs on a fresh ext4 took 11.5 s from exec to every
+//! output healthy, where 1,000 helpers took 3.5 s (the shared 2-core VM,
+//! loaded; `tests/bench/service_cost.sh`).
 //!
 //! The workers start on the first job and then sleep on the queue: no
 //! timer wakes them. If no worker can be started (a pids limit), the job
@@ -35,7 +33,7 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::infra::threads;
 
 /// Threads that run the deep work (see the module documentation).
-pub const WORKERS: usize = 8;
+pub const WORKERS: usize = 2;
 
 /// A queued job: the name its worker takes while running it (the service's,
 /// for `/debug/pprof/threads`), and the work.

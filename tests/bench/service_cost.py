@@ -48,6 +48,14 @@ EXEC_ROUNDS = int(os.environ.get("EXEC_ROUNDS", "3"))
 # still shared).
 NICE = int(os.environ.get("NICE", "0"))
 CPU_SHARES = int(os.environ.get("CPU_SHARES", "0"))
+# EXEC_FS=loop (the default): each exec round writes to a fresh 256 MB ext4
+# file system (a loop device, made and removed here), so that the figure
+# does not depend on what the host's file system went through: ext4 skips
+# the inodes deleted in the last minutes when it allocates new ones
+# (recently_deleted()), and a run right after another one's 12,000 files
+# were removed spent most of its CPU there. EXEC_FS=work: in $TMPDIR.
+EXEC_FS = os.environ.get("EXEC_FS", "loop")
+MOUNTS = []  # mounted here, unmounted at exit
 USER = os.environ.get("BENCH_PRINCIPAL", "bench")
 
 WORK = tempfile.mkdtemp(prefix="tbot-service-cost.")
@@ -242,6 +250,21 @@ class Tbot:
         self.log.close()
 
 
+def fresh_ext4(d):
+    img = d + ".img"
+    with open(img, "wb") as f:
+        f.truncate(256 * 2**20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", img], check=True)
+    subprocess.run(["mount", "-o", "loop", img, d], check=True)
+    MOUNTS.append(d)
+
+
+def unmount(d):
+    subprocess.run(["umount", d], check=True)
+    MOUNTS.remove(d)
+    os.remove(d + ".img")
+
+
 def ctxsw(pid):
     """{tid: (voluntary context switches, name)}."""
     out = {}
@@ -404,16 +427,19 @@ def main():
         for r in range(EXEC_ROUNDS):
             port = free_port()
             d = os.path.join(WORK, f"exec-{r}")
+            os.makedirs(d)
+            if EXEC_FS == "loop":
+                fresh_ext4(d)
             text = config(d, 1000, port)
             t = Tbot(f"exec-{r}", text, CpuGroup(CPU_SHARES) if CPU_SHARES else None, nice=NICE)
             times.append(t.until_ready(port))
             t.stop()
-            # Kept until the end: ext4 skips the inodes deleted in the last
-            # minutes when it allocates new ones (recently_deleted()), so a
-            # round right after a removal of 12,000 files pays for it.
+            if EXEC_FS == "loop":
+                unmount(d)
         times.sort()
         wall, cpu = times[len(times) // 2]
         how = (f" nice {NICE}" if NICE else "") + (f" shares {CPU_SHARES}" if CPU_SHARES else "")
+        how += " fresh ext4" if EXEC_FS == "loop" else ""
         row(f"exec -> every service healthy, 1000 outputs (s){how}",
             f"{wall:.3f}", "<= 0.5",
             f"CPU {cpu:.2f}s; rounds " + " ".join(f"{w:.3f} (CPU {c:.2f})" for w, c in times))
@@ -424,6 +450,8 @@ def cleanup():
         if p.poll() is None:
             p.kill()
             p.wait()
+    for d in list(MOUNTS):
+        subprocess.run(["umount", d])
     for c in CGROUPS:
         for _ in range(50):
             try:
