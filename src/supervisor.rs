@@ -26,6 +26,8 @@ use crate::infra::threads::{spawn_member, Group, Member};
 use crate::log;
 use crate::services::{Context, Drain, Shared, Spec};
 
+/// How long the `service-hold@NAME` failpoint holds a start (debug builds).
+const HELD: Duration = Duration::from_secs(24 * 3600);
 pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
 const RESTART: Backoff = Backoff {
@@ -74,6 +76,8 @@ pub struct Running {
     stop: Stopper,
     /// For a multiplexer, its live relays (see [`Drain`]).
     pub drain: Option<Drain>,
+    /// For a service with a destination, its readers (see `services::readers`).
+    pub readers: Option<crate::services::readers::Readers>,
 }
 
 impl Running {
@@ -151,16 +155,27 @@ pub fn start_one(
         shared.clone(),
     );
     let drain = spec.service.drain();
+    let readers = spec.service.readers();
     let thread = spawn_member(&spec.name, move || supervise(spec.service, ctx))?;
     Ok(Running {
         name: spec.name,
         thread,
         stop: stopper,
         drain,
+        readers,
     })
 }
 
 fn supervise(mut service: Box<dyn crate::services::Service>, ctx: Context) {
+    // Debug builds: `service-hold@NAME=on` holds the service NAME in its
+    // start (`initializing`) until it is stopped, as a start that never
+    // ends would (how the suite proves the stuck-initializing alert).
+    if cfg!(debug_assertions)
+        && crate::infra::failpoints::on(&format!("service-hold@{}", ctx.name()))
+        && !ctx.sleep(HELD)
+    {
+        return;
+    }
     let mut backoff = None;
     loop {
         let started = Instant::now();

@@ -17,9 +17,13 @@
 //! 3. `Reply`: write the response back, bounded in time.
 //!
 //! A connection waiting for its head costs a buffer, not a thread. When the
-//! connection cap is reached, the connection that has waited longest for its
-//! head is closed to make room (slow clients cannot lock others out); if
-//! every slot is busy with a real request, the newcomer gets a quick 503.
+//! connection cap is reached, a client that does not take its answers, or
+//! else the one that has waited longest for its head, is closed to make
+//! room (slow clients cannot lock others out); a probe (`/livez`,
+//! `/readyz`) finds room even when every slot is busy with a real request,
+//! and anything else then gets a quick 503 ([`room`] has the whole rule).
+//! Every close after an answer is a lingering close (RFC 9112 §9.6), so a
+//! client gets what was written for it, not a reset.
 //! Accept errors (EMFILE and friends) never end the loop: a spare file
 //! descriptor lets the front accept and refuse a client even when the process
 //! is out of descriptors, and new connections resume as soon as fds free up
@@ -45,6 +49,7 @@ use crate::log;
 mod accept;
 mod conn;
 mod pipe;
+mod room;
 #[cfg(test)]
 mod tests;
 mod turn;
@@ -75,6 +80,14 @@ pub struct Limits {
     /// remaining upload is read and dropped so it can see the answer.
     pub linger_time: Duration,
     pub linger_bytes: usize,
+    /// Connections beyond `max_connections` that may read a head and get
+    /// an answer the serving loop gives at once (`/livez`, `/readyz`), so
+    /// that probes find room whatever holds the slots ([`room`]).
+    pub probe_room: usize,
+    /// A client that has not taken its answer whole this long after its
+    /// socket filled is the first to lose its slot to a newcomer; a client
+    /// that has waited this long for its head comes next ([`room`]).
+    pub stall_time: Duration,
     /// Connections to tiny_http kept open for the next requests (see
     /// [`upstream`]; never more than 3): each holds one of tiny_http's
     /// worker threads.
@@ -94,18 +107,26 @@ impl Default for Limits {
             max_response_bytes: 64 * 1024 * 1024,
             linger_time: Duration::from_secs(1),
             linger_bytes: 1024 * 1024,
+            probe_room: PROBE_ROOM,
+            stall_time: Duration::from_secs(1),
             kept_backend_connections: upstream::MAX_KEPT,
         }
     }
 }
 
-/// Descriptors one connection can hold: the client's, ours to tiny_http,
-/// and tiny_http's end of that, which it holds twice (it `try_clone`s every
-/// accepted stream into a read and a write half).
-const FDS_PER_CONNECTION: u64 = 4;
+/// Connections the probe room holds by default ([`Limits::probe_room`]):
+/// a kubelet's liveness, readiness and startup probes at once, and one more.
+pub const PROBE_ROOM: usize = 4;
+
+/// Descriptors one slot can hold: the client's, ours to tiny_http, and
+/// tiny_http's end of that, which it holds twice (it `try_clone`s every
+/// accepted stream into a read and a write half); and one client lingering
+/// beside it ([`room`]: as many may linger as there are slots).
+const FDS_PER_CONNECTION: u64 = 5;
 /// Descriptors kept for everything else in the process (the kept
-/// connections to tiny_http among them, three descriptors each).
-const FDS_RESERVED: u64 = 24 + 3 * upstream::MAX_KEPT as u64;
+/// connections to tiny_http among them, three descriptors each, and the
+/// probe room, whose requests go down those).
+const FDS_RESERVED: u64 = 24 + 3 * upstream::MAX_KEPT as u64 + PROBE_ROOM as u64;
 
 /// Caps `wanted` so that every connection's descriptors fit under the soft
 /// RLIMIT_NOFILE, with room for the rest of the daemon.
@@ -156,6 +177,7 @@ enum State {
         sent: usize,
         then: Then,
     },
+    /// Closing, the lingering way ([`room`]): holds no slot.
     Linger {
         drained: usize,
     },
@@ -176,10 +198,9 @@ struct Request {
 
 /// What happens to a connection once its response is written.
 enum Then {
+    /// The lingering close ([`Conn::close_lingering`]): the client gets to
+    /// read the answer, whatever it sent behind its request.
     Close,
-    /// Read and drop what the client still sends, then close (after a
-    /// refusal, so the client gets to read it).
-    Linger,
     /// HTTP/1.1 keep-alive: wait for the next request head; these bytes of
     /// it (pipelined) arrived already.
     KeepAlive(Vec<u8>),
@@ -205,6 +226,31 @@ struct Conn {
     /// Its answer came in on a kept connection: step it this turn, without
     /// waiting for an event.
     kick: bool,
+    /// It holds a place in the probe room, not a slot ([`room`]).
+    probe_room: bool,
+    /// Since when its answer waits for the client to take some of it (its
+    /// socket is full); None while the answer goes out.
+    stalled_since: Option<Instant>,
+}
+
+impl Conn {
+    /// A connection in `state`, due by `deadline`.
+    fn new(id: u64, client: TcpStream, peer: SocketAddr, state: State, deadline: Instant) -> Conn {
+        Conn {
+            id,
+            client,
+            client_ev: EventFlags::empty(),
+            peer,
+            state,
+            since: Instant::now(),
+            deadline,
+            half_closed: false,
+            sent_more: false,
+            kick: false,
+            probe_room: false,
+            stalled_since: None,
+        }
+    }
 }
 
 pub struct Front {

@@ -6,7 +6,9 @@
 //!   `clock_step` (wall-clock steps, through a timerfd);
 //! - files: `chase` (output directories without following others'
 //!   symlinks), `atomic_file` (crash-safe writes), `fsutil` (private
-//!   directories), `instance_lock` (flock(2): one tbot per storage directory);
+//!   directories), `instance_lock` (flock(2): one tbot per storage directory),
+//!   `acl` (POSIX ACLs for a destination's readers), `owner` (whose a
+//!   directory is; no running on another user's storage);
 //! - public sockets: `sockets` (spare descriptor, out-of-descriptors
 //!   check, lingering close);
 //! - stopping: `stop` (one stop signal: a channel and a descriptor);
@@ -20,6 +22,7 @@
 //! - formats: `duration` (Go syntax), `timefmt` (RFC 3339);
 //! - `failpoints`: fault injection for the tests (debug builds only).
 
+pub mod acl;
 pub mod atomic_file;
 pub mod backoff;
 pub mod chase;
@@ -33,6 +36,7 @@ pub mod inotify;
 pub mod instance_lock;
 pub mod liveness;
 pub mod malloc;
+pub mod owner;
 pub mod poll;
 pub mod procstat;
 pub mod signals;

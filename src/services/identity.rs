@@ -10,7 +10,10 @@
 //! while that certificate is valid now (`valid_after <= now < valid_before`):
 //! an expired or not-yet-valid one is reported at once, with the reason.
 //! `tbot_identity_certificate_expiry_timestamp_seconds{service}` gives its
-//! `valid_before` (the series is removed when the service stops).
+//! `valid_before`, `..._valid_after_timestamp_seconds` its `valid_after`
+//! and `..._renewal_timestamp_seconds` when this service is due to replace
+//! it (the expiry alerts judge it against its own lifetime; the series are
+//! removed when the service stops).
 //!
 //! A failed attempt makes it `unhealthy` with the error (and, when the
 //! certificate on disk is no longer valid, that first) and it tries again
@@ -29,6 +32,8 @@ use crate::infra::backoff::Backoff;
 use crate::infra::deep_work;
 use crate::infra::timefmt;
 use crate::log;
+use crate::metrics::series::CertificateTimes;
+use crate::services::readers::{Layout, Readers};
 use crate::services::{Context, Iteration, Service};
 
 /// The `name` label of this service's `tbot_task_*` metrics.
@@ -41,17 +46,30 @@ pub struct IdentityOutput {
     key_id: String,
     /// Subscribed once, so that a supervisor restart keeps the subscription.
     reissue: Option<Receiver<()>>,
+    /// The destination's readers, which a reload may replace.
+    readers: Readers,
 }
 
 impl IdentityOutput {
     pub fn new(config: IdentityConfig) -> IdentityOutput {
         let key_id = key_id(&crate::infra::host::hostname(), &config.name);
+        let readers = readers_of(&config);
         IdentityOutput {
             config,
             key_id,
             reissue: None,
+            readers,
         }
     }
+}
+
+/// The readers of `config`'s destination, as configured.
+fn readers_of(config: &IdentityConfig) -> Readers {
+    Readers::new(
+        &config.name,
+        config.access.clone(),
+        Layout::Identity(config.destination.clone()),
+    )
 }
 
 /// The certificate's key id: names the bot (by host) and the output.
@@ -76,7 +94,7 @@ pub fn issue_to(
     issuer: &Issuer,
     key_id: &str,
 ) -> Result<SystemTime, String> {
-    issue_validity(config, issuer, key_id).map(|v| v.valid_before)
+    issue_validity(config, issuer, key_id, &readers_of(config)).map(|v| v.valid_before)
 }
 
 /// The validity window of the certificate an output wrote.
@@ -112,18 +130,26 @@ fn issue_validity(
     config: &IdentityConfig,
     issuer: &Issuer,
     key_id: &str,
+    readers: &Readers,
 ) -> Result<Validity, String> {
     let cred = issuer.issue(&config.principals, key_id, config.credential_ttl)?;
-    write_validity(config, &cred, issuer)
+    write_validity(config, &cred, issuer, readers)
 }
 
-/// Writes `cred` to the destination; its validity window.
+/// Writes `cred` to the destination, with `readers`' access; its validity
+/// window.
 fn write_validity(
     config: &IdentityConfig,
     cred: &Credential,
     issuer: &Issuer,
+    readers: &Readers,
 ) -> Result<Validity, String> {
-    identity_files::write_identity(&config.destination, cred, &issuer.ca_public_openssh())?;
+    identity_files::write_identity(
+        &config.destination,
+        cred,
+        &issuer.ca_public_openssh(),
+        &mut readers.lock(),
+    )?;
     Ok(Validity {
         valid_after: cred.valid_after,
         valid_before: cred.valid_before,
@@ -187,7 +213,7 @@ impl IdentityOutput {
             signer.issue(&principals, &key_id, ttl)
         })?;
         Some(issued.and_then(|cred| {
-            write_validity(&self.config, &cred, &issuer)
+            write_validity(&self.config, &cred, &issuer, &self.readers)
                 .map(|v| (v, issuer.fingerprint().to_string()))
         }))
     }
@@ -218,17 +244,20 @@ impl IdentityOutput {
                 } else {
                     log::info("identity output written", fields);
                 }
-                let secs = v
-                    .valid_before
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap_or_default();
-                ctx.shared
-                    .metrics
-                    .set_certificate_expiry(ctx.name(), secs.as_secs_f64());
                 st.held = Some(v);
                 st.error = None;
                 st.failures = 0;
                 st.next_attempt = now + self.config.renewal_interval;
+                let unix = |t: SystemTime| {
+                    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+                    d.as_secs_f64()
+                };
+                let times = CertificateTimes {
+                    valid_after: unix(v.valid_after),
+                    valid_before: unix(v.valid_before),
+                    renew_at: unix(st.next_attempt),
+                };
+                ctx.shared.metrics.set_certificate(ctx.name(), times);
             }
             Err(e) => {
                 timer.failed();
@@ -283,6 +312,10 @@ impl Service for IdentityOutput {
         "identity"
     }
 
+    fn readers(&self) -> Option<Readers> {
+        Some(self.readers.clone())
+    }
+
     fn run(&mut self, ctx: &Context) -> Result<(), String> {
         let reissue = self
             .reissue
@@ -334,7 +367,7 @@ impl Service for IdentityOutput {
             };
         }
         // Stopped (shut down, or removed by a reload): its series goes too.
-        ctx.shared.metrics.remove_certificate_expiry(ctx.name());
+        ctx.shared.metrics.remove_certificate(ctx.name());
         Ok(())
     }
 }

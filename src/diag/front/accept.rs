@@ -2,19 +2,20 @@
 //! descriptors (through [`crate::infra::sockets`], the toolkit the
 //! multiplexer socket uses too).
 //!
-//! Accept errors never end the front's loop. Out of descriptors, the
-//! slowest client still waiting for its head is closed to make room; if
-//! there is none, the spare descriptor is given up to accept the waiting
-//! client and refuse it with a 503 (then a lingering close), and new
-//! connections resume as soon as descriptors free up.
+//! Who gets a slot, and who loses one, is [`super::room`]'s rule.
+//!
+//! Accept errors never end the front's loop. Out of descriptors, a
+//! lingering connection is closed to make room, else the connection the
+//! room rule would put out; if there is none, the spare descriptor is given
+//! up to accept the waiting client and refuse it with a 503 (then a
+//! lingering close), and new connections resume as soon as descriptors
+//! free up.
 
-use std::io::{self, ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::io::{self, ErrorKind, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use rustix::event::epoll::EventFlags;
-
-use super::{Conn, Front, State, Then};
+use super::{Conn, Front, State};
 use crate::diag::head::simple_response;
 use crate::infra::sockets::out_of_descriptors;
 use crate::log::{self, once_a_second};
@@ -46,13 +47,16 @@ impl Front {
         }
     }
 
-    /// accept() failed for want of descriptors: free one (the slowest idle
-    /// client, or the spare), refuse the waiting client, and pause briefly
-    /// when nothing can be freed.
+    /// accept() failed for want of descriptors: free one (a lingering
+    /// connection, the one the room rule would put out, or the spare),
+    /// refuse the waiting client, and pause briefly when nothing can be
+    /// freed.
     fn refuse_without_descriptors(&mut self, e: &io::Error) {
         self.note_accept_error(e);
-        if let Some(i) = self.oldest_waiting_for_head() {
-            self.conns.swap_remove(i);
+        let victim = self.victim(Instant::now(), false, usize::MAX);
+        let freed =
+            self.drop_oldest_lingering() || victim.map(|i| self.conns.swap_remove(i)).is_some();
+        if freed {
             // The freed descriptor is for the newcomer: the spare, if it
             // is out, waits for the next one.
             self.newcomer_first = !self.spare.is_held();
@@ -65,28 +69,8 @@ impl Front {
             // the client sees the reason rather than a reset. The spare
             // comes back once a descriptor is free (`restore_spare`).
             if let Ok((stream, peer)) = self.listener.accept() {
-                if stream.set_nonblocking(true).is_ok() {
-                    let now = Instant::now();
-                    let mut c = Conn {
-                        id: self.next_id,
-                        client: stream,
-                        client_ev: EventFlags::empty(),
-                        peer,
-                        state: State::Linger { drained: 0 },
-                        since: now,
-                        deadline: now,
-                        half_closed: false,
-                        sent_more: false,
-                        kick: false,
-                    };
-                    self.next_id += 1;
-                    c.reply(
-                        simple_response(503, "the diagnostics service is out of file descriptors"),
-                        Then::Linger,
-                        now + self.limits.write_timeout,
-                    );
-                    self.conns.push(c);
-                }
+                let why = "the diagnostics service is out of file descriptors";
+                self.refuse(stream, peer, Instant::now(), why);
             }
             self.restore_spare();
         }
@@ -110,58 +94,31 @@ impl Front {
         }
     }
 
-    fn oldest_waiting_for_head(&self) -> Option<usize> {
-        self.conns
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| matches!(c.state, State::Head { .. } | State::Linger { .. }))
-            .min_by_key(|(_, c)| c.since)
-            .map(|(i, _)| i)
-    }
-
-    /// A new client: a slot of its own, the slot of the client that has
-    /// waited longest for its head, or a quick 503.
+    /// A new client: a slot of its own, a place in the probe room, the
+    /// place of a client that makes no progress ([`super::room`]), or a
+    /// quick 503.
     fn admit(&mut self, stream: TcpStream, peer: SocketAddr) {
-        if self.conns.len() >= self.limits.max_connections {
-            match self.oldest_waiting_for_head() {
-                Some(i) => {
-                    self.conns.swap_remove(i);
-                }
-                None => {
-                    // No slot to linger in: read what the client has sent
-                    // already, so that closing does not reset the answer
-                    // away (a request still on its way may).
-                    let _ = stream.set_nonblocking(true);
-                    let mut sent = [0u8; 16 * 1024];
-                    let _ = (&stream).read(&mut sent);
-                    let _ = (&stream).write(&simple_response(
-                        503,
-                        "too many connections to the diagnostics service",
-                    ));
-                    let _ = stream.shutdown(Shutdown::Write);
-                    return;
-                }
-            }
-        }
+        let now = Instant::now();
+        self.trim_lingering();
+        let Some(probe_room) = self.room_for_newcomer(now) else {
+            return self.refuse(
+                stream,
+                peer,
+                now,
+                "too many connections to the diagnostics service",
+            );
+        };
         if stream.set_nonblocking(true).is_err() {
             return;
         }
         let _ = stream.set_nodelay(true);
-        let now = Instant::now();
-        self.conns.push(Conn {
-            id: self.next_id,
-            client: stream,
-            client_ev: EventFlags::empty(),
-            peer,
-            state: State::Head {
-                buf: Vec::with_capacity(1024),
-            },
-            since: now,
-            deadline: now + self.limits.head_timeout,
-            half_closed: false,
-            sent_more: false,
-            kick: false,
-        });
+        let state = State::Head {
+            buf: Vec::with_capacity(1024),
+        };
+        let deadline = now + self.limits.head_timeout;
+        let mut c = Conn::new(self.next_id, stream, peer, state, deadline);
+        c.probe_room = probe_room;
+        self.conns.push(c);
         self.next_id += 1;
         // Read at once: a request that is there already (a client that
         // sent it with its handshake, or clients that queued while the
@@ -173,5 +130,20 @@ impl Front {
         if !self.step(i, now) {
             self.conns.swap_remove(i);
         }
+    }
+
+    /// No room for a newcomer: a 503 saying `why`, then the lingering
+    /// close, so that it reads the refusal whatever it sent (a fresh socket
+    /// takes the few bytes at once). It holds no slot.
+    fn refuse(&mut self, stream: TcpStream, peer: SocketAddr, now: Instant, why: &str) {
+        if stream.set_nonblocking(true).is_err() {
+            return;
+        }
+        let _ = (&stream).write(&simple_response(503, why));
+        let state = State::Linger { drained: 0 };
+        let mut c = Conn::new(self.next_id, stream, peer, state, now);
+        self.next_id += 1;
+        c.close_lingering(now, self.limits.linger_time);
+        self.conns.push(c);
     }
 }

@@ -1,9 +1,8 @@
 //! One client connection's state machine: read the head, hand it to
 //! tiny_http ([`super::upstream`] relays the answer), write the answer, then
-//! close, linger, or wait for the next head (keep-alive).
+//! close the lingering way, or wait for the next head (keep-alive).
 
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::Shutdown;
 use std::path::Path;
 use std::time::Instant;
 
@@ -23,12 +22,15 @@ impl Conn {
 }
 
 impl Front {
-    /// A deadline passed: say so where an answer is owed. Returns whether
-    /// to keep the connection (never).
-    pub(super) fn expire(&mut self, i: usize) -> bool {
+    /// A deadline passed: say so where an answer is owed, and close (the
+    /// lingering way once something was written). Returns whether to keep
+    /// the connection (while it lingers).
+    pub(super) fn expire(&mut self, i: usize, now: Instant) -> bool {
         let c = &mut self.conns[i];
         match &c.state {
-            State::Head { buf } if !buf.is_empty() => {
+            State::Head { buf } if buf.is_empty() => return false,
+            State::Linger { .. } => return false,
+            State::Head { .. } => {
                 let _ =
                     (&c.client).write(&simple_response(408, "request head not received in time"));
             }
@@ -44,9 +46,11 @@ impl Front {
                     self.drop_pipe_of(id);
                 }
             }
-            _ => {}
+            // The client did not take its answer in time: the rest is cut.
+            State::Reply { .. } => {}
         }
-        false
+        self.conns[i].close_lingering(now, self.limits.linger_time);
+        true
     }
 
     /// The connection's socket is ready. Returns whether to keep it.
@@ -89,15 +93,19 @@ impl Front {
             Ok(n) => {
                 *sent += n;
                 if *sent < out.len() {
+                    // A short write: its socket is full. The answer is
+                    // stalled from the first one until it is written whole
+                    // (the kernel growing its buffers is not the client
+                    // reading).
+                    c.stalled_since.get_or_insert(now);
                     return true;
                 }
+                c.stalled_since = None;
                 match std::mem::replace(then, Then::Close) {
-                    Then::Close => false,
-                    Then::Linger => {
-                        let _ = c.client.shutdown(Shutdown::Write);
-                        c.state = State::Linger { drained: 0 };
-                        c.deadline = now + self.limits.linger_time;
-                        true
+                    Then::Close => {
+                        c.close_lingering(now, self.limits.linger_time);
+                        // A client that is done already is closed now.
+                        self.step(i, now)
                     }
                     Then::KeepAlive(next) => {
                         c.state = State::Head { buf: next };
@@ -108,7 +116,11 @@ impl Front {
                     }
                 }
             }
-            Err(e) if again(&e) => true,
+            Err(e) if again(&e) => {
+                // Its socket is full: the client is not taking its answer.
+                c.stalled_since.get_or_insert(now);
+                true
+            }
             Err(_) => false,
         }
     }
@@ -127,7 +139,7 @@ impl Front {
             Parsed::Partial => {}
             Parsed::Refuse(status, why) => {
                 let out = simple_response(status, why);
-                c.reply(out, Then::Linger, now + self.limits.write_timeout);
+                c.reply(out, Then::Close, now + self.limits.write_timeout);
             }
             Parsed::Answer {
                 resp,
@@ -150,6 +162,14 @@ impl Front {
                 at_once,
             } => {
                 let next = keep_alive.then(|| buf[len..].to_vec());
+                if c.probe_room && !at_once && !self.slot_for(i, now) {
+                    // In the probe room, only probes are served.
+                    let out =
+                        simple_response(503, "too many connections to the diagnostics service");
+                    let c = &mut self.conns[i];
+                    c.reply(out, Then::Close, now + self.limits.write_timeout);
+                    return;
+                }
                 self.forward(i, now, head, next, How { slow, at_once });
             }
         }

@@ -16,7 +16,10 @@
 //! it ([`crate::diag::endpoints::answered`]). A page the renderer
 //! thread makes (`/metrics`) goes on an idle connection and nothing goes
 //! behind it: else the serving loop would wait on the renderer. At most
-//! [`MAX_PIPELINED`] requests ride one connection.
+//! [`MAX_PIPELINED`] requests ride one connection. Renders never hold every
+//! kept connection ([`super::upstream::Pool::max_rendering`]), and the
+//! requests answered at once go first (issue 17: a probe must not wait
+//! behind pipelined `/metrics`).
 //!
 //! Idle connections are polled for readability: tiny_http sends nothing
 //! unasked, so anything there (its end closing, stray bytes) drops the
@@ -110,6 +113,12 @@ impl Pipe {
                     && self.waiting.iter().all(|w| w.at_once)))
     }
 
+    /// Whether it carries a request that is not answered at once (a
+    /// render).
+    fn renders(&self) -> bool {
+        self.waiting.iter().any(|w| !w.at_once)
+    }
+
     /// Writes what the socket takes of the heads.
     fn flush(&mut self) -> io::Result<()> {
         while self.sent < self.out.len() {
@@ -126,9 +135,11 @@ impl Pipe {
 }
 
 impl Front {
-    /// Sends the queued requests, oldest first, down the kept connections
-    /// (the one carrying the most that takes it, else a new one under the
-    /// cap), one write per connection (at the end of every turn).
+    /// Sends the queued requests, those answered at once first, then
+    /// oldest first, down the kept connections (the one carrying the most
+    /// that takes it, else a new one under the cap; a render only while
+    /// fewer than `max_rendering` carry one), one write per connection (at
+    /// the end of every turn).
     pub(super) fn dispatch_queued(&mut self, now: Instant) {
         let mut queued: Vec<usize> = (0..self.conns.len())
             .filter(|&i| matches!(self.conns[i].state, State::Queued(_)))
@@ -136,17 +147,23 @@ impl Front {
         if queued.is_empty() {
             return;
         }
-        queued.sort_by_key(|&i| self.conns[i].since);
+        let at_once = |c: &super::Conn| matches!(&c.state, State::Queued(rq) if rq.at_once);
+        queued.sort_by_key(|&i| (!at_once(&self.conns[i]), self.conns[i].since));
         let path = self.backend_path();
         let generation = self.pool.follow(&path);
         // Idle connections to a replaced tiny_http are closed.
         self.pipes
             .retain(|p| p.generation == generation || !p.waiting.is_empty());
+        let mut rendering = self.pipes.iter().filter(|p| p.renders()).count();
         for i in queued {
             let State::Queued(rq) = &self.conns[i].state else {
                 continue;
             };
             let at_once = rq.at_once;
+            if !at_once && rendering >= self.pool.max_rendering() {
+                // Stays queued: the last kept connection is for probes.
+                continue;
+            }
             // The fullest that takes it: one write and one wake of
             // tiny_http's worker carry more requests.
             let best = (0..self.pipes.len())
@@ -185,6 +202,7 @@ impl Front {
                 continue;
             };
             let pipe = &mut self.pipes[p];
+            rendering += usize::from(!at_once);
             pipe.out.extend_from_slice(&rq.head);
             pipe.waiting.push_back(Waiter {
                 client: c.id,

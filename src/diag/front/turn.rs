@@ -233,7 +233,7 @@ impl Front {
             } else if !ev.is_empty() || kicked {
                 self.step(i, now)
             } else {
-                now < self.conns[i].deadline || self.expire(i)
+                now < self.conns[i].deadline || self.expire(i, now)
             };
             if !keep {
                 self.conns.swap_remove(i);

@@ -92,6 +92,13 @@ impl Pool {
         Ok(stream)
     }
 
+    /// Kept connections that may carry a rendered page (`/metrics`) at
+    /// once: all but one, so that a probe never waits behind a render (the
+    /// renderer is one thread: two connections keep it busy).
+    pub(super) fn max_rendering(&self) -> usize {
+        self.max_kept.saturating_sub(1).max(1)
+    }
+
     /// A place for one more kept connection, if there is room under the
     /// cap.
     pub(super) fn kept(&mut self) -> Option<Kept> {

@@ -1,0 +1,35 @@
+# bash completion for tbot (written by `tbot completions bash` from its flag table)
+_tbot() {
+    local cur="${COMP_WORDS[COMP_CWORD]}"
+    local prev="${COMP_WORDS[COMP_CWORD-1]}"
+    local cmd="" i skip=0
+    for ((i = 1; i < COMP_CWORD; i++)); do
+        if ((skip)); then skip=0; continue; fi
+        case "${COMP_WORDS[i]}" in
+            -c|--config|--diag-addr|--log-format|--service|--timeout) skip=1 ;;
+            -*) ;;
+            *) cmd="${COMP_WORDS[i]}"; break ;;
+        esac
+    done
+    if [[ -z $cmd ]]; then
+        COMPREPLY=($(compgen -W 'start check wait ssh-multiplexer-proxy-command completions version help -h --help --version' -- "$cur"))
+        return
+    fi
+    case "$prev" in
+        -c|--config) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --diag-addr) COMPREPLY=(); return ;;
+        --log-format) COMPREPLY=($(compgen -W 'text json' -- "$cur")); return ;;
+        --service) COMPREPLY=(); return ;;
+        --timeout) COMPREPLY=(); return ;;
+    esac
+    case "$cmd" in
+        start) COMPREPLY=($(compgen -W '-c --config --diag-addr -d --debug --log-format --oneshot -h --help' -- "$cur")) ;;
+        check) COMPREPLY=($(compgen -W '-c --config -h --help' -- "$cur")) ;;
+        wait) COMPREPLY=($(compgen -W '--diag-addr --service --timeout -h --help' -- "$cur")) ;;
+        ssh-multiplexer-proxy-command) COMPREPLY=($(compgen -f -W '-h --help' -- "$cur")) ;;
+        completions) COMPREPLY=($(compgen -W 'bash zsh fish -h --help' -- "$cur")) ;;
+        version) COMPREPLY=($(compgen -W '-h --help' -- "$cur")) ;;
+        help) COMPREPLY=($(compgen -W 'start check wait ssh-multiplexer-proxy-command completions version help -h --help' -- "$cur")) ;;
+    esac
+}
+complete -F _tbot tbot

@@ -1,0 +1,22 @@
+# fish completion for tbot (written by `tbot completions fish` from its flag table)
+complete -c tbot -f
+complete -c tbot -n __fish_use_subcommand -s h -l help -d 'Print help.'
+complete -c tbot -n __fish_use_subcommand -l version -d 'Print the version.'
+complete -c tbot -n __fish_use_subcommand -a start -d 'Run the bot: keep credentials fresh, run services, serve diagnostics; SIGHUP reloads.'
+complete -c tbot -n __fish_use_subcommand -a check -d 'Check a configuration file as start would load it, starting nothing (exit 0 good, 2 not).'
+complete -c tbot -n __fish_use_subcommand -a wait -d 'Wait until a running bot (or one of its services) is ready.'
+complete -c tbot -n __fish_use_subcommand -a ssh-multiplexer-proxy-command -d 'OpenSSH ProxyCommand: hand ssh a connection to TARGET through the multiplexer.'
+complete -c tbot -n __fish_use_subcommand -a completions -d 'Print shell completions for bash, zsh or fish (from this flag table).'
+complete -c tbot -n __fish_use_subcommand -a version -d 'Print the version.'
+complete -c tbot -n __fish_use_subcommand -a help -d 'Print help.'
+complete -c tbot -n '__fish_seen_subcommand_from start check' -s c -l config -r -F -d 'Configuration file (YAML, version: v2).'
+complete -c tbot -n '__fish_seen_subcommand_from start wait' -l diag-addr -x -d 'Diagnostics service address. For start, overrides diag_addr from the file (port 0 picks a free port).'
+complete -c tbot -n '__fish_seen_subcommand_from start' -s d -l debug -d 'Debug mode: debug logs and the /debug/pprof/ endpoints.'
+complete -c tbot -n '__fish_seen_subcommand_from start' -l log-format -x -a 'text json' -d 'Log line format on stderr (default text).'
+complete -c tbot -n '__fish_seen_subcommand_from start' -l oneshot -d 'Issue every output once, report, and exit (0 if all succeeded, else 1).'
+complete -c tbot -n '__fish_seen_subcommand_from wait' -l service -x -d 'Wait for this service only.'
+complete -c tbot -n '__fish_seen_subcommand_from wait' -l timeout -x -d 'Give up after this long (Go syntax: 30s, 2m; default 30s).'
+complete -c tbot -n '__fish_seen_subcommand_from start check wait ssh-multiplexer-proxy-command completions version help' -s h -l help -d 'Print help for the command.'
+complete -c tbot -n '__fish_seen_subcommand_from ssh-multiplexer-proxy-command' -F
+complete -c tbot -n '__fish_seen_subcommand_from completions' -x -a 'bash zsh fish'
+complete -c tbot -n '__fish_seen_subcommand_from help' -x -a 'start check wait ssh-multiplexer-proxy-command completions version help'
