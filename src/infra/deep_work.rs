@@ -1,6 +1,7 @@
 //! The small shared gate for the services' deep work: an identity
-//! renewal's ed25519 key and certificate are made on [`WORKERS`] shared
-//! `deep-work` threads, one job each at a time, first come first served.
+//! renewal (its ed25519 key and certificate, and the generation of files it
+//! writes) runs on [`WORKERS`] shared `deep-work` threads, one job each at
+//! a time, first come first served.
 //!
 //! Why not on the service's own thread: stack pages stay resident once
 //! touched, and glibc keeps a cache of freed blocks per thread (its tcache)
@@ -12,13 +13,14 @@
 //! OOM-killed tbot. Here the deep work costs [`WORKERS`] threads, whatever
 //! the number of services, and starts no thread per job.
 //!
-//! Why two, one a core: the work is CPU only. The files a renewal writes
-//! are not written here but on the service's thread: most of that time is
-//! fsync(2) waiting for the disk, and the file system commits together the
-//! fsyncs that wait at once. With the writes behind the gate too (eight
-//! workers), 1,000 outputs on a fresh ext4 took 11.5 s from exec to every
-//! output healthy, where 1,000 helpers took 3.5 s (the shared 2-core VM,
-//! loaded; `tests/bench/service_cost.sh`).
+//! Why eight, not one a core: most of a renewal's time is fsync(2) waiting
+//! for the disk, not CPU, and the file system commits together the fsyncs
+//! that wait at once. Two workers made 1,000 outputs write almost one after
+//! the other (5.6 s from exec to all healthy, where 1,000 helpers took
+//! 1.3 s). Writing on the outputs' own threads instead (only the signing
+//! here) overlapped every fsync but cost 4 MB more at 500 outputs (their
+//! freed blocks), enough to be OOM-killed under 32 MB again (the shared
+//! 2-core VM; `tests/bench/service_cost.sh`).
 //!
 //! The workers start on the first job and then sleep on the queue: no
 //! timer wakes them. If no worker can be started (a pids limit), the job
@@ -33,7 +35,7 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::infra::threads;
 
 /// Threads that run the deep work (see the module documentation).
-pub const WORKERS: usize = 2;
+pub const WORKERS: usize = 8;
 
 /// A queued job: the name its worker takes while running it (the service's,
 /// for `/debug/pprof/threads`), and the work.

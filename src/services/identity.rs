@@ -27,7 +27,7 @@ use crossbeam_channel::Receiver;
 
 use crate::config::IdentityConfig;
 use crate::credentials::identity_files;
-use crate::credentials::issuer::{Credential, Issuer};
+use crate::credentials::issuer::Issuer;
 use crate::infra::backoff::Backoff;
 use crate::infra::deep_work;
 use crate::infra::timefmt;
@@ -133,20 +133,9 @@ fn issue_validity(
     readers: &Readers,
 ) -> Result<Validity, String> {
     let cred = issuer.issue(&config.principals, key_id, config.credential_ttl)?;
-    write_validity(config, &cred, issuer, readers)
-}
-
-/// Writes `cred` to the destination, with `readers`' access; its validity
-/// window.
-fn write_validity(
-    config: &IdentityConfig,
-    cred: &Credential,
-    issuer: &Issuer,
-    readers: &Readers,
-) -> Result<Validity, String> {
     identity_files::write_identity(
         &config.destination,
-        cred,
+        &cred,
         &issuer.ca_public_openssh(),
         &mut readers.lock(),
     )?;
@@ -193,29 +182,23 @@ struct State {
 
 impl IdentityOutput {
     /// One attempt: the current CA, a new credential, the files. The
-    /// credential (ed25519: the deep, allocation-heavy part) is made on a
-    /// shared deep-work thread (see `infra::deep_work`): its stack depth
-    /// and freed blocks would otherwise stay with every identity service's
-    /// thread for good, and at most `deep_work::WORKERS` are made at once.
-    /// The files are written here: most of that time is fsync(2) waiting
-    /// for the disk, and the file system commits the fsyncs of every output
-    /// waiting at once together. None: tbot stopped the service before the
+    /// credential and the files are made on a shared deep-work thread (see
+    /// `infra::deep_work`): their stack depth and freed blocks would
+    /// otherwise stay with every identity service's thread for good, and
+    /// at most `deep_work::WORKERS` attempts run at once, whatever the
+    /// number of outputs. None: tbot stopped the service before the
     /// attempt began.
     fn renew(&self, ctx: &Context) -> Option<Result<(Validity, String), String>> {
         let issuer = match ctx.shared.ca.get() {
             Ok(i) => i,
             Err(e) => return Some(Err(e)),
         };
-        let signer = issuer.clone();
-        let (principals, key_id) = (self.config.principals.clone(), self.key_id.clone());
-        let ttl = self.config.credential_ttl;
-        let issued = deep_work::run(ctx.name(), ctx.stop(), move || {
-            signer.issue(&principals, &key_id, ttl)
-        })?;
-        Some(issued.and_then(|cred| {
-            write_validity(&self.config, &cred, &issuer, &self.readers)
+        let (config, key_id) = (self.config.clone(), self.key_id.clone());
+        let readers = self.readers.clone();
+        deep_work::run(ctx.name(), ctx.stop(), move || {
+            issue_validity(&config, &issuer, &key_id, &readers)
                 .map(|v| (v, issuer.fingerprint().to_string()))
-        }))
+        })
     }
 
     /// Renews now and records the outcome in `st` (and the logs and
@@ -330,7 +313,13 @@ impl Service for IdentityOutput {
             recv(ctx.stop()) -> _ => return Ok(()),
         }
         // This service owns its destination: no other writer is running.
-        identity_files::remove_stale_temps(&self.config.destination);
+        let dest = self.config.destination.clone();
+        let cleaned = deep_work::run(ctx.name(), ctx.stop(), move || {
+            identity_files::remove_stale_temps(&dest)
+        });
+        if cleaned.is_none() {
+            return Ok(());
+        }
         let mut st = State {
             held: None,
             error: None,

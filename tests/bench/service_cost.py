@@ -48,13 +48,14 @@ EXEC_ROUNDS = int(os.environ.get("EXEC_ROUNDS", "3"))
 # still shared).
 NICE = int(os.environ.get("NICE", "0"))
 CPU_SHARES = int(os.environ.get("CPU_SHARES", "0"))
-# EXEC_FS=loop (the default): each exec round writes to a fresh 256 MB ext4
-# file system (a loop device, made and removed here), so that the figure
-# does not depend on what the host's file system went through: ext4 skips
-# the inodes deleted in the last minutes when it allocates new ones
-# (recently_deleted()), and a run right after another one's 12,000 files
-# were removed spent most of its CPU there. EXEC_FS=work: in $TMPDIR.
-EXEC_FS = os.environ.get("EXEC_FS", "loop")
+# EXEC_FS=work (the default): the exec rounds write under $TMPDIR, on the
+# host's file system, as tbot would; mind that ext4 skips the inodes deleted
+# in the last minutes when it allocates new ones (recently_deleted()), so a
+# run right after another one removed its 12,000 files spends CPU there.
+# EXEC_FS=loop: each round on a fresh 256 MB ext4 (a loop device made and
+# removed here): no such history, but every fsync goes through two
+# journals, which favours many writers at once.
+EXEC_FS = os.environ.get("EXEC_FS", "work")
 MOUNTS = []  # mounted here, unmounted at exit
 USER = os.environ.get("BENCH_PRINCIPAL", "bench")
 
