@@ -14,7 +14,8 @@ use super::schema::{Dur, Name, RawConfig, RawDestination, RawService, ServiceTyp
 use super::{
     Access, Config, IdentityConfig, MultiplexerConfig, Reader, ServiceConfig,
     DEFAULT_CREDENTIAL_TTL, DEFAULT_DIAG_MAX_CONNECTIONS, DEFAULT_HEARTBEAT_INTERVAL,
-    DEFAULT_MUX_MAX_CONNECTIONS, DEFAULT_RENEWAL_INTERVAL, RESERVED_NAMES,
+    DEFAULT_MUX_MAX_CONNECTIONS, DEFAULT_RENEWAL_INTERVAL, MAX_PRINCIPALS, MIN_CREDENTIAL_TTL,
+    MIN_INTERVAL, MUX_SOCKET_NAME, RESERVED_NAMES,
 };
 
 /// Where a refusal points, and why.
@@ -48,6 +49,18 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Invalid> {
         .map(|(i, (s, name))| service(i, s, name.unwrap_or_default(), defaults, &resolve))
         .collect::<Result<Vec<_>, _>>()?;
     check_references(&services)?;
+    let heartbeat_interval = raw
+        .heartbeat_interval
+        .map_or(DEFAULT_HEARTBEAT_INTERVAL, |d| d.0);
+    if heartbeat_interval < MIN_INTERVAL {
+        return Err((
+            vec![Key("heartbeat_interval")],
+            too_short("heartbeat_interval", heartbeat_interval),
+        ));
+    }
+    let storage = resolve(&raw.storage.path.0);
+    crate::infra::trust::check_dirs_to_be(&storage)
+        .map_err(|e| (vec![Key("storage"), Key("path")], e))?;
 
     Ok(Config {
         file: String::new(),
@@ -55,13 +68,19 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Invalid> {
         diag_max_connections: raw
             .diag_max_connections
             .map_or(DEFAULT_DIAG_MAX_CONNECTIONS, |c| c.0),
+        web_config_file: raw.web_config_file.map(|p| resolve(&p.0)),
+        web: None,
+        diag_unauthenticated_paths: raw
+            .diag_unauthenticated_paths
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| p.0)
+            .collect(),
         debug: raw.debug,
-        storage: resolve(&raw.storage.path.0),
+        storage,
         credential_ttl,
         renewal_interval,
-        heartbeat_interval: raw
-            .heartbeat_interval
-            .map_or(DEFAULT_HEARTBEAT_INTERVAL, |d| d.0),
+        heartbeat_interval,
         services,
     })
 }
@@ -87,6 +106,23 @@ fn check_window(
     renew_set: Option<Dur>,
     at: Vec<Seg>,
 ) -> Result<(), Invalid> {
+    let fmt = crate::infra::duration::format;
+    if ttl < MIN_CREDENTIAL_TTL || ttl.subsec_nanos() != 0 {
+        let mut path = at;
+        path.push(Key("credential_ttl"));
+        return Err((
+            path,
+            format!(
+                "credential_ttl ({}) must be a whole number of seconds, at least 1s: a certificate's validity is counted in seconds",
+                fmt(ttl)
+            ),
+        ));
+    }
+    if renew < MIN_INTERVAL {
+        let mut path = at;
+        path.push(Key("renewal_interval"));
+        return Err((path, too_short("renewal_interval", renew)));
+    }
     if renew < ttl {
         return Ok(());
     }
@@ -105,6 +141,15 @@ fn check_window(
             crate::infra::duration::format(ttl)
         ),
     ))
+}
+
+/// The refusal of an interval below [`MIN_INTERVAL`].
+fn too_short(field: &str, d: Duration) -> String {
+    format!(
+        "{field} ({}) is shorter than {}: tbot would do nothing else",
+        crate::infra::duration::format(d),
+        crate::infra::duration::format(MIN_INTERVAL)
+    )
 }
 
 /// Each entry, in order: only the fields its type takes, a destination no
@@ -209,6 +254,15 @@ fn service(
                 .into_iter()
                 .map(|p| p.0)
                 .collect();
+            if principals.len() > MAX_PRINCIPALS {
+                return Err((
+                    vec![Key("services"), Index(i), Key("principals"), Index(MAX_PRINCIPALS)],
+                    format!(
+                        "{} principals: OpenSSH takes at most {MAX_PRINCIPALS} in a certificate (ssh-keygen -L says invalid format, sshd denies the login)",
+                        principals.len()
+                    ),
+                ));
+            }
             if principals.is_empty() {
                 return Err((
                     vec![Key("services"), Index(i)],
@@ -240,6 +294,7 @@ fn service(
                         .into(),
                 ));
             };
+            check_socket_path(&destination, i)?;
             ServiceConfig::SshMultiplexer(MultiplexerConfig {
                 name,
                 destination,
@@ -251,6 +306,24 @@ fn service(
             })
         }
     })
+}
+
+/// A multiplexer's `DESTINATION/v1.sock` fits a Unix socket address
+/// (unix(7): 107 bytes), the destination made absolute as the service
+/// will.
+fn check_socket_path(destination: &Path, i: usize) -> Result<(), Invalid> {
+    let max = crate::infra::sockets::MAX_UNIX_SOCKET_PATH;
+    let absolute = std::path::absolute(destination).unwrap_or_else(|_| destination.to_path_buf());
+    let len = absolute.join(MUX_SOCKET_NAME).as_os_str().len();
+    if len <= max {
+        return Ok(());
+    }
+    Err((
+        vec![Key("services"), Index(i), Key("destination"), Key("path")],
+        format!(
+            "the socket path DESTINATION/{MUX_SOCKET_NAME} would be {len} bytes; a Unix socket path has at most {max} (unix(7)): choose a shorter destination"
+        ),
+    ))
 }
 
 /// The storage directory holds the CA key: it has no readers.

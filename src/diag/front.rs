@@ -33,7 +33,7 @@
 //! refused connection and the serving loop rebuilds it.
 
 use std::io::{self, ErrorKind};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -44,14 +44,17 @@ use rustix::event::epoll::EventFlags;
 use super::head::HeadLimits;
 use crate::infra::liveness::Beat;
 use crate::infra::sockets::Spare;
+use crate::infra::stop::Stop;
 use crate::log;
 
 mod accept;
+pub mod auth;
 mod conn;
 mod pipe;
 mod room;
 #[cfg(test)]
 mod tests;
+mod tls;
 mod turn;
 mod upstream;
 
@@ -167,6 +170,8 @@ enum State {
         /// The request is a HEAD (its response has no body).
         head_request: bool,
     },
+    /// Waiting for its basic auth check ([`auth`]), then forwarded.
+    Auth(auth::Pending),
     /// Waiting for room on a kept connection to tiny_http (see [`pipe`]).
     Queued(Request),
     /// Sent down a kept connection to tiny_http, waiting for its answer
@@ -210,7 +215,8 @@ struct Conn {
     /// Names the connection for the kept connections to tiny_http that
     /// carry its request (its index in `conns` changes).
     id: u64,
-    client: TcpStream,
+    /// Plain or TLS ([`tls`]).
+    client: tls::Client,
     /// `client`'s registration in the epoll set ([`turn`]).
     client_ev: EventFlags,
     peer: SocketAddr,
@@ -235,7 +241,13 @@ struct Conn {
 
 impl Conn {
     /// A connection in `state`, due by `deadline`.
-    fn new(id: u64, client: TcpStream, peer: SocketAddr, state: State, deadline: Instant) -> Conn {
+    fn new(
+        id: u64,
+        client: tls::Client,
+        peer: SocketAddr,
+        state: State,
+        deadline: Instant,
+    ) -> Conn {
         Conn {
             id,
             client,
@@ -258,9 +270,9 @@ pub struct Front {
     backend: BackendPath,
     backend_lost: BackendLost,
     limits: Limits,
-    /// Hangs up when the daemon stops; a byte on it is a watchdog poke,
-    /// which only wakes the loop for a turn ([`turn`]).
-    stop: UnixStream,
+    /// Its descriptor wakes the loop: at the stop, or for a watchdog poke
+    /// ([`Stop::wake`]), which only makes it turn once ([`turn`]).
+    stop: Stop,
     /// One turn per pass of the loop (for the systemd watchdog).
     beat: Beat,
     spare: Spare,
@@ -275,6 +287,10 @@ pub struct Front {
     /// The kept connections to tiny_http, idle or carrying requests.
     pipes: Vec<pipe::Pipe>,
     accept_paused_until: Option<Instant>,
+    /// TLS and auth for new connections and requests ([`auth`]).
+    security: auth::SecurityHandle,
+    /// `diag-auth`, started at the first bcrypt check.
+    checker: Option<auth::Checker>,
     last_accept_error: Option<Instant>,
     last_backend_error: Option<Instant>,
 }
@@ -285,10 +301,9 @@ impl Front {
         backend: BackendPath,
         backend_lost: BackendLost,
         limits: Limits,
-        stop: UnixStream,
+        stop: Stop,
     ) -> io::Result<Front> {
         listener.set_nonblocking(true)?;
-        stop.set_nonblocking(true)?;
         let pool = upstream::Pool::new(limits.kept_backend_connections);
         Ok(Front {
             listener,
@@ -304,6 +319,8 @@ impl Front {
             pool,
             pipes: Vec::new(),
             accept_paused_until: None,
+            security: Arc::new(Mutex::new(Arc::new(auth::Security::none()))),
+            checker: None,
             last_accept_error: None,
             last_backend_error: None,
         })
@@ -316,7 +333,13 @@ impl Front {
         self
     }
 
-    /// Serves until the stop socket hangs up.
+    /// Applies the web configuration in `security` (a reload may swap it).
+    pub fn securing(mut self, security: auth::SecurityHandle) -> Front {
+        self.security = security;
+        self
+    }
+
+    /// Serves until the stop.
     pub fn run(mut self) {
         let mut events = match turn::Events::new(&self) {
             Ok(events) => events,

@@ -352,6 +352,8 @@ fn moved_permanently(location: &str, head: bool) -> Vec<u8> {
 pub fn simple_response(status: u16, message: &str) -> Vec<u8> {
     let reason = match status {
         400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
         408 => "Request Timeout",
         405 => "Method Not Allowed",
         413 => "Content Too Large",

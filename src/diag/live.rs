@@ -6,22 +6,22 @@
 //! ([`Slots`]).
 
 use std::net::{SocketAddr, TcpListener};
-use std::os::unix::net::UnixStream;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use rustix::net::SendFlags;
-
 use super::{front, Diag};
+use crate::infra::limits::explain;
 use crate::infra::liveness::{Beat, Poke, Slot, Watched};
+use crate::infra::stop::{Stop, Stopper};
 use crate::log;
 
-/// A `diag-front` thread and the daemon's end of its stop socket.
+/// A `diag-front` thread and the daemon's end of its stop signal.
 pub(super) struct FrontRun {
-    /// Hung up to stop the front; a byte on it is a watchdog poke (see
-    /// [`FrontRun::poke`]).
-    stop: Arc<UnixStream>,
+    stopper: Stopper,
+    /// What the front waits on: its descriptor also carries the watchdog's
+    /// pokes (see [`FrontRun::poke`]).
+    stop: Stop,
     thread: JoinHandle<()>,
     addr: SocketAddr,
 }
@@ -76,57 +76,60 @@ impl FrontRun {
         backend_path: &front::BackendPath,
         backend_lost: &front::BackendLost,
         limits: &front::Limits,
+        security: &front::auth::SecurityHandle,
         beat: Beat,
     ) -> Result<FrontRun, String> {
         let addr = listener
             .local_addr()
             .map_err(|e| format!("diagnostics listener: {e}"))?;
-        let (stop, stop_rx) = UnixStream::pair().map_err(|e| format!("diagnostics: {e}"))?;
+        if crate::infra::failpoints::fails("diag-front-start") {
+            return Err("diag-front: injected failure (failpoint diag-front-start)".into());
+        }
+        let (stopper, stop) = Stop::new();
+        stop.fd()
+            .map_err(|e| format!("diag-front: {}", explain(&e)))?;
         let front = front::Front::new(
             listener,
             backend_path.clone(),
             backend_lost.clone(),
             limits.clone(),
-            stop_rx,
+            stop.clone(),
         )
         .map_err(|e| format!("diagnostics listener: {e}"))?
-        .beating(beat);
+        .beating(beat)
+        .securing(security.clone());
         let thread = crate::infra::threads::spawn("diag-front", move || front.run())
             .map_err(|e| format!("diag-front: {e}"))?;
         Ok(FrontRun {
-            stop: Arc::new(stop),
+            stopper,
+            stop,
             thread,
             addr,
         })
     }
 
-    /// The front's watchdog poke: one byte on its stop socket, which wakes
-    /// it for one turn (it drains the byte; only a hang-up stops it). The
-    /// write never blocks: a full socket buffer means pokes are pending
-    /// already, and an error (the front is gone) shows as the missing turn.
+    /// The front's watchdog poke: a wake-up on its stop descriptor, which
+    /// makes it turn once without stopping it. Never blocks.
     pub(super) fn poke(&self) -> Poke {
         let stop = self.stop.clone();
-        Box::new(move || {
-            let _ = rustix::net::send(&*stop, &[0], SendFlags::DONTWAIT | SendFlags::NOSIGNAL);
-        })
+        Box::new(move || stop.wake())
     }
 
     /// Stops the front (its listener and connections close) and waits for it.
     pub(super) fn stop(self) {
-        // A hang-up even while the watchdog holds the socket.
-        let _ = self.stop.shutdown(std::net::Shutdown::Both);
-        drop(self.stop);
+        self.stopper.fire();
         if self.thread.join().is_err() {
             log::error("the diagnostics front panicked", &[]);
         }
     }
 }
 
-/// Logs where the service listens (and warns about a non-loopback address).
-pub(super) fn announce(addr: SocketAddr, debug: bool) {
-    if !addr.ip().is_loopback() {
+/// Logs where the service listens (and warns about a non-loopback address
+/// that is not `secured`: TLS with basic auth or client certificates).
+pub(super) fn announce(addr: SocketAddr, debug: bool, secured: bool) {
+    if !addr.ip().is_loopback() && !secured {
         log::warn(
-            "the diagnostics service listens on a non-loopback address; anyone who can reach it can read tbot's health, metrics and (in debug mode) profiles",
+            "the diagnostics service listens on a non-loopback address without TLS and authentication (web_config_file); anyone who can reach it can read tbot's health, metrics and (in debug mode) profiles",
             &[("addr", &addr)],
         );
     }
@@ -149,6 +152,7 @@ impl Diag {
             &self.backend_path,
             &self.backend_lost,
             &self.limits,
+            &self.security,
             self.slots.front.beat(),
         )?;
         self.slots.front.fill(new.poke());
@@ -159,8 +163,19 @@ impl Diag {
             "diagnostics service moved",
             &[("from", &from), ("to", &self.front.addr)],
         );
-        announce(self.front.addr, self.debug());
+        announce(self.front.addr, self.debug(), self.secured);
         Ok(())
+    }
+
+    /// Applies a web configuration read again by a reload: new connections
+    /// and requests follow it (connections open keep their TLS or not).
+    pub fn set_security(&mut self, security: super::Secured) {
+        let super::Secured(security, secured) = security;
+        *self.security.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(security);
+        if secured != self.secured {
+            self.secured = secured;
+            announce(self.front.addr, self.debug(), secured);
+        }
     }
 
     /// Whether `/debug/pprof/` is served.

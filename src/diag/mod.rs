@@ -29,8 +29,11 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::health::Health;
-use crate::infra::liveness::Beat;
+use crate::health::{Health, Listener};
+use crate::infra::limits::explain;
+use crate::infra::liveness::{Beat, Poke};
+use crate::infra::stop::{Stop, Stopper};
+use crate::infra::subscribers::Subscription;
 use crate::log;
 use crate::metrics::Metrics;
 
@@ -51,10 +54,24 @@ pub use live::Slots;
 /// Binds the public listener. Done before any service starts, so a bad or
 /// busy address fails the start cleanly.
 pub fn bind(addr: &str) -> Result<TcpListener, String> {
-    let addrs: Vec<SocketAddr> = addr
-        .to_socket_addrs()
-        .map_err(|e| format!("diagnostics address {addr}: {e}"))?
-        .collect();
+    // A host name is looked up beside the main thread (which binds at start
+    // and on reload, and alone takes SIGTERM): within LOOKUP_BOUND, and not
+    // past a stop signal.
+    let owned = addr.to_string();
+    let lookup = move || owned.to_socket_addrs().map(Iterator::collect::<Vec<_>>);
+    let stop = crate::infra::signals::stop_pending;
+    let addrs: Vec<SocketAddr> =
+        crate::infra::threads::within("diag-lookup", LOOKUP_BOUND, stop, lookup)
+            .map_err(|why| match why {
+                crate::infra::threads::GaveUp::TimedOut => format!(
+                    "diagnostics address {addr}: no answer from the name lookup within {} s",
+                    LOOKUP_BOUND.as_secs()
+                ),
+                crate::infra::threads::GaveUp::Asked => {
+                    format!("diagnostics address {addr}: lookup cut short by a stop signal")
+                }
+            })?
+            .map_err(|e| format!("diagnostics address {addr}: {e}"))?;
     let mut last = None;
     for a in &addrs {
         match TcpListener::bind(a) {
@@ -68,15 +85,38 @@ pub fn bind(addr: &str) -> Result<TcpListener, String> {
     })
 }
 
+/// Longest wait for the name lookup of a `diag_addr` host name.
+pub const LOOKUP_BOUND: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub struct Options {
     pub max_connections: usize,
     pub debug: bool,
+    /// TLS and auth (from [`security`]).
+    pub security: Secured,
+}
+
+pub use front::auth::Security;
+
+/// The web configuration as the front applies it, and whether it makes a
+/// non-loopback address safe (TLS with basic auth or a required client
+/// certificate: no warning then).
+pub struct Secured(pub Security, pub bool);
+
+/// Reads the files the web configuration names (certificate, key, client
+/// CA): a start or reload with one that does not load fails, before
+/// anything changed.
+pub fn security(config: &crate::config::Config) -> Result<Secured, String> {
+    let web = config.web.as_ref();
+    let s = Security::build(web, &config.diag_unauthenticated_paths)?;
+    let secured = s.secured(web);
+    Ok(Secured(s, secured))
 }
 
 /// State the serving loop shares with whoever needs to wake it.
 struct Loop {
     server: Mutex<Arc<tiny_http::Server>>,
-    stop: AtomicBool,
+    /// Fired by [`Diag::shutdown`] (which then wakes the loop).
+    stop: Stop,
     /// tiny_http no longer listens on its socket: rebuild it.
     lost: AtomicBool,
     /// The health table changed since the parked `/wait` requests were
@@ -102,6 +142,9 @@ impl Loop {
 /// A running diagnostics service.
 pub struct Diag {
     state: Arc<Loop>,
+    stopper: Stopper,
+    /// Wakes the loop on each health change, while the service runs.
+    _changes: Subscription<Listener>,
     /// The front on the public port; a reload may replace it (see `live`).
     front: live::FrontRun,
     threads: Vec<JoinHandle<()>>,
@@ -112,17 +155,34 @@ pub struct Diag {
     backend_path: front::BackendPath,
     backend_lost: front::BackendLost,
     limits: front::Limits,
+    /// TLS and auth, shared with the front (a reload swaps it: `live`).
+    security: front::auth::SecurityHandle,
+    /// The address is safe off loopback (see [`Secured`]).
+    secured: bool,
     debug: Arc<AtomicBool>,
     /// The watchdog's view of the loops: filled by [`start`] and
     /// `move_to`, emptied by [`Diag::shutdown`].
     slots: Slots,
 }
 
+/// tiny_http on a fresh socket in `dir`. tiny_http starts its accept
+/// thread with `std::thread::spawn`, which panics when no thread can be
+/// made (a pids cgroup limit): that panic is this error, not the end of
+/// the calling thread (the main thread, at a reload).
 fn backend(dir: &Path, generation: usize) -> Result<(tiny_http::Server, PathBuf), String> {
     let path = dir.join(format!("http-{generation}.sock"));
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let server = tiny_http::Server::from_listener(listener, None)
+    let server = catch_unwind(|| tiny_http::Server::from_listener(listener, None))
+        .map_err(|p| {
+            let why = crate::supervisor::panic_message(p.as_ref());
+            // std's message carries the error's code only.
+            let limit = match why.contains("code: 11") {
+                true => explain(&std::io::Error::from_raw_os_error(libc::EAGAIN)),
+                false => why,
+            };
+            format!("tiny_http cannot start its thread: {limit}")
+        })?
         .map_err(|e| format!("{}: {e}", path.display()))?;
     Ok((server, path))
 }
@@ -130,7 +190,9 @@ fn backend(dir: &Path, generation: usize) -> Result<(tiny_http::Server, PathBuf)
 /// Starts the service on `listener` (bound by the caller). Once every
 /// thread runs, the watchdog's pokes go to its loops, whose turns count on
 /// `slots` (made once by the daemon, shared by each service it starts; see
-/// [`Slots`]). Errors name the thread or socket that could not be made.
+/// [`Slots`]). Errors name the thread or socket that could not be made;
+/// what had started by then is stopped again, and its socket directory
+/// removed, so that a failed start leaves nothing behind.
 pub fn start(
     listener: TcpListener,
     opts: Options,
@@ -142,79 +204,131 @@ pub fn start(
         .local_addr()
         .map_err(|e| format!("diagnostics listener: {e}"))?;
     let (dir, dir_lock) = private_dir::create()?;
-    let (server, path) = backend(&dir, 0)?;
-    let backend_path: front::BackendPath = Arc::new(Mutex::new(path));
-    let state = Arc::new(Loop {
-        server: Mutex::new(Arc::new(server)),
-        stop: AtomicBool::new(false),
-        lost: AtomicBool::new(false),
-        changed: AtomicBool::new(false),
-        beat: slots.http.beat(),
-    });
-
     let limits = limits(&opts);
-    let backend_lost = backend_lost(&state, &backend_path);
-    let max_parked = limits.max_connections;
-    let front = live::FrontRun::spawn(
-        listener,
-        &backend_path,
-        &backend_lost,
-        &limits,
-        slots.front.beat(),
-    )?;
+    let debug_on = opts.debug;
+    let Secured(security, secured) = opts.security;
+    let security: front::auth::SecurityHandle = Arc::new(Mutex::new(Arc::new(security)));
+    let started = backend(&dir, 0).and_then(|(server, path)| {
+        let backend_path: front::BackendPath = Arc::new(Mutex::new(path));
+        let (stopper, stop) = Stop::new();
+        let state = Arc::new(Loop {
+            server: Mutex::new(Arc::new(server)),
+            stop,
+            lost: AtomicBool::new(false),
+            changed: AtomicBool::new(false),
+            beat: slots.http.beat(),
+        });
+        let backend_lost = backend_lost(&state, &backend_path);
+        let front = live::FrontRun::spawn(
+            listener,
+            &backend_path,
+            &backend_lost,
+            &limits,
+            &security,
+            slots.front.beat(),
+        )?;
+        // Dropped again (ended) if the start fails from here on.
+        let changes = wake_on_change(&health, &state);
+        let debug = Arc::new(AtomicBool::new(debug_on));
+        let pages = routes::Ctx {
+            health,
+            debug: debug.clone(),
+        };
+        let loops = spawn_loops(&state, pages, metrics, &dir, &backend_path, &limits, slots);
+        let (threads, render_poke) = match loops {
+            Ok(started) => started,
+            Err(e) => {
+                front.stop();
+                return Err(e);
+            }
+        };
+        // Everything runs: the watchdog's pokes go here from now on. (A
+        // serving-loop poke wakes it as a health change does; each pass is
+        // a turn.)
+        let wake = state.clone();
+        slots.http.fill(Box::new(move || wake.wake()));
+        slots.render.fill(render_poke);
+        slots.front.fill(front.poke());
+        Ok(Diag {
+            state,
+            stopper,
+            _changes: changes,
+            front,
+            threads,
+            dir: dir.clone(),
+            _dir_lock: dir_lock,
+            backend_path,
+            backend_lost,
+            limits,
+            security,
+            secured,
+            debug,
+            slots: slots.clone(),
+        })
+    });
+    match started {
+        Ok(d) => {
+            live::announce(addr, debug_on, secured);
+            Ok(d)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            Err(e)
+        }
+    }
+}
 
-    wake_on_change(&health, &state);
-    let debug = Arc::new(AtomicBool::new(opts.debug));
-    let ctx = routes::Ctx {
-        health,
-        debug: debug.clone(),
-    };
+/// Starts `diag-render` and `diag-http` (the serving loop, [`serve`]):
+/// their handles (the renderer is joined after the loop, whose end drops
+/// the [`render::Renderer`], which stops it) and the renderer's watchdog
+/// poke. A renderer already started
+/// when the loop cannot be is stopped again.
+fn spawn_loops(
+    state: &Arc<Loop>,
+    pages: routes::Ctx,
+    metrics: Arc<Metrics>,
+    dir: &Path,
+    backend_path: &front::BackendPath,
+    limits: &front::Limits,
+    slots: &Slots,
+) -> Result<(Vec<JoinHandle<()>>, Poke), String> {
+    let max_parked = limits.max_connections;
     // Queued pages wait on the front's connections: as many as it holds.
     let (renderer, render_thread) =
         render::Renderer::spawn(metrics, max_parked, slots.render.beat())
             .map_err(|e| format!("diag-render: {e}"))?;
     let render_poke = renderer.watch().watched().poke;
-    let serving = spawn_serving(&state, (ctx, renderer), &dir, &backend_path, max_parked)?;
-    // The renderer is joined after the loop, whose end drops its queue.
-    let threads = vec![serving, render_thread];
-    // Everything runs: the watchdog's pokes go here from now on. (A
-    // serving-loop poke wakes it as a health change does; each pass is a
-    // turn.)
-    let wake = state.clone();
-    slots.http.fill(Box::new(move || wake.wake()));
-    slots.render.fill(render_poke);
-    slots.front.fill(front.poke());
-    live::announce(addr, opts.debug);
-    Ok(Diag {
-        state,
-        front,
-        threads,
-        dir,
-        _dir_lock: dir_lock,
-        backend_path,
-        backend_lost,
-        limits,
-        debug,
-        slots: slots.clone(),
-    })
+    // Tests fail the start here, with the front and renderer running.
+    let serving = if crate::infra::failpoints::fails("diag-start") {
+        drop(renderer);
+        Err("diag-http: injected failure (failpoint diag-start)".to_string())
+    } else {
+        spawn_serving(state, (pages, renderer), dir, backend_path, max_parked)
+    };
+    match serving {
+        Ok(serving) => Ok((vec![serving, render_thread], render_poke)),
+        Err(e) => {
+            // Stopped: its `Renderer` is gone with the serving loop's pages.
+            let _ = render_thread.join();
+            Err(e)
+        }
+    }
 }
 
 /// Every applied update marks the table changed and wakes the loop, which
 /// re-checks parked /wait requests. (Waking only while some are parked
 /// would race with parking: an update between the loop's check and its
-/// count would be lost.) Weak: the table outlives a service that a reload
-/// stops, and must not keep its tiny_http alive (see [`Diag::shutdown`]);
-/// once it is gone, the listener asks to be removed.
-fn wake_on_change(health: &Health, state: &Arc<Loop>) {
+/// count would be lost.) For as long as the service holds the returned
+/// subscription; weak, so that the table never keeps a stopped service's
+/// tiny_http alive (see [`Diag::shutdown`]).
+fn wake_on_change(health: &Health, state: &Arc<Loop>) -> Subscription<Listener> {
     let wake = Arc::downgrade(state);
-    health.on_change(move || match wake.upgrade() {
-        Some(state) => {
+    health.on_change(move || {
+        if let Some(state) = wake.upgrade() {
             state.changed.store(true, Ordering::SeqCst);
             state.wake();
-            true
         }
-        None => false,
-    });
+    })
 }
 
 /// Starts `diag-http`, the serving loop ([`serve`]).
@@ -271,6 +385,8 @@ impl Diag {
     pub fn shutdown(self) {
         let Diag {
             state,
+            stopper,
+            _changes,
             front,
             threads,
             dir,
@@ -279,7 +395,8 @@ impl Diag {
             slots,
             ..
         } = self;
-        state.stop.store(true, Ordering::SeqCst);
+        drop(_changes);
+        stopper.fire();
         state.wake();
         front.stop();
         for t in threads {
@@ -318,7 +435,7 @@ fn serve(
 ) {
     let mut parked: Vec<http::Parked> = Vec::new();
     let mut generation = 0;
-    while !state.stop.load(Ordering::SeqCst) {
+    while !state.stop.is_set() {
         state.beat.beat();
         if state.lost.swap(false, Ordering::SeqCst) {
             generation += 1;

@@ -9,11 +9,13 @@
 //! object. Anywhere else (a terminal, a file, a pipe) no prefix is written.
 
 use std::fmt::{Display, Write as _};
-use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 mod bridge;
+mod sink;
+
+pub use sink::flush;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -143,8 +145,25 @@ fn emit(level: u8, name: &str, msg: &str, fields: Fields) {
         fields,
     );
     line.push('\n');
-    // A closed stderr must not take the daemon down: drop the line.
-    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    sink::write(line);
+}
+
+/// The warning the log writer adds once stderr takes lines again after
+/// `dropped` of them did not fit its queue.
+fn dropped_line(dropped: u64) -> String {
+    let mut line = String::new();
+    if crate::infra::systemd::journal::stderr_is_journal() {
+        line.push_str(priority_prefix(2));
+    }
+    line += &render(
+        JSON.load(Ordering::Relaxed),
+        SystemTime::now(),
+        "WARN",
+        "log lines dropped: standard error was not being read",
+        &[("dropped", &dropped)],
+    );
+    line.push('\n');
+    line
 }
 
 /// The line on stderr for an error that ends the process (usage,
@@ -160,12 +179,14 @@ pub fn fatal(msg: &str) {
     } else {
         ""
     };
+    // One line, always: the message may quote input.
+    let msg = crate::infra::quote::one_line(msg, 4096);
     let line = if JSON.load(Ordering::Relaxed) {
-        render(true, SystemTime::now(), "ERROR", msg, &[("fatal", &true)])
+        render(true, SystemTime::now(), "ERROR", &msg, &[("fatal", &true)])
     } else {
         format!("tbot: {msg}")
     };
-    let _ = writeln!(std::io::stderr().lock(), "{prefix}{line}");
+    sink::write(format!("{prefix}{line}\n"));
 }
 
 /// Sets the line format alone, before anything else is known (the command

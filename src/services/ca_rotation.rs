@@ -16,7 +16,9 @@
 //! `issuer`). A new fingerprint becomes the current CA and a notice goes out
 //! on the reissue bus. A missing or unreadable key — or a half-written one —
 //! makes it `unhealthy` with the error and it checks again at the next event
-//! (or poll); the last good CA stays in use meanwhile.
+//! (or poll); the last good CA stays in use meanwhile. So does a key another
+//! user owns, or a storage directory (or one above it) that others can
+//! write to (`infra::trust`, sshd's StrictModes).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -25,6 +27,7 @@ use crate::config::Config;
 use crate::credentials::ca_key_file::KeyFileStamp;
 use crate::credentials::issuer::{ca_key_stamp, Issuer, CA_KEY_FILE};
 use crate::infra::inotify::{Event, Watch};
+use crate::infra::limits::explain;
 use crate::infra::poll::{poll, woke, PollFd, PollFlags};
 use crate::log;
 use crate::services::{Context, Iteration, Service};
@@ -68,6 +71,9 @@ impl CaRotation {
     /// successfully; it is cleared on failure so that the next check loads
     /// again whatever the stamp says.
     fn check(&self, ctx: &Context, seen: &mut Option<KeyFileStamp>) -> Result<(), String> {
+        // Every check, not only when the key changed: a storage directory
+        // opened to others is reported before anyone uses it.
+        crate::infra::trust::check_dirs(&self.storage)?;
         let stamp = ca_key_stamp(&self.storage).inspect_err(|_| *seen = None)?;
         if *seen == Some(stamp) {
             return Ok(());
@@ -197,7 +203,10 @@ impl CaRotation {
         // Set by the first event about the key: the latest the check waits.
         let mut settle_cap = None;
         loop {
-            let stop = ctx.stop_fd();
+            let stop = match ctx.stop_fd() {
+                Ok(fd) => fd,
+                Err(e) => return Woke::WatchFailed(format!("stop descriptor: {}", explain(&e))),
+            };
             let mut fds = [
                 PollFd::new(&stop, PollFlags::IN),
                 PollFd::new(w, PollFlags::IN),

@@ -34,7 +34,7 @@ use crate::infra::timefmt;
 use crate::log;
 use crate::metrics::series::CertificateTimes;
 use crate::services::readers::{Layout, Readers};
-use crate::services::{Context, Iteration, Service};
+use crate::services::{Context, Iteration, Notices, Service};
 
 /// The `name` label of this service's `tbot_task_*` metrics.
 pub const TASK: &str = "output-renewal";
@@ -44,8 +44,9 @@ pub const FIRST_RETRY: Duration = Duration::from_secs(1);
 pub struct IdentityOutput {
     config: IdentityConfig,
     key_id: String,
-    /// Subscribed once, so that a supervisor restart keeps the subscription.
-    reissue: Option<Receiver<()>>,
+    /// Subscribed once, so that a supervisor restart keeps the subscription;
+    /// it leaves the bus with the service.
+    reissue: Option<Notices>,
     /// The destination's readers, which a reload may replace.
     readers: Readers,
 }
@@ -206,7 +207,7 @@ impl IdentityOutput {
     fn attempt(&self, ctx: &Context, st: &mut State) -> bool {
         // This attempt uses the current CA: notices so far are answered.
         if let Some(r) = &self.reissue {
-            while r.try_recv().is_ok() {}
+            while r.receiver().try_recv().is_ok() {}
         }
         let timer = Iteration::start(ctx, TASK);
         let Some(result) = self.renew(ctx) else {
@@ -303,6 +304,7 @@ impl Service for IdentityOutput {
         let reissue = self
             .reissue
             .get_or_insert_with(|| ctx.shared.reissue.subscribe())
+            .receiver()
             .clone();
         // Ends when this run does.
         let steps = crate::infra::clock_step::subscribe();

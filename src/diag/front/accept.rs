@@ -15,7 +15,8 @@ use std::io::{self, ErrorKind, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use super::{Conn, Front, State};
+use super::tls::Client;
+use super::{auth, Conn, Front, State};
 use crate::diag::head::simple_response;
 use crate::infra::sockets::out_of_descriptors;
 use crate::log::{self, once_a_second};
@@ -112,11 +113,15 @@ impl Front {
             return;
         }
         let _ = stream.set_nodelay(true);
+        // TLS when the web configuration asks for it ([`super::tls`]).
+        let Ok(client) = Client::new(stream, auth::current(&self.security).tls_config()) else {
+            return;
+        };
         let state = State::Head {
             buf: Vec::with_capacity(1024),
         };
         let deadline = now + self.limits.head_timeout;
-        let mut c = Conn::new(self.next_id, stream, peer, state, deadline);
+        let mut c = Conn::new(self.next_id, client, peer, state, deadline);
         c.probe_room = probe_room;
         self.conns.push(c);
         self.next_id += 1;
@@ -141,7 +146,9 @@ impl Front {
         }
         let _ = (&stream).write(&simple_response(503, why));
         let state = State::Linger { drained: 0 };
-        let mut c = Conn::new(self.next_id, stream, peer, state, now);
+        // Plain even on a TLS port: no handshake for a refusal.
+        let client = Client::Plain(stream);
+        let mut c = Conn::new(self.next_id, client, peer, state, now);
         self.next_id += 1;
         c.close_lingering(now, self.limits.linger_time);
         self.conns.push(c);

@@ -4,8 +4,8 @@
 //! many connections are open, where poll(2) walked every descriptor twice.
 //!
 //! Interest per socket:
-//! - the stop socket: readable (it hangs up when the daemon stops; a byte
-//!   on it is a watchdog poke, read and dropped);
+//! - the stop descriptor (`infra::stop`): readable at the stop, or for a
+//!   watchdog poke (read off);
 //! - the listener: readable, unless accepting is paused;
 //! - a client: readable and its hang-up (`EPOLLRDHUP`) while its head is
 //!   read, while it lingers, and while tiny_http has its request or it is
@@ -20,7 +20,7 @@
 //! [`super::pipe::Pipe`]). A socket closed leaves the epoll set by itself,
 //! so a new socket that reuses its number starts unregistered.
 
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
@@ -39,10 +39,10 @@ pub(super) struct Events {
 }
 
 impl Events {
-    /// An epoll set holding the stop socket and the listener.
+    /// An epoll set holding the stop descriptor and the listener.
     pub(super) fn new(front: &Front) -> io::Result<Events> {
         let ep = epoll::create(epoll::CreateFlags::CLOEXEC)?;
-        let stop = &front.stop;
+        let stop = front.stop.fd()?;
         epoll::add(&ep, stop, data(stop.as_raw_fd()), EventFlags::IN)?;
         let l = &front.listener;
         epoll::add(&ep, l, data(l.as_raw_fd()), EventFlags::IN)?;
@@ -120,19 +120,27 @@ fn data(fd: RawFd) -> EventData {
 /// only, until its next head is read (`sent_more`).
 fn client_interest(c: &Conn) -> EventFlags {
     match &c.state {
+        // TLS: and writable while a handshake flight waits to go out.
+        State::Head { .. } if c.client.wants_write() => {
+            EventFlags::IN | EventFlags::RDHUP | EventFlags::OUT
+        }
         State::Head { .. } | State::Linger { .. } => EventFlags::IN | EventFlags::RDHUP,
         State::Reply { .. } => EventFlags::OUT,
         // Clients that hang up while their request is with tiny_http (a
         // parked /wait) free their slot soon: a reset at once, an end of
         // stream (a close or a mere half-close, which look the same) after
         // a short grace in which the answer can still go out.
-        State::Backend { .. } | State::Queued(_) | State::Piped(_) if c.half_closed => {
+        State::Backend { .. } | State::Queued(_) | State::Piped(_) | State::Auth(_)
+            if c.half_closed =>
+        {
             EventFlags::empty()
         }
-        State::Backend { .. } | State::Queued(_) | State::Piped(_) if c.sent_more => {
+        State::Backend { .. } | State::Queued(_) | State::Piped(_) | State::Auth(_)
+            if c.sent_more =>
+        {
             EventFlags::RDHUP
         }
-        State::Backend { .. } | State::Queued(_) | State::Piped(_) => {
+        State::Backend { .. } | State::Queued(_) | State::Piped(_) | State::Auth(_) => {
             EventFlags::IN | EventFlags::RDHUP
         }
     }
@@ -154,9 +162,13 @@ impl Front {
         for c in &mut self.conns {
             if !matches!(
                 c.state,
-                State::Backend { .. } | State::Queued(_) | State::Piped(_)
+                State::Backend { .. } | State::Queued(_) | State::Piped(_) | State::Auth(_)
             ) {
                 c.sent_more = false;
+            }
+            // TLS: a head decrypted but not read yet gets no event.
+            if matches!(c.state, State::Head { .. }) && c.client.has_plaintext() {
+                c.kick = true;
             }
             let want = client_interest(c);
             events.set(&c.client, &mut c.client_ev, want);
@@ -178,6 +190,9 @@ impl Front {
         for p in &mut self.pipes {
             let want = p.interest();
             events.set(&p.stream, &mut p.ev, want);
+        }
+        if let Some(a) = &mut self.checker {
+            events.set(&a.wake, &mut a.wake_ev, EventFlags::IN);
         }
         events.wait(self.timeout(now))
     }
@@ -206,6 +221,12 @@ impl Front {
         let now = Instant::now();
         // Answers first: their clients are stepped below.
         self.serve_pipes(events, now);
+        // Checked passwords: those requests go on ([`super::auth`]).
+        if let Some(a) = &self.checker {
+            if !events.of(a.wake.as_raw_fd()).is_empty() {
+                self.checked(now);
+            }
+        }
         // Walk connections back to front so removal keeps indexes valid
         // (a removal moves the last one, already walked, into its place).
         for i in (0..self.conns.len()).rev() {
@@ -215,7 +236,9 @@ impl Front {
             // while tiny_http has its request.
             let (ev, watch) = match &c.state {
                 State::Backend { up, .. } => (events.of(up.as_raw_fd()), client),
-                State::Queued(_) | State::Piped(_) => (EventFlags::empty(), client),
+                State::Queued(_) | State::Piped(_) | State::Auth(_) => {
+                    (EventFlags::empty(), client)
+                }
                 _ => (client, EventFlags::empty()),
             };
             if watch.contains(EventFlags::RDHUP) {
@@ -252,22 +275,16 @@ impl Front {
         self.dispatch_queued(now);
     }
 
-    /// Whether the daemon hung up the stop socket (it stops). The bytes
-    /// before a hang-up are watchdog pokes, which only had to wake this
-    /// turn: read and dropped. An error reading it also stops the front.
+    /// Whether the daemon stopped the front. The stop descriptor also
+    /// wakes it for watchdog pokes, which only had to wake this turn: read
+    /// off. A descriptor that cannot be had also stops the front.
     pub(super) fn stopping(&self, events: &Events) -> bool {
-        if events.of(self.stop.as_raw_fd()).is_empty() {
+        let Ok(fd) = self.stop.fd() else {
+            return true;
+        };
+        if events.of(fd.as_raw_fd()).is_empty() {
             return false;
         }
-        let mut pokes = [0u8; 64];
-        loop {
-            match (&self.stop).read(&mut pokes) {
-                Ok(0) => return true,
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-                Err(_) => return true,
-            }
-        }
+        self.stop.take_wakes()
     }
 }

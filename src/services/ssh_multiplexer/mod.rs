@@ -47,6 +47,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{Config, MultiplexerConfig};
 use crate::infra::inotify;
+use crate::infra::limits::explain;
 use crate::infra::poll::{poll, woke, PollFd, PollFlags};
 use crate::infra::sockets::{out_of_descriptors, Spare};
 use crate::log::{self, once_a_second};
@@ -67,7 +68,7 @@ use socket::Socket;
 use ssh_config::{ssh_config_text, tbot_exe};
 
 /// The socket's file name in the destination.
-pub const SOCKET_NAME: &str = "v1.sock";
+pub const SOCKET_NAME: &str = crate::config::MUX_SOCKET_NAME;
 /// The OpenSSH client configuration's file name in the destination.
 pub const SSH_CONFIG_NAME: &str = "ssh_config";
 /// Longest request, its NUL included.
@@ -79,7 +80,7 @@ pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Starts the one line the bot writes when it cannot serve a request.
 pub const ERROR_PREFIX: &str = "tbot ssh-multiplexer error: ";
 /// Longest path a Unix socket can have (`sun_path` is 108 bytes, NUL included).
-pub const MAX_SOCKET_PATH: usize = 107;
+pub const MAX_SOCKET_PATH: usize = crate::infra::sockets::MAX_UNIX_SOCKET_PATH;
 /// After refusing a request, how long and how much of the client's
 /// remaining input is read and dropped so that it can read the reason.
 const LINGER_TIME: Duration = Duration::from_secs(1);
@@ -272,7 +273,9 @@ fn accept_loop(
             .flatten()
             .min();
         let (stopping, readable, dest_changed) = {
-            let stop = ctx.stop_fd();
+            let stop = ctx
+                .stop_fd()
+                .map_err(|e| format!("stop descriptor: {}", explain(&e)))?;
             let mut fds = vec![
                 PollFd::new(&stop, PollFlags::IN),
                 PollFd::new(&socket.listener, PollFlags::IN),
