@@ -16,12 +16,12 @@
 //! delivered as the kernel's notice is (`tests/credential_expiry.rs`).
 //!
 //! Each notice is sent to every live [`Subscription`]; a subscription ends
-//! (leaves the list) when its subscriber drops it, so the list holds the
-//! services running now, not every service ever started.
+//! (leaves the list, an `infra::subscribers` list) when its subscriber drops
+//! it, so the list holds the services running now, not every service ever
+//! started.
 
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, Once};
+use std::sync::{Once, OnceLock};
 use std::time::SystemTime;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -31,16 +31,19 @@ use rustix::time::{
 };
 
 use crate::infra::poll::{poll, woke, PollFd, PollFlags};
+use crate::infra::subscribers::{self, List};
 
-/// Live subscriptions: (id, sender).
-static SUBSCRIBERS: Mutex<Vec<(u64, Sender<()>)>> = Mutex::new(Vec::new());
-static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+/// Live subscriptions' senders.
+fn subscribers() -> &'static List<Sender<()>> {
+    static LIST: OnceLock<List<Sender<()>>> = OnceLock::new();
+    LIST.get_or_init(List::default)
+}
 
 /// A subscriber's end: [`Subscription::notices`] receives `()` soon after
 /// each wall-clock step (at most one waiting notice: several steps in a row
 /// read as one). Dropping it ends the subscription.
 pub struct Subscription {
-    id: u64,
+    _entry: subscribers::Subscription<Sender<()>>,
     rx: Receiver<()>,
 }
 
@@ -51,23 +54,12 @@ impl Subscription {
     }
 }
 
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        subscribers().retain(|(id, _)| *id != self.id);
-    }
-}
-
-fn subscribers() -> std::sync::MutexGuard<'static, Vec<(u64, Sender<()>)>> {
-    SUBSCRIBERS.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// Subscribes to wall-clock steps until the [`Subscription`] is dropped.
 /// The first call starts the `clock-step` thread.
 pub fn subscribe() -> Subscription {
     static START: Once = Once::new();
     let (tx, rx) = crossbeam_channel::bounded(1);
-    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-    subscribers().push((id, tx));
+    let entry = subscribers().add(tx);
     START.call_once(|| {
         if let Err(e) = crate::infra::threads::spawn("clock-step", watch) {
             crate::log::warn(
@@ -76,14 +68,14 @@ pub fn subscribe() -> Subscription {
             );
         }
     });
-    Subscription { id, rx }
+    Subscription { _entry: entry, rx }
 }
 
 fn notify() {
     // A full channel already holds a notice.
-    for (_, tx) in subscribers().iter() {
+    subscribers().for_each(|tx| {
         let _ = tx.try_send(());
-    }
+    });
 }
 
 /// A realtime timerfd that becomes readable only when the clock is set.
@@ -236,21 +228,18 @@ mod faked {
 mod tests {
     use super::*;
 
-    fn live(id: u64) -> bool {
-        subscribers().iter().any(|(i, _)| *i == id)
-    }
-
+    /// No other unit test subscribes (only a running identity output does).
     #[test]
     fn a_subscription_ends_with_its_subscriber() {
+        let before = subscribers().len();
         let a = subscribe();
         let b = subscribe();
-        let (ida, idb) = (a.id, b.id);
-        assert!(live(ida) && live(idb));
+        assert_eq!(subscribers().len(), before + 2);
         drop(a);
-        assert!(!live(ida) && live(idb));
+        assert_eq!(subscribers().len(), before + 1);
         notify();
         assert_eq!(b.notices().try_recv(), Ok(()));
         drop(b);
-        assert!(!live(idb));
+        assert_eq!(subscribers().len(), before);
     }
 }
