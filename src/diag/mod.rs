@@ -292,10 +292,10 @@ fn spawn_loops(
     limits: &front::Limits,
     slots: &Slots,
 ) -> Result<(Vec<JoinHandle<()>>, Poke), String> {
-    let max_parked = limits.max_connections;
+    let max_parked = max_parked(limits.max_connections);
     // Queued pages wait on the front's connections: as many as it holds.
     let (renderer, render_thread) =
-        render::Renderer::spawn(metrics, max_parked, slots.render.beat())
+        render::Renderer::spawn(metrics, limits.max_connections, slots.render.beat())
             .map_err(|e| format!("diag-render: {e}"))?;
     let render_poke = renderer.watch().watched().poke;
     // Tests fail the start here, with the front and renderer running.
@@ -362,10 +362,10 @@ fn backend_lost(state: &Arc<Loop>, backend_path: &front::BackendPath) -> front::
 /// The front's limits for `opts`: the connection cap fitted to the
 /// open-file limit (with a warning when lowered).
 fn limits(opts: &Options) -> front::Limits {
-    let limits = front::Limits {
-        max_connections: front::fit_to_fd_limit(opts.max_connections),
+    let limits = front::fit_to_fd_limit(front::Limits {
+        max_connections: opts.max_connections,
         ..front::Limits::default()
-    };
+    });
     if limits.max_connections < opts.max_connections {
         log::warn(
             "diagnostics connection cap lowered to fit the open-file limit",
@@ -421,11 +421,23 @@ impl Diag {
 /// only bounds how long a missed wake-up could go unnoticed.
 const IDLE_WAKE: Duration = Duration::from_secs(3600);
 
+/// How many `/wait` requests may be parked at once beside a front of
+/// `max_connections` slots: half of them (at least one). Each parked
+/// `/wait` holds a slot that the front never takes from it (its client did
+/// nothing wrong), so without this cap 64 `/wait?timeout=5m` on a host
+/// whose services have not reported would hold every slot for minutes,
+/// and `/metrics` scrapes would get 503 just when operators need them.
+fn max_parked(max_connections: usize) -> usize {
+    (max_connections / 2).max(1)
+}
+
 /// The serving loop.
 ///
-/// At most `max_parked` /wait requests are parked: each live one holds one of
-/// the front's connections, so more can only be requests whose client has
-/// gone; the oldest is answered (into the void) to free its descriptor.
+/// At most `max_parked` /wait requests are parked ([`max_parked`]): one
+/// more, and the one parked longest is answered at once with the state as
+/// of now (as if its timeout had come; a keep-alive client's connection is
+/// then idle, which a newcomer may take), or into the void if its client
+/// has gone.
 fn serve(
     state: Arc<Loop>,
     (ctx, renderer): (routes::Ctx, render::Renderer),
@@ -474,7 +486,7 @@ fn serve(
             }
         }
         if parked.len() > max_parked {
-            parked.sort_by_key(|p| p.deadline);
+            // In the order they were parked (`answer_ready` keeps it).
             let excess = parked.len() - max_parked;
             for p in parked.drain(..excess) {
                 http::answer_now(&ctx, p);
