@@ -21,7 +21,8 @@
 //! flat layout, swapped in over the regular files, one rename each) after
 //! the switch. Older generations are removed last. A kill before the switch
 //! leaves the old set in force plus an unpublished generation, which
-//! [`remove_stale`] (run when the output starts) removes.
+//! [`remove_stale_temps`] (run when the output starts, before its first
+//! write) removes.
 //!
 //! Every step goes through a directory handle from [`crate::infra::chase`], so a
 //! destination path with a symlink another user planted is refused.
@@ -229,8 +230,12 @@ pub fn grant_current(dest: &Path, readers: &mut Policy) -> Result<(), String> {
 /// regular file there (the old flat layout) is replaced in one rename.
 fn ensure_link(dir: &DirHandle, name: &str) -> Result<(), String> {
     let target = format!("{DATA_LINK}/{name}");
-    if dir.read_link(name).as_deref() == Some(target.as_str()) {
-        return Ok(());
+    match dir.read_link(name) {
+        Some(t) if t == target => return Ok(()),
+        // Nothing there (a first write): made in place, in one call that
+        // fails on anything already there (which the rename below replaces).
+        None if dir.symlink(&target, name).is_ok() => return Ok(()),
+        _ => {}
     }
     if let Some(rustix::fs::FileType::Directory) = dir.file_type(name)? {
         return Err(format!(
