@@ -147,8 +147,25 @@ fn run(args: StartArgs, config: Arc<Config>) -> Result<(), String> {
     Ok(())
 }
 
-/// The diagnostics service on `listener` (None: not configured), watched
-/// through `slots`.
+/// The local debug socket (`debug_socket:`, else `<storage>/debug.sock`).
+/// One that cannot be made is a warning, not a failed start: tbot's work
+/// does not depend on it (a storage directory tbot cannot write is its
+/// services' to report).
+fn bind_debug_socket(config: &Config) -> Option<diag::debug_socket::DebugSocket> {
+    match diag::debug_socket::bind(&config.debug_socket) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            log::warn(
+                "no debug socket: tbot status and tbot debug will not reach this bot",
+                &[("error", &e)],
+            );
+            None
+        }
+    }
+}
+
+/// The diagnostics service on `listener` (None: no `diag_addr`) and the
+/// debug socket (neither: none runs), watched through `slots`.
 fn start_diag(
     listener: Option<std::net::TcpListener>,
     config: &Config,
@@ -156,9 +173,13 @@ fn start_diag(
     metrics: &Arc<Metrics>,
     slots: &diag::Slots,
 ) -> Result<Option<diag::Diag>, String> {
-    let Some(l) = listener else {
-        return Ok(None);
+    let l = diag::Listeners {
+        tcp: listener,
+        local: bind_debug_socket(config),
     };
+    if l.tcp.is_none() && l.local.is_none() {
+        return Ok(None);
+    }
     let options = diag::Options {
         max_connections: config.diag_max_connections,
         debug: config.debug,

@@ -64,6 +64,9 @@ pub struct Config {
     pub diag_addr: Option<String>,
     pub diag_max_connections: usize,
     pub debug: bool,
+    /// The local debug service's Unix socket (`debug_socket:`, else
+    /// `<storage>/debug.sock`).
+    pub debug_socket: PathBuf,
     pub storage: PathBuf,
     pub credential_ttl: Duration,
     pub renewal_interval: Duration,

@@ -22,6 +22,8 @@ pub(super) struct RawConfig {
     pub(super) diag_max_connections: Option<Count>,
     #[serde(default)]
     pub(super) debug: bool,
+    #[serde(default)]
+    pub(super) debug_socket: Option<NonEmptyPath>,
     pub(super) storage: RawDestination,
     #[serde(default)]
     pub(super) credential_ttl: Option<Dur>,

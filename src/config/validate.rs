@@ -47,6 +47,12 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Invalid> {
         .map(|(i, (s, name))| service(i, s, name.unwrap_or_default(), defaults, &resolve))
         .collect::<Result<Vec<_>, _>>()?;
     check_references(&services)?;
+    let storage = resolve(&raw.storage.path.0);
+    let debug_socket = match &raw.debug_socket {
+        Some(p) => resolve(&p.0),
+        None => storage.join(DEBUG_SOCKET_NAME),
+    };
+    check_socket_path(&debug_socket, raw.debug_socket.is_some())?;
 
     Ok(Config {
         file: String::new(),
@@ -55,7 +61,8 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Invalid> {
             .diag_max_connections
             .map_or(DEFAULT_DIAG_MAX_CONNECTIONS, |c| c.0),
         debug: raw.debug,
-        storage: resolve(&raw.storage.path.0),
+        debug_socket,
+        storage,
         credential_ttl,
         renewal_interval,
         heartbeat_interval: raw
@@ -75,6 +82,37 @@ fn resolve(base: &Path, p: &Path) -> PathBuf {
         base.join(p)
     }
 }
+
+/// The debug socket's file name in the storage directory, when
+/// `debug_socket:` does not place it.
+pub const DEBUG_SOCKET_NAME: &str = "debug.sock";
+
+/// A Unix socket's path must fit `sockaddr_un.sun_path` (108 bytes with
+/// its NUL, unix(7)); the refusal points at `debug_socket`, or at the
+/// storage path the default is made from.
+fn check_socket_path(p: &Path, set: bool) -> Result<(), Invalid> {
+    use std::os::unix::ffi::OsStrExt;
+    let len = p.as_os_str().as_bytes().len();
+    if len <= MAX_SOCKET_PATH {
+        return Ok(());
+    }
+    let at = if set {
+        vec![Key("debug_socket")]
+    } else {
+        vec![Key("storage"), Key("path")]
+    };
+    Err((
+        at,
+        format!(
+            "the debug socket {} is {len} bytes long; a Unix socket path holds at most {MAX_SOCKET_PATH} (set debug_socket: to a shorter one)",
+            p.display()
+        ),
+    ))
+}
+
+/// The longest Unix socket path, in bytes (unix(7): `sun_path` is 108
+/// bytes, one of them the terminating NUL).
+const MAX_SOCKET_PATH: usize = 107;
 
 /// A renewal must come before the credential expires. The refusal points at
 /// `renewal_interval` when it is set where checked (`at`), else at

@@ -33,21 +33,22 @@
 //! refused connection and the serving loop rebuilds it.
 
 use std::io::{self, ErrorKind};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::net::UnixStream;
+use std::net::TcpListener;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rustix::event::epoll::EventFlags;
 
-use super::head::HeadLimits;
+use super::head::{HeadLimits, Peer};
 use crate::infra::liveness::Beat;
 use crate::infra::sockets::Spare;
 use crate::log;
 
 mod accept;
 mod conn;
+mod local;
 mod pipe;
 mod room;
 #[cfg(test)]
@@ -210,10 +211,11 @@ struct Conn {
     /// Names the connection for the kept connections to tiny_http that
     /// carry its request (its index in `conns` changes).
     id: u64,
-    client: TcpStream,
+    /// TCP, or the local debug socket ([`local`]).
+    client: local::Stream,
     /// `client`'s registration in the epoll set ([`turn`]).
     client_ev: EventFlags,
-    peer: SocketAddr,
+    peer: Peer,
     state: State,
     since: Instant,
     deadline: Instant,
@@ -235,7 +237,7 @@ struct Conn {
 
 impl Conn {
     /// A connection in `state`, due by `deadline`.
-    fn new(id: u64, client: TcpStream, peer: SocketAddr, state: State, deadline: Instant) -> Conn {
+    fn new(id: u64, client: local::Stream, peer: Peer, state: State, deadline: Instant) -> Conn {
         Conn {
             id,
             client,
@@ -254,7 +256,10 @@ impl Conn {
 }
 
 pub struct Front {
-    listener: TcpListener,
+    /// The TCP port (`diag_addr`), if any.
+    listener: Option<TcpListener>,
+    /// The local debug socket, if any ([`local`]: its access rule).
+    local: Option<UnixListener>,
     backend: BackendPath,
     backend_lost: BackendLost,
     limits: Limits,
@@ -277,21 +282,31 @@ pub struct Front {
     accept_paused_until: Option<Instant>,
     last_accept_error: Option<Instant>,
     last_backend_error: Option<Instant>,
+    /// The last warning about a refused debug socket peer ([`local`]).
+    last_local_refusal: Option<Instant>,
 }
 
 impl Front {
+    /// A front on the TCP `listener` and the local debug socket `local`
+    /// (either may be absent).
     pub fn new(
-        listener: TcpListener,
+        (listener, local): (Option<TcpListener>, Option<UnixListener>),
         backend: BackendPath,
         backend_lost: BackendLost,
         limits: Limits,
         stop: UnixStream,
     ) -> io::Result<Front> {
-        listener.set_nonblocking(true)?;
+        if let Some(l) = &listener {
+            l.set_nonblocking(true)?;
+        }
+        if let Some(l) = &local {
+            l.set_nonblocking(true)?;
+        }
         stop.set_nonblocking(true)?;
         let pool = upstream::Pool::new(limits.kept_backend_connections);
         Ok(Front {
             listener,
+            local,
             backend,
             backend_lost,
             limits,
@@ -306,6 +321,7 @@ impl Front {
             accept_paused_until: None,
             last_accept_error: None,
             last_backend_error: None,
+            last_local_refusal: None,
         })
     }
 

@@ -6,7 +6,8 @@
 //! ([`Slots`]).
 
 use std::net::{SocketAddr, TcpListener};
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -23,7 +24,8 @@ pub(super) struct FrontRun {
     /// [`FrontRun::poke`]).
     stop: Arc<UnixStream>,
     thread: JoinHandle<()>,
-    addr: SocketAddr,
+    /// The TCP port's address, if it has one.
+    pub(super) addr: Option<SocketAddr>,
 }
 
 /// The diagnostics loops as the systemd watchdog sees them, across reloads
@@ -69,21 +71,25 @@ impl Slots {
 }
 
 impl FrontRun {
-    /// Starts a front on `listener` that hands requests to the serving
-    /// loop and counts its turns on `beat`.
+    /// Starts a front on `listeners` (the TCP port, the debug socket) that
+    /// hands requests to the serving loop and counts its turns on `beat`.
     pub(super) fn spawn(
-        listener: TcpListener,
+        listeners: (Option<TcpListener>, Option<UnixListener>),
         backend_path: &front::BackendPath,
         backend_lost: &front::BackendLost,
         limits: &front::Limits,
         beat: Beat,
     ) -> Result<FrontRun, String> {
-        let addr = listener
-            .local_addr()
-            .map_err(|e| format!("diagnostics listener: {e}"))?;
+        let addr = match &listeners.0 {
+            Some(l) => Some(
+                l.local_addr()
+                    .map_err(|e| format!("diagnostics listener: {e}"))?,
+            ),
+            None => None,
+        };
         let (stop, stop_rx) = UnixStream::pair().map_err(|e| format!("diagnostics: {e}"))?;
         let front = front::Front::new(
-            listener,
+            listeners,
             backend_path.clone(),
             backend_lost.clone(),
             limits.clone(),
@@ -123,7 +129,13 @@ impl FrontRun {
 }
 
 /// Logs where the service listens (and warns about a non-loopback address).
-pub(super) fn announce(addr: SocketAddr, debug: bool) {
+pub(super) fn announce(addr: Option<SocketAddr>, local: Option<&Path>, debug: bool) {
+    if let Some(path) = local {
+        log::info("debug socket listening", &[("path", &path.display())]);
+    }
+    let Some(addr) = addr else {
+        return;
+    };
     if !addr.ip().is_loopback() {
         log::warn(
             "the diagnostics service listens on a non-loopback address; anyone who can reach it can read tbot's health, metrics and (in debug mode) profiles",
@@ -138,14 +150,22 @@ pub(super) fn announce(addr: SocketAddr, debug: bool) {
 
 impl Diag {
     /// Moves the service to `listener`, already bound by the caller (so a
-    /// bind failure is the caller's, before anything changed): the new
-    /// front starts, then the old one stops. Requests in flight on the old
-    /// address are cut; the serving loop carries on. The watchdog's pokes
+    /// bind failure is the caller's, before anything changed), or off TCP
+    /// (None; the debug socket stays): the new front starts, then the old
+    /// one stops. Requests in flight on the old front are cut (the debug
+    /// socket's too); the serving loop carries on. The watchdog's pokes
     /// go to the new front as soon as it runs (a poke the old one took as
     /// it stopped is answered: its last turn counts).
-    pub fn move_to(&mut self, listener: TcpListener) -> Result<(), String> {
+    pub fn move_to(&mut self, listener: Option<TcpListener>) -> Result<(), String> {
+        let local = match &self.local {
+            Some((l, path)) => Some(
+                l.try_clone()
+                    .map_err(|e| format!("debug socket {}: {e}", path.display()))?,
+            ),
+            None => None,
+        };
         let new = FrontRun::spawn(
-            listener,
+            (listener, local),
             &self.backend_path,
             &self.backend_lost,
             &self.limits,
@@ -155,12 +175,19 @@ impl Diag {
         let old = std::mem::replace(&mut self.front, new);
         let from = old.addr;
         old.stop();
+        let addr = |a: Option<SocketAddr>| a.map_or("none".to_string(), |a| a.to_string());
         log::info(
             "diagnostics service moved",
-            &[("from", &from), ("to", &self.front.addr)],
+            &[("from", &addr(from)), ("to", &addr(self.front.addr))],
         );
-        announce(self.front.addr, self.debug());
+        announce(self.front.addr, None, self.debug());
         Ok(())
+    }
+
+    /// Whether the service has a debug socket (it runs for it even with
+    /// no TCP port).
+    pub fn has_debug_socket(&self) -> bool {
+        self.local.is_some()
     }
 
     /// Whether `/debug/pprof/` is served.

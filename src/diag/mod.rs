@@ -35,6 +35,7 @@ use crate::log;
 use crate::metrics::Metrics;
 
 pub mod debug;
+pub mod debug_socket;
 pub mod endpoints;
 pub mod front;
 mod gzip;
@@ -66,6 +67,13 @@ pub fn bind(addr: &str) -> Result<TcpListener, String> {
         Some(e) => format!("diagnostics address {addr}: cannot listen: {e}"),
         None => format!("diagnostics address {addr}: resolves to no address"),
     })
+}
+
+/// Where the service listens: the TCP port (`diag_addr`), the local debug
+/// socket, or both. Either works without the other.
+pub struct Listeners {
+    pub tcp: Option<TcpListener>,
+    pub local: Option<debug_socket::DebugSocket>,
 }
 
 pub struct Options {
@@ -112,6 +120,9 @@ pub struct Diag {
     backend_path: front::BackendPath,
     backend_lost: front::BackendLost,
     limits: front::Limits,
+    /// The debug socket (a copy of its listener, for the next front), and
+    /// its path, removed at shutdown.
+    local: Option<(UnixListener, PathBuf)>,
     debug: Arc<AtomicBool>,
     /// The watchdog's view of the loops: filled by [`start`] and
     /// `move_to`, emptied by [`Diag::shutdown`].
@@ -127,20 +138,18 @@ fn backend(dir: &Path, generation: usize) -> Result<(tiny_http::Server, PathBuf)
     Ok((server, path))
 }
 
-/// Starts the service on `listener` (bound by the caller). Once every
+/// Starts the service on `listeners` (bound by the caller). Once every
 /// thread runs, the watchdog's pokes go to its loops, whose turns count on
 /// `slots` (made once by the daemon, shared by each service it starts; see
 /// [`Slots`]). Errors name the thread or socket that could not be made.
 pub fn start(
-    listener: TcpListener,
+    listeners: Listeners,
     opts: Options,
     health: Health,
     metrics: Arc<Metrics>,
     slots: &Slots,
 ) -> Result<Diag, String> {
-    let addr = listener
-        .local_addr()
-        .map_err(|e| format!("diagnostics listener: {e}"))?;
+    let (local_for_front, local) = split_local(listeners.local)?;
     let (dir, dir_lock) = private_dir::create()?;
     let (server, path) = backend(&dir, 0)?;
     let backend_path: front::BackendPath = Arc::new(Mutex::new(path));
@@ -156,7 +165,7 @@ pub fn start(
     let backend_lost = backend_lost(&state, &backend_path);
     let max_parked = limits.max_connections;
     let front = live::FrontRun::spawn(
-        listener,
+        (listeners.tcp, local_for_front),
         &backend_path,
         &backend_lost,
         &limits,
@@ -167,6 +176,7 @@ pub fn start(
     let debug = Arc::new(AtomicBool::new(opts.debug));
     let ctx = routes::Ctx {
         health,
+        metrics: metrics.clone(),
         debug: debug.clone(),
     };
     // Queued pages wait on the front's connections: as many as it holds.
@@ -184,7 +194,11 @@ pub fn start(
     slots.http.fill(Box::new(move || wake.wake()));
     slots.render.fill(render_poke);
     slots.front.fill(front.poke());
-    live::announce(addr, opts.debug);
+    live::announce(
+        front.addr,
+        local.as_ref().map(|l| l.1.as_path()),
+        opts.debug,
+    );
     Ok(Diag {
         state,
         front,
@@ -194,9 +208,26 @@ pub fn start(
         backend_path,
         backend_lost,
         limits,
+        local,
         debug,
         slots: slots.clone(),
     })
+}
+
+/// The debug socket's listener for the first front, and a copy of it with
+/// its path, kept for the next fronts and for its removal.
+#[allow(clippy::type_complexity)]
+fn split_local(
+    local: Option<debug_socket::DebugSocket>,
+) -> Result<(Option<UnixListener>, Option<(UnixListener, PathBuf)>), String> {
+    let Some(s) = local else {
+        return Ok((None, None));
+    };
+    let copy = s
+        .listener
+        .try_clone()
+        .map_err(|e| format!("debug socket {}: {e}", s.path.display()))?;
+    Ok((Some(s.listener), Some((copy, s.path))))
 }
 
 /// Every applied update marks the table changed and wakes the loop, which
@@ -277,6 +308,7 @@ impl Diag {
             _dir_lock,
             backend_lost,
             slots,
+            local,
             ..
         } = self;
         state.stop.store(true, Ordering::SeqCst);
@@ -297,6 +329,10 @@ impl Diag {
         drop(backend_lost);
         drop(state);
         let _ = std::fs::remove_dir_all(&dir);
+        if let Some((listener, path)) = local {
+            drop(listener);
+            debug_socket::remove(&path);
+        }
     }
 }
 

@@ -159,6 +159,12 @@ impl Metrics {
         self.series().set_expiry(service, unix_seconds);
     }
 
+    /// When the certificate `service` last wrote expires (Unix seconds), if
+    /// it is an identity output that wrote one.
+    pub fn certificate_expiry(&self, service: &str) -> Option<f64> {
+        self.series().expiry(service)
+    }
+
     /// Drops `service`'s expiry series (the service stopped or was removed).
     pub fn remove_certificate_expiry(&self, service: &str) {
         self.series().remove_expiry(service);

@@ -134,6 +134,11 @@ impl Table {
         }
     }
 
+    /// When `service`'s certificate expires, in Unix seconds, if it wrote one.
+    pub fn expiry(&self, service: &str) -> Option<f64> {
+        self.expiry.get(service).copied()
+    }
+
     pub fn remove_expiry(&mut self, service: &str) {
         self.expiry.remove(service);
     }

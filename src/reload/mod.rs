@@ -207,17 +207,33 @@ impl Live {
         listener: Option<std::net::TcpListener>,
     ) -> Result<(), String> {
         if new.diag_addr.is_none() {
-            if let Some(d) = self.diag.take() {
-                d.shutdown();
-                log::info("diagnostics service stopped: no diag_addr any more", &[]);
+            match self.diag.take() {
+                // The debug socket stays: only the TCP port goes.
+                Some(mut d) if d.has_debug_socket() => {
+                    if self.config.diag_addr.is_some() {
+                        d.move_to(None)?;
+                    }
+                    d.set_debug(new.debug);
+                    self.diag = Some(d);
+                }
+                Some(d) => {
+                    d.shutdown();
+                    log::info("diagnostics service stopped: no diag_addr any more", &[]);
+                }
+                None => {}
             }
             return Ok(());
         }
         match (listener, &mut self.diag) {
-            (Some(l), Some(d)) => d.move_to(l)?,
+            (Some(l), Some(d)) => d.move_to(Some(l))?,
             (Some(l), None) => {
+                // Started without a debug socket (it could not be made at
+                // start); a reload does not retry it.
                 self.diag = Some(diag::start(
-                    l,
+                    diag::Listeners {
+                        tcp: Some(l),
+                        local: None,
+                    },
                     diag::Options {
                         max_connections: new.diag_max_connections,
                         debug: new.debug,

@@ -12,11 +12,11 @@
 //! free up.
 
 use std::io::{self, ErrorKind, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use super::local::Stream;
 use super::{Conn, Front, State};
-use crate::diag::head::simple_response;
+use crate::diag::head::{simple_response, Peer};
 use crate::infra::sockets::out_of_descriptors;
 use crate::log::{self, once_a_second};
 
@@ -24,8 +24,11 @@ impl Front {
     /// Accepts every waiting client.
     pub(super) fn accept_all(&mut self) {
         loop {
-            match self.listener.accept() {
-                Ok((stream, peer)) => self.admit(stream, peer),
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            match listener.accept() {
+                Ok((stream, peer)) => self.admit(Stream::Tcp(stream), Peer::Tcp(peer)),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if out_of_descriptors(&e) => {
                     self.refuse_without_descriptors(&e);
@@ -68,9 +71,9 @@ impl Front {
             // the client sent is read and dropped (the lingering close), so
             // the client sees the reason rather than a reset. The spare
             // comes back once a descriptor is free (`restore_spare`).
-            if let Ok((stream, peer)) = self.listener.accept() {
+            if let Some(Ok((stream, peer))) = self.listener.as_ref().map(|l| l.accept()) {
                 let why = "the diagnostics service is out of file descriptors";
-                self.refuse(stream, peer, Instant::now(), why);
+                self.refuse(Stream::Tcp(stream), Peer::Tcp(peer), Instant::now(), why);
             }
             self.restore_spare();
         }
@@ -85,7 +88,7 @@ impl Front {
         }
     }
 
-    fn note_accept_error(&mut self, e: &io::Error) {
+    pub(super) fn note_accept_error(&mut self, e: &io::Error) {
         if once_a_second(&mut self.last_accept_error) {
             log::warn(
                 "diagnostics front: accept failed; still listening",
@@ -97,7 +100,7 @@ impl Front {
     /// A new client: a slot of its own, a place in the probe room, the
     /// place of a client that makes no progress ([`super::room`]), or a
     /// quick 503.
-    fn admit(&mut self, stream: TcpStream, peer: SocketAddr) {
+    pub(super) fn admit(&mut self, stream: Stream, peer: Peer) {
         let now = Instant::now();
         self.trim_lingering();
         let Some(probe_room) = self.room_for_newcomer(now) else {
@@ -135,7 +138,7 @@ impl Front {
     /// No room for a newcomer: a 503 saying `why`, then the lingering
     /// close, so that it reads the refusal whatever it sent (a fresh socket
     /// takes the few bytes at once). It holds no slot.
-    fn refuse(&mut self, stream: TcpStream, peer: SocketAddr, now: Instant, why: &str) {
+    fn refuse(&mut self, stream: Stream, peer: Peer, now: Instant, why: &str) {
         if stream.set_nonblocking(true).is_err() {
             return;
         }

@@ -154,6 +154,11 @@ impl Front {
                 let then = next.map_or(Then::Close, Then::KeepAlive);
                 c.reply(resp, then, now + self.limits.write_timeout);
             }
+            Parsed::Local {
+                ask,
+                keep_alive,
+                len,
+            } => self.answer_local(i, now, (ask, keep_alive, len)),
             Parsed::Forward {
                 head,
                 keep_alive,

@@ -44,7 +44,7 @@ fn front_with(
     let addr = listener.local_addr().unwrap();
     let (stop, stop_far) = UnixStream::pair().unwrap();
     let f = Front::new(
-        listener,
+        (Some(listener), None),
         Arc::new(Mutex::new(sock)),
         Arc::new(|_: &std::path::Path| {}),
         limits,

@@ -180,6 +180,7 @@ mod tests {
                         status: *st,
                         reason: r.to_string(),
                         updated_at: None,
+                        since: None,
                         instance: 1,
                     },
                 )
