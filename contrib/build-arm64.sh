@@ -6,7 +6,8 @@
 #
 # writes target/debian/tbot_<version>-1_arm64.deb. It changes the machine:
 # adds the arm64 architecture to dpkg and installs rustc-web, cargo-web,
-# gcc-aarch64-linux-gnu, libc6-dev:arm64, libstd-rust-web-dev:arm64 and
+# gcc-aarch64-linux-gnu, libc6-dev:arm64, libacl1-dev:arm64 (libacl.so to
+# link the readers' POSIX ACLs against), libstd-rust-web-dev:arm64 and
 # lintian. rustc-web and cargo-web put rustc and cargo in /usr/bin: on a
 # machine that builds with rustup, run this in a throwaway container
 # instead, for example (from the source tree):
@@ -25,7 +26,7 @@ dpkg --add-architecture arm64
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
 	rustc-web cargo-web gcc-aarch64-linux-gnu libc6-dev:arm64 \
-	libstd-rust-web-dev:arm64 lintian ca-certificates
+	libacl1-dev:arm64 libstd-rust-web-dev:arm64 lintian ca-certificates
 
 # Debian's toolchain, by path: never a rustup one earlier in PATH.
 export CARGO=/usr/bin/cargo RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc

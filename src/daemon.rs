@@ -48,6 +48,7 @@ pub fn start(args: StartArgs) -> i32 {
             None
         }
     };
+    crate::services::readers::grant_passages(&config);
     if args.oneshot {
         // Signals keep their default action: SIGINT/SIGTERM end a oneshot.
         return crate::oneshot::run(&config);

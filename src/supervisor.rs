@@ -74,6 +74,8 @@ pub struct Running {
     stop: Stopper,
     /// For a multiplexer, its live relays (see [`Drain`]).
     pub drain: Option<Drain>,
+    /// For a service with a destination, its readers (see `services::readers`).
+    pub readers: Option<crate::services::readers::Readers>,
 }
 
 impl Running {
@@ -151,12 +153,14 @@ pub fn start_one(
         shared.clone(),
     );
     let drain = spec.service.drain();
+    let readers = spec.service.readers();
     let thread = spawn_member(&spec.name, move || supervise(spec.service, ctx))?;
     Ok(Running {
         name: spec.name,
         thread,
         stop: stopper,
         drain,
+        readers,
     })
 }
 

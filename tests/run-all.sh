@@ -21,6 +21,10 @@ ls /usr/lib/*/faketime/libfaketime.so.1 /usr/lib/faketime/libfaketime.so.1 >/dev
 command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
 # The linker and C runtime that rustc links with (and the cc crate uses).
 command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
+# libacl.so to link against (the exacl crate: readers' POSIX ACLs); getfacl
+# and setfacl for the tests that check them (tests/readers.rs).
+ls /usr/lib/*/libacl.so >/dev/null 2>&1 || need+=(libacl1-dev)
+command -v getfacl >/dev/null 2>&1 || need+=(acl)
 # The Debian package tests (tests/package.rs): lintian, nm/readelf, and a
 # booted Debian in systemd-nspawn made by debootstrap (cached under target/).
 command -v lintian >/dev/null 2>&1 || need+=(lintian)

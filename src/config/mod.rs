@@ -18,6 +18,7 @@ mod start_args;
 mod text;
 mod validate;
 
+pub use crate::infra::acl::{Access, Reader};
 pub use locate::{locate, Seg};
 pub use names::check_addr;
 use schema::{RawConfig, ServiceType};
@@ -86,6 +87,8 @@ pub struct IdentityConfig {
     pub name: String,
     pub principals: Vec<String>,
     pub destination: PathBuf,
+    /// The destination's `acls` and `readers`.
+    pub access: Access,
     pub credential_ttl: Duration,
     pub renewal_interval: Duration,
 }
@@ -95,6 +98,8 @@ pub struct IdentityConfig {
 pub struct MultiplexerConfig {
     pub name: String,
     pub destination: PathBuf,
+    /// The destination's `acls` and `readers` (the socket, its ssh_config).
+    pub access: Access,
     /// Name of the identity output whose key the written ssh_config uses.
     pub identity: String,
     pub max_connections: usize,
@@ -404,6 +409,75 @@ services:
     fn reserved_default_names_get_a_suffix() {
         let c = parse_str("version: v2\nstorage: {type: directory, path: /x}\nservices:\n  - type: identity\n    principals: [a]\n    destination: {type: directory, path: /}\n").unwrap();
         assert_eq!(c.services[0].name(), "identity-2");
+    }
+
+    #[test]
+    fn readers_are_looked_up_at_load_and_placed_when_refused() {
+        let svc = |dest: &str| {
+            format!("version: v2\nstorage: {{type: directory, path: /x}}\nservices:\n  - type: identity\n    principals: [a]\n    destination:\n{dest}")
+        };
+        let c = parse_str(&svc("      type: directory\n      path: /o\n      acls: required\n      readers:\n        - user: root\n        - group: 1234\n        - group: \"0\"\n")).unwrap();
+        let ServiceConfig::Identity(i) = &c.services[0] else {
+            unreachable!()
+        };
+        assert_eq!(i.access.acls, crate::infra::acl::AclMode::Required);
+        assert_eq!(
+            i.access.readers,
+            [
+                Reader::User {
+                    name: "root".into(),
+                    uid: 0
+                },
+                Reader::Group {
+                    name: "1234".into(),
+                    gid: 1234
+                },
+                Reader::Group {
+                    name: "0".into(),
+                    gid: 0
+                },
+            ]
+        );
+        // The default is upstream's: try.
+        let c = parse_str(&svc("      {type: directory, path: /o}\n")).unwrap();
+        let ServiceConfig::Identity(i) = &c.services[0] else {
+            unreachable!()
+        };
+        assert_eq!(i.access, Access::default());
+        assert_eq!(i.access.acls, crate::infra::acl::AclMode::Try);
+        let e = err(&svc("      type: directory\n      path: /o\n      readers:\n        - user: root\n        - user: no-such-user-tbot\n"));
+        assert!(
+            e.starts_with("c.yaml:11:17: ") && e.contains("unknown user \"no-such-user-tbot\""),
+            "{e}"
+        );
+        let e = err(&svc(
+            "      type: directory\n      path: /o\n      readers: [{group: no-such-group-tbot}]\n",
+        ));
+        assert!(
+            e.starts_with("c.yaml:9:25: ") && e.contains("unknown group"),
+            "{e}"
+        );
+        let e = err(&svc(
+            "      type: directory\n      path: /o\n      readers: [{user: root, group: root}]\n",
+        ));
+        assert!(
+            e.starts_with("c.yaml:9:17: services[0].destination.readers[0]: a reader is"),
+            "{e}"
+        );
+        let e = err(&svc(
+            "      type: directory\n      path: /o\n      acls: sometimes\n",
+        ));
+        assert!(
+            e.starts_with("c.yaml:9:13: ") && e.contains("unknown variant `sometimes`"),
+            "{e}"
+        );
+        let e = err("version: v2\nstorage: {type: directory, path: /x, readers: [{user: root}]}\n");
+        assert!(
+            e.starts_with(
+                "c.yaml:2:47: storage.readers: field `readers` does not apply to storage"
+            ),
+            "{e}"
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer};
 
 use super::names::{check_addr, check_name};
+use crate::infra::acl::{resolve_group, resolve_user, AclMode};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -42,6 +43,42 @@ pub(super) struct RawDestination {
     #[allow(dead_code)] // one variant today; the field is still required
     pub(super) kind: DestinationType,
     pub(super) path: NonEmptyPath,
+    /// Upstream's `acls: off|try|required` (directory destinations of
+    /// services only; see `infra::acl`).
+    #[serde(default)]
+    pub(super) acls: Option<AclModeField>,
+    #[serde(default)]
+    pub(super) readers: Option<Vec<RawReader>>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "kebab-case")]
+pub(super) enum AclModeField {
+    Off,
+    Try,
+    Required,
+}
+
+impl AclModeField {
+    pub(super) fn mode(self) -> AclMode {
+        match self {
+            AclModeField::Off => AclMode::Off,
+            AclModeField::Try => AclMode::Try,
+            AclModeField::Required => AclMode::Required,
+        }
+    }
+}
+
+/// One entry of `readers:`: `{user: NAME|UID}` or `{group: NAME|GID}`
+/// (exactly one: checked in `validate`). Each name is looked up while
+/// parsing, so an unknown one is refused at its own line and column.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawReader {
+    #[serde(default)]
+    pub(super) user: Option<UserId>,
+    #[serde(default)]
+    pub(super) group: Option<GroupId>,
 }
 
 #[derive(Deserialize)]
@@ -230,5 +267,43 @@ impl<'de> Deserialize<'de> for NonEmptyPath {
             }
             Ok(NonEmptyPath(PathBuf::from(s)))
         })
+    }
+}
+
+/// A user or group as written (a name, or a number, quoted or not) and its
+/// id, looked up in the system's database while parsing.
+fn checked_id<'de, D: Deserializer<'de>>(
+    d: D,
+    resolve: fn(&str) -> Result<u32, String>,
+) -> Result<(String, u32), D::Error> {
+    struct V(fn(&str) -> Result<u32, String>);
+    impl Visitor<'_> for V {
+        type Value = (String, u32);
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a name or a numeric id")
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            (self.0)(v).map(|id| (v.to_string(), id)).map_err(E::custom)
+        }
+        fn visit_u64<E: de::Error>(self, n: u64) -> Result<Self::Value, E> {
+            u32::try_from(n)
+                .map(|id| (n.to_string(), id))
+                .map_err(|_| E::custom(format!("invalid id {n}: at most {}", u32::MAX)))
+        }
+    }
+    d.deserialize_any(V(resolve))
+}
+
+pub(super) struct UserId(pub(super) String, pub(super) u32);
+impl<'de> Deserialize<'de> for UserId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked_id(d, resolve_user).map(|(n, id)| UserId(n, id))
+    }
+}
+
+pub(super) struct GroupId(pub(super) String, pub(super) u32);
+impl<'de> Deserialize<'de> for GroupId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked_id(d, resolve_group).map(|(n, id)| GroupId(n, id))
     }
 }

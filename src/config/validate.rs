@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use super::locate::Seg::{self, Index, Key};
 use super::names::{default_name, truncate, MAX_NAME_LEN};
-use super::schema::{Dur, Name, RawConfig, RawService, ServiceType};
+use super::schema::{Dur, Name, RawConfig, RawDestination, RawService, ServiceType};
 use super::{
-    Config, IdentityConfig, MultiplexerConfig, ServiceConfig, DEFAULT_CREDENTIAL_TTL,
-    DEFAULT_DIAG_MAX_CONNECTIONS, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_MUX_MAX_CONNECTIONS,
-    DEFAULT_RENEWAL_INTERVAL, RESERVED_NAMES,
+    Access, Config, IdentityConfig, MultiplexerConfig, Reader, ServiceConfig,
+    DEFAULT_CREDENTIAL_TTL, DEFAULT_DIAG_MAX_CONNECTIONS, DEFAULT_HEARTBEAT_INTERVAL,
+    DEFAULT_MUX_MAX_CONNECTIONS, DEFAULT_RENEWAL_INTERVAL, RESERVED_NAMES,
 };
 
 /// Where a refusal points, and why.
@@ -24,6 +24,7 @@ pub type Invalid = (Vec<Seg>, String);
 /// problem found.
 pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Invalid> {
     let resolve = |p: &Path| resolve(base, p);
+    check_storage(&raw.storage)?;
     let credential_ttl = raw.credential_ttl.map_or(DEFAULT_CREDENTIAL_TTL, |d| d.0);
     let renewal_interval = raw
         .renewal_interval
@@ -233,6 +234,7 @@ fn service(
     defaults: (Duration, Duration),
     resolve: &impl Fn(&Path) -> PathBuf,
 ) -> Result<ServiceConfig, Invalid> {
+    let access = access(i, s.destination.as_ref())?;
     let destination = s
         .destination
         .map(|d| resolve(&d.path.0))
@@ -263,6 +265,7 @@ fn service(
                 name,
                 principals,
                 destination,
+                access,
                 credential_ttl: ttl,
                 renewal_interval: renew,
             })
@@ -278,12 +281,66 @@ fn service(
             ServiceConfig::SshMultiplexer(MultiplexerConfig {
                 name,
                 destination,
+                access,
                 identity,
                 max_connections: s
                     .max_connections
                     .map_or(DEFAULT_MUX_MAX_CONNECTIONS, |c| c.0),
             })
         }
+    })
+}
+
+/// The storage directory holds the CA key: it has no readers.
+fn check_storage(storage: &RawDestination) -> Result<(), Invalid> {
+    for (field, set) in [
+        ("acls", storage.acls.is_some()),
+        ("readers", storage.readers.is_some()),
+    ] {
+        if set {
+            return Err((
+                vec![Key("storage"), Key(field)],
+                format!("field `{field}` does not apply to storage (it holds the CA key); set it on a service's destination"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Entry `i`'s `acls` and `readers` (upstream's directory destination):
+/// each reader names exactly one user or group, already looked up.
+fn access(i: usize, dest: Option<&RawDestination>) -> Result<Access, Invalid> {
+    let Some(dest) = dest else {
+        return Ok(Access::default());
+    };
+    let mut readers = Vec::new();
+    for (j, r) in dest.readers.iter().flatten().enumerate() {
+        readers.push(match (&r.user, &r.group) {
+            (Some(u), None) => Reader::User {
+                name: u.0.clone(),
+                uid: u.1,
+            },
+            (None, Some(g)) => Reader::Group {
+                name: g.0.clone(),
+                gid: g.1,
+            },
+            _ => {
+                return Err((
+                    vec![
+                        Key("services"),
+                        Index(i),
+                        Key("destination"),
+                        Key("readers"),
+                        Index(j),
+                    ],
+                    "a reader is `{user: NAME}` or `{group: NAME}`: exactly one of the two".into(),
+                ))
+            }
+        });
+    }
+    Ok(Access {
+        acls: dest.acls.map_or_else(Default::default, |m| m.mode()),
+        readers,
     })
 }
 

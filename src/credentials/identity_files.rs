@@ -30,6 +30,7 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::credentials::issuer::Credential;
+use crate::infra::acl::{Kind, Policy};
 use crate::infra::chase::{open_dir, DirHandle};
 
 pub const KEY_FILE: &str = "key";
@@ -47,12 +48,18 @@ const DATA_TMP: &str = "..data_tmp";
 pub const GEN_PREFIX: &str = "..gen-";
 
 /// Writes `cred` and the CA public key line `ca_pub` into `dest` as a new
-/// generation, creating `dest` (0700) if missing. Errors are one line:
-/// `<path>: <reason>`.
-pub fn write_identity(dest: &Path, cred: &Credential, ca_pub: &str) -> Result<(), String> {
+/// generation, creating `dest` (0700) if missing. The generation carries
+/// the readers' ACLs of `readers` before it is published (see
+/// [`grant_generation`]). Errors are one line: `<path>: <reason>`.
+pub fn write_identity(
+    dest: &Path,
+    cred: &Credential,
+    ca_pub: &str,
+    readers: &mut Policy,
+) -> Result<(), String> {
     let dir = open_dir(dest, true)?;
     if dir.read_link(DATA_LINK).is_none() {
-        migrate_flat(&dir)?;
+        migrate_flat(&dir, readers)?;
     }
     let files: [(&str, &[u8]); 4] = [
         (CA_FILE, ca_pub.as_bytes()),
@@ -60,14 +67,14 @@ pub fn write_identity(dest: &Path, cred: &Credential, ca_pub: &str) -> Result<()
         (KEY_FILE, cred.private_key_openssh.as_bytes()),
         (CERT_FILE, cred.certificate_openssh.as_bytes()),
     ];
-    publish(&dir, &files, true)
+    publish(&dir, &files, readers, true)
 }
 
 /// A destination from the old flat layout (regular files, no `..data`):
 /// publishes the files there as they are, as a first generation, and swaps
 /// each for its link to identical contents; so a kill at any point leaves
 /// a matching set, and the new credential then comes in the one switch.
-fn migrate_flat(dir: &DirHandle) -> Result<(), String> {
+fn migrate_flat(dir: &DirHandle, readers: &mut Policy) -> Result<(), String> {
     let mut old: Vec<(&str, Vec<u8>)> = Vec::new();
     for name in FILES {
         if dir.file_type(name)? == Some(rustix::fs::FileType::RegularFile) {
@@ -82,12 +89,18 @@ fn migrate_flat(dir: &DirHandle) -> Result<(), String> {
         &[("destination", &dir.path().display())],
     );
     let files: Vec<(&str, &[u8])> = old.iter().map(|(n, c)| (*n, c.as_slice())).collect();
-    publish(dir, &files, false)
+    publish(dir, &files, readers, false)
 }
 
-/// Writes `files` as a new generation, switches `..data` to it, makes the
-/// links, removes older generations. `steps`: reach the failpoints.
-fn publish(dir: &DirHandle, files: &[(&str, &[u8])], steps: bool) -> Result<(), String> {
+/// Writes `files` as a new generation, grants the readers, switches
+/// `..data` to it, makes the links, removes older generations. `steps`:
+/// reach the failpoints.
+fn publish(
+    dir: &DirHandle,
+    files: &[(&str, &[u8])],
+    readers: &mut Policy,
+    steps: bool,
+) -> Result<(), String> {
     let step = |n: usize, path: &Path| {
         if steps {
             step(n, path)
@@ -95,7 +108,9 @@ fn publish(dir: &DirHandle, files: &[(&str, &[u8])], steps: bool) -> Result<(), 
     };
     let gen_name = make_generation(dir)?;
     step(1, &dir.join(&gen_name));
-    if let Err(e) = write_generation(dir, &gen_name, files, &step) {
+    let written = write_generation(dir, &gen_name, files, &step)
+        .and_then(|()| grant_generation(dir, &gen_name, files, readers));
+    if let Err(e) = written {
         let _ = dir.remove_dir_with_files(&gen_name);
         return Err(e);
     }
@@ -161,6 +176,53 @@ fn write_generation(
     gen.sync()?;
     step(6, gen.path());
     Ok(())
+}
+
+/// Gives the readers their rights on a generation before it is published:
+/// traverse on the destination and the generation directory, read on each
+/// file (`infra::acl`). With nothing to grant, nothing is done: the new
+/// generation has the plain modes already. A refusal under
+/// `acls: required` is the error.
+fn grant_generation(
+    dir: &DirHandle,
+    gen_name: &str,
+    files: &[(&str, &[u8])],
+    readers: &mut Policy,
+) -> Result<(), String> {
+    if !readers.grants() {
+        return Ok(());
+    }
+    let gen = dir.subdir(gen_name)?;
+    let mut objects = vec![(dir, None, Kind::Dir), (&gen, None, Kind::Dir)];
+    objects.extend(
+        files
+            .iter()
+            .map(|(name, _)| (&gen, Some(*name), Kind::File)),
+    );
+    readers.apply(&objects)
+}
+
+/// Applies `readers` to the generation in force (a reload changed them):
+/// the destination, the generation `..data` names, its files. A
+/// destination with no generation yet is nothing to do.
+pub fn grant_current(dest: &Path, readers: &mut Policy) -> Result<(), String> {
+    let Ok(dir) = open_dir(dest, false) else {
+        return Ok(());
+    };
+    let Some(gen_name) = dir
+        .read_link(DATA_LINK)
+        .filter(|g| g.starts_with(GEN_PREFIX) && !g.contains('/'))
+    else {
+        return readers.reapply(&[(&dir, None, Kind::Dir)]);
+    };
+    let gen = dir.subdir(&gen_name)?;
+    let mut objects = vec![(&dir, None, Kind::Dir), (&gen, None, Kind::Dir)];
+    for name in FILES {
+        if gen.file_type(name)? == Some(rustix::fs::FileType::RegularFile) {
+            objects.push((&gen, Some(name), Kind::File));
+        }
+    }
+    readers.reapply(&objects)
 }
 
 /// Makes `DEST/name` the symlink `..data/name` unless it already is. A
@@ -261,6 +323,10 @@ mod tests {
     use std::process::Command;
     use std::time::Duration;
 
+    fn plain() -> Policy {
+        Policy::new("t", crate::infra::acl::Access::default())
+    }
+
     fn mode_of(p: &Path) -> u32 {
         fs::metadata(p).unwrap().permissions().mode() & 0o7777
     }
@@ -276,7 +342,7 @@ mod tests {
         let issuer = Issuer::load_or_create(&d.0.join("storage")).unwrap();
         let dest = d.0.join("out").join("machine-id");
         let c1 = issue(&issuer, "deploy");
-        write_identity(&dest, &c1, &issuer.ca_public_openssh()).unwrap();
+        write_identity(&dest, &c1, &issuer.ca_public_openssh(), &mut plain()).unwrap();
         assert_eq!(mode_of(&dest), 0o700);
         let mut names: Vec<String> = fs::read_dir(&dest)
             .unwrap()
@@ -317,7 +383,7 @@ mod tests {
         );
 
         let c2 = issue(&issuer, "deploy");
-        write_identity(&dest, &c2, &issuer.ca_public_openssh()).unwrap();
+        write_identity(&dest, &c2, &issuer.ca_public_openssh(), &mut plain()).unwrap();
         assert_eq!(
             fs::read_to_string(dest.join("key-cert.pub")).unwrap(),
             format!("{}\n", c2.certificate_openssh)
@@ -337,16 +403,16 @@ mod tests {
         let file = d.0.join("plain");
         fs::write(&file, b"x").unwrap();
         // A file where the destination directory should be.
-        let e = write_identity(&file, &cred, "ca").unwrap_err();
+        let e = write_identity(&file, &cred, "ca", &mut plain()).unwrap_err();
         assert_eq!(e, format!("{}: not a directory", file.display()));
-        let e = write_identity(&file.join("sub"), &cred, "ca").unwrap_err();
+        let e = write_identity(&file.join("sub"), &cred, "ca", &mut plain()).unwrap_err();
         assert_eq!(e, format!("{}: not a directory", file.display()));
         // A directory where a file's link should be: the new generation is
         // published, the error names the file, and the next write after the
         // cause is gone succeeds.
         let dest = d.0.join("dest");
         fs::create_dir_all(dest.join(CERT_FILE).join("x")).unwrap();
-        let e = write_identity(&dest, &cred, "ca").unwrap_err();
+        let e = write_identity(&dest, &cred, "ca", &mut plain()).unwrap_err();
         assert_eq!(
             e,
             format!(
@@ -355,7 +421,7 @@ mod tests {
             )
         );
         fs::remove_dir_all(dest.join(CERT_FILE)).unwrap();
-        write_identity(&dest, &cred, "ca").unwrap();
+        write_identity(&dest, &cred, "ca", &mut plain()).unwrap();
         assert_eq!(fs::read_dir(&dest).unwrap().count(), 6);
     }
 
@@ -375,7 +441,7 @@ mod tests {
         remove_stale_temps(&dest);
         assert_eq!(fs::read_dir(&dest).unwrap().count(), 4);
         let c = issue(&issuer, "deploy");
-        write_identity(&dest, &c, &issuer.ca_public_openssh()).unwrap();
+        write_identity(&dest, &c, &issuer.ca_public_openssh(), &mut plain()).unwrap();
         for f in FILES {
             assert!(
                 fs::symlink_metadata(dest.join(f)).unwrap().is_symlink(),

@@ -6,7 +6,8 @@
 //!   `clock_step` (wall-clock steps, through a timerfd);
 //! - files: `chase` (output directories without following others'
 //!   symlinks), `atomic_file` (crash-safe writes), `fsutil` (private
-//!   directories), `instance_lock` (flock(2): one tbot per storage directory);
+//!   directories), `instance_lock` (flock(2): one tbot per storage directory),
+//!   `acl` (POSIX ACLs for a destination's readers);
 //! - public sockets: `sockets` (spare descriptor, out-of-descriptors
 //!   check, lingering close);
 //! - stopping: `stop` (one stop signal: a channel and a descriptor);
@@ -19,6 +20,7 @@
 //! - formats: `duration` (Go syntax), `timefmt` (RFC 3339);
 //! - `failpoints`: fault injection for the tests (debug builds only).
 
+pub mod acl;
 pub mod atomic_file;
 pub mod backoff;
 pub mod chase;

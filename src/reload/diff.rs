@@ -6,12 +6,17 @@
 //! not override it, and the internal `identity`; a changed
 //! `heartbeat_interval` changes `heartbeat`; a multiplexer whose identity
 //! output moved changes too, since its ssh_config names that directory.
+//!
+//! A destination's `acls` and `readers` are not part of what a service is
+//! built from: a service whose only change is there is kept (same thread,
+//! same credential, same socket) and listed in `readers`, which a reload
+//! applies in place (`services::readers`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::{Config, IdentityConfig, MultiplexerConfig, ServiceConfig};
+use crate::config::{Access, Config, IdentityConfig, MultiplexerConfig, ServiceConfig};
 
 /// What one service is built from. Two equal values build the same service.
 #[derive(Debug, PartialEq)]
@@ -34,35 +39,54 @@ enum Effective {
     },
 }
 
-/// Every service of `config` by name, as `services::build` builds them.
-fn effective(config: &Config) -> BTreeMap<String, Effective> {
+/// Every service of `config` by name, as `services::build` builds them,
+/// with its destination's access (set apart, see the module's doc).
+fn effective(config: &Config) -> BTreeMap<String, (Effective, Option<Access>)> {
     let storage = || config.storage.clone();
     let mut all = BTreeMap::new();
     all.insert(
         "identity".to_string(),
-        Effective::BotIdentity {
-            storage: storage(),
-            renewal_interval: config.renewal_interval,
-        },
+        (
+            Effective::BotIdentity {
+                storage: storage(),
+                renewal_interval: config.renewal_interval,
+            },
+            None,
+        ),
     );
     all.insert(
         "ca-rotation".to_string(),
-        Effective::CaRotation { storage: storage() },
+        (Effective::CaRotation { storage: storage() }, None),
     );
     all.insert(
         "heartbeat".to_string(),
-        Effective::Heartbeat {
-            storage: storage(),
-            interval: config.heartbeat_interval,
-        },
+        (
+            Effective::Heartbeat {
+                storage: storage(),
+                interval: config.heartbeat_interval,
+            },
+            None,
+        ),
     );
     for s in &config.services {
         let e = match s {
-            ServiceConfig::Identity(c) => Effective::Identity(c.clone()),
-            ServiceConfig::SshMultiplexer(m) => Effective::Multiplexer {
-                config: m.clone(),
-                identity_dir: config.identity(&m.identity).map(|i| i.destination.clone()),
-            },
+            ServiceConfig::Identity(c) => {
+                let mut c = c.clone();
+                let access = std::mem::take(&mut c.access);
+                (Effective::Identity(c), Some(access))
+            }
+            ServiceConfig::SshMultiplexer(m) => {
+                let mut m = m.clone();
+                let access = std::mem::take(&mut m.access);
+                let identity_dir = config.identity(&m.identity).map(|i| i.destination.clone());
+                (
+                    Effective::Multiplexer {
+                        config: m,
+                        identity_dir,
+                    },
+                    Some(access),
+                )
+            }
         };
         all.insert(s.name().to_string(), e);
     }
@@ -76,16 +100,24 @@ pub struct Diff {
     pub removed: Vec<String>,
     pub changed: Vec<String>,
     pub kept: Vec<String>,
+    /// Kept services whose destination's `acls`/`readers` changed, with
+    /// the new ones (a subset of `kept`).
+    pub readers: Vec<(String, Access)>,
 }
 
 /// Compares the services of `old` and `new` by name.
 pub fn diff(old: &Config, new: &Config) -> Diff {
     let (old, new) = (effective(old), effective(new));
     let mut d = Diff::default();
-    for (name, was) in &old {
+    for (name, (was, was_access)) in &old {
         match new.get(name) {
             None => d.removed.push(name.clone()),
-            Some(now) if now == was => d.kept.push(name.clone()),
+            Some((now, access)) if now == was => {
+                d.kept.push(name.clone());
+                if let Some(a) = access.as_ref().filter(|a| Some(*a) != was_access.as_ref()) {
+                    d.readers.push((name.clone(), a.clone()));
+                }
+            }
             Some(_) => d.changed.push(name.clone()),
         }
     }
@@ -167,6 +199,33 @@ mod tests {
             &[ID_A, ID_C, MUX].concat(),
         );
         assert!(diff(&old, &new).changed.is_empty());
+    }
+
+    #[test]
+    fn a_readers_only_change_keeps_the_service_and_lists_the_new_readers() {
+        let old = parse("", &[ID_A, MUX].concat());
+        let with = |s: &str| s.replace("path: /a}", "path: /a, readers: [{user: root}]}");
+        let new = parse("", &[with(ID_A).as_str(), MUX].concat());
+        let d = diff(&old, &new);
+        assert!(d.changed.is_empty(), "{d:?}");
+        assert!(d.kept.contains(&"a".to_string()));
+        assert_eq!(d.readers.len(), 1);
+        assert_eq!(d.readers[0].0, "a");
+        assert_eq!(d.readers[0].1.readers.len(), 1);
+        // With another change too, the service is restarted (and built
+        // with its new readers): not listed.
+        let both = with(ID_A).replace("principals: [x]", "principals: [y]");
+        let d = diff(&old, &parse("", &[both.as_str(), MUX].concat()));
+        assert_eq!(d.changed, ["a"]);
+        assert!(d.readers.is_empty());
+        // The multiplexer's own readers.
+        let mux = MUX.replace("path: /m}", "path: /m, acls: off}");
+        let d = diff(&old, &parse("", &[ID_A, mux.as_str()].concat()));
+        assert_eq!(
+            d.readers.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(),
+            ["m"]
+        );
+        assert!(d.changed.is_empty());
     }
 
     #[test]

@@ -12,7 +12,9 @@
 //!    drain on a thread of their own, see `services::ssh_multiplexer::drain`);
 //! 5. change the health table's rows at once (`Health::change_rows`): no
 //!    reader sees half of the new set;
-//! 6. start the changed and added services;
+//! 6. start the changed and added services; give kept services whose only
+//!    change is their destination's `acls`/`readers` the new ones, applied
+//!    to their current files at once (`services::readers`);
 //! 7. move, start or stop the diagnostics service and switch debug mode
 //!    (the systemd watchdog follows it: `diag::Slots`).
 //!
@@ -98,6 +100,10 @@ impl Live {
                         ("removed", &list(&d.removed)),
                         ("changed", &list(&d.changed)),
                         ("kept", &list(&d.kept)),
+                        (
+                            "readers_changed",
+                            &list(&d.readers.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>()),
+                        ),
                     ],
                 );
             }
@@ -153,6 +159,13 @@ impl Live {
             restarted: d.changed.iter().map(kind_of).collect(),
             added: d.added.iter().map(kind_of).collect(),
         });
+        for (name, access) in &d.readers {
+            if let Some(r) = self.running.iter().find(|r| &r.name == name) {
+                if let Some(readers) = &r.readers {
+                    readers.replace(access.clone());
+                }
+            }
+        }
         let mut failed = Vec::new();
         for spec in specs.drain(..) {
             let name = spec.name.clone();
@@ -161,6 +174,7 @@ impl Live {
                 Err(e) => failed.push(format!("{name}: cannot start its thread: {e}")),
             }
         }
+        crate::services::readers::grant_passages(&new);
         let moved = self.apply_diag(&new, listener);
         self.config = Arc::new(new);
         moved?;

@@ -29,6 +29,7 @@ use crate::infra::backoff::Backoff;
 use crate::infra::threads::run_beside;
 use crate::infra::timefmt;
 use crate::log;
+use crate::services::readers::{Layout, Readers};
 use crate::services::{Context, Iteration, Service};
 
 /// The `name` label of this service's `tbot_task_*` metrics.
@@ -41,17 +42,30 @@ pub struct IdentityOutput {
     key_id: String,
     /// Subscribed once, so that a supervisor restart keeps the subscription.
     reissue: Option<Receiver<()>>,
+    /// The destination's readers, which a reload may replace.
+    readers: Readers,
 }
 
 impl IdentityOutput {
     pub fn new(config: IdentityConfig) -> IdentityOutput {
         let key_id = key_id(&crate::infra::host::hostname(), &config.name);
+        let readers = readers_of(&config);
         IdentityOutput {
             config,
             key_id,
             reissue: None,
+            readers,
         }
     }
+}
+
+/// The readers of `config`'s destination, as configured.
+fn readers_of(config: &IdentityConfig) -> Readers {
+    Readers::new(
+        &config.name,
+        config.access.clone(),
+        Layout::Identity(config.destination.clone()),
+    )
 }
 
 /// The certificate's key id: names the bot (by host) and the output.
@@ -76,7 +90,7 @@ pub fn issue_to(
     issuer: &Issuer,
     key_id: &str,
 ) -> Result<SystemTime, String> {
-    issue_validity(config, issuer, key_id).map(|v| v.valid_before)
+    issue_validity(config, issuer, key_id, &readers_of(config)).map(|v| v.valid_before)
 }
 
 /// The validity window of the certificate an output wrote.
@@ -112,9 +126,15 @@ fn issue_validity(
     config: &IdentityConfig,
     issuer: &Issuer,
     key_id: &str,
+    readers: &Readers,
 ) -> Result<Validity, String> {
     let cred = issuer.issue(&config.principals, key_id, config.credential_ttl)?;
-    identity_files::write_identity(&config.destination, &cred, &issuer.ca_public_openssh())?;
+    identity_files::write_identity(
+        &config.destination,
+        &cred,
+        &issuer.ca_public_openssh(),
+        &mut readers.lock(),
+    )?;
     Ok(Validity {
         valid_after: cred.valid_after,
         valid_before: cred.valid_before,
@@ -164,7 +184,7 @@ impl IdentityOutput {
     fn renew(&self, ctx: &Context) -> Result<(Validity, String), String> {
         let issuer = ctx.shared.ca.get()?;
         let v = run_beside(ctx.name(), || {
-            issue_validity(&self.config, &issuer, &self.key_id)
+            issue_validity(&self.config, &issuer, &self.key_id, &self.readers)
         })?;
         Ok((v, issuer.fingerprint().to_string()))
     }
@@ -254,6 +274,10 @@ fn due(st: &State, now: SystemTime) -> bool {
 impl Service for IdentityOutput {
     fn kind(&self) -> &'static str {
         "identity"
+    }
+
+    fn readers(&self) -> Option<Readers> {
+        Some(self.readers.clone())
     }
 
     fn run(&mut self, ctx: &Context) -> Result<(), String> {

@@ -20,6 +20,7 @@ pub mod ca;
 pub mod ca_rotation;
 pub mod heartbeat;
 pub mod identity;
+pub mod readers;
 pub mod ssh_multiplexer;
 
 pub use ssh_multiplexer::drain::Drain;
@@ -39,6 +40,13 @@ pub trait Service: Send + 'static {
     /// multiplexer's relays): a handle to drain them when a reload removes
     /// or changes the service. Taken before the service's thread starts.
     fn drain(&self) -> Option<Drain> {
+        None
+    }
+
+    /// For a service with a destination: its readers, which a reload that
+    /// changes only `acls`/`readers` replaces in place (see `readers`).
+    /// Taken before the service's thread starts.
+    fn readers(&self) -> Option<readers::Readers> {
         None
     }
 }

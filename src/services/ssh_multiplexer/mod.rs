@@ -50,6 +50,7 @@ use crate::infra::inotify;
 use crate::infra::poll::{poll, woke, PollFd, PollFlags};
 use crate::infra::sockets::{out_of_descriptors, Spare};
 use crate::log::{self, once_a_second};
+use crate::services::readers::{Layout, Readers};
 use crate::services::{Context, Drain, Service};
 
 pub mod budget;
@@ -143,6 +144,8 @@ pub struct SshMultiplexer {
     active: Arc<AtomicUsize>,
     /// The relays themselves, for a reload to drain (see `drain`).
     relays: Relays,
+    /// The destination's readers, which a reload may replace.
+    readers: Readers,
 }
 
 impl SshMultiplexer {
@@ -154,6 +157,11 @@ impl SshMultiplexer {
                 .map(|i| i.destination.clone()),
             active: Arc::new(AtomicUsize::new(0)),
             relays: Relays::default(),
+            readers: Readers::new(
+                &config.name,
+                config.access.clone(),
+                Layout::Multiplexer(config.destination.clone()),
+            ),
         }
     }
 }
@@ -161,6 +169,10 @@ impl SshMultiplexer {
 impl Service for SshMultiplexer {
     fn kind(&self) -> &'static str {
         "ssh-multiplexer"
+    }
+
+    fn readers(&self) -> Option<Readers> {
+        Some(self.readers.clone())
     }
 
     fn drain(&self) -> Option<Drain> {
@@ -181,10 +193,16 @@ impl Service for SshMultiplexer {
                 ))
             }
         };
-        let socket = Socket::bind(&dest)?;
         let exe = tbot_exe()?;
-        let text = ssh_config_text(&exe, &socket.path, &identity_dir)?;
-        let config_path = socket.write_beside(SSH_CONFIG_NAME, text.as_bytes())?;
+        let (socket, config_path) = {
+            // Held until both are in place: see `services::readers`.
+            let mut readers = self.readers.lock();
+            let socket = Socket::bind(&dest, &mut readers)?;
+            let text = ssh_config_text(&exe, &socket.path, &identity_dir)?;
+            let config_path =
+                socket.write_beside(SSH_CONFIG_NAME, text.as_bytes(), &mut readers)?;
+            (socket, config_path)
+        };
         let limits = Limits::fitted(self.config.max_connections);
         let max = limits.max_connections;
         if max < self.config.max_connections {
