@@ -20,8 +20,9 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs the command; returns the exit code (`tbot status`: 0 when every
 /// service is healthy, 1 otherwise; the others 0 on success; 1 when the
-/// bot cannot be reached or refuses; 2 for a configuration that does not
-/// load).
+/// bot cannot be reached or refuses, or a log stream ends; 2 for a
+/// configuration that does not load, or a profile asked for on a
+/// terminal).
 pub fn run(args: &DebugArgs) -> i32 {
     let config = match crate::config::load(&args.config) {
         Ok(c) => c,
@@ -68,7 +69,9 @@ fn connect(path: &Path) -> Result<UnixStream, String> {
 }
 
 /// One request; the answer's status code, and its body once it is all
-/// read (`body_to`: None keeps it, Some writes it there as it comes).
+/// read (`body_to`: None keeps it, Some writes a 200's body there as it
+/// comes, and then the body returned is empty, or `[0]` when the reader
+/// of `body_to` went away first: `| head`).
 fn request(
     path: &Path,
     head: &str,
@@ -116,9 +119,11 @@ fn request(
                 .and_then(|()| out.flush())
                 .and_then(|()| io::copy(&mut s, out).map(|_| ()));
             // A reader gone (`| head`) ends the copy, not with an error.
+            rest.clear();
             match copied {
-                Err(e) if e.kind() != ErrorKind::BrokenPipe => return Err(at(e)),
-                _ => rest.clear(),
+                Err(e) if e.kind() == ErrorKind::BrokenPipe => rest.push(0),
+                Err(e) => return Err(at(e)),
+                Ok(()) => {}
             }
         }
         _ => {
@@ -162,6 +167,10 @@ fn log_level(sock: &Path, level: Option<u8>) -> Result<i32, String> {
 }
 
 fn profile(sock: &Path, seconds: u64) -> Result<i32, String> {
+    if io::stdout().is_terminal() {
+        log::fatal("a CPU profile is binary: redirect it to a file (tbot debug profile > cpu.pb)");
+        return Ok(exit::USAGE);
+    }
     let head = format!("GET /debug/pprof/profile?seconds={seconds} HTTP/1.1\r\n");
     let timeout = TIMEOUT + Duration::from_secs(seconds);
     let (status, body) = request(sock, &head, b"", Some(timeout), None)?;
@@ -186,7 +195,16 @@ fn follow(sock: &Path, level: Option<u8>) -> Result<i32, String> {
     if status != 200 {
         return Err(refusal(status, &body));
     }
-    Ok(exit::OK)
+    if !body.is_empty() {
+        // Our reader left (`| head`): done.
+        return Ok(exit::OK);
+    }
+    // Only tbot ends a stream: it stopped, or it dropped this follower
+    // for not keeping up (its log says which).
+    Err(format!(
+        "the log stream from {} ended: tbot stopped, or dropped this follower for falling behind",
+        sock.display()
+    ))
 }
 
 /// `tbot status`: one line per service, then the exit code (0 when every

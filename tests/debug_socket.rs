@@ -300,14 +300,14 @@ fn the_log_level_changes_at_runtime() {
 /// wait for it, and the reading follower keeps getting lines.
 #[test]
 fn a_log_follower_that_never_reads_is_dropped_and_slows_nothing() {
-    let (t, cfg) = start("dbgsock-follow", "", &[]);
+    let (mut t, cfg) = start("dbgsock-follow", "", &[]);
     let s = sock(&t);
     // A follower that reads: the real command.
     let mut follower = Command::new(BIN)
         .args(["debug", "logs", "--level", "debug", "-c"])
         .arg(&cfg)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut follower_out = follower.stdout.take().unwrap();
@@ -363,8 +363,27 @@ fn a_log_follower_that_never_reads_is_dropped_and_slows_nothing() {
     // The reading follower is still there and saw the last requests.
     get(&s, "/livez?last");
     std::thread::sleep(Duration::from_millis(300));
+    // tbot stops: the stream ends, and the command says so (exit 1).
+    t.signal(libc::SIGTERM);
+    t.wait_exit(Duration::from_secs(5));
+    let end = Instant::now() + Duration::from_secs(10);
+    while follower.try_wait().unwrap().is_none() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let _ = follower.kill();
-    let _ = follower.wait();
+    let code = follower.wait().unwrap().code();
+    let mut err = String::new();
+    follower
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("the log stream from") && err.contains("ended"),
+        "{err}"
+    );
     let all = reader.join().unwrap();
     assert!(
         all.contains("path=/livez") && all.contains("log follower dropped"),

@@ -264,8 +264,22 @@ fn local(req: &httparse::Request, buf: &[u8], len: usize) -> Option<Parsed> {
         Some(Ok(_)) => return Some(Parsed::Refuse(413, "a log level is a few bytes")),
         Some(Err(_)) => return Some(Parsed::Refuse(400, "malformed Content-Length")),
     };
+    // 405 with the methods these paths do take (`Allow`, RFC 9110
+    // §15.5.6); the connection closes after it.
+    let not_allowed = |allow: &str| {
+        let text = format!("405 method not allowed: {path} takes {allow}\n");
+        let resp = format!(
+            "HTTP/1.1 405 Method Not Allowed\r\nContent-Type: text/plain; charset=utf-8\r\nAllow: {allow}\r\nContent-Length: {}\r\n\r\n{text}",
+            text.len()
+        );
+        Some(Parsed::Answer {
+            resp: resp.into_bytes(),
+            keep_alive: false,
+            len,
+        })
+    };
     let ask = match (path, method) {
-        (LOG_LEVEL_PATH, "GET" | "HEAD") if body == 0 => LocalAsk::GetLevel,
+        (LOG_LEVEL_PATH, "GET") if body == 0 => LocalAsk::GetLevel,
         (LOG_LEVEL_PATH, "PUT") => {
             let Some(bytes) = buf.get(len..len + body) else {
                 return Some(Parsed::Partial);
@@ -273,10 +287,8 @@ fn local(req: &httparse::Request, buf: &[u8], len: usize) -> Option<Parsed> {
             LocalAsk::SetLevel(String::from_utf8_lossy(bytes).trim().to_string())
         }
         (LOGS_PATH, "GET") if body == 0 => LocalAsk::Follow(query.to_string()),
-        (LOG_LEVEL_PATH, _) => {
-            return Some(Parsed::Refuse(405, "/log-level takes GET, HEAD and PUT"))
-        }
-        _ => return Some(Parsed::Refuse(405, "/debug/logs takes GET")),
+        (LOG_LEVEL_PATH, _) => return not_allowed("GET, PUT"),
+        _ => return not_allowed("GET"),
     };
     Some(Parsed::Local {
         ask,
@@ -589,6 +601,16 @@ mod tests {
             parse_local("PUT /log-level HTTP/1.1\r\nHost: x\r\nContent-Length: 9999\r\n\r\n"),
             Parsed::Refuse(413, _)
         ));
+        let Parsed::Answer { resp, .. } =
+            parse_local("DELETE /log-level HTTP/1.1\r\nHost: x\r\n\r\n")
+        else {
+            panic!("not answered")
+        };
+        let resp = String::from_utf8(resp).unwrap();
+        assert!(
+            resp.starts_with("HTTP/1.1 405 ") && resp.contains("\r\nAllow: GET, PUT\r\n"),
+            "{resp}"
+        );
         let Parsed::Forward { head, .. } = parse_local("GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
         else {
             panic!("not forwarded")
