@@ -33,7 +33,8 @@ pub fn run(args: &DebugArgs) -> i32 {
             return exit::USAGE;
         }
     };
-    let sock = config.debug_socket;
+    // Absolute, for the messages (a relative -c makes relative paths).
+    let sock = std::path::absolute(&config.debug_socket).unwrap_or(config.debug_socket);
     let done = match &args.ask {
         Ask::Status => status(&sock),
         Ask::LogLevel(level) => log_level(&sock, *level),
