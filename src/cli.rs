@@ -10,12 +10,14 @@ use crate::log::Format;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Cmd {
     Start,
+    Check,
     Wait,
     ProxyCommand,
     Status,
     DebugLogLevel,
     DebugProfile,
     DebugLogs,
+    Completions,
     Version,
     Help,
 }
@@ -36,6 +38,12 @@ pub const COMMANDS: &[CommandInfo] = &[
         args: "",
         about:
             "Run the bot: keep credentials fresh, run services, serve diagnostics; SIGHUP reloads.",
+    },
+    CommandInfo {
+        cmd: Cmd::Check,
+        name: "check",
+        args: "",
+        about: "Check a configuration file as start would load it, starting nothing (exit 0 good, 2 not).",
     },
     CommandInfo {
         cmd: Cmd::Wait,
@@ -72,6 +80,12 @@ pub const COMMANDS: &[CommandInfo] = &[
         name: "debug logs",
         args: "",
         about: "Follow the running bot's log lines until interrupted.",
+    },
+    CommandInfo {
+        cmd: Cmd::Completions,
+        name: "completions",
+        args: SHELLS_ARG,
+        about: "Print shell completions for bash, zsh or fish (from this flag table).",
     },
     CommandInfo {
         cmd: Cmd::Version,
@@ -121,7 +135,14 @@ pub const FLAGS: &[Flag] = &[
         short: Some('c'),
         value: Some("FILE"),
         env: Some("TBOT_CONFIG_PATH"),
-        commands: &[Cmd::Start, Cmd::Status, Cmd::DebugLogLevel, Cmd::DebugProfile, Cmd::DebugLogs],
+        commands: &[
+            Cmd::Start,
+            Cmd::Check,
+            Cmd::Status,
+            Cmd::DebugLogLevel,
+            Cmd::DebugProfile,
+            Cmd::DebugLogs,
+        ],
         required: &[],
         help: "Configuration file (YAML, version: v2). For status and debug: the running bot's, which names its debug socket (default /etc/tbot/tbot.yaml).",
     },
@@ -213,12 +234,14 @@ pub const FLAGS: &[Flag] = &[
         env: None,
         commands: &[
             Cmd::Start,
+            Cmd::Check,
             Cmd::Wait,
             Cmd::ProxyCommand,
             Cmd::Status,
             Cmd::DebugLogLevel,
             Cmd::DebugProfile,
             Cmd::DebugLogs,
+            Cmd::Completions,
             Cmd::Version,
             Cmd::Help,
         ],
@@ -250,6 +273,8 @@ pub const SIGNALS: &[(&str, &str)] = &[
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
     Start(StartArgs),
+    /// `tbot check`: only `config` and `config_from_env` are set.
+    Check(StartArgs),
     Wait(WaitArgs),
     MuxProxy {
         socket: PathBuf,
@@ -257,9 +282,26 @@ pub enum Command {
     },
     /// `tbot status` and `tbot debug ...`: through the debug socket.
     Debug(DebugArgs),
+    Completions(Shell),
     Version,
     Help(Option<Cmd>),
 }
+
+/// The shells `tbot completions` writes for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+/// Every [`Shell`], by the name the command line takes.
+pub const SHELLS: &[(&str, Shell)] = &[
+    ("bash", Shell::Bash),
+    ("zsh", Shell::Zsh),
+    ("fish", Shell::Fish),
+];
+const SHELLS_ARG: &str = "bash|zsh|fish";
 
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct StartArgs {
@@ -360,7 +402,17 @@ pub fn parse(
             }),
             _ => Err(Usage(format!("usage: {}", usage(cmd)))),
         },
-        Cmd::Start => start_args(&read, env).map(Command::Start),
+        Cmd::Start => start_args(&read, env, cmd).map(Command::Start),
+        Cmd::Check => start_args(&read, env, cmd).map(Command::Check),
+        Cmd::Completions => match read.positional.as_slice() {
+            [name] => match SHELLS.iter().find(|(n, _)| n == name) {
+                Some((_, shell)) => Ok(Command::Completions(*shell)),
+                None => Err(Usage(format!(
+                    "unknown shell {name:?}: expected {SHELLS_ARG}"
+                ))),
+            },
+            _ => Err(Usage(format!("usage: {}", usage(cmd)))),
+        },
         Cmd::Wait => wait_args(&read).map(Command::Wait),
         Cmd::Status | Cmd::DebugLogLevel | Cmd::DebugProfile | Cmd::DebugLogs => {
             debug_args(&read, env, cmd).map(Command::Debug)
@@ -411,6 +463,26 @@ fn debug_args(
         _ => Ask::Status,
     };
     Ok(DebugArgs { config, ask })
+}
+
+/// The log format the arguments ask for (`--log-format json` or
+/// `--log-format=json`), looked for before they are parsed: when the rest of
+/// the command line is wrong, its error still comes in that format.
+pub fn requested_log_format(args: &[OsString]) -> Option<Format> {
+    let flag = format!("--{}", flag(Id::LogFormat).long);
+    let mut it = args.iter().filter_map(|a| a.to_str());
+    let mut found = None;
+    while let Some(a) = it.next() {
+        let value = if a == flag {
+            it.next()
+        } else {
+            a.strip_prefix(&flag).and_then(|r| r.strip_prefix('='))
+        };
+        if let Some(f) = value.and_then(Format::parse) {
+            found = Some(f);
+        }
+    }
+    found
 }
 
 fn lexopt_error(e: lexopt::Error) -> Usage {
@@ -541,12 +613,26 @@ fn env_of(id: Id, env: &dyn Fn(&str) -> Option<String>) -> Option<String> {
     flag(id).env.and_then(env)
 }
 
-fn start_args(read: &Read, env: &dyn Fn(&str) -> Option<String>) -> Result<StartArgs, Usage> {
-    no_positional(&read.positional, Cmd::Start)?;
+/// `tbot start`'s arguments, and `tbot check`'s (the flags of [`FLAGS`]
+/// that `check` takes are read the same way; the others are not there).
+fn start_args(
+    read: &Read,
+    env: &dyn Fn(&str) -> Option<String>,
+    cmd: Cmd,
+) -> Result<StartArgs, Usage> {
+    no_positional(&read.positional, cmd)?;
+    // A flag's environment variable counts only for the commands it is for.
+    let env = |id: Id| {
+        if flag(id).commands.contains(&cmd) {
+            env_of(id, env)
+        } else {
+            None
+        }
+    };
     let mut a = StartArgs::default();
     if let Some(c) = read.get(Id::Config) {
         a.config = Some(c.into());
-    } else if let Some(c) = env_of(Id::Config, env).filter(|c| !c.is_empty()) {
+    } else if let Some(c) = env(Id::Config).filter(|c| !c.is_empty()) {
         a.config = Some(c.into());
         a.config_from_env = true;
     }
@@ -556,7 +642,7 @@ fn start_args(read: &Read, env: &dyn Fn(&str) -> Option<String>) -> Result<Start
     }
     if read.has(Id::Debug) {
         a.debug = Some(true);
-    } else if let Some(v) = env_of(Id::Debug, env) {
+    } else if let Some(v) = env(Id::Debug) {
         if truthy(flag(Id::Debug).env.unwrap_or_default(), &v).map_err(Usage)? {
             a.debug = Some(true);
             a.debug_from_env = true;
@@ -695,12 +781,14 @@ mod tests {
             lines,
             [
                 "tbot start [-c FILE] [--diag-addr HOST:PORT] [-d|--debug] [--log-format text|json] [--oneshot]",
+                "tbot check [-c FILE]",
                 "tbot wait --diag-addr HOST:PORT [--service NAME] [--timeout DURATION]",
                 "tbot ssh-multiplexer-proxy-command SOCKET TARGET",
                 "tbot status [-c FILE]",
                 "tbot debug log-level [-c FILE] [LEVEL]",
                 "tbot debug profile [-c FILE] [--seconds N]",
                 "tbot debug logs [-c FILE] [--level LEVEL]",
+                "tbot completions bash|zsh|fish",
                 "tbot version",
                 "tbot help [COMMAND]",
             ]
@@ -827,6 +915,42 @@ mod tests {
     }
 
     #[test]
+    fn check_and_completions() {
+        let Ok(Command::Check(a)) = run(&["check", "-c", "x.yaml"]) else {
+            panic!("check did not parse")
+        };
+        assert_eq!(a.config.as_deref(), Some(std::path::Path::new("x.yaml")));
+        // Only the flags check takes; TBOT_DEBUG is not one of them.
+        assert!(run(&["check", "--oneshot"]).is_err());
+        assert!(run(&["check", "extra"])
+            .unwrap_err()
+            .0
+            .contains("tbot check"));
+        let env = |k: &str| (k == "TBOT_DEBUG").then(|| "maybe".to_string());
+        assert!(parse(["check"].map(OsString::from), &env).is_ok());
+        assert_eq!(
+            run(&["completions", "zsh"]),
+            Ok(Command::Completions(Shell::Zsh))
+        );
+        assert!(run(&["completions", "tcsh"]).is_err());
+        assert!(run(&["completions"]).is_err());
+    }
+
+    #[test]
+    fn the_log_format_is_found_before_parsing() {
+        let f = |args: &[&str]| {
+            requested_log_format(&args.iter().map(OsString::from).collect::<Vec<_>>())
+        };
+        assert_eq!(
+            f(&["start", "--log-format", "json", "--bad"]),
+            Some(Format::Json)
+        );
+        assert_eq!(f(&["start", "--log-format=json"]), Some(Format::Json));
+        assert_eq!(f(&["start", "--log-format=xml"]), None);
+        assert_eq!(f(&["start"]), None);
+    }
+
+    #[test]
     fn help_and_version() {
         assert_eq!(run(&["--help"]), Ok(Command::Help(None)));
         assert_eq!(
@@ -886,5 +1010,16 @@ mod tests {
             signals.contains("SIGQUIT"),
             "man page SIGNALS lacks the rest"
         );
+        let status: Vec<&str> = man
+            .lines()
+            .skip_while(|l| *l != ".Sh EXIT STATUS")
+            .take_while(|l| *l != ".Sh EXAMPLES")
+            .collect();
+        for code in [crate::exit::OK, crate::exit::FAILURE, crate::exit::USAGE] {
+            assert!(
+                status.contains(&format!(".It {code}").as_str()),
+                "man page EXIT STATUS lacks {code}"
+            );
+        }
     }
 }

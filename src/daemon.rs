@@ -32,12 +32,18 @@ pub fn start(args: StartArgs) -> i32 {
             return exit::USAGE;
         }
     };
+    // Never as another user than the storage's owner (root included).
+    let command = crate::infra::owner::command_line();
+    if let Err(e) = crate::infra::owner::refuse_foreign_storage(&config.storage, &command) {
+        log::fatal(&e);
+        return exit::USAGE;
+    }
     // One tbot per storage directory, daemon or --oneshot: held until exit.
     let _storage_lock = match crate::infra::instance_lock::lock_storage(&config.storage) {
         Ok(held) => Some(held),
         Err(StorageLockError::InUse(e)) => {
             log::error("cannot start", &[("error", &e)]);
-            eprintln!("tbot: {e}");
+            log::fatal(&e);
             return exit::FAILURE;
         }
         Err(StorageLockError::Unusable(e)) => {
@@ -113,7 +119,8 @@ fn run(args: StartArgs, config: Arc<Config>) -> Result<(), String> {
     log::info(
         "tbot started",
         &[
-            ("version", &env!("CARGO_PKG_VERSION")),
+            ("version", &crate::build_info::VERSION),
+            ("revision", &crate::build_info::REVISION),
             ("services", &running.len()),
         ],
     );

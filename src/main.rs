@@ -8,7 +8,10 @@
 //! under `infra`; the CA and the files it writes under `credentials`; exit
 //! codes are in `exit`, logging in `log`.
 
+mod build_info;
+mod check;
 mod cli;
+mod completions;
 mod config;
 mod credentials;
 mod daemon;
@@ -34,7 +37,11 @@ fn main() {
     // Before any thread exists (see infra::malloc).
     infra::malloc::tune();
     let env = |k: &str| std::env::var(k).ok();
-    let command = match cli::parse(std::env::args_os().skip(1), &env) {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if let Some(format) = cli::requested_log_format(&args) {
+        log::set_format(format);
+    }
+    let command = match cli::parse(args, &env) {
         Ok(c) => c,
         Err(cli::Usage(msg)) => {
             log::fatal(&msg);
@@ -47,7 +54,12 @@ fn main() {
             exit::OK
         }
         Command::Version => {
-            println!("tbot {}", env!("CARGO_PKG_VERSION"));
+            print!("{}", build_info::long_version());
+            exit::OK
+        }
+        Command::Check(args) => check::run(&args),
+        Command::Completions(shell) => {
+            print!("{}", completions::script(shell));
             exit::OK
         }
         Command::Wait(args) => wait::run(&args),

@@ -21,16 +21,14 @@ pub fn run(config: &Config) -> i32 {
         Ok(i) => i,
         Err(e) => {
             log::error("the bot's CA is not usable", &[("error", &e)]);
-            eprintln!("tbot: oneshot: the bot's CA: {e}");
+            log::fatal(&format!("oneshot: the bot's CA: {e}"));
             return exit::FAILURE;
         }
     };
-    log::info(
-        "the bot's CA is loaded",
-        &[
-            ("path", &issuer.key_path().display()),
-            ("fingerprint", &issuer.fingerprint()),
-        ],
+    crate::services::bot_identity::log_first(
+        &issuer.key_path().display().to_string(),
+        issuer.fingerprint(),
+        issuer.generated(),
     );
     let host = crate::infra::host::hostname();
     let mut outputs = 0;
@@ -76,11 +74,11 @@ pub fn run(config: &Config) -> i32 {
         log::info("oneshot: done", &[("identity_outputs", &outputs)]);
         exit::OK
     } else {
-        eprintln!(
-            "tbot: oneshot: {} of {outputs} identity outputs failed: {}",
+        log::fatal(&format!(
+            "oneshot: {} of {outputs} identity outputs failed: {}",
             failures.len(),
             failures.join("; ")
-        );
+        ));
         exit::FAILURE
     }
 }

@@ -26,6 +26,8 @@ use crate::infra::threads::{spawn_member, Group, Member};
 use crate::log;
 use crate::services::{Context, Drain, Shared, Spec};
 
+/// How long the `service-hold@NAME` failpoint holds a start (debug builds).
+const HELD: Duration = Duration::from_secs(24 * 3600);
 pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
 const RESTART: Backoff = Backoff {
@@ -165,6 +167,15 @@ pub fn start_one(
 }
 
 fn supervise(mut service: Box<dyn crate::services::Service>, ctx: Context) {
+    // Debug builds: `service-hold@NAME=on` holds the service NAME in its
+    // start (`initializing`) until it is stopped, as a start that never
+    // ends would (how the suite proves the stuck-initializing alert).
+    if cfg!(debug_assertions)
+        && crate::infra::failpoints::on(&format!("service-hold@{}", ctx.name()))
+        && !ctx.sleep(HELD)
+    {
+        return;
+    }
     let mut backoff = None;
     loop {
         let started = Instant::now();

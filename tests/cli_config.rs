@@ -12,7 +12,14 @@ const T: Duration = Duration::from_secs(10);
 fn help_version_and_usage_errors() {
     let (code, out, _) = run_tbot(&["help"], &[], T);
     assert_eq!(code, Some(0));
-    for c in ["start", "wait", "ssh-multiplexer-proxy-command", "version"] {
+    for c in [
+        "start",
+        "check",
+        "wait",
+        "ssh-multiplexer-proxy-command",
+        "completions",
+        "version",
+    ] {
         assert!(out.contains(c), "help lacks {c}:\n{out}");
     }
     let (code, out, _) = run_tbot(&["start", "--help"], &[], T);
@@ -55,7 +62,8 @@ fn help_version_and_usage_errors() {
 }
 
 /// Runs `tbot start` on `text` and expects exit 2 with `want` in the one-line
-/// message, and nothing started (no storage directory created).
+/// message, and nothing started (no storage directory created); then
+/// `tbot check` on it, which must refuse it (exit 2) with the very same line.
 fn refused(text: &str, want: &str) {
     let dir = TempDir::new("cfg");
     let cfg = dir.write("tbot.yaml", text);
@@ -80,6 +88,19 @@ fn refused(text: &str, want: &str) {
         !dir.join("storage").exists(),
         "a refused config must write nothing"
     );
+    let (code, out, check_err) = run_tbot(&["check", "-c", &cfg_s], &[], T);
+    assert_eq!(
+        code,
+        Some(2),
+        "check: expected exit 2 for {want:?}: {check_err}"
+    );
+    assert_eq!(
+        check_err.lines().collect::<Vec<_>>(),
+        [line],
+        "check and start differ"
+    );
+    assert!(out.is_empty(), "check printed {out:?}");
+    assert!(!dir.join("storage").exists(), "check wrote something");
 }
 
 const HEAD: &str = "version: v2\nstorage: {type: directory, path: STORAGE}\n";
@@ -133,12 +154,17 @@ fn every_class_of_configuration_error_is_refused_with_its_location() {
 
 #[test]
 fn missing_or_unreadable_config_file() {
-    let (code, _, err) = run_tbot(&["start", "-c", "/nonexistent/tbot.yaml"], &[], T);
+    for cmd in ["start", "check"] {
+        let (code, _, err) = run_tbot(&[cmd, "-c", "/nonexistent/tbot.yaml"], &[], T);
+        assert_eq!(code, Some(2), "{cmd}");
+        assert!(
+            err.contains("/nonexistent/tbot.yaml: No such file or directory"),
+            "{cmd}: {err}"
+        );
+    }
+    let (code, _, err) = run_tbot(&["check"], &[], T);
     assert_eq!(code, Some(2));
-    assert!(
-        err.contains("/nonexistent/tbot.yaml: No such file or directory"),
-        "{err}"
-    );
+    assert!(err.contains("-c FILE"), "{err}");
     let dir = TempDir::new("cfgdir");
     let d = dir.path().display().to_string();
     let (code, _, err) = run_tbot(&["start", "-c", &d], &[], T);

@@ -270,7 +270,7 @@ fn metrics_pass_promtool_and_carry_tbot_series() {
         "process_open_fds",
         "process_threads",
         "process_start_time_seconds",
-        "tbot_info{version=\"",
+        "tbot_info{revision=\"",
         r#"tbot_service_health{service="heartbeat",status="healthy",type="heartbeat"} 1"#,
         r#"tbot_service_health{service="heartbeat",status="initializing",type="heartbeat"} 0"#,
         r#"tbot_task_iterations_total{name="heartbeat",service="heartbeat"} 1"#,

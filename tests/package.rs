@@ -1,5 +1,5 @@
 //! The Debian package (issue 8): lintian-clean, symbols kept for profiles,
-//! a hardened unit, and an end-to-end run on a booted Debian bookworm in
+//! the alert rules with their tests, a hardened unit, and an end-to-end run on a booted Debian bookworm in
 //! systemd-nspawn: install, supervision by systemd, reload, upgrade, purge.
 //! The .deb is built here with `cargo deb` (tests/run-all.sh installs
 //! cargo-deb, lintian, debootstrap and systemd-container).
@@ -84,6 +84,28 @@ fn the_packaged_binary_keeps_its_symbol_table_but_no_debug_info() {
     assert!(
         !sections.contains(".debug_info") && !sections.contains(".debug_line"),
         "debug info in the packaged binary:\n{sections}"
+    );
+}
+
+/// The alert rules ship with their promtool tests beside them, and those
+/// pass where the package installs them (issue 19): the test file names
+/// the rules by a path relative to itself.
+#[test]
+fn the_packaged_alert_rules_pass_their_tests_where_installed() {
+    let d = debs();
+    let x = d.dir.join("extracted-alerts");
+    let (ok, text) = run(Command::new("dpkg-deb").arg("-x").arg(&d.v1).arg(&x));
+    assert!(ok, "dpkg-deb -x: {text}");
+    let examples = x.join("usr/share/doc/tbot/examples");
+    for f in ["tbot-alerts.yml", "tbot-alerts_test.yml"] {
+        assert!(examples.join(f).is_file(), "{f} is not in the package");
+    }
+    let (ok, text) = run(Command::new("promtool")
+        .args(["test", "rules", "tbot-alerts_test.yml"])
+        .current_dir(&examples));
+    assert!(
+        ok && text.contains("SUCCESS"),
+        "promtool test rules:\n{text}"
     );
 }
 

@@ -8,11 +8,14 @@
 //! Prometheus is killed by PID.
 
 mod common;
+#[path = "support/prometheus.rs"]
+#[allow(dead_code)] // not every helper is used here
+mod prometheus;
 
 use common::*;
+use prometheus::Prometheus;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -73,46 +76,9 @@ fn relay(upstream: SocketAddr) -> (SocketAddr, Arc<Mutex<Seen>>) {
     (addr, seen)
 }
 
-/// Kills the process by PID on drop.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `value[1]` of each result of an instant query, or None if not answered.
-fn query(prom: SocketAddr, q: &str) -> Option<Vec<String>> {
-    let r = request_timeout(
-        prom,
-        format!("GET /api/v1/query?query={q} HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n")
-            .as_bytes(),
-        Duration::from_secs(5),
-    )
-    .ok()?;
-    if r.status != 200 {
-        return None;
-    }
-    let v: serde_json::Value = serde_json::from_str(&r.body).ok()?;
-    Some(
-        v["data"]["result"]
-            .as_array()?
-            .iter()
-            .filter_map(|s| s["value"][1].as_str().map(str::to_string))
-            .collect(),
-    )
-}
-
 #[test]
 fn prometheus_scrapes_tbot_with_gzip() {
-    if Command::new("prometheus")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("skipped: prometheus is not installed (Debian package `prometheus`)");
+    if prometheus::missing() {
         return;
     }
     let dir = TempDir::new("prometheus");
@@ -121,35 +87,18 @@ fn prometheus_scrapes_tbot_with_gzip() {
     t.until("/readyz", Duration::from_secs(10), |r| r.status == 200);
     let (target, seen) = relay(t.addr());
 
-    let pdir = TempDir::new("prometheus-data");
-    let pcfg = pdir.write(
-        "prometheus.yml",
+    let p = Prometheus::start(
         &format!(
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: tbot\n    static_configs:\n      - targets: ['{target}']\n"
         ),
-    );
-    let port = free_port();
-    let prom: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let _p = Killed(
-        Command::new("prometheus")
-            .arg(format!("--config.file={}", pcfg.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                pdir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address={prom}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start prometheus"),
+        &[],
     );
 
     let deadline = Instant::now() + Duration::from_secs(60);
     let (mut up, mut info) = (None, None);
     while Instant::now() < deadline {
-        up = query(prom, "up");
-        info = query(prom, "tbot_info");
+        up = p.values("up");
+        info = p.values("tbot_info");
         if up.as_deref() == Some(&["1".to_string()][..])
             && info.as_ref().is_some_and(|v| !v.is_empty())
         {
@@ -159,10 +108,7 @@ fn prometheus_scrapes_tbot_with_gzip() {
     }
     assert_eq!(up.as_deref(), Some(&["1".to_string()][..]), "up");
     assert_eq!(info.as_deref(), Some(&["1".to_string()][..]), "tbot_info");
-    let health = query(
-        prom,
-        "tbot_service_health%7Bservice%3D%22heartbeat%22%2Cstatus%3D%22healthy%22%7D",
-    );
+    let health = p.values(r#"tbot_service_health{service="heartbeat",status="healthy"}"#);
     assert_eq!(health.as_deref(), Some(&["1".to_string()][..]));
 
     let s = seen.lock().unwrap();

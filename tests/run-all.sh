@@ -32,6 +32,9 @@ command -v nm >/dev/null 2>&1 || need+=(binutils)
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 command -v systemd-nspawn >/dev/null 2>&1 || need+=(systemd-container)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+# The shells whose completions `tbot completions` writes (tests/operator_cli.rs).
+command -v zsh >/dev/null 2>&1 || need+=(zsh)
+command -v fish >/dev/null 2>&1 || need+=(fish)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   sudo=()

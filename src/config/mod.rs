@@ -22,7 +22,7 @@ pub use crate::infra::acl::{Access, Reader};
 pub use locate::{locate, Seg};
 pub use names::check_addr;
 use schema::{RawConfig, ServiceType};
-pub use start_args::configure;
+pub use start_args::{config_path, configure};
 use validate::validate;
 
 pub const RESERVED_NAMES: [&str; 3] = ["identity", "heartbeat", "ca-rotation"];

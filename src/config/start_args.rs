@@ -9,12 +9,20 @@ use crate::log::{self, Format};
 
 use super::Config;
 
+/// The configuration file the command line names (`-c` or
+/// `TBOT_CONFIG_PATH`), or the error that there is none. `tbot start` and
+/// `tbot check` find it the same way.
+pub fn config_path(args: &StartArgs) -> Result<&Path, String> {
+    match &args.config {
+        Some(path) => Ok(path),
+        None => Err("no configuration file: pass -c FILE or set TBOT_CONFIG_PATH".into()),
+    }
+}
+
 /// Loads the configuration and applies command-line overrides, logging each.
 pub fn configure(args: &StartArgs) -> Result<Config, String> {
-    let Some(path) = &args.config else {
-        return Err("no configuration file: pass -c FILE or set TBOT_CONFIG_PATH".into());
-    };
-    let mut config = super::load(Path::new(path)).map_err(|e| e.to_string())?;
+    let path = config_path(args)?;
+    let mut config = super::load(path).map_err(|e| e.to_string())?;
     config.file = path.display().to_string();
     log::configure(
         args.log_format.unwrap_or(Format::Text),

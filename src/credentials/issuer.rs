@@ -48,6 +48,8 @@ pub struct Issuer {
     fingerprint: String,
     ca_public: String,
     stamp: KeyFileStamp,
+    /// Made by this process ([`Issuer::load_or_create`] found no key), not read.
+    generated: bool,
 }
 
 /// A freshly issued key pair and certificate, each in OpenSSH text form.
@@ -124,7 +126,9 @@ impl Issuer {
         crate::infra::chase::open_dir(crate::infra::atomic_file::parent_dir(&key_path), true)?
             .write_atomic(CA_KEY_FILE, pem.as_bytes(), 0o600)?;
         let stamp = ca_key_stamp_at(&key_path)?;
-        Issuer::new(ca, key_path, stamp)
+        let mut issuer = Issuer::new(ca, key_path, stamp)?;
+        issuer.generated = true;
+        Ok(issuer)
     }
 
     fn new(ca: PrivateKey, key_path: PathBuf, stamp: KeyFileStamp) -> Result<Issuer, String> {
@@ -140,7 +144,14 @@ impl Issuer {
             fingerprint,
             ca_public,
             stamp,
+            generated: false,
         })
+    }
+
+    /// Whether this process generated the key (there was none), rather than
+    /// reading it.
+    pub fn generated(&self) -> bool {
+        self.generated
     }
 
     /// `SHA256:<base64>`, as `ssh-keygen -l` prints it.

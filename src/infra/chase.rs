@@ -58,35 +58,84 @@ pub fn describe(path: &Path, e: Errno) -> String {
 /// documentation), creating missing components with mode 0700 when
 /// `create`. Errors: `<path so far>: <reason>`.
 pub fn open_dir(path: &Path, create: bool) -> Result<DirHandle, String> {
-    let start = if path.is_absolute() { "/" } else { "." };
-    let base = rfs::openat(CWD, start, path_flags(), Mode::empty())
-        .map_err(|e| describe(Path::new(start), e))?;
-    let mut walk = Walk {
-        cur: base,
-        walked: PathBuf::from(if path.is_absolute() { "/" } else { "" }),
-        todo: components(path),
-        links: 0,
-        create,
-    };
+    let mut walk = Walk::new(path, create)?;
     while let Some(name) = walk.todo.pop_front() {
         walk.step(name)?;
     }
-    let shown = if walk.walked.as_os_str().is_empty() {
-        PathBuf::from(".")
-    } else {
-        walk.walked.clone()
-    };
-    let fd = rfs::openat(
-        &walk.cur,
-        ".",
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| describe(&shown, e))?;
-    Ok(DirHandle {
-        fd,
-        path: path.to_path_buf(),
+    walk.finish(path)
+}
+
+/// How much of a directory path exists: see [`probe_dir`].
+#[derive(Debug)]
+pub struct Probe {
+    /// The deepest directory of the path that exists (the path itself when
+    /// `missing` is 0).
+    pub deepest: DirHandle,
+    /// How many components are missing below it (what [`open_dir`] with
+    /// `create` would make).
+    pub missing: usize,
+}
+
+/// Walks `path` as [`open_dir`] does (the same symlink rule, the same
+/// errors) but creates nothing and changes nothing: it stops at the first
+/// component that does not exist. For `tbot check`.
+pub fn probe_dir(path: &Path) -> Result<Probe, String> {
+    let mut walk = Walk::new(path, false)?;
+    while let Some(name) = walk.todo.pop_front() {
+        if name != ".." {
+            match rfs::statat(&walk.cur, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
+                Err(Errno::NOENT) => {
+                    walk.todo.push_front(name);
+                    break;
+                }
+                Err(e) => return Err(describe(&walk.walked.join(&name), e)),
+                Ok(_) => {}
+            }
+        }
+        walk.step(name)?;
+    }
+    let missing = walk.todo.len();
+    let shown = walk.walked.clone();
+    Ok(Probe {
+        deepest: walk.finish(&shown)?,
+        missing,
     })
+}
+
+impl Walk {
+    /// A walk of `path` from `/` (absolute) or the working directory.
+    fn new(path: &Path, create: bool) -> Result<Walk, String> {
+        let start = if path.is_absolute() { "/" } else { "." };
+        let base = rfs::openat(CWD, start, path_flags(), Mode::empty())
+            .map_err(|e| describe(Path::new(start), e))?;
+        Ok(Walk {
+            cur: base,
+            walked: PathBuf::from(if path.is_absolute() { "/" } else { "" }),
+            todo: components(path),
+            links: 0,
+            create,
+        })
+    }
+
+    /// The directory the walk ended in, opened for reading, as `path`.
+    fn finish(self, path: &Path) -> Result<DirHandle, String> {
+        let shown = if self.walked.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            self.walked.clone()
+        };
+        let fd = rfs::openat(
+            &self.cur,
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| describe(&shown, e))?;
+        Ok(DirHandle {
+            fd,
+            path: path.to_path_buf(),
+        })
+    }
 }
 
 fn path_flags() -> OFlags {
@@ -380,6 +429,23 @@ mod tests {
             open_dir(&p.join("sub"), true).unwrap_err(),
             format!("{}: not a directory", p.display())
         );
+    }
+
+    #[test]
+    fn probe_creates_nothing_and_says_what_is_missing() {
+        let d = TestDir::new("chase-probe");
+        let real = d.0.join("real");
+        fs::create_dir(&real).unwrap();
+        symlink(&real, d.0.join("link")).unwrap();
+        let p = probe_dir(&d.0.join("link/a/b")).unwrap();
+        assert_eq!(p.missing, 2);
+        assert_eq!(p.deepest.path(), real);
+        assert!(!real.join("a").exists());
+        let p = probe_dir(&d.0.join("link")).unwrap();
+        assert_eq!(p.missing, 0);
+        fs::write(real.join("f"), b"x").unwrap();
+        let e = probe_dir(&d.0.join("link/f/x")).unwrap_err();
+        assert_eq!(e, format!("{}: not a directory", real.join("f").display()));
     }
 
     #[test]

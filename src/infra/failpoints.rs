@@ -5,7 +5,9 @@
 //! point named `heartbeat`, panic the first time; at `heartbeat-start`,
 //! sleep 3000 ms. `name=on` sets a switch that [`on`] reads
 //! (`mux-no-fd-budget=on`: the multiplexer's cap is not fitted to the
-//! open-file limit, so that a test can run it out of descriptors). This is how the suite proves, through the real binary,
+//! open-file limit, so that a test can run it out of descriptors;
+//! `service-hold@NAME=on`: the supervisor holds the service NAME in its
+//! start, `initializing`, until it stops). This is how the suite proves, through the real binary,
 //! that a panicking service is caught, reported and restarted.
 //!
 //! A point inside a file write ([`hit_in_write`]) can also be named for one

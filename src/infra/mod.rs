@@ -7,7 +7,8 @@
 //! - files: `chase` (output directories without following others'
 //!   symlinks), `atomic_file` (crash-safe writes), `fsutil` (private
 //!   directories), `instance_lock` (flock(2): one tbot per storage directory),
-//!   `acl` (POSIX ACLs for a destination's readers);
+//!   `acl` (POSIX ACLs for a destination's readers), `owner` (whose a
+//!   directory is; no running on another user's storage);
 //! - public sockets: `sockets` (spare descriptor, out-of-descriptors
 //!   check, lingering close);
 //! - stopping: `stop` (one stop signal: a channel and a descriptor);
@@ -33,6 +34,7 @@ pub mod inotify;
 pub mod instance_lock;
 pub mod liveness;
 pub mod malloc;
+pub mod owner;
 pub mod poll;
 pub mod procstat;
 pub mod signals;

@@ -190,17 +190,31 @@ fn emit(level: u8, name: &str, msg: &str, fields: Fields) {
     follow::publish(level, &line.as_bytes()[prefix.len()..]);
 }
 
-/// A bare `tbot: MSG` line on stderr for an error that ends the process
-/// (usage, configuration, start-up), in either log format; it starts with
-/// the error priority `<3>` when stderr is the journal, so that
-/// `journalctl -p err` shows why tbot did not start.
+/// The line on stderr for an error that ends the process (usage,
+/// configuration, start-up): `tbot: MSG` in the text format; in the JSON
+/// format one JSON object like every other line
+/// (`{"time":..,"level":"error","msg":MSG,"fatal":true}`), so that a JSON
+/// stream stays JSON to its end. It starts with the error priority `<3>` when
+/// stderr is the journal, so that `journalctl -p err` shows why tbot did not
+/// start. Written whatever the level: a fatal error is never filtered out.
 pub fn fatal(msg: &str) {
     let prefix = if crate::infra::systemd::journal::stderr_is_journal() {
         priority_prefix(3)
     } else {
         ""
     };
-    let _ = writeln!(std::io::stderr().lock(), "{prefix}tbot: {msg}");
+    let line = if JSON.load(Ordering::Relaxed) {
+        render(true, SystemTime::now(), "ERROR", msg, &[("fatal", &true)])
+    } else {
+        format!("tbot: {msg}")
+    };
+    let _ = writeln!(std::io::stderr().lock(), "{prefix}{line}");
+}
+
+/// Sets the line format alone, before anything else is known (the command
+/// line asked for JSON but could not be parsed): fatal errors come in it.
+pub fn set_format(format: Format) {
+    JSON.store(format == Format::Json, Ordering::Relaxed);
 }
 
 fn render(json: bool, now: SystemTime, level: &str, msg: &str, fields: Fields) -> String {

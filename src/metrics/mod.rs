@@ -20,7 +20,7 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 pub struct Metrics {
     registry: Registry,
     /// `tbot_service_health`, `tbot_task_*` and
-    /// `tbot_identity_certificate_expiry_timestamp_seconds`.
+    /// `tbot_identity_certificate_*_timestamp_seconds`.
     series: Mutex<series::Table>,
     /// The length of the last scrape: the next one's buffer starts that
     /// large (no regrowth and copying while writing).
@@ -122,9 +122,13 @@ impl Metrics {
             &r,
             "tbot_info",
             "Information about this tbot build; always 1.",
-            &["version"],
+            &["version", "revision", "tree", "rustc", "target"],
         )?;
-        info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        {
+            use crate::build_info as b;
+            info.with_label_values(&[b::VERSION, b::REVISION, b::TREE, b::RUSTC, b::TARGET])
+                .set(1);
+        }
         let (mux_started, mux_handled, mux_in_flight) = mux_metrics(&r)?;
         let (reload_successful, reload_success_timestamp) = reload_metrics(&r)?;
         Ok(Metrics {
@@ -153,10 +157,11 @@ impl Metrics {
         self.series().set_health(service, kind, status);
     }
 
-    /// Records the `valid_before` (Unix seconds) of the certificate the
-    /// identity output `service` wrote last.
-    pub fn set_certificate_expiry(&self, service: &str, unix_seconds: f64) {
-        self.series().set_expiry(service, unix_seconds);
+    /// Records the times (Unix seconds) of the certificate the identity
+    /// output `service` wrote last: `..._expiry_`, `..._valid_after_` and
+    /// `..._renewal_timestamp_seconds`.
+    pub fn set_certificate(&self, service: &str, times: series::CertificateTimes) {
+        self.series().set_certificate(service, times);
     }
 
     /// When the certificate `service` last wrote expires (Unix seconds), if
@@ -165,9 +170,10 @@ impl Metrics {
         self.series().expiry(service)
     }
 
-    /// Drops `service`'s expiry series (the service stopped or was removed).
-    pub fn remove_certificate_expiry(&self, service: &str) {
-        self.series().remove_expiry(service);
+    /// Drops `service`'s certificate series (the service stopped or was
+    /// removed).
+    pub fn remove_certificate(&self, service: &str) {
+        self.series().remove_certificate(service);
     }
 
     /// Drops the `tbot_service_health` series of `service` (every type and status).
@@ -190,7 +196,7 @@ impl Metrics {
     pub fn remove_service(&self, service: &str) {
         let mut t = self.series();
         t.remove_health(service);
-        t.remove_expiry(service);
+        t.remove_certificate(service);
         t.remove_tasks(service);
     }
 
@@ -227,16 +233,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn certificate_expiry_is_set_per_service_and_removed_with_it() {
+    fn certificate_times_are_set_per_service_and_removed_with_it() {
         let m = Metrics::new();
-        m.set_certificate_expiry("a", 1_796_022_633.0);
-        m.set_certificate_expiry("b", 1_796_000_000.0);
+        let at = |valid_before: f64| series::CertificateTimes {
+            valid_after: valid_before - 3660.0,
+            valid_before,
+            renew_at: valid_before - 2400.0,
+        };
+        m.set_certificate("a", at(1_796_022_633.0));
+        m.set_certificate("b", at(1_796_000_000.0));
         let text = String::from_utf8(m.render().unwrap()).unwrap();
-        assert!(text.contains(
-            "tbot_identity_certificate_expiry_timestamp_seconds{service=\"a\"} 1796022633\n"
-        ));
-        m.remove_certificate_expiry("a");
-        m.remove_certificate_expiry("never-set");
+        for line in [
+            "tbot_identity_certificate_expiry_timestamp_seconds{service=\"a\"} 1796022633\n",
+            "tbot_identity_certificate_valid_after_timestamp_seconds{service=\"a\"} 1796018973\n",
+            "tbot_identity_certificate_renewal_timestamp_seconds{service=\"a\"} 1796020233\n",
+        ] {
+            assert!(text.contains(line), "{line}{text}");
+        }
+        m.remove_certificate("a");
+        m.remove_certificate("never-set");
         let text = String::from_utf8(m.render().unwrap()).unwrap();
         assert!(!text.contains("service=\"a\""), "{text}");
         assert!(text.contains("{service=\"b\"} 1796000000\n"), "{text}");

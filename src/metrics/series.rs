@@ -1,5 +1,6 @@
 //! The series tbot keeps per service (`tbot_service_health`, the
-//! `tbot_task_*` family, `tbot_identity_certificate_expiry_timestamp_seconds`),
+//! `tbot_task_*` family, and per identity output the
+//! `tbot_identity_certificate_*_timestamp_seconds` gauges),
 //! held in one table of plain numbers and written straight into the text
 //! exposition format 0.0.4.
 //!
@@ -31,6 +32,8 @@ pub enum Family {
     TaskIterationsFailed,
     TaskIterationDuration,
     CertificateExpiry,
+    CertificateValidAfter,
+    CertificateRenewal,
 }
 
 impl Family {
@@ -41,6 +44,10 @@ impl Family {
             Family::TaskIterationsFailed => "tbot_task_iterations_failed_total",
             Family::TaskIterationDuration => "tbot_task_iteration_duration_seconds",
             Family::CertificateExpiry => "tbot_identity_certificate_expiry_timestamp_seconds",
+            Family::CertificateValidAfter => {
+                "tbot_identity_certificate_valid_after_timestamp_seconds"
+            }
+            Family::CertificateRenewal => "tbot_identity_certificate_renewal_timestamp_seconds",
         }
     }
 
@@ -58,12 +65,21 @@ impl Family {
             Family::CertificateExpiry => {
                 "When the certificate an identity output last wrote expires (its valid_before), in Unix seconds."
             }
+            Family::CertificateValidAfter => {
+                "When the certificate an identity output last wrote became valid (its valid_after, backdated 60 s for clock skew), in Unix seconds."
+            }
+            Family::CertificateRenewal => {
+                "When tbot is due to renew the certificate an identity output last wrote (renewal_interval after it wrote it), in Unix seconds."
+            }
         }
     }
 
     fn kind(self) -> &'static str {
         match self {
-            Family::ServiceHealth | Family::CertificateExpiry => "gauge",
+            Family::ServiceHealth
+            | Family::CertificateExpiry
+            | Family::CertificateValidAfter
+            | Family::CertificateRenewal => "gauge",
             Family::TaskIterations | Family::TaskIterationsFailed => "counter",
             Family::TaskIterationDuration => "histogram",
         }
@@ -71,16 +87,31 @@ impl Family {
 }
 
 /// Every family of the table, sorted by name (as the registry writes them).
-pub fn families() -> [Family; 5] {
+pub fn families() -> [Family; 7] {
     let mut all = [
         Family::ServiceHealth,
         Family::TaskIterations,
         Family::TaskIterationsFailed,
         Family::TaskIterationDuration,
         Family::CertificateExpiry,
+        Family::CertificateValidAfter,
+        Family::CertificateRenewal,
     ];
     all.sort_by_key(|f| f.name());
     all
+}
+
+/// The times of the certificate an identity output last wrote, in Unix
+/// seconds: what the expiry alerts need to judge it against its own
+/// lifetime (`valid_before - valid_after`) and tbot's renewal schedule.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CertificateTimes {
+    /// Its `valid_after` (tbot backdates it by `issuer::BACKDATE`).
+    pub valid_after: f64,
+    /// Its `valid_before`.
+    pub valid_before: f64,
+    /// When tbot is due to replace it: the write plus `renewal_interval`.
+    pub renew_at: f64,
 }
 
 /// One task of one service: its counters and duration histogram.
@@ -100,7 +131,7 @@ struct Task {
 #[derive(Default)]
 pub struct Table {
     health: BTreeMap<String, (String, Status)>,
-    expiry: BTreeMap<String, f64>,
+    certificates: BTreeMap<String, CertificateTimes>,
     tasks: BTreeMap<String, BTreeMap<String, Task>>,
 }
 
@@ -125,22 +156,22 @@ impl Table {
         self.health.remove(service);
     }
 
-    pub fn set_expiry(&mut self, service: &str, unix_seconds: f64) {
-        match self.expiry.get_mut(service) {
-            Some(v) => *v = unix_seconds,
+    pub fn set_certificate(&mut self, service: &str, times: CertificateTimes) {
+        match self.certificates.get_mut(service) {
+            Some(v) => *v = times,
             None => {
-                self.expiry.insert(service.to_string(), unix_seconds);
+                self.certificates.insert(service.to_string(), times);
             }
         }
     }
 
     /// When `service`'s certificate expires, in Unix seconds, if it wrote one.
     pub fn expiry(&self, service: &str) -> Option<f64> {
-        self.expiry.get(service).copied()
+        self.certificates.get(service).map(|c| c.valid_before)
     }
 
-    pub fn remove_expiry(&mut self, service: &str) {
-        self.expiry.remove(service);
+    pub fn remove_certificate(&mut self, service: &str) {
+        self.certificates.remove(service);
     }
 
     /// Calls `f` with the series of `service`'s `task`, made (at 0) if new.
@@ -191,7 +222,9 @@ impl Table {
     fn is_empty(&self, family: Family) -> bool {
         match family {
             Family::ServiceHealth => self.health.is_empty(),
-            Family::CertificateExpiry => self.expiry.is_empty(),
+            Family::CertificateExpiry
+            | Family::CertificateValidAfter
+            | Family::CertificateRenewal => self.certificates.is_empty(),
             _ => self.tasks.is_empty(),
         }
     }
@@ -211,11 +244,18 @@ impl Table {
         let mut head = Vec::with_capacity(160);
         match family {
             Family::ServiceHealth => self.write_health(out, &mut head),
-            Family::CertificateExpiry => {
-                for (service, v) in &self.expiry {
+            Family::CertificateExpiry
+            | Family::CertificateValidAfter
+            | Family::CertificateRenewal => {
+                for (service, c) in &self.certificates {
+                    let v = match family {
+                        Family::CertificateValidAfter => c.valid_after,
+                        Family::CertificateRenewal => c.renew_at,
+                        _ => c.valid_before,
+                    };
                     head.clear();
                     label(&mut head, "{service", service);
-                    sample(out, [name, ""], &head, "", Value::Float(*v));
+                    sample(out, [name, ""], &head, "", Value::Float(v));
                 }
             }
             Family::TaskIterationDuration => self.write_durations(out, &mut head),
@@ -341,7 +381,8 @@ mod tests {
         iterations: IntCounterVec,
         failed: IntCounterVec,
         duration: HistogramVec,
-        expiry: GaugeVec,
+        /// valid_before, valid_after, renew_at.
+        certificate: [GaugeVec; 3],
     }
 
     impl Crate {
@@ -360,19 +401,26 @@ mod tests {
                 &task,
             )
             .unwrap();
-            let expiry = GaugeVec::new(opts(Family::CertificateExpiry), &["service"]).unwrap();
+            let certificate = [
+                Family::CertificateExpiry,
+                Family::CertificateValidAfter,
+                Family::CertificateRenewal,
+            ]
+            .map(|f| GaugeVec::new(opts(f), &["service"]).unwrap());
             r.register(Box::new(health.clone())).unwrap();
             r.register(Box::new(iterations.clone())).unwrap();
             r.register(Box::new(failed.clone())).unwrap();
             r.register(Box::new(duration.clone())).unwrap();
-            r.register(Box::new(expiry.clone())).unwrap();
+            for g in &certificate {
+                r.register(Box::new(g.clone())).unwrap();
+            }
             Crate {
                 r,
                 health,
                 iterations,
                 failed,
                 duration,
-                expiry,
+                certificate,
             }
         }
 
@@ -435,9 +483,16 @@ mod tests {
                 ours.record_task(s, "output-renewal", j % 3 == 0, secs);
                 theirs.record(s, "output-renewal", j % 3 == 0, secs);
             }
-            let expiry = 1_796_022_633.0 + i as f64 * 0.25;
-            ours.set_expiry(s, expiry);
-            theirs.expiry.with_label_values(&[s]).set(expiry);
+            let times = CertificateTimes {
+                valid_before: 1_796_022_633.0 + i as f64 * 0.25,
+                valid_after: 1_796_018_973.0 - i as f64,
+                renew_at: 1_796_020_233.5,
+            };
+            ours.set_certificate(s, times);
+            let values = [times.valid_before, times.valid_after, times.renew_at];
+            for (g, v) in theirs.certificate.iter().zip(values) {
+                g.with_label_values(&[s]).set(v);
+            }
         }
         assert_eq!(text(ours), theirs.text());
         // A status change, a type change, a removal.
@@ -452,7 +507,7 @@ mod tests {
         }
         theirs.set_health("id-2", "ssh-multiplexer", Status::Unhealthy);
         ours.remove_tasks("id-10");
-        ours.remove_expiry("id-10");
+        ours.remove_certificate("id-10");
         ours.remove_health("id-10");
         for task in ["output-renewal", "ca-check"] {
             theirs
@@ -465,7 +520,9 @@ mod tests {
                 .remove_label_values(&["id-10", task])
                 .unwrap();
         }
-        theirs.expiry.remove_label_values(&["id-10"]).unwrap();
+        for g in &theirs.certificate {
+            g.remove_label_values(&["id-10"]).unwrap();
+        }
         for s in Status::ALL {
             let _ = theirs
                 .health

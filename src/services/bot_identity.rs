@@ -37,14 +37,12 @@ impl BotIdentity {
 pub fn install(ctx: &Context, issuer: Issuer) {
     let fingerprint = issuer.fingerprint().to_string();
     let path = issuer.key_path().display().to_string();
+    let generated = issuer.generated();
     let ca = &ctx.shared.ca;
     let changed = match ca.install(issuer) {
         Installed::Same => false,
         Installed::First => {
-            log::info(
-                "the bot's CA is loaded",
-                &[("path", &path), ("fingerprint", &fingerprint)],
-            );
+            log_first(&path, &fingerprint, generated);
             true
         }
         Installed::Rotated { previous } => {
@@ -63,6 +61,25 @@ pub fn install(ctx: &Context, issuer: Issuer) {
         ctx.shared.reissue.publish();
     }
     ca.mark_attempted();
+}
+
+/// The log lines for the CA's first use in this process: its key's `path`,
+/// its `fingerprint`, and whether this process `generated` it. A generated key gets
+/// "generated" and a warning that it is the trust root to back up; a key read
+/// from storage gets "loaded". Shared with `tbot start --oneshot`.
+pub fn log_first(path: &str, fingerprint: &str, generated: bool) {
+    let fields: crate::log::Fields = &[("path", &path), ("fingerprint", &fingerprint)];
+    if generated {
+        log::info("the bot's CA was generated", fields);
+        log::warn(
+            "back up the CA key: it is the trust root of every certificate tbot issues \
+             (servers that trust this CA accept what it signs); if it is lost, every server \
+             must be given a new CA to trust",
+            &[("path", &path)],
+        );
+    } else {
+        log::info("the bot's CA is loaded", fields);
+    }
 }
 
 impl Service for BotIdentity {

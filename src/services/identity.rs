@@ -10,7 +10,10 @@
 //! while that certificate is valid now (`valid_after <= now < valid_before`):
 //! an expired or not-yet-valid one is reported at once, with the reason.
 //! `tbot_identity_certificate_expiry_timestamp_seconds{service}` gives its
-//! `valid_before` (the series is removed when the service stops).
+//! `valid_before`, `..._valid_after_timestamp_seconds` its `valid_after`
+//! and `..._renewal_timestamp_seconds` when this service is due to replace
+//! it (the expiry alerts judge it against its own lifetime; the series are
+//! removed when the service stops).
 //!
 //! A failed attempt makes it `unhealthy` with the error (and, when the
 //! certificate on disk is no longer valid, that first) and it tries again
@@ -29,6 +32,7 @@ use crate::infra::backoff::Backoff;
 use crate::infra::threads::run_beside;
 use crate::infra::timefmt;
 use crate::log;
+use crate::metrics::series::CertificateTimes;
 use crate::services::readers::{Layout, Readers};
 use crate::services::{Context, Iteration, Service};
 
@@ -212,17 +216,20 @@ impl IdentityOutput {
                 } else {
                     log::info("identity output written", fields);
                 }
-                let secs = v
-                    .valid_before
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap_or_default();
-                ctx.shared
-                    .metrics
-                    .set_certificate_expiry(ctx.name(), secs.as_secs_f64());
                 st.held = Some(v);
                 st.error = None;
                 st.failures = 0;
                 st.next_attempt = now + self.config.renewal_interval;
+                let unix = |t: SystemTime| {
+                    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+                    d.as_secs_f64()
+                };
+                let times = CertificateTimes {
+                    valid_after: unix(v.valid_after),
+                    valid_before: unix(v.valid_before),
+                    renew_at: unix(st.next_attempt),
+                };
+                ctx.shared.metrics.set_certificate(ctx.name(), times);
             }
             Err(e) => {
                 timer.failed();
@@ -332,7 +339,7 @@ impl Service for IdentityOutput {
             };
         }
         // Stopped (shut down, or removed by a reload): its series goes too.
-        ctx.shared.metrics.remove_certificate_expiry(ctx.name());
+        ctx.shared.metrics.remove_certificate(ctx.name());
         Ok(())
     }
 }

@@ -1,7 +1,9 @@
 //! The package's life on a booted Debian bookworm (one container boot, the
 //! steps in order): install, ready as `_tbot`, `STATUS=` and journald
 //! priorities, hardening score, the multiplexer dialing out and a CPU
-//! profile under the unit, the watchdog, reload, an upgrade keeping the
+//! profile under the unit, the watchdog, reload, `tbot check` before a
+//! reload and a start (a broken file fails `systemctl reload` and ends the
+//! unit `failed`), root refused on `_tbot`'s storage, an upgrade keeping the
 //! operator's edit, stop, remove, purge.
 
 use crate::debpkg::Debs;
@@ -30,6 +32,8 @@ pub fn run_all(debs: &Debs) {
     multiplexer_and_profile_under_the_unit(&c, debs);
     watchdog_restarts_a_stopped_tbot(&c);
     reload_keeps_it_running(&c);
+    root_is_refused_on_the_services_storage(&c);
+    a_broken_file_fails_reload_and_ends_the_unit_failed(&c);
     upgrade_keeps_the_operators_edit(&c, &v2);
     stop_is_clean(&c);
     remove_then_purge_leave_nothing(&c);
@@ -59,6 +63,12 @@ fn install_and_serve(c: &Container, deb: &str) {
     // XDG_RUNTIME_DIR, not a fallback.
     let run = c.ok("ls /run/tbot");
     assert!(run.contains("tbot-diag-"), "/run/tbot: {run}");
+    // The operator's tools come with it.
+    let shipped = c.ok(
+        "ls /usr/share/bash-completion/completions/tbot /usr/share/zsh/vendor-completions/_tbot \
+         /usr/share/fish/vendor_completions.d/tbot.fish && tbot --version",
+    );
+    assert!(shipped.contains("revision: "), "{shipped}");
     let sec = c.ok("systemd-analyze security --no-pager tbot.service");
     let score = exposure(&sec);
     assert!(score <= 2.0, "installed unit's exposure {score}:\n{sec}");
@@ -196,6 +206,70 @@ fn reload_keeps_it_running(c: &Container) {
     let state = c.ok("systemctl is-active tbot || true");
     assert_eq!(state.trim(), "active");
     assert_eq!(main_pid(c), pid, "reload replaced tbot's process");
+    c.ok("tbot wait --diag-addr 127.0.0.1:3001 --timeout 20s");
+}
+
+/// `tbot start --oneshot` as root on the package's storage (owned by
+/// `_tbot`) refuses, names the owner and says how to run as it, and leaves no
+/// root-owned file there; `tbot check` as `_tbot` passes.
+fn root_is_refused_on_the_services_storage(c: &Container) {
+    let (ok, out) = c.sh("tbot start --oneshot -c /etc/tbot/tbot.yaml; echo exit=$?");
+    assert!(ok && out.contains("exit=2"), "{out}");
+    assert!(
+        out.contains("belongs to _tbot") && out.contains("sudo -u _tbot tbot start --oneshot"),
+        "{out}"
+    );
+    let root_owned = c.ok("find /var/lib/tbot -user root");
+    assert!(root_owned.trim().is_empty(), "root's files: {root_owned}");
+    let (ok, out) = c.sh("tbot check -c /etc/tbot/tbot.yaml; echo exit=$?");
+    assert!(
+        ok && out.contains("exit=2") && out.contains("sudo -u _tbot"),
+        "{out}"
+    );
+    c.ok("setpriv --reuid _tbot --regid _tbot --init-groups tbot check -c /etc/tbot/tbot.yaml");
+}
+
+/// A broken configuration file: `systemctl reload` fails with the reason and
+/// the running tbot keeps going with its configuration; a restart fails and
+/// the unit ends `failed` at once, not retried, with the reason in the
+/// default `systemctl status`, instead of restarting every 5 s forever.
+fn a_broken_file_fails_reload_and_ends_the_unit_failed(c: &Container) {
+    let pid = main_pid(c);
+    c.ok("cp /etc/tbot/tbot.yaml /root/tbot.yaml.good && echo 'bogus: 1' >> /etc/tbot/tbot.yaml");
+    let (ok, out) = c.sh("systemctl reload tbot");
+    assert!(!ok, "systemctl reload of a broken file succeeded: {out}");
+    let status = c.sh("systemctl status --no-pager -n 20 tbot").1;
+    assert!(status.contains("unknown field `bogus`"), "{status}");
+    assert_eq!(
+        c.ok("systemctl is-active tbot").trim(),
+        "active",
+        "a failed reload stopped tbot"
+    );
+    assert_eq!(main_pid(c), pid, "a failed reload replaced tbot");
+    c.ok("tbot wait --diag-addr 127.0.0.1:3001 --timeout 20s");
+
+    let (ok, _) = c.sh("systemctl restart tbot");
+    assert!(!ok, "a restart on a broken file succeeded");
+    let state = c.ok("systemctl show -p ActiveState,Result,ExecMainStatus tbot");
+    assert!(
+        state.contains("ActiveState=failed") && state.contains("ExecMainStatus=2"),
+        "a broken file did not end the unit failed at once: {state}"
+    );
+    // Failed for good: no retry after RestartSec=5s (the manual restart
+    // reset the counter: read it after).
+    let restarts = n_restarts(c);
+    std::thread::sleep(secs(7));
+    let later = c.ok("systemctl show -p ActiveState tbot");
+    assert!(later.contains("ActiveState=failed"), "{later}");
+    assert_eq!(n_restarts(c), restarts, "restarted on a broken file");
+    // The plain `systemctl status` (its last 10 lines) names the reason.
+    let status = c.sh("systemctl status --no-pager tbot").1;
+    assert!(
+        status.contains("unknown field `bogus`") && status.contains("failed"),
+        "{status}"
+    );
+    // Fixed: it starts again.
+    c.ok("cp /root/tbot.yaml.good /etc/tbot/tbot.yaml && systemctl start tbot");
     c.ok("tbot wait --diag-addr 127.0.0.1:3001 --timeout 20s");
 }
 

@@ -73,7 +73,8 @@ impl Front {
             // comes back once a descriptor is free (`restore_spare`).
             if let Some(Ok((stream, peer))) = self.listener.as_ref().map(|l| l.accept()) {
                 let why = "the diagnostics service is out of file descriptors";
-                self.refuse(Stream::Tcp(stream), Peer::Tcp(peer), Instant::now(), why);
+                let (stream, peer) = (Stream::Tcp(stream), Peer::Tcp(peer));
+                self.refuse(stream, peer, Instant::now(), (503, why));
             }
             self.restore_spare();
         }
@@ -104,12 +105,8 @@ impl Front {
         let now = Instant::now();
         self.trim_lingering();
         let Some(probe_room) = self.room_for_newcomer(now) else {
-            return self.refuse(
-                stream,
-                peer,
-                now,
-                "too many connections to the diagnostics service",
-            );
+            let why = "too many connections to the diagnostics service";
+            return self.refuse(stream, peer, now, (503, why));
         };
         if stream.set_nonblocking(true).is_err() {
             return;
@@ -135,14 +132,21 @@ impl Front {
         }
     }
 
-    /// No room for a newcomer: a 503 saying `why`, then the lingering
-    /// close, so that it reads the refusal whatever it sent (a fresh socket
-    /// takes the few bytes at once). It holds no slot.
-    fn refuse(&mut self, stream: Stream, peer: Peer, now: Instant, why: &str) {
+    /// No room for a newcomer (503), or a debug socket peer of another
+    /// user (403): the answer saying `why`, then the lingering close, so
+    /// that it reads the refusal whatever it sent (a fresh socket takes
+    /// the few bytes at once). It holds no slot.
+    pub(super) fn refuse(
+        &mut self,
+        stream: Stream,
+        peer: Peer,
+        now: Instant,
+        (status, why): (u16, &str),
+    ) {
         if stream.set_nonblocking(true).is_err() {
             return;
         }
-        let _ = (&stream).write(&simple_response(503, why));
+        let _ = (&stream).write(&simple_response(status, why));
         let state = State::Linger { drained: 0 };
         let mut c = Conn::new(self.next_id, stream, peer, state, now);
         self.next_id += 1;

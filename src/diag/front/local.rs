@@ -129,22 +129,21 @@ impl Front {
             };
             let (uid, pid) = (cred.uid.as_raw(), cred.pid.as_raw_nonzero().get());
             if !allowed(uid, own) {
-                self.refuse_local(&stream, uid, pid);
+                self.refuse_local(stream, uid, pid);
                 continue;
             }
             self.admit(Stream::Unix(stream), Peer::Local { uid, pid });
         }
     }
 
-    /// A peer of another user: a 403 (the fresh socket takes it at once),
-    /// then the close; one warning a second at most.
-    fn refuse_local(&mut self, stream: &UnixStream, uid: u32, pid: i32) {
-        let _ = stream.set_nonblocking(true);
-        let _ = (&*stream).write(&simple_response(
-            403,
-            "the debug socket serves tbot's own user and root only",
-        ));
-        let _ = stream.shutdown(Shutdown::Both);
+    /// A peer of another user: a 403, then the lingering close (closing a
+    /// Unix socket with its request unread would reset it before it read
+    /// the answer); one warning a second at most. It holds no slot.
+    fn refuse_local(&mut self, stream: UnixStream, uid: u32, pid: i32) {
+        let why = "the debug socket serves tbot's own user and root only";
+        let peer = Peer::Local { uid, pid };
+        self.trim_lingering();
+        self.refuse(Stream::Unix(stream), peer, Instant::now(), (403, why));
         if once_a_second(&mut self.last_local_refusal) {
             log::warn(
                 "debug socket: refused a peer of another user",
