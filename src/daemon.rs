@@ -25,8 +25,18 @@ pub fn start(args: StartArgs) -> i32 {
         args.log_format.unwrap_or(Format::Text),
         args.debug == Some(true),
     );
+    crate::infra::limits::log_raised();
     let config = match crate::config::configure(&args) {
         Ok(c) => Arc::new(c),
+        // A stop that cut the configuration's read short (a FIFO path that
+        // nobody writes) is a clean stop, not a bad file.
+        Err(_) if signals::stop_pending() => {
+            log::info(
+                "stopped before starting: a stop signal arrived while reading the configuration",
+                &[],
+            );
+            return exit::OK;
+        }
         Err(e) => {
             log::fatal(&e);
             return exit::USAGE;
@@ -54,19 +64,30 @@ pub fn start(args: StartArgs) -> i32 {
             None
         }
     };
+    if let Some(dir) = crate::infra::fsutil::settle_temp_dir(&config.storage) {
+        log::info(
+            "the temporary directory is not writable; using this one (TMPDIR)",
+            &[("directory", &dir.display())],
+        );
+    }
     crate::services::readers::grant_passages(&config);
     if args.oneshot {
-        // Signals keep their default action: SIGINT/SIGTERM end a oneshot.
+        // Signals get their default action back: they end a oneshot.
+        signals::unblock();
         return crate::oneshot::run(&config);
     }
-    // Before any thread exists, so that every thread inherits the mask and
-    // the signals reach `signals::wait` only.
-    if let Err(e) = signals::block() {
-        log::fatal(&format!("blocking signals: {e}"));
-        return exit::FAILURE;
-    }
+    // Signals were blocked by main's first instruction: they reach
+    // `signals::wait` only.
     match run(args, config) {
         Ok(()) => exit::OK,
+        // A wait at start that a stop cut short (a name lookup): clean.
+        Err(e) if signals::stop_pending() => {
+            log::info(
+                "stopped before starting",
+                &[("signal", &"SIGTERM or SIGINT"), ("error", &e)],
+            );
+            exit::OK
+        }
         Err(e) => {
             log::error("tbot failed", &[("error", &e)]);
             log::fatal(&e);

@@ -34,6 +34,12 @@ mod wait;
 use cli::Command;
 
 fn main() {
+    // The first instruction: a SIGHUP or SIGTERM from now on waits for the
+    // daemon's signal loop, never kills (see infra::signals).
+    if let Err(e) = infra::signals::block() {
+        log::fatal(&format!("blocking signals: {e}"));
+        exit(exit::FAILURE);
+    }
     // Before any thread exists (see infra::malloc).
     infra::malloc::tune();
     let env = |k: &str| std::env::var(k).ok();
@@ -45,9 +51,15 @@ fn main() {
         Ok(c) => c,
         Err(cli::Usage(msg)) => {
             log::fatal(&msg);
-            std::process::exit(exit::USAGE);
+            exit(exit::USAGE);
         }
     };
+    // Before any budget is sized from it (see infra::limits).
+    infra::limits::raise_nofile();
+    if !matches!(command, Command::Start(_)) {
+        // The commands that are not the daemon: signals end them.
+        infra::signals::unblock();
+    }
     let code = match command {
         Command::Help(cmd) => {
             print!("{}", cli::help(cmd));
@@ -70,5 +82,12 @@ fn main() {
             daemon::start(args)
         }
     };
-    std::process::exit(code);
+    exit(code);
+}
+
+/// Exits with `code` once the log lines queued for stderr are written (a
+/// bounded wait: see log::flush).
+fn exit(code: i32) -> ! {
+    log::flush();
+    std::process::exit(code)
 }

@@ -145,7 +145,8 @@ pub fn start_one(
     updates: &Sender<Update>,
     shared: &Arc<Shared>,
 ) -> std::io::Result<Running> {
-    let (stopper, stop) = Stop::new()?;
+    let named = crate::infra::limits::name_limit;
+    let (stopper, stop) = Stop::new().map_err(named)?;
     let instance = shared.health.instance(&spec.name).unwrap_or(0);
     let ctx = Context::new(
         spec.name.clone(),
@@ -156,7 +157,8 @@ pub fn start_one(
     );
     let drain = spec.service.drain();
     let readers = spec.service.readers();
-    let thread = spawn_member(&spec.name, move || supervise(spec.service, ctx))?;
+    let thread = spawn_member(&spec.name, move || supervise(spec.service, ctx))
+        .map_err(crate::infra::limits::name_task_limit)?;
     Ok(Running {
         name: spec.name,
         thread,

@@ -15,8 +15,13 @@ const MAX_POLL: Duration = Duration::from_secs(10);
 /// Connects to the first of `addr`'s addresses that accepts (`localhost`
 /// may resolve to ::1 before 127.0.0.1 while the bot listens on one only).
 fn connect(addr: &str, timeout: Duration) -> Result<TcpStream, String> {
-    let socks = addr.to_socket_addrs().map_err(|e| format!("{addr}: {e}"))?;
-    connect_any(socks, timeout).map_err(|e| format!("{addr}: {e}"))
+    // The lookup too is bounded by `timeout` (getaddrinfo's own is not).
+    let owned = addr.to_string();
+    let lookup = move || owned.to_socket_addrs().map(Iterator::collect::<Vec<_>>);
+    let socks = crate::infra::threads::within("lookup", timeout, || false, lookup)
+        .map_err(|_| format!("{addr}: no answer from the name lookup"))?
+        .map_err(|e| format!("{addr}: {e}"))?;
+    connect_any(socks.into_iter(), timeout).map_err(|e| format!("{addr}: {e}"))
 }
 
 /// Tries each address in turn within one `timeout` for them all; the error
@@ -148,6 +153,8 @@ pub fn run(args: &WaitArgs) -> i32 {
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
+            // After the log lines queued before it (see log::flush).
+            crate::log::flush();
             eprintln!(
                 "tbot wait: not ready after {}: {last}",
                 crate::infra::duration::format(args.timeout)

@@ -31,6 +31,18 @@ pub const DEFAULT_RENEWAL_INTERVAL: Duration = Duration::from_secs(20 * 60);
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30 * 60);
 pub const DEFAULT_DIAG_MAX_CONNECTIONS: usize = 64;
 pub const DEFAULT_MUX_MAX_CONNECTIONS: usize = 64;
+/// An ssh-multiplexer's socket file name in its destination.
+pub const MUX_SOCKET_NAME: &str = "v1.sock";
+/// Most principals in one certificate: OpenSSH refuses a certificate with
+/// more (`SSHKEY_CERT_MAX_PRINCIPALS` in sshkey.c: `ssh-keygen -L` says
+/// `invalid format`, sshd denies the login).
+pub const MAX_PRINCIPALS: usize = 256;
+/// Shortest renewal or heartbeat interval: below it a loop would spin
+/// (a renewal every nanosecond is all the CPU there is).
+pub const MIN_INTERVAL: Duration = Duration::from_millis(10);
+/// Shortest credential TTL: a certificate's validity is counted in whole
+/// seconds.
+pub const MIN_CREDENTIAL_TTL: Duration = Duration::from_secs(1);
 
 /// A configuration problem, rendered `file:line:column: message`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,16 +53,18 @@ pub struct Error {
     pub message: String,
 }
 
+/// The message as shown: it may quote the file's text (an unknown key, a
+/// bad value), so it is one line of at most
+/// [`MAX_MESSAGE_CHARS`](crate::infra::quote::MAX_MESSAGE_CHARS)
+/// characters, whatever that text held.
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use crate::infra::quote::{one_line, MAX_MESSAGE_CHARS};
+        let message = one_line(&self.message, MAX_MESSAGE_CHARS);
         if self.line == 0 {
-            write!(f, "{}: {}", self.file, self.message)
+            write!(f, "{}: {message}", self.file)
         } else {
-            write!(
-                f,
-                "{}:{}:{}: {}",
-                self.file, self.line, self.column, self.message
-            )
+            write!(f, "{}:{}:{}: {message}", self.file, self.line, self.column)
         }
     }
 }
@@ -158,18 +172,19 @@ pub fn load(path: &Path) -> Result<Config, Error> {
     parse(&file, &text, &base)
 }
 
+/// How long reading the configuration file may take: a FIFO or
+/// `-c <(...)` that nobody writes, a network mount that does not answer.
+/// A stop signal ends the wait sooner (see `infra::bounded_read`).
+pub const CONFIG_READ_BOUND: Duration = Duration::from_secs(10);
+
 /// Reads a whole file as UTF-8 text, or None when it is longer than `max`
-/// bytes. Any kind of file: a pipe (`-c <(...)`) works like a regular file.
+/// bytes. Any kind of file: a pipe (`-c <(...)`) works like a regular file,
+/// within [`CONFIG_READ_BOUND`].
 fn read_limited(path: &Path, max: u64) -> std::io::Result<Option<String>> {
-    use std::io::Read;
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)?
-        .take(max + 1)
-        .read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > max {
-        // Checked before UTF-8: the cut may split a character.
+    let Some(bytes) = crate::infra::bounded_read::read_whole(path, max, CONFIG_READ_BOUND)? else {
         return Ok(None);
-    }
+    };
+    // The length was checked before UTF-8: a cut may split a character.
     String::from_utf8(bytes).map(Some).map_err(|e| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidData,
@@ -187,7 +202,22 @@ pub fn parse(file: &str, text: &str, base: &Path) -> Result<Config, Error> {
         column,
         message,
     })?;
-    let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| yaml_error(file, &e))?;
+    let raw: RawConfig = match serde_yaml::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => match merged(text) {
+            None => return Err(yaml_error(file, &e)),
+            Some(Ok(raw)) => raw,
+            // Merged mappings have no place in the text.
+            Some(Err(e)) => {
+                return Err(Error {
+                    file: file.to_string(),
+                    line: 0,
+                    column: 0,
+                    message: format!("{e} (after applying the merge keys '<<')"),
+                })
+            }
+        },
+    };
     validate(raw, base).map_err(|(path, message)| {
         let (line, column) = locate(text, &path).unwrap_or((0, 0));
         let message = if path.is_empty() {
@@ -202,6 +232,30 @@ pub fn parse(file: &str, text: &str, base: &Path) -> Result<Config, Error> {
             message,
         }
     })
+}
+
+/// The configuration with YAML merge keys (`<<: *anchor`, YAML 1.1's
+/// merge type) applied, when the text has any; None when it has none.
+/// Upstream tbot's loader (Go's yaml.v3) applies them; serde_yaml reads
+/// `<<` as a key of its own, which `deny_unknown_fields` refuses.
+fn merged(text: &str) -> Option<Result<RawConfig, serde_yaml::Error>> {
+    fn has_merge(v: &serde_yaml::Value) -> bool {
+        match v {
+            serde_yaml::Value::Mapping(m) => m.contains_key("<<") || m.values().any(has_merge),
+            serde_yaml::Value::Sequence(s) => s.iter().any(has_merge),
+            serde_yaml::Value::Tagged(t) => has_merge(&t.value),
+            _ => false,
+        }
+    }
+    let mut value: serde_yaml::Value = serde_yaml::from_str(text).ok()?;
+    if !has_merge(&value) {
+        return None;
+    }
+    Some(
+        value
+            .apply_merge()
+            .and_then(|()| serde_yaml::from_value(value)),
+    )
 }
 
 /// `services[1].name`, as serde_yaml writes paths.
@@ -244,6 +298,22 @@ mod tests {
 
     fn parse_str(text: &str) -> Result<Config, Error> {
         parse("c.yaml", text, Path::new("/base"))
+    }
+
+    #[test]
+    fn merge_keys_are_applied_as_upstream_does() {
+        let text = "version: v2\nstorage: {type: directory, path: /s}\nservices:\n  - &web\n    type: identity\n    name: web\n    principals: [a, b]\n    destination: {type: directory, path: /x/a}\n  - <<: *web\n    name: web2\n    destination: {type: directory, path: /x/b}\n";
+        let c = parse_str(text).unwrap();
+        let web2 = c.identity("web2").unwrap();
+        assert_eq!(web2.principals, ["a", "b"]);
+        assert_eq!(web2.destination, Path::new("/x/b"));
+        // A bad value after the merge is still refused, and says so.
+        let bad = text.replace("name: web2", "name: Web2");
+        let e = parse_str(&bad).unwrap_err().to_string();
+        assert!(
+            e.contains("invalid service name") && e.contains("merge keys"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -14,7 +14,8 @@ use super::schema::{Dur, Name, RawConfig, RawDestination, RawService, ServiceTyp
 use super::{
     Access, Config, IdentityConfig, MultiplexerConfig, Reader, ServiceConfig,
     DEFAULT_CREDENTIAL_TTL, DEFAULT_DIAG_MAX_CONNECTIONS, DEFAULT_HEARTBEAT_INTERVAL,
-    DEFAULT_MUX_MAX_CONNECTIONS, DEFAULT_RENEWAL_INTERVAL, RESERVED_NAMES,
+    DEFAULT_MUX_MAX_CONNECTIONS, DEFAULT_RENEWAL_INTERVAL, MAX_PRINCIPALS, MIN_CREDENTIAL_TTL,
+    MIN_INTERVAL, MUX_SOCKET_NAME, RESERVED_NAMES,
 };
 
 /// Where a refusal points, and why.
@@ -48,12 +49,23 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Invalid> {
         .map(|(i, (s, name))| service(i, s, name.unwrap_or_default(), defaults, &resolve))
         .collect::<Result<Vec<_>, _>>()?;
     check_references(&services)?;
+    let heartbeat_interval = raw
+        .heartbeat_interval
+        .map_or(DEFAULT_HEARTBEAT_INTERVAL, |d| d.0);
+    if heartbeat_interval < MIN_INTERVAL {
+        return Err((
+            vec![Key("heartbeat_interval")],
+            too_short("heartbeat_interval", heartbeat_interval),
+        ));
+    }
     let storage = resolve(&raw.storage.path.0);
+    crate::infra::trust::check_dirs_to_be(&storage)
+        .map_err(|e| (vec![Key("storage"), Key("path")], e))?;
     let debug_socket = match &raw.debug_socket {
         Some(p) => resolve(&p.0),
         None => storage.join(DEBUG_SOCKET_NAME),
     };
-    check_socket_path(&debug_socket, raw.debug_socket.is_some())?;
+    check_debug_socket_path(&debug_socket, raw.debug_socket.is_some())?;
 
     Ok(Config {
         file: String::new(),
@@ -66,9 +78,7 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Invalid> {
         storage,
         credential_ttl,
         renewal_interval,
-        heartbeat_interval: raw
-            .heartbeat_interval
-            .map_or(DEFAULT_HEARTBEAT_INTERVAL, |d| d.0),
+        heartbeat_interval,
         services,
     })
 }
@@ -88,13 +98,14 @@ fn resolve(base: &Path, p: &Path) -> PathBuf {
 /// `debug_socket:` does not place it.
 pub const DEBUG_SOCKET_NAME: &str = "debug.sock";
 
-/// A Unix socket's path must fit `sockaddr_un.sun_path` (108 bytes with
-/// its NUL, unix(7)); the refusal points at `debug_socket`, or at the
-/// storage path the default is made from.
-fn check_socket_path(p: &Path, set: bool) -> Result<(), Invalid> {
-    use std::os::unix::ffi::OsStrExt;
-    let len = p.as_os_str().as_bytes().len();
-    if len <= MAX_SOCKET_PATH {
+/// The debug socket's path fits a Unix socket address (unix(7): 107
+/// bytes), made absolute as the daemon will; the refusal points at
+/// `debug_socket`, or at the storage path the default is made from.
+fn check_debug_socket_path(p: &Path, set: bool) -> Result<(), Invalid> {
+    let max = crate::infra::sockets::MAX_UNIX_SOCKET_PATH;
+    let absolute = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let len = absolute.as_os_str().len();
+    if len <= max {
         return Ok(());
     }
     let at = if set {
@@ -105,15 +116,11 @@ fn check_socket_path(p: &Path, set: bool) -> Result<(), Invalid> {
     Err((
         at,
         format!(
-            "the debug socket {} is {len} bytes long; a Unix socket path holds at most {MAX_SOCKET_PATH} (set debug_socket: to a shorter one)",
-            p.display()
+            "the debug socket {} would be {len} bytes; a Unix socket path has at most {max} (unix(7)): set debug_socket: to a shorter one",
+            absolute.display()
         ),
     ))
 }
-
-/// The longest Unix socket path, in bytes (unix(7): `sun_path` is 108
-/// bytes, one of them the terminating NUL).
-const MAX_SOCKET_PATH: usize = 107;
 
 /// A renewal must come before the credential expires. The refusal points at
 /// `renewal_interval` when it is set where checked (`at`), else at
@@ -125,6 +132,23 @@ fn check_window(
     renew_set: Option<Dur>,
     at: Vec<Seg>,
 ) -> Result<(), Invalid> {
+    let fmt = crate::infra::duration::format;
+    if ttl < MIN_CREDENTIAL_TTL || ttl.subsec_nanos() != 0 {
+        let mut path = at;
+        path.push(Key("credential_ttl"));
+        return Err((
+            path,
+            format!(
+                "credential_ttl ({}) must be a whole number of seconds, at least 1s: a certificate's validity is counted in seconds",
+                fmt(ttl)
+            ),
+        ));
+    }
+    if renew < MIN_INTERVAL {
+        let mut path = at;
+        path.push(Key("renewal_interval"));
+        return Err((path, too_short("renewal_interval", renew)));
+    }
     if renew < ttl {
         return Ok(());
     }
@@ -143,6 +167,15 @@ fn check_window(
             crate::infra::duration::format(ttl)
         ),
     ))
+}
+
+/// The refusal of an interval below [`MIN_INTERVAL`].
+fn too_short(field: &str, d: Duration) -> String {
+    format!(
+        "{field} ({}) is shorter than {}: tbot would do nothing else",
+        crate::infra::duration::format(d),
+        crate::infra::duration::format(MIN_INTERVAL)
+    )
 }
 
 /// Each entry, in order: only the fields its type takes, a destination no
@@ -247,6 +280,15 @@ fn service(
                 .into_iter()
                 .map(|p| p.0)
                 .collect();
+            if principals.len() > MAX_PRINCIPALS {
+                return Err((
+                    vec![Key("services"), Index(i), Key("principals"), Index(MAX_PRINCIPALS)],
+                    format!(
+                        "{} principals: OpenSSH takes at most {MAX_PRINCIPALS} in a certificate (ssh-keygen -L says invalid format, sshd denies the login)",
+                        principals.len()
+                    ),
+                ));
+            }
             if principals.is_empty() {
                 return Err((
                     vec![Key("services"), Index(i)],
@@ -278,6 +320,7 @@ fn service(
                         .into(),
                 ));
             };
+            check_socket_path(&destination, i)?;
             ServiceConfig::SshMultiplexer(MultiplexerConfig {
                 name,
                 destination,
@@ -289,6 +332,24 @@ fn service(
             })
         }
     })
+}
+
+/// A multiplexer's `DESTINATION/v1.sock` fits a Unix socket address
+/// (unix(7): 107 bytes), the destination made absolute as the service
+/// will.
+fn check_socket_path(destination: &Path, i: usize) -> Result<(), Invalid> {
+    let max = crate::infra::sockets::MAX_UNIX_SOCKET_PATH;
+    let absolute = std::path::absolute(destination).unwrap_or_else(|_| destination.to_path_buf());
+    let len = absolute.join(MUX_SOCKET_NAME).as_os_str().len();
+    if len <= max {
+        return Ok(());
+    }
+    Err((
+        vec![Key("services"), Index(i), Key("destination"), Key("path")],
+        format!(
+            "the socket path DESTINATION/{MUX_SOCKET_NAME} would be {len} bytes; a Unix socket path has at most {max} (unix(7)): choose a shorter destination"
+        ),
+    ))
 }
 
 /// The storage directory holds the CA key: it has no readers.

@@ -37,7 +37,8 @@ pub fn stamp_of(m: &fs::Metadata) -> KeyFileStamp {
 const MAX_KEY_FILE: u64 = 64 * 1024;
 
 /// Reads the key file, refusing anything but a small regular file that only
-/// its owner can access. The open neither follows a symlink (`O_NOFOLLOW`)
+/// its owner can access, owned by tbot's user or root (see
+/// `infra::trust`). The open neither follows a symlink (`O_NOFOLLOW`)
 /// nor waits for a writer on a FIFO (`O_NONBLOCK`, which does not change
 /// reading a regular file); the checks use the opened descriptor (no race).
 pub fn read_key_file(path: &Path) -> Result<(Zeroizing<Vec<u8>>, KeyFileStamp), String> {
@@ -58,6 +59,7 @@ pub fn read_key_file(path: &Path) -> Result<(Zeroizing<Vec<u8>>, KeyFileStamp), 
     if !meta.is_file() {
         return Err(at(&"not a regular file"));
     }
+    crate::infra::trust::check_file_owner(path, &meta)?;
     let mode = meta.permissions().mode() & 0o7777;
     if mode & 0o077 != 0 {
         return Err(at(&format_args!(

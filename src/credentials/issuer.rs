@@ -93,6 +93,7 @@ impl Issuer {
     /// new ed25519 key (0600, written atomically) when they are missing.
     pub fn load_or_create(storage_dir: &Path) -> Result<Issuer, String> {
         crate::infra::fsutil::create_private_dir(storage_dir)?;
+        crate::infra::trust::check_dirs(storage_dir)?;
         let key_path = storage_dir.join(CA_KEY_FILE);
         match fs::symlink_metadata(&key_path) {
             Ok(_) => Issuer::load(storage_dir),
@@ -108,6 +109,9 @@ impl Issuer {
 
     /// Loads `<storage_dir>/ca_key`; never creates anything.
     pub fn load(storage_dir: &Path) -> Result<Issuer, String> {
+        // The directories first: a key in a directory others can write to
+        // may be theirs, whoever owns it now.
+        crate::infra::trust::check_dirs(storage_dir)?;
         let key_path = storage_dir.join(CA_KEY_FILE);
         let (bytes, stamp) = read_key_file(&key_path)?;
         let ca = parse_ca_key(&bytes).map_err(|e| format!("{}: {e}", key_path.display()))?;

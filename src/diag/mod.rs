@@ -52,10 +52,24 @@ pub use live::Slots;
 /// Binds the public listener. Done before any service starts, so a bad or
 /// busy address fails the start cleanly.
 pub fn bind(addr: &str) -> Result<TcpListener, String> {
-    let addrs: Vec<SocketAddr> = addr
-        .to_socket_addrs()
-        .map_err(|e| format!("diagnostics address {addr}: {e}"))?
-        .collect();
+    // A host name is looked up beside the main thread (which binds at start
+    // and on reload, and alone takes SIGTERM): within LOOKUP_BOUND, and not
+    // past a stop signal.
+    let owned = addr.to_string();
+    let lookup = move || owned.to_socket_addrs().map(Iterator::collect::<Vec<_>>);
+    let stop = crate::infra::signals::stop_pending;
+    let addrs: Vec<SocketAddr> =
+        crate::infra::threads::within("diag-lookup", LOOKUP_BOUND, stop, lookup)
+            .map_err(|why| match why {
+                crate::infra::threads::GaveUp::TimedOut => format!(
+                    "diagnostics address {addr}: no answer from the name lookup within {} s",
+                    LOOKUP_BOUND.as_secs()
+                ),
+                crate::infra::threads::GaveUp::Asked => {
+                    format!("diagnostics address {addr}: lookup cut short by a stop signal")
+                }
+            })?
+            .map_err(|e| format!("diagnostics address {addr}: {e}"))?;
     let mut last = None;
     for a in &addrs {
         match TcpListener::bind(a) {
@@ -75,6 +89,9 @@ pub struct Listeners {
     pub tcp: Option<TcpListener>,
     pub local: Option<debug_socket::DebugSocket>,
 }
+
+/// Longest wait for the name lookup of a `diag_addr` host name.
+pub const LOOKUP_BOUND: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub struct Options {
     pub max_connections: usize,

@@ -50,7 +50,8 @@ pub fn trusted_link_owner(uid: u32) -> bool {
 pub fn describe(path: &Path, e: Errno) -> String {
     match e {
         Errno::NOTDIR => format!("{}: not a directory", path.display()),
-        other => format!("{}: {}", path.display(), std::io::Error::from(other)),
+        // Out of descriptors: which limit, and what to raise.
+        other => crate::infra::limits::describe_at(path, std::io::Error::from(other)),
     }
 }
 

@@ -14,6 +14,14 @@
 //!   refuses to start: it would overwrite `heartbeat.json` and fight over the CA.
 //! - The diagnostics service's private socket directory: the directory
 //!   itself is flocked (see `diag::private_dir`).
+//!
+//! The same locks keep live runtime files from looking abandoned to
+//! age-based cleaners: systemd-tmpfiles takes a shared flock on each
+//! directory it ages and skips one (and everything below it) whose lock is
+//! taken (tmpfiles.d(5), "Age"). So tbot holds an exclusive flock on every
+//! directory whose files must outlive any age: the diagnostics socket
+//! directory, the storage directory ([`lock_storage`], beside its lock
+//! file) and each multiplexer's socket directory ([`hold_dir`]).
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -29,6 +37,36 @@ pub const STORAGE_LOCK_FILE: &str = "tbot.lock";
 #[derive(Debug)]
 pub struct Held {
     _file: File,
+    /// The storage directory itself, held against cleaners.
+    _dir: Option<DirLock>,
+}
+
+/// A directory's flock (see [`hold_dir`]), held until dropped.
+#[derive(Debug)]
+pub struct DirLock {
+    _dir: std::os::fd::OwnedFd,
+}
+
+/// Takes an exclusive flock on the directory `dir` (any handle to it, an
+/// `O_PATH` one included: it is opened again for the lock), held as long as
+/// the result lives, so that age-based cleaners skip it and everything below
+/// it. A lock held at this moment by someone else (a cleaner scanning, with
+/// its shared lock) is tried again for up to 200 ms; None after that, or
+/// when the directory cannot be opened: the caller runs on without it.
+pub fn hold_dir(dir: std::os::fd::BorrowedFd<'_>) -> Option<DirLock> {
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let fd = rustix::fs::openat(dir, ".", flags, Mode::empty()).ok()?;
+    for _ in 0..10 {
+        match flock(&fd, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Some(DirLock { _dir: fd }),
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            Err(_) => return None,
+        }
+    }
+    None
 }
 
 /// Takes an exclusive flock on `file` without waiting. `Ok(false)` when
@@ -70,7 +108,19 @@ pub fn lock_storage(storage: &Path) -> Result<Held, StorageLockError> {
         .open(&path)
         .map_err(|e| unusable(format!("{}: {e}", path.display())))?;
     match try_flock(&file) {
-        Ok(true) => Ok(Held { _file: file }),
+        Ok(true) => {
+            // Against age-based cleaners (see the module documentation):
+            // the CA key is never rewritten, so its age only grows.
+            let dir = File::open(storage).ok();
+            let held_dir = dir.as_ref().and_then(|d| {
+                use std::os::fd::AsFd;
+                hold_dir(d.as_fd())
+            });
+            Ok(Held {
+                _file: file,
+                _dir: held_dir,
+            })
+        }
         Ok(false) => Err(StorageLockError::InUse(format!(
             "storage directory {} is in use by another tbot (it holds {}); \
              run one tbot per storage directory, or give this one its own",
@@ -103,7 +153,10 @@ pub fn lock_dir(dir: &Path) -> io::Result<Option<Held>> {
             format!("{}: removed while being locked", dir.display()),
         ));
     }
-    Ok(Some(Held { _file: file }))
+    Ok(Some(Held {
+        _file: file,
+        _dir: None,
+    }))
 }
 
 #[cfg(test)]

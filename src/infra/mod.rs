@@ -4,9 +4,11 @@
 //! - waiting on descriptors: `poll` (poll(2)), `inotify` (inotify(7)),
 //!   `signals` (the signals tbot handles, taken with sigwait),
 //!   `clock_step` (wall-clock steps, through a timerfd);
-//! - files: `chase` (output directories without following others'
+//! - files: `bounded_read` (a whole file that may not answer: a FIFO, a
+//!   hung mount), `chase` (output directories without following others'
 //!   symlinks), `atomic_file` (crash-safe writes), `fsutil` (private
-//!   directories), `instance_lock` (flock(2): one tbot per storage directory),
+//!   directories), `trust` (sshd's StrictModes for the CA key),
+//!   `instance_lock` (flock(2): one tbot per storage directory),
 //!   `acl` (POSIX ACLs for a destination's readers), `owner` (whose a
 //!   directory is; no running on another user's storage);
 //! - public sockets: `sockets` (spare descriptor, out-of-descriptors
@@ -17,13 +19,16 @@
 //!   thread per service), `liveness` (turn counters the
 //!   watchdog reads);
 //! - systemd: `systemd` (`sd_notify`, `STATUS=`, the watchdog, journald);
-//! - the host: `host` (its name); `procstat` (`/proc/*/stat` lines);
-//! - formats: `duration` (Go syntax), `timefmt` (RFC 3339);
+//! - the host: `host` (its name); `limits` (RLIMIT_NOFILE raised at start,
+//!   errors that name the limit that ran out); `procstat` (`/proc/*/stat` lines);
+//! - formats: `duration` (Go syntax), `timefmt` (RFC 3339), `quote` (outside
+//!   text on one bounded line);
 //! - `failpoints`: fault injection for the tests (debug builds only).
 
 pub mod acl;
 pub mod atomic_file;
 pub mod backoff;
+pub mod bounded_read;
 pub mod chase;
 pub mod clock_step;
 pub mod duration;
@@ -32,14 +37,17 @@ pub mod fsutil;
 pub mod host;
 pub mod inotify;
 pub mod instance_lock;
+pub mod limits;
 pub mod liveness;
 pub mod malloc;
 pub mod owner;
 pub mod poll;
 pub mod procstat;
+pub mod quote;
 pub mod signals;
 pub mod sockets;
 pub mod stop;
 pub mod systemd;
 pub mod threads;
 pub mod timefmt;
+pub mod trust;

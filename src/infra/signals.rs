@@ -10,12 +10,20 @@
 //! - Every other signal keeps its default action (SIGQUIT dumps core, as a
 //!   last-resort debugging aid; SIGKILL cannot be caught).
 //!
-//! [`block`] runs early in `daemon::start`, before any thread exists, so every thread
-//! inherits a mask that blocks SIGINT, SIGTERM and SIGHUP; [`wait`] (on the
-//! main thread) then receives them synchronously with sigwait(2). No
-//! async-signal-safety puzzles, no self-pipe. `--oneshot` does not call
-//! [`block`]: there SIGHUP, SIGINT and SIGTERM keep their default action
-//! (each ends the run), and SIGPIPE stays ignored by Rust's runtime.
+//! [`block`] is the first instruction of `main`, before any thread exists
+//! and before the configuration is read, so every thread inherits a mask
+//! that blocks SIGINT, SIGTERM and SIGHUP, and one that arrives during
+//! start-up waits (a SIGHUP while a slow or FIFO configuration path is
+//! read was status 129 before). [`wait`] (on the main thread) then
+//! receives them synchronously with sigwait(2). No async-signal-safety
+//! puzzles, no self-pipe. Commands other than the daemon ([`unblock`]
+//! right after the command line is parsed) and `--oneshot` (once its
+//! configuration is read) give SIGHUP, SIGINT and SIGTERM their default
+//! action back (each ends the run); SIGPIPE stays ignored.
+//!
+//! A wait on something outside tbot that the main thread makes before or
+//! between [`wait`]s (the configuration file) asks [`stop_pending`] and
+//! ends when a stop arrived, leaving the signal pending for [`wait`].
 
 /// What a received signal asks of the daemon.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,6 +62,32 @@ pub fn block() -> std::io::Result<()> {
         Ok(())
     } else {
         Err(std::io::Error::from_raw_os_error(rc))
+    }
+}
+
+/// Unblocks SIGINT, SIGTERM and SIGHUP for this thread (and threads it
+/// spawns from now on): their default action again, and one that arrived
+/// while blocked acts now.
+pub fn unblock() {
+    let set = set();
+    // SAFETY: unblocking a valid set for this thread.
+    unsafe {
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+/// Whether SIGINT or SIGTERM is pending (blocked and not yet taken by
+/// [`wait`]): a wait on a peer made by the main thread ends on it. The
+/// signal stays pending.
+pub fn stop_pending() -> bool {
+    // SAFETY: sigpending fills a set we own; sigismember reads it.
+    unsafe {
+        let mut pending: libc::sigset_t = std::mem::zeroed();
+        if libc::sigpending(&mut pending) != 0 {
+            return false;
+        }
+        libc::sigismember(&pending, libc::SIGINT) == 1
+            || libc::sigismember(&pending, libc::SIGTERM) == 1
     }
 }
 

@@ -10,6 +10,10 @@ use std::time::{Duration, Instant};
 
 use crate::infra::poll::wait_readable;
 
+/// Longest path a Unix socket can be bound to (unix(7): `sun_path` is 108
+/// bytes, its terminating NUL included).
+pub const MAX_UNIX_SOCKET_PATH: usize = 107;
+
 /// accept(2) failed for want of descriptors (or kernel memory): EMFILE,
 /// ENFILE, ENOBUFS, ENOMEM. Clients can cause this at will.
 pub fn out_of_descriptors(e: &io::Error) -> bool {

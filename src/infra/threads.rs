@@ -125,6 +125,62 @@ where
     })
 }
 
+/// Why [`within`] returned without the helper's result.
+#[derive(Debug, PartialEq, Eq)]
+pub enum GaveUp {
+    /// `bound` passed first.
+    TimedOut,
+    /// `give_up` said so first.
+    Asked,
+}
+
+/// Runs `f` on a short-lived detached thread named `name` and waits for its
+/// result at most `bound`, asking `give_up` every 50 ms; runs `f` here when
+/// no thread can be started. For a call that waits on something outside
+/// tbot and cannot be cut short itself (getaddrinfo(3), a read on a mount
+/// that hangs): the caller goes on, and the helper ends whenever the call
+/// returns, its result dropped.
+pub fn within<T, F>(
+    name: &str,
+    bound: std::time::Duration,
+    give_up: impl Fn() -> bool,
+    f: F,
+) -> Result<T, GaveUp>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let job = std::sync::Arc::new(Mutex::new(Some(f)));
+    let helper_job = job.clone();
+    let spawned = spawn(name, move || {
+        let f = helper_job.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(f) = f {
+            let _ = tx.send(f());
+        }
+    });
+    if spawned.is_err() {
+        let f = job.lock().unwrap_or_else(|p| p.into_inner()).take();
+        return f.map(|f| f()).ok_or(GaveUp::Asked);
+    }
+    let end = Instant::now() + bound;
+    loop {
+        let slice =
+            std::time::Duration::from_millis(50).min(end.saturating_duration_since(Instant::now()));
+        match rx.recv_timeout(slice) {
+            Ok(v) => return Ok(v),
+            Err(RecvTimeoutError::Disconnected) => return Err(GaveUp::Asked),
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+        if give_up() {
+            return Err(GaveUp::Asked);
+        }
+        if Instant::now() >= end {
+            return Err(GaveUp::TimedOut);
+        }
+    }
+}
+
 /// Spawns a named thread (see [`spawn`]) with a [`SERVICE_STACK_BYTES`]
 /// stack, whose end can be awaited with a deadline: the [`Member`] is
 /// added to a [`Group`].
@@ -201,6 +257,21 @@ impl Group {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn within_gives_up_on_a_call_that_does_not_return() {
+        let slow = || std::thread::sleep(Duration::from_secs(5));
+        let t0 = Instant::now();
+        let r = within("t-slow", Duration::from_millis(100), || false, slow);
+        assert_eq!(r, Err(GaveUp::TimedOut));
+        let asked = within("t-asked", Duration::from_secs(10), || true, slow);
+        assert_eq!(asked, Err(GaveUp::Asked));
+        assert!(t0.elapsed() < Duration::from_secs(2));
+        assert_eq!(
+            within("t-fast", Duration::from_secs(5), || false, || 7),
+            Ok(7)
+        );
+    }
 
     #[test]
     fn run_beside_runs_on_a_named_thread_of_its_own_and_resumes_a_panic() {

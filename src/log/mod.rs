@@ -9,12 +9,14 @@
 //! object. Anywhere else (a terminal, a file, a pipe) no prefix is written.
 
 use std::fmt::{Display, Write as _};
-use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 mod bridge;
 pub mod follow;
+mod sink;
+
+pub use sink::flush;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -183,11 +185,29 @@ fn emit(level: u8, name: &str, msg: &str, fields: Fields) {
         fields,
     );
     line.push('\n');
-    if level >= MIN_LEVEL.load(Ordering::Relaxed) {
-        // A closed stderr must not take the daemon down: drop the line.
-        let _ = std::io::stderr().lock().write_all(line.as_bytes());
-    }
+    // Followers first: `line` goes to the writer.
     follow::publish(level, &line.as_bytes()[prefix.len()..]);
+    if level >= MIN_LEVEL.load(Ordering::Relaxed) {
+        sink::write(line);
+    }
+}
+
+/// The warning the log writer adds once stderr takes lines again after
+/// `dropped` of them did not fit its queue.
+fn dropped_line(dropped: u64) -> String {
+    let mut line = String::new();
+    if crate::infra::systemd::journal::stderr_is_journal() {
+        line.push_str(priority_prefix(2));
+    }
+    line += &render(
+        JSON.load(Ordering::Relaxed),
+        SystemTime::now(),
+        "WARN",
+        "log lines dropped: standard error was not being read",
+        &[("dropped", &dropped)],
+    );
+    line.push('\n');
+    line
 }
 
 /// The line on stderr for an error that ends the process (usage,
@@ -203,12 +223,14 @@ pub fn fatal(msg: &str) {
     } else {
         ""
     };
+    // One line, always: the message may quote input.
+    let msg = crate::infra::quote::one_line(msg, 4096);
     let line = if JSON.load(Ordering::Relaxed) {
-        render(true, SystemTime::now(), "ERROR", msg, &[("fatal", &true)])
+        render(true, SystemTime::now(), "ERROR", &msg, &[("fatal", &true)])
     } else {
         format!("tbot: {msg}")
     };
-    let _ = writeln!(std::io::stderr().lock(), "{prefix}{line}");
+    sink::write(format!("{prefix}{line}\n"));
 }
 
 /// Sets the line format alone, before anything else is known (the command

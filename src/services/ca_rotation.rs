@@ -16,7 +16,9 @@
 //! `issuer`). A new fingerprint becomes the current CA and a notice goes out
 //! on the reissue bus. A missing or unreadable key — or a half-written one —
 //! makes it `unhealthy` with the error and it checks again at the next event
-//! (or poll); the last good CA stays in use meanwhile.
+//! (or poll); the last good CA stays in use meanwhile. So does a key another
+//! user owns, or a storage directory (or one above it) that others can
+//! write to (`infra::trust`, sshd's StrictModes).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -68,6 +70,9 @@ impl CaRotation {
     /// successfully; it is cleared on failure so that the next check loads
     /// again whatever the stamp says.
     fn check(&self, ctx: &Context, seen: &mut Option<KeyFileStamp>) -> Result<(), String> {
+        // Every check, not only when the key changed: a storage directory
+        // opened to others is reported before anyone uses it.
+        crate::infra::trust::check_dirs(&self.storage)?;
         let stamp = ca_key_stamp(&self.storage).inspect_err(|_| *seen = None)?;
         if *seen == Some(stamp) {
             return Ok(());

@@ -70,6 +70,36 @@ pub fn config_text(dir: &Path, extra_top: &str, services: &str) -> String {
     s
 }
 
+/// Sets RLIMIT_NOFILE (soft `soft`, hard `hard`) for `cmd` before it runs
+/// its first instruction, as `prlimit --nofile=SOFT:HARD` would.
+pub fn limit_nofile(cmd: &mut Command, soft: u64, hard: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// `services:` items for an identity output `id` in `id_dir` and an
+/// ssh-multiplexer `mux` in `mux_dir` that uses it.
+pub fn identity_and_mux(id_dir: &Path, mux_dir: &Path) -> String {
+    format!(
+        "  - type: identity\n    name: id\n    principals: [a]\n    destination: {{type: directory, path: {}}}\n\
+         \x20 - type: ssh-multiplexer\n    name: mux\n    identity: id\n    destination: {{type: directory, path: {}}}\n",
+        id_dir.display(),
+        mux_dir.display()
+    )
+}
+
 /// A running tbot, killed (by PID) and reaped on drop.
 pub struct Tbot {
     pub child: Child,
@@ -104,21 +134,8 @@ impl Tbot {
         nofile: u64,
         env: &[(&str, &str)],
     ) -> Tbot {
-        use std::os::unix::process::CommandExt;
         let mut cmd = Tbot::command(&dir, config, &[], env);
-        // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child.
-        unsafe {
-            cmd.pre_exec(move || {
-                let lim = libc::rlimit {
-                    rlim_cur: nofile,
-                    rlim_max: nofile,
-                };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        limit_nofile(&mut cmd, nofile, nofile);
         Tbot::spawn_and_wait_addr(cmd, dir)
     }
 

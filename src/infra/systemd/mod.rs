@@ -15,6 +15,10 @@ pub mod watchdog;
 
 static STOPPING: AtomicBool = AtomicBool::new(false);
 
+/// How long `READY=1`, `RELOADING=1` and `STOPPING=1` are tried again
+/// while the notify socket has no room; other messages are not.
+pub const PATIENCE: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Tells systemd that tbot is stopping, and why: `STOPPING=1` with the last
 /// `STATUS=` line (`stopping on SIGTERM`), in one datagram. No `STATUS=`
 /// follows it.
@@ -41,11 +45,24 @@ static FAILING: AtomicBool = AtomicBool::new(false);
 /// newlines) when running under systemd with `Type=notify`. Errors are
 /// never fatal; the first of a run of them is a warning, the others (a
 /// watchdog ping every period to a socket that is gone) debug lines.
+///
+/// Never waits for good: the datagram is sent without blocking, and one the
+/// receiver has no room for (systemd busy, a container's notify proxy that
+/// stopped reading: `EAGAIN`) is dropped like any other failure. Waiting
+/// there would hold whichever thread notifies: the watchdog, the status
+/// line, or the main thread on its way to stopping. The messages systemd
+/// acts on once (`READY=1`, `RELOADING=1`, `STOPPING=1`) are tried again
+/// for up to [`PATIENCE`] first: a dropped `READY=1` fails the unit's
+/// start. `WATCHDOG=1` and `STATUS=` lines are dropped at once (the next
+/// one follows).
 pub fn notify(state: &str) {
     let Some(target) = std::env::var_os("NOTIFY_SOCKET").filter(|s| !s.is_empty()) else {
         return;
     };
-    let sent = UnixDatagram::unbound().and_then(|sock| {
+    let once = ["READY=", "RELOADING=", "STOPPING="]
+        .iter()
+        .any(|p| state.starts_with(p));
+    let send = |sock: &UnixDatagram| {
         let bytes = target.as_encoded_bytes();
         if let Some(name) = bytes.strip_prefix(b"@") {
             use std::os::linux::net::SocketAddrExt;
@@ -53,6 +70,22 @@ pub fn notify(state: &str) {
             sock.send_to_addr(state.as_bytes(), &addr)
         } else {
             sock.send_to(state.as_bytes(), &target)
+        }
+    };
+    let sent = UnixDatagram::unbound().and_then(|sock| {
+        sock.set_nonblocking(true)?;
+        let end = std::time::Instant::now() + PATIENCE;
+        loop {
+            match send(&sock) {
+                Err(e)
+                    if once
+                        && e.kind() == std::io::ErrorKind::WouldBlock
+                        && std::time::Instant::now() < end =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                other => return other,
+            }
         }
     });
     let socket = target.to_string_lossy().into_owned();

@@ -67,7 +67,7 @@ use socket::Socket;
 use ssh_config::{ssh_config_text, tbot_exe};
 
 /// The socket's file name in the destination.
-pub const SOCKET_NAME: &str = "v1.sock";
+pub const SOCKET_NAME: &str = crate::config::MUX_SOCKET_NAME;
 /// The OpenSSH client configuration's file name in the destination.
 pub const SSH_CONFIG_NAME: &str = "ssh_config";
 /// Longest request, its NUL included.
@@ -79,7 +79,7 @@ pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Starts the one line the bot writes when it cannot serve a request.
 pub const ERROR_PREFIX: &str = "tbot ssh-multiplexer error: ";
 /// Longest path a Unix socket can have (`sun_path` is 108 bytes, NUL included).
-pub const MAX_SOCKET_PATH: usize = 107;
+pub const MAX_SOCKET_PATH: usize = crate::infra::sockets::MAX_UNIX_SOCKET_PATH;
 /// After refusing a request, how long and how much of the client's
 /// remaining input is read and dropped so that it can read the reason.
 const LINGER_TIME: Duration = Duration::from_secs(1);

@@ -10,6 +10,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::infra::poll::{poll, PollFd, PollFlags};
+use crate::infra::threads::within;
 use rustix::net::{shutdown, Shutdown};
 
 use crate::log;
@@ -31,10 +32,57 @@ const HANGUP_CHECK: Duration = Duration::from_secs(1);
 impl Target {
     /// Resolves the host and connects to the first address that answers.
     pub fn dial(&self, timeout: Duration) -> Result<TcpStream, String> {
-        let addrs: Vec<SocketAddr> = (self.host.as_str(), self.port)
-            .to_socket_addrs()
-            .map_err(|e| format!("resolving {}: {e}", self.host))?
-            .collect();
+        let addrs = match &self.zone {
+            Some(zone) => vec![self.scoped(zone)?],
+            None => self.resolve(timeout)?,
+        };
+        self.connect(addrs, timeout)
+    }
+
+    /// The address of an IPv6 target with a zone: the zone is an interface
+    /// index, or a name looked up now (interfaces come and go).
+    fn scoped(&self, zone: &str) -> Result<SocketAddr, String> {
+        let ip: std::net::Ipv6Addr = self
+            .host
+            .parse()
+            .map_err(|_| format!("{}: not an IPv6 address", self.host))?;
+        let scope = match zone.parse::<u32>() {
+            Ok(index) => index,
+            Err(_) => {
+                use rustix::net::{socket, AddressFamily, SocketType};
+                let sock = socket(AddressFamily::INET6, SocketType::DGRAM, None)
+                    .map_err(|e| format!("looking up interface {zone:?}: {e}"))?;
+                rustix::net::netdevice::name_to_index(&sock, zone).map_err(|e| {
+                    format!("{self}: no network interface {zone:?} for the address's zone (RFC 4007): {e}")
+                })?
+            }
+        };
+        Ok(SocketAddr::V6(std::net::SocketAddrV6::new(
+            ip, self.port, 0, scope,
+        )))
+    }
+
+    /// The target's addresses, looked up within `timeout`.
+    fn resolve(&self, timeout: Duration) -> Result<Vec<SocketAddr>, String> {
+        // getaddrinfo(3) cannot be cut short, and its own bound (resolv.conf's
+        // timeout × attempts × servers, per family) is not ours: it runs
+        // beside, and the dial gives up on it after `timeout`.
+        let (host, port) = (self.host.clone(), self.port);
+        let lookup = move || (host.as_str(), port).to_socket_addrs().map(|a| a.collect());
+        let addrs: Vec<SocketAddr> = within("mux-lookup", timeout, || false, lookup)
+            .map_err(|_| {
+                format!(
+                    "resolving {}: no answer within {}",
+                    self.host,
+                    crate::infra::duration::format(timeout)
+                )
+            })?
+            .map_err(|e: io::Error| format!("resolving {}: {e}", self.host))?;
+        Ok(addrs)
+    }
+
+    /// Connects to the first of `addrs` that answers within `timeout`.
+    fn connect(&self, addrs: Vec<SocketAddr>, timeout: Duration) -> Result<TcpStream, String> {
         let mut last = format!("resolving {}: no addresses", self.host);
         for a in addrs {
             match TcpStream::connect_timeout(&a, timeout) {

@@ -67,15 +67,25 @@ fn too_long() -> String {
 /// A parsed `host:port[|cluster]`.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Target {
+    /// A name, an IPv4 address, or an IPv6 address without its zone.
     pub host: String,
     pub port: u16,
+    /// An IPv6 address's zone (RFC 4007 §11: `fe80::1%eth0`): a network
+    /// interface's name or index, as OpenSSH passes it on in `%h`.
+    pub zone: Option<String>,
 }
+
+/// Longest zone: a network interface name (`IFNAMSIZ` is 16, its NUL
+/// included), or an index.
+const MAX_ZONE: usize = 15;
 
 impl crate::log::Field for Target {}
 
 impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.host.contains(':') {
+        if let Some(zone) = &self.zone {
+            write!(f, "[{}%{zone}]:{}", self.host, self.port)
+        } else if self.host.contains(':') {
             write!(f, "[{}]:{}", self.host, self.port)
         } else {
             write!(f, "{}:{}", self.host, self.port)
@@ -121,12 +131,26 @@ impl Target {
         {
             return bad("invalid host");
         }
+        let (host, zone) = match host.split_once('%') {
+            Some((addr, zone)) => (addr, Some(zone)),
+            None => (host, None),
+        };
         if host.contains(':') && host.parse::<std::net::Ipv6Addr>().is_err() {
             return bad("a host with ':' must be an IPv6 address");
+        }
+        if let Some(zone) = zone {
+            if host.parse::<std::net::Ipv6Addr>().is_err() {
+                return bad("a '%' zone may follow an IPv6 address only (RFC 4007: fe80::1%eth0)");
+            }
+            let zone_char = |c: char| c.is_ascii_alphanumeric() || "._-@".contains(c);
+            if zone.is_empty() || zone.len() > MAX_ZONE || !zone.chars().all(zone_char) {
+                return bad("the zone after '%' must be a network interface name (at most 15 characters) or index");
+            }
         }
         Ok(Target {
             host: host.to_string(),
             port,
+            zone: zone.map(str::to_string),
         })
     }
 }
@@ -141,6 +165,31 @@ pub(super) mod tests {
         Target {
             host: host.into(),
             port,
+            zone: None,
+        }
+    }
+
+    #[test]
+    fn an_ipv6_zone_is_carried_or_refused_by_its_rule() {
+        let t = Target::parse("fe80::1%eth0:22").unwrap();
+        assert_eq!(
+            (t.host.as_str(), t.zone.as_deref()),
+            ("fe80::1", Some("eth0"))
+        );
+        assert_eq!(t.to_string(), "[fe80::1%eth0]:22");
+        assert_eq!(
+            Target::parse("[fe80::1%2]:22").unwrap().zone.as_deref(),
+            Some("2")
+        );
+        for (bad, rule) in [
+            ("host%eth0:22", "RFC 4007"),
+            ("10.0.0.1%eth0:22", "RFC 4007"),
+            ("fe80::1%:22", "network interface"),
+            ("fe80::1%a/b:22", "invalid host"),
+            ("fe80::1%sixteen-chars-xx:22", "network interface"),
+        ] {
+            let e = Target::parse(bad).expect_err(bad);
+            assert!(e.contains(rule), "{bad}: {e}");
         }
     }
 

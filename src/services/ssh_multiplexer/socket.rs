@@ -42,6 +42,9 @@ pub struct Socket {
     dir: DirHandle,
     /// (device, inode) of the socket file, to tell it from a replacement.
     id: (u64, u64),
+    /// An flock on the directory, so that age-based cleaners
+    /// (systemd-tmpfiles) skip it while the socket is live.
+    _against_cleaners: Option<crate::infra::instance_lock::DirLock>,
 }
 
 /// `/proc/self/fd/<dir>/<name>`: `name` in the open directory `dir`.
@@ -87,6 +90,7 @@ impl Socket {
         Ok(Socket {
             listener: UnixListener::from(fd),
             path,
+            _against_cleaners: against_cleaners(&dir),
             dir,
             id,
         })
@@ -206,6 +210,20 @@ impl Drop for Socket {
             let _ = self.dir.remove_file(SOCKET_NAME);
         }
     }
+}
+
+/// The directory's flock against age-based cleaners; a warning when it
+/// cannot be had (the socket may then be removed by one: the service binds
+/// it again within a second).
+fn against_cleaners(dir: &DirHandle) -> Option<crate::infra::instance_lock::DirLock> {
+    let held = crate::infra::instance_lock::hold_dir(dir.fd());
+    if held.is_none() {
+        log::warn(
+            "ssh multiplexer: cannot lock the socket's directory; an age-based cleaner (systemd-tmpfiles) may remove the socket",
+            &[("directory", &dir.path().display())],
+        );
+    }
+    held
 }
 
 /// Removes `v1.sock` if it is a socket nobody listens on. A live socket
