@@ -1,6 +1,8 @@
-//! `tbot start`: configuration → services → health table → diagnostics,
-//! then wait for signals: SIGHUP reloads (see `reload`), SIGINT/SIGTERM stop
-//! everything in order.
+//! `tbot start`: the health table, tbot's own threads, then the
+//! configuration applied to an empty set (`reload::Current::apply`, the
+//! same path a SIGHUP takes); then wait for signals: SIGHUP reloads,
+//! SIGINT/SIGTERM stop everything in order. Between signals the main loop
+//! starts the services that were waiting for a thread (see `supervisor`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,12 +12,13 @@ use crate::config::Config;
 use crate::health::{Applier, Health};
 use crate::infra::instance_lock::StorageLockError;
 use crate::infra::signals::Signal;
+use crate::infra::stop::Stop;
 use crate::infra::{signals, systemd};
 use crate::log::{self, Format};
 use crate::metrics::Metrics;
-use crate::reload::{Live, Readiness};
-use crate::services::{self, Bus, Shared};
-use crate::{diag, exit, supervisor};
+use crate::reload::{Current, Ground, Readiness};
+use crate::services::{Bus, Shared};
+use crate::{diag, exit};
 
 /// How long services get to stop after a signal before tbot exits anyway.
 const STOP_GRACE: Duration = Duration::from_millis(1200);
@@ -70,8 +73,9 @@ pub fn start(args: StartArgs) -> i32 {
             &[("directory", &dir.display())],
         );
     }
-    crate::services::readers::grant_passages(&config);
     if args.oneshot {
+        // (The daemon's apply does this, at start as at each reload.)
+        crate::services::readers::grant_passages(&config);
         // Signals get their default action back: they end a oneshot.
         signals::unblock();
         return crate::oneshot::run(&config);
@@ -98,19 +102,8 @@ pub fn start(args: StartArgs) -> i32 {
 
 fn run(args: StartArgs, config: Arc<Config>) -> Result<(), String> {
     let metrics = Arc::new(Metrics::try_new().map_err(|e| format!("metrics: {e}"))?);
-    let specs = services::build(&config);
-    let health = Health::new(
-        specs.iter().map(|s| (s.name.as_str(), s.service.kind())),
-        metrics.clone(),
-    );
-
-    // The port first: a busy or bad address stops tbot before any service
-    // has touched the disk.
-    let listener = match &config.diag_addr {
-        Some(addr) => Some(diag::bind(addr)?),
-        None => None,
-    };
-
+    // Empty: the first apply adds every row.
+    let health = Health::new([], metrics.clone());
     let (updates_tx, updates_rx) = crossbeam_channel::unbounded();
     let applier = Applier {
         health: health.clone(),
@@ -118,118 +111,85 @@ fn run(args: StartArgs, config: Arc<Config>) -> Result<(), String> {
     };
     let applier = crate::infra::threads::spawn("health", move || applier.run())
         .map_err(|e| format!("health thread: {e}"))?;
-    // For the watchdog: whichever diagnostics service is current.
+
+    // tbot's own threads before any service's: a limit on threads that
+    // the services reach leaves these running (and the services waiting).
+    let (stopper, stop) = Stop::new();
     let diag_slots = diag::Slots::default();
-    let diag = start_diag(listener, &config, &health, &metrics, &diag_slots)?;
+    let mut watched = vec![crate::health::watched(&health, &updates_tx)];
+    watched.extend(diag_slots.watched());
+    systemd::watchdog::start(watched, stop.receiver())?;
+    let readiness: Readiness = Default::default();
+    // Opened (disconnected) once the first apply has worked: until then
+    // the table is empty, and nothing is said to systemd. A failed apply
+    // fires the stop first, so that these threads end saying nothing.
+    let (applied, first_apply) = crossbeam_channel::bounded::<()>(0);
+    systemd::status::start(&health, stop.receiver(), &first_apply)?;
+    let notifier = notify_ready(health.clone(), stop, readiness.clone(), first_apply)?;
 
     let shared = Arc::new(Shared {
-        health: health.clone(),
-        metrics: metrics.clone(),
+        health,
+        metrics,
         reissue: Bus::default(),
         ca: Default::default(),
     });
-    let running = supervisor::start(specs, &updates_tx, &shared)
-        .map_err(|e| format!("starting services: {e}"))?;
-    // Stopped by dropping `stop_tx` (the readiness notifier, the watchdog
-    // and the status line all end with it).
-    let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
-    let mut watched = vec![crate::health::watched(&health, &updates_tx)];
-    watched.extend(diag_slots.watched());
-    systemd::watchdog::start(watched, &stop_rx)?;
-    systemd::status::start(&health, &stop_rx)?;
+    let mut current = Current::new(Ground {
+        args,
+        diag_slots,
+        shared,
+        updates: updates_tx,
+        readiness,
+        stop_grace: STOP_GRACE,
+    });
+    // Start is an apply to the empty set. A failure (the diagnostics
+    // address is busy, say) has changed nothing: tbot exits.
+    if let Err(e) = current.apply(Arc::unwrap_or_clone(config)) {
+        drop(stopper);
+        return Err(e);
+    }
+    drop(applied);
+    let (services, waiting) = current.counts();
     log::info(
         "tbot started",
         &[
             ("version", &crate::build_info::VERSION),
             ("revision", &crate::build_info::REVISION),
-            ("services", &running.len()),
+            ("services", &services),
+            ("waiting_for_a_thread", &waiting),
         ],
     );
 
-    let readiness: Readiness = Default::default();
-    let notifier = notify_ready(health.clone(), stop_rx, readiness.clone())?;
-    let mut live = Live {
-        args,
-        config,
-        running,
-        diag,
-        diag_slots,
-        health,
-        metrics,
-        shared,
-        updates: updates_tx,
-        readiness,
-        stop_grace: STOP_GRACE,
-    };
-
     let signal = loop {
-        match signals::wait() {
-            Signal::Reload => live.on_sighup(),
-            Signal::Stop(name) => break name,
+        let timeout = current
+            .next_retry()
+            .map(|t| t.saturating_duration_since(Instant::now()));
+        match signals::wait_timeout(timeout) {
+            Some(Signal::Reload) => current.on_sighup(),
+            Some(Signal::Stop(name)) => break name,
+            None => current.retry_waiting(),
         }
     };
     log::info("stopping", &[("signal", &signal)]);
     systemd::stopping(signal);
-    drop(stop_tx);
-    shut_down(live, notifier, applier);
+    // The readiness notifier, the watchdog and the status line end with it.
+    drop(stopper);
+    shut_down(current, notifier, applier);
     log::info("stopped", &[]);
     Ok(())
 }
 
-/// The local debug socket (`debug_socket:`, else `<storage>/debug.sock`).
-/// One that cannot be made is a warning, not a failed start: tbot's work
-/// does not depend on it (a storage directory tbot cannot write is its
-/// services' to report).
-fn bind_debug_socket(config: &Config) -> Option<diag::debug_socket::DebugSocket> {
-    match diag::debug_socket::bind(&config.debug_socket) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            log::warn(
-                "no debug socket: tbot status and tbot debug will not reach this bot",
-                &[("error", &e)],
-            );
-            None
-        }
-    }
-}
-
-/// The diagnostics service on `listener` (None: no `diag_addr`) and the
-/// debug socket (neither: none runs), watched through `slots`.
-fn start_diag(
-    listener: Option<std::net::TcpListener>,
-    config: &Config,
-    health: &Health,
-    metrics: &Arc<Metrics>,
-    slots: &diag::Slots,
-) -> Result<Option<diag::Diag>, String> {
-    let l = diag::Listeners {
-        tcp: listener,
-        local: bind_debug_socket(config),
-    };
-    if l.tcp.is_none() && l.local.is_none() {
-        return Ok(None);
-    }
-    let options = diag::Options {
-        max_connections: config.diag_max_connections,
-        debug: config.debug,
-    };
-    diag::start(l, options, health.clone(), metrics.clone(), slots).map(Some)
-}
-
 /// After the stop signal: the services (within [`STOP_GRACE`]), the
 /// readiness notifier, the diagnostics service, then the health applier
-/// (which ends once every sender of updates is gone with `live`).
+/// (which ends once every sender of updates is gone with `current`).
 fn shut_down(
-    mut live: Live,
+    mut current: Current,
     notifier: std::thread::JoinHandle<()>,
     applier: std::thread::JoinHandle<()>,
 ) {
-    live.stop_all(Instant::now() + STOP_GRACE);
+    current.stop_all(Instant::now() + STOP_GRACE);
     let _ = notifier.join();
-    if let Some(d) = live.diag.take() {
-        d.shutdown();
-    }
-    drop(live);
+    current.stop_diag();
+    drop(current);
     // It ends once every sender of updates is gone; a service that did not
     // stop in time still holds one, so it is joined only if it has ended.
     if applier.is_finished() && applier.join().is_err() {
@@ -237,22 +197,22 @@ fn shut_down(
     }
 }
 
-/// Sends `READY=1` once every service has reported (and records that it
-/// did, for reloads); gives up when `stop` disconnects.
+/// Sends `READY=1` once the first apply is done (`first_apply`
+/// disconnects) and every service has reported (and records that it did,
+/// for reloads); gives up at `stop`.
 fn notify_ready(
     health: Health,
-    stop: crossbeam_channel::Receiver<()>,
+    stop: Stop,
     readiness: Readiness,
+    first_apply: crossbeam_channel::Receiver<()>,
 ) -> Result<std::thread::JoinHandle<()>, String> {
     crate::infra::threads::spawn("sd-notify", move || {
-        let stopping = || {
-            matches!(
-                stop.try_recv(),
-                Err(crossbeam_channel::TryRecvError::Disconnected)
-            )
-        };
-        while !stopping() {
-            if health.wait_all_reported("", Duration::from_secs(3600), &stop) {
+        crossbeam_channel::select! {
+            recv(first_apply) -> _ => {}
+            recv(stop.receiver()) -> _ => return,
+        }
+        while !stop.is_set() {
+            if health.wait_all_reported("", Duration::from_secs(3600), stop.receiver()) {
                 // Under the lock: a reload in progress finishes first.
                 let mut ready = readiness.lock().unwrap_or_else(|p| p.into_inner());
                 log::info("every service has reported", &[]);

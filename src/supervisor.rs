@@ -6,6 +6,12 @@
 //! resets once a run has lasted longer than the longest backoff. Nothing a
 //! service does can take the process down.
 //!
+//! A service whose thread cannot be started (`EAGAIN` under a pids cgroup
+//! limit or `RLIMIT_NPROC`) fails like one whose `run` fails: its row is
+//! `unhealthy` with a reason that names the limit (`limits::explain`),
+//! and the start is tried again after the same backoff ([`Running::retry`],
+//! called by the daemon's main loop at [`Running::retry_at`]).
+//!
 //! Every report and every restart reaches the health table through the
 //! applier thread (`health`); that is the supervision path the systemd
 //! watchdog proves alive ([`crate::health::watched`]). A service stuck in
@@ -19,12 +25,14 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
+use crate::config::Access;
 use crate::health::Update;
 use crate::infra::backoff::Backoff;
+use crate::infra::limits::explain;
 use crate::infra::stop::{Stop, Stopper};
 use crate::infra::threads::{spawn_member, Group, Member};
 use crate::log;
-use crate::services::{Context, Drain, Shared, Spec};
+use crate::services::{Context, Drain, Key, Service, Shared, Spec};
 
 /// How long the `service-hold@NAME` failpoint holds a start (debug builds).
 const HELD: Duration = Duration::from_secs(24 * 3600);
@@ -67,11 +75,16 @@ pub fn panic_message(payload: &(dyn Any + Send)) -> String {
     }
 }
 
-/// A spawned service thread, with its own stop signal: a reload stops one
+/// A service tbot runs, with its own stop signal: a reload stops one
 /// service without touching the others.
 pub struct Running {
     pub name: String,
-    thread: Member,
+    /// What it was built from (see [`Key`]): a reload keeps it if unchanged.
+    pub key: Key,
+    /// Its destination's `acls`/`readers`, apart from the key: a reload
+    /// that changes only these replaces them in place (`readers`).
+    pub access: Option<Access>,
+    state: State,
     /// Dropping it stops the service (see [`Running::stop`]).
     stop: Stopper,
     /// For a multiplexer, its live relays (see [`Drain`]).
@@ -80,22 +93,109 @@ pub struct Running {
     pub readers: Option<crate::services::readers::Readers>,
 }
 
+enum State {
+    /// Its thread runs.
+    Started(Member),
+    /// Its thread could not be started: tried again at `retry_at`. (The
+    /// job is taken out only for the moment of the retry.)
+    Waiting {
+        job: Option<Job>,
+        retry_at: Instant,
+        delay: Duration,
+    },
+}
+
+/// What a service thread runs.
+struct Job {
+    service: Box<dyn Service>,
+    ctx: Context,
+}
+
 impl Running {
     /// Tells the service to stop (without waiting).
     pub fn stop(self) -> Stopping {
         self.stop.fire();
         Stopping {
             name: self.name,
-            thread: self.thread,
+            thread: match self.state {
+                State::Started(m) => Some(m),
+                State::Waiting { .. } => None,
+            },
             drain: self.drain,
         }
+    }
+
+    /// When its thread is to be tried again (None: it runs).
+    pub fn retry_at(&self) -> Option<Instant> {
+        match &self.state {
+            State::Waiting { retry_at, .. } => Some(*retry_at),
+            State::Started(_) => None,
+        }
+    }
+
+    /// Tries again to start the thread if it is waiting and its time has
+    /// come (see [`Running::retry_at`]). True when it started.
+    pub fn retry(&mut self, now: Instant) -> bool {
+        let State::Waiting {
+            job,
+            retry_at,
+            delay,
+        } = &mut self.state
+        else {
+            return false;
+        };
+        if *retry_at > now {
+            return false;
+        }
+        let Some(j) = job.take() else {
+            return false;
+        };
+        self.state = launch(&self.name, j, Some(*delay));
+        self.retry_at().is_none()
+    }
+}
+
+/// Starts `job`'s thread; if it cannot be started, reports the service
+/// unhealthy (naming the limit) and returns it waiting, `previous` (the
+/// last delay, None at the first try) backed off.
+fn launch(name: &str, job: Job, previous: Option<Duration>) -> State {
+    let slot = Arc::new(std::sync::Mutex::new(Some(job)));
+    let inside = slot.clone();
+    let take =
+        |s: &std::sync::Mutex<Option<Job>>| s.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let error = match spawn_member(name, move || {
+        if let Some(job) = take(&inside) {
+            supervise(job.service, job.ctx);
+        }
+    }) {
+        Ok(m) => return State::Started(m),
+        Err(e) => e,
+    };
+    let Some(job) = take(&slot) else {
+        unreachable!("a thread that was not started did not take its job")
+    };
+    let delay = RESTART.after(previous);
+    let reason = format!("cannot start its thread: {}", explain(&error));
+    log::error(
+        "service cannot start; retrying",
+        &[
+            ("service", &name),
+            ("reason", &reason),
+            ("retry_in", &crate::infra::duration::format(delay)),
+        ],
+    );
+    job.ctx.unhealthy(reason);
+    State::Waiting {
+        job: Some(job),
+        retry_at: Instant::now() + delay,
+        delay,
     }
 }
 
 /// A service told to stop.
 pub struct Stopping {
     pub name: String,
-    thread: Member,
+    thread: Option<Member>,
     pub drain: Option<Drain>,
 }
 
@@ -106,7 +206,9 @@ pub fn join_until(stopping: Vec<Stopping>, deadline: Instant, late: &str) -> Vec
     let mut group = Group::default();
     let mut drains = Vec::new();
     for s in stopping {
-        group.push(s.thread);
+        if let Some(t) = s.thread {
+            group.push(t);
+        }
         if let Some(d) = s.drain {
             drains.push((s.name, d));
         }
@@ -124,29 +226,12 @@ pub fn join_until(stopping: Vec<Stopping>, deadline: Instant, late: &str) -> Vec
     drains
 }
 
-/// Starts every service on a thread named after it, each with its own stop
-/// signal. Each service's updates carry the instance number its health row
-/// has now (see `Health::instance`): rows first, then threads.
-pub fn start(
-    specs: Vec<Spec>,
-    updates: &Sender<Update>,
-    shared: &Arc<Shared>,
-) -> std::io::Result<Vec<Running>> {
-    let mut running = Vec::with_capacity(specs.len());
-    for spec in specs {
-        running.push(start_one(spec, updates, shared)?);
-    }
-    Ok(running)
-}
-
-/// Starts one service (see [`start`]).
-pub fn start_one(
-    spec: Spec,
-    updates: &Sender<Update>,
-    shared: &Arc<Shared>,
-) -> std::io::Result<Running> {
-    let named = crate::infra::limits::name_limit;
-    let (stopper, stop) = Stop::new().map_err(named)?;
+/// Starts one service on a thread named after it, with its own stop
+/// signal. Its updates carry the instance number its health row has now
+/// (see `Health::instance`): rows first, then threads. A thread that
+/// cannot be started leaves the service waiting (see [`Running::retry`]).
+pub fn start(spec: Spec, updates: &Sender<Update>, shared: &Arc<Shared>) -> Running {
+    let (stopper, stop) = Stop::new();
     let instance = shared.health.instance(&spec.name).unwrap_or(0);
     let ctx = Context::new(
         spec.name.clone(),
@@ -157,15 +242,19 @@ pub fn start_one(
     );
     let drain = spec.service.drain();
     let readers = spec.service.readers();
-    let thread = spawn_member(&spec.name, move || supervise(spec.service, ctx))
-        .map_err(crate::infra::limits::name_task_limit)?;
-    Ok(Running {
+    let job = Job {
+        service: spec.service,
+        ctx,
+    };
+    Running {
+        state: launch(&spec.name, job, None),
         name: spec.name,
-        thread,
+        key: spec.key,
+        access: spec.access,
         stop: stopper,
         drain,
         readers,
-    })
+    }
 }
 
 fn supervise(mut service: Box<dyn crate::services::Service>, ctx: Context) {

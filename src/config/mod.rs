@@ -95,7 +95,8 @@ pub enum ServiceConfig {
     SshMultiplexer(MultiplexerConfig),
 }
 
-// PartialEq: a reload compares each service's configuration (see `reload::diff`).
+// Debug: a reload compares each service by what it is built from (its `Debug`
+// text, hashed: see `services::Key`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct IdentityConfig {
     pub name: String,
@@ -107,7 +108,8 @@ pub struct IdentityConfig {
     pub renewal_interval: Duration,
 }
 
-// PartialEq: a reload compares each service's configuration (see `reload::diff`).
+// Debug: a reload compares each service by what it is built from (its `Debug`
+// text, hashed: see `services::Key`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct MultiplexerConfig {
     pub name: String,

@@ -60,6 +60,22 @@ pub fn bind(path: &Path) -> Result<DebugSocket, String> {
     })
 }
 
+/// [`bind`], or None with a warning: tbot's work does not depend on the
+/// socket (a storage directory tbot cannot write is its services' to
+/// report), so one that cannot be made does not stop a start.
+pub fn bind_or_warn(path: &Path) -> Option<DebugSocket> {
+    match bind(path) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            crate::log::warn(
+                "no debug socket: tbot status and tbot debug will not reach this bot",
+                &[("error", &e)],
+            );
+            None
+        }
+    }
+}
+
 /// Removes the socket file at `path` if it is still the one bound
 /// (a socket): at stop.
 pub fn remove(path: &Path) {

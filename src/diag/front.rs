@@ -44,6 +44,7 @@ use rustix::event::epoll::EventFlags;
 use super::head::{HeadLimits, Peer};
 use crate::infra::liveness::Beat;
 use crate::infra::sockets::Spare;
+use crate::infra::stop::Stop;
 use crate::log;
 
 mod accept;
@@ -263,9 +264,9 @@ pub struct Front {
     backend: BackendPath,
     backend_lost: BackendLost,
     limits: Limits,
-    /// Hangs up when the daemon stops; a byte on it is a watchdog poke,
-    /// which only wakes the loop for a turn ([`turn`]).
-    stop: UnixStream,
+    /// Its descriptor wakes the loop: at the stop, or for a watchdog poke
+    /// ([`Stop::wake`]), which only makes it turn once ([`turn`]).
+    stop: Stop,
     /// One turn per pass of the loop (for the systemd watchdog).
     beat: Beat,
     spare: Spare,
@@ -294,7 +295,7 @@ impl Front {
         backend: BackendPath,
         backend_lost: BackendLost,
         limits: Limits,
-        stop: UnixStream,
+        stop: Stop,
     ) -> io::Result<Front> {
         if let Some(l) = &listener {
             l.set_nonblocking(true)?;
@@ -302,7 +303,6 @@ impl Front {
         if let Some(l) = &local {
             l.set_nonblocking(true)?;
         }
-        stop.set_nonblocking(true)?;
         let pool = upstream::Pool::new(limits.kept_backend_connections);
         Ok(Front {
             listener,
@@ -332,7 +332,7 @@ impl Front {
         self
     }
 
-    /// Serves until the stop socket hangs up.
+    /// Serves until the stop.
     pub fn run(mut self) {
         let mut events = match turn::Events::new(&self) {
             Ok(events) => events,

@@ -6,23 +6,23 @@
 //! ([`Slots`]).
 
 use std::net::{SocketAddr, TcpListener};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use rustix::net::SendFlags;
-
 use super::{front, Diag};
+use crate::infra::limits::explain;
 use crate::infra::liveness::{Beat, Poke, Slot, Watched};
+use crate::infra::stop::{Stop, Stopper};
 use crate::log;
 
-/// A `diag-front` thread and the daemon's end of its stop socket.
+/// A `diag-front` thread and the daemon's end of its stop signal.
 pub(super) struct FrontRun {
-    /// Hung up to stop the front; a byte on it is a watchdog poke (see
-    /// [`FrontRun::poke`]).
-    stop: Arc<UnixStream>,
+    stopper: Stopper,
+    /// What the front waits on: its descriptor also carries the watchdog's
+    /// pokes (see [`FrontRun::poke`]).
+    stop: Stop,
     thread: JoinHandle<()>,
     /// The TCP port's address, if it has one.
     pub(super) addr: Option<SocketAddr>,
@@ -71,8 +71,8 @@ impl Slots {
 }
 
 impl FrontRun {
-    /// Starts a front on `listeners` (the TCP port, the debug socket) that
-    /// hands requests to the serving loop and counts its turns on `beat`.
+    /// Starts a front on `listeners` (the TCP port, the debug socket) that hands requests to the serving
+    /// loop and counts its turns on `beat`.
     pub(super) fn spawn(
         listeners: (Option<TcpListener>, Option<UnixListener>),
         backend_path: &front::BackendPath,
@@ -87,41 +87,43 @@ impl FrontRun {
             ),
             None => None,
         };
-        let (stop, stop_rx) = UnixStream::pair().map_err(|e| format!("diagnostics: {e}"))?;
+        if crate::infra::failpoints::fails("diag-front-start") {
+            return Err("diag-front: injected failure (failpoint diag-front-start)".into());
+        }
+        let (stopper, stop) = Stop::new();
+        stop.fd()
+            .map_err(|e| format!("diag-front: {}", explain(&e)))?;
         let front = front::Front::new(
             listeners,
             backend_path.clone(),
             backend_lost.clone(),
             limits.clone(),
-            stop_rx,
+            stop.clone(),
         )
         .map_err(|e| format!("diagnostics listener: {e}"))?
         .beating(beat);
+        // A thread limit is named (a reload that moves the front onto a
+        // port past a pids limit says why it failed).
         let thread = crate::infra::threads::spawn("diag-front", move || front.run())
-            .map_err(|e| format!("diag-front: {e}"))?;
+            .map_err(|e| format!("diag-front: {}", explain(&e)))?;
         Ok(FrontRun {
-            stop: Arc::new(stop),
+            stopper,
+            stop,
             thread,
             addr,
         })
     }
 
-    /// The front's watchdog poke: one byte on its stop socket, which wakes
-    /// it for one turn (it drains the byte; only a hang-up stops it). The
-    /// write never blocks: a full socket buffer means pokes are pending
-    /// already, and an error (the front is gone) shows as the missing turn.
+    /// The front's watchdog poke: a wake-up on its stop descriptor, which
+    /// makes it turn once without stopping it. Never blocks.
     pub(super) fn poke(&self) -> Poke {
         let stop = self.stop.clone();
-        Box::new(move || {
-            let _ = rustix::net::send(&*stop, &[0], SendFlags::DONTWAIT | SendFlags::NOSIGNAL);
-        })
+        Box::new(move || stop.wake())
     }
 
     /// Stops the front (its listener and connections close) and waits for it.
     pub(super) fn stop(self) {
-        // A hang-up even while the watchdog holds the socket.
-        let _ = self.stop.shutdown(std::net::Shutdown::Both);
-        drop(self.stop);
+        self.stopper.fire();
         if self.thread.join().is_err() {
             log::error("the diagnostics front panicked", &[]);
         }

@@ -29,8 +29,11 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::health::Health;
-use crate::infra::liveness::Beat;
+use crate::health::{Health, Listener};
+use crate::infra::limits::explain;
+use crate::infra::liveness::{Beat, Poke};
+use crate::infra::stop::{Stop, Stopper};
+use crate::infra::subscribers::Subscription;
 use crate::log;
 use crate::metrics::Metrics;
 
@@ -83,15 +86,15 @@ pub fn bind(addr: &str) -> Result<TcpListener, String> {
     })
 }
 
+/// Longest wait for the name lookup of a `diag_addr` host name.
+pub const LOOKUP_BOUND: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Where the service listens: the TCP port (`diag_addr`), the local debug
 /// socket, or both. Either works without the other.
 pub struct Listeners {
     pub tcp: Option<TcpListener>,
     pub local: Option<debug_socket::DebugSocket>,
 }
-
-/// Longest wait for the name lookup of a `diag_addr` host name.
-pub const LOOKUP_BOUND: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub struct Options {
     pub max_connections: usize,
@@ -101,7 +104,8 @@ pub struct Options {
 /// State the serving loop shares with whoever needs to wake it.
 struct Loop {
     server: Mutex<Arc<tiny_http::Server>>,
-    stop: AtomicBool,
+    /// Fired by [`Diag::shutdown`] (which then wakes the loop).
+    stop: Stop,
     /// tiny_http no longer listens on its socket: rebuild it.
     lost: AtomicBool,
     /// The health table changed since the parked `/wait` requests were
@@ -127,6 +131,9 @@ impl Loop {
 /// A running diagnostics service.
 pub struct Diag {
     state: Arc<Loop>,
+    stopper: Stopper,
+    /// Wakes the loop on each health change, while the service runs.
+    _changes: Subscription<Listener>,
     /// The front on the public port; a reload may replace it (see `live`).
     front: live::FrontRun,
     threads: Vec<JoinHandle<()>>,
@@ -146,11 +153,24 @@ pub struct Diag {
     slots: Slots,
 }
 
+/// tiny_http on a fresh socket in `dir`. tiny_http starts its accept
+/// thread with `std::thread::spawn`, which panics when no thread can be
+/// made (a pids cgroup limit): that panic is this error, not the end of
+/// the calling thread (the main thread, at a reload).
 fn backend(dir: &Path, generation: usize) -> Result<(tiny_http::Server, PathBuf), String> {
     let path = dir.join(format!("http-{generation}.sock"));
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let server = tiny_http::Server::from_listener(listener, None)
+    let server = catch_unwind(|| tiny_http::Server::from_listener(listener, None))
+        .map_err(|p| {
+            let why = crate::supervisor::panic_message(p.as_ref());
+            // std's message carries the error's code only.
+            let limit = match why.contains("code: 11") {
+                true => explain(&std::io::Error::from_raw_os_error(libc::EAGAIN)),
+                false => why,
+            };
+            format!("tiny_http cannot start its thread: {limit}")
+        })?
         .map_err(|e| format!("{}: {e}", path.display()))?;
     Ok((server, path))
 }
@@ -158,8 +178,27 @@ fn backend(dir: &Path, generation: usize) -> Result<(tiny_http::Server, PathBuf)
 /// Starts the service on `listeners` (bound by the caller). Once every
 /// thread runs, the watchdog's pokes go to its loops, whose turns count on
 /// `slots` (made once by the daemon, shared by each service it starts; see
-/// [`Slots`]). Errors name the thread or socket that could not be made.
+/// [`Slots`]). Errors name the thread or socket that could not be made;
+/// what had started by then is stopped again, and its socket directory
+/// removed (and the debug socket's file), so that a failed start leaves
+/// nothing behind.
 pub fn start(
+    listeners: Listeners,
+    opts: Options,
+    health: Health,
+    metrics: Arc<Metrics>,
+    slots: &Slots,
+) -> Result<Diag, String> {
+    let local_path = listeners.local.as_ref().map(|s| s.path.clone());
+    let started = start_on(listeners, opts, health, metrics, slots);
+    if let (Err(_), Some(path)) = (&started, local_path) {
+        debug_socket::remove(&path);
+    }
+    started
+}
+
+/// [`start`], but for the debug socket's file.
+fn start_on(
     listeners: Listeners,
     opts: Options,
     health: Health,
@@ -168,101 +207,130 @@ pub fn start(
 ) -> Result<Diag, String> {
     let (local_for_front, local) = split_local(listeners.local)?;
     let (dir, dir_lock) = private_dir::create()?;
-    let (server, path) = backend(&dir, 0)?;
-    let backend_path: front::BackendPath = Arc::new(Mutex::new(path));
-    let state = Arc::new(Loop {
-        server: Mutex::new(Arc::new(server)),
-        stop: AtomicBool::new(false),
-        lost: AtomicBool::new(false),
-        changed: AtomicBool::new(false),
-        beat: slots.http.beat(),
+    let mut addr = None;
+    let started = backend(&dir, 0).and_then(|(server, path)| {
+        let backend_path: front::BackendPath = Arc::new(Mutex::new(path));
+        let (stopper, stop) = Stop::new();
+        let state = Arc::new(Loop {
+            server: Mutex::new(Arc::new(server)),
+            stop,
+            lost: AtomicBool::new(false),
+            changed: AtomicBool::new(false),
+            beat: slots.http.beat(),
+        });
+        let limits = limits(&opts);
+        let backend_lost = backend_lost(&state, &backend_path);
+        let front = live::FrontRun::spawn(
+            (listeners.tcp, local_for_front),
+            &backend_path,
+            &backend_lost,
+            &limits,
+            slots.front.beat(),
+        )?;
+        // Dropped again (ended) if the start fails from here on.
+        let changes = wake_on_change(&health, &state);
+        let debug = Arc::new(AtomicBool::new(opts.debug));
+        let pages = routes::Ctx {
+            health,
+            metrics: metrics.clone(),
+            debug: debug.clone(),
+        };
+        let loops = spawn_loops(&state, pages, metrics, &dir, &backend_path, &limits, slots);
+        let (threads, render_poke) = match loops {
+            Ok(started) => started,
+            Err(e) => {
+                front.stop();
+                return Err(e);
+            }
+        };
+        // Everything runs: the watchdog's pokes go here from now on. (A
+        // serving-loop poke wakes it as a health change does; each pass is
+        // a turn.)
+        let wake = state.clone();
+        slots.http.fill(Box::new(move || wake.wake()));
+        slots.render.fill(render_poke);
+        slots.front.fill(front.poke());
+        addr = front.addr;
+        Ok(Diag {
+            state,
+            stopper,
+            _changes: changes,
+            front,
+            threads,
+            dir: dir.clone(),
+            _dir_lock: dir_lock,
+            backend_path,
+            backend_lost,
+            limits,
+            local,
+            debug,
+            slots: slots.clone(),
+        })
     });
+    match started {
+        Ok(d) => {
+            let path = d.local.as_ref().map(|l| l.1.as_path());
+            live::announce(addr, path, opts.debug);
+            Ok(d)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            Err(e)
+        }
+    }
+}
 
-    let limits = limits(&opts);
-    let backend_lost = backend_lost(&state, &backend_path);
+/// Starts `diag-render` and `diag-http` (the serving loop, [`serve`]):
+/// their handles (the renderer is joined after the loop, whose end drops
+/// the [`render::Renderer`], which stops it) and the renderer's watchdog
+/// poke. A renderer already started
+/// when the loop cannot be is stopped again.
+fn spawn_loops(
+    state: &Arc<Loop>,
+    pages: routes::Ctx,
+    metrics: Arc<Metrics>,
+    dir: &Path,
+    backend_path: &front::BackendPath,
+    limits: &front::Limits,
+    slots: &Slots,
+) -> Result<(Vec<JoinHandle<()>>, Poke), String> {
     let max_parked = limits.max_connections;
-    let front = live::FrontRun::spawn(
-        (listeners.tcp, local_for_front),
-        &backend_path,
-        &backend_lost,
-        &limits,
-        slots.front.beat(),
-    )?;
-
-    wake_on_change(&health, &state);
-    let debug = Arc::new(AtomicBool::new(opts.debug));
-    let ctx = routes::Ctx {
-        health,
-        metrics: metrics.clone(),
-        debug: debug.clone(),
-    };
     // Queued pages wait on the front's connections: as many as it holds.
     let (renderer, render_thread) =
         render::Renderer::spawn(metrics, max_parked, slots.render.beat())
             .map_err(|e| format!("diag-render: {e}"))?;
     let render_poke = renderer.watch().watched().poke;
-    let serving = spawn_serving(&state, (ctx, renderer), &dir, &backend_path, max_parked)?;
-    // The renderer is joined after the loop, whose end drops its queue.
-    let threads = vec![serving, render_thread];
-    // Everything runs: the watchdog's pokes go here from now on. (A
-    // serving-loop poke wakes it as a health change does; each pass is a
-    // turn.)
-    let wake = state.clone();
-    slots.http.fill(Box::new(move || wake.wake()));
-    slots.render.fill(render_poke);
-    slots.front.fill(front.poke());
-    live::announce(
-        front.addr,
-        local.as_ref().map(|l| l.1.as_path()),
-        opts.debug,
-    );
-    Ok(Diag {
-        state,
-        front,
-        threads,
-        dir,
-        _dir_lock: dir_lock,
-        backend_path,
-        backend_lost,
-        limits,
-        local,
-        debug,
-        slots: slots.clone(),
-    })
-}
-
-/// The debug socket's listener for the first front, and a copy of it with
-/// its path, kept for the next fronts and for its removal.
-#[allow(clippy::type_complexity)]
-fn split_local(
-    local: Option<debug_socket::DebugSocket>,
-) -> Result<(Option<UnixListener>, Option<(UnixListener, PathBuf)>), String> {
-    let Some(s) = local else {
-        return Ok((None, None));
+    // Tests fail the start here, with the front and renderer running.
+    let serving = if crate::infra::failpoints::fails("diag-start") {
+        drop(renderer);
+        Err("diag-http: injected failure (failpoint diag-start)".to_string())
+    } else {
+        spawn_serving(state, (pages, renderer), dir, backend_path, max_parked)
     };
-    let copy = s
-        .listener
-        .try_clone()
-        .map_err(|e| format!("debug socket {}: {e}", s.path.display()))?;
-    Ok((Some(s.listener), Some((copy, s.path))))
+    match serving {
+        Ok(serving) => Ok((vec![serving, render_thread], render_poke)),
+        Err(e) => {
+            // Stopped: its `Renderer` is gone with the serving loop's pages.
+            let _ = render_thread.join();
+            Err(e)
+        }
+    }
 }
 
 /// Every applied update marks the table changed and wakes the loop, which
 /// re-checks parked /wait requests. (Waking only while some are parked
 /// would race with parking: an update between the loop's check and its
-/// count would be lost.) Weak: the table outlives a service that a reload
-/// stops, and must not keep its tiny_http alive (see [`Diag::shutdown`]);
-/// once it is gone, the listener asks to be removed.
-fn wake_on_change(health: &Health, state: &Arc<Loop>) {
+/// count would be lost.) For as long as the service holds the returned
+/// subscription; weak, so that the table never keeps a stopped service's
+/// tiny_http alive (see [`Diag::shutdown`]).
+fn wake_on_change(health: &Health, state: &Arc<Loop>) -> Subscription<Listener> {
     let wake = Arc::downgrade(state);
-    health.on_change(move || match wake.upgrade() {
-        Some(state) => {
+    health.on_change(move || {
+        if let Some(state) = wake.upgrade() {
             state.changed.store(true, Ordering::SeqCst);
             state.wake();
-            true
         }
-        None => false,
-    });
+    })
 }
 
 /// Starts `diag-http`, the serving loop ([`serve`]).
@@ -277,7 +345,7 @@ fn spawn_serving(
     crate::infra::threads::spawn("diag-http", move || {
         serve(state, pages, dir, backend_path, max_parked)
     })
-    .map_err(|e| format!("diag-http: {e}"))
+    .map_err(|e| format!("diag-http: {}", explain(&e)))
 }
 
 /// What the front calls when tiny_http refused a connection at `path`: the
@@ -319,6 +387,8 @@ impl Diag {
     pub fn shutdown(self) {
         let Diag {
             state,
+            stopper,
+            _changes,
             front,
             threads,
             dir,
@@ -328,7 +398,8 @@ impl Diag {
             local,
             ..
         } = self;
-        state.stop.store(true, Ordering::SeqCst);
+        drop(_changes);
+        stopper.fire();
         state.wake();
         front.stop();
         for t in threads {
@@ -353,6 +424,22 @@ impl Diag {
     }
 }
 
+/// The debug socket's listener for the first front, and a copy of it with
+/// its path, kept for the next fronts and for its removal.
+#[allow(clippy::type_complexity)]
+fn split_local(
+    local: Option<debug_socket::DebugSocket>,
+) -> Result<(Option<UnixListener>, Option<(UnixListener, PathBuf)>), String> {
+    let Some(s) = local else {
+        return Ok((None, None));
+    };
+    let copy = s
+        .listener
+        .try_clone()
+        .map_err(|e| format!("debug socket {}: {e}", s.path.display()))?;
+    Ok((Some(s.listener), Some((copy, s.path))))
+}
+
 /// With nothing parked the loop sleeps until a request or a wake-up; this
 /// only bounds how long a missed wake-up could go unnoticed.
 const IDLE_WAKE: Duration = Duration::from_secs(3600);
@@ -371,7 +458,7 @@ fn serve(
 ) {
     let mut parked: Vec<http::Parked> = Vec::new();
     let mut generation = 0;
-    while !state.stop.load(Ordering::SeqCst) {
+    while !state.stop.is_set() {
         state.beat.beat();
         if state.lost.swap(false, Ordering::SeqCst) {
             generation += 1;

@@ -14,11 +14,12 @@
 //! already gone (a reload moved the front, say). A job that finds it full
 //! is answered at once with 503 Service Unavailable (RFC 9110 §15.6.4) and
 //! `Retry-After: 1`, so the loop never waits on the renderer. The thread
-//! ends when the [`Renderer`] (the sender) is dropped.
+//! ends at its stop (`infra::stop`), which dropping the [`Renderer`] fires.
 //!
 //! The systemd watchdog watches this thread as it watches the serving loop
 //! ([`Watch::watched`]): a render that wedges (as one on the loop used to
-//! wedge the loop) withholds the pings.
+//! wedge the loop) withholds the pings. Its pokes come down the same queue
+//! as the jobs: one wake-up for the thread.
 
 use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -31,6 +32,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use super::response::Response;
 use super::{debug, gzip};
 use crate::infra::liveness::{Beat, Watched};
+use crate::infra::stop::{Stop, Stopper};
 use crate::log;
 use crate::metrics::Metrics;
 
@@ -46,9 +48,18 @@ pub enum Job {
 /// Where a rendered page goes: sends it to its client.
 pub type Reply = Box<dyn FnOnce(Response) + Send>;
 
-/// The serving loop's handle on the renderer thread.
+/// What the thread takes from its queue.
+enum Msg {
+    Render(Job, Reply),
+    /// A watchdog poke: only counts a turn.
+    Probe,
+}
+
+/// The serving loop's handle on the renderer thread; dropping it stops
+/// the thread.
 pub struct Renderer {
-    jobs: Sender<(Job, Reply)>,
+    jobs: Sender<Msg>,
+    _stopper: Stopper,
     watch: Watch,
     /// When the last 503 was logged (at most one a second: clients can
     /// cause them at will).
@@ -60,9 +71,9 @@ pub struct Renderer {
 pub struct Watch {
     /// One turn per job or probe taken.
     beat: Beat,
-    /// A poke: makes an idle renderer turn once. (Apart from `jobs`, so
-    /// that a poke held by the watchdog does not keep the thread alive.)
-    probes: Sender<()>,
+    /// Where a poke goes: the queue (a full one means the thread has work,
+    /// and will turn).
+    probes: Sender<Msg>,
 }
 
 impl Renderer {
@@ -75,14 +86,18 @@ impl Renderer {
         beat: Beat,
     ) -> std::io::Result<(Renderer, JoinHandle<()>)> {
         let (jobs, queue) = crossbeam_channel::bounded(capacity.max(1));
-        let (probes, probed) = crossbeam_channel::bounded(1);
+        let (stopper, stop) = Stop::new();
         let turns = beat.clone();
         let thread = crate::infra::threads::spawn("diag-render", move || {
-            run(&queue, probed, &metrics, &turns)
+            run(&queue, &stop, &metrics, &turns)
         })?;
-        let watch = Watch { beat, probes };
+        let watch = Watch {
+            beat,
+            probes: jobs.clone(),
+        };
         let renderer = Renderer {
             jobs,
+            _stopper: stopper,
             watch,
             last_refusal_log: Cell::new(None),
         };
@@ -97,10 +112,13 @@ impl Renderer {
     /// Queues `job`; never blocks. A full queue, or a renderer that is
     /// gone, answers 503 through `reply` at once.
     pub fn submit(&self, job: Job, reply: Reply) {
-        let (reason, reply) = match self.jobs.try_send((job, reply)) {
+        let (reason, msg) = match self.jobs.try_send(Msg::Render(job, reply)) {
             Ok(()) => return,
-            Err(TrySendError::Full((_, reply))) => ("busy", reply),
-            Err(TrySendError::Disconnected((_, reply))) => ("stopped", reply),
+            Err(TrySendError::Full(msg)) => ("busy", msg),
+            Err(TrySendError::Disconnected(msg)) => ("stopped", msg),
+        };
+        let Msg::Render(_, reply) = msg else {
+            return;
         };
         let mut last = self.last_refusal_log.get();
         if log::once_a_second(&mut last) {
@@ -116,15 +134,15 @@ impl Renderer {
 
 impl Watch {
     /// The renderer as the systemd watchdog watches it: a poke queues a
-    /// probe (none when one is queued already), which the thread counts as
-    /// a turn once it is free.
+    /// probe (none when the queue is full: the thread has work, and turns
+    /// once it takes the next), which the thread counts as a turn.
     pub fn watched(&self) -> Watched {
         let probes = self.probes.clone();
         Watched {
             name: "diag-render",
             beat: self.beat.clone(),
             poke: Box::new(move || {
-                let _ = probes.try_send(());
+                let _ = probes.try_send(Msg::Probe);
             }),
         }
     }
@@ -139,34 +157,25 @@ fn unavailable(reason: &str) -> Response {
     .with_header("Retry-After", "1")
 }
 
-/// The thread: jobs in order until the queue's sender is gone; a probe
-/// only counts a turn.
-fn run(queue: &Receiver<(Job, Reply)>, probes: Receiver<()>, metrics: &Metrics, beat: &Beat) {
-    // Once the watchdog is gone, probes are no longer waited on.
-    let mut probes = Some(probes);
+/// The thread: jobs in order until the stop; a probe only counts a turn.
+fn run(queue: &Receiver<Msg>, stop: &Stop, metrics: &Metrics, beat: &Beat) {
     loop {
-        let next = match &probes {
-            Some(p) => crossbeam_channel::select! {
-                recv(queue) -> job => Some(job.ok()),
-                recv(p) -> probe => {
-                    if probe.is_err() {
-                        probes = None;
-                    }
-                    None
-                }
-            },
-            None => Some(queue.recv().ok()),
+        let first = crossbeam_channel::select! {
+            recv(queue) -> msg => msg.ok(),
+            recv(stop.receiver()) -> _ => None,
         };
         beat.beat();
-        match next {
-            None => {}
-            Some(None) => return,
-            Some(Some(first)) => {
-                let batch: Vec<(Job, Reply)> =
-                    std::iter::once(first).chain(queue.try_iter()).collect();
-                answer_batch(batch, metrics);
-            }
-        }
+        let Some(first) = first else {
+            return;
+        };
+        let batch: Vec<(Job, Reply)> = std::iter::once(first)
+            .chain(queue.try_iter())
+            .filter_map(|m| match m {
+                Msg::Render(job, reply) => Some((job, reply)),
+                Msg::Probe => None,
+            })
+            .collect();
+        answer_batch(batch, metrics);
     }
 }
 

@@ -4,17 +4,19 @@
 //! channel; one thread ([`Applier::run`]) applies them under the mutex, logs
 //! every status change, keeps the `tbot_service_health` gauges in step and
 //! wakes whoever waits for a change (the diagnostics loop's `/wait`, the
-//! heartbeat, systemd readiness).
+//! heartbeat, systemd readiness and `STATUS=`). There is one way to wait
+//! for a change: [`Health::on_change`], whose subscription ends with its
+//! holder; [`Health::wait_all_reported`] is built on it.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, Sender};
 use serde::Serialize;
 
 use crate::infra::liveness::{Beat, Watched};
+use crate::infra::subscribers::{List, Subscription};
 use crate::log;
 use crate::metrics::Metrics;
 
@@ -141,26 +143,17 @@ fn overall<'a>(mut entries: impl Iterator<Item = &'a Entry>) -> Status {
     }
 }
 
-/// A callback run after each applied update; it returns whether it wants
-/// the next ones (false: it is removed).
-type Listener = Box<dyn Fn() -> bool + Send>;
-
-/// A waiter's latch: its id, the service it does not wait for, and the
-/// sender whose drop wakes it.
-type Latch = (u64, String, Sender<()>);
+/// A callback run after each applied update and each change of rows (on
+/// the thread that made it; it must not block).
+pub type Listener = Box<dyn Fn() + Send>;
 
 /// Shared handle on the table. Cheap to clone.
 #[derive(Clone)]
 pub struct Health {
     inner: Arc<Mutex<Table>>,
-    /// Latches of [`Health::wait_all_reported`] callers: (id, `except`,
-    /// sender), each dropped (which wakes its waiter) once every service
-    /// but `except` has reported.
-    latches: Arc<Mutex<Vec<Latch>>>,
-    next_latch: Arc<AtomicU64>,
     metrics: Arc<Metrics>,
-    /// Called after every applied update (e.g. to wake the HTTP loop).
-    listeners: Arc<Mutex<Vec<Listener>>>,
+    /// Called after every change (see [`Health::on_change`]).
+    listeners: List<Listener>,
     /// One turn per update (or probe) the applier has taken.
     applier_beat: Beat,
 }
@@ -178,10 +171,8 @@ impl Health {
         }
         Health {
             inner: Arc::new(Mutex::new(table)),
-            latches: Arc::default(),
-            next_latch: Arc::default(),
             metrics,
-            listeners: Arc::new(Mutex::new(Vec::new())),
+            listeners: List::default(),
             applier_beat: Beat::default(),
         }
     }
@@ -193,14 +184,13 @@ impl Health {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers a callback run (on the applier thread) after each update,
-    /// until it returns false (its owner is gone: a diagnostics service
-    /// that a reload stopped), when it is removed.
-    pub fn on_change(&self, f: impl Fn() -> bool + Send + 'static) {
-        self.listeners
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Box::new(f));
+    /// Runs `f` after each change of the table (an applied update, on the
+    /// applier thread; a reload's change of rows) for as long as the
+    /// returned subscription is held. The one way to wait for a change:
+    /// `f` wakes the waiter (a channel, tiny_http's unblock).
+    #[must_use = "dropping the subscription ends it at once"]
+    pub fn on_change(&self, f: impl Fn() + Send + 'static) -> Subscription<Listener> {
+        self.listeners.add(Box::new(f))
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -251,50 +241,38 @@ impl Health {
         self.changed();
     }
 
-    /// Opens the latches whose condition holds now and runs the listeners.
+    /// Runs the listeners.
     fn changed(&self) {
-        {
-            // Lock order: the table, then the latches (as in wait_all_reported).
-            let table = self.lock();
-            self.latches
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .retain(|(_, except, _)| !table.all_reported_but(except));
-        }
-        self.listeners
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|f| f());
+        self.listeners.for_each(|f| f());
     }
 
     /// Blocks until every service but `except` has reported at least once,
     /// `timeout`, or `stop` disconnects. Returns whether they all had. No
-    /// timer: the waiter sleeps on a latch that the applier drops (the
-    /// drop-a-sender idiom) once the condition holds.
+    /// timer: the waiter sleeps until a change ([`Health::on_change`]).
     pub fn wait_all_reported(&self, except: &str, timeout: Duration, stop: &Receiver<()>) -> bool {
-        let id = self.next_latch.fetch_add(1, Ordering::Relaxed);
-        let (latch, opened) = crossbeam_channel::bounded::<()>(0);
-        {
-            let table = self.lock();
-            if table.all_reported_but(except) {
+        let deadline = Instant::now().checked_add(timeout);
+        // Capacity 1: a pending notice already says "look again".
+        let (tx, changes) = crossbeam_channel::bounded::<()>(1);
+        // Before the first look: a change after it is not missed.
+        let _subscription = self.on_change(move || {
+            let _ = tx.try_send(());
+        });
+        loop {
+            if self.lock().all_reported_but(except) {
                 return true;
             }
-            self.latches
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push((id, except.to_string(), latch));
+            let left = deadline.map_or(Duration::MAX, |d| {
+                d.saturating_duration_since(Instant::now())
+            });
+            if left.is_zero() {
+                return false;
+            }
+            crossbeam_channel::select! {
+                recv(changes) -> _ => {}
+                recv(stop) -> _ => return self.lock().all_reported_but(except),
+                default(left) => {}
+            }
         }
-        crossbeam_channel::select! {
-            recv(opened) -> _ => {}
-            recv(stop) -> _ => {}
-            default(timeout) => {}
-        }
-        let table = self.lock();
-        self.latches
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|(i, _, _)| *i != id);
-        table.all_reported_but(except)
     }
 
     /// Applies one update. Returns true when the status or reason changed.
@@ -443,8 +421,8 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         drop(stop_tx);
         assert!(!waiter.join().unwrap());
-        // No latch is left behind.
-        assert!(h.latches.lock().unwrap().is_empty());
+        // No listener is left behind.
+        assert_eq!(h.listeners.len(), 0);
     }
 
     #[test]
@@ -551,9 +529,8 @@ mod tests {
         let w = watched(&h, &tx);
         let seen = Arc::new(Mutex::new(0));
         let s = seen.clone();
-        h.on_change(move || {
+        let _subscription = h.on_change(move || {
             *s.lock().unwrap() += 1;
-            true
         });
         (w.poke)();
         (w.poke)();
@@ -570,22 +547,21 @@ mod tests {
     }
 
     #[test]
-    fn a_listener_that_returns_false_is_removed() {
+    fn a_listener_ends_with_its_subscription() {
         let h = table();
-        let calls = Arc::new(AtomicU64::new(0));
+        let calls = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let (kept, once) = (calls.clone(), calls.clone());
-        h.on_change(move || {
-            kept.fetch_add(1, Ordering::Relaxed);
-            true
+        let _kept = h.on_change(move || {
+            kept.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         });
-        h.on_change(move || {
-            once.fetch_add(100, Ordering::Relaxed);
-            false
+        let dropped = h.on_change(move || {
+            once.fetch_add(100, std::sync::atomic::Ordering::Relaxed);
         });
         h.changed();
+        drop(dropped);
         h.changed();
-        assert_eq!(calls.load(Ordering::Relaxed), 102, "the second ran once");
-        assert_eq!(h.listeners.lock().unwrap().len(), 1);
+        assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 102);
+        assert_eq!(h.listeners.len(), 1);
     }
 
     #[test]

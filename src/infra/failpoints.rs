@@ -7,7 +7,11 @@
 //! (`mux-no-fd-budget=on`: the multiplexer's cap is not fitted to the
 //! open-file limit, so that a test can run it out of descriptors;
 //! `service-hold@NAME=on`: the supervisor holds the service NAME in its
-//! start, `initializing`, until it stops). This is how the suite proves, through the real binary,
+//! start, `initializing`, until it stops).
+//! `name=fail:N` makes [`fails`] true at the N-th time the point is
+//! reached only (`diag-start=fail:2`: the diagnostics service starts at
+//! tbot's start and fails to at the first reload that starts it again).
+//! This is how the suite proves, through the real binary,
 //! that a panicking service is caught, reported and restarted.
 //!
 //! A point inside a file write ([`hit_in_write`]) can also be named for one
@@ -28,6 +32,8 @@ mod imp {
         Panic(u32),
         Sleep(u64),
         On,
+        /// Hits left until the one that fails (1: the next).
+        FailAt(u64),
     }
 
     fn points() -> &'static Mutex<HashMap<String, Action>> {
@@ -45,6 +51,7 @@ mod imp {
                     "panic" => map.insert(name.to_string(), Action::Panic(n as u32)),
                     "sleep" => map.insert(name.to_string(), Action::Sleep(n)),
                     "on" => map.insert(name.to_string(), Action::On),
+                    "fail" => map.insert(name.to_string(), Action::FailAt(n)),
                     _ => None,
                 };
             }
@@ -84,6 +91,18 @@ mod imp {
         matches!(map.get(name), Some(Action::On))
     }
 
+    /// Whether the point `name` fails this time (see `fail:N`).
+    pub fn fails(name: &str) -> bool {
+        let mut map = points().lock().unwrap_or_else(|p| p.into_inner());
+        match map.get_mut(name) {
+            Some(Action::FailAt(n)) if *n > 0 => {
+                *n -= 1;
+                *n == 0
+            }
+            _ => false,
+        }
+    }
+
     pub fn hit(point: &str) {
         if let Some(d) = due(point) {
             act(point, d);
@@ -112,7 +131,7 @@ mod imp {
 }
 
 #[cfg(debug_assertions)]
-pub use imp::{hit, hit_in_write, on};
+pub use imp::{fails, hit, hit_in_write, on};
 
 #[cfg(not(debug_assertions))]
 #[inline(always)]
@@ -121,6 +140,12 @@ pub fn hit(_point: &str) {}
 #[cfg(not(debug_assertions))]
 #[inline(always)]
 pub fn on(_name: &str) -> bool {
+    false
+}
+
+#[cfg(not(debug_assertions))]
+#[inline(always)]
+pub fn fails(_name: &str) -> bool {
     false
 }
 

@@ -63,12 +63,13 @@ pub fn name_limit(e: io::Error) -> io::Error {
     }
 }
 
-/// [`name_limit`], and for a thread that could not be started (EAGAIN
-/// from pthread_create) the limits on tasks.
-pub fn name_task_limit(e: io::Error) -> io::Error {
-    match e.raw_os_error() {
-        Some(libc::EMFILE | libc::ENFILE | libc::EAGAIN) => named(e),
-        _ => e,
+/// `e` (a thread or descriptor that could not be made) as text, with the
+/// limit that refused it named, read now (see [`limit_text`]). An operator
+/// reads it in a health row's reason, so it says which knob to turn.
+pub fn explain(e: &io::Error) -> String {
+    match limit_text(e) {
+        Some(named) => format!("{e}: {named}"),
+        None => e.to_string(),
     }
 }
 
@@ -85,7 +86,10 @@ fn named(e: io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("{e}: {named}"))
 }
 
-/// The words for the limit behind `e`, if one is.
+/// The words for the limit behind `e`, if one is: for `EMFILE` the soft
+/// and hard RLIMIT_NOFILE and how many are open; for `ENFILE` the system's
+/// `fs.file-max`; for `EAGAIN` (pthread_create) the nearest pids cgroup's
+/// `pids.max` (v2, or v1's `pids` controller) and RLIMIT_NPROC.
 fn limit_text(e: &io::Error) -> Option<String> {
     let show = |v: Option<u64>| v.map_or("unlimited".to_string(), |n| n.to_string());
     match e.raw_os_error()? {
@@ -103,12 +107,53 @@ fn limit_text(e: &io::Error) -> Option<String> {
         libc::ENFILE => Some("the system-wide open-file limit ran out (fs.file-max)".into()),
         libc::EAGAIN => {
             let nproc = getrlimit(Resource::Nproc);
+            let cgroup = pids_limit().map_or_else(
+                || "no pids cgroup limit".to_string(),
+                |(file, max, current)| {
+                    format!("the cgroup's pids.max is {max} ({current} in use; {file})")
+                },
+            );
             Some(format!(
-                "a limit on tasks ran out (RLIMIT_NPROC soft {}, the cgroup's pids.max: TasksMax= in the unit, or kernel.threads-max)",
+                "out of threads: {cgroup}, RLIMIT_NPROC soft {} (TasksMax= in the unit, or kernel.threads-max)",
                 show(nproc.current)
             ))
         }
         _ => None,
+    }
+}
+
+/// The nearest pids cgroup limit over this process: (`pids.max` file,
+/// its value, `pids.current`), or None when no group up to the root has
+/// one.
+fn pids_limit() -> Option<(String, String, String)> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    // `ID:CONTROLLERS:PATH`; v1's pids controller first (a hybrid host's
+    // v2 hierarchy may lack it), else the v2 line (`0::PATH`).
+    let line = |pids: bool| {
+        own.lines().find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
+            let v1 = controllers.split(',').any(|c| c == "pids");
+            (if pids { v1 } else { controllers.is_empty() }).then(|| path.to_string())
+        })
+    };
+    let (base, mut path) = match line(true) {
+        Some(p) => ("/sys/fs/cgroup/pids", p),
+        None => ("/sys/fs/cgroup", line(false)?),
+    };
+    loop {
+        let dir = format!("{base}{}", path.trim_end_matches('/'));
+        let file = format!("{dir}/pids.max");
+        if let Ok(max) = std::fs::read_to_string(&file) {
+            let max = max.trim();
+            if max != "max" {
+                let current = std::fs::read_to_string(format!("{dir}/pids.current"))
+                    .map_or_else(|_| "?".to_string(), |c| c.trim().to_string());
+                return Some((file, max.to_string(), current));
+            }
+        }
+        let cut = path.trim_end_matches('/').rfind('/')?;
+        path.truncate(cut);
     }
 }
 

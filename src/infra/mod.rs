@@ -13,7 +13,10 @@
 //!   directory is; no running on another user's storage);
 //! - public sockets: `sockets` (spare descriptor, out-of-descriptors
 //!   check, lingering close);
-//! - stopping: `stop` (one stop signal: a channel and a descriptor);
+//! - stopping: `stop` (the one stop signal: a flag and a channel, and a
+//!   descriptor for those who ask);
+//! - subscriptions: `subscribers` (lists whose entries end with their
+//!   subscriber);
 //! - retries: `backoff` (exponential, the one kind);
 //! - threads: `threads` (named threads), `malloc` (glibc arenas for a
 //!   thread per service), `liveness` (turn counters the
@@ -47,6 +50,7 @@ pub mod quote;
 pub mod signals;
 pub mod sockets;
 pub mod stop;
+pub mod subscribers;
 pub mod systemd;
 pub mod threads;
 pub mod timefmt;

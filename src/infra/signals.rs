@@ -91,6 +91,28 @@ pub fn stop_pending() -> bool {
     }
 }
 
+/// [`wait`], for at most `timeout` (None: no limit); None when it passed
+/// with no signal. For the main loop, which also has timed work (a service
+/// waiting for a thread, see `supervisor::Running::retry`).
+pub fn wait_timeout(timeout: Option<std::time::Duration>) -> Option<Signal> {
+    let Some(timeout) = timeout else {
+        return Some(wait());
+    };
+    let set = set();
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs().min(i32::MAX as u64) as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: a valid set, no siginfo wanted, a valid timeout.
+    match unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &ts) } {
+        libc::SIGINT => Some(Signal::Stop("SIGINT")),
+        libc::SIGHUP => Some(Signal::Reload),
+        libc::SIGTERM => Some(Signal::Stop("SIGTERM")),
+        // EAGAIN (the timeout) or EINTR: the caller looks at its clock.
+        _ => None,
+    }
+}
+
 /// Waits for SIGINT, SIGTERM or SIGHUP. (Several SIGHUPs that arrive during
 /// one reload are one pending signal: they make one more reload.)
 pub fn wait() -> Signal {

@@ -1,97 +1,25 @@
 //! Which services a new configuration adds, removes, changes and keeps.
 //!
-//! A service is compared by name on its *effective* configuration: its own
-//! section plus every top-level setting it is built from (`services::build`).
-//! So a changed `renewal_interval` changes every identity output that does
-//! not override it, and the internal `identity`; a changed
+//! A service is compared by name on its key (`services::Key`): what
+//! `services::build` built it from, its own section plus every top-level
+//! setting it reads. So a changed `renewal_interval` changes every identity
+//! output that does not override it, and the internal `identity`; a changed
 //! `heartbeat_interval` changes `heartbeat`; a multiplexer whose identity
 //! output moved changes too, since its ssh_config names that directory.
 //!
-//! A destination's `acls` and `readers` are not part of what a service is
-//! built from: a service whose only change is there is kept (same thread,
-//! same credential, same socket) and listed in `readers`, which a reload
+//! A destination's `acls` and `readers` are not part of a service's key:
+//! a service whose only change is there is kept (same thread, same
+//! credential, same socket) and listed in `readers`, which a reload
 //! applies in place (`services::readers`).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::time::Duration;
 
-use crate::config::{Access, Config, IdentityConfig, MultiplexerConfig, ServiceConfig};
+use crate::config::{Access, Config};
+use crate::services::Key;
 
-/// What one service is built from. Two equal values build the same service.
-#[derive(Debug, PartialEq)]
-enum Effective {
-    BotIdentity {
-        storage: PathBuf,
-        renewal_interval: Duration,
-    },
-    CaRotation {
-        storage: PathBuf,
-    },
-    Heartbeat {
-        storage: PathBuf,
-        interval: Duration,
-    },
-    Identity(IdentityConfig),
-    Multiplexer {
-        config: MultiplexerConfig,
-        identity_dir: Option<PathBuf>,
-    },
-}
-
-/// Every service of `config` by name, as `services::build` builds them,
-/// with its destination's access (set apart, see the module's doc).
-fn effective(config: &Config) -> BTreeMap<String, (Effective, Option<Access>)> {
-    let storage = || config.storage.clone();
-    let mut all = BTreeMap::new();
-    all.insert(
-        "identity".to_string(),
-        (
-            Effective::BotIdentity {
-                storage: storage(),
-                renewal_interval: config.renewal_interval,
-            },
-            None,
-        ),
-    );
-    all.insert(
-        "ca-rotation".to_string(),
-        (Effective::CaRotation { storage: storage() }, None),
-    );
-    all.insert(
-        "heartbeat".to_string(),
-        (
-            Effective::Heartbeat {
-                storage: storage(),
-                interval: config.heartbeat_interval,
-            },
-            None,
-        ),
-    );
-    for s in &config.services {
-        let e = match s {
-            ServiceConfig::Identity(c) => {
-                let mut c = c.clone();
-                let access = std::mem::take(&mut c.access);
-                (Effective::Identity(c), Some(access))
-            }
-            ServiceConfig::SshMultiplexer(m) => {
-                let mut m = m.clone();
-                let access = std::mem::take(&mut m.access);
-                let identity_dir = config.identity(&m.identity).map(|i| i.destination.clone());
-                (
-                    Effective::Multiplexer {
-                        config: m,
-                        identity_dir,
-                    },
-                    Some(access),
-                )
-            }
-        };
-        all.insert(s.name().to_string(), e);
-    }
-    all
-}
+/// A service as the diff sees it: its name, its key and its destination's
+/// access (None: no destination).
+pub type Item<'a> = (&'a str, Key, Option<&'a Access>);
 
 /// Service names, sorted, in four disjoint sets.
 #[derive(Debug, Default, PartialEq)]
@@ -105,26 +33,36 @@ pub struct Diff {
     pub readers: Vec<(String, Access)>,
 }
 
-/// Compares the services of `old` and `new` by name.
-pub fn diff(old: &Config, new: &Config) -> Diff {
-    let (old, new) = (effective(old), effective(new));
+/// Compares the services in force (`old`) with those of the new
+/// configuration (`new`) by name.
+pub fn diff<'a>(
+    old: impl IntoIterator<Item = Item<'a>>,
+    new: impl IntoIterator<Item = Item<'a>>,
+) -> Diff {
+    let by_name = |items: &mut dyn Iterator<Item = Item<'a>>| -> BTreeMap<&'a str, _> {
+        items
+            .map(|(name, key, access)| (name, (key, access)))
+            .collect()
+    };
+    let old = by_name(&mut old.into_iter());
+    let new = by_name(&mut new.into_iter());
     let mut d = Diff::default();
     for (name, (was, was_access)) in &old {
         match new.get(name) {
-            None => d.removed.push(name.clone()),
+            None => d.removed.push(name.to_string()),
             Some((now, access)) if now == was => {
-                d.kept.push(name.clone());
-                if let Some(a) = access.as_ref().filter(|a| Some(*a) != was_access.as_ref()) {
-                    d.readers.push((name.clone(), a.clone()));
+                d.kept.push(name.to_string());
+                if let Some(a) = access.filter(|a| Some(*a) != *was_access) {
+                    d.readers.push((name.to_string(), a.clone()));
                 }
             }
-            Some(_) => d.changed.push(name.clone()),
+            Some(_) => d.changed.push(name.to_string()),
         }
     }
     d.added = new
         .keys()
         .filter(|n| !old.contains_key(*n))
-        .cloned()
+        .map(|n| n.to_string())
         .collect();
     d
 }
@@ -154,7 +92,18 @@ pub fn needs_restart(old: &Config, new: &Config) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
+    use std::path::{Path, PathBuf};
+
+    /// The diff of two configurations, through `services::build`'s keys.
+    fn diff_of(old: &Config, new: &Config) -> Diff {
+        let (old, new) = (crate::services::build(old), crate::services::build(new));
+        diff(
+            old.iter()
+                .map(|s| (s.name.as_str(), s.key, s.access.as_ref())),
+            new.iter()
+                .map(|s| (s.name.as_str(), s.key, s.access.as_ref())),
+        )
+    }
 
     fn parse(top: &str, services: &str) -> Config {
         let text = format!(
@@ -173,32 +122,32 @@ mod tests {
     fn services_are_added_removed_changed_and_kept_by_name() {
         let old = parse("", &[ID_A, ID_B, MUX].concat());
         let new = parse("", &[ID_A, ID_B2, ID_C].concat());
-        let d = diff(&old, &new);
+        let d = diff_of(&old, &new);
         assert_eq!(d.added, ["c"]);
         assert_eq!(d.removed, ["m"]);
         assert_eq!(d.changed, ["b"]);
         assert_eq!(d.kept, ["a", "ca-rotation", "heartbeat", "identity"]);
-        assert_eq!(diff(&old, &old).kept.len(), 6);
+        assert_eq!(diff_of(&old, &old).kept.len(), 6);
     }
 
     #[test]
     fn top_level_settings_change_the_services_built_from_them() {
         let old = parse("", &[ID_A, ID_C, MUX].concat());
         let new = parse("renewal_interval: 10m\n", &[ID_A, ID_C, MUX].concat());
-        let d = diff(&old, &new);
+        let d = diff_of(&old, &new);
         // `c` overrides the interval; the multiplexer does not use it.
         assert_eq!(d.changed, ["a", "identity"]);
         let new = parse("heartbeat_interval: 1m\n", &[ID_A, ID_C, MUX].concat());
-        assert_eq!(diff(&old, &new).changed, ["heartbeat"]);
+        assert_eq!(diff_of(&old, &new).changed, ["heartbeat"]);
         // The multiplexer's ssh_config names its identity output's directory.
         let moved = ID_A.replace("path: /a", "path: /a2");
         let new = parse("", &[moved.as_str(), ID_C, MUX].concat());
-        assert_eq!(diff(&old, &new).changed, ["a", "m"]);
+        assert_eq!(diff_of(&old, &new).changed, ["a", "m"]);
         let new = parse(
             "debug: true\ndiag_addr: 127.0.0.1:9\n",
             &[ID_A, ID_C, MUX].concat(),
         );
-        assert!(diff(&old, &new).changed.is_empty());
+        assert!(diff_of(&old, &new).changed.is_empty());
     }
 
     #[test]
@@ -206,7 +155,7 @@ mod tests {
         let old = parse("", &[ID_A, MUX].concat());
         let with = |s: &str| s.replace("path: /a}", "path: /a, readers: [{user: root}]}");
         let new = parse("", &[with(ID_A).as_str(), MUX].concat());
-        let d = diff(&old, &new);
+        let d = diff_of(&old, &new);
         assert!(d.changed.is_empty(), "{d:?}");
         assert!(d.kept.contains(&"a".to_string()));
         assert_eq!(d.readers.len(), 1);
@@ -215,12 +164,12 @@ mod tests {
         // With another change too, the service is restarted (and built
         // with its new readers): not listed.
         let both = with(ID_A).replace("principals: [x]", "principals: [y]");
-        let d = diff(&old, &parse("", &[both.as_str(), MUX].concat()));
+        let d = diff_of(&old, &parse("", &[both.as_str(), MUX].concat()));
         assert_eq!(d.changed, ["a"]);
         assert!(d.readers.is_empty());
         // The multiplexer's own readers.
         let mux = MUX.replace("path: /m}", "path: /m, acls: off}");
-        let d = diff(&old, &parse("", &[ID_A, mux.as_str()].concat()));
+        let d = diff_of(&old, &parse("", &[ID_A, mux.as_str()].concat()));
         assert_eq!(
             d.readers.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(),
             ["m"]

@@ -27,6 +27,7 @@ use crate::config::Config;
 use crate::credentials::ca_key_file::KeyFileStamp;
 use crate::credentials::issuer::{ca_key_stamp, Issuer, CA_KEY_FILE};
 use crate::infra::inotify::{Event, Watch};
+use crate::infra::limits::explain;
 use crate::infra::poll::{poll, woke, PollFd, PollFlags};
 use crate::log;
 use crate::services::{Context, Iteration, Service};
@@ -202,7 +203,10 @@ impl CaRotation {
         // Set by the first event about the key: the latest the check waits.
         let mut settle_cap = None;
         loop {
-            let stop = ctx.stop_fd();
+            let stop = match ctx.stop_fd() {
+                Ok(fd) => fd,
+                Err(e) => return Woke::WatchFailed(format!("stop descriptor: {}", explain(&e))),
+            };
             let mut fds = [
                 PollFd::new(&stop, PollFlags::IN),
                 PollFd::new(w, PollFlags::IN),

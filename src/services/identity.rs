@@ -34,7 +34,7 @@ use crate::infra::timefmt;
 use crate::log;
 use crate::metrics::series::CertificateTimes;
 use crate::services::readers::{Layout, Readers};
-use crate::services::{Context, Iteration, Service};
+use crate::services::{Context, Iteration, Notices, Service};
 
 /// The `name` label of this service's `tbot_task_*` metrics.
 pub const TASK: &str = "output-renewal";
@@ -44,8 +44,9 @@ pub const FIRST_RETRY: Duration = Duration::from_secs(1);
 pub struct IdentityOutput {
     config: IdentityConfig,
     key_id: String,
-    /// Subscribed once, so that a supervisor restart keeps the subscription.
-    reissue: Option<Receiver<()>>,
+    /// Subscribed once, so that a supervisor restart keeps the subscription;
+    /// it leaves the bus with the service.
+    reissue: Option<Notices>,
     /// The destination's readers, which a reload may replace.
     readers: Readers,
 }
@@ -197,7 +198,7 @@ impl IdentityOutput {
     fn attempt(&self, ctx: &Context, st: &mut State) {
         // This attempt uses the current CA: notices so far are answered.
         if let Some(r) = &self.reissue {
-            while r.try_recv().is_ok() {}
+            while r.receiver().try_recv().is_ok() {}
         }
         let timer = Iteration::start(ctx, TASK);
         let result = self.renew(ctx);
@@ -291,6 +292,7 @@ impl Service for IdentityOutput {
         let reissue = self
             .reissue
             .get_or_insert_with(|| ctx.shared.reissue.subscribe())
+            .receiver()
             .clone();
         let steps = crate::infra::clock_step::subscribe();
         // Before the first attempt, wait for the internal `identity` service

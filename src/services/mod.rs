@@ -2,17 +2,21 @@
 //!
 //! A service is a type implementing [`Service`]. It reports its health through
 //! its [`Context`] and returns from `run` when the context says stop. Adding a
-//! service is one file here plus one arm in [`build`].
+//! service is one file here plus one arm in [`build`], which also gives the
+//! service its [`Key`]: what a reload compares to decide whether it changed.
 
+use std::fmt::Debug;
+use std::hash::{Hash, Hasher};
 use std::os::fd::BorrowedFd;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::config::{Config, ServiceConfig};
+use crate::config::{Access, Config, ServiceConfig};
 use crate::health::{Health, Status, Update};
 use crate::infra::stop::Stop;
+use crate::infra::subscribers::{List, Subscription};
 use crate::metrics::Metrics;
 
 pub mod bot_identity;
@@ -62,33 +66,43 @@ pub struct Shared {
     pub ca: ca::CurrentCa,
 }
 
-/// A fan-out of wake-up notices: each subscriber gets its own channel.
+/// A fan-out of wake-up notices: each subscriber gets its own channel, for
+/// as long as it holds its [`Notices`].
 #[derive(Default)]
 pub struct Bus {
-    subscribers: Mutex<Vec<Sender<()>>>,
+    subscribers: List<Sender<()>>,
+}
+
+/// A subscriber's end of a [`Bus`]: dropping it leaves the bus.
+pub struct Notices {
+    rx: Receiver<()>,
+    _entry: Subscription<Sender<()>>,
+}
+
+impl Notices {
+    /// Yields `()` after each notice (at most one waiting: several notices
+    /// in a row read as one).
+    pub fn receiver(&self) -> &Receiver<()> {
+        &self.rx
+    }
 }
 
 impl Bus {
-    pub fn subscribe(&self) -> Receiver<()> {
+    pub fn subscribe(&self) -> Notices {
         // Capacity 1: a pending notice already says "do it now".
         let (tx, rx) = crossbeam_channel::bounded(1);
-        self.subscribers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(tx);
-        rx
+        Notices {
+            rx,
+            _entry: self.subscribers.add(tx),
+        }
     }
 
-    /// Notifies every live subscriber; forgets the ones that went away.
+    /// Notifies every subscriber; returns how many there are.
     pub fn publish(&self) -> usize {
-        let mut subs = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
-        subs.retain(|tx| {
-            !matches!(
-                tx.try_send(()),
-                Err(crossbeam_channel::TrySendError::Disconnected(_))
-            )
+        self.subscribers.for_each(|tx| {
+            let _ = tx.try_send(());
         });
-        subs.len()
+        self.subscribers.len()
     }
 }
 
@@ -149,11 +163,12 @@ impl Context {
         self.stop.receiver()
     }
 
-    /// Never readable until tbot stops; from then on readable (end of
-    /// file, `POLLIN | POLLHUP`) for good. Poll it for `POLLIN` beside a
-    /// service's own descriptors to wait for them or a stop, with no timer.
-    /// Once it is ready, [`Context::stopping`] is true.
-    pub fn stop_fd(&self) -> BorrowedFd<'_> {
+    /// Never readable until tbot stops; from then on readable for good.
+    /// Poll it for `POLLIN` beside a service's own descriptors to wait for
+    /// them or a stop, with no timer. Once it is ready,
+    /// [`Context::stopping`] is true. Made on the first call (a service
+    /// that never asks holds no descriptor). Errors: no descriptor left.
+    pub fn stop_fd(&self) -> std::io::Result<BorrowedFd<'_>> {
         self.stop.fd()
     }
 
@@ -167,39 +182,100 @@ impl Context {
     }
 }
 
-/// One service to run: its unique name and the implementation.
+/// What decides whether a reload changes a service: a hash of everything
+/// the service is built from (its own section and every top-level setting
+/// it reads), as [`build`] gives it. Two services with the same name and
+/// key are the same service: a reload keeps it untouched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Key(u64);
+
+impl Key {
+    /// The key of a service built from `inputs` (their `Debug` text,
+    /// hashed: 64 bits per service rather than a copy of its settings).
+    pub fn of(inputs: &impl Debug) -> Key {
+        let mut h = std::hash::DefaultHasher::new();
+        format!("{inputs:?}").hash(&mut h);
+        Key(h.finish())
+    }
+}
+
+/// One service to run: its unique name, its [`Key`] and the implementation.
 pub struct Spec {
     pub name: String,
+    pub key: Key,
+    /// Its destination's `acls`/`readers`: not in the key, since a reload
+    /// applies a change of these alone in place (see `reload::diff`).
+    pub access: Option<Access>,
     pub service: Box<dyn Service>,
 }
 
-/// Every service of this configuration, internal ones first. (What each one
-/// is built from is listed by `reload::effective`: keep the two in step.)
+impl Spec {
+    fn new(name: &str, inputs: &impl Debug, service: Box<dyn Service>) -> Spec {
+        Spec {
+            name: name.to_string(),
+            key: Key::of(&(name, service.kind(), inputs)),
+            access: None,
+            service,
+        }
+    }
+
+    /// A service with a destination, built from `inputs`, whose
+    /// `access` `take_access` sets apart from the key.
+    fn with_destination<C: Debug + Clone>(
+        name: &str,
+        inputs: &C,
+        take_access: impl FnOnce(&mut C) -> Access,
+        service: Box<dyn Service>,
+    ) -> Spec {
+        let mut keyed = inputs.clone();
+        let access = take_access(&mut keyed);
+        Spec {
+            access: Some(access),
+            ..Spec::new(name, &keyed, service)
+        }
+    }
+}
+
+/// Every service of this configuration, internal ones first, each with
+/// its [`Key`] (made here, beside the service, from what it is built of:
+/// adding a service type is one arm).
 pub fn build(config: &Config) -> Vec<Spec> {
+    let storage = &config.storage;
     let mut specs = vec![
-        Spec {
-            name: "identity".into(),
-            service: Box::new(bot_identity::BotIdentity::new(config)),
-        },
-        Spec {
-            name: "ca-rotation".into(),
-            service: Box::new(ca_rotation::CaRotation::new(config)),
-        },
-        Spec {
-            name: "heartbeat".into(),
-            service: Box::new(heartbeat::Heartbeat::new(config)),
-        },
+        Spec::new(
+            "identity",
+            &(storage, config.renewal_interval),
+            Box::new(bot_identity::BotIdentity::new(config)),
+        ),
+        Spec::new(
+            "ca-rotation",
+            storage,
+            Box::new(ca_rotation::CaRotation::new(config)),
+        ),
+        Spec::new(
+            "heartbeat",
+            &(storage, config.heartbeat_interval),
+            Box::new(heartbeat::Heartbeat::new(config)),
+        ),
     ];
     for s in &config.services {
-        let service: Box<dyn Service> = match s {
-            ServiceConfig::Identity(c) => Box::new(identity::IdentityOutput::new(c.clone())),
-            ServiceConfig::SshMultiplexer(m) => {
-                Box::new(ssh_multiplexer::SshMultiplexer::new(m, config))
-            }
-        };
-        specs.push(Spec {
-            name: s.name().to_string(),
-            service,
+        specs.push(match s {
+            ServiceConfig::Identity(c) => Spec::with_destination(
+                &c.name,
+                c,
+                |c| std::mem::take(&mut c.access),
+                Box::new(identity::IdentityOutput::new(c.clone())),
+            ),
+            // Its ssh_config names the identity output's directory.
+            ServiceConfig::SshMultiplexer(m) => Spec::with_destination(
+                &m.name,
+                &(
+                    m.clone(),
+                    config.identity(&m.identity).map(|i| i.destination.clone()),
+                ),
+                |(m, _)| std::mem::take(&mut m.access),
+                Box::new(ssh_multiplexer::SshMultiplexer::new(m, config)),
+            ),
         });
     }
     specs

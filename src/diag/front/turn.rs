@@ -4,8 +4,8 @@
 //! many connections are open, where poll(2) walked every descriptor twice.
 //!
 //! Interest per socket:
-//! - the stop socket: readable (it hangs up when the daemon stops; a byte
-//!   on it is a watchdog poke, read and dropped);
+//! - the stop descriptor (`infra::stop`): readable at the stop, or for a
+//!   watchdog poke (read off);
 //! - the listener: readable, unless accepting is paused;
 //! - a client: readable and its hang-up (`EPOLLRDHUP`) while its head is
 //!   read, while it lingers, and while tiny_http has its request or it is
@@ -20,7 +20,7 @@
 //! [`super::pipe::Pipe`]). A socket closed leaves the epoll set by itself,
 //! so a new socket that reuses its number starts unregistered.
 
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
@@ -39,10 +39,10 @@ pub(super) struct Events {
 }
 
 impl Events {
-    /// An epoll set holding the stop socket and the listener.
+    /// An epoll set holding the stop descriptor and the listener.
     pub(super) fn new(front: &Front) -> io::Result<Events> {
         let ep = epoll::create(epoll::CreateFlags::CLOEXEC)?;
-        let stop = &front.stop;
+        let stop = front.stop.fd()?;
         epoll::add(&ep, stop, data(stop.as_raw_fd()), EventFlags::IN)?;
         for l in front.listeners() {
             epoll::add(&ep, l, data(l.as_raw_fd()), EventFlags::IN)?;
@@ -268,22 +268,16 @@ impl Front {
         self.dispatch_queued(now);
     }
 
-    /// Whether the daemon hung up the stop socket (it stops). The bytes
-    /// before a hang-up are watchdog pokes, which only had to wake this
-    /// turn: read and dropped. An error reading it also stops the front.
+    /// Whether the daemon stopped the front. The stop descriptor also
+    /// wakes it for watchdog pokes, which only had to wake this turn: read
+    /// off. A descriptor that cannot be had also stops the front.
     pub(super) fn stopping(&self, events: &Events) -> bool {
-        if events.of(self.stop.as_raw_fd()).is_empty() {
+        let Ok(fd) = self.stop.fd() else {
+            return true;
+        };
+        if events.of(fd.as_raw_fd()).is_empty() {
             return false;
         }
-        let mut pokes = [0u8; 64];
-        loop {
-            match (&self.stop).read(&mut pokes) {
-                Ok(0) => return true,
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-                Err(_) => return true,
-            }
-        }
+        self.stop.take_wakes()
     }
 }

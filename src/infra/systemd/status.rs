@@ -114,25 +114,31 @@ fn cut(text: &str, max: usize) -> String {
     out
 }
 
-/// Starts the `sd-status` thread when `$NOTIFY_SOCKET` is set; it ends when
-/// `stop` disconnects. Without `$NOTIFY_SOCKET` nothing is started and the
-/// table has no extra listener.
-pub fn start(health: &Health, stop: &Receiver<()>) -> Result<(), String> {
+/// Starts the `sd-status` thread when `$NOTIFY_SOCKET` is set; it sends
+/// its first line once `after` disconnects (the daemon's first apply: the
+/// table is empty before it) and ends when `stop` disconnects. Without
+/// `$NOTIFY_SOCKET` nothing is started and the table has no extra listener.
+pub fn start(health: &Health, stop: &Receiver<()>, after: &Receiver<()>) -> Result<(), String> {
     if !super::notify_socket_set() {
         return Ok(());
     }
     // Capacity 1: a pending notice already says "look again".
     let (changed_tx, changed) = crossbeam_channel::bounded(1);
-    // Kept for good: the thread reading it lives as long as the daemon.
-    health.on_change(move || {
+    // Held by the thread: the subscription ends with it.
+    let subscription = health.on_change(move || {
         let _ = changed_tx.try_send(());
-        true
     });
-    let health = health.clone();
-    let stop = stop.clone();
-    crate::infra::threads::spawn("sd-status", move || run(&health, &changed, &stop))
-        .map(drop)
-        .map_err(|e| format!("sd-status thread: {e}"))
+    let (health, stop, after) = (health.clone(), stop.clone(), after.clone());
+    crate::infra::threads::spawn("sd-status", move || {
+        let _subscription = subscription;
+        select! {
+            recv(after) -> _ => {}
+            recv(stop) -> _ => return,
+        }
+        run(&health, &changed, &stop)
+    })
+    .map(drop)
+    .map_err(|e| format!("sd-status thread: {e}"))
 }
 
 fn run(health: &Health, changed: &Receiver<()>, stop: &Receiver<()>) {

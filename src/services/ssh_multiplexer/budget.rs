@@ -80,8 +80,8 @@ impl Drop for Claim {
 /// and by clients waiting), those claimed by relays being set up, these
 /// three and [`FDS_HEADROOM`] fit under the soft RLIMIT_NOFILE; so a relay
 /// never takes what credential work needs, whatever tbot holds at rest
-/// (which grows with the configuration: a stop socket pair per service,
-/// destination handles, watches). The static cap ([`fit`]) bounds threads
+/// (which grows with the configuration: a stop descriptor per service
+/// that polls, destination handles, watches). The static cap ([`fit`]) bounds threads
 /// and lingering clients; this is what bounds descriptors.
 ///
 /// Errors: `out of file descriptors; try again later` when they do not fit

@@ -47,6 +47,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{Config, MultiplexerConfig};
 use crate::infra::inotify;
+use crate::infra::limits::explain;
 use crate::infra::poll::{poll, woke, PollFd, PollFlags};
 use crate::infra::sockets::{out_of_descriptors, Spare};
 use crate::log::{self, once_a_second};
@@ -272,7 +273,9 @@ fn accept_loop(
             .flatten()
             .min();
         let (stopping, readable, dest_changed) = {
-            let stop = ctx.stop_fd();
+            let stop = ctx
+                .stop_fd()
+                .map_err(|e| format!("stop descriptor: {}", explain(&e)))?;
             let mut fds = vec![
                 PollFd::new(&stop, PollFlags::IN),
                 PollFd::new(&socket.listener, PollFlags::IN),
