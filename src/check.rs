@@ -14,6 +14,9 @@
 //!   walked as the services walk it (`infra::chase`): no symbolic link owned
 //!   by anyone but root or this user, no file where a directory must be;
 //! - `diag_addr`: parsed at load; a host name must resolve.
+//! - `web_config_file`: read as `start` reads it, with the certificate, key
+//!   and client CA files it names (`file:line:column` in the web
+//!   configuration, or the TLS file that does not load).
 //!
 //! The storage and symlink checks answer for the user running the check:
 //! run it as tbot's own user (`sudo -u _tbot tbot check`), as the packaged
@@ -106,6 +109,19 @@ fn problems(config: &Config, path: &Path) -> Vec<config::Error> {
     if let Some(addr) = &config.diag_addr {
         if let Err(e) = resolves(addr) {
             out.push(at(vec![Seg::Key("diag_addr")], format!("diag_addr: {e}")));
+        }
+    }
+    if let Some(web) = &config.web_config_file {
+        // As `start` reads it: the file's own errors, then its TLS files.
+        match config::load_web(web) {
+            Err(e) => out.push(e),
+            Ok(w) => {
+                let open = &config.diag_unauthenticated_paths;
+                if let Err(e) = crate::diag::Security::build(Some(&w), open) {
+                    let node = vec![Seg::Key("web_config_file")];
+                    out.push(at(node, format!("web_config_file: {e}")));
+                }
+            }
         }
     }
     out

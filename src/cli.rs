@@ -105,6 +105,7 @@ pub const COMMANDS: &[CommandInfo] = &[
 pub enum Id {
     Config,
     DiagAddr,
+    WebConfigFile,
     Debug,
     LogFormat,
     Oneshot,
@@ -155,6 +156,16 @@ pub const FLAGS: &[Flag] = &[
         commands: &[Cmd::Start, Cmd::Wait],
         required: &[Cmd::Wait],
         help: "Diagnostics service address. For start, overrides diag_addr from the file (port 0 picks a free port).",
+    },
+    Flag {
+        id: Id::WebConfigFile,
+        long: "web-config-file",
+        short: None,
+        value: Some("FILE"),
+        env: None,
+        commands: &[Cmd::Start],
+        required: &[],
+        help: "TLS and basic auth for the diagnostics service (Prometheus exporter-toolkit's web configuration). Overrides web_config_file from the file.",
     },
     Flag {
         id: Id::Debug,
@@ -309,6 +320,7 @@ pub struct StartArgs {
     /// Where the config path came from ("-c" or the env variable), for logs.
     pub config_from_env: bool,
     pub diag_addr: Option<String>,
+    pub web_config_file: Option<PathBuf>,
     /// Some(true) when -d or TBOT_DEBUG asked for debug mode.
     pub debug: Option<bool>,
     pub debug_from_env: bool,
@@ -640,6 +652,12 @@ fn start_args(
         crate::config::check_addr(&addr).map_err(|e| Usage(format!("--diag-addr: {e}")))?;
         a.diag_addr = Some(addr);
     }
+    if let Some(web) = read.get(Id::WebConfigFile) {
+        if web.is_empty() {
+            return Err(Usage("--web-config-file: empty path".into()));
+        }
+        a.web_config_file = Some(web.into());
+    }
     if read.has(Id::Debug) {
         a.debug = Some(true);
     } else if let Some(v) = env(Id::Debug) {
@@ -780,7 +798,7 @@ mod tests {
         assert_eq!(
             lines,
             [
-                "tbot start [-c FILE] [--diag-addr HOST:PORT] [-d|--debug] [--log-format text|json] [--oneshot]",
+                "tbot start [-c FILE] [--diag-addr HOST:PORT] [--web-config-file FILE] [-d|--debug] [--log-format text|json] [--oneshot]",
                 "tbot check [-c FILE]",
                 "tbot wait --diag-addr HOST:PORT [--service NAME] [--timeout DURATION]",
                 "tbot ssh-multiplexer-proxy-command SOCKET TARGET",
@@ -796,6 +814,7 @@ mod tests {
         for id in [
             Id::Config,
             Id::DiagAddr,
+            Id::WebConfigFile,
             Id::Debug,
             Id::LogFormat,
             Id::Oneshot,

@@ -21,9 +21,14 @@ const IDENTITY: &str = "  - type: identity\n    name: out1\n    principals: [dep
 /// `tbot start -c <dir>/tbot.yaml` with `services` (OUT: a path in the
 /// dir) and `extra` flags, no `--diag-addr`; waits for the debug socket.
 fn start(tag: &str, services: &str, extra: &[&str]) -> (Tbot, PathBuf) {
+    start_with(tag, "", services, extra)
+}
+
+/// [`start`] with `top` added to tbot.yaml's top level.
+fn start_with(tag: &str, top: &str, services: &str, extra: &[&str]) -> (Tbot, PathBuf) {
     let dir = TempDir::new(tag);
     let services = services.replace("OUT", &dir.join("out1").display().to_string());
-    let cfg = dir.write("tbot.yaml", &config_text(dir.path(), "", &services));
+    let cfg = dir.write("tbot.yaml", &config_text(dir.path(), top, &services));
     let mut cmd = Command::new(BIN);
     cmd.arg("start")
         .arg("-c")
@@ -424,4 +429,36 @@ fn debug_profile_is_read_by_go_tool_pprof() {
         "{text}{}",
         String::from_utf8_lossy(&pprof.stderr)
     );
+}
+
+/// Basic auth on the TCP port (web_config_file) does not apply to the
+/// debug socket, whose rule is the peer's user: over TCP /readyz is 401
+/// without credentials, over the socket 200, and `tbot status` works.
+/// (Checked to fail with the front judging local peers as TCP ones: 401.)
+#[test]
+fn basic_auth_on_the_port_does_not_gate_the_debug_socket() {
+    let dir = TempDir::new("dbgsock-auth-web");
+    let hash = bcrypt::hash("s3cret", 5).unwrap();
+    let web = dir.write(
+        "web.yml",
+        &format!("basic_auth_users:\n  prometheus: {hash}\n"),
+    );
+    let top = format!("web_config_file: {}\n", web.display());
+    let (t, cfg) = start_with("dbgsock-auth", &top, "", &["--diag-addr", "127.0.0.1:0"]);
+    let addr: std::net::SocketAddr = t
+        .wait_log_value(
+            "diagnostics service listening",
+            "addr",
+            Duration::from_secs(5),
+        )
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(common::get(addr, "/readyz").status, 401);
+    let r = get(&sock(&t), "/wait?timeout=10s");
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let (code, out, err) = client(&cfg, &["status"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let (code, out, _) = client(&cfg, &["debug", "log-level"]);
+    assert_eq!((code, out.trim()), (Some(0), "info"));
 }

@@ -6,7 +6,7 @@ _tbot() {
     for ((i = 1; i < COMP_CWORD; i++)); do
         if ((skip)); then skip=0; continue; fi
         case "${COMP_WORDS[i]}" in
-            -c|--config|--diag-addr|--log-format|--service|--timeout|--seconds|--level) skip=1 ;;
+            -c|--config|--diag-addr|--web-config-file|--log-format|--service|--timeout|--seconds|--level) skip=1 ;;
             -*) ;;
             *)
                 if [[ -z $cmd ]]; then
@@ -28,6 +28,7 @@ _tbot() {
     case "$prev" in
         -c|--config) COMPREPLY=($(compgen -f -- "$cur")); return ;;
         --diag-addr) COMPREPLY=(); return ;;
+        --web-config-file) COMPREPLY=($(compgen -f -- "$cur")); return ;;
         --log-format) COMPREPLY=($(compgen -W 'text json' -- "$cur")); return ;;
         --service) COMPREPLY=(); return ;;
         --timeout) COMPREPLY=(); return ;;
@@ -35,7 +36,7 @@ _tbot() {
         --level) COMPREPLY=($(compgen -W 'debug info warn error' -- "$cur")); return ;;
     esac
     case "$cmd" in
-        "start") COMPREPLY=($(compgen -W '-c --config --diag-addr -d --debug --log-format --oneshot -h --help' -- "$cur")) ;;
+        "start") COMPREPLY=($(compgen -W '-c --config --diag-addr --web-config-file -d --debug --log-format --oneshot -h --help' -- "$cur")) ;;
         "check") COMPREPLY=($(compgen -W '-c --config -h --help' -- "$cur")) ;;
         "wait") COMPREPLY=($(compgen -W '--diag-addr --service --timeout -h --help' -- "$cur")) ;;
         "ssh-multiplexer-proxy-command") COMPREPLY=($(compgen -f -W '-h --help' -- "$cur")) ;;

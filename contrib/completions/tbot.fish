@@ -16,6 +16,7 @@ complete -c tbot -n '__fish_seen_subcommand_from debug; and not __fish_seen_subc
 complete -c tbot -n '__fish_seen_subcommand_from debug; and not __fish_seen_subcommand_from log-level profile logs' -a logs -d 'Follow the running bot\'s log lines until interrupted.'
 complete -c tbot -n '__fish_seen_subcommand_from start check status log-level profile logs' -s c -l config -r -F -d 'Configuration file (YAML, version: v2). For status and debug: the running bot\'s, which names its debug socket (default /etc/tbot/tbot.yaml).'
 complete -c tbot -n '__fish_seen_subcommand_from start wait' -l diag-addr -x -d 'Diagnostics service address. For start, overrides diag_addr from the file (port 0 picks a free port).'
+complete -c tbot -n '__fish_seen_subcommand_from start' -l web-config-file -r -F -d 'TLS and basic auth for the diagnostics service (Prometheus exporter-toolkit\'s web configuration). Overrides web_config_file from the file.'
 complete -c tbot -n '__fish_seen_subcommand_from start' -s d -l debug -d 'Debug mode: debug logs and the /debug/pprof/ endpoints.'
 complete -c tbot -n '__fish_seen_subcommand_from start' -l log-format -x -a 'text json' -d 'Log line format on stderr (default text).'
 complete -c tbot -n '__fish_seen_subcommand_from start' -l oneshot -d 'Issue every output once, report, and exit (0 if all succeeded, else 1).'

@@ -17,6 +17,7 @@ mod schema;
 mod start_args;
 mod text;
 mod validate;
+mod web;
 
 pub use crate::infra::acl::{Access, Reader};
 pub use locate::{locate, Seg};
@@ -24,6 +25,7 @@ pub use names::check_addr;
 use schema::{RawConfig, ServiceType};
 pub use start_args::{config_path, configure};
 use validate::validate;
+pub use web::{load_web, ClientAuth, TlsConfig, TlsVersion, WebConfig};
 
 pub const RESERVED_NAMES: [&str; 3] = ["identity", "heartbeat", "ca-rotation"];
 pub const DEFAULT_CREDENTIAL_TTL: Duration = Duration::from_secs(3600);
@@ -78,6 +80,14 @@ pub struct Config {
     pub file: String,
     pub diag_addr: Option<String>,
     pub diag_max_connections: usize,
+    /// `web_config_file:` (or `--web-config-file`): TLS and auth for the
+    /// diagnostics port; `web` is that file, read by [`configure`].
+    pub web_config_file: Option<PathBuf>,
+    pub web: Option<WebConfig>,
+    /// `diag_unauthenticated_paths:`: exact paths (`/livez`) that need no
+    /// basic auth or client certificate when the web configuration asks for
+    /// them. Empty unless the file lists some.
+    pub diag_unauthenticated_paths: Vec<String>,
     pub debug: bool,
     /// The local debug service's Unix socket (`debug_socket:`, else
     /// `<storage>/debug.sock`).
@@ -156,6 +166,14 @@ pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 
 /// Reads, parses and validates a configuration file.
 pub fn load(path: &Path) -> Result<Config, Error> {
+    let (file, text, base) = read_text(path)?;
+    parse(&file, &text, &base)
+}
+
+/// A configuration file's name (for messages), its text (UTF-8, at most
+/// [`MAX_CONFIG_BYTES`]) and its directory (relative paths in it are
+/// resolved against it).
+fn read_text(path: &Path) -> Result<(String, String, PathBuf), Error> {
     let file = path.display().to_string();
     let error = |message: String| Error {
         file: file.clone(),
@@ -171,7 +189,7 @@ pub fn load(path: &Path) -> Result<Config, Error> {
         )));
     };
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    parse(&file, &text, &base)
+    Ok((file, text, base))
 }
 
 /// How long reading the configuration file may take: a FIFO or
@@ -198,12 +216,7 @@ fn read_limited(path: &Path, max: u64) -> std::io::Result<Option<String>> {
 /// Parses and validates configuration text. Relative paths are resolved
 /// against `base` (the configuration file's directory).
 pub fn parse(file: &str, text: &str, base: &Path) -> Result<Config, Error> {
-    let text = text::admit(text).map_err(|(line, column, message)| Error {
-        file: file.to_string(),
-        line,
-        column,
-        message,
-    })?;
+    let text = admit(file, text)?;
     let raw: RawConfig = match serde_yaml::from_str(text) {
         Ok(raw) => raw,
         Err(e) => match merged(text) {
@@ -233,6 +246,16 @@ pub fn parse(file: &str, text: &str, base: &Path) -> Result<Config, Error> {
             column,
             message,
         }
+    })
+}
+
+/// The text past its front door ([`text::admit`]: BOM, nesting depth).
+fn admit<'a>(file: &str, text: &'a str) -> Result<&'a str, Error> {
+    text::admit(text).map_err(|(line, column, message)| Error {
+        file: file.to_string(),
+        line,
+        column,
+        message,
     })
 }
 

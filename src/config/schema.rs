@@ -25,6 +25,12 @@ pub(super) struct RawConfig {
     pub(super) debug: bool,
     #[serde(default)]
     pub(super) debug_socket: Option<NonEmptyPath>,
+    /// exporter-toolkit's web configuration file (see `super::web`).
+    #[serde(default)]
+    pub(super) web_config_file: Option<NonEmptyPath>,
+    /// Paths served without basic auth or a client certificate.
+    #[serde(default)]
+    pub(super) diag_unauthenticated_paths: Option<Vec<UrlPath>>,
     pub(super) storage: RawDestination,
     #[serde(default)]
     pub(super) credential_ttl: Option<Dur>,
@@ -266,6 +272,24 @@ impl<'de> Deserialize<'de> for NonEmptyPath {
                 return Err("invalid path: must be non-empty".into());
             }
             Ok(NonEmptyPath(PathBuf::from(s)))
+        })
+    }
+}
+
+/// A diagnostics path as a request names it: `/livez`, exact (no query).
+pub(super) struct UrlPath(pub(super) String);
+impl<'de> Deserialize<'de> for UrlPath {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked_str(d, |s| {
+            if !s.starts_with('/')
+                || s.contains(['?', '#'])
+                || !s.bytes().all(|b| b.is_ascii_graphic())
+            {
+                return Err(format!(
+                    "invalid path {s:?}: an absolute request path such as /livez, without query"
+                ));
+            }
+            Ok(UrlPath(s.to_string()))
         })
     }
 }

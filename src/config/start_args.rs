@@ -37,6 +37,20 @@ pub fn configure(args: &StartArgs) -> Result<Config, String> {
         }
         config.diag_addr = Some(addr.clone());
     }
+    if let Some(web) = &args.web_config_file {
+        if let Some(file) = config.web_config_file.as_ref().filter(|f| *f != web) {
+            log::info(
+                "--web-config-file overrides web_config_file from the configuration file",
+                &[("flag", &web.display()), ("file", &file.display())],
+            );
+        }
+        config.web_config_file = Some(web.clone());
+    }
+    // Read on every start and reload: a bad file fails either, and a
+    // reload then changes nothing.
+    if let Some(web) = &config.web_config_file {
+        config.web = Some(super::load_web(web).map_err(|e| e.to_string())?);
+    }
     if args.debug == Some(true) && !config.debug {
         let source = if args.debug_from_env {
             "TBOT_DEBUG"

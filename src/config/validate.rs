@@ -73,6 +73,14 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Invalid> {
         diag_max_connections: raw
             .diag_max_connections
             .map_or(DEFAULT_DIAG_MAX_CONNECTIONS, |c| c.0),
+        web_config_file: raw.web_config_file.map(|p| resolve(&p.0)),
+        web: None,
+        diag_unauthenticated_paths: raw
+            .diag_unauthenticated_paths
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| p.0)
+            .collect(),
         debug: raw.debug,
         debug_socket,
         storage,

@@ -48,12 +48,14 @@ use crate::infra::stop::Stop;
 use crate::log;
 
 mod accept;
+pub mod auth;
 mod conn;
 mod local;
 mod pipe;
 mod room;
 #[cfg(test)]
 mod tests;
+mod tls;
 mod turn;
 mod upstream;
 
@@ -169,6 +171,8 @@ enum State {
         /// The request is a HEAD (its response has no body).
         head_request: bool,
     },
+    /// Waiting for its basic auth check ([`auth`]), then forwarded.
+    Auth(auth::Pending),
     /// Waiting for room on a kept connection to tiny_http (see [`pipe`]).
     Queued(Request),
     /// Sent down a kept connection to tiny_http, waiting for its answer
@@ -212,10 +216,11 @@ struct Conn {
     /// Names the connection for the kept connections to tiny_http that
     /// carry its request (its index in `conns` changes).
     id: u64,
-    /// TCP, or the local debug socket ([`local`]).
-    client: local::Stream,
+    /// Plain or TLS ([`tls`]).
+    client: tls::Client,
     /// `client`'s registration in the epoll set ([`turn`]).
     client_ev: EventFlags,
+    /// A TCP client, or a local debug socket peer ([`local`]).
     peer: Peer,
     state: State,
     since: Instant,
@@ -238,7 +243,7 @@ struct Conn {
 
 impl Conn {
     /// A connection in `state`, due by `deadline`.
-    fn new(id: u64, client: local::Stream, peer: Peer, state: State, deadline: Instant) -> Conn {
+    fn new(id: u64, client: tls::Client, peer: Peer, state: State, deadline: Instant) -> Conn {
         Conn {
             id,
             client,
@@ -281,6 +286,10 @@ pub struct Front {
     /// The kept connections to tiny_http, idle or carrying requests.
     pipes: Vec<pipe::Pipe>,
     accept_paused_until: Option<Instant>,
+    /// TLS and auth for new connections and requests ([`auth`]).
+    security: auth::SecurityHandle,
+    /// `diag-auth`, started at the first bcrypt check.
+    checker: Option<auth::Checker>,
     last_accept_error: Option<Instant>,
     last_backend_error: Option<Instant>,
     /// The last warning about a refused debug socket peer ([`local`]).
@@ -319,6 +328,8 @@ impl Front {
             pool,
             pipes: Vec::new(),
             accept_paused_until: None,
+            security: Arc::new(Mutex::new(Arc::new(auth::Security::none()))),
+            checker: None,
             last_accept_error: None,
             last_backend_error: None,
             last_local_refusal: None,
@@ -329,6 +340,12 @@ impl Front {
     /// and with the fronts before and after this one).
     pub fn beating(mut self, beat: Beat) -> Front {
         self.beat = beat;
+        self
+    }
+
+    /// Applies the web configuration in `security` (a reload may swap it).
+    pub fn securing(mut self, security: auth::SecurityHandle) -> Front {
+        self.security = security;
         self
     }
 

@@ -472,6 +472,7 @@ pub fn simple_response(status: u16, message: &str) -> Vec<u8> {
     let reason = match status {
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
         411 => "Length Required",

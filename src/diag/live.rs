@@ -9,6 +9,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use super::{front, Diag};
@@ -78,6 +79,7 @@ impl FrontRun {
         backend_path: &front::BackendPath,
         backend_lost: &front::BackendLost,
         limits: &front::Limits,
+        security: &front::auth::SecurityHandle,
         beat: Beat,
     ) -> Result<FrontRun, String> {
         let addr = match &listeners.0 {
@@ -101,7 +103,8 @@ impl FrontRun {
             stop.clone(),
         )
         .map_err(|e| format!("diagnostics listener: {e}"))?
-        .beating(beat);
+        .beating(beat)
+        .securing(security.clone());
         // A thread limit is named (a reload that moves the front onto a
         // port past a pids limit says why it failed).
         let thread = crate::infra::threads::spawn("diag-front", move || front.run())
@@ -130,17 +133,19 @@ impl FrontRun {
     }
 }
 
-/// Logs where the service listens (and warns about a non-loopback address).
-pub(super) fn announce(addr: Option<SocketAddr>, local: Option<&Path>, debug: bool) {
+/// Logs where the service listens: the debug socket, and the TCP port
+/// (with a warning for a non-loopback address that is not `secured`: TLS
+/// with basic auth or client certificates).
+pub(super) fn announce(addr: Option<SocketAddr>, local: Option<&Path>, debug: bool, secured: bool) {
     if let Some(path) = local {
         log::info("debug socket listening", &[("path", &path.display())]);
     }
     let Some(addr) = addr else {
         return;
     };
-    if !addr.ip().is_loopback() {
+    if !addr.ip().is_loopback() && !secured {
         log::warn(
-            "the diagnostics service listens on a non-loopback address; anyone who can reach it can read tbot's health, metrics and (in debug mode) profiles",
+            "the diagnostics service listens on a non-loopback address without TLS and authentication (web_config_file); anyone who can reach it can read tbot's health, metrics and (in debug mode) profiles",
             &[("addr", &addr)],
         );
     }
@@ -171,6 +176,7 @@ impl Diag {
             &self.backend_path,
             &self.backend_lost,
             &self.limits,
+            &self.security,
             self.slots.front.beat(),
         )?;
         self.slots.front.fill(new.poke());
@@ -182,7 +188,7 @@ impl Diag {
             "diagnostics service moved",
             &[("from", &addr(from)), ("to", &addr(self.front.addr))],
         );
-        announce(self.front.addr, None, self.debug());
+        announce(self.front.addr, None, self.debug(), self.secured);
         Ok(())
     }
 
@@ -190,6 +196,17 @@ impl Diag {
     /// no TCP port).
     pub fn has_debug_socket(&self) -> bool {
         self.local.is_some()
+    }
+
+    /// Applies a web configuration read again by a reload: new connections
+    /// and requests follow it (connections open keep their TLS or not).
+    pub fn set_security(&mut self, security: super::Secured) {
+        let super::Secured(security, secured) = security;
+        *self.security.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(security);
+        if secured != self.secured {
+            self.secured = secured;
+            announce(self.front.addr, None, self.debug(), secured);
+        }
     }
 
     /// Whether `/debug/pprof/` is served.

@@ -99,6 +99,25 @@ pub struct Listeners {
 pub struct Options {
     pub max_connections: usize,
     pub debug: bool,
+    /// TLS and auth (from [`security`]).
+    pub security: Secured,
+}
+
+pub use front::auth::Security;
+
+/// The web configuration as the front applies it, and whether it makes a
+/// non-loopback address safe (TLS with basic auth or a required client
+/// certificate: no warning then).
+pub struct Secured(pub Security, pub bool);
+
+/// Reads the files the web configuration names (certificate, key, client
+/// CA): a start or reload with one that does not load fails, before
+/// anything changed.
+pub fn security(config: &crate::config::Config) -> Result<Secured, String> {
+    let web = config.web.as_ref();
+    let s = Security::build(web, &config.diag_unauthenticated_paths)?;
+    let secured = s.secured(web);
+    Ok(Secured(s, secured))
 }
 
 /// State the serving loop shares with whoever needs to wake it.
@@ -147,6 +166,10 @@ pub struct Diag {
     /// The debug socket (a copy of its listener, for the next front), and
     /// its path, removed at shutdown.
     local: Option<(UnixListener, PathBuf)>,
+    /// TLS and auth, shared with the front (a reload swaps it: `live`).
+    security: front::auth::SecurityHandle,
+    /// The address is safe off loopback (see [`Secured`]).
+    secured: bool,
     debug: Arc<AtomicBool>,
     /// The watchdog's view of the loops: filled by [`start`] and
     /// `move_to`, emptied by [`Diag::shutdown`].
@@ -208,6 +231,10 @@ fn start_on(
     let (local_for_front, local) = split_local(listeners.local)?;
     let (dir, dir_lock) = private_dir::create()?;
     let mut addr = None;
+    let limits = limits(&opts);
+    let debug_on = opts.debug;
+    let Secured(security, secured) = opts.security;
+    let security: front::auth::SecurityHandle = Arc::new(Mutex::new(Arc::new(security)));
     let started = backend(&dir, 0).and_then(|(server, path)| {
         let backend_path: front::BackendPath = Arc::new(Mutex::new(path));
         let (stopper, stop) = Stop::new();
@@ -218,18 +245,18 @@ fn start_on(
             changed: AtomicBool::new(false),
             beat: slots.http.beat(),
         });
-        let limits = limits(&opts);
         let backend_lost = backend_lost(&state, &backend_path);
         let front = live::FrontRun::spawn(
             (listeners.tcp, local_for_front),
             &backend_path,
             &backend_lost,
             &limits,
+            &security,
             slots.front.beat(),
         )?;
         // Dropped again (ended) if the start fails from here on.
         let changes = wake_on_change(&health, &state);
-        let debug = Arc::new(AtomicBool::new(opts.debug));
+        let debug = Arc::new(AtomicBool::new(debug_on));
         let pages = routes::Ctx {
             health,
             metrics: metrics.clone(),
@@ -263,6 +290,8 @@ fn start_on(
             backend_lost,
             limits,
             local,
+            security,
+            secured,
             debug,
             slots: slots.clone(),
         })
@@ -270,7 +299,7 @@ fn start_on(
     match started {
         Ok(d) => {
             let path = d.local.as_ref().map(|l| l.1.as_path());
-            live::announce(addr, path, opts.debug);
+            live::announce(addr, path, debug_on, secured);
             Ok(d)
         }
         Err(e) => {

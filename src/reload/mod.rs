@@ -215,7 +215,9 @@ impl Current {
             (self.running.iter()).map(|r| (r.name.as_str(), r.key, r.access.as_ref())),
             (specs.iter()).map(|s| (s.name.as_str(), s.key, s.access.as_ref())),
         );
-        self.apply_diag(&new)?;
+        // The web configuration's TLS files, read again (a bad one fails here).
+        let security = diag::security(&new)?;
+        self.apply_diag(&new, security)?;
         // Nothing has changed but the diagnostics service, and nothing can
         // fail from here on.
         self.stop_services(&d);
@@ -281,14 +283,15 @@ impl Current {
         }
     }
 
-    /// Starts, moves or stops the diagnostics service for `new` and
-    /// switches debug mode. A new address is bound before anything
-    /// changes; an error leaves the service as it was. The debug socket is
-    /// made at the first apply (start) only, after the address: the
-    /// service runs for it with no `diag_addr`, and a reload that removes
-    /// `diag_addr` takes the front off TCP. A reload does not move the
-    /// socket (`debug_socket:` applies at the next start).
-    fn apply_diag(&mut self, new: &Config) -> Result<(), String> {
+    /// Starts, moves or stops the diagnostics service for `new`, and
+    /// switches its debug mode and web configuration (`security`). A new
+    /// address is bound before anything changes; an error leaves the
+    /// service as it was. The debug socket is made at the first apply
+    /// (start) only, after the address: the service runs for it with no
+    /// `diag_addr`, and a reload that removes `diag_addr` takes the front
+    /// off TCP. A reload does not move the socket (`debug_socket:` applies
+    /// at the next start).
+    fn apply_diag(&mut self, new: &Config, security: diag::Secured) -> Result<(), String> {
         let addr_now = self.config.as_ref().and_then(|c| c.diag_addr.as_ref());
         let tcp = match &new.diag_addr {
             Some(addr) if self.diag.is_none() || addr_now != Some(addr) => Some(diag::bind(addr)?),
@@ -301,6 +304,9 @@ impl Current {
         match (self.diag.take(), tcp) {
             (Some(mut d), Some(l)) => {
                 let moved = d.move_to(Some(l));
+                if moved.is_ok() {
+                    d.set_security(security);
+                }
                 self.diag = Some(d);
                 moved?;
             }
@@ -316,11 +322,15 @@ impl Current {
                     log::info("diagnostics service stopped: no diag_addr any more", &[]);
                 }
             }
-            (Some(d), None) => self.diag = Some(d),
+            (Some(mut d), None) => {
+                d.set_security(security);
+                self.diag = Some(d);
+            }
             (None, tcp) if tcp.is_some() || local.is_some() => {
                 let options = diag::Options {
                     max_connections: new.diag_max_connections,
                     debug: new.debug,
+                    security,
                 };
                 let (h, m) = (self.health.clone(), self.metrics.clone());
                 let l = diag::Listeners { tcp, local };

@@ -18,9 +18,11 @@ Method (issue 11, item 4):
   are answered (or 2 s after the last was sent), and its CPU covers that.
 """
 
+import base64
 import os
 import selectors
 import socket
+import ssl
 import sys
 import time
 
@@ -113,11 +115,19 @@ class Resp:
 
 
 class Conn:
-    def __init__(self, sel, addr, keep):
+    def __init__(self, sel, addr, keep, tls=None):
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock.setblocking(False)
-        self.sock.connect_ex(addr)
+        # TLS (TLS=1): the TCP connect blocks (loopback, at once), the
+        # handshake does not (driven by the loop, as the request is).
+        self.handshaking = tls is not None
+        if tls is not None:
+            self.sock.connect(addr)
+            self.sock.setblocking(False)
+            self.sock = tls.wrap_socket(self.sock, do_handshake_on_connect=False)
+        else:
+            self.sock.setblocking(False)
+            self.sock.connect_ex(addr)
         self.keep = keep
         self.resp = Resp()
         self.busy = False
@@ -135,9 +145,40 @@ class Conn:
         self.sock.close()
 
 
+def handshake(c):
+    """Moves a TLS handshake on; True once it is done."""
+    try:
+        c.sock.do_handshake()
+    except ssl.SSLWantReadError:
+        c.sel.modify(c.sock, selectors.EVENT_READ, c)
+        return False
+    except ssl.SSLWantWriteError:
+        c.sel.modify(c.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, c)
+        return False
+    c.handshaking = False
+    c.sel.modify(c.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, c)
+    return True
+
+
+def recv_all(c):
+    """What the socket has (for TLS, records already decrypted too: select
+    cannot see those); b"" at the end of the stream."""
+    try:
+        data = c.sock.recv(65536)
+        while data and isinstance(c.sock, ssl.SSLSocket) and c.sock.pending():
+            data += c.sock.recv(65536)
+        return data
+    except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+        return None
+    except OSError:
+        return b""
+
+
 def slice_run(addr, path, keep, rate, secs, pool):
     """Drives one server for `secs` seconds; returns (answered, errors)."""
     hdr = b"Accept-Encoding: gzip\r\n" if path == "/metrics" else b""
+    if pool.get("auth"):
+        hdr += b"Authorization: Basic " + base64.b64encode(pool["auth"].encode()) + b"\r\n"
     conn_hdr = b"" if keep else b"Connection: close\r\n"
     req = (f"GET {path} HTTP/1.1\r\nHost: {addr[0]}:{addr[1]}\r\n".encode()
            + hdr + conn_hdr + b"User-Agent: cost.py\r\n\r\n")
@@ -156,7 +197,7 @@ def slice_run(addr, path, keep, rate, secs, pool):
             if keep and idle:
                 c = idle.pop()
             else:
-                c = Conn(sel, addr, keep)
+                c = Conn(sel, addr, keep, pool.get("tls"))
                 live.add(c)
                 pool["peak"] = max(pool.get("peak", 0), len(live))
             c.send(req)
@@ -170,27 +211,27 @@ def slice_run(addr, path, keep, rate, secs, pool):
         wait = max(0.0, start + sent / rate - now) if sent < total else 0.05
         for key, ev in sel.select(timeout=wait):
             c = key.data
-            if ev & selectors.EVENT_WRITE and c.pending:
-                try:
-                    n = c.sock.send(c.pending)
-                    c.pending = c.pending[n:]
-                except BlockingIOError:
-                    pass
-                except OSError as e:
-                    errors += 1
-                    why[type(e).__name__] = why.get(type(e).__name__, 0) + 1
-                    live.discard(c)
-                    c.close()
+            try:
+                if c.handshaking and not handshake(c):
                     continue
-                if not c.pending:
-                    sel.modify(c.sock, selectors.EVENT_READ, c)
+                if ev & selectors.EVENT_WRITE and c.pending:
+                    try:
+                        n = c.sock.send(c.pending)
+                        c.pending = c.pending[n:]
+                    except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                        pass
+            except OSError as e:
+                errors += 1
+                why[type(e).__name__] = why.get(type(e).__name__, 0) + 1
+                live.discard(c)
+                c.close()
+                continue
+            if ev & selectors.EVENT_WRITE and not c.pending:
+                sel.modify(c.sock, selectors.EVENT_READ, c)
             if ev & selectors.EVENT_READ:
-                try:
-                    data = c.sock.recv(65536)
-                except BlockingIOError:
+                data = recv_all(c)
+                if data is None:
                     continue
-                except OSError:
-                    data = b""
                 if data:
                     c.resp.feed(data)
                     status = c.resp.take()
@@ -235,13 +276,22 @@ def main():
         rows = [r for r in rows if f"{r[0]}:{'keep-alive' if r[1] else 'new'}" in only]
     servers = {"tbot": (("127.0.0.1", tport), Cpu("tbot", tpid)),
                "go": (("127.0.0.1", gport), Cpu("go", gpid))}
+    # TLS=1: HTTPS, certificates not verified (as the kubelet); AUTH=user:pw
+    # sends basic auth with every request.
+    tls = None
+    if os.environ.get("TLS") == "1":
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        tls.check_hostname = False
+        tls.verify_mode = ssl.CERT_NONE
+    auth = os.environ.get("AUTH", "")
     print(f"{'endpoint':<9} {'conn':<10} {'rate':>5} {'tbot us/req':>11} {'go us/req':>10} "
           f"{'tbot/go':>7} {'errors t/g':>10} {'load1':>6}")
     try:
         for path, keep in rows:
             for rate in rates:
                 acc = {n: [0, 0, 0] for n in servers}  # ns, answered, errors
-                pools = {n: {"sel": selectors.DefaultSelector(), "idle": [], "live": set(), "why": {}}
+                pools = {n: {"sel": selectors.DefaultSelector(), "idle": [], "live": set(), "why": {},
+                             "tls": tls, "auth": auth}
                          for n in servers}
                 loads = []
                 # One warm-up slice each, not counted (opens the keep-alive pool).

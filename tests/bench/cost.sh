@@ -15,6 +15,13 @@
 #    not count.
 # 3. At 1000 identity services: /metrics p50 (wrk -t1 -c1, with and without
 #    gzip) and RSS, both servers.
+# 4. Over TLS with basic auth (issue 20): tbot with a web configuration
+#    (tls_server_config, basic_auth_users with a bcrypt hash of cost 10),
+#    go-diag with -tls-cert/-tls-key/-basic-auth (Go's crypto/tls, a cached
+#    check); a P-256 certificate made with openssl. CPU per request as in 1:
+#    /livez with a new connection (and TLS handshake) per request, as the
+#    kubelet probes; /livez and /metrics keep-alive, as Prometheus scrapes.
+#    TLS_RATES (default "50 500") sets the rates.
 #
 #   tests/bench/cost.sh                      # about 5 minutes after the builds
 #   SLICES=3 RATES="500" DUR=3 tests/bench/cost.sh
@@ -39,8 +46,8 @@ start_both
 
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r); tbot ${TBOT:-commit $(git -C "$root" rev-parse --short HEAD)$(git -C "$root" diff --quiet HEAD -- src || echo '+dirty')}"
 echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
-# SECTIONS picks the sections by number (default all: 1 2 3).
-SECTIONS=${SECTIONS:-1 2 3}
+# SECTIONS picks the sections by number (default all: 1 2 3 4).
+SECTIONS=${SECTIONS:-1 2 3 4}
 section() { [[ " $SECTIONS " == *" $1 "* ]]; }
 if section 1; then
 echo
@@ -70,6 +77,29 @@ for path in /livez /readyz; do
     if (!n) print "n/a"; else if (n % 2) printf "%.2f", a[(n+1)/2]; else printf "%.2f", (a[n/2]+a[n/2+1])/2 }')
   printf '%-9s %-32s %-32s %7s %6s\n' "$path" "${ts[*]%.*}" "${gs[*]%.*}" "$median" "$(cut -d' ' -f1 /proc/loadavg)"
 done
+fi
+if section 4; then
+echo
+echo "## Over TLS with basic auth: CPU per request (TLS 1.3, P-256 certificate; SLICES=${SLICES:-6})"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$work/tls.key" \
+  -out "$work/tls.crt" -subj /CN=bench -days 1 -addext subjectAltName=IP:127.0.0.1 2>/dev/null
+hash=$(python3 -W ignore -c 'import crypt; print(crypt.crypt("bench-pw", crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=1024)))')
+printf 'tls_server_config:\n  cert_file: %s\n  key_file: %s\nbasic_auth_users:\n  bench: %s\n' \
+  "$work/tls.crt" "$work/tls.key" "$hash" > "$work/web.yml"
+# A storage directory of its own: one tbot per storage directory.
+sed "s|$work/storage|$work/storage-tls|; s|$work/out|$work/out-tls|" "$work/tbot.yaml" > "$work/tbot-tls.yaml"
+tlsport=$(free_port)
+"$tbot" start -c "$work/tbot-tls.yaml" --diag-addr "127.0.0.1:$tlsport" --web-config-file "$work/web.yml" 2>"$work/tbot-tls.log" &
+tlspid=$!; pids+=("$tlspid")
+gtlsport=$(free_port)
+"$work/go-diag" -addr "127.0.0.1:$gtlsport" -services 4 -tls-cert "$work/tls.crt" -tls-key "$work/tls.key" \
+  -basic-auth bench:bench-pw 2>"$work/go-tls.log" &
+gtlspid=$!; pids+=("$gtlspid")
+for a in "$tlsport" "$gtlsport"; do
+  for _ in $(seq 100); do curl -fsk -u bench:bench-pw "https://127.0.0.1:$a/livez" >/dev/null 2>&1 && break; sleep 0.05; done
+done
+TLS=1 AUTH=bench:bench-pw RATES="${TLS_RATES:-50 500}" ROWS="/livez:new /livez:keep-alive /metrics:keep-alive" \
+  python3 "$here/cost.py" "$tlsport" "$tlspid" "$gtlsport" "$gtlspid"
 fi
 section 3 || exit 0
 

@@ -15,7 +15,8 @@ use std::io::{self, ErrorKind, Write};
 use std::time::{Duration, Instant};
 
 use super::local::Stream;
-use super::{Conn, Front, State};
+use super::tls::Client;
+use super::{auth, Conn, Front, State};
 use crate::diag::head::{simple_response, Peer};
 use crate::infra::sockets::out_of_descriptors;
 use crate::log::{self, once_a_second};
@@ -111,12 +112,25 @@ impl Front {
         if stream.set_nonblocking(true).is_err() {
             return;
         }
-        let _ = stream.set_nodelay(true);
+        let client = match stream {
+            Stream::Tcp(stream) => {
+                let _ = stream.set_nodelay(true);
+                // TLS when the web configuration asks for it ([`super::tls`]).
+                let tls = auth::current(&self.security).tls_config();
+                let Ok(client) = Client::new(stream, tls) else {
+                    return;
+                };
+                client
+            }
+            // The debug socket: plain HTTP (its access rule is the peer's
+            // user, [`super::local`]).
+            Stream::Unix(stream) => Client::Local(stream),
+        };
         let state = State::Head {
             buf: Vec::with_capacity(1024),
         };
         let deadline = now + self.limits.head_timeout;
-        let mut c = Conn::new(self.next_id, stream, peer, state, deadline);
+        let mut c = Conn::new(self.next_id, client, peer, state, deadline);
         c.probe_room = probe_room;
         self.conns.push(c);
         self.next_id += 1;
@@ -148,7 +162,12 @@ impl Front {
         }
         let _ = (&stream).write(&simple_response(status, why));
         let state = State::Linger { drained: 0 };
-        let mut c = Conn::new(self.next_id, stream, peer, state, now);
+        // Plain even on a TLS port: no handshake for a refusal.
+        let client = match stream {
+            Stream::Tcp(s) => Client::Plain(s),
+            Stream::Unix(s) => Client::Local(s),
+        };
+        let mut c = Conn::new(self.next_id, client, peer, state, now);
         self.next_id += 1;
         c.close_lingering(now, self.limits.linger_time);
         self.conns.push(c);

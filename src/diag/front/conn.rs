@@ -8,9 +8,8 @@ use std::time::Instant;
 
 use rustix::event::epoll::EventFlags;
 
-use super::{again, Conn, Front, Request, State, Then};
-use crate::diag::head::{parse_head, set_connection_header, simple_response, Parsed};
-use crate::infra::sockets::drained;
+use super::{again, auth, Conn, Front, Request, State, Then};
+use crate::diag::head::{parse_head, set_connection_header, simple_response, Parsed, Peer};
 use crate::log::{self, once_a_second};
 
 impl Conn {
@@ -31,11 +30,12 @@ impl Front {
             State::Head { buf } if buf.is_empty() => return false,
             State::Linger { .. } => return false,
             State::Head { .. } => {
-                let _ =
-                    (&c.client).write(&simple_response(408, "request head not received in time"));
+                let _ = c
+                    .client
+                    .write(&simple_response(408, "request head not received in time"));
             }
-            State::Backend { .. } | State::Queued(_) | State::Piped(_) => {
-                let _ = (&c.client).write(&simple_response(
+            State::Backend { .. } | State::Queued(_) | State::Piped(_) | State::Auth(_) => {
+                let _ = c.client.write(&simple_response(
                     504,
                     "the diagnostics service did not answer in time",
                 ));
@@ -62,11 +62,21 @@ impl Front {
                 let room = (self.limits.head.max_head_bytes + 1)
                     .saturating_sub(buf.len())
                     .min(chunk.len());
-                let n = match (&c.client).read(&mut chunk[..room]) {
+                let n = match c.client.read(&mut chunk[..room]) {
                     Ok(0) => return false,
                     Ok(n) => n,
                     Err(e) if again(&e) => return true,
-                    Err(_) => return false,
+                    Err(e) => {
+                        // A failed TLS handshake (no or a foreign client
+                        // certificate, plain HTTP): say why, for operators.
+                        if e.kind() == ErrorKind::InvalidData {
+                            log::debug(
+                                "diagnostics TLS handshake failed",
+                                &[("peer", &c.peer), ("error", &e)],
+                            );
+                        }
+                        return false;
+                    }
                 };
                 buf.extend_from_slice(&chunk[..n]);
                 self.advance_head(i, now);
@@ -74,11 +84,9 @@ impl Front {
             }
             State::Backend { .. } => self.step_backend(i, now),
             // Not polled: the kept connections move them on ([`super::pipe`]).
-            State::Queued(_) | State::Piped(_) => true,
+            State::Queued(_) | State::Piped(_) | State::Auth(_) => true,
             State::Reply { .. } => self.step_reply(i, now),
-            State::Linger { drained: total } => {
-                !drained(&c.client, total, self.limits.linger_bytes)
-            }
+            State::Linger { drained: total } => !c.client.drained(total, self.limits.linger_bytes),
         }
     }
 
@@ -89,10 +97,11 @@ impl Front {
         let State::Reply { out, sent, then } = &mut c.state else {
             return true;
         };
-        match (&c.client).write(&out[*sent..]) {
+        match c.client.write(&out[*sent..]) {
             Ok(n) => {
                 *sent += n;
-                if *sent < out.len() {
+                // TLS: until its last records are out too.
+                if *sent < out.len() || !c.client.flushed() {
                     // A short write: its socket is full. The answer is
                     // stalled from the first one until it is written whole
                     // (the kernel growing its buffers is not the client
@@ -167,6 +176,16 @@ impl Front {
                 at_once,
             } => {
                 let next = keep_alive.then(|| buf[len..].to_vec());
+                // Basic auth and client certificates ([`super::auth`]) on
+                // TCP; a debug socket peer passed its own rule at accept
+                // ([`super::local`]).
+                let verdict = match c.peer {
+                    Peer::Local { .. } => auth::Verdict::Pass,
+                    Peer::Tcp(_) => {
+                        let sec = auth::current(&self.security);
+                        auth::judge(&sec, &buf[..len], c.client.has_certificate())
+                    }
+                };
                 if c.probe_room && !at_once && !self.slot_for(i, now) {
                     // In the probe room, only probes are served.
                     let out =
@@ -175,7 +194,7 @@ impl Front {
                     c.reply(out, Then::Close, now + self.limits.write_timeout);
                     return;
                 }
-                self.forward(i, now, head, next, How { slow, at_once });
+                self.admit_request(i, now, verdict, head, next, How { slow, at_once });
             }
         }
     }
@@ -186,7 +205,14 @@ impl Front {
     /// connections are kept); `next`: the client's connection stays open,
     /// and these bytes of its next request arrived already. A tiny_http
     /// that cannot be reached gets the client a 503.
-    fn forward(&mut self, i: usize, now: Instant, head: Vec<u8>, next: Option<Vec<u8>>, how: How) {
+    pub(super) fn forward(
+        &mut self,
+        i: usize,
+        now: Instant,
+        head: Vec<u8>,
+        next: Option<Vec<u8>>,
+        how: How,
+    ) {
         let c = &mut self.conns[i];
         let mut timeout = if how.slow {
             self.limits.slow_response_timeout
@@ -247,7 +273,7 @@ impl Front {
 
 /// How a forwarded request is sent (from [`Parsed::Forward`]).
 #[derive(Clone, Copy)]
-struct How {
+pub(super) struct How {
     slow: bool,
     at_once: bool,
 }

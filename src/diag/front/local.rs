@@ -17,17 +17,19 @@
 //!   [`crate::log`], and a log stream is an answer without end, handed to
 //!   [`crate::log::follow`], which writes it from the threads that log.
 
-use std::io::{self, ErrorKind, Read, Write};
-use std::net::{Shutdown, TcpStream};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::io::{self, ErrorKind, Write};
+use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
+use super::tls::Client;
 use super::{Front, State, Then};
 use crate::diag::head::{simple_response, LocalAsk, Peer};
 use crate::log::{self, once_a_second};
 
-/// A client's socket: a TCP connection, or one on the local debug socket.
+/// A socket as accept(2) gives it, before it becomes a connection's
+/// [`Client`]: TCP (TLS or not, as the web configuration says), or the
+/// local debug socket (plain).
 pub(crate) enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
@@ -38,30 +40,6 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.set_nonblocking(on),
             Stream::Unix(s) => s.set_nonblocking(on),
-        }
-    }
-
-    /// TCP_NODELAY on TCP; nothing to do on a Unix socket.
-    pub(super) fn set_nodelay(&self, on: bool) -> io::Result<()> {
-        match self {
-            Stream::Tcp(s) => s.set_nodelay(on),
-            Stream::Unix(_) => Ok(()),
-        }
-    }
-
-    pub(super) fn shutdown(&self, how: Shutdown) -> io::Result<()> {
-        match self {
-            Stream::Tcp(s) => s.shutdown(how),
-            Stream::Unix(s) => s.shutdown(how),
-        }
-    }
-}
-
-impl Read for &Stream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => (&*s).read(buf),
-            Stream::Unix(s) => (&*s).read(buf),
         }
     }
 }
@@ -76,21 +54,6 @@ impl Write for &Stream {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
-    }
-}
-
-impl AsFd for Stream {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        match self {
-            Stream::Tcp(s) => s.as_fd(),
-            Stream::Unix(s) => s.as_fd(),
-        }
-    }
-}
-
-impl AsRawFd for Stream {
-    fn as_raw_fd(&self) -> RawFd {
-        self.as_fd().as_raw_fd()
     }
 }
 
@@ -202,14 +165,14 @@ impl Front {
             crate::diag::routes::query_param(query, "level").map(|l| log::parse_level(l).ok_or(l));
         let refusal = match (level, &self.conns[i].client) {
             (Some(Err(_)), _) => Some((400, "unknown level: expected debug, info, warn or error")),
-            (level, Stream::Unix(s)) => {
+            (level, Client::Local(s)) => {
                 let level = level.and_then(Result::ok).unwrap_or_else(log::level);
                 match s.try_clone() {
                     Ok(s) => log::follow::subscribe(s, level).err().map(|why| (503, why)),
                     Err(_) => Some((503, "out of file descriptors")),
                 }
             }
-            (_, Stream::Tcp(_)) => Some((404, "not found")),
+            (_, _) => Some((404, "not found")),
         };
         let now = Instant::now();
         let c = &mut self.conns[i];

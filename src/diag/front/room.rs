@@ -35,7 +35,6 @@
 //!   hold no slot; at most `max_connections` linger at once, the oldest
 //!   closed first beyond that.
 
-use std::net::Shutdown;
 use std::time::{Duration, Instant};
 
 use super::{Conn, Front, State};
@@ -45,7 +44,8 @@ impl Conn {
     /// stream; what the client still sends is read and dropped until
     /// `now + linger_time`. An answer not yet written whole is cut.
     pub(super) fn close_lingering(&mut self, now: Instant, linger_time: Duration) {
-        let _ = self.client.shutdown(Shutdown::Write);
+        // TLS: close_notify first.
+        self.client.shutdown_write();
         self.state = State::Linger { drained: 0 };
         self.deadline = now + linger_time;
         self.probe_room = false;
@@ -101,6 +101,9 @@ impl Front {
                     State::Backend { ref keep_alive, .. } => {
                         pipelining(keep_alive).then_some((3, c.since))
                     }
+                    // Its password is being checked: a request that waits
+                    // on tbot keeps its slot.
+                    State::Auth(_) => None,
                     State::Linger { .. } => None,
                 }?;
                 Some((rank, j))

@@ -121,19 +121,27 @@ fn data(fd: RawFd) -> EventData {
 /// only, until its next head is read (`sent_more`).
 fn client_interest(c: &Conn) -> EventFlags {
     match &c.state {
+        // TLS: and writable while a handshake flight waits to go out.
+        State::Head { .. } if c.client.wants_write() => {
+            EventFlags::IN | EventFlags::RDHUP | EventFlags::OUT
+        }
         State::Head { .. } | State::Linger { .. } => EventFlags::IN | EventFlags::RDHUP,
         State::Reply { .. } => EventFlags::OUT,
         // Clients that hang up while their request is with tiny_http (a
         // parked /wait) free their slot soon: a reset at once, an end of
         // stream (a close or a mere half-close, which look the same) after
         // a short grace in which the answer can still go out.
-        State::Backend { .. } | State::Queued(_) | State::Piped(_) if c.half_closed => {
+        State::Backend { .. } | State::Queued(_) | State::Piped(_) | State::Auth(_)
+            if c.half_closed =>
+        {
             EventFlags::empty()
         }
-        State::Backend { .. } | State::Queued(_) | State::Piped(_) if c.sent_more => {
+        State::Backend { .. } | State::Queued(_) | State::Piped(_) | State::Auth(_)
+            if c.sent_more =>
+        {
             EventFlags::RDHUP
         }
-        State::Backend { .. } | State::Queued(_) | State::Piped(_) => {
+        State::Backend { .. } | State::Queued(_) | State::Piped(_) | State::Auth(_) => {
             EventFlags::IN | EventFlags::RDHUP
         }
     }
@@ -166,9 +174,13 @@ impl Front {
         for c in &mut self.conns {
             if !matches!(
                 c.state,
-                State::Backend { .. } | State::Queued(_) | State::Piped(_)
+                State::Backend { .. } | State::Queued(_) | State::Piped(_) | State::Auth(_)
             ) {
                 c.sent_more = false;
+            }
+            // TLS: a head decrypted but not read yet gets no event.
+            if matches!(c.state, State::Head { .. }) && c.client.has_plaintext() {
+                c.kick = true;
             }
             let want = client_interest(c);
             events.set(&c.client, &mut c.client_ev, want);
@@ -190,6 +202,9 @@ impl Front {
         for p in &mut self.pipes {
             let want = p.interest();
             events.set(&p.stream, &mut p.ev, want);
+        }
+        if let Some(a) = &mut self.checker {
+            events.set(&a.wake, &mut a.wake_ev, EventFlags::IN);
         }
         events.wait(self.timeout(now))
     }
@@ -218,6 +233,12 @@ impl Front {
         let now = Instant::now();
         // Answers first: their clients are stepped below.
         self.serve_pipes(events, now);
+        // Checked passwords: those requests go on ([`super::auth`]).
+        if let Some(a) = &self.checker {
+            if !events.of(a.wake.as_raw_fd()).is_empty() {
+                self.checked(now);
+            }
+        }
         // Walk connections back to front so removal keeps indexes valid
         // (a removal moves the last one, already walked, into its place).
         for i in (0..self.conns.len()).rev() {
@@ -227,7 +248,9 @@ impl Front {
             // while tiny_http has its request.
             let (ev, watch) = match &c.state {
                 State::Backend { up, .. } => (events.of(up.as_raw_fd()), client),
-                State::Queued(_) | State::Piped(_) => (EventFlags::empty(), client),
+                State::Queued(_) | State::Piped(_) | State::Auth(_) => {
+                    (EventFlags::empty(), client)
+                }
                 _ => (client, EventFlags::empty()),
             };
             if watch.contains(EventFlags::RDHUP) {
