@@ -566,6 +566,19 @@ services:
             e.starts_with("c.yaml:9:13: ") && e.contains("unknown variant `sometimes`"),
             "{e}"
         );
+        // `..` never (the walk and the lexical rules would disagree), nor
+        // storage itself as a destination, nor (uid_t)-1.
+        let e = err(&svc("      {type: directory, path: /x/../etc}\n"));
+        assert!(
+            e.starts_with("c.yaml:7:31: ") && e.contains("`..` is not allowed"),
+            "{e}"
+        );
+        let e = err(&svc("      {type: directory, path: /x/}\n"));
+        assert!(e.contains("destination /x is the storage directory"), "{e}");
+        let e = err(&svc(
+            "      {type: directory, path: /o, readers: [{group: 4294967295}]}\n",
+        ));
+        assert!(e.contains("invalid user or group id 4294967295"), "{e}");
         let e = err("version: v2\nstorage: {type: directory, path: /x, readers: [{user: root}]}\n");
         assert!(
             e.starts_with(

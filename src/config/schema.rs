@@ -3,14 +3,15 @@
 //! errors carry serde_yaml's exact line and column.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Component, PathBuf};
 use std::time::Duration;
 
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer};
 
 use super::names::{check_addr, check_name};
-use crate::infra::acl::{resolve_group, resolve_user, AclMode};
+use crate::infra::acl::AclMode;
+use crate::infra::owner::{check_id, resolve_group, resolve_user};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -271,7 +272,16 @@ impl<'de> Deserialize<'de> for NonEmptyPath {
             if s.is_empty() || s.contains('\0') {
                 return Err("invalid path: must be non-empty".into());
             }
-            Ok(NonEmptyPath(PathBuf::from(s)))
+            let path = PathBuf::from(s);
+            if path.components().any(|c| c == Component::ParentDir) {
+                // Lexical rules (storage containment, one destination per
+                // entry) would say one thing and the walk, which follows
+                // `..`, another.
+                return Err(format!(
+                    "invalid path {s:?}: `..` is not allowed; write the directory itself"
+                ));
+            }
+            Ok(NonEmptyPath(path))
         })
     }
 }
@@ -310,9 +320,9 @@ fn checked_id<'de, D: Deserializer<'de>>(
             (self.0)(v).map(|id| (v.to_string(), id)).map_err(E::custom)
         }
         fn visit_u64<E: de::Error>(self, n: u64) -> Result<Self::Value, E> {
-            u32::try_from(n)
+            check_id(n, "user or group")
                 .map(|id| (n.to_string(), id))
-                .map_err(|_| E::custom(format!("invalid id {n}: at most {}", u32::MAX)))
+                .map_err(E::custom)
         }
     }
     d.deserialize_any(V(resolve))

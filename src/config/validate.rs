@@ -37,6 +37,7 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Invalid> {
         vec![],
     )?;
 
+    check_not_storage(&raw.services, &resolve(&raw.storage.path.0), &resolve)?;
     let (names, taken) = check_entries(&raw.services, &resolve)?;
     let names = default_names(&raw.services, names, taken);
 
@@ -370,6 +371,32 @@ fn check_storage(storage: &RawDestination) -> Result<(), Invalid> {
             return Err((
                 vec![Key("storage"), Key(field)],
                 format!("field `{field}` does not apply to storage (it holds the CA key); set it on a service's destination"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// No destination is the storage directory itself: it holds the CA key, and
+/// its readers would be given traverse on it (see `services::readers`).
+fn check_not_storage(
+    services: &[RawService],
+    storage: &Path,
+    resolve: &impl Fn(&Path) -> PathBuf,
+) -> Result<(), Invalid> {
+    for (i, s) in services.iter().enumerate() {
+        if s.destination
+            .as_ref()
+            .map(|d| resolve(&d.path.0))
+            .as_deref()
+            == Some(storage)
+        {
+            return Err((
+                vec![Key("services"), Index(i), Key("destination"), Key("path")],
+                format!(
+                    "destination {} is the storage directory (it holds the CA key); use a directory inside it or elsewhere",
+                    storage.display()
+                ),
             ));
         }
     }

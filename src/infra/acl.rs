@@ -4,7 +4,9 @@
 //! the `system.posix_acl_access` attribute's encoding by hand.
 //!
 //! The ACL tbot sets is the whole ACL, as upstream's `ConfigureACL` does: the
-//! owner keeps its mode bits, the owning group and others get nothing, and
+//! owner (tbot's user) gets `rw-` on a file or socket and `rwx` on a
+//! directory (the rights of tbot's own modes 0600 and 0700, whatever the
+//! object's mode was), the owning group and others get nothing, and
 //! each reader gets the least it needs on that kind of object ([`Kind`]):
 //! read on a file, traverse (`x`, not `r`: no listing) on a directory, write
 //! on a socket (`connect(2)` needs write permission, unix(7)). The mask is
@@ -12,6 +14,8 @@
 //! gets write on a file or a directory. With no readers nothing is set
 //! (the plain modes: 0600 files, 0700 directories); a reload that removes
 //! the readers puts the minimal ACL back where an earlier one granted some.
+//! Any ACL set by hand on these objects is replaced (the man page says so):
+//! tbot owns the ACLs of what it writes and of its storage directory.
 //!
 //! Objects are reached through a [`DirHandle`] and an `O_PATH|O_NOFOLLOW`
 //! descriptor of the entry, whose `/proc/self/fd/N` name libacl resolves to
@@ -360,113 +364,12 @@ impl Policy {
     }
 }
 
-/// The uid of the user `name`, or of the number `name` (as upstream, a
-/// number is taken as an id, known to the system or not). Errors say what
-/// was not found.
-pub fn resolve_user(name: &str) -> Result<u32, String> {
-    resolve(name, Which::User)
-}
-
-/// The gid of the group `name` (or the number `name`); see [`resolve_user`].
-pub fn resolve_group(name: &str) -> Result<u32, String> {
-    resolve(name, Which::Group)
-}
-
-#[derive(Clone, Copy)]
-enum Which {
-    User,
-    Group,
-}
-
-/// Looks `name` up in the system's user or group database (NSS, through
-/// `getpwnam_r`/`getgrnam_r`), growing the buffer on ERANGE.
-fn resolve(name: &str, which: Which) -> Result<u32, String> {
-    let what = match which {
-        Which::User => "user",
-        Which::Group => "group",
-    };
-    if name.is_empty() || name.len() > 256 || name.chars().any(|c| c.is_control()) {
-        return Err(format!("invalid {what} name {name:?}"));
-    }
-    if let Ok(id) = name.parse::<u32>() {
-        return Ok(id);
-    }
-    let cname =
-        std::ffi::CString::new(name).map_err(|_| format!("invalid {what} name {name:?}"))?;
-    let mut buf: Vec<libc::c_char> = vec![0; 1024];
-    loop {
-        let (rc, found) = match which {
-            Which::User => {
-                // SAFETY: zeroed is a valid `passwd` (pointers null, ids 0).
-                let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-                let mut out: *mut libc::passwd = std::ptr::null_mut();
-                // SAFETY: every pointer is valid for the call; `buf` is
-                // writable for `buf.len()` bytes and outlives it.
-                let rc = unsafe {
-                    libc::getpwnam_r(
-                        cname.as_ptr(),
-                        &mut pwd,
-                        buf.as_mut_ptr(),
-                        buf.len(),
-                        &mut out,
-                    )
-                };
-                (rc, (!out.is_null()).then_some(pwd.pw_uid))
-            }
-            Which::Group => {
-                // SAFETY: zeroed is a valid `group` (pointers null, id 0).
-                let mut grp: libc::group = unsafe { std::mem::zeroed() };
-                let mut out: *mut libc::group = std::ptr::null_mut();
-                // SAFETY: as for getpwnam_r above.
-                let rc = unsafe {
-                    libc::getgrnam_r(
-                        cname.as_ptr(),
-                        &mut grp,
-                        buf.as_mut_ptr(),
-                        buf.len(),
-                        &mut out,
-                    )
-                };
-                (rc, (!out.is_null()).then_some(grp.gr_gid))
-            }
-        };
-        match (rc, found) {
-            (0, Some(id)) => return Ok(id),
-            (0, None) => {
-                return Err(format!(
-                    "unknown {what} {name:?}: no such {what} on this system"
-                ))
-            }
-            (libc::ERANGE, _) if buf.len() < 1 << 20 => buf.resize(buf.len() * 4, 0),
-            (e, _) => {
-                return Err(format!(
-                    "looking up {what} {name:?}: {}",
-                    std::io::Error::from_raw_os_error(e)
-                ))
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::infra::chase::open_dir;
     use crate::testutil::TestDir;
     use std::fs;
-
-    #[test]
-    fn names_and_numbers_resolve_and_unknown_names_are_refused() {
-        assert_eq!(resolve_user("root"), Ok(0));
-        assert_eq!(resolve_group("root"), Ok(0));
-        assert_eq!(resolve_group("1234"), Ok(1234));
-        let e = resolve_user("no-such-user-tbot-test").unwrap_err();
-        assert_eq!(
-            e,
-            "unknown user \"no-such-user-tbot-test\": no such user on this system"
-        );
-        assert!(resolve_group("").is_err());
-    }
 
     #[test]
     fn readers_get_the_least_right_and_no_readers_the_plain_modes() {

@@ -23,7 +23,8 @@
 //! 6. give kept services whose only change is their destination's
 //!    `acls`/`readers` the new ones, applied to their current files at once
 //!    (`services::readers`), and the readers their passages through the
-//!    storage directory (`readers::grant_passages`);
+//!    storage directory (`readers::grant_passages_beside`), waiting for
+//!    both at most `readers::APPLY_WAIT`;
 //! 7. start the changed and added services. A service whose thread cannot
 //!    be started (a pids cgroup limit, `RLIMIT_NPROC`) is in force all the
 //!    same: its row is `unhealthy` with a reason naming the limit, and it
@@ -237,15 +238,16 @@ impl Current {
             restarted: d.changed.iter().map(kind_of).collect(),
             added: d.added.iter().map(kind_of).collect(),
         });
+        let readers_by = Instant::now() + crate::services::readers::APPLY_WAIT;
         for (name, access) in &d.readers {
             if let Some(r) = self.running.iter_mut().find(|r| &r.name == name) {
                 if let Some(readers) = &r.readers {
-                    readers.replace(access.clone());
+                    readers.replace(access.clone(), readers_by);
                 }
                 r.access = Some(access.clone());
             }
         }
-        crate::services::readers::grant_passages(&new);
+        crate::services::readers::grant_passages_beside(&new, readers_by);
         for spec in specs {
             self.running
                 .push(supervisor::start(spec, &self.updates, &self.shared));

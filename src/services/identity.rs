@@ -148,6 +148,8 @@ fn issue_validity(
 
 enum Wake {
     Timer,
+    /// A refusal of a reload's readers was cleared: report again.
+    Readers,
     Reissue,
     ClockStep,
     Stop,
@@ -155,7 +157,11 @@ enum Wake {
 
 /// Waits until the wall-clock time `until`, or less when a reissue notice
 /// comes, the wall clock is stepped or tbot stops.
-fn wait(ctx: &Context, reissue: &Receiver<()>, steps: &Receiver<()>, until: SystemTime) -> Wake {
+fn wait(
+    ctx: &Context,
+    (reissue, steps, readers): (&Receiver<()>, &Receiver<()>, &Receiver<()>),
+    until: SystemTime,
+) -> Wake {
     let d = until
         .duration_since(SystemTime::now())
         .unwrap_or(Duration::ZERO);
@@ -167,6 +173,7 @@ fn wait(ctx: &Context, reissue: &Receiver<()>, steps: &Receiver<()>, until: Syst
             Err(_) => if ctx.sleep(d) { Wake::Timer } else { Wake::Stop },
         },
         recv(steps) -> _ => Wake::ClockStep,
+        recv(readers) -> _ => Wake::Readers,
         default(d) => Wake::Timer,
     }
 }
@@ -219,6 +226,7 @@ impl IdentityOutput {
                 }
                 st.held = Some(v);
                 st.error = None;
+                self.readers.succeeded();
                 st.failures = 0;
                 st.next_attempt = now + self.config.renewal_interval;
                 let unix = |t: SystemTime| {
@@ -266,7 +274,11 @@ impl IdentityOutput {
             (Some(p), Some(e)) => ctx.unhealthy(format!("{p}; renewing failed: {e}")),
             (Some(p), None) => ctx.unhealthy(p),
             (None, Some(e)) => ctx.unhealthy(e.clone()),
-            (None, None) => ctx.healthy(),
+            // A reload's readers refused under `acls: required`.
+            (None, None) => match self.readers.refusal() {
+                Some(r) => ctx.unhealthy(r),
+                None => ctx.healthy(),
+            },
         }
     }
 }
@@ -295,6 +307,8 @@ impl Service for IdentityOutput {
             .receiver()
             .clone();
         let steps = crate::infra::clock_step::subscribe();
+        self.readers.attach(ctx.reporter(), false);
+        let readers = self.readers.cleared().clone();
         // Before the first attempt, wait for the internal `identity` service
         // to have tried loading the CA.
         crossbeam_channel::select! {
@@ -326,7 +340,7 @@ impl Service for IdentityOutput {
             if let Some(v) = st.held.filter(|v| v.problem(now).is_none()) {
                 until = until.min(v.valid_before);
             }
-            let wake = wait(ctx, &reissue, &steps, until);
+            let wake = wait(ctx, (&reissue, &steps, &readers), until);
             let now = SystemTime::now();
             renew_now = match wake {
                 Wake::Stop => break,
@@ -337,7 +351,7 @@ impl Service for IdentityOutput {
                     );
                     true
                 }
-                Wake::ClockStep | Wake::Timer => due(&st, now),
+                Wake::ClockStep | Wake::Timer | Wake::Readers => due(&st, now),
             };
         }
         // Stopped (shut down, or removed by a reload): its series goes too.

@@ -139,14 +139,17 @@ impl Context {
     }
 
     pub fn report(&self, status: Status, reason: impl Into<String>) {
-        // The applier outlives every service; a send can only fail during
-        // process teardown, when nobody is left to read the table anyway.
-        let _ = self.updates.send(Update {
-            service: self.name.clone(),
+        self.reporter().report(status, reason);
+    }
+
+    /// This run's health row, for a helper thread that reports on the
+    /// service's behalf (a reload's readers, see `readers`).
+    pub fn reporter(&self) -> Reporter {
+        Reporter {
+            name: self.name.clone(),
             instance: self.instance,
-            status,
-            reason: reason.into(),
-        });
+            updates: self.updates.clone(),
+        }
     }
 
     pub fn healthy(&self) {
@@ -179,6 +182,27 @@ impl Context {
     /// Sleeps `d` unless tbot stops first. Returns false when stopping.
     pub fn sleep(&self, d: Duration) -> bool {
         self.stop.sleep(d)
+    }
+}
+
+/// A service run's health row, apart from its [`Context`].
+#[derive(Clone)]
+pub struct Reporter {
+    name: String,
+    instance: u64,
+    updates: Sender<Update>,
+}
+
+impl Reporter {
+    pub fn report(&self, status: Status, reason: impl Into<String>) {
+        // The applier outlives every service; a send can only fail during
+        // process teardown, when nobody is left to read the table anyway.
+        let _ = self.updates.send(Update {
+            service: self.name.clone(),
+            instance: self.instance,
+            status,
+            reason: reason.into(),
+        });
     }
 }
 

@@ -32,6 +32,7 @@ pub fn run_all(debs: &Debs) {
     multiplexer_and_profile_under_the_unit(&c, debs);
     watchdog_restarts_a_stopped_tbot(&c);
     reload_keeps_it_running(&c);
+    readers_of_the_packaged_outputs(&c);
     root_is_refused_on_the_services_storage(&c);
     a_broken_file_fails_reload_and_ends_the_unit_failed(&c);
     upgrade_keeps_the_operators_edit(&c, &v2);
@@ -74,9 +75,9 @@ fn install_and_serve(c: &Container, deb: &str) {
     assert!(score <= 2.0, "installed unit's exposure {score}:\n{sec}");
 }
 
-/// The debug socket under the hardened unit (`PrivateUsers=yes` maps host
-/// root to root and others to nobody): `tbot status` as root works from
-/// the packaged configuration with no flag; another user is refused.
+/// The debug socket under the hardened unit (User=_tbot): `tbot status`
+/// as root works from the packaged configuration with no flag; another
+/// user is refused.
 fn debug_socket_under_the_unit(c: &Container) {
     let perms = c.ok("stat -c '%a %U' /var/lib/tbot/debug.sock");
     assert_eq!(perms.trim(), "600 _tbot", "debug.sock");
@@ -207,6 +208,51 @@ fn reload_keeps_it_running(c: &Container) {
     assert_eq!(state.trim(), "active");
     assert_eq!(main_pid(c), pid, "reload replaced tbot's process");
     c.ok("tbot wait --diag-addr 127.0.0.1:3001 --timeout 20s");
+}
+
+/// The packaged config's commented `readers` for `deploy`, uncommented and
+/// reloaded under the shipped unit: `deploy` reads the key and certificate
+/// and may connect to the multiplexer's socket, another user may not; back
+/// to the shipped file, `deploy` loses them again. (Under `PrivateUsers=yes`
+/// no other user is mapped into tbot's user namespace and the ACLs could
+/// not name `deploy`.)
+fn readers_of_the_packaged_outputs(c: &Container) {
+    c.ok("useradd --system --no-create-home deploy && useradd --system --no-create-home other");
+    c.ok("cp /etc/tbot/tbot.yaml /root/tbot.yaml.shipped && \
+          sed -i 's/^      # readers:$/      readers:/; s/^      #   - user: deploy$/        - user: deploy/' \
+          /etc/tbot/tbot.yaml && systemctl reload tbot");
+    // Within `secs`: a reload is applied after `systemctl reload` returns.
+    let can_within = |user: &str, test: &str, secs: u32| {
+        c.sh(&format!(
+            "for i in $(seq {n}); do setpriv --reuid {user} --regid {user} --clear-groups \
+             sh -c '{test}' >/dev/null 2>&1 && exit 0; sleep 0.5; done; exit 1",
+            n = secs * 2
+        ))
+        .0
+    };
+    let key = "cat /var/lib/tbot/machine-id/key /var/lib/tbot/machine-id/key-cert.pub";
+    let mux = "test -w /run/tbot/mux/v1.sock -a -r /run/tbot/mux/ssh_config";
+    assert!(
+        can_within("deploy", key, 15),
+        "deploy cannot read its key: {}",
+        c.sh("ls -la /var/lib/tbot /var/lib/tbot/machine-id; journalctl -u tbot -n 20 --no-pager")
+            .1
+    );
+    assert!(
+        can_within("deploy", mux, 5),
+        "deploy cannot use the multiplexer"
+    );
+    assert!(!can_within("other", key, 1), "another user reads the key");
+    assert!(
+        !can_within("other", mux, 1),
+        "another user may use the multiplexer"
+    );
+    c.ok("cp /root/tbot.yaml.shipped /etc/tbot/tbot.yaml && systemctl reload tbot");
+    let gone = "! cat /var/lib/tbot/machine-id/key";
+    assert!(
+        can_within("deploy", gone, 15),
+        "deploy still reads the key after its reader entry went"
+    );
 }
 
 /// `tbot start --oneshot` as root on the package's storage (owned by

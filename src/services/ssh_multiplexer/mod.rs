@@ -195,6 +195,7 @@ impl Service for SshMultiplexer {
             }
         };
         let exe = tbot_exe()?;
+        self.readers.attach(ctx.reporter(), true);
         let (socket, config_path) = {
             // Held until both are in place: see `services::readers`.
             let mut readers = self.readers.lock();
@@ -202,6 +203,7 @@ impl Service for SshMultiplexer {
             let text = ssh_config_text(&exe, &socket.path, &identity_dir)?;
             let config_path =
                 socket.write_beside(SSH_CONFIG_NAME, text.as_bytes(), &mut readers)?;
+            self.readers.succeeded();
             (socket, config_path)
         };
         let limits = Limits::fitted(self.config.max_connections);

@@ -154,6 +154,14 @@ fn place(
             ))
         }
     };
+    // What this proves: a socket of tbot's user is `v1.sock` in the
+    // directory tbot opened. What it does not: that it is the very socket
+    // `fd` bound. fstat(2) on a socket descriptor gives sockfs's inode, not
+    // the file's, and only sock_diag (UNIX_DIAG_VFS, what `ss` reads) links
+    // the two, which is not cheap here. The residual: another socket of
+    // tbot's own user swapped in between bind(2) and this check, which
+    // needs tbot's uid (or root) and so changes nothing anyone else could
+    // reach; a later swap is seen by `check_still_ours`.
     if FileType::from_raw_mode(st.st_mode) != FileType::Socket
         || st.st_uid != rustix::process::geteuid().as_raw()
     {
