@@ -6,14 +6,15 @@
 //! `service-hold@NAME` failpoint), multiplexer requests it refuses, tbot
 //! killed, and at last its target gone from Prometheus' service discovery.
 //! Each expected alert must show firing in Prometheus' `ALERTS` (HTTP API)
-//! within its `for:` plus two evaluation intervals of tbot showing the
-//! failure, and while tbot is healthy, with a 5-minute credential_ttl (and
-//! a 1-minute one), none may fire.
+//! within its `for:` plus two evaluation intervals of Prometheus showing
+//! the failure (the scrape time of the first sample with the failing value,
+//! read back through its API), and while tbot is healthy, with a 5-minute
+//! credential_ttl (and a 1-minute one), none may fire.
 //!
 //! To keep this short, the test loads a copy of the rules with every `for:`
-//! lowered to [`FOR`] (as tbot(1), ALERTS, says to try them), and
-//! Prometheus scrapes every second and evaluates every [`EVAL`]. Every
-//! process it starts is stopped by PID.
+//! lowered to [`FOR`] (as tbot(1), ALERTS, says to try them; the
+//! certificate alerts have none), and Prometheus scrapes every second and
+//! evaluates every [`EVAL`]. Every process it starts is stopped by PID.
 
 mod common;
 #[path = "support/prometheus.rs"]
@@ -29,7 +30,7 @@ use reload_support::{identity, reload_to};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const RULES: &str = include_str!("../contrib/tbot-alerts.yml");
 /// What every `for:` of the rules is lowered to.
@@ -54,8 +55,60 @@ fn shortened(rules: &str) -> String {
             }
         })
         .collect();
-    assert!(n >= 7, "only {n} for: lines in the rules");
+    assert!(n >= 6, "only {n} for: lines in the rules");
     text
+}
+
+/// How long `alert` must hold before it fires in the shortened rules:
+/// [`FOR`] if it has a `for:` line, else nothing.
+fn hold(alert: &str) -> Duration {
+    let doc: serde_yaml::Value = serde_yaml::from_str(RULES).unwrap();
+    let rule = doc["groups"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .flat_map(|g| g["rules"].as_sequence().into_iter().flatten())
+        .find(|r| r["alert"].as_str() == Some(alert))
+        .unwrap_or_else(|| panic!("no alert {alert} in the rules"));
+    if rule.get("for").is_some() {
+        FOR
+    } else {
+        Duration::ZERO
+    }
+}
+
+/// Now, in Unix seconds (Prometheus' clock: the same machine's).
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// Waits (at most 30 s from now, or from `after` if later) until
+/// Prometheus holds a sample of `selector` (one series) scraped after
+/// `after` (Unix seconds) for which `failing(scrape time, value)` holds,
+/// and returns the scrape time of the first one: when Prometheus first
+/// showed the failure.
+fn shown(p: &Prometheus, selector: &str, after: f64, failing: impl Fn(f64, f64) -> bool) -> f64 {
+    let q = format!("{selector}[40s]");
+    let end = unix_now().max(after) + 30.0;
+    loop {
+        let samples = p.range(&q).unwrap_or_default();
+        assert!(samples.len() <= 1, "{selector}: more than one series");
+        let first = samples
+            .iter()
+            .flatten()
+            .find(|(at, v)| *at > after && failing(*at, *v));
+        if let Some((at, _)) = first {
+            return *at;
+        }
+        assert!(
+            unix_now() < end,
+            "Prometheus never showed {selector} failing; it has {samples:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Scrapes the job `tbot` every second, its targets from `targets.json`
@@ -94,11 +147,12 @@ fn tbot_config(dir: &Path, more: &str) -> String {
     )
 }
 
-/// When, by tbot's certificate times for `service` (as its /metrics gives
-/// them), its renewal is overdue and its expiry close, as the rules judge
-/// them: the due time plus a tenth of the lifetime; the later of that and a
-/// fifth of the lifetime before the expiry. As instants of this clock.
-fn certificate_deadlines(t: &Tbot, service: &str) -> (Instant, Instant) {
+/// By tbot's certificate times for `service` (as its /metrics gives them),
+/// as the rules judge them: its due time, how far past it a scrape must be
+/// for its renewal to be overdue (a tenth of the lifetime, or half the time
+/// from the due time to the expiry if less), and from when its expiry is
+/// close (a fifth of the lifetime before it). In Unix seconds.
+fn certificate_deadlines(t: &Tbot, service: &str) -> (f64, f64, f64) {
     let m = Metrics::parse(&t.get("/metrics").body);
     let get = |what: &str| {
         let name = format!("tbot_identity_certificate_{what}_timestamp_seconds");
@@ -107,21 +161,8 @@ fn certificate_deadlines(t: &Tbot, service: &str) -> (Instant, Instant) {
     };
     let (after, before, renew) = (get("valid_after"), get("expiry"), get("renewal"));
     let lifetime = before - after;
-    let overdue = renew + 0.1 * lifetime;
-    let close = overdue.max(before - 0.2 * lifetime);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64();
-    let at = |unix: f64| {
-        let now_i = Instant::now();
-        if unix >= now {
-            now_i + Duration::from_secs_f64(unix - now)
-        } else {
-            now_i - Duration::from_secs_f64(now - unix)
-        }
-    };
-    (at(overdue), at(close))
+    let margin = (0.1 * lifetime).min(0.5 * (before - renew));
+    (renew, margin, before - 0.2 * lifetime)
 }
 
 /// Every alert Prometheus shows now (name, state, labels), for messages.
@@ -133,27 +174,28 @@ fn alerts(p: &Prometheus) -> Vec<String> {
         .collect()
 }
 
-/// Waits until `name` fires with the labels `with`, at most [`FOR`] plus
-/// two [`EVAL`]s after `since` (when tbot showed the failure, or when the
-/// rule's condition comes true), and not before `since`; returns how long
-/// it took.
-fn fires(p: &Prometheus, name: &str, with: &[(&str, &str)], since: Instant) -> Duration {
-    let budget = FOR + 2 * EVAL;
+/// Waits until `name` fires with the labels `with`, at most its `for:`
+/// ([`hold`]) plus two [`EVAL`]s after `since` (Unix seconds: when
+/// Prometheus first showed the failure, or when the rule's condition came
+/// true), and not before `since`; returns how long it took.
+fn fires(p: &Prometheus, name: &str, with: &[(&str, &str)], since: f64) -> Duration {
+    let budget = hold(name) + 2 * EVAL;
     let q = format!("ALERTS{{alertname=\"{name}\",alertstate=\"firing\"}}");
     loop {
         let firing = p.query(&q).unwrap_or_default().into_iter().any(|(l, _)| {
             with.iter()
                 .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
         });
+        let now = unix_now();
         assert!(
-            !firing || Instant::now() >= since,
-            "{name} {with:?} fired {:?} before its condition holds",
-            since - Instant::now()
+            !firing || now >= since,
+            "{name} {with:?} fired {:.1} s before its condition holds",
+            since - now
         );
-        let took = since.elapsed();
+        let took = Duration::from_secs_f64((now - since).max(0.0));
         if firing {
             eprintln!(
-                "{name} {with:?}: firing {:.1} s after its failure showed",
+                "{name} {with:?}: firing {:.1} s after Prometheus showed its failure",
                 took.as_secs_f64()
             );
             return took;
@@ -235,30 +277,44 @@ fn each_failure_fires_its_alert_in_a_real_prometheus_and_health_fires_none() {
     nothing_fires_while_healthy(&p, &t);
 
     // A reload of a file tbot refuses.
+    let before = unix_now();
     let line = reload_to(&t, "version: v2\nstorage: [not, a, mapping]\n");
     assert!(line.contains("configuration reload failed"), "{line}");
-    fires(&p, "TbotReloadFailed", &[("job", "tbot")], Instant::now());
+    let reload = "tbot_config_last_reload_successful{job=\"tbot\"}";
+    let since = shown(&p, reload, before, |_, v| v == 0.0);
+    fires(&p, "TbotReloadFailed", &[("job", "tbot")], since);
     let line = reload_to(&t, &good);
     assert!(line.contains("configuration reloaded"), "{line}");
 
     // Destinations tbot cannot write (a file where their directories'
     // parent must be: ENOTDIR, which stops root too), at the next renewal.
     let (parent, saved) = (t.dir.join("a"), t.dir.join("a.saved"));
+    let before = unix_now();
     std::fs::rename(&parent, &saved).unwrap();
     std::fs::write(&parent, b"not a directory").unwrap();
-    t.until("/readyz/a", Duration::from_secs(30), |r| r.status == 503);
-    let since = Instant::now();
     t.until("/readyz/short", Duration::from_secs(30), |r| {
         r.status == 503
     });
     // Its last certificate is the one it wrote before: its times are final.
-    let (overdue, close) = certificate_deadlines(&t, "short");
+    let (due, margin, close) = certificate_deadlines(&t, "short");
+    let health = |s: &str| {
+        format!("tbot_service_health{{job=\"tbot\",service=\"{s}\",status=\"unhealthy\"}}")
+    };
+    let since = shown(&p, &health("a"), before, |_, v| v == 1.0);
     fires(&p, "TbotServiceUnhealthy", &[("service", "a")], since);
-    // Left so, `short` (renewed every 10 s) is not renewed in time, then
-    // close to expiry.
+    // Left so, `short` (renewed every 10 s) is not renewed in time (a
+    // scrape past its due time by the margin), then close to expiry.
     let short = [("service", "short")];
+    let renewal =
+        "tbot_identity_certificate_renewal_timestamp_seconds{job=\"tbot\",service=\"short\"}";
+    let overdue = shown(&p, renewal, due, |at, r| at - r > margin);
     fires(&p, "TbotCertificateRenewalOverdue", &short, overdue);
-    fires(&p, "TbotCertificateExpiringSoon", &short, close);
+    fires(
+        &p,
+        "TbotCertificateExpiringSoon",
+        &short,
+        overdue.max(close),
+    );
     std::fs::remove_file(&parent).unwrap();
     std::fs::rename(&saved, &parent).unwrap();
     t.until("/readyz/a", Duration::from_secs(30), |r| r.status == 200);
@@ -270,7 +326,8 @@ fn each_failure_fires_its_alert_in_a_real_prometheus_and_health_fires_none() {
     t.until("/readyz/held", Duration::from_secs(10), |r| {
         r.body.contains("initializing")
     });
-    let since = Instant::now();
+    let held = "tbot_service_health{job=\"tbot\",service=\"held\",status=\"initializing\"}";
+    let since = shown(&p, held, 0.0, |_, v| v == 1.0);
     fires(
         &p,
         "TbotServiceStuckInitializing",
@@ -288,21 +345,16 @@ fn each_failure_fires_its_alert_in_a_real_prometheus_and_health_fires_none() {
         let _ = c.read_to_string(&mut answer);
         assert!(answer.contains("no port"), "{answer:?}");
     }
-    let errors = "tbot_ssh_multiplexer_requests_handled_total{status=\"ERROR\"}";
-    t.until("/metrics", Duration::from_secs(10), |r| {
-        Metrics::parse(&r.body).sample(errors) == Some(20.0)
-    });
-    fires(
-        &p,
-        "TbotMultiplexerErrors",
-        &[("job", "tbot")],
-        Instant::now(),
-    );
+    let errors = "tbot_ssh_multiplexer_requests_handled_total{job=\"tbot\",status=\"ERROR\"}";
+    let since = shown(&p, errors, 0.0, |_, v| v >= 20.0);
+    fires(&p, "TbotMultiplexerErrors", &[("job", "tbot")], since);
 
     // tbot killed.
+    let before = unix_now();
     let _ = t.child.kill();
     let _ = t.child.wait();
-    fires(&p, "TbotDown", &[("job", "tbot")], Instant::now());
+    let since = shown(&p, "up{job=\"tbot\"}", before, |_, v| v == 0.0);
+    fires(&p, "TbotDown", &[("job", "tbot")], since);
 
     // Its target gone from service discovery (Prometheus then marks its
     // series stale; after a whole job is removed from the configuration it
@@ -317,5 +369,7 @@ fn each_failure_fires_its_alert_in_a_real_prometheus_and_health_fires_none() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    fires(&p, "TbotAbsent", &[("job", "tbot")], Instant::now());
+    // Its series went stale at a scrape time this test cannot read back;
+    // that is before now.
+    fires(&p, "TbotAbsent", &[("job", "tbot")], unix_now());
 }

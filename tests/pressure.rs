@@ -149,8 +149,22 @@ fn probes_get_200_while_non_readers_hold_every_slot() {
     let addr = t.addr();
     t.until("/readyz", Duration::from_secs(10), |r| r.status == 200);
     let answers = probes_beside_non_readers(addr, 64);
-    let ok = answers.iter().filter(|(_, a)| *a == Some(200)).count();
-    assert_eq!(ok, 20, "probes answered 200: {ok} of 20: {answers:?}");
+    // Never a refusal (before issue 17, 10 to 19 of 20 were 503). A probe
+    // that got no answer in time may be the load of a busy 2-core box (the
+    // suite runs 4 x 5000 pipelined clients beside this), but never three
+    // in a row: the kubelet's default failureThreshold, which restarts the
+    // pod.
+    let refused = answers.iter().filter(|(_, a)| *a == Some(503)).count();
+    assert_eq!(refused, 0, "probes refused: {answers:?}");
+    let most_in_a_row = answers
+        .split(|(_, a)| *a == Some(200))
+        .map(|run| run.len())
+        .max()
+        .unwrap_or(0);
+    assert!(
+        most_in_a_row < 3,
+        "{most_in_a_row} probes in a row failed: {answers:?}"
+    );
     assert_eq!(t.get("/livez").status, 200, "after the attack");
 }
 
@@ -176,6 +190,23 @@ fn peer_comparison_under_pressure() {
         "{name}: 64 non-readers x 400 pipelined /metrics, reconnecting every 2 s: probes 200 within 1 s: {ok} of 20 {}",
         other.join(" ")
     );
+}
+
+/// `n` newcomers, one after the other, each asking for `/metrics` and
+/// getting a 200 within 5 s. Their connections are kept open (keep-alive)
+/// and returned: each newcomer needs a slot of its own.
+fn metrics_newcomers(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+    (0..n)
+        .map(|i| {
+            let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            let r = read_response(&mut c, false).unwrap_or_else(|e| panic!("newcomer {i}: {e}"));
+            assert_eq!(r.status, 200, "newcomer {i}: {}", r.body);
+            c
+        })
+        .collect()
 }
 
 /// Four slots, held by three clients that pipeline thousands of
@@ -218,17 +249,7 @@ fn clients_that_do_not_read_lose_their_slots_first_and_keep_what_was_written() {
     });
     // Every slot is stuck writing by now.
     std::thread::sleep(Duration::from_secs(3));
-    let mut newcomers = Vec::new();
-    for i in 0..4 {
-        let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).unwrap();
-        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
-        let r = read_response(&mut c, false).unwrap_or_else(|e| panic!("newcomer {i}: {e}"));
-        assert_eq!(r.status, 200, "newcomer {i}: {}", r.body);
-        // Kept open (keep-alive): the next newcomer needs another slot.
-        newcomers.push(c);
-    }
+    let _newcomers = metrics_newcomers(addr, 4);
     stop.store(true, Ordering::Relaxed);
     let (slow, slow_got) = slow_reader.join().unwrap();
     held.insert(0, slow);
@@ -252,27 +273,50 @@ fn clients_that_do_not_read_lose_their_slots_first_and_keep_what_was_written() {
     }
 }
 
-/// Every slot is held by a `/wait` that parks (nothing has reported yet):
-/// requests waiting on tbot itself, which keep their slots. `/livez` and
-/// `/readyz` are still answered within a probe's timeout; anything else
-/// over the cap is refused at once.
-#[test]
-fn probes_find_room_beside_parked_waits() {
+/// Failpoints for [`every_slot_held`]: no service reports (so a `/wait`
+/// parks), and a `/metrics` render takes 10 s.
+const HOLDING: &str = "heartbeat-start=sleep:30000,metrics-render=sleep:10000";
+
+/// `GET /wait` (every service), parked for up to 60 s.
+const WAIT: &[u8] = b"GET /wait?timeout=60s HTTP/1.1\r\nHost: x\r\n\r\n";
+
+/// A tbot with `diag_max_connections: 4` and [`HOLDING`], and its four
+/// slots held, for 10 s at most, by requests that wait on tbot itself,
+/// which keep their slots: two parked `/wait`s (as many as park beside
+/// four slots) and two `/metrics` renders.
+fn every_slot_held(tag: &str) -> (Tbot, Vec<TcpStream>) {
+    slots_held(tag, 4)
+}
+
+/// [`every_slot_held`], with only the first `n` of those four requests.
+fn slots_held(tag: &str, n: usize) -> (Tbot, Vec<TcpStream>) {
     let t = start(
-        "parked",
+        tag,
         "diag_max_connections: 4\n",
-        &[("TBOT_FAILPOINTS", "heartbeat-start=sleep:30000")],
+        &[("TBOT_FAILPOINTS", HOLDING)],
     );
     let addr = t.addr();
-    let held: Vec<TcpStream> = (0..4)
-        .map(|_| {
+    let held = [WAIT, WAIT, METRICS, METRICS][..n]
+        .iter()
+        .map(|raw| {
             let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).unwrap();
-            c.write_all(b"GET /wait?timeout=60s HTTP/1.1\r\nHost: x\r\n\r\n")
-                .unwrap();
+            c.write_all(raw).unwrap();
             c
         })
         .collect();
     std::thread::sleep(Duration::from_millis(500));
+    (t, held)
+}
+
+/// Every slot is held by a request that waits on tbot itself (parked
+/// `/wait`s, slow renders), which keeps its slot. `/livez` and `/readyz`
+/// are still answered within a probe's timeout; anything else over the
+/// cap is refused at once, a path that is answered at once but is not a
+/// probe's (a 404) included: the probe room is for probes.
+#[test]
+fn probes_find_room_beside_requests_that_wait_on_tbot() {
+    let (t, held) = every_slot_held("parked");
+    let addr = t.addr();
     for i in 0..5 {
         assert_eq!(probe(addr, "/livez"), Some(200), "/livez {i}");
         // Nothing has reported yet: /readyz answers 503 from the health
@@ -293,7 +337,128 @@ fn probes_find_room_beside_parked_waits() {
     }
     let r = request_timeout(addr, METRICS, PROBE_TIMEOUT).expect("a quick refusal");
     assert_eq!(r.status, 503, "over the cap, not a probe: {}", r.body);
+    let nope = b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let r = request_timeout(addr, nope, PROBE_TIMEOUT).expect("a quick refusal");
+    assert_eq!(r.status, 503, "over the cap, not a probe: {}", r.body);
     drop(held);
+}
+
+/// Every slot is held by a request that waits on tbot itself. Empty
+/// connections flood in: four fill the probe room, then a probe connects,
+/// then two more come before the probe sends its request (a kubelet on a
+/// busy node). The newcomers take the places of those that came before the
+/// probe, oldest first, never the probe's while the room had a free place:
+/// every probe gets its 200.
+#[test]
+fn a_flood_of_empty_connections_does_not_put_out_a_probe() {
+    let (t, held) = every_slot_held("flood");
+    let addr = t.addr();
+    let connect = || TcpStream::connect_timeout(&addr, Duration::from_secs(3)).unwrap();
+    let mut answers = Vec::new();
+    for _ in 0..8 {
+        let mut flood: Vec<TcpStream> = (0..4).map(|_| connect()).collect();
+        // Each wait lets the front take those in (a batch of its own).
+        std::thread::sleep(Duration::from_millis(50));
+        let mut probe = connect();
+        std::thread::sleep(Duration::from_millis(50));
+        flood.extend((0..2).map(|_| connect()));
+        std::thread::sleep(Duration::from_millis(150));
+        probe.set_read_timeout(Some(PROBE_TIMEOUT)).unwrap();
+        let sent =
+            probe.write_all(b"GET /livez HTTP/1.1\r\nHost: kubelet\r\nConnection: close\r\n\r\n");
+        answers.push(match sent.and_then(|()| read_response(&mut probe, false)) {
+            Ok(r) => Ok(r.status),
+            Err(e) => Err(e.kind()),
+        });
+        drop(flood);
+    }
+    drop(held);
+    assert!(
+        answers.iter().all(|a| *a == Ok(200)),
+        "probes beside a flood of empty connections: {answers:?}"
+    );
+}
+
+/// Three of the four slots are held by requests that wait on tbot; a probe
+/// connects and takes the fourth, and before it sends its request a
+/// newcomer asks for `/metrics` from the probe room. The newcomer takes the
+/// probe's slot and the probe its place in the room, rather than the probe
+/// being put out: it gets its 200.
+#[test]
+fn a_scrape_from_the_probe_room_does_not_put_out_a_probe() {
+    let (t, held) = slots_held("swap", 3);
+    let addr = t.addr();
+    let mut probe = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let mut scrape = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).unwrap();
+    scrape.write_all(METRICS).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    probe.set_read_timeout(Some(PROBE_TIMEOUT)).unwrap();
+    let sent =
+        probe.write_all(b"GET /livez HTTP/1.1\r\nHost: kubelet\r\nConnection: close\r\n\r\n");
+    let r = sent.and_then(|()| read_response(&mut probe, false));
+    assert_eq!(r.ok().map(|r| r.status), Some(200), "the probe");
+    // The scrape got a slot: its render waits behind the held ones.
+    scrape
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    if let Ok(r) = read_response(&mut scrape, false) {
+        assert_ne!(r.status, 503, "the scrape: {}", r.body);
+    }
+    drop(held);
+}
+
+/// Every slot is asked for by a `/wait` while no service has reported
+/// (each would wait a minute). Only half the slots' worth park: the
+/// `/wait`s parked longest beyond that are answered at once with the state
+/// as of now (503, the services' JSON), and a `/metrics` scrape still finds
+/// a slot, the place of a client now idle.
+#[test]
+fn parked_waits_leave_slots_for_scrapes() {
+    let t = start(
+        "waits",
+        "diag_max_connections: 4\n",
+        &[("TBOT_FAILPOINTS", "heartbeat-start=sleep:30000")],
+    );
+    let addr = t.addr();
+    let mut waits: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).unwrap();
+            c.write_all(WAIT).unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+            c
+        })
+        .collect();
+    // Two are answered early (within 5 s, however loaded the machine).
+    let mut answered: Vec<Option<(u16, String)>> = vec![None; 4];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while answered.iter().flatten().count() < 2 && Instant::now() < deadline {
+        for (c, a) in waits.iter_mut().zip(&mut answered) {
+            c.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+            if a.is_none() && c.peek(&mut [0u8; 1]).is_ok_and(|n| n > 0) {
+                c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                *a = read_response(c, false).ok().map(|r| (r.status, r.body));
+            }
+        }
+    }
+    let r = request_timeout(addr, METRICS, Duration::from_secs(5)).expect("an answer");
+    assert_eq!(r.status, 200, "a scrape beside parked /waits: {}", r.body);
+    // The other two are still parked.
+    for (c, a) in waits.iter_mut().zip(&mut answered) {
+        c.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        if a.is_none() && c.peek(&mut [0u8; 1]).is_ok_and(|n| n > 0) {
+            *a = Some((0, "an answer to a parked /wait".into()));
+        }
+    }
+    let answered: Vec<_> = answered.into_iter().flatten().collect();
+    assert_eq!(answered.len(), 2, "/waits answered early: {answered:?}");
+    for (status, body) in &answered {
+        assert!(
+            *status == 503 && body.trim_start().starts_with('{'),
+            "an early /wait answer: {status} {body}"
+        );
+    }
 }
 
 /// `GET /metrics` on a connection of its own.
@@ -353,6 +518,11 @@ fn a_client_pipelining_slow_renders_gives_up_its_slot_first() {
 /// connects and has not sent its request yet when a newcomer needs a slot:
 /// a pipelining client gives it up, not the probe that connected a moment
 /// ago.
+///
+/// The probe sends its request 200 ms after connecting: it has waited for
+/// its head less than `stall_time` (1 s), which is what keeps it behind
+/// the pipelining clients. A probe that waited a second or more would be
+/// an idle connection, put out before them (rank 2 in `room.rs`).
 #[test]
 fn a_probe_that_just_connected_keeps_its_place() {
     let t = start(
@@ -424,16 +594,7 @@ fn slow_and_half_sent_heads_give_up_their_slots() {
         Some(200),
         "a probe beside slow heads"
     );
-    let mut newcomers = Vec::new();
-    for i in 0..4 {
-        let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).unwrap();
-        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
-        let r = read_response(&mut c, false).unwrap_or_else(|e| panic!("newcomer {i}: {e}"));
-        assert_eq!(r.status, 200, "newcomer {i}: {}", r.body);
-        newcomers.push(c);
-    }
+    let _newcomers = metrics_newcomers(addr, 4);
     stop.store(true, Ordering::Relaxed);
     dripper.join().unwrap();
     for (i, c) in held.iter_mut().enumerate() {
@@ -449,15 +610,17 @@ fn slow_and_half_sent_heads_give_up_their_slots() {
     }
 }
 
-/// Slots are free, but the kept connections to the serving loop all carry
-/// `/metrics` requests whose renders take 400 ms, with more queued behind
-/// them. A probe does not wait behind the renders.
+/// Slots are free, but clients pipeline `/metrics` requests whose renders
+/// take 1.5 s each, longer than a probe's timeout, with more queued behind
+/// them: were every kept connection to the serving loop to carry one, a
+/// probe would wait for the next to free (up to 1.5 s; renders are made
+/// one at a time). A probe does not wait behind the renders.
 #[test]
 fn a_probe_does_not_queue_behind_slow_renders() {
     let t = start(
         "renders",
         "",
-        &[("TBOT_FAILPOINTS", "metrics-render=sleep:400")],
+        &[("TBOT_FAILPOINTS", "metrics-render=sleep:1500")],
     );
     let addr = t.addr();
     let mut held = Vec::new();

@@ -175,6 +175,13 @@ pub fn answered(path: &str) -> Answered {
     find(path, true).map_or(Answered::AtOnce, |e| e.answered)
 }
 
+/// Whether `path` (no query) is a probe's: `/livez`, `/readyz` or
+/// `/readyz/NAME`, the only requests the front serves in its probe room
+/// (see `front/room.rs`; the man page's LIMITS promises them room).
+pub fn probe(path: &str) -> bool {
+    find(path, false).is_some_and(|e| matches!(e.kind, Livez | Readyz | ReadyzService))
+}
+
 /// The 404 answer's text: the listed endpoints, one line.
 pub fn not_found_text() -> String {
     let mut text = String::from("404 page not found\nendpoints:");
@@ -210,6 +217,23 @@ mod tests {
             ("/nope", AtOnce),
         ] {
             assert_eq!(answered(path), want, "{path}");
+        }
+    }
+
+    #[test]
+    fn probes_are_livez_and_readyz_only() {
+        for path in ["/livez", "/readyz", "/readyz/", "/readyz/a"] {
+            assert!(probe(path), "{path}");
+        }
+        for path in [
+            "/nope",
+            "/metrics",
+            "/wait",
+            "/debug/pprof/",
+            "/livez/",
+            "/readyzx",
+        ] {
+            assert!(!probe(path), "{path}");
         }
     }
 

@@ -120,7 +120,7 @@ impl Default for Limits {
 
 /// Connections the probe room holds by default ([`Limits::probe_room`]):
 /// a kubelet's liveness, readiness and startup probes at once, and one more.
-pub const PROBE_ROOM: usize = 4;
+const PROBE_ROOM: usize = 4;
 
 /// Descriptors one slot can hold: the client's, ours to tiny_http, and
 /// tiny_http's end of that, which it holds twice (it `try_clone`s every
@@ -128,20 +128,26 @@ pub const PROBE_ROOM: usize = 4;
 /// beside it ([`room`]: as many may linger as there are slots).
 const FDS_PER_CONNECTION: u64 = 5;
 /// Descriptors kept for everything else in the process (the kept
-/// connections to tiny_http among them, three descriptors each, and the
-/// probe room, whose requests go down those).
-const FDS_RESERVED: u64 = 24 + 3 * upstream::MAX_KEPT as u64 + PROBE_ROOM as u64;
+/// connections to tiny_http among them, three descriptors each); the probe
+/// room's, one per place (its requests go down those kept connections),
+/// come on top.
+const FDS_RESERVED: u64 = 24 + 3 * upstream::MAX_KEPT as u64;
 
-/// Caps `wanted` so that every connection's descriptors fit under the soft
-/// RLIMIT_NOFILE, with room for the rest of the daemon.
-pub fn fit_to_fd_limit(wanted: usize) -> usize {
+/// Caps `limits.max_connections` so that every connection's descriptors,
+/// and those of its `probe_room`, fit under the soft RLIMIT_NOFILE, with
+/// room for the rest of the daemon.
+pub fn fit_to_fd_limit(limits: Limits) -> Limits {
     // None: unlimited.
     let Some(current) = rustix::process::getrlimit(rustix::process::Resource::Nofile).current
     else {
-        return wanted;
+        return limits;
     };
-    let fit = current.saturating_sub(FDS_RESERVED) / FDS_PER_CONNECTION;
-    wanted.min(fit.max(1) as usize)
+    let reserved = FDS_RESERVED + limits.probe_room as u64;
+    let fit = current.saturating_sub(reserved) / FDS_PER_CONNECTION;
+    Limits {
+        max_connections: limits.max_connections.min(fit.max(1) as usize),
+        ..limits
+    }
 }
 
 /// Where tiny_http listens now (it moves if the serving loop rebuilds it).

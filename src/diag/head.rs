@@ -79,6 +79,9 @@ pub enum Parsed {
         /// The serving loop answers it as it takes it
         /// ([`crate::diag::endpoints::answered`]).
         at_once: bool,
+        /// A probe's request, served in the front's probe room
+        /// ([`crate::diag::endpoints::probe`]).
+        probe: bool,
     },
 }
 
@@ -234,6 +237,7 @@ fn complete(req: &httparse::Request, len: usize, limits: &HeadLimits, peer: Peer
         len,
         slow,
         at_once,
+        probe: crate::diag::endpoints::probe(p),
     }
 }
 
@@ -636,6 +640,7 @@ mod tests {
             len,
             slow,
             at_once,
+            probe,
         } = parse(
             "GET /readyz HTTP/1.0\r\nHost: x\r\nCookie: a\r\nAccept-Encoding: gzip\r\nConnection: keep-alive\r\n\r\nGET /x",
         )
@@ -656,7 +661,7 @@ mod tests {
                 && h.ends_with("\r\n\r\n")
         );
         assert!(!keep_alive, "HTTP/1.0 closes");
-        assert!(!slow && at_once);
+        assert!(!slow && at_once && probe);
         assert!(matches!(
             parse("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
             Parsed::Forward { at_once: false, .. }
@@ -664,6 +669,15 @@ mod tests {
         assert!(matches!(
             parse("GET /wait/x HTTP/1.1\r\nHost: x\r\n\r\n"),
             Parsed::Forward { slow: true, .. }
+        ));
+        // Answered at once, but not a probe's (the probe room is not for it).
+        assert!(matches!(
+            parse("GET /nope HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Parsed::Forward {
+                at_once: true,
+                probe: false,
+                ..
+            }
         ));
         assert_eq!(
             len, 91,

@@ -214,8 +214,13 @@ pub fn start(
 ) -> Result<Diag, String> {
     let local_path = listeners.local.as_ref().map(|s| s.path.clone());
     let started = start_on(listeners, opts, health, metrics, slots);
-    if let (Err(_), Some(path)) = (&started, local_path) {
-        debug_socket::remove(&path);
+    match (&started, local_path) {
+        (Ok(d), _) => {
+            let path = d.local.as_ref().map(|l| l.1.as_path());
+            live::announce(d.front.addr, path, d.debug(), d.secured);
+        }
+        (Err(_), Some(path)) => debug_socket::remove(&path),
+        (Err(_), None) => {}
     }
     started
 }
@@ -230,7 +235,6 @@ fn start_on(
 ) -> Result<Diag, String> {
     let (local_for_front, local) = split_local(listeners.local)?;
     let (dir, dir_lock) = private_dir::create()?;
-    let mut addr = None;
     let limits = limits(&opts);
     let debug_on = opts.debug;
     let Secured(security, secured) = opts.security;
@@ -277,7 +281,6 @@ fn start_on(
         slots.http.fill(Box::new(move || wake.wake()));
         slots.render.fill(render_poke);
         slots.front.fill(front.poke());
-        addr = front.addr;
         Ok(Diag {
             state,
             stopper,
@@ -296,17 +299,9 @@ fn start_on(
             slots: slots.clone(),
         })
     });
-    match started {
-        Ok(d) => {
-            let path = d.local.as_ref().map(|l| l.1.as_path());
-            live::announce(addr, path, debug_on, secured);
-            Ok(d)
-        }
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&dir);
-            Err(e)
-        }
-    }
+    started.inspect_err(|_| {
+        let _ = std::fs::remove_dir_all(&dir);
+    })
 }
 
 /// Starts `diag-render` and `diag-http` (the serving loop, [`serve`]):
@@ -323,10 +318,10 @@ fn spawn_loops(
     limits: &front::Limits,
     slots: &Slots,
 ) -> Result<(Vec<JoinHandle<()>>, Poke), String> {
-    let max_parked = limits.max_connections;
+    let max_parked = max_parked(limits.max_connections);
     // Queued pages wait on the front's connections: as many as it holds.
     let (renderer, render_thread) =
-        render::Renderer::spawn(metrics, max_parked, slots.render.beat())
+        render::Renderer::spawn(metrics, limits.max_connections, slots.render.beat())
             .map_err(|e| format!("diag-render: {e}"))?;
     let render_poke = renderer.watch().watched().poke;
     // Tests fail the start here, with the front and renderer running.
@@ -393,10 +388,10 @@ fn backend_lost(state: &Arc<Loop>, backend_path: &front::BackendPath) -> front::
 /// The front's limits for `opts`: the connection cap fitted to the
 /// open-file limit (with a warning when lowered).
 fn limits(opts: &Options) -> front::Limits {
-    let limits = front::Limits {
-        max_connections: front::fit_to_fd_limit(opts.max_connections),
+    let limits = front::fit_to_fd_limit(front::Limits {
+        max_connections: opts.max_connections,
         ..front::Limits::default()
-    };
+    });
     if limits.max_connections < opts.max_connections {
         log::warn(
             "diagnostics connection cap lowered to fit the open-file limit",
@@ -473,11 +468,23 @@ fn split_local(
 /// only bounds how long a missed wake-up could go unnoticed.
 const IDLE_WAKE: Duration = Duration::from_secs(3600);
 
+/// How many `/wait` requests may be parked at once beside a front of
+/// `max_connections` slots: half of them (at least one). Each parked
+/// `/wait` holds a slot that the front never takes from it (its client did
+/// nothing wrong), so without this cap 64 `/wait?timeout=5m` on a host
+/// whose services have not reported would hold every slot for minutes,
+/// and `/metrics` scrapes would get 503 just when operators need them.
+fn max_parked(max_connections: usize) -> usize {
+    (max_connections / 2).max(1)
+}
+
 /// The serving loop.
 ///
-/// At most `max_parked` /wait requests are parked: each live one holds one of
-/// the front's connections, so more can only be requests whose client has
-/// gone; the oldest is answered (into the void) to free its descriptor.
+/// At most `max_parked` /wait requests are parked ([`max_parked`]): one
+/// more, and the one parked longest is answered at once with the state as
+/// of now (as if its timeout had come; a keep-alive client's connection is
+/// then idle, which a newcomer may take), or into the void if its client
+/// has gone.
 fn serve(
     state: Arc<Loop>,
     (ctx, renderer): (routes::Ctx, render::Renderer),
@@ -526,7 +533,7 @@ fn serve(
             }
         }
         if parked.len() > max_parked {
-            parked.sort_by_key(|p| p.deadline);
+            // In the order they were parked (`answer_ready` keeps it).
             let excess = parked.len() - max_parked;
             for p in parked.drain(..excess) {
                 http::answer_now(&ctx, p);

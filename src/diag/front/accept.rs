@@ -15,6 +15,7 @@ use std::io::{self, ErrorKind, Write};
 use std::time::{Duration, Instant};
 
 use super::local::Stream;
+use super::room::Place;
 use super::tls::Client;
 use super::{auth, Conn, Front, State};
 use crate::diag::head::{simple_response, Peer};
@@ -22,14 +23,23 @@ use crate::infra::sockets::out_of_descriptors;
 use crate::log::{self, once_a_second};
 
 impl Front {
-    /// Accepts every waiting client.
+    /// Accepts the waiting clients, a batch of at most `max_connections +
+    /// probe_room` a turn, so that the requests of those accepted are read
+    /// (at the next turn) before more come in: a newcomer never puts out
+    /// one accepted in the same batch ([`super::room`]); when only that
+    /// would make room, the rest wait in the listen backlog.
     pub(super) fn accept_all(&mut self) {
-        loop {
+        let batch = self.next_id;
+        for _ in 0..self.limits.max_connections + self.limits.probe_room {
+            let place = self.place_for_newcomer(Instant::now(), batch);
+            if place == Place::NextTurn {
+                return;
+            }
             let Some(listener) = &self.listener else {
                 return;
             };
             match listener.accept() {
-                Ok((stream, peer)) => self.admit(Stream::Tcp(stream), Peer::Tcp(peer)),
+                Ok((stream, peer)) => self.admit(Stream::Tcp(stream), Peer::Tcp(peer), place),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if out_of_descriptors(&e) => {
                     self.refuse_without_descriptors(&e);
@@ -99,26 +109,26 @@ impl Front {
         }
     }
 
-    /// A new client: a slot of its own, a place in the probe room, the
-    /// place of a client that makes no progress ([`super::room`]), or a
-    /// quick 503.
-    pub(super) fn admit(&mut self, stream: Stream, peer: Peer) {
+    /// A new client: `place`, a slot of its own, a place in the probe
+    /// room, or the place of a client that makes no progress
+    /// ([`super::room`]); or a quick 503.
+    pub(super) fn admit(&mut self, stream: Stream, peer: Peer, place: Place) {
         let now = Instant::now();
-        self.trim_lingering();
-        let Some(probe_room) = self.room_for_newcomer(now) else {
-            let why = "too many connections to the diagnostics service";
-            return self.refuse(stream, peer, now, (503, why));
-        };
         if stream.set_nonblocking(true).is_err() {
             return;
         }
+        let Some(probe_room) = self.take_place(place, now) else {
+            let why = "too many connections to the diagnostics service";
+            return self.refuse(stream, peer, now, (503, why));
+        };
         let client = match stream {
             Stream::Tcp(stream) => {
                 let _ = stream.set_nodelay(true);
                 // TLS when the web configuration asks for it ([`super::tls`]).
                 let tls = auth::current(&self.security).tls_config();
                 let Ok(client) = Client::new(stream, tls) else {
-                    return;
+                    // Whoever lost its place to it lingers now.
+                    return self.trim_lingering();
                 };
                 client
             }
@@ -144,6 +154,8 @@ impl Front {
         if !self.step(i, now) {
             self.conns.swap_remove(i);
         }
+        // Whoever lost its place to it lingers now.
+        self.trim_lingering();
     }
 
     /// No room for a newcomer (503), or a debug socket peer of another
@@ -171,5 +183,6 @@ impl Front {
         self.next_id += 1;
         c.close_lingering(now, self.limits.linger_time);
         self.conns.push(c);
+        self.trim_lingering();
     }
 }

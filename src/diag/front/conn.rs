@@ -174,6 +174,7 @@ impl Front {
                 len,
                 slow,
                 at_once,
+                probe,
             } => {
                 let next = keep_alive.then(|| buf[len..].to_vec());
                 // Basic auth and client certificates ([`super::auth`]) on
@@ -186,7 +187,7 @@ impl Front {
                         auth::judge(&sec, &buf[..len], c.client.has_certificate())
                     }
                 };
-                if c.probe_room && !at_once && !self.slot_for(i, now) {
+                if c.probe_room && !probe && !self.slot_for(i, now) {
                     // In the probe room, only probes are served.
                     let out =
                         simple_response(503, "too many connections to the diagnostics service");

@@ -22,6 +22,7 @@ use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
+use super::room::Place;
 use super::tls::Client;
 use super::{Front, State, Then};
 use crate::diag::head::{simple_response, LocalAsk, Peer};
@@ -68,7 +69,13 @@ impl Front {
     /// [`allowed`] become connections, the others are refused.
     pub(super) fn accept_local(&mut self) {
         let own = rustix::process::geteuid().as_raw();
-        loop {
+        // As for TCP: a batch a turn, each with its place ([`super::room`]).
+        let batch = self.next_id;
+        for _ in 0..self.limits.max_connections + self.limits.probe_room {
+            let place = self.place_for_newcomer(Instant::now(), batch);
+            if place == Place::NextTurn {
+                return;
+            }
             let Some(local) = &self.local else {
                 return;
             };
@@ -95,7 +102,7 @@ impl Front {
                 self.refuse_local(stream, uid, pid);
                 continue;
             }
-            self.admit(Stream::Unix(stream), Peer::Local { uid, pid });
+            self.admit(Stream::Unix(stream), Peer::Local { uid, pid }, place);
         }
     }
 
