@@ -3,10 +3,15 @@
 //!
 //! The data flow, one module per room: `cli` → `config` → `services` (run by
 //! `supervisor`, one thread each) → `health` (the table) → `diag` (the
-//! diagnostics HTTP service). `daemon` wires them together. What they stand
-//! on (system calls, waiting and stopping, threads, systemd, formats) is
-//! under `infra`; the CA and the files it writes under `credentials`; exit
-//! codes are in `exit`, logging in `log`.
+//! diagnostics HTTP service), with `metrics` (tbot's Prometheus registry)
+//! beside the table. `daemon` is `tbot start`: it starts tbot's own threads
+//! and waits for signals; `reload` applies a configuration, at start and at
+//! each SIGHUP. The other commands: `check`, `wait`, `completions`,
+//! `proxy_command` (the multiplexer's `ProxyCommand`) and `oneshot`
+//! (`tbot start --oneshot`). What they stand on (system calls, waiting and
+//! stopping, threads, systemd, formats) is under `infra`; the CA and the
+//! files it writes under `credentials`; exit codes are in `exit`, logging
+//! in `log`, what the binary is (version, build) in `build_info`.
 
 mod build_info;
 mod check;

@@ -935,7 +935,15 @@ fn every_method_but_get_and_head_is_405_and_half_closing_clients_are_answered() 
     let t = start("methods", "", &[]);
     let addr = t.addr();
     let methods = ["POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "BREW"];
-    let odd_targets = ["OPTIONS *", "CONNECT 127.0.0.1:22", "DELETE http://x/livez"];
+    // Also an unknown path and a method in lower case (RFC 9110 §9.1:
+    // case matters): the front refuses them before any routing.
+    let odd_targets = [
+        "OPTIONS *",
+        "CONNECT 127.0.0.1:22",
+        "DELETE http://x/livez",
+        "PUT /nope",
+        "get /livez",
+    ];
     for line in methods
         .iter()
         .map(|m| format!("{m} /livez"))

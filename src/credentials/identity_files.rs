@@ -21,7 +21,8 @@
 //! flat layout, swapped in over the regular files, one rename each) after
 //! the switch. Older generations are removed last. A kill before the switch
 //! leaves the old set in force plus an unpublished generation, which
-//! [`remove_stale`] (run when the output starts) removes.
+//! [`remove_stale_temps`] (run when the output starts, before its first
+//! write) removes.
 //!
 //! Every step goes through a directory handle from [`crate::infra::chase`], so a
 //! destination path with a symlink another user planted is refused.

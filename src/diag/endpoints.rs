@@ -55,8 +55,6 @@ pub struct Endpoint {
     /// ends in `/` is answered without it too (`/debug/pprof`).
     pub path: &'static str,
     pub prefix: bool,
-    /// The methods it takes (RFC 9110 §9); others get 405 with `Allow`.
-    pub methods: &'static [&'static str],
     /// Served in debug mode only (`-d`, `debug: true`); else 404.
     pub debug: bool,
     pub answered: Answered,
@@ -66,8 +64,6 @@ pub struct Endpoint {
     /// One line for the pprof index.
     pub description: &'static str,
 }
-
-const GET_HEAD: &[&str] = &["GET", "HEAD"];
 
 const fn row(
     kind: Kind,
@@ -82,7 +78,6 @@ const fn row(
         kind,
         path,
         prefix,
-        methods: GET_HEAD,
         debug: flags.0,
         answered: flags.1,
         usage,
@@ -148,23 +143,6 @@ pub fn find(path: &str, debug: bool) -> Option<&'static Endpoint> {
     ENDPOINTS
         .iter()
         .find(|e| (debug || !e.debug) && e.matches(path))
-}
-
-/// Whether some endpoint takes `method`.
-pub fn any_takes(method: &str) -> bool {
-    ENDPOINTS.iter().any(|e| e.methods.contains(&method))
-}
-
-/// Every method some endpoint takes, in table order, each once (the
-/// `Allow` of a 405 for a path no row answers).
-pub fn all_methods() -> Vec<&'static str> {
-    let mut all: Vec<&'static str> = Vec::new();
-    for m in ENDPOINTS.iter().flat_map(|e| e.methods.iter()) {
-        if !all.contains(m) {
-            all.push(m);
-        }
-    }
-    all
 }
 
 /// When a request for `path` (no query) is answered. Debug mode is not
@@ -253,8 +231,6 @@ mod tests {
             Some(PprofIndex)
         );
         assert!(find("/debug/pprof/profile/", true).is_none());
-        assert!(any_takes("HEAD") && !any_takes("POST"));
-        assert_eq!(all_methods(), ["GET", "HEAD"]);
     }
 
     #[test]
@@ -270,7 +246,7 @@ mod tests {
         for e in ENDPOINTS {
             assert!(e.path.starts_with('/'), "{e:?}");
             assert!(e.usage.starts_with(e.path.trim_end_matches('/')), "{e:?}");
-            assert!(!e.methods.is_empty() && !e.description.is_empty(), "{e:?}");
+            assert!(!e.description.is_empty(), "{e:?}");
             assert_eq!(
                 e.listed == Listed::PprofIndex,
                 e.debug && e.kind != PprofIndex && e.path.starts_with("/debug/pprof/")

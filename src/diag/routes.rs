@@ -25,11 +25,12 @@ pub struct Ctx {
     pub debug: Arc<AtomicBool>,
 }
 
-/// What the router needs of a request.
+/// What the router needs of a request. Its method is GET or HEAD, the same
+/// answer for both (`Response::wire` drops a HEAD's body): the front
+/// refuses every other method with 405 and `Allow` before any routing
+/// ([`crate::diag::head::parse_head`]).
 #[derive(Clone, Copy, Debug)]
 pub struct Request<'a> {
-    /// As sent (`GET`, `HEAD`, ...).
-    pub method: &'a str,
     /// The path, still percent-encoded, without the query.
     pub path: &'a str,
     /// The raw query string without `?` (empty when none).
@@ -43,10 +44,9 @@ pub struct Request<'a> {
 
 impl<'a> Request<'a> {
     /// A request for `target` (path and optional `?query`).
-    pub fn new(method: &'a str, target: &'a str, accept_encoding: Option<&'a str>) -> Request<'a> {
+    pub fn new(target: &'a str, accept_encoding: Option<&'a str>) -> Request<'a> {
         let (path, query) = target.split_once('?').unwrap_or((target, ""));
         Request {
-            method,
             path,
             query,
             accept_encoding,
@@ -86,18 +86,12 @@ const MAX_WAIT: Duration = Duration::from_secs(300);
 pub fn route(ctx: &Ctx, req: &Request) -> Action {
     let debug = ctx.debug.load(Ordering::Relaxed) || req.local;
     let Some(e) = endpoints::find(req.path, debug) else {
-        return Action::Respond(if !endpoints::any_takes(req.method) {
-            method_not_allowed("the diagnostics endpoints take", &endpoints::all_methods())
-        } else if debug && req.path.starts_with("/debug/pprof/") {
+        return Action::Respond(if debug && req.path.starts_with("/debug/pprof/") {
             debug::not_found()
         } else {
             Response::text(404, &endpoints::not_found_text())
         });
     };
-    if !e.methods.contains(&req.method) {
-        let what = format!("{} takes", e.usage);
-        return Action::Respond(method_not_allowed(&what, e.methods));
-    }
     let param = |key| query_param(req.query, key);
     match e.kind {
         Kind::Livez => Action::Respond(Response::text(200, "OK")),
@@ -172,16 +166,6 @@ fn status(ctx: &Ctx) -> Response {
         "services": services,
     });
     Response::json(snap.status.http_code(), &body)
-}
-
-/// 405 with `Allow` (RFC 9110 §15.5.6): "405 method not allowed: `what`
-/// GET and HEAD".
-fn method_not_allowed(what: &str, methods: &[&str]) -> Response {
-    Response::text(
-        405,
-        &format!("405 method not allowed: {what} {}\n", methods.join(" and ")),
-    )
-    .with_header("Allow", methods.join(", "))
 }
 
 /// The decoded service name after a prefix row's path, or the 400.
@@ -322,7 +306,7 @@ mod tests {
     }
 
     fn get(ctx: &Ctx, target: &str) -> Action {
-        route(ctx, &Request::new("GET", target, None))
+        route(ctx, &Request::new(target, None))
     }
 
     #[test]
@@ -422,7 +406,7 @@ mod tests {
     #[test]
     fn metrics_goes_to_the_renderer_with_gzip_as_accepted() {
         let c = ctx(false);
-        let metrics = |ae| route(&c, &Request::new("GET", "/metrics", ae));
+        let metrics = |ae| route(&c, &Request::new("/metrics", ae));
         assert_eq!(metrics(None), Action::Render(Job::Metrics { gzip: false }));
         assert_eq!(
             metrics(Some("gzip, deflate")),
@@ -476,32 +460,6 @@ mod tests {
             };
             assert_eq!(got, e.answered, "{target}");
         }
-    }
-
-    #[test]
-    fn other_methods_are_405_with_allow() {
-        let c = ctx(true);
-        for (method, target) in [
-            ("POST", "/livez"),
-            ("DELETE", "/readyz/a"),
-            ("PUT", "/nope"),
-            ("OPTIONS", "*"),
-            ("BREW", "/metrics"),
-            ("POST", "/debug/pprof/profile"),
-        ] {
-            let r = respond(route(&c, &Request::new(method, target, None)));
-            assert_eq!(r.status, 405, "{method} {target}");
-            assert_eq!(r.header("Allow"), Some("GET, HEAD"), "{method} {target}");
-            assert!(body(&r).starts_with("405 method not allowed: "));
-        }
-        let r = respond(route(&c, &Request::new("HEAD", "/livez", None)));
-        assert_eq!(
-            r.status, 200,
-            "HEAD is GET without the body (Response::wire drops it)"
-        );
-        // Case matters (RFC 9110 §9.1).
-        let r = respond(route(&c, &Request::new("get", "/livez", None)));
-        assert_eq!(r.status, 405);
     }
 
     #[test]

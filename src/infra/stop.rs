@@ -1,7 +1,11 @@
-//! The one way tbot stops a thread: a [`Stopper`] (the owner's end) and the
-//! [`Stop`] it fires (the end the thread waits on; cheap to clone). Every
-//! thread tbot stops (services, the diagnostics loops, the systemd
-//! notifiers) waits on one of these.
+//! How tbot stops its long-lived threads: a [`Stopper`] (the owner's end)
+//! and the [`Stop`] it fires (the end the thread waits on; cheap to clone).
+//! The services, the diagnostics front and renderer, and the systemd
+//! notifiers wait on one of these. Other threads end another way: the
+//! health applier when its channel's senders are gone, the diagnostics
+//! serving loop through tiny_http's `unblock`, helper threads (a
+//! connection's relay, a profile, a reload's readers) when their work is
+//! done.
 //!
 //! A [`Stop`] is a flag and a channel that fire together, and costs no
 //! descriptor: the channel disconnects (for `crossbeam_channel::select!`

@@ -1,9 +1,12 @@
-//! The services tbot runs, each on its own named thread (see `supervisor`).
+//! The services tbot runs, each on its own named thread (see
+//! [`crate::supervisor`]).
 //!
 //! A service is a type implementing [`Service`]. It reports its health through
 //! its [`Context`] and returns from `run` when the context says stop. Adding a
-//! service is one file here plus one arm in [`build`], which also gives the
-//! service its [`Key`]: what a reload compares to decide whether it changed.
+//! service type is one file here, its variant of
+//! [`crate::config::ServiceConfig`] (for one users configure), and one arm in
+//! [`build`], which also gives the service its [`Key`]: what a reload
+//! compares to decide whether it changed.
 
 use std::fmt::Debug;
 use std::hash::{Hash, Hasher};
@@ -160,13 +163,15 @@ impl Context {
         self.report(Status::Unhealthy, reason);
     }
 
-    /// Never yields a value; becomes ready (disconnected) when tbot stops.
+    /// Never yields a value; becomes ready (disconnected) when tbot stops
+    /// this service (at shutdown, or a reload that removes or changes it).
     /// Use it in `crossbeam_channel::select!`.
     pub fn stop(&self) -> &Receiver<()> {
         self.stop.receiver()
     }
 
-    /// Never readable until tbot stops; from then on readable for good.
+    /// Never readable until tbot stops this service (as for
+    /// [`Context::stop`]); from then on readable for good.
     /// Poll it for `POLLIN` beside a service's own descriptors to wait for
     /// them or a stop, with no timer. Once it is ready,
     /// [`Context::stopping`] is true. Made on the first call (a service

@@ -1,6 +1,10 @@
 #!/usr/bin/env python3
 """CPU per request, tbot vs the Go reference peer, at fixed request rates.
 
+Usage: cost.py TBOT_PORT TBOT_PID GO_PORT GO_PID [FLOOR_PORT FLOOR_PID]; with
+the floor (tests/bench/floor.c, a fixed 200 OK: the least a server can do per
+request here), the table also shows its cost and tbot/floor, go/floor.
+
 Run by tests/bench/cost.sh (which builds and starts both servers); not part
 of the test suite. Loopback only, bounded in time; it starts no process.
 
@@ -266,6 +270,7 @@ def load():
 
 def main():
     tport, tpid, gport, gpid = map(int, sys.argv[1:5])
+    floor = sys.argv[5:7]
     rates = [int(r) for r in os.environ.get("RATES", "50 500 2000").split()]
     slices = int(os.environ.get("SLICES", "6"))
     rows = [("/livez", True), ("/livez", False), ("/readyz", True),
@@ -276,6 +281,8 @@ def main():
         rows = [r for r in rows if f"{r[0]}:{'keep-alive' if r[1] else 'new'}" in only]
     servers = {"tbot": (("127.0.0.1", tport), Cpu("tbot", tpid)),
                "go": (("127.0.0.1", gport), Cpu("go", gpid))}
+    if floor:
+        servers["floor"] = (("127.0.0.1", int(floor[0])), Cpu("floor", int(floor[1])))
     # TLS=1: HTTPS, certificates not verified (as the kubelet); AUTH=user:pw
     # sends basic auth with every request.
     tls = None
@@ -284,8 +291,13 @@ def main():
         tls.check_hostname = False
         tls.verify_mode = ssl.CERT_NONE
     auth = os.environ.get("AUTH", "")
-    print(f"{'endpoint':<9} {'conn':<10} {'rate':>5} {'tbot us/req':>11} {'go us/req':>10} "
-          f"{'tbot/go':>7} {'errors t/g':>10} {'load1':>6}")
+    head = f"{'endpoint':<9} {'conn':<10} {'rate':>5} {'tbot us/req':>11} {'go us/req':>10} "
+    if floor:
+        head += f"{'floor us/req':>12} "
+    head += f"{'tbot/go':>7} "
+    if floor:
+        head += f"{'tbot/floor':>10} {'go/floor':>8} "
+    print(head + f"{'errors ' + '/'.join(n[0] for n in servers):>12} {'load1':>6}")
     try:
         for path, keep in rows:
             for rate in rates:
@@ -311,11 +323,17 @@ def main():
                     for c in list(pools[n]["live"]):
                         c.close()
                 us = {n: acc[n][0] / 1000 / max(1, acc[n][1]) for n in servers}
-                ratio = us["tbot"] / us["go"] if us["go"] else float("nan")
-                print(f"{path:<9} {'keep-alive' if keep else 'new':<10} {rate:>5} "
-                      f"{us['tbot']:>11.1f} {us['go']:>10.1f} {ratio:>7.2f} "
-                      f"{acc['tbot'][2]:>4}/{acc['go'][2]:<5} {sum(loads) / len(loads):>6.2f}",
-                      flush=True)
+                def ratio(a, b):
+                    return us[a] / us[b] if us[b] else float("nan")
+                line = (f"{path:<9} {'keep-alive' if keep else 'new':<10} {rate:>5} "
+                        f"{us['tbot']:>11.1f} {us['go']:>10.1f} ")
+                if floor:
+                    line += f"{us['floor']:>12.1f} "
+                line += f"{ratio('tbot', 'go'):>7.2f} "
+                if floor:
+                    line += f"{ratio('tbot', 'floor'):>10.2f} {ratio('go', 'floor'):>8.2f} "
+                errors = "/".join(str(acc[n][2]) for n in servers)
+                print(line + f"{errors:>12} {sum(loads) / len(loads):>6.2f}", flush=True)
                 for n in servers:
                     if pools[n]["why"]:
                         # The most connections the driver had open to the

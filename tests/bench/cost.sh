@@ -7,14 +7,20 @@
 #    cpuacct group per server, all threads): /livez and /readyz keep-alive
 #    and a new connection per request, /metrics keep-alive (with
 #    Accept-Encoding: gzip, as Prometheus), at 50, 500 and 2000 req/s;
-#    µs of CPU per answered request and the ratio tbot/Go.
+#    µs of CPU per answered request and the ratio tbot/Go; beside them the
+#    floor (tests/bench/floor.c, built here with cc -O2: one thread, epoll,
+#    a fixed 200 OK to every request head, keep-alive, pipelining
+#    tolerated; no parsing, no routing), the least a server can spend per
+#    request on this machine, and the ratios tbot/floor and Go/floor
+#    (issue 21, section 4).
 # 2. Saturated keep-alive throughput (wrk -t2 -c16) on /livez and /readyz,
-#    ROUNDS (default 3) rounds with tbot and Go alternating; the ratio is
-#    the median of the rounds' ratios (one round swings by about ±10 % on a
-#    2-core VM); a round where wrk printed no rate shows "failed" and does
-#    not count.
+#    ROUNDS (default 3) rounds with tbot, Go and the floor alternating; the
+#    ratios are the medians of the rounds' ratios (one round swings by about
+#    ±10 % on a 2-core VM); a round where wrk printed no rate shows "failed"
+#    and does not count.
 # 3. At 1000 identity services: /metrics p50 (wrk -t1 -c1, with and without
 #    gzip) and RSS, both servers.
+#    Sections 3 and 4 have no floor (it has no metrics and no TLS).
 # 4. Over TLS with basic auth (issue 20): tbot with a web configuration
 #    (tls_server_config, basic_auth_users with a bcrypt hash of cost 10),
 #    go-diag with -tls-cert/-tls-key/-basic-auth (Go's crypto/tls, a cached
@@ -25,17 +31,19 @@
 #
 #   tests/bench/cost.sh                      # about 5 minutes after the builds
 #   SLICES=3 RATES="500" DUR=3 tests/bench/cost.sh
+#   SECTIONS="1 2" tests/bench/cost.sh       # the sections with the floor
 #   ROWS="/livez:keep-alive /readyz:keep-alive" tests/bench/cost.sh  # those rows only
 #   TBOT=/tmp/tbot-before tests/bench/cost.sh  # another tbot binary
 #
 # Loopback only, bounded in time; every process started here is killed by
 # PID on exit. Not part of the test suite. The load average column is the
 # machine's 1-minute load during the row (other work on the box shows there).
-# Needs: wrk, golang-go, golang-github-prometheus-client-golang-dev, python3,
+# Needs: wrk, cc (gcc), golang-go, golang-github-prometheus-client-golang-dev, python3,
 # root for the cpuacct groups (else /proc/PID/stat ticks, coarser).
 set -euo pipefail
 DUR=${DUR:-5}
-PROFILE=release TOOLS="wrk go python3 curl"
+# PROFILE=debug: a quick check of the script itself (figures not comparable).
+PROFILE=${PROFILE:-release} TOOLS="wrk go cc python3 curl"
 . "$(dirname "$0")/common.sh"
 here=$(cd "$(dirname "$0")" && pwd)
 # TBOT=/path/to/tbot measures another build (say, the commit before a change).
@@ -43,6 +51,11 @@ tbot=${TBOT:-$tbot}
 
 write_tbot_config
 start_both
+cc -O2 -o "$work/floor" "$here/floor.c"
+fport=$(free_port)
+"$work/floor" "$fport" &
+fpid=$!; pids+=("$fpid")
+wait_up "127.0.0.1:$fport"
 
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r); tbot ${TBOT:-commit $(git -C "$root" rev-parse --short HEAD)$(git -C "$root" diff --quiet HEAD -- src || echo '+dirty')}"
 echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -52,30 +65,39 @@ section() { [[ " $SECTIONS " == *" $1 "* ]]; }
 if section 1; then
 echo
 echo "## CPU per request (SLICES=${SLICES:-6} one-second slices per server and row)"
-python3 "$here/cost.py" "$tport" "$tpid" "$gport" "$gpid"
+python3 "$here/cost.py" "$tport" "$tpid" "$gport" "$gpid" "$fport" "$fpid"
 fi
 
 if section 2; then
 ROUNDS=${ROUNDS:-3}
 echo
-echo "## Saturated keep-alive throughput (wrk -t2 -c16 -d${DUR}s; ROUNDS=$ROUNDS rounds, tbot and Go alternating; the ratio is the median round's)"
+echo "## Saturated keep-alive throughput (wrk -t2 -c16 -d${DUR}s; ROUNDS=$ROUNDS rounds, tbot, Go and the floor alternating; each ratio is the median round's)"
 rps() { wrk -t2 -c16 -d"${DUR}s" "$@" 2>&1 | awk '/Requests\/sec/ {print $2}'; }
-printf '%-9s %-32s %-32s %7s %6s\n' endpoint "tbot req/s by round" "go req/s by round" tbot/go load1
+# The median of the ratios A/B over the rounds where both printed a rate (of
+# an even count, the mean of the middle two); n/a if no round counted.
+median_ratio() { # "a1 a2 ..." "b1 b2 ..."
+  local -a a=($1) b=($2) r=()
+  local i
+  for i in "${!a[@]}"; do
+    [[ ${a[i]} =~ ^[0-9.]+$ && ${b[i]} =~ ^[0-9.]+$ && ${b[i]//[0.]/} ]] || continue
+    r+=("$(echo "${a[i]} / ${b[i]}" | bc -l)")
+  done
+  printf '%s\n' "${r[@]}" | sort -g | awk 'NF {a[++n]=$1} END {
+    if (!n) print "n/a"; else if (n % 2) printf "%.2f", a[(n+1)/2]; else printf "%.2f", (a[n/2]+a[n/2+1])/2 }'
+}
+printf '%-9s %-24s %-24s %-24s %7s %10s %8s %6s\n' endpoint "tbot req/s by round" "go req/s by round" \
+  "floor req/s by round" tbot/go tbot/floor go/floor load1
 for path in /livez /readyz; do
-  ts=() gs=() ratios=()
+  ts=() gs=() fs=()
   for _ in $(seq "$ROUNDS"); do
     t=$(rps "http://127.0.0.1:$tport$path")
     g=$(rps "http://127.0.0.1:$gport$path")
-    ts+=("${t:-failed}") gs+=("${g:-failed}")
-    # A round where either wrk printed no rate does not count.
-    [[ $t =~ ^[0-9.]+$ && $g =~ ^[0-9.]+$ && ${g//[0.]/} ]] || continue
-    ratios+=("$(echo "$t / $g" | bc -l)")
+    f=$(rps "http://127.0.0.1:$fport$path")
+    ts+=("${t:-failed}") gs+=("${g:-failed}") fs+=("${f:-failed}")
   done
-  # The median (of an even count, the mean of the middle two); n/a if no
-  # round counted.
-  median=$(printf '%s\n' "${ratios[@]}" | sort -g | awk 'NF {a[++n]=$1} END {
-    if (!n) print "n/a"; else if (n % 2) printf "%.2f", a[(n+1)/2]; else printf "%.2f", (a[n/2]+a[n/2+1])/2 }')
-  printf '%-9s %-32s %-32s %7s %6s\n' "$path" "${ts[*]%.*}" "${gs[*]%.*}" "$median" "$(cut -d' ' -f1 /proc/loadavg)"
+  printf '%-9s %-24s %-24s %-24s %7s %10s %8s %6s\n' "$path" "${ts[*]%.*}" "${gs[*]%.*}" "${fs[*]%.*}" \
+    "$(median_ratio "${ts[*]}" "${gs[*]}")" "$(median_ratio "${ts[*]}" "${fs[*]}")" \
+    "$(median_ratio "${gs[*]}" "${fs[*]}")" "$(cut -d' ' -f1 /proc/loadavg)"
 done
 fi
 if section 4; then
@@ -105,7 +127,7 @@ section 3 || exit 0
 
 echo
 echo "## 1000 identity services: /metrics p50 (wrk -t1 -c1 -d${DUR}s) and RSS (idle: before the scrapes; RSS-KiB: after them)"
-kill "$tpid" "$gpid"; wait "$tpid" "$gpid" 2>/dev/null || true
+kill "$tpid" "$gpid" "$fpid"; wait "$tpid" "$gpid" "$fpid" 2>/dev/null || true
 {
   echo "version: v2"
   echo "storage: {type: directory, path: $work/storage}"
