@@ -64,6 +64,7 @@ fn start_faked(tag: &str) -> (Tbot, PathBuf, PathBuf) {
         ("FAKETIME_TIMESTAMP_FILE", clock.to_str().unwrap()),
         ("FAKETIME_NO_CACHE", "1"),
         ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ("TBOT_FAILPOINTS", "clock-set-by-faketime=on"),
     ];
     let t = Tbot::start_with(dir, &cfg, &[], &env);
     t.until("/readyz/a", Duration::from_secs(10), |r| r.status == 200);

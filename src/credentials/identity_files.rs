@@ -230,8 +230,12 @@ pub fn grant_current(dest: &Path, readers: &mut Policy) -> Result<(), String> {
 /// regular file there (the old flat layout) is replaced in one rename.
 fn ensure_link(dir: &DirHandle, name: &str) -> Result<(), String> {
     let target = format!("{DATA_LINK}/{name}");
-    if dir.read_link(name).as_deref() == Some(target.as_str()) {
-        return Ok(());
+    match dir.read_link(name) {
+        Some(t) if t == target => return Ok(()),
+        // Nothing there (a first write): made in place, in one call that
+        // fails on anything already there (which the rename below replaces).
+        None if dir.symlink(&target, name).is_ok() => return Ok(()),
+        _ => {}
     }
     if let Some(rustix::fs::FileType::Directory) = dir.file_type(name)? {
         return Err(format!(

@@ -12,7 +12,9 @@
 //! asked. Every later write — temp file, rename, symlink, removal, fsync —
 //! goes through the final [`DirHandle`] (`openat`, `renameat`, `unlinkat`
 //! relative to it), so swapping a component for a symlink after the walk
-//! changes nothing.
+//! changes nothing. A path with no symlink in it at all is opened in one
+//! `openat2(RESOLVE_NO_SYMLINKS)` call, which refuses every link on the way
+//! (the walk then judges them).
 //!
 //! Errors are one line in the operator's words, naming the path walked so
 //! far: `/srv/out/key: not a directory`,
@@ -24,7 +26,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
-use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, CWD};
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags, CWD};
 use rustix::io::Errno;
 
 /// Symlinks followed in one walk before giving up, as the kernel's ELOOP.
@@ -59,7 +61,33 @@ pub fn describe(path: &Path, e: Errno) -> String {
 /// documentation), creating missing components with mode 0700 when
 /// `create`. Errors: `<path so far>: <reason>`.
 pub fn open_dir(path: &Path, create: bool) -> Result<DirHandle, String> {
-    let mut walk = Walk::new(path, create)?;
+    // The common case in one call: a path without any symbolic link in it
+    // (RESOLVE_NO_SYMLINKS, openat2(2)) has none to judge, and opening it
+    // is what the walk would end with. A missing directory: the walk goes
+    // on from its deepest ancestor opened that way. Anything else (a link
+    // on the way, an error to describe, a kernel without openat2) takes the
+    // walk from the start.
+    let opened = rfs::openat2(
+        CWD,
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::NO_SYMLINKS,
+    );
+    let found = match opened {
+        Ok(fd) => {
+            return Ok(DirHandle {
+                fd,
+                path: path.to_path_buf(),
+            })
+        }
+        Err(Errno::NOENT) => from_ancestor(path, create),
+        Err(_) => None,
+    };
+    let mut walk = match found {
+        Some(walk) => walk,
+        None => Walk::new(path, create)?,
+    };
     while let Some(name) = walk.todo.pop_front() {
         walk.step(name)?;
     }
@@ -137,6 +165,44 @@ impl Walk {
             path: path.to_path_buf(),
         })
     }
+}
+
+/// A walk of the rest of `path` from its deepest existing ancestor that has
+/// no symbolic link in it (opened with RESOLVE_NO_SYMLINKS), for a path of
+/// plain names only; None when there is none (the walk starts at the root).
+fn from_ancestor(path: &Path, create: bool) -> Option<Walk> {
+    if !path
+        .components()
+        .all(|c| matches!(c, Component::Normal(_) | Component::RootDir))
+    {
+        return None;
+    }
+    for ancestor in path.ancestors().skip(1) {
+        if ancestor.as_os_str().is_empty() || ancestor == Path::new("/") {
+            return None;
+        }
+        match rfs::openat2(
+            CWD,
+            ancestor,
+            path_flags(),
+            Mode::empty(),
+            ResolveFlags::NO_SYMLINKS,
+        ) {
+            Ok(cur) => {
+                let rest = path.strip_prefix(ancestor).ok()?;
+                return Some(Walk {
+                    cur,
+                    walked: ancestor.to_path_buf(),
+                    todo: components(rest),
+                    links: 0,
+                    create,
+                });
+            }
+            Err(Errno::NOENT) => continue,
+            Err(_) => return None,
+        }
+    }
+    None
 }
 
 fn path_flags() -> OFlags {
@@ -257,8 +323,10 @@ impl DirHandle {
     }
 
     /// Creates `name` (`O_EXCL`, never through a symlink) with exactly
-    /// `mode`, writes `contents` and fsyncs it. `step` is called half-way
-    /// through the write (for the failpoints). The file is removed again on
+    /// `mode`, writes `contents`, fsyncs it and drops its pages from the
+    /// page cache (`POSIX_FADV_DONTNEED`). `step` is called half-way
+    /// through the write in debug builds (for the failpoints), after it in
+    /// release builds. The file is removed again on
     /// any error.
     pub fn create_file(
         &self,
@@ -279,11 +347,25 @@ impl DirHandle {
             // The umask may have narrowed the mode; set it before any byte.
             rfs::fchmod(&fd, Mode::from_raw_mode(mode))?;
             let mut file = std::fs::File::from(fd);
-            let (first, rest) = contents.split_at(contents.len() / 2);
+            // Debug builds write it in two halves, `step` between them
+            // (the failpoints); release builds in one go.
+            let half = if cfg!(debug_assertions) {
+                contents.len() / 2
+            } else {
+                contents.len()
+            };
+            let (first, rest) = contents.split_at(half);
             std::io::Write::write_all(&mut file, first)?;
             step(&path);
-            std::io::Write::write_all(&mut file, rest)?;
-            file.sync_all()
+            if !rest.is_empty() {
+                std::io::Write::write_all(&mut file, rest)?;
+            }
+            file.sync_all()?;
+            // Clean now: its pages leave the page cache (where they would
+            // be charged to tbot's cgroup for good, 4 KiB or more a file;
+            // ssh reads these files once a connection, from the disk).
+            let _ = rfs::fadvise(&file, 0, None, rfs::Advice::DontNeed);
+            Ok::<(), std::io::Error>(())
         })();
         written.map_err(|e| {
             let _ = rfs::unlinkat(&self.fd, name, AtFlags::empty());
@@ -415,6 +497,16 @@ mod tests {
         h.write_atomic("f", b"x", 0o600).unwrap();
         assert_eq!(fs::read(real.join("new/deeper/f")).unwrap(), b"x");
         assert!(open_dir(&d.0.join("missing"), false).is_err());
+        // From the deepest existing ancestor: the error names the first
+        // missing directory, as the walk from the root does.
+        let missing = d.0.join("real/gone");
+        assert_eq!(
+            open_dir(&missing.join("deeper"), false).unwrap_err(),
+            format!(
+                "{}: No such file or directory (os error 2)",
+                missing.display()
+            )
+        );
     }
 
     #[test]

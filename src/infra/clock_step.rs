@@ -5,14 +5,24 @@
 //! One thread (`clock-step`, started on the first [`subscribe`]) sleeps on a
 //! `timerfd` on `CLOCK_REALTIME` armed with
 //! `TFD_TIMER_ABSTIME | TFD_TIMER_CANCEL_ON_SET` far in the future: the
-//! kernel wakes it when the realtime clock is set (timerfd_create(2)). As a
-//! fallback — no timerfd, or a clock the kernel does not see move (a time
-//! namespace, libfaketime) — it also compares the wall clock against
-//! `CLOCK_MONOTONIC` every [`POLL`] and reports a change of their offset by
-//! more than [`STEP`]. Each step is sent to every subscriber.
+//! kernel wakes it when the realtime clock is set (timerfd_create(2)), and
+//! nothing else does. There is no poll: an idle tbot is not woken by this
+//! check. Where the kernel cannot give that notice (no timerfd), steps are
+//! not noticed, which is logged once; each renewal still comes at its time.
+//!
+//! A clock the kernel does not see move (libfaketime's) gets the same notice
+//! in debug builds through the failpoint `clock-set-by-faketime=on`: a write
+//! to the file `FAKETIME_TIMESTAMP_FILE` names (the faked clock being set) is
+//! delivered as the kernel's notice is (`tests/credential_expiry.rs`).
+//!
+//! Each notice is sent to every live [`Subscription`]; a subscription ends
+//! (leaves the list, an `infra::subscribers` list) when its subscriber drops
+//! it, so the list holds the services running now, not every service ever
+//! started.
 
-use std::sync::{Mutex, Once};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::os::fd::OwnedFd;
+use std::sync::{Once, OnceLock};
+use std::time::SystemTime;
 
 use crossbeam_channel::{Receiver, Sender};
 use rustix::time::{
@@ -20,23 +30,36 @@ use rustix::time::{
     TimerfdFlags, TimerfdTimerFlags, Timespec,
 };
 
-/// How often the fallback compares the wall clock with the monotonic clock.
-pub const POLL: Duration = Duration::from_secs(2);
-/// A change of the wall clock's offset from the monotonic clock larger than
-/// this is a step (slewing by NTP moves it by at most 0.5 ms/s).
-pub const STEP: Duration = Duration::from_secs(1);
+use crate::infra::poll::{poll, woke, PollFd, PollFlags};
+use crate::infra::subscribers::{self, List};
 
-static SUBSCRIBERS: Mutex<Vec<Sender<()>>> = Mutex::new(Vec::new());
+/// Live subscriptions' senders.
+fn subscribers() -> &'static List<Sender<()>> {
+    static LIST: OnceLock<List<Sender<()>>> = OnceLock::new();
+    LIST.get_or_init(List::default)
+}
 
-/// A channel that receives `()` soon after each wall-clock step (at most one
-/// waiting notice: several steps in a row read as one).
-pub fn subscribe() -> Receiver<()> {
+/// A subscriber's end: [`Subscription::notices`] receives `()` soon after
+/// each wall-clock step (at most one waiting notice: several steps in a row
+/// read as one). Dropping it ends the subscription.
+pub struct Subscription {
+    _entry: subscribers::Subscription<Sender<()>>,
+    rx: Receiver<()>,
+}
+
+impl Subscription {
+    /// The channel to wait on (`select!`).
+    pub fn notices(&self) -> &Receiver<()> {
+        &self.rx
+    }
+}
+
+/// Subscribes to wall-clock steps until the [`Subscription`] is dropped.
+/// The first call starts the `clock-step` thread.
+pub fn subscribe() -> Subscription {
     static START: Once = Once::new();
     let (tx, rx) = crossbeam_channel::bounded(1);
-    SUBSCRIBERS
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(tx);
+    let entry = subscribers().add(tx);
     START.call_once(|| {
         if let Err(e) = crate::infra::threads::spawn("clock-step", watch) {
             crate::log::warn(
@@ -45,42 +68,29 @@ pub fn subscribe() -> Receiver<()> {
             );
         }
     });
-    rx
+    Subscription { _entry: entry, rx }
 }
 
 fn notify() {
-    let mut subs = SUBSCRIBERS.lock().unwrap_or_else(|p| p.into_inner());
-    // A full channel already holds a notice; a disconnected one is dropped.
-    subs.retain(|tx| {
-        !matches!(
-            tx.try_send(()),
-            Err(crossbeam_channel::TrySendError::Disconnected(_))
-        )
+    // A full channel already holds a notice.
+    subscribers().for_each(|tx| {
+        let _ = tx.try_send(());
     });
 }
 
-/// The wall clock as libc sees it (what certificates are checked against)
-/// minus the monotonic clock, in nanoseconds.
-fn offset_ns() -> i128 {
-    let wall = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i128)
-        .unwrap_or(0);
-    let mono = clock_gettime(ClockId::Monotonic);
-    wall - (i128::from(mono.tv_sec) * 1_000_000_000 + i128::from(mono.tv_nsec))
-}
-
-/// A realtime timerfd that fires only when the clock is set, or None.
-fn arm() -> Option<std::os::fd::OwnedFd> {
+/// A realtime timerfd that becomes readable only when the clock is set.
+fn arm() -> rustix::io::Result<OwnedFd> {
     let fd = timerfd_create(
         TimerfdClockId::Realtime,
         TimerfdFlags::CLOEXEC | TimerfdFlags::NONBLOCK,
-    )
-    .ok()?;
-    rearm(&fd).then_some(fd)
+    )?;
+    rearm(&fd)?;
+    Ok(fd)
 }
 
-fn rearm(fd: &std::os::fd::OwnedFd) -> bool {
+/// Arms `fd` 100 years ahead, to be cancelled (made readable, its read
+/// failing with `ECANCELED`) when the realtime clock is set.
+fn rearm(fd: &OwnedFd) -> rustix::io::Result<()> {
     let now = clock_gettime(ClockId::Realtime);
     let far = Itimerspec {
         it_interval: Timespec {
@@ -97,39 +107,51 @@ fn rearm(fd: &std::os::fd::OwnedFd) -> bool {
         TimerfdTimerFlags::ABSTIME | TimerfdTimerFlags::CANCEL_ON_SET,
         &far,
     )
-    .is_ok()
+    .map(|_| ())
 }
 
 fn watch() {
-    let timer = arm();
-    let mut last = offset_ns();
-    loop {
-        // Without a timer, only the poll of the offset below.
-        let fired = match &timer {
-            Some(t) => crate::infra::poll::wait_readable(t, POLL).unwrap_or_else(|_| {
-                std::thread::sleep(POLL);
-                false
-            }),
-            None => {
-                std::thread::sleep(POLL);
-                false
-            }
-        };
-        let mut stepped = false;
-        if fired {
-            if let Some(t) = &timer {
-                // ECANCELED: the clock was set. Either way, arm it again.
-                let mut buf = [0u8; 8];
-                let _ = rustix::io::read(t, &mut buf);
-                rearm(t);
-                stepped = true;
-            }
+    let timer = match arm() {
+        Ok(t) => t,
+        Err(e) => {
+            crate::log::warn(
+                "no timerfd: wall-clock steps are not noticed; each renewal comes at its time",
+                &[("error", &std::io::Error::from(e))],
+            );
+            return;
         }
-        let now = offset_ns();
-        if (now - last).unsigned_abs() > STEP.as_nanos() {
+    };
+    let faked = faked::watch();
+    loop {
+        let mut fds = vec![PollFd::new(&timer, PollFlags::IN)];
+        if let Some(w) = &faked {
+            fds.push(PollFd::new(w, PollFlags::IN));
+        }
+        if let Err(e) = poll(&mut fds, None) {
+            crate::log::warn(
+                "cannot wait for wall-clock steps any more",
+                &[("error", &e)],
+            );
+            return;
+        }
+        let mut stepped = false;
+        if woke(&fds[0]) {
+            // ECANCELED: the clock was set. Either way, arm it again.
+            let mut buf = [0u8; 8];
+            let _ = rustix::io::read(&timer, &mut buf);
+            if let Err(e) = rearm(&timer) {
+                crate::log::warn(
+                    "cannot re-arm the wall-clock step timer; later steps are not noticed",
+                    &[("error", &std::io::Error::from(e))],
+                );
+            }
             stepped = true;
         }
-        last = now;
+        let faked_woke = fds.get(1).is_some_and(woke);
+        drop(fds);
+        if faked_woke {
+            stepped |= faked.as_ref().is_some_and(faked::set);
+        }
         if stepped {
             crate::log::info(
                 "the wall clock was stepped; checking certificates",
@@ -137,5 +159,87 @@ fn watch() {
             );
             notify();
         }
+    }
+}
+
+/// The failpoint `clock-set-by-faketime` (debug builds): libfaketime's clock
+/// file, watched so that setting it gives the kernel's notice.
+#[cfg(debug_assertions)]
+mod faked {
+    use crate::infra::inotify::Watch;
+    use std::path::PathBuf;
+
+    pub struct Faked {
+        watch: Watch,
+        name: String,
+    }
+
+    impl std::os::fd::AsFd for Faked {
+        fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+            self.watch.as_fd()
+        }
+    }
+
+    /// The watch on the directory of `FAKETIME_TIMESTAMP_FILE`, when the
+    /// failpoint is on.
+    pub fn watch() -> Option<Faked> {
+        if !crate::infra::failpoints::on("clock-set-by-faketime") {
+            return None;
+        }
+        let file = PathBuf::from(std::env::var_os("FAKETIME_TIMESTAMP_FILE")?);
+        let name = file.file_name()?.to_string_lossy().into_owned();
+        let dir = file.parent()?;
+        let watch = Watch::dir(dir, libc::IN_CLOSE_WRITE | libc::IN_MOVED_TO)
+            .map_err(|e| crate::log::warn("failpoint clock-set-by-faketime", &[("error", &e)]))
+            .ok()?;
+        Some(Faked { watch, name })
+    }
+
+    /// Whether the clock file was written since the last call.
+    pub fn set(f: &Faked) -> bool {
+        f.watch
+            .events()
+            .unwrap_or_default()
+            .iter()
+            .any(|e| e.names(&f.name))
+    }
+}
+
+#[cfg(not(debug_assertions))]
+mod faked {
+    pub enum Faked {}
+
+    impl std::os::fd::AsFd for Faked {
+        fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+            match *self {}
+        }
+    }
+
+    pub fn watch() -> Option<Faked> {
+        None
+    }
+
+    pub fn set(f: &Faked) -> bool {
+        match *f {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// No other unit test subscribes (only a running identity output does).
+    #[test]
+    fn a_subscription_ends_with_its_subscriber() {
+        let before = subscribers().len();
+        let a = subscribe();
+        let b = subscribe();
+        assert_eq!(subscribers().len(), before + 2);
+        drop(a);
+        assert_eq!(subscribers().len(), before + 1);
+        notify();
+        assert_eq!(b.notices().try_recv(), Ok(()));
+        drop(b);
+        assert_eq!(subscribers().len(), before);
     }
 }

@@ -18,7 +18,8 @@
 //! - subscriptions: `subscribers` (lists whose entries end with their
 //!   subscriber);
 //! - retries: `backoff` (exponential, the one kind);
-//! - threads: `threads` (named threads), `malloc` (glibc arenas for a
+//! - threads: `threads` (named threads), `deep_work` (the few shared
+//!   threads that run the services' deep work), `malloc` (glibc arenas for a
 //!   thread per service), `liveness` (turn counters the
 //!   watchdog reads);
 //! - systemd: `systemd` (`sd_notify`, `STATUS=`, the watchdog, journald);
@@ -34,6 +35,7 @@ pub mod backoff;
 pub mod bounded_read;
 pub mod chase;
 pub mod clock_step;
+pub mod deep_work;
 pub mod duration;
 pub mod failpoints;
 pub mod fsutil;

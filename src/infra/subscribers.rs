@@ -3,7 +3,8 @@
 //! ended, its service was stopped) removes the entry. The list never holds
 //! more entries than there are live subscribers, however many come and go
 //! (a reload that starts and stops services, say). Used by the health
-//! table's change listeners and the CA re-issue bus.
+//! table's change listeners, the CA re-issue bus and the clock-step
+//! notices.
 
 use std::sync::{Arc, Mutex, Weak};
 

@@ -34,6 +34,15 @@ pub fn register_current(name: &str) -> Registration {
     Registration { tid }
 }
 
+/// Records `name` as the calling thread's full name from now on (a
+/// `deep-work` thread takes the name of the service whose job it runs).
+pub fn rename_current(name: &str) {
+    registry()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(current_tid(), name.to_string());
+}
+
 /// Removes the thread's entry when dropped (when the thread ends).
 pub struct Registration {
     tid: u32,
@@ -75,8 +84,8 @@ where
 /// The stack of a service thread (see [`spawn_member`]), in bytes: 512 KiB
 /// instead of Rust's default 2 MiB. Measured (the lowest written byte of
 /// each stack, /proc/PID/mem): in a release build an identity output's
-/// thread reaches 8-9 KiB now that its renewal runs beside it
-/// ([`run_beside`]), and the deepest service thread, the internal
+/// thread reaches 8-9 KiB now that its renewal runs on a deep-work
+/// thread (`infra::deep_work`), and the deepest service thread, the internal
 /// `identity` (the CA's ed25519 work), 17-18 KiB. Unoptimized crypto is far
 /// deeper: the whole suite (debug build) overflowed that thread at 32 and
 /// 64 KiB and passed at 128 KiB; 512 KiB is four times that. A smaller
@@ -85,45 +94,6 @@ where
 /// where THP is `always`, and 1000 services reserve 0.5 GB of address space
 /// instead of 2 GB.
 pub const SERVICE_STACK_BYTES: usize = 512 * 1024;
-
-/// Runs `f` on a short-lived thread named `name` (registered like
-/// [`spawn`]'s) and returns its result; runs it on the calling thread when
-/// no thread can be started. A panic in `f` is resumed on the caller.
-///
-/// For the deep and allocation-heavy part of a long-lived thread's work
-/// (an identity renewal: ed25519 and the file writes). Stack pages stay
-/// resident once touched, and glibc keeps a cache of freed blocks per
-/// thread (its tcache) until the thread ends: on a service thread both
-/// would stay for the service's life, once per service; here they go when
-/// the helper ends (glibc returns the tcache to its arena and all but the
-/// top of the stack to the system).
-pub fn run_beside<T, F>(name: &str, f: F) -> T
-where
-    T: Send,
-    F: FnOnce() -> T + Send,
-{
-    let job = Mutex::new(Some(f));
-    let take = || job.lock().unwrap_or_else(|p| p.into_inner()).take();
-    std::thread::scope(|scope| {
-        let helper = std::thread::Builder::new()
-            .name(name.to_string())
-            .spawn_scoped(scope, || {
-                let _registration = register_current(name);
-                take().map(|f| f())
-            });
-        let done = match helper {
-            Ok(h) => h
-                .join()
-                .unwrap_or_else(|payload| std::panic::resume_unwind(payload)),
-            Err(_) => None,
-        };
-        // Not started (or, impossibly, started without the job): here.
-        match done {
-            Some(v) => v,
-            None => take().map_or_else(|| unreachable!("the job runs once"), |f| f()),
-        }
-    })
-}
 
 /// Why [`within`] returned without the helper's result.
 #[derive(Debug, PartialEq, Eq)]
@@ -271,25 +241,6 @@ mod tests {
             within("t-fast", Duration::from_secs(5), || false, || 7),
             Ok(7)
         );
-    }
-
-    #[test]
-    fn run_beside_runs_on_a_named_thread_of_its_own_and_resumes_a_panic() {
-        let here = current_tid();
-        let borrowed = String::from("borrowed");
-        let (tid, name, full) = run_beside("id-with-a-long-name", || {
-            let tid = current_tid();
-            let name = std::thread::current().name().map(str::to_string);
-            (tid, name, full_name(tid))
-        });
-        assert_ne!(tid, here);
-        assert_eq!(name.as_deref(), Some("id-with-a-long-name"));
-        assert_eq!(full.as_deref(), Some("id-with-a-long-name"));
-        assert_eq!(full_name(tid), None, "unregistered when it ended");
-        assert_eq!(run_beside("t", || borrowed.len()), 8);
-        let payload = std::panic::catch_unwind(|| run_beside("t-panics", || panic!("on purpose")))
-            .expect_err("the panic reaches the caller");
-        assert_eq!(payload.downcast_ref::<&str>(), Some(&"on purpose"));
     }
 
     /// The size of the mapping of /proc/self/maps that holds `addr`.

@@ -29,7 +29,7 @@ use crate::config::IdentityConfig;
 use crate::credentials::identity_files;
 use crate::credentials::issuer::Issuer;
 use crate::infra::backoff::Backoff;
-use crate::infra::threads::run_beside;
+use crate::infra::deep_work;
 use crate::infra::timefmt;
 use crate::log;
 use crate::metrics::series::CertificateTimes;
@@ -190,25 +190,36 @@ struct State {
 
 impl IdentityOutput {
     /// One attempt: the current CA, a new credential, the files. The
-    /// credential and the files are made beside the service's thread (see
-    /// `threads::run_beside`): their stack depth and freed blocks would
-    /// otherwise stay with every identity service's thread for good.
-    fn renew(&self, ctx: &Context) -> Result<(Validity, String), String> {
-        let issuer = ctx.shared.ca.get()?;
-        let v = run_beside(ctx.name(), || {
-            issue_validity(&self.config, &issuer, &self.key_id, &self.readers)
-        })?;
-        Ok((v, issuer.fingerprint().to_string()))
+    /// credential and the files are made on a shared deep-work thread (see
+    /// `infra::deep_work`): their stack depth and freed blocks would
+    /// otherwise stay with every identity service's thread for good, and
+    /// at most `deep_work::WORKERS` attempts run at once, whatever the
+    /// number of outputs. None: tbot stopped the service before the
+    /// attempt began.
+    fn renew(&self, ctx: &Context) -> Option<Result<(Validity, String), String>> {
+        let issuer = match ctx.shared.ca.get() {
+            Ok(i) => i,
+            Err(e) => return Some(Err(e)),
+        };
+        let (config, key_id) = (self.config.clone(), self.key_id.clone());
+        let readers = self.readers.clone();
+        deep_work::run(ctx.name(), ctx.stop(), move || {
+            issue_validity(&config, &issuer, &key_id, &readers)
+                .map(|v| (v, issuer.fingerprint().to_string()))
+        })
     }
 
-    /// Renews now and records the outcome in `st` (and the logs and metrics).
-    fn attempt(&self, ctx: &Context, st: &mut State) {
+    /// Renews now and records the outcome in `st` (and the logs and
+    /// metrics). False: tbot stopped the service before the attempt began.
+    fn attempt(&self, ctx: &Context, st: &mut State) -> bool {
         // This attempt uses the current CA: notices so far are answered.
         if let Some(r) = &self.reissue {
             while r.receiver().try_recv().is_ok() {}
         }
         let timer = Iteration::start(ctx, TASK);
-        let result = self.renew(ctx);
+        let Some(result) = self.renew(ctx) else {
+            return false;
+        };
         let now = SystemTime::now();
         match result {
             Ok((v, ca)) => {
@@ -256,6 +267,7 @@ impl IdentityOutput {
                 st.next_attempt = now + delay;
             }
         }
+        true
     }
 
     /// Reports the truth: healthy only while the certificate on disk is
@@ -306,6 +318,7 @@ impl Service for IdentityOutput {
             .get_or_insert_with(|| ctx.shared.reissue.subscribe())
             .receiver()
             .clone();
+        // Ends when this run does.
         let steps = crate::infra::clock_step::subscribe();
         self.readers.attach(ctx.reporter(), false);
         let readers = self.readers.cleared().clone();
@@ -316,9 +329,13 @@ impl Service for IdentityOutput {
             recv(ctx.stop()) -> _ => return Ok(()),
         }
         // This service owns its destination: no other writer is running.
-        run_beside(ctx.name(), || {
-            identity_files::remove_stale_temps(&self.config.destination)
+        let dest = self.config.destination.clone();
+        let cleaned = deep_work::run(ctx.name(), ctx.stop(), move || {
+            identity_files::remove_stale_temps(&dest)
         });
+        if cleaned.is_none() {
+            return Ok(());
+        }
         let mut st = State {
             held: None,
             error: None,
@@ -330,8 +347,8 @@ impl Service for IdentityOutput {
             if ctx.stopping() {
                 break;
             }
-            if renew_now {
-                self.attempt(ctx, &mut st);
+            if renew_now && !self.attempt(ctx, &mut st) {
+                break;
             }
             let now = SystemTime::now();
             self.report(ctx, &st, now);
@@ -340,7 +357,7 @@ impl Service for IdentityOutput {
             if let Some(v) = st.held.filter(|v| v.problem(now).is_none()) {
                 until = until.min(v.valid_before);
             }
-            let wake = wait(ctx, (&reissue, &steps, &readers), until);
+            let wake = wait(ctx, (&reissue, steps.notices(), &readers), until);
             let now = SystemTime::now();
             renew_now = match wake {
                 Wake::Stop => break,
