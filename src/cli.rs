@@ -13,6 +13,10 @@ pub enum Cmd {
     Check,
     Wait,
     ProxyCommand,
+    Status,
+    DebugLogLevel,
+    DebugProfile,
+    DebugLogs,
     Completions,
     Version,
     Help,
@@ -54,6 +58,30 @@ pub const COMMANDS: &[CommandInfo] = &[
         about: "OpenSSH ProxyCommand: hand ssh a connection to TARGET through the multiplexer.",
     },
     CommandInfo {
+        cmd: Cmd::Status,
+        name: "status",
+        args: "",
+        about: "One line per service of the running bot, through its debug socket (exit 0 all healthy, 1 not).",
+    },
+    CommandInfo {
+        cmd: Cmd::DebugLogLevel,
+        name: "debug log-level",
+        args: "[LEVEL]",
+        about: "Print the running bot's log level, or set it (debug, info, warn, error) without a restart.",
+    },
+    CommandInfo {
+        cmd: Cmd::DebugProfile,
+        name: "debug profile",
+        args: "",
+        about: "Write a CPU profile of the running bot to stdout (pprof protobuf, for go tool pprof).",
+    },
+    CommandInfo {
+        cmd: Cmd::DebugLogs,
+        name: "debug logs",
+        args: "",
+        about: "Follow the running bot's log lines until interrupted.",
+    },
+    CommandInfo {
         cmd: Cmd::Completions,
         name: "completions",
         args: SHELLS_ARG,
@@ -83,6 +111,8 @@ pub enum Id {
     Oneshot,
     Service,
     Timeout,
+    Seconds,
+    Level,
     Help,
 }
 
@@ -106,9 +136,16 @@ pub const FLAGS: &[Flag] = &[
         short: Some('c'),
         value: Some("FILE"),
         env: Some("TBOT_CONFIG_PATH"),
-        commands: &[Cmd::Start, Cmd::Check],
+        commands: &[
+            Cmd::Start,
+            Cmd::Check,
+            Cmd::Status,
+            Cmd::DebugLogLevel,
+            Cmd::DebugProfile,
+            Cmd::DebugLogs,
+        ],
         required: &[],
-        help: "Configuration file (YAML, version: v2).",
+        help: "Configuration file (YAML, version: v2). For status and debug: the running bot's, which names its debug socket (default /etc/tbot/tbot.yaml).",
     },
     Flag {
         id: Id::DiagAddr,
@@ -181,6 +218,26 @@ pub const FLAGS: &[Flag] = &[
         help: "Give up after this long (Go syntax: 30s, 2m; default 30s).",
     },
     Flag {
+        id: Id::Seconds,
+        long: "seconds",
+        short: None,
+        value: Some("N"),
+        env: None,
+        commands: &[Cmd::DebugProfile],
+        required: &[],
+        help: "Profile for N seconds (1 to 300; default 30).",
+    },
+    Flag {
+        id: Id::Level,
+        long: "level",
+        short: None,
+        value: Some("LEVEL"),
+        env: None,
+        commands: &[Cmd::DebugLogs],
+        required: &[],
+        help: "Lines at LEVEL and above (debug, info, warn, error; default: the bot's level).",
+    },
+    Flag {
         id: Id::Help,
         long: "help",
         short: Some('h'),
@@ -191,6 +248,10 @@ pub const FLAGS: &[Flag] = &[
             Cmd::Check,
             Cmd::Wait,
             Cmd::ProxyCommand,
+            Cmd::Status,
+            Cmd::DebugLogLevel,
+            Cmd::DebugProfile,
+            Cmd::DebugLogs,
             Cmd::Completions,
             Cmd::Version,
             Cmd::Help,
@@ -230,6 +291,8 @@ pub enum Command {
         socket: PathBuf,
         target: String,
     },
+    /// `tbot status` and `tbot debug ...`: through the debug socket.
+    Debug(DebugArgs),
     Completions(Shell),
     Version,
     Help(Option<Cmd>),
@@ -264,6 +327,30 @@ pub struct StartArgs {
     pub log_format: Option<Format>,
     pub oneshot: bool,
 }
+
+/// What `tbot status` and `tbot debug ...` ask the running bot.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ask {
+    Status,
+    /// Read the level, or set it (0 debug … 3 error).
+    LogLevel(Option<u8>),
+    Profile {
+        seconds: u64,
+    },
+    /// Lines at this level and above (None: the bot's level).
+    Logs(Option<u8>),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct DebugArgs {
+    /// The running bot's configuration file, which names its debug socket.
+    pub config: PathBuf,
+    pub ask: Ask,
+}
+
+/// The configuration `tbot status` and `tbot debug` read without `-c` or
+/// `TBOT_CONFIG_PATH`: the packaged one.
+pub const DEFAULT_CONFIG: &str = "/etc/tbot/tbot.yaml";
 
 #[derive(Debug, PartialEq, Eq)]
 pub struct WaitArgs {
@@ -310,10 +397,14 @@ pub fn parse(
         Cmd::Version => no_positional(&read.positional, cmd).map(|_| Command::Version),
         Cmd::Help => match read.positional.as_slice() {
             [] => Ok(Command::Help(None)),
-            [name] => match COMMANDS.iter().find(|c| c.name == name) {
-                Some(c) => Ok(Command::Help(Some(c.cmd))),
-                None => Err(Usage(format!("unknown command {name:?}"))),
-            },
+            // One word, or two after `debug` (`tbot help debug logs`).
+            [_] | [_, _] if read.positional.len() == 1 || read.positional[0] == "debug" => {
+                let name = read.positional.join(" ");
+                match COMMANDS.iter().find(|c| c.name == name) {
+                    Some(c) => Ok(Command::Help(Some(c.cmd))),
+                    None => Err(Usage(format!("unknown command {name:?}"))),
+                }
+            }
             _ => Err(Usage("`tbot help` takes at most one command".into())),
         },
         Cmd::ProxyCommand => match read.positional.as_slice() {
@@ -335,7 +426,55 @@ pub fn parse(
             _ => Err(Usage(format!("usage: {}", usage(cmd)))),
         },
         Cmd::Wait => wait_args(&read).map(Command::Wait),
+        Cmd::Status | Cmd::DebugLogLevel | Cmd::DebugProfile | Cmd::DebugLogs => {
+            debug_args(&read, env, cmd).map(Command::Debug)
+        }
     }
+}
+
+/// A level named on the command line (`what` for the error).
+fn level_arg(what: &str, v: &str) -> Result<u8, Usage> {
+    crate::log::parse_level(v)
+        .ok_or_else(|| Usage(format!("{what} {v:?}: expected debug, info, warn or error")))
+}
+
+fn debug_args(
+    read: &Read,
+    env: &dyn Fn(&str) -> Option<String>,
+    cmd: Cmd,
+) -> Result<DebugArgs, Usage> {
+    if cmd != Cmd::DebugLogLevel {
+        no_positional(&read.positional, cmd)?;
+    }
+    let config = read
+        .get(Id::Config)
+        .or_else(|| env_of(Id::Config, env).filter(|c| !c.is_empty()))
+        .unwrap_or_else(|| DEFAULT_CONFIG.into())
+        .into();
+    let ask = match cmd {
+        Cmd::DebugLogLevel => match read.positional.as_slice() {
+            [] => Ask::LogLevel(None),
+            [level] => Ask::LogLevel(Some(level_arg("level", level)?)),
+            _ => return Err(Usage(format!("usage: {}", usage(cmd)))),
+        },
+        Cmd::DebugProfile => {
+            let seconds = match read.get(Id::Seconds) {
+                None => 30,
+                Some(s) => s
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=300).contains(n))
+                    .ok_or_else(|| Usage(format!("--seconds {s:?}: expected 1 to 300")))?,
+            };
+            Ask::Profile { seconds }
+        }
+        Cmd::DebugLogs => Ask::Logs(match read.get(Id::Level) {
+            Some(l) => Some(level_arg("--level", &l)?),
+            None => None,
+        }),
+        _ => Ask::Status,
+    };
+    Ok(DebugArgs { config, ask })
 }
 
 /// The log format the arguments ask for (`--log-format json` or
@@ -385,6 +524,19 @@ fn command(p: &mut lexopt::Parser) -> Result<Result<Cmd, Command>, Usage> {
             let v = v
                 .string()
                 .map_err(|e| Usage(format!("command is not valid UTF-8: {e:?}")))?;
+            let v = if v == "debug" {
+                // Two words: `tbot debug log-level`.
+                match p.next().map_err(lexopt_error)? {
+                    Some(Value(sub)) => format!("debug {}", sub.string().unwrap_or_default()),
+                    _ => {
+                        return Err(Usage(
+                            "`tbot debug` takes log-level, profile or logs; try `tbot help`".into(),
+                        ))
+                    }
+                }
+            } else {
+                v
+            };
             match COMMANDS.iter().find(|c| c.name == v) {
                 Some(c) => Ok(Ok(c.cmd)),
                 None => Err(Usage(format!("unknown command {v:?}; try `tbot help`"))),
@@ -650,6 +802,10 @@ mod tests {
                 "tbot check [-c FILE]",
                 "tbot wait --diag-addr HOST:PORT [--service NAME] [--timeout DURATION]",
                 "tbot ssh-multiplexer-proxy-command SOCKET TARGET",
+                "tbot status [-c FILE]",
+                "tbot debug log-level [-c FILE] [LEVEL]",
+                "tbot debug profile [-c FILE] [--seconds N]",
+                "tbot debug logs [-c FILE] [--level LEVEL]",
                 "tbot completions bash|zsh|fish",
                 "tbot version",
                 "tbot help [COMMAND]",
@@ -664,6 +820,8 @@ mod tests {
             Id::Oneshot,
             Id::Service,
             Id::Timeout,
+            Id::Seconds,
+            Id::Level,
             Id::Help,
         ] {
             assert_eq!(flag(id).id, id);
@@ -726,6 +884,52 @@ mod tests {
             parse(["start"].map(OsString::from), &|k| (k == "TBOT_DEBUG")
                 .then(|| "maybe".into()))
             .is_err()
+        );
+    }
+
+    #[test]
+    fn status_and_debug() {
+        let Ok(Command::Debug(a)) = run(&["status", "-c", "x.yaml"]) else {
+            panic!("status did not parse")
+        };
+        assert_eq!(a.config, PathBuf::from("x.yaml"));
+        assert_eq!(a.ask, Ask::Status);
+        let Ok(Command::Debug(a)) = run(&["debug", "log-level"]) else {
+            panic!()
+        };
+        assert_eq!(
+            (a.config, a.ask),
+            (PathBuf::from(DEFAULT_CONFIG), Ask::LogLevel(None))
+        );
+        let Ok(Command::Debug(a)) = run(&["debug", "log-level", "DEBUG"]) else {
+            panic!()
+        };
+        assert_eq!(a.ask, Ask::LogLevel(Some(0)));
+        let Ok(Command::Debug(a)) = run(&["debug", "profile", "--seconds", "5"]) else {
+            panic!()
+        };
+        assert_eq!(a.ask, Ask::Profile { seconds: 5 });
+        let Ok(Command::Debug(a)) = run(&["debug", "logs", "--level", "warn"]) else {
+            panic!()
+        };
+        assert_eq!(a.ask, Ask::Logs(Some(2)));
+        for bad in [
+            &["debug"][..],
+            &["debug", "nope"],
+            &["debug", "log-level", "loud"],
+            &["debug", "profile", "--seconds", "0"],
+            &["debug", "logs", "--level", "x"],
+            &["status", "extra"],
+        ] {
+            assert!(run(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            run(&["help", "debug", "logs"]),
+            Ok(Command::Help(Some(Cmd::DebugLogs)))
+        );
+        assert_eq!(
+            run(&["debug", "logs", "--help"]),
+            Ok(Command::Help(Some(Cmd::DebugLogs)))
         );
     }
 

@@ -5,9 +5,13 @@
 //!
 //! What a flag's value completes to comes from its value name: `FILE` is a
 //! file name, `a|b` one of the words, anything else (`HOST:PORT`,
-//! `DURATION`) free text. A command's positional arguments: `completions`
-//! takes a shell, `help` a command, `ssh-multiplexer-proxy-command` a socket
-//! file then free text.
+//! `DURATION`) free text, `LEVEL` a log level. A command's positional
+//! arguments: `completions` takes a shell, `help` a command,
+//! `ssh-multiplexer-proxy-command` a socket file then free text,
+//! `debug log-level` a level.
+//!
+//! A command named in two words (`debug log-level`) is completed as a
+//! group: its first word among the commands, then the second.
 //!
 //! The Debian package installs each script where its shell looks for it:
 //! bash-completion's `/usr/share/bash-completion/completions/tbot`, zsh's
@@ -32,9 +36,14 @@ enum Value {
     Free,
 }
 
+/// The log levels `LEVEL` takes.
+const LEVELS: [&str; 4] = ["debug", "info", "warn", "error"];
+
 fn value_kind(name: &'static str) -> Value {
     if name == "FILE" || name == "SOCKET" {
         Value::File
+    } else if name == "LEVEL" {
+        Value::Words(LEVELS.to_vec())
     } else if name.contains('|') {
         Value::Words(name.split('|').collect())
     } else {
@@ -51,9 +60,50 @@ fn flags_of(cmd: Cmd) -> impl Iterator<Item = &'static Flag> {
 fn positional_words(c: &CommandInfo) -> Option<Vec<&'static str>> {
     match c.cmd {
         Cmd::Completions => Some(SHELLS.iter().map(|(n, _)| *n).collect()),
-        Cmd::Help => Some(COMMANDS.iter().map(|c| c.name).collect()),
+        Cmd::Help => Some(top_words()),
+        Cmd::DebugLogLevel => Some(LEVELS.to_vec()),
         _ => None,
     }
+}
+
+/// The first words of the commands, each once, in the table's order.
+fn top_words() -> Vec<&'static str> {
+    let mut out: Vec<&'static str> = Vec::new();
+    for c in COMMANDS {
+        let w = first_word(c);
+        if !out.contains(&w) {
+            out.push(w);
+        }
+    }
+    out
+}
+
+fn first_word(c: &CommandInfo) -> &'static str {
+    c.name.split(' ').next().unwrap_or(c.name)
+}
+
+/// The last word of a command's name (`logs` of `debug logs`).
+fn last_word(c: &CommandInfo) -> &'static str {
+    c.name.rsplit(' ').next().unwrap_or(c.name)
+}
+
+/// The groups (commands named in two words) and their commands.
+fn groups() -> Vec<(&'static str, Vec<&'static CommandInfo>)> {
+    let mut out: Vec<(&'static str, Vec<&'static CommandInfo>)> = Vec::new();
+    for c in COMMANDS.iter().filter(|c| c.name.contains(' ')) {
+        let g = first_word(c);
+        match out.iter_mut().find(|(n, _)| *n == g) {
+            Some((_, cs)) => cs.push(c),
+            None => out.push((g, vec![c])),
+        }
+    }
+    out
+}
+
+/// A group's description: its commands.
+fn group_about(cs: &[&CommandInfo]) -> String {
+    let subs: Vec<&str> = cs.iter().map(|c| last_word(c)).collect();
+    format!("Ask the running bot: {}.", subs.join(", "))
 }
 
 /// `-c --config`-style names of a flag.
@@ -70,7 +120,7 @@ fn names(f: &Flag) -> Vec<String> {
 const TOP_FLAGS: &str = "-h --help --version";
 
 fn bash() -> String {
-    let commands: Vec<&str> = COMMANDS.iter().map(|c| c.name).collect();
+    let commands = top_words();
     let mut valued = Vec::new();
     let mut value_cases = String::new();
     for f in FLAGS {
@@ -93,10 +143,19 @@ fn bash() -> String {
         }
         let files = if c.args.contains("SOCKET") { " -f" } else { "" };
         command_cases += &format!(
-            "        {}) COMPREPLY=($(compgen{files} -W '{words}' -- \"$cur\")) ;;\n",
+            "        \"{}\") COMPREPLY=($(compgen{files} -W '{words}' -- \"$cur\")) ;;\n",
             c.name
         );
     }
+    let mut group_cases = String::new();
+    for (g, cs) in groups() {
+        let subs: Vec<&str> = cs.iter().map(|c| last_word(c)).collect();
+        group_cases += &format!(
+            "        {g}) COMPREPLY=($(compgen -W '{} -h --help' -- \"$cur\")); return ;;\n",
+            subs.join(" ")
+        );
+    }
+    let group_names: Vec<&str> = groups().iter().map(|(g, _)| *g).collect();
     format!(
         r#"# bash completion for tbot (written by `tbot completions bash` from its flag table)
 _tbot() {{
@@ -108,13 +167,22 @@ _tbot() {{
         case "${{COMP_WORDS[i]}}" in
             {valued}) skip=1 ;;
             -*) ;;
-            *) cmd="${{COMP_WORDS[i]}}"; break ;;
+            *)
+                if [[ -z $cmd ]]; then
+                    cmd="${{COMP_WORDS[i]}}"
+                    case "$cmd" in {groups}) continue ;; esac
+                else
+                    cmd="$cmd ${{COMP_WORDS[i]}}"
+                fi
+                break ;;
         esac
     done
     if [[ -z $cmd ]]; then
         COMPREPLY=($(compgen -W '{commands} {TOP_FLAGS}' -- "$cur"))
         return
     fi
+    case "$cmd" in
+{group_cases}    esac
     case "$prev" in
 {value_cases}    esac
     case "$cmd" in
@@ -124,6 +192,7 @@ complete -F _tbot tbot
 "#,
         valued = valued.join("|"),
         commands = commands.join(" "),
+        groups = group_names.join("|"),
     )
 }
 
@@ -168,25 +237,80 @@ fn zsh_flag(f: &Flag) -> String {
     }
 }
 
+/// `_arguments` specs of a command's flags and positional arguments.
+fn zsh_specs(c: &CommandInfo) -> Vec<String> {
+    let mut specs: Vec<String> = flags_of(c.cmd).map(zsh_flag).collect();
+    if let Some(words) = positional_words(c) {
+        specs.push(format!("'1:{}:({})'", zsh_quote(c.args), words.join(" ")));
+    } else if c.args.contains("SOCKET") {
+        specs.push("'1:SOCKET:_files'".into());
+        specs.push("'2:TARGET: '".into());
+    }
+    specs
+}
+
+/// One `case` arm: `word)`, then `_arguments` with `specs`, indented by
+/// `pad` spaces.
+fn zsh_arm(word: &str, specs: &[String], pad: usize) -> String {
+    let p = " ".repeat(pad);
+    format!(
+        "{p}{word})\n{p}    _arguments -s \\\n{p}        {}\n{p}    ;;\n",
+        specs.join(&format!(" \\\n{p}        "))
+    )
+}
+
+/// A group's arm: its commands first, then each one's arguments.
+fn zsh_group(g: &str, cs: &[&CommandInfo]) -> String {
+    let mut subs = String::new();
+    let mut arms = String::new();
+    for c in cs {
+        subs += &format!(
+            "                            '{}:{}'\n",
+            last_word(c),
+            zsh_quote(c.about)
+        );
+        arms += &zsh_arm(last_word(c), &zsh_specs(c), 24);
+    }
+    format!(
+        r#"            {g})
+                _arguments -C \
+                    '1: :->sub' \
+                    '*:: :->subargs'
+                case $state in
+                    sub)
+                        local -a subs
+                        subs=(
+{subs}                        )
+                        _describe -t commands 'tbot {g} command' subs
+                        ;;
+                    subargs)
+                        case $line[1] in
+{arms}                        esac
+                        ;;
+                esac
+                ;;
+"#
+    )
+}
+
 fn zsh() -> String {
     let mut cmds = String::new();
-    for c in COMMANDS {
-        cmds += &format!("        '{}:{}'\n", c.name, zsh_quote(c.about));
-    }
     let mut cases = String::new();
+    let groups = groups();
     for c in COMMANDS {
-        let mut specs: Vec<String> = flags_of(c.cmd).map(zsh_flag).collect();
-        if let Some(words) = positional_words(c) {
-            specs.push(format!("'1:{}:({})'", zsh_quote(c.args), words.join(" ")));
-        } else if c.args.contains("SOCKET") {
-            specs.push("'1:SOCKET:_files'".into());
-            specs.push("'2:TARGET: '".into());
+        if !c.name.contains(' ') {
+            cmds += &format!("        '{}:{}'\n", c.name, zsh_quote(c.about));
+            cases += &zsh_arm(c.name, &zsh_specs(c), 12);
+            continue;
         }
-        cases += &format!(
-            "            {})\n                _arguments -s \\\n                    {}\n                ;;\n",
-            c.name,
-            specs.join(" \\\n                    ")
-        );
+        // A group: once, where its first command is.
+        let Some((g, cs)) = groups.iter().find(|(g, _)| *g == first_word(c)) else {
+            continue;
+        };
+        if cs.first().is_some_and(|f| f.cmd == c.cmd) {
+            cmds += &format!("        '{g}:{}'\n", zsh_quote(&group_about(cs)));
+            cases += &zsh_group(g, cs);
+        }
     }
     format!(
         r#"#compdef tbot
@@ -234,18 +358,35 @@ fn fish() -> String {
          complete -c tbot -n __fish_use_subcommand -s h -l help -d 'Print help.'\n\
          complete -c tbot -n __fish_use_subcommand -l version -d 'Print the version.'\n",
     );
-    for c in COMMANDS {
+    let groups = groups();
+    for c in COMMANDS.iter().filter(|c| !c.name.contains(' ')) {
         out += &format!(
             "complete -c tbot -n __fish_use_subcommand -a {} -d {}\n",
             c.name,
             fish_quote(c.about)
         );
     }
+    for (g, cs) in &groups {
+        out += &format!(
+            "complete -c tbot -n __fish_use_subcommand -a {g} -d {}\n",
+            fish_quote(&group_about(cs))
+        );
+        let subs: Vec<&str> = cs.iter().map(|c| last_word(c)).collect();
+        for c in cs {
+            out += &format!(
+                "complete -c tbot -n '__fish_seen_subcommand_from {g}; and not __fish_seen_subcommand_from {}' -a {} -d {}\n",
+                subs.join(" "),
+                last_word(c),
+                fish_quote(c.about)
+            );
+        }
+    }
+    // A command is known by its last word (`logs` of `debug logs`).
     for f in FLAGS {
         let on: Vec<&str> = COMMANDS
             .iter()
             .filter(|c| f.commands.contains(&c.cmd))
-            .map(|c| c.name)
+            .map(|c| last_word(c))
             .collect();
         let mut line = format!(
             "complete -c tbot -n '__fish_seen_subcommand_from {}'",
@@ -265,7 +406,7 @@ fn fish() -> String {
         out += &line;
     }
     for c in COMMANDS {
-        let when = format!("-n '__fish_seen_subcommand_from {}'", c.name);
+        let when = format!("-n '__fish_seen_subcommand_from {}'", last_word(c));
         if let Some(words) = positional_words(c) {
             out += &format!(
                 "complete -c tbot {when} -x -a {}\n",
@@ -287,7 +428,8 @@ mod tests {
         for (name, shell) in SHELLS {
             let s = script(*shell);
             for c in COMMANDS {
-                assert!(s.contains(c.name), "{name} lacks command {}", c.name);
+                assert!(s.contains(last_word(c)), "{name} lacks command {}", c.name);
+                assert!(s.contains(first_word(c)), "{name} lacks command {}", c.name);
             }
             for f in FLAGS {
                 assert!(s.contains(&f.long.to_string()), "{name} lacks --{}", f.long);

@@ -20,6 +20,7 @@ mod completions;
 mod config;
 mod credentials;
 mod daemon;
+mod debug_client;
 mod diag;
 mod exit;
 mod health;
@@ -80,6 +81,7 @@ fn main() {
         }
         Command::Wait(args) => wait::run(&args),
         Command::MuxProxy { socket, target } => proxy_command::run(&socket, &target),
+        Command::Debug(args) => debug_client::run(&args),
         Command::Start(args) => {
             supervisor::install_panic_hook();
             daemon::start(args)

@@ -319,7 +319,10 @@ fn a_diagnostics_service_that_fails_to_start_during_a_reload_changes_nothing() {
     let dir = TempDir::new("apply-diag-fails");
     let d = dir.path().to_path_buf();
     let svc = [identity(&d, "gone"), identity(&d, "chg")].concat();
-    let with_diag = config_text(&d, "diag_addr: 127.0.0.1:0\n", &svc);
+    // No debug socket (its directory does not exist): without diag_addr,
+    // no diagnostics service runs, and adding it back starts one.
+    let no_socket = format!("debug_socket: {}/absent/debug.sock\n", d.display());
+    let with_diag = config_text(&d, &format!("diag_addr: 127.0.0.1:0\n{no_socket}"), &svc);
     // The second start of the diagnostics service fails, after its front
     // and renderer have started.
     let t = start(
@@ -329,7 +332,7 @@ fn a_diagnostics_service_that_fails_to_start_during_a_reload_changes_nothing() {
         None,
     );
     t.until("/readyz", Duration::from_secs(20), |r| r.status == 200);
-    let without = config_text(&d, "", &svc);
+    let without = config_text(&d, &no_socket, &svc);
     assert!(reload_to(&t, &without).contains("configuration reloaded"));
     // No diagnostics service: the main thread is the one unnamed thread
     // once tiny_http's idle workers have ended (5 s after their pool).
@@ -350,7 +353,7 @@ fn a_diagnostics_service_that_fails_to_start_during_a_reload_changes_nothing() {
     let chg = identity(&d, "chg").replace("principals: [", "principals: [other, ");
     let next = config_text(
         &d,
-        "diag_addr: 127.0.0.1:0\n",
+        &format!("diag_addr: 127.0.0.1:0\n{no_socket}"),
         &[chg, identity(&d, "new")].concat(),
     );
     rewrite(&t, &next);

@@ -337,13 +337,16 @@ fn help_table() -> Vec<(String, Vec<String>)> {
         .skip_while(|l| !l.starts_with("Commands:"))
         .skip(1)
         .take_while(|l| !l.trim().is_empty())
-        .filter_map(|l| l.split_whitespace().next().map(String::from))
+        // The name column: one word, or two (`debug logs`).
+        .filter_map(|l| l.trim_start().split("  ").next().map(String::from))
         .collect();
     assert!(commands.len() >= 7, "{help}");
     commands
         .into_iter()
         .map(|c| {
-            let (code, h, _) = run_tbot(&[&c, "--help"], &[], T);
+            let mut args: Vec<&str> = c.split(' ').collect();
+            args.push("--help");
+            let (code, h, _) = run_tbot(&args, &[], T);
             assert_eq!(code, Some(0), "{c} --help");
             let flags: Vec<String> = h
                 .lines()
@@ -484,21 +487,54 @@ fn completions_offer_every_command_and_every_flag_of_help() {
     let commands: Vec<&str> = table.iter().map(|(c, _)| c.as_str()).collect();
     let got = bash_complete(&bash, &["tbot", ""]);
     let fish_cmds = fish_complete(&fish, "tbot ");
+    // A command in two words (`debug logs`): its first word among the
+    // commands, its second after the first.
     for c in &commands {
+        let (first, second) = c.split_once(' ').unwrap_or((c, ""));
         assert!(
-            got.iter().any(|g| g == c),
+            got.iter().any(|g| g == first),
             "bash lacks command {c}: {got:?}"
         );
-        assert!(zsh.contains(&format!("'{c}:")), "zsh lacks command {c}");
+        assert!(zsh.contains(&format!("'{first}:")), "zsh lacks command {c}");
         if let Some(z) = &zsh_cmds {
-            assert!(z.iter().any(|g| g == c), "zsh lacks command {c}: {z:?}");
+            assert!(z.iter().any(|g| g == first), "zsh lacks command {c}: {z:?}");
         }
         if let Some(f) = &fish_cmds {
-            assert!(f.iter().any(|g| g == c), "fish lacks command {c}: {f:?}");
+            assert!(
+                f.iter().any(|g| g == first),
+                "fish lacks command {c}: {f:?}"
+            );
+        }
+        if second.is_empty() {
+            continue;
+        }
+        let b = bash_complete(&bash, &["tbot", first, ""]);
+        assert!(
+            b.iter().any(|g| g == second),
+            "bash: tbot {first} lacks {second}: {b:?}"
+        );
+        assert!(
+            zsh.contains(&format!("'{second}:")),
+            "zsh lacks command {c}"
+        );
+        if let Some(z) = zsh_complete(zsh_dir.path(), &format!("tbot {first} ")) {
+            assert!(
+                z.iter().any(|g| g == second),
+                "zsh: tbot {first} lacks {second}: {z:?}"
+            );
+        }
+        if let Some(f) = fish_complete(&fish, &format!("tbot {first} ")) {
+            assert!(
+                f.iter().any(|g| g == second),
+                "fish: tbot {first} lacks {second}: {f:?}"
+            );
         }
     }
     for (c, flags) in &table {
-        let got = bash_complete(&bash, &["tbot", c, "-"]);
+        let mut words: Vec<&str> = vec!["tbot"];
+        words.extend(c.split(' '));
+        words.push("-");
+        let got = bash_complete(&bash, &words);
         let fish_got = fish_complete(&fish, &format!("tbot {c} -"));
         let zsh_got = zsh_complete(zsh_dir.path(), &format!("tbot {c} -"));
         for f in flags {
@@ -527,6 +563,14 @@ fn completions_offer_every_command_and_every_flag_of_help() {
     assert_eq!(
         bash_complete(&bash, &["tbot", "start", "--log-format", ""]),
         ["text", "json"]
+    );
+    assert_eq!(
+        bash_complete(&bash, &["tbot", "debug", "logs", "--level", ""]),
+        ["debug", "info", "warn", "error"]
+    );
+    assert_eq!(
+        bash_complete(&bash, &["tbot", "debug", "log-level", "w"]),
+        ["warn"]
     );
     assert_eq!(
         bash_complete(&bash, &["tbot", "completions", ""]),

@@ -89,6 +89,9 @@ pub struct Config {
     /// them. Empty unless the file lists some.
     pub diag_unauthenticated_paths: Vec<String>,
     pub debug: bool,
+    /// The local debug service's Unix socket (`debug_socket:`, else
+    /// `<storage>/debug.sock`).
+    pub debug_socket: PathBuf,
     pub storage: PathBuf,
     pub credential_ttl: Duration,
     pub renewal_interval: Duration,

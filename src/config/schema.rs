@@ -24,6 +24,8 @@ pub(super) struct RawConfig {
     pub(super) diag_max_connections: Option<Count>,
     #[serde(default)]
     pub(super) debug: bool,
+    #[serde(default)]
+    pub(super) debug_socket: Option<NonEmptyPath>,
     /// exporter-toolkit's web configuration file (see `super::web`).
     #[serde(default)]
     pub(super) web_config_file: Option<NonEmptyPath>,

@@ -69,6 +69,11 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Invalid> {
     .map_err(|e| format!("{}: {e}", storage.display()))
     .and_then(|r| r)
     .map_err(|e| (vec![Key("storage"), Key("path")], e))?;
+    let debug_socket = match &raw.debug_socket {
+        Some(p) => resolve(&p.0),
+        None => storage.join(DEBUG_SOCKET_NAME),
+    };
+    check_debug_socket_path(&debug_socket, raw.debug_socket.is_some())?;
 
     Ok(Config {
         file: String::new(),
@@ -85,6 +90,7 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Invalid> {
             .map(|p| p.0)
             .collect(),
         debug: raw.debug,
+        debug_socket,
         storage,
         credential_ttl,
         renewal_interval,
@@ -102,6 +108,34 @@ fn resolve(base: &Path, p: &Path) -> PathBuf {
     } else {
         base.join(p)
     }
+}
+
+/// The debug socket's file name in the storage directory, when
+/// `debug_socket:` does not place it.
+pub const DEBUG_SOCKET_NAME: &str = "debug.sock";
+
+/// The debug socket's path fits a Unix socket address (unix(7): 107
+/// bytes), made absolute as the daemon will; the refusal points at
+/// `debug_socket`, or at the storage path the default is made from.
+fn check_debug_socket_path(p: &Path, set: bool) -> Result<(), Invalid> {
+    let max = crate::infra::sockets::MAX_UNIX_SOCKET_PATH;
+    let absolute = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let len = absolute.as_os_str().len();
+    if len <= max {
+        return Ok(());
+    }
+    let at = if set {
+        vec![Key("debug_socket")]
+    } else {
+        vec![Key("storage"), Key("path")]
+    };
+    Err((
+        at,
+        format!(
+            "the debug socket {} would be {len} bytes; a Unix socket path has at most {max} (unix(7)): set debug_socket: to a shorter one",
+            absolute.display()
+        ),
+    ))
 }
 
 /// A renewal must come before the credential expires. The refusal points at

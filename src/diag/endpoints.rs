@@ -19,6 +19,7 @@ pub enum Kind {
     Flamegraph,
     Threads,
     Cmdline,
+    Status,
 }
 
 /// Where a row is listed for people to find.
@@ -121,6 +122,8 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "Every OS thread of the process: id, name, state and CPU time (?format=json for JSON)."),
     row(Cmdline, "/debug/pprof/cmdline", false, DEBUG, "/debug/pprof/cmdline", P,
         "The command line of the process, arguments separated by NUL bytes."),
+    row(Status, "/status", false, DEBUG, "/status (debug mode)", N,
+        "What tbot status shows: each service's type, status, since when, reason and certificate expiry (JSON)."),
 ];
 
 impl Endpoint {
@@ -234,7 +237,7 @@ mod tests {
     fn not_found_text_lists_the_public_rows() {
         assert_eq!(
             not_found_text(),
-            "404 page not found\nendpoints: /livez /readyz /readyz/{service} /wait /wait/{service} /metrics /debug/pprof/ (debug mode)\n"
+            "404 page not found\nendpoints: /livez /readyz /readyz/{service} /wait /wait/{service} /metrics /debug/pprof/ (debug mode) /status (debug mode)\n"
         );
     }
 
@@ -246,7 +249,7 @@ mod tests {
             assert!(!e.description.is_empty(), "{e:?}");
             assert_eq!(
                 e.listed == Listed::PprofIndex,
-                e.debug && e.kind != PprofIndex
+                e.debug && e.kind != PprofIndex && e.path.starts_with("/debug/pprof/")
             );
         }
     }

@@ -33,15 +33,15 @@
 //! refused connection and the serving loop rebuilds it.
 
 use std::io::{self, ErrorKind};
-use std::net::{SocketAddr, TcpListener};
-use std::os::unix::net::UnixStream;
+use std::net::TcpListener;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rustix::event::epoll::EventFlags;
 
-use super::head::HeadLimits;
+use super::head::{HeadLimits, Peer};
 use crate::infra::liveness::Beat;
 use crate::infra::sockets::Spare;
 use crate::infra::stop::Stop;
@@ -50,6 +50,7 @@ use crate::log;
 mod accept;
 pub mod auth;
 mod conn;
+mod local;
 mod pipe;
 mod room;
 #[cfg(test)]
@@ -225,7 +226,8 @@ struct Conn {
     client: tls::Client,
     /// `client`'s registration in the epoll set ([`turn`]).
     client_ev: EventFlags,
-    peer: SocketAddr,
+    /// A TCP client, or a local debug socket peer ([`local`]).
+    peer: Peer,
     state: State,
     since: Instant,
     deadline: Instant,
@@ -247,13 +249,7 @@ struct Conn {
 
 impl Conn {
     /// A connection in `state`, due by `deadline`.
-    fn new(
-        id: u64,
-        client: tls::Client,
-        peer: SocketAddr,
-        state: State,
-        deadline: Instant,
-    ) -> Conn {
+    fn new(id: u64, client: tls::Client, peer: Peer, state: State, deadline: Instant) -> Conn {
         Conn {
             id,
             client,
@@ -272,7 +268,10 @@ impl Conn {
 }
 
 pub struct Front {
-    listener: TcpListener,
+    /// The TCP port (`diag_addr`), if any.
+    listener: Option<TcpListener>,
+    /// The local debug socket, if any ([`local`]: its access rule).
+    local: Option<UnixListener>,
     backend: BackendPath,
     backend_lost: BackendLost,
     limits: Limits,
@@ -299,20 +298,30 @@ pub struct Front {
     checker: Option<auth::Checker>,
     last_accept_error: Option<Instant>,
     last_backend_error: Option<Instant>,
+    /// The last warning about a refused debug socket peer ([`local`]).
+    last_local_refusal: Option<Instant>,
 }
 
 impl Front {
+    /// A front on the TCP `listener` and the local debug socket `local`
+    /// (either may be absent).
     pub fn new(
-        listener: TcpListener,
+        (listener, local): (Option<TcpListener>, Option<UnixListener>),
         backend: BackendPath,
         backend_lost: BackendLost,
         limits: Limits,
         stop: Stop,
     ) -> io::Result<Front> {
-        listener.set_nonblocking(true)?;
+        if let Some(l) = &listener {
+            l.set_nonblocking(true)?;
+        }
+        if let Some(l) = &local {
+            l.set_nonblocking(true)?;
+        }
         let pool = upstream::Pool::new(limits.kept_backend_connections);
         Ok(Front {
             listener,
+            local,
             backend,
             backend_lost,
             limits,
@@ -329,6 +338,7 @@ impl Front {
             checker: None,
             last_accept_error: None,
             last_backend_error: None,
+            last_local_refusal: None,
         })
     }
 

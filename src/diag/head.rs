@@ -58,6 +58,15 @@ pub enum Parsed {
         /// Bytes of the buffer the head took.
         len: usize,
     },
+    /// Asked of the front itself by a local debug socket peer
+    /// ([`LocalAsk`]).
+    Local {
+        ask: LocalAsk,
+        /// HTTP/1.1 without `Connection: close`.
+        keep_alive: bool,
+        /// Bytes of the buffer the request (head and body) took.
+        len: usize,
+    },
     Forward {
         /// The head to send to tiny_http.
         head: Vec<u8>,
@@ -76,6 +85,46 @@ pub enum Parsed {
     },
 }
 
+/// Who sent a request: a TCP client, or a peer on the local debug socket
+/// (its credentials from `SO_PEERCRED`, already judged by the front).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Peer {
+    Tcp(SocketAddr),
+    Local { uid: u32, pid: i32 },
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            Peer::Tcp(a) => a.fmt(f),
+            Peer::Local { uid, pid } => write!(f, "debug.sock(uid={uid},pid={pid})"),
+        }
+    }
+}
+
+impl crate::log::Field for Peer {}
+
+/// What a local debug socket peer asks of the front itself, which owns
+/// the two things tiny_http cannot carry: a request body and an answer
+/// without end. Over TCP these paths are 404s like any unknown one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LocalAsk {
+    /// `GET /log-level`: the level lines are written at.
+    GetLevel,
+    /// `PUT /log-level` with the level as the body (as Teleport's agent).
+    SetLevel(String),
+    /// `GET /debug/logs?level=L`: follow the live log lines (the query).
+    Follow(String),
+}
+
+/// The path of [`LocalAsk::GetLevel`] and [`LocalAsk::SetLevel`], as
+/// Teleport's debug service names it (RFD 0167).
+pub const LOG_LEVEL_PATH: &str = "/log-level";
+/// The path of [`LocalAsk::Follow`].
+pub const LOGS_PATH: &str = "/debug/logs";
+/// The largest `PUT /log-level` body, in bytes (a level name and a newline).
+const MAX_LEVEL_BODY: usize = 64;
+
 /// Headers passed on to the endpoints: those they read
 /// ([`crate::diag::http`]); everything else is dropped, since each line
 /// costs tiny_http's worker a few allocations.
@@ -83,7 +132,7 @@ const FORWARDED: [&str; 1] = ["accept-encoding"];
 
 /// Parses a request head in `buf` (bytes after it are the client's next
 /// request). `limits.max_headers` is capped at [`MAX_HEADERS`].
-pub fn parse_head(buf: &[u8], limits: &HeadLimits, peer: SocketAddr) -> Parsed {
+pub fn parse_head(buf: &[u8], limits: &HeadLimits, peer: Peer) -> Parsed {
     // On the stack: 2 KiB per request from the heap cost a malloc
     // consolidation each (glibc, requests of 1 KiB and more).
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -105,12 +154,17 @@ pub fn parse_head(buf: &[u8], limits: &HeadLimits, peer: SocketAddr) -> Parsed {
             Parsed::Refuse(414, "request target too long")
         }
         Err(_) => Parsed::Refuse(400, "malformed request"),
-        Ok(httparse::Status::Complete(len)) => complete(&req, len, limits, peer),
+        Ok(httparse::Status::Complete(len)) => match peer {
+            Peer::Local { .. } => {
+                local(&req, buf, len).unwrap_or_else(|| complete(&req, len, limits, peer))
+            }
+            Peer::Tcp(_) => complete(&req, len, limits, peer),
+        },
     }
 }
 
 /// A complete head, parsed.
-fn complete(req: &httparse::Request, len: usize, limits: &HeadLimits, peer: SocketAddr) -> Parsed {
+fn complete(req: &httparse::Request, len: usize, limits: &HeadLimits, peer: Peer) -> Parsed {
     let (Some(method), Some(target)) = (req.method, req.path) else {
         return Parsed::Refuse(400, "malformed request");
     };
@@ -166,6 +220,11 @@ fn complete(req: &httparse::Request, len: usize, limits: &HeadLimits, peer: Sock
         // socket); not formatted when that line is not written.
         let _ = write!(out, "X-Tbot-Peer: {peer}\r\n");
     }
+    if let Peer::Local { .. } = peer {
+        // Only the front writes it (the endpoints' other headers are not
+        // passed on): the debug socket serves `/debug/pprof/` always.
+        out.push_str("X-Tbot-Local: 1\r\n");
+    }
     // No `Connection: close`: the front keeps its connections to tiny_http
     // open and pipelines requests down them (see front/pipe.rs).
     out.push_str("\r\n");
@@ -180,6 +239,66 @@ fn complete(req: &httparse::Request, len: usize, limits: &HeadLimits, peer: Sock
         at_once,
         probe: crate::diag::endpoints::probe(p),
     }
+}
+
+/// A local peer's request for the front itself ([`LocalAsk`]), or None
+/// for one that goes the usual way. A `PUT /log-level` body is read whole
+/// (at most [`MAX_LEVEL_BODY`] bytes) before it is judged: Partial until
+/// it is all in `buf`.
+fn local(req: &httparse::Request, buf: &[u8], len: usize) -> Option<Parsed> {
+    let (method, target) = (req.method?, req.path?);
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    if path != LOG_LEVEL_PATH && path != LOGS_PATH {
+        return None;
+    }
+    let header = |name: &str| {
+        req.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| String::from_utf8_lossy(h.value).trim().to_ascii_lowercase())
+    };
+    let close = header("connection").is_some_and(|v| v.split(',').any(|t| t.trim() == "close"));
+    let keep_alive = req.version == Some(1) && !close;
+    if header("transfer-encoding").is_some() {
+        return Some(Parsed::Refuse(411, "send the level with a Content-Length"));
+    }
+    let body = match header("content-length").as_deref().map(str::parse::<usize>) {
+        None => 0,
+        Some(Ok(n)) if n <= MAX_LEVEL_BODY => n,
+        Some(Ok(_)) => return Some(Parsed::Refuse(413, "a log level is a few bytes")),
+        Some(Err(_)) => return Some(Parsed::Refuse(400, "malformed Content-Length")),
+    };
+    // 405 with the methods these paths do take (`Allow`, RFC 9110
+    // §15.5.6); the connection closes after it.
+    let not_allowed = |allow: &str| {
+        let text = format!("405 method not allowed: {path} takes {allow}\n");
+        let resp = format!(
+            "HTTP/1.1 405 Method Not Allowed\r\nContent-Type: text/plain; charset=utf-8\r\nAllow: {allow}\r\nContent-Length: {}\r\n\r\n{text}",
+            text.len()
+        );
+        Some(Parsed::Answer {
+            resp: resp.into_bytes(),
+            keep_alive: false,
+            len,
+        })
+    };
+    let ask = match (path, method) {
+        (LOG_LEVEL_PATH, "GET") if body == 0 => LocalAsk::GetLevel,
+        (LOG_LEVEL_PATH, "PUT") => {
+            let Some(bytes) = buf.get(len..len + body) else {
+                return Some(Parsed::Partial);
+            };
+            LocalAsk::SetLevel(String::from_utf8_lossy(bytes).trim().to_string())
+        }
+        (LOGS_PATH, "GET") if body == 0 => LocalAsk::Follow(query.to_string()),
+        (LOG_LEVEL_PATH, _) => return not_allowed("GET, PUT"),
+        _ => return not_allowed("GET"),
+    };
+    Some(Parsed::Local {
+        ask,
+        keep_alive,
+        len: len + body,
+    })
 }
 
 /// Checks the headers and appends the forwarded ones to `out`. Returns the
@@ -355,9 +474,12 @@ fn moved_permanently(location: &str, head: bool) -> Vec<u8> {
 /// closes after it.
 pub fn simple_response(status: u16, message: &str) -> Vec<u8> {
     let reason = match status {
+        200 => "OK",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
+        404 => "Not Found",
+        411 => "Length Required",
         408 => "Request Timeout",
         405 => "Method Not Allowed",
         413 => "Content Too Large",
@@ -422,8 +544,70 @@ mod tests {
         parse_head(
             s.as_ref(),
             &HeadLimits::default(),
-            "127.0.0.1:9".parse().unwrap(),
+            Peer::Tcp("127.0.0.1:9".parse().unwrap()),
         )
+    }
+
+    fn parse_local(s: &str) -> Parsed {
+        parse_head(
+            s.as_bytes(),
+            &HeadLimits::default(),
+            Peer::Local { uid: 0, pid: 1 },
+        )
+    }
+
+    /// The log level and the log stream are the front's own, for local
+    /// peers only; a PUT body is read whole first. Over TCP, both paths go
+    /// to the endpoints (404) and PUT is 405.
+    #[test]
+    fn local_peers_ask_the_front_for_the_log_level_and_stream() {
+        let put = "PUT /log-level HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n\r\n";
+        assert!(matches!(parse_local(&format!("{put}deb")), Parsed::Partial));
+        let Parsed::Local {
+            ask,
+            keep_alive,
+            len,
+        } = parse_local(&format!("{put}debug\nGET"))
+        else {
+            panic!("not local")
+        };
+        assert_eq!(ask, LocalAsk::SetLevel("debug".into()));
+        assert!(keep_alive);
+        assert_eq!(len, put.len() + 6);
+        let Parsed::Local { ask, .. } =
+            parse_local("GET /debug/logs?level=warn HTTP/1.1\r\nHost: x\r\n\r\n")
+        else {
+            panic!("not local")
+        };
+        assert_eq!(ask, LocalAsk::Follow("level=warn".into()));
+        assert!(matches!(
+            parse_local("PUT /log-level HTTP/1.1\r\nHost: x\r\nContent-Length: 9999\r\n\r\n"),
+            Parsed::Refuse(413, _)
+        ));
+        let Parsed::Answer { resp, .. } =
+            parse_local("DELETE /log-level HTTP/1.1\r\nHost: x\r\n\r\n")
+        else {
+            panic!("not answered")
+        };
+        let resp = String::from_utf8(resp).unwrap();
+        assert!(
+            resp.starts_with("HTTP/1.1 405 ") && resp.contains("\r\nAllow: GET, PUT\r\n"),
+            "{resp}"
+        );
+        let Parsed::Forward { head, .. } = parse_local("GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+        else {
+            panic!("not forwarded")
+        };
+        assert!(String::from_utf8(head)
+            .unwrap()
+            .contains("X-Tbot-Local: 1\r\n"));
+        assert!(matches!(parse(put), Parsed::Refuse(405, _)));
+        let Parsed::Forward { head, .. } =
+            parse("GET /log-level HTTP/1.1\r\nHost: x\r\nX-Tbot-Local: 1\r\n\r\n")
+        else {
+            panic!("not forwarded")
+        };
+        assert!(!String::from_utf8(head).unwrap().contains("X-Tbot-Local"));
     }
 
     #[test]

@@ -64,7 +64,8 @@ pub struct Parked {
 pub fn handle(ctx: &Ctx, renderer: &Renderer, req: tiny_http::Request) -> Option<Parked> {
     let action = {
         let url = req.url();
-        let r = routes::Request::new(url, header(&req, "Accept-Encoding"));
+        let r = routes::Request::new(url, header(&req, "Accept-Encoding"))
+            .local(header(&req, "X-Tbot-Local").is_some());
         // The front names the client (tiny_http only sees its Unix socket).
         if log::debug_enabled() {
             log::debug(

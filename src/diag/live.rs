@@ -6,6 +6,8 @@
 //! ([`Slots`]).
 
 use std::net::{SocketAddr, TcpListener};
+use std::os::unix::net::UnixListener;
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -23,7 +25,8 @@ pub(super) struct FrontRun {
     /// pokes (see [`FrontRun::poke`]).
     stop: Stop,
     thread: JoinHandle<()>,
-    addr: SocketAddr,
+    /// The TCP port's address, if it has one.
+    pub(super) addr: Option<SocketAddr>,
 }
 
 /// The diagnostics loops as the systemd watchdog sees them, across reloads
@@ -69,19 +72,23 @@ impl Slots {
 }
 
 impl FrontRun {
-    /// Starts a front on `listener` that hands requests to the serving
+    /// Starts a front on `listeners` (the TCP port, the debug socket) that hands requests to the serving
     /// loop and counts its turns on `beat`.
     pub(super) fn spawn(
-        listener: TcpListener,
+        listeners: (Option<TcpListener>, Option<UnixListener>),
         backend_path: &front::BackendPath,
         backend_lost: &front::BackendLost,
         limits: &front::Limits,
         security: &front::auth::SecurityHandle,
         beat: Beat,
     ) -> Result<FrontRun, String> {
-        let addr = listener
-            .local_addr()
-            .map_err(|e| format!("diagnostics listener: {e}"))?;
+        let addr = match &listeners.0 {
+            Some(l) => Some(
+                l.local_addr()
+                    .map_err(|e| format!("diagnostics listener: {e}"))?,
+            ),
+            None => None,
+        };
         if crate::infra::failpoints::fails("diag-front-start") {
             return Err("diag-front: injected failure (failpoint diag-front-start)".into());
         }
@@ -89,7 +96,7 @@ impl FrontRun {
         stop.fd()
             .map_err(|e| format!("diag-front: {}", explain(&e)))?;
         let front = front::Front::new(
-            listener,
+            listeners,
             backend_path.clone(),
             backend_lost.clone(),
             limits.clone(),
@@ -98,8 +105,10 @@ impl FrontRun {
         .map_err(|e| format!("diagnostics listener: {e}"))?
         .beating(beat)
         .securing(security.clone());
+        // A thread limit is named (a reload that moves the front onto a
+        // port past a pids limit says why it failed).
         let thread = crate::infra::threads::spawn("diag-front", move || front.run())
-            .map_err(|e| format!("diag-front: {e}"))?;
+            .map_err(|e| format!("diag-front: {}", explain(&e)))?;
         Ok(FrontRun {
             stopper,
             stop,
@@ -124,9 +133,16 @@ impl FrontRun {
     }
 }
 
-/// Logs where the service listens (and warns about a non-loopback address
-/// that is not `secured`: TLS with basic auth or client certificates).
-pub(super) fn announce(addr: SocketAddr, debug: bool, secured: bool) {
+/// Logs where the service listens: the debug socket, and the TCP port
+/// (with a warning for a non-loopback address that is not `secured`: TLS
+/// with basic auth or client certificates).
+pub(super) fn announce(addr: Option<SocketAddr>, local: Option<&Path>, debug: bool, secured: bool) {
+    if let Some(path) = local {
+        log::info("debug socket listening", &[("path", &path.display())]);
+    }
+    let Some(addr) = addr else {
+        return;
+    };
     if !addr.ip().is_loopback() && !secured {
         log::warn(
             "the diagnostics service listens on a non-loopback address without TLS and authentication (web_config_file); anyone who can reach it can read tbot's health, metrics and (in debug mode) profiles",
@@ -141,14 +157,22 @@ pub(super) fn announce(addr: SocketAddr, debug: bool, secured: bool) {
 
 impl Diag {
     /// Moves the service to `listener`, already bound by the caller (so a
-    /// bind failure is the caller's, before anything changed): the new
-    /// front starts, then the old one stops. Requests in flight on the old
-    /// address are cut; the serving loop carries on. The watchdog's pokes
+    /// bind failure is the caller's, before anything changed), or off TCP
+    /// (None; the debug socket stays): the new front starts, then the old
+    /// one stops. Requests in flight on the old front are cut (the debug
+    /// socket's too); the serving loop carries on. The watchdog's pokes
     /// go to the new front as soon as it runs (a poke the old one took as
     /// it stopped is answered: its last turn counts).
-    pub fn move_to(&mut self, listener: TcpListener) -> Result<(), String> {
+    pub fn move_to(&mut self, listener: Option<TcpListener>) -> Result<(), String> {
+        let local = match &self.local {
+            Some((l, path)) => Some(
+                l.try_clone()
+                    .map_err(|e| format!("debug socket {}: {e}", path.display()))?,
+            ),
+            None => None,
+        };
         let new = FrontRun::spawn(
-            listener,
+            (listener, local),
             &self.backend_path,
             &self.backend_lost,
             &self.limits,
@@ -159,12 +183,19 @@ impl Diag {
         let old = std::mem::replace(&mut self.front, new);
         let from = old.addr;
         old.stop();
+        let addr = |a: Option<SocketAddr>| a.map_or("none".to_string(), |a| a.to_string());
         log::info(
             "diagnostics service moved",
-            &[("from", &from), ("to", &self.front.addr)],
+            &[("from", &addr(from)), ("to", &addr(self.front.addr))],
         );
-        announce(self.front.addr, self.debug(), self.secured);
+        announce(self.front.addr, None, self.debug(), self.secured);
         Ok(())
+    }
+
+    /// Whether the service has a debug socket (it runs for it even with
+    /// no TCP port).
+    pub fn has_debug_socket(&self) -> bool {
+        self.local.is_some()
     }
 
     /// Applies a web configuration read again by a reload: new connections
@@ -174,7 +205,7 @@ impl Diag {
         *self.security.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(security);
         if secured != self.secured {
             self.secured = secured;
-            announce(self.front.addr, self.debug(), secured);
+            announce(self.front.addr, None, self.debug(), secured);
         }
     }
 

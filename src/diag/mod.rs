@@ -38,6 +38,7 @@ use crate::log;
 use crate::metrics::Metrics;
 
 pub mod debug;
+pub mod debug_socket;
 pub mod endpoints;
 pub mod front;
 mod gzip;
@@ -75,6 +76,13 @@ pub fn bind(addr: &str) -> Result<TcpListener, String> {
 
 /// Longest wait for the name lookup of a `diag_addr` host name.
 pub const LOOKUP_BOUND: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Where the service listens: the TCP port (`diag_addr`), the local debug
+/// socket, or both. Either works without the other.
+pub struct Listeners {
+    pub tcp: Option<TcpListener>,
+    pub local: Option<debug_socket::DebugSocket>,
+}
 
 pub struct Options {
     pub max_connections: usize,
@@ -143,6 +151,9 @@ pub struct Diag {
     backend_path: front::BackendPath,
     backend_lost: front::BackendLost,
     limits: front::Limits,
+    /// The debug socket (a copy of its listener, for the next front), and
+    /// its path, removed at shutdown.
+    local: Option<(UnixListener, PathBuf)>,
     /// TLS and auth, shared with the front (a reload swaps it: `live`).
     security: front::auth::SecurityHandle,
     /// The address is safe off loopback (see [`Secured`]).
@@ -175,22 +186,42 @@ fn backend(dir: &Path, generation: usize) -> Result<(tiny_http::Server, PathBuf)
     Ok((server, path))
 }
 
-/// Starts the service on `listener` (bound by the caller). Once every
+/// Starts the service on `listeners` (bound by the caller). Once every
 /// thread runs, the watchdog's pokes go to its loops, whose turns count on
 /// `slots` (made once by the daemon, shared by each service it starts; see
 /// [`Slots`]). Errors name the thread or socket that could not be made;
 /// what had started by then is stopped again, and its socket directory
-/// removed, so that a failed start leaves nothing behind.
+/// removed (and the debug socket's file), so that a failed start leaves
+/// nothing behind.
 pub fn start(
-    listener: TcpListener,
+    listeners: Listeners,
     opts: Options,
     health: Health,
     metrics: Arc<Metrics>,
     slots: &Slots,
 ) -> Result<Diag, String> {
-    let addr = listener
-        .local_addr()
-        .map_err(|e| format!("diagnostics listener: {e}"))?;
+    let local_path = listeners.local.as_ref().map(|s| s.path.clone());
+    let started = start_on(listeners, opts, health, metrics, slots);
+    match (&started, local_path) {
+        (Ok(d), _) => {
+            let path = d.local.as_ref().map(|l| l.1.as_path());
+            live::announce(d.front.addr, path, d.debug(), d.secured);
+        }
+        (Err(_), Some(path)) => debug_socket::remove(&path),
+        (Err(_), None) => {}
+    }
+    started
+}
+
+/// [`start`], but for the debug socket's file.
+fn start_on(
+    listeners: Listeners,
+    opts: Options,
+    health: Health,
+    metrics: Arc<Metrics>,
+    slots: &Slots,
+) -> Result<Diag, String> {
+    let (local_for_front, local) = split_local(listeners.local)?;
     let (dir, dir_lock) = private_dir::create()?;
     let limits = limits(&opts);
     let debug_on = opts.debug;
@@ -208,7 +239,7 @@ pub fn start(
         });
         let backend_lost = backend_lost(&state, &backend_path);
         let front = live::FrontRun::spawn(
-            listener,
+            (listeners.tcp, local_for_front),
             &backend_path,
             &backend_lost,
             &limits,
@@ -220,6 +251,7 @@ pub fn start(
         let debug = Arc::new(AtomicBool::new(debug_on));
         let pages = routes::Ctx {
             health,
+            metrics: metrics.clone(),
             debug: debug.clone(),
         };
         let loops = spawn_loops(&state, pages, metrics, &dir, &backend_path, &limits, slots);
@@ -248,22 +280,16 @@ pub fn start(
             backend_path,
             backend_lost,
             limits,
+            local,
             security,
             secured,
             debug,
             slots: slots.clone(),
         })
     });
-    match started {
-        Ok(d) => {
-            live::announce(addr, debug_on, secured);
-            Ok(d)
-        }
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&dir);
-            Err(e)
-        }
-    }
+    started.inspect_err(|_| {
+        let _ = std::fs::remove_dir_all(&dir);
+    })
 }
 
 /// Starts `diag-render` and `diag-http` (the serving loop, [`serve`]):
@@ -331,7 +357,7 @@ fn spawn_serving(
     crate::infra::threads::spawn("diag-http", move || {
         serve(state, pages, dir, backend_path, max_parked)
     })
-    .map_err(|e| format!("diag-http: {e}"))
+    .map_err(|e| format!("diag-http: {}", explain(&e)))
 }
 
 /// What the front calls when tiny_http refused a connection at `path`: the
@@ -381,6 +407,7 @@ impl Diag {
             _dir_lock,
             backend_lost,
             slots,
+            local,
             ..
         } = self;
         drop(_changes);
@@ -402,7 +429,27 @@ impl Diag {
         drop(backend_lost);
         drop(state);
         let _ = std::fs::remove_dir_all(&dir);
+        if let Some((listener, path)) = local {
+            drop(listener);
+            debug_socket::remove(&path);
+        }
     }
+}
+
+/// The debug socket's listener for the first front, and a copy of it with
+/// its path, kept for the next fronts and for its removal.
+#[allow(clippy::type_complexity)]
+fn split_local(
+    local: Option<debug_socket::DebugSocket>,
+) -> Result<(Option<UnixListener>, Option<(UnixListener, PathBuf)>), String> {
+    let Some(s) = local else {
+        return Ok((None, None));
+    };
+    let copy = s
+        .listener
+        .try_clone()
+        .map_err(|e| format!("debug socket {}: {e}", s.path.display()))?;
+    Ok((Some(s.listener), Some((copy, s.path))))
 }
 
 /// With nothing parked the loop sleeps until a request or a wake-up; this

@@ -14,10 +14,13 @@ use super::render::Job;
 use super::response::Response;
 use super::{debug, gzip};
 use crate::health::{Entry, Health, Snapshot};
+use crate::metrics::Metrics;
 
 /// What the router reads besides the request.
 pub struct Ctx {
     pub health: Health,
+    /// For `/status` (certificate expiry).
+    pub metrics: Arc<Metrics>,
     /// `/debug/pprof/` is served while on; a reload switches it.
     pub debug: Arc<AtomicBool>,
 }
@@ -34,6 +37,9 @@ pub struct Request<'a> {
     pub query: &'a str,
     /// The `Accept-Encoding` header's value, if any.
     pub accept_encoding: Option<&'a str>,
+    /// It came over the local debug socket (the front says so): the debug
+    /// endpoints are served whatever the mode.
+    pub local: bool,
 }
 
 impl<'a> Request<'a> {
@@ -44,7 +50,13 @@ impl<'a> Request<'a> {
             path,
             query,
             accept_encoding,
+            local: false,
         }
+    }
+
+    /// The same request, from the local debug socket or not.
+    pub fn local(self, local: bool) -> Request<'a> {
+        Request { local, ..self }
     }
 }
 
@@ -72,7 +84,7 @@ const MAX_WAIT: Duration = Duration::from_secs(300);
 
 /// The answer to `req`.
 pub fn route(ctx: &Ctx, req: &Request) -> Action {
-    let debug = ctx.debug.load(Ordering::Relaxed);
+    let debug = ctx.debug.load(Ordering::Relaxed) || req.local;
     let Some(e) = endpoints::find(req.path, debug) else {
         return Action::Respond(if debug && req.path.starts_with("/debug/pprof/") {
             debug::not_found()
@@ -107,7 +119,53 @@ pub fn route(ctx: &Ctx, req: &Request) -> Action {
             Err(r) => Action::Respond(r),
         },
         Kind::Cmdline => Action::Respond(debug::cmdline()),
+        Kind::Status => Action::Respond(status(ctx)),
     }
+}
+
+/// `/status`: every service's row with what `tbot status` shows beyond
+/// `/readyz`: its type, since when it has had its status, and when the
+/// certificate it last wrote expires (identity outputs). The code is
+/// `/readyz`'s. Times are RFC 3339, null when not known.
+fn status(ctx: &Ctx) -> Response {
+    use crate::infra::timefmt::rfc3339_millis;
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let snap = ctx.health.snapshot();
+    let now = SystemTime::now();
+    let unix_now = now
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    let time = |t: Option<SystemTime>| t.map(rfc3339_millis);
+    let services: Vec<serde_json::Value> = snap
+        .services
+        .iter()
+        .map(|(name, e)| {
+            let expiry = ctx.metrics.certificate_expiry(name);
+            let for_seconds = e
+                .since
+                .map(|t| now.duration_since(t).unwrap_or_default().as_secs());
+            serde_json::json!({
+                "name": name,
+                "type": e.kind,
+                "status": e.status,
+                "reason": e.reason,
+                "since": time(e.since),
+                "for_seconds": for_seconds,
+                "updated_at": time(e.updated_at),
+                "certificate_expires_at": expiry
+                    .map(|s| rfc3339_millis(UNIX_EPOCH + Duration::from_secs_f64(s.max(0.0)))),
+                // Negative once expired.
+                "certificate_remaining_seconds": expiry.map(|s| (s - unix_now).floor() as i64),
+            })
+        })
+        .collect();
+    let body = serde_json::json!({
+        "status": snap.status,
+        "now": rfc3339_millis(now),
+        "services": services,
+    });
+    Response::json(snap.status.http_code(), &body)
 }
 
 /// The decoded service name after a prefix row's path, or the 400.
@@ -187,7 +245,7 @@ pub fn percent_decode(s: &str) -> Option<String> {
 }
 
 /// The raw value of `key` in a query string (`""` for a bare `key`).
-fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
+pub(crate) fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
     query.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         (k == key).then_some(v)
@@ -224,10 +282,8 @@ mod tests {
     /// Services `a` (reported healthy) and `b` (initializing); debug as
     /// given.
     fn ctx(debug: bool) -> Ctx {
-        let health = Health::new(
-            [("a", "identity"), ("b", "heartbeat")],
-            Arc::new(Metrics::new()),
-        );
+        let metrics = Arc::new(Metrics::new());
+        let health = Health::new([("a", "identity"), ("b", "heartbeat")], metrics.clone());
         let (tx, updates) = crossbeam_channel::unbounded();
         tx.send(Update {
             service: "a".into(),
@@ -244,6 +300,7 @@ mod tests {
         .run();
         Ctx {
             health,
+            metrics,
             debug: Arc::new(AtomicBool::new(debug)),
         }
     }

@@ -62,6 +62,11 @@ pub struct Entry {
     pub reason: String,
     #[serde(serialize_with = "crate::infra::timefmt::serialize_opt_rfc3339")]
     pub updated_at: Option<SystemTime>,
+    /// Since when the row has had its status (its first report, or the
+    /// last change of status); None while initializing. Not in `/readyz`
+    /// (the seed's shape); `tbot status` shows it.
+    #[serde(skip)]
+    pub since: Option<SystemTime>,
     /// The running instance of the service that may update this row.
     #[serde(skip)]
     pub instance: u64,
@@ -98,6 +103,7 @@ impl Table {
                 status: Status::Initializing,
                 reason: String::new(),
                 updated_at: None,
+                since: None,
                 instance: self.last_instance,
             },
         );
@@ -291,7 +297,11 @@ impl Health {
         // The time of the service's last report, as in Go's tbot: a healthy
         // service that keeps reporting shows a recent time; one whose loop
         // has stalled shows an old one.
-        entry.updated_at = Some(SystemTime::now());
+        let now = SystemTime::now();
+        entry.updated_at = Some(now);
+        if first || entry.status != u.status {
+            entry.since = Some(now);
+        }
         entry.status = u.status;
         entry.reason = u.reason.clone();
         let kind = entry.kind;

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 mod bridge;
+pub mod follow;
 mod sink;
 
 pub use sink::flush;
@@ -45,15 +46,51 @@ pub fn configure(format: Format, debug: bool) {
     bridge::install();
 }
 
-/// Whether debug lines are written (`--debug`): work done only for them
-/// can be skipped.
+/// Whether debug lines are written (`--debug`, a runtime level, or a log
+/// follower that asked for them): work done only for them can be skipped.
 pub fn debug_enabled() -> bool {
     enabled(0)
 }
 
-/// Whether a line at `level` (0 debug … 3 error) is written.
+/// Whether a line at `level` (0 debug … 3 error) is written somewhere:
+/// on stderr, or to a follower ([`follow`]).
 fn enabled(level: u8) -> bool {
-    level >= MIN_LEVEL.load(Ordering::Relaxed)
+    level >= MIN_LEVEL.load(Ordering::Relaxed) || follow::wants(level)
+}
+
+/// The level lines are written to stderr at (0 debug … 3 error): set by
+/// `configure` (start, and every reload: `-d` or `debug:` make it debug,
+/// else info) and by [`set_level`] in between.
+pub fn level() -> u8 {
+    MIN_LEVEL.load(Ordering::Relaxed)
+}
+
+/// Sets the level at runtime (the debug socket's `PUT /log-level`), from
+/// the next line on, until the next `configure` (a reload).
+pub fn set_level(level: u8) {
+    MIN_LEVEL.store(level.min(3), Ordering::Relaxed);
+}
+
+/// The name of a level, as `GET /log-level` answers it.
+pub fn level_name(level: u8) -> &'static str {
+    match level {
+        0 => "debug",
+        1 => "info",
+        2 => "warn",
+        _ => "error",
+    }
+}
+
+/// A level by name, ASCII case ignored (`debug`, `info`, `warn` or
+/// `warning`, `error`; Teleport's clients send `DEBUG` and the like).
+pub fn parse_level(name: &str) -> Option<u8> {
+    match name.trim().to_ascii_lowercase().as_str() {
+        "debug" => Some(0),
+        "info" => Some(1),
+        "warn" | "warning" => Some(2),
+        "error" => Some(3),
+        _ => None,
+    }
 }
 
 pub type Fields<'a> = &'a [(&'a str, &'a dyn Field)];
@@ -134,9 +171,12 @@ fn emit(level: u8, name: &str, msg: &str, fields: Fields) {
         return;
     }
     let mut line = String::new();
-    if crate::infra::systemd::journal::stderr_is_journal() {
-        line.push_str(priority_prefix(level));
-    }
+    let prefix = if crate::infra::systemd::journal::stderr_is_journal() {
+        priority_prefix(level)
+    } else {
+        ""
+    };
+    line.push_str(prefix);
     line += &render(
         JSON.load(Ordering::Relaxed),
         SystemTime::now(),
@@ -145,7 +185,11 @@ fn emit(level: u8, name: &str, msg: &str, fields: Fields) {
         fields,
     );
     line.push('\n');
-    sink::write(line);
+    // Followers first: `line` goes to the writer.
+    follow::publish(level, &line.as_bytes()[prefix.len()..]);
+    if level >= MIN_LEVEL.load(Ordering::Relaxed) {
+        sink::write(line);
+    }
 }
 
 /// The warning the log writer adds once stderr takes lines again after

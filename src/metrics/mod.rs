@@ -164,6 +164,12 @@ impl Metrics {
         self.series().set_certificate(service, times);
     }
 
+    /// When the certificate `service` last wrote expires (Unix seconds), if
+    /// it is an identity output that wrote one.
+    pub fn certificate_expiry(&self, service: &str) -> Option<f64> {
+        self.series().expiry(service)
+    }
+
     /// Drops `service`'s certificate series (the service stopped or was
     /// removed).
     pub fn remove_certificate(&self, service: &str) {

@@ -165,6 +165,11 @@ impl Table {
         }
     }
 
+    /// When `service`'s certificate expires, in Unix seconds, if it wrote one.
+    pub fn expiry(&self, service: &str) -> Option<f64> {
+        self.certificates.get(service).map(|c| c.valid_before)
+    }
+
     pub fn remove_certificate(&mut self, service: &str) {
         self.certificates.remove(service);
     }

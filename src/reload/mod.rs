@@ -9,10 +9,11 @@
 //! 2. refuse what needs a restart (`diff::needs_restart`: the storage path,
 //!    `diag_max_connections`);
 //! 3. the diagnostics service: bind a new `diag_addr` before anything
-//!    changes, then start it or move it there (a service that fails to
-//!    start stops what it had started: `diag::start`), or stop it, and
-//!    switch debug mode. A failure here ends the apply with nothing
-//!    changed.
+//!    changes (and, at start, the debug socket), then start it or move it
+//!    there (a service that fails to start stops what it had started:
+//!    `diag::start`), or take it off TCP (the debug socket stays) or stop
+//!    it, and switch debug mode. A failure here ends the apply with
+//!    nothing changed.
 //!
 //! What follows cannot fail:
 //! 4. stop the removed and changed services (a stopped multiplexer's relays
@@ -284,41 +285,60 @@ impl Current {
         }
     }
 
-    /// Starts, moves or stops the diagnostics service for `new` and
-    /// switches debug mode. A new address is bound before anything
-    /// changes; an error leaves the service as it was.
+    /// Starts, moves or stops the diagnostics service for `new`, and
+    /// switches its debug mode and web configuration (`security`). A new
+    /// address is bound before anything changes; an error leaves the
+    /// service as it was. The debug socket is made at the first apply
+    /// (start) only, after the address: the service runs for it with no
+    /// `diag_addr`, and a reload that removes `diag_addr` takes the front
+    /// off TCP. A reload does not move the socket (`debug_socket:` applies
+    /// at the next start).
     fn apply_diag(&mut self, new: &Config, security: diag::Secured) -> Result<(), String> {
         let addr_now = self.config.as_ref().and_then(|c| c.diag_addr.as_ref());
-        match &new.diag_addr {
-            None => {
-                if let Some(d) = self.diag.take() {
+        let tcp = match &new.diag_addr {
+            Some(addr) if self.diag.is_none() || addr_now != Some(addr) => Some(diag::bind(addr)?),
+            _ => None,
+        };
+        let local = match self.config {
+            None => diag::debug_socket::bind_or_warn(&new.debug_socket),
+            Some(_) => None,
+        };
+        match (self.diag.take(), tcp) {
+            (Some(mut d), Some(l)) => {
+                let moved = d.move_to(Some(l));
+                if moved.is_ok() {
+                    d.set_security(security);
+                }
+                self.diag = Some(d);
+                moved?;
+            }
+            // No diag_addr any more: the front leaves TCP, or the service
+            // stops when it has no debug socket.
+            (Some(mut d), None) if new.diag_addr.is_none() && addr_now.is_some() => {
+                if d.has_debug_socket() {
+                    let moved = d.move_to(None);
+                    self.diag = Some(d);
+                    moved?;
+                } else {
                     d.shutdown();
                     log::info("diagnostics service stopped: no diag_addr any more", &[]);
                 }
             }
-            Some(addr) if addr_now == Some(addr) && self.diag.is_some() => {
-                if let Some(d) = &mut self.diag {
-                    d.set_security(security);
-                }
+            (Some(mut d), None) => {
+                d.set_security(security);
+                self.diag = Some(d);
             }
-            Some(addr) => {
-                let listener = diag::bind(addr)?;
-                match &mut self.diag {
-                    Some(d) => {
-                        d.move_to(listener)?;
-                        d.set_security(security);
-                    }
-                    None => {
-                        let options = diag::Options {
-                            max_connections: new.diag_max_connections,
-                            debug: new.debug,
-                            security,
-                        };
-                        let (h, m) = (self.health.clone(), self.metrics.clone());
-                        self.diag = Some(diag::start(listener, options, h, m, &self.diag_slots)?);
-                    }
-                }
+            (None, tcp) if tcp.is_some() || local.is_some() => {
+                let options = diag::Options {
+                    max_connections: new.diag_max_connections,
+                    debug: new.debug,
+                    security,
+                };
+                let (h, m) = (self.health.clone(), self.metrics.clone());
+                let l = diag::Listeners { tcp, local };
+                self.diag = Some(diag::start(l, options, h, m, &self.diag_slots)?);
             }
+            (None, _) => {}
         }
         if let Some(d) = &self.diag {
             d.set_debug(new.debug);

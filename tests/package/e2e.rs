@@ -27,6 +27,7 @@ pub fn run_all(debs: &Debs) {
         debs.v2.file_name().unwrap().to_string_lossy()
     );
     install_and_serve(&c, &v1);
+    debug_socket_under_the_unit(&c);
     status_and_journal_priorities(&c);
     multiplexer_and_profile_under_the_unit(&c, debs);
     watchdog_restarts_a_stopped_tbot(&c);
@@ -72,6 +73,28 @@ fn install_and_serve(c: &Container, deb: &str) {
     let sec = c.ok("systemd-analyze security --no-pager tbot.service");
     let score = exposure(&sec);
     assert!(score <= 2.0, "installed unit's exposure {score}:\n{sec}");
+}
+
+/// The debug socket under the hardened unit (User=_tbot): `tbot status`
+/// as root works from the packaged configuration with no flag; another
+/// user is refused.
+fn debug_socket_under_the_unit(c: &Container) {
+    let perms = c.ok("stat -c '%a %U' /var/lib/tbot/debug.sock");
+    assert_eq!(perms.trim(), "600 _tbot", "debug.sock");
+    let status = c.ok("tbot status");
+    for name in ["identity", "heartbeat", "ca-rotation"] {
+        assert!(
+            status.contains(name) && status.contains("healthy"),
+            "tbot status:\n{status}"
+        );
+    }
+    assert_eq!(c.ok("tbot debug log-level").trim(), "info");
+    let nobody =
+        c.ok("setpriv --reuid=65534 --regid=65534 --clear-groups tbot status 2>&1; echo exit=$?");
+    assert!(
+        nobody.contains("permission denied") && nobody.contains("exit=1"),
+        "tbot status as nobody: {nobody}"
+    );
 }
 
 /// `STATUS=` names the health; `journalctl -p warning` shows tbot's

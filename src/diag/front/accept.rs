@@ -12,13 +12,13 @@
 //! free up.
 
 use std::io::{self, ErrorKind, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use super::local::Stream;
 use super::room::Place;
 use super::tls::Client;
 use super::{auth, Conn, Front, State};
-use crate::diag::head::simple_response;
+use crate::diag::head::{simple_response, Peer};
 use crate::infra::sockets::out_of_descriptors;
 use crate::log::{self, once_a_second};
 
@@ -35,8 +35,11 @@ impl Front {
             if place == Place::NextTurn {
                 return;
             }
-            match self.listener.accept() {
-                Ok((stream, peer)) => self.admit(stream, peer, place),
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            match listener.accept() {
+                Ok((stream, peer)) => self.admit(Stream::Tcp(stream), Peer::Tcp(peer), place),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if out_of_descriptors(&e) => {
                     self.refuse_without_descriptors(&e);
@@ -79,9 +82,10 @@ impl Front {
             // the client sent is read and dropped (the lingering close), so
             // the client sees the reason rather than a reset. The spare
             // comes back once a descriptor is free (`restore_spare`).
-            if let Ok((stream, peer)) = self.listener.accept() {
+            if let Some(Ok((stream, peer))) = self.listener.as_ref().map(|l| l.accept()) {
                 let why = "the diagnostics service is out of file descriptors";
-                self.refuse(stream, peer, Instant::now(), why);
+                let (stream, peer) = (Stream::Tcp(stream), Peer::Tcp(peer));
+                self.refuse(stream, peer, Instant::now(), (503, why));
             }
             self.restore_spare();
         }
@@ -96,7 +100,7 @@ impl Front {
         }
     }
 
-    fn note_accept_error(&mut self, e: &io::Error) {
+    pub(super) fn note_accept_error(&mut self, e: &io::Error) {
         if once_a_second(&mut self.last_accept_error) {
             log::warn(
                 "diagnostics front: accept failed; still listening",
@@ -108,24 +112,29 @@ impl Front {
     /// A new client: `place`, a slot of its own, a place in the probe
     /// room, or the place of a client that makes no progress
     /// ([`super::room`]); or a quick 503.
-    fn admit(&mut self, stream: TcpStream, peer: SocketAddr, place: Place) {
+    pub(super) fn admit(&mut self, stream: Stream, peer: Peer, place: Place) {
         let now = Instant::now();
         if stream.set_nonblocking(true).is_err() {
             return;
         }
         let Some(probe_room) = self.take_place(place, now) else {
-            return self.refuse(
-                stream,
-                peer,
-                now,
-                "too many connections to the diagnostics service",
-            );
+            let why = "too many connections to the diagnostics service";
+            return self.refuse(stream, peer, now, (503, why));
         };
-        let _ = stream.set_nodelay(true);
-        // TLS when the web configuration asks for it ([`super::tls`]).
-        let Ok(client) = Client::new(stream, auth::current(&self.security).tls_config()) else {
-            // Whoever lost its place to it lingers now.
-            return self.trim_lingering();
+        let client = match stream {
+            Stream::Tcp(stream) => {
+                let _ = stream.set_nodelay(true);
+                // TLS when the web configuration asks for it ([`super::tls`]).
+                let tls = auth::current(&self.security).tls_config();
+                let Ok(client) = Client::new(stream, tls) else {
+                    // Whoever lost its place to it lingers now.
+                    return self.trim_lingering();
+                };
+                client
+            }
+            // The debug socket: plain HTTP (its access rule is the peer's
+            // user, [`super::local`]).
+            Stream::Unix(stream) => Client::Local(stream),
         };
         let state = State::Head {
             buf: Vec::with_capacity(1024),
@@ -149,17 +158,27 @@ impl Front {
         self.trim_lingering();
     }
 
-    /// No room for a newcomer: a 503 saying `why`, then the lingering
-    /// close, so that it reads the refusal whatever it sent (a fresh socket
-    /// takes the few bytes at once). It holds no slot.
-    fn refuse(&mut self, stream: TcpStream, peer: SocketAddr, now: Instant, why: &str) {
+    /// No room for a newcomer (503), or a debug socket peer of another
+    /// user (403): the answer saying `why`, then the lingering close, so
+    /// that it reads the refusal whatever it sent (a fresh socket takes
+    /// the few bytes at once). It holds no slot.
+    pub(super) fn refuse(
+        &mut self,
+        stream: Stream,
+        peer: Peer,
+        now: Instant,
+        (status, why): (u16, &str),
+    ) {
         if stream.set_nonblocking(true).is_err() {
             return;
         }
-        let _ = (&stream).write(&simple_response(503, why));
+        let _ = (&stream).write(&simple_response(status, why));
         let state = State::Linger { drained: 0 };
         // Plain even on a TLS port: no handshake for a refusal.
-        let client = Client::Plain(stream);
+        let client = match stream {
+            Stream::Tcp(s) => Client::Plain(s),
+            Stream::Unix(s) => Client::Local(s),
+        };
         let mut c = Conn::new(self.next_id, client, peer, state, now);
         self.next_id += 1;
         c.close_lingering(now, self.limits.linger_time);

@@ -9,8 +9,7 @@ use std::time::Instant;
 use rustix::event::epoll::EventFlags;
 
 use super::{again, auth, Conn, Front, Request, State, Then};
-use crate::diag::head::{parse_head, set_connection_header, simple_response, Parsed};
-use crate::infra::sockets::drained;
+use crate::diag::head::{parse_head, set_connection_header, simple_response, Parsed, Peer};
 use crate::log::{self, once_a_second};
 
 impl Conn {
@@ -87,9 +86,7 @@ impl Front {
             // Not polled: the kept connections move them on ([`super::pipe`]).
             State::Queued(_) | State::Piped(_) | State::Auth(_) => true,
             State::Reply { .. } => self.step_reply(i, now),
-            State::Linger { drained: total } => {
-                !drained(c.client.raw(), total, self.limits.linger_bytes)
-            }
+            State::Linger { drained: total } => !c.client.drained(total, self.limits.linger_bytes),
         }
     }
 
@@ -166,6 +163,11 @@ impl Front {
                 let then = next.map_or(Then::Close, Then::KeepAlive);
                 c.reply(resp, then, now + self.limits.write_timeout);
             }
+            Parsed::Local {
+                ask,
+                keep_alive,
+                len,
+            } => self.answer_local(i, now, (ask, keep_alive, len)),
             Parsed::Forward {
                 head,
                 keep_alive,
@@ -175,9 +177,16 @@ impl Front {
                 probe,
             } => {
                 let next = keep_alive.then(|| buf[len..].to_vec());
-                // Basic auth and client certificates ([`super::auth`]).
-                let sec = auth::current(&self.security);
-                let verdict = auth::judge(&sec, &buf[..len], c.client.has_certificate());
+                // Basic auth and client certificates ([`super::auth`]) on
+                // TCP; a debug socket peer passed its own rule at accept
+                // ([`super::local`]).
+                let verdict = match c.peer {
+                    Peer::Local { .. } => auth::Verdict::Pass,
+                    Peer::Tcp(_) => {
+                        let sec = auth::current(&self.security);
+                        auth::judge(&sec, &buf[..len], c.client.has_certificate())
+                    }
+                };
                 if c.probe_room && !probe && !self.slot_for(i, now) {
                     // In the probe room, only probes are served.
                     let out =

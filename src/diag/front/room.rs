@@ -259,6 +259,7 @@ mod tests {
     use super::Place;
     use crate::diag::front::tls::Client;
     use crate::diag::front::{Conn, Front, Limits, Request, State};
+    use crate::diag::head::Peer;
     use crate::infra::stop::Stop;
 
     /// A front (never run) with `max_connections` 1 and a probe room of 2,
@@ -273,7 +274,7 @@ mod tests {
         let lost = Arc::new(|_: &std::path::Path| {});
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let backend = Arc::new(Mutex::new("/nonexistent".into()));
-        let mut f = Front::new(listener, backend, lost, limits, stop).unwrap();
+        let mut f = Front::new((Some(listener), None), backend, lost, limits, stop).unwrap();
         let clients = TcpListener::bind("127.0.0.1:0").unwrap();
         let waits = State::Queued(Request {
             head: Vec::new(),
@@ -291,7 +292,13 @@ mod tests {
         let peer = clients.local_addr().unwrap();
         let stream = TcpStream::connect(peer).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
-        let mut c = Conn::new(f.next_id, Client::Plain(stream), peer, state, deadline);
+        let mut c = Conn::new(
+            f.next_id,
+            Client::Plain(stream),
+            Peer::Tcp(peer),
+            state,
+            deadline,
+        );
         c.probe_room = probe_room;
         f.conns.push(c);
         f.next_id += 1;

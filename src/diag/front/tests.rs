@@ -59,7 +59,7 @@ fn front_with(
         stop: stop_far.clone(),
     };
     let f = Front::new(
-        listener,
+        (Some(listener), None),
         Arc::new(Mutex::new(sock)),
         Arc::new(|_: &std::path::Path| {}),
         limits,

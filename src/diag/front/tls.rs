@@ -23,6 +23,7 @@ use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -32,12 +33,15 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::{ClientAuth, TlsConfig, TlsVersion};
+use crate::infra::sockets::drained;
 use crate::log;
 
-/// A client's connection: plain TCP, or TLS over it.
+/// A client's connection: plain TCP, TLS over it, or a peer of the local
+/// debug socket (plain, [`super::local`]).
 pub(crate) enum Client {
     Plain(TcpStream),
     Tls(Box<Tls>),
+    Local(UnixStream),
 }
 
 pub(crate) struct Tls {
@@ -55,12 +59,13 @@ impl Client {
         Ok(Client::Tls(Box::new(Tls { sock, conn })))
     }
 
-    /// The TCP socket under it (for lingering, which reads and drops
-    /// whatever comes, records or not).
-    pub(super) fn raw(&self) -> &TcpStream {
+    /// Reads and drops what the socket under it has, records or not (a
+    /// lingering close; see [`crate::infra::sockets::drained`]).
+    pub(super) fn drained(&self, total: &mut usize, max: usize) -> bool {
         match self {
-            Client::Plain(s) => s,
-            Client::Tls(t) => &t.sock,
+            Client::Plain(s) => drained(s, total, max),
+            Client::Tls(t) => drained(&t.sock, total, max),
+            Client::Local(s) => drained(s, total, max),
         }
     }
 
@@ -69,7 +74,7 @@ impl Client {
     /// event.
     pub(super) fn has_plaintext(&mut self) -> bool {
         match self {
-            Client::Plain(_) => false,
+            Client::Plain(_) | Client::Local(_) => false,
             Client::Tls(t) => t
                 .conn
                 .process_new_packets()
@@ -82,7 +87,7 @@ impl Client {
     /// too.
     pub(super) fn wants_write(&self) -> bool {
         match self {
-            Client::Plain(_) => false,
+            Client::Plain(_) | Client::Local(_) => false,
             Client::Tls(t) => t.conn.wants_write(),
         }
     }
@@ -90,7 +95,7 @@ impl Client {
     /// Writes what TLS holds; true once nothing is left (always for plain).
     pub(super) fn flushed(&mut self) -> bool {
         match self {
-            Client::Plain(_) => true,
+            Client::Plain(_) | Client::Local(_) => true,
             Client::Tls(t) => {
                 let _ = t.flush();
                 !t.conn.wants_write()
@@ -102,18 +107,22 @@ impl Client {
     /// `client_ca_file` (rustls refuses a handshake with one that does not).
     pub(super) fn has_certificate(&self) -> bool {
         match self {
-            Client::Plain(_) => false,
+            Client::Plain(_) | Client::Local(_) => false,
             Client::Tls(t) => t.conn.peer_certificates().is_some_and(|c| !c.is_empty()),
         }
     }
 
     /// Shuts down the sending side; TLS says `close_notify` first.
     pub(super) fn shutdown_write(&mut self) {
-        if let Client::Tls(t) = self {
-            t.conn.send_close_notify();
-            let _ = t.flush();
-        }
-        let _ = self.raw().shutdown(Shutdown::Write);
+        let _ = match self {
+            Client::Plain(s) => s.shutdown(Shutdown::Write),
+            Client::Tls(t) => {
+                t.conn.send_close_notify();
+                let _ = t.flush();
+                t.sock.shutdown(Shutdown::Write)
+            }
+            Client::Local(s) => s.shutdown(Shutdown::Write),
+        };
     }
 }
 
@@ -138,6 +147,7 @@ impl Read for Client {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         let t = match self {
             Client::Plain(s) => return s.read(out),
+            Client::Local(s) => return s.read(out),
             Client::Tls(t) => t,
         };
         let _ = t.flush();
@@ -168,6 +178,7 @@ impl Write for Client {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let t = match self {
             Client::Plain(s) => return s.write(buf),
+            Client::Local(s) => return s.write(buf),
             Client::Tls(t) => t,
         };
         t.flush()?;
@@ -181,7 +192,7 @@ impl Write for Client {
 
     fn flush(&mut self) -> io::Result<()> {
         match self {
-            Client::Plain(_) => Ok(()),
+            Client::Plain(_) | Client::Local(_) => Ok(()),
             Client::Tls(t) => t.flush(),
         }
     }
@@ -189,13 +200,17 @@ impl Write for Client {
 
 impl AsFd for Client {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.raw().as_fd()
+        match self {
+            Client::Plain(s) => s.as_fd(),
+            Client::Tls(t) => t.sock.as_fd(),
+            Client::Local(s) => s.as_fd(),
+        }
     }
 }
 
 impl AsRawFd for Client {
     fn as_raw_fd(&self) -> RawFd {
-        self.raw().as_raw_fd()
+        self.as_fd().as_raw_fd()
     }
 }
 

@@ -21,7 +21,7 @@
 //! so a new socket that reuses its number starts unregistered.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use rustix::event::epoll::{self, EventData, EventFlags};
@@ -44,8 +44,9 @@ impl Events {
         let ep = epoll::create(epoll::CreateFlags::CLOEXEC)?;
         let stop = front.stop.fd()?;
         epoll::add(&ep, stop, data(stop.as_raw_fd()), EventFlags::IN)?;
-        let l = &front.listener;
-        epoll::add(&ep, l, data(l.as_raw_fd()), EventFlags::IN)?;
+        for l in front.listeners() {
+            epoll::add(&ep, l, data(l.as_raw_fd()), EventFlags::IN)?;
+        }
         Ok(Events {
             ep,
             ready: Vec::with_capacity(256),
@@ -147,17 +148,28 @@ fn client_interest(c: &Conn) -> EventFlags {
 }
 
 impl Front {
+    /// The listening sockets: the TCP port and the local debug socket,
+    /// those there are.
+    fn listeners(&self) -> impl Iterator<Item = BorrowedFd<'_>> {
+        let tcp = self.listener.as_ref().map(|l| l.as_fd());
+        tcp.into_iter()
+            .chain(self.local.as_ref().map(|l| l.as_fd()))
+    }
+
     /// Brings the epoll set in line with every connection's state, then
     /// waits for events until the nearest deadline.
     pub(super) fn wait(&mut self, events: &mut Events, now: Instant) -> io::Result<()> {
         let listen = self.accept_paused_until.is_none();
         if listen != events.listening {
-            let (mut have, want) = match listen {
+            let (have, want) = match listen {
                 true => (EventFlags::empty(), EventFlags::IN),
                 false => (EventFlags::IN, EventFlags::empty()),
             };
-            events.set(&self.listener, &mut have, want);
-            events.listening = have == EventFlags::IN;
+            for l in self.listeners() {
+                let mut h = have;
+                events.set(l, &mut h, want);
+            }
+            events.listening = listen;
         }
         for c in &mut self.conns {
             if !matches!(
@@ -265,10 +277,14 @@ impl Front {
         // Before any new client: a descriptor freed above goes back to the
         // spare first.
         self.restore_spare();
-        if !events.of(self.listener.as_raw_fd()).is_empty() {
+        let ready = |l: Option<BorrowedFd>| l.is_some_and(|l| !events.of(l.as_raw_fd()).is_empty());
+        if ready(self.listener.as_ref().map(|l| l.as_fd())) {
             // Tests wedge the front here (`diag-front-accept=sleep:MS`).
             crate::infra::failpoints::hit("diag-front-accept");
             self.accept_all();
+        }
+        if ready(self.local.as_ref().map(|l| l.as_fd())) {
+            self.accept_local();
         }
         // Every request queued this turn goes down the kept connections,
         // several in one write where they can.

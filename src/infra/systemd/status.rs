@@ -186,6 +186,7 @@ mod tests {
                         status: *st,
                         reason: r.to_string(),
                         updated_at: None,
+                        since: None,
                         instance: 1,
                     },
                 )
