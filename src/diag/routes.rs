@@ -28,7 +28,7 @@ pub struct Ctx {
 /// What the router needs of a request. Its method is GET or HEAD, the same
 /// answer for both (`Response::wire` drops a HEAD's body): the front
 /// refuses every other method with 405 and `Allow` before any routing
-/// ([`crate::diag::head::parse_head`]).
+/// (`parse_head` in `head.rs`, which calls this module: not the other way).
 #[derive(Clone, Copy, Debug)]
 pub struct Request<'a> {
     /// The path, still percent-encoded, without the query.

@@ -1,5 +1,5 @@
 //! The services tbot runs, each on its own named thread (see
-//! [`crate::supervisor`]).
+//! `supervisor.rs`, which depends on this module, not the other way).
 //!
 //! A service is a type implementing [`Service`]. It reports its health through
 //! its [`Context`] and returns from `run` when the context says stop. Adding a
