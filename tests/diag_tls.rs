@@ -710,7 +710,7 @@ fn hostile_clients_over_tls() {
     );
     let dir = t.dir.path().to_path_buf();
     let addr = t.addr();
-    let threads = t.threads();
+    let threads = t.settled_threads();
     let rss = t.rss_bytes();
 
     // Clients that open the handshake and stall: a record header only,

@@ -113,8 +113,7 @@ fn a_burst_waits_for_the_kept_connections_and_starts_no_threads() {
     for _ in 0..3 {
         assert_eq!(t.get("/livez").status, 200);
     }
-    std::thread::sleep(Duration::from_millis(200));
-    let before = t.threads();
+    let before = t.settled_threads();
     let mut peak = before;
     for round in 0..10 {
         let mut conns: Vec<TcpStream> = (0..24)
@@ -157,8 +156,7 @@ fn concurrent_keep_alive_clients_each_get_their_own_answers() {
     for _ in 0..3 {
         assert_eq!(t.get("/livez").status, 200);
     }
-    std::thread::sleep(Duration::from_millis(200));
-    let before = t.threads();
+    let before = t.settled_threads();
     let addr = t.addr();
     let clients: Vec<_> = (0..40)
         .map(|c| {

@@ -317,6 +317,28 @@ impl Tbot {
         proc_status_kb(self.pid(), "Threads:")
     }
 
+    /// The thread count once the process has settled: every service has
+    /// reported (so the renewals' `deep-work` workers, started on the first
+    /// job, are there) and the count has not moved for half a second. A
+    /// baseline taken earlier counts threads still starting and makes a
+    /// "no new threads" check fail by chance.
+    pub fn settled_threads(&self) -> u64 {
+        assert!(
+            self.wait_log("every service has reported", Duration::from_secs(20)),
+            "services never all reported:\n{}",
+            self.log()
+        );
+        let end = Instant::now() + Duration::from_secs(10);
+        let (mut last, mut same) = (self.threads(), 0);
+        while same < 5 && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(100));
+            let now = self.threads();
+            same = if now == last { same + 1 } else { 0 };
+            last = now;
+        }
+        last
+    }
+
     /// Descriptors the process holds now (panics if /proc cannot tell, so
     /// that a count compared with another is never a silent 0).
     pub fn open_fds(&self) -> usize {
