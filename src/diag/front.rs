@@ -173,6 +173,8 @@ enum State {
         out: Vec<u8>,
         sent: usize,
         resp: Vec<u8>,
+        /// The response's head length, once [`upstream::framing`] read it.
+        resp_head: Option<usize>,
         keep_alive: Option<Vec<u8>>,
         /// The request is a HEAD (its response has no body).
         head_request: bool,

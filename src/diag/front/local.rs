@@ -10,7 +10,8 @@
 //!   closed. The mode keeps others out of a socket in a directory they can
 //!   reach; the check holds when the mode or a directory's ACL lets them in.
 //! - Served peers are ordinary connections of the front (the same cap,
-//!   limits and timeouts); their forwarded requests carry `X-Tbot-Local`,
+//!   limits and timeouts); their forwarded requests are marked `local`
+//!   (`routes::MARK_HEADER`),
 //!   so the endpoints serve `/debug/pprof/` to them in any mode.
 //! - `GET`/`PUT /log-level` and `GET /debug/logs` are answered here
 //!   ([`crate::diag::head::LocalAsk`]): the level is a global of
@@ -156,8 +157,7 @@ impl Front {
             },
             LocalAsk::Follow(query) => return self.follow(i, &query),
         };
-        let out =
-            crate::diag::head::set_connection_header(simple_response(status, body), next.is_none());
+        let out = crate::diag::head::text_response(status, body, next.is_none());
         let then = next.map_or(Then::Close, Then::KeepAlive);
         self.conns[i].reply(out, then, deadline);
     }
