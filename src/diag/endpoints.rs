@@ -1,7 +1,7 @@
 //! The one table of diagnostics endpoints. It feeds the router
 //! ([`super::routes`]), the 404 text, the `/debug/pprof/` index
 //! ([`super::debug`]) and the front's view of each request (the row it
-//! finds once, in `head.rs`: when it is answered, whether it is a probe's):
+//! finds once, in `request_head.rs`: when it is answered, whether it is a probe's):
 //! a new endpoint is one row here and
 //! one arm in `routes::route` (a router test holds the arm to the row's
 //! [`Answered`]).

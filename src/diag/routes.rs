@@ -26,7 +26,7 @@ pub struct Ctx {
 }
 
 /// What the router needs of a request, as the front decided it: the
-/// front judges the client's head once (`parse_head` in `head.rs`, which
+/// front judges the client's head once (`parse_head` in `request_head.rs`, which
 /// calls this module: not the other way), finds the endpoint row, and
 /// hands its decision to the serving loop in the one header of the
 /// canonical head it writes for tiny_http ([`Request::mark`],

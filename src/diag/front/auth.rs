@@ -35,7 +35,7 @@ use super::conn::How;
 use super::tls::TlsSource;
 use super::{Front, State, Then};
 use crate::config::{ClientAuth, WebConfig};
-use crate::diag::head::simple_response;
+use crate::diag::request_head::simple_response;
 use crate::log;
 
 /// Successful checks remembered (exporter-toolkit keeps 100).
@@ -133,7 +133,7 @@ pub(super) enum Verdict {
 }
 
 /// What a request asks of [`judge`], as the front's one parse of its head
-/// found it ([`crate::diag::head::Parsed::Forward`]).
+/// found it ([`crate::diag::request_head::Parsed::Forward`]).
 pub(super) struct Asked<'a> {
     /// The path: clean, origin-form, no query.
     pub path: &'a str,
@@ -387,7 +387,7 @@ mod tests {
     /// The verdict on a client's head, through the front's one parse of
     /// it (as `conn.rs` does).
     fn judge_head(sec: &Security, auth: &str, target: &str) -> Verdict {
-        use crate::diag::head::{parse_head, HeadLimits, Parsed, Peer};
+        use crate::diag::request_head::{parse_head, HeadLimits, Parsed, Peer};
         let raw = format!("GET {target} HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n\r\n");
         let peer = Peer::Tcp("127.0.0.1:9".parse().unwrap());
         let Parsed::Forward {

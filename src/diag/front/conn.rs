@@ -10,7 +10,7 @@ use rustix::event::epoll::EventFlags;
 
 use super::upstream::Relayed;
 use super::{again, auth, Conn, Front, Request, State, Then};
-use crate::diag::head::{parse_head, simple_response, Parsed, Peer};
+use crate::diag::request_head::{parse_head, simple_response, Parsed, Peer};
 use crate::log::{self, once_a_second};
 
 impl Conn {
@@ -251,7 +251,7 @@ impl Front {
             Ok(up) => up,
             Err(e) => return self.unreachable(i, now, &path, e),
         };
-        let head_request = head.starts_with(b"HEAD ");
+        let head_method = head.starts_with(b"HEAD ");
         let mut head = head;
         // For this request only: tiny_http's worker ends with it.
         head.truncate(head.len() - 2);
@@ -264,7 +264,7 @@ impl Front {
             resp: Vec::new(),
             resp_head: None,
             keep_alive: next,
-            head_request,
+            head_method,
         };
         self.send_head_now(i);
     }

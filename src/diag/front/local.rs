@@ -14,7 +14,7 @@
 //!   (`routes::MARK_HEADER`),
 //!   so the endpoints serve `/debug/pprof/` to them in any mode.
 //! - `GET`/`PUT /log-level` and `GET /debug/logs` are answered here
-//!   ([`crate::diag::head::LocalAsk`]): the level is a global of
+//!   ([`crate::diag::request_head::LocalAsk`]): the level is a global of
 //!   [`crate::log`], and a log stream is an answer without end, handed to
 //!   [`crate::log::follow`], which writes it from the threads that log.
 
@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use super::room::Place;
 use super::tls::Client;
 use super::{Front, State, Then};
-use crate::diag::head::{simple_response, LocalAsk, Peer};
+use crate::diag::request_head::{simple_response, LocalAsk, Peer};
 use crate::log::{self, once_a_second};
 
 /// A socket as accept(2) gives it, before it becomes a connection's
@@ -157,7 +157,7 @@ impl Front {
             },
             LocalAsk::Follow(query) => return self.follow(i, &query),
         };
-        let out = crate::diag::head::text_response(status, body, next.is_none());
+        let out = crate::diag::request_head::text_response(status, body, next.is_none());
         let then = next.map_or(Then::Close, Then::KeepAlive);
         self.conns[i].reply(out, then, deadline);
     }

@@ -90,7 +90,7 @@ pub(super) struct Pipe {
 struct Waiter {
     /// The client's [`super::Conn::id`].
     client: u64,
-    head_request: bool,
+    head_method: bool,
     at_once: bool,
 }
 
@@ -208,7 +208,7 @@ impl Front {
             pipe.out.extend_from_slice(&rq.head);
             pipe.waiting.push_back(Waiter {
                 client: c.id,
-                head_request: rq.head.starts_with(b"HEAD "),
+                head_method: rq.head.starts_with(b"HEAD "),
                 at_once,
             });
             c.state = State::Piped(rq);
@@ -292,7 +292,7 @@ impl Front {
                     false => Err(false),
                 };
             };
-            let (head, len) = match framing(&pipe.resp, w.head_request) {
+            let (head, len) = match framing(&pipe.resp, w.head_method) {
                 Framing::Length { head, total } if pipe.resp.len() >= total => (head, total),
                 Framing::Length { .. } | Framing::Partial => return Ok(()),
                 Framing::UntilClose { head } => {

@@ -259,7 +259,7 @@ mod tests {
     use super::Place;
     use crate::diag::front::tls::Client;
     use crate::diag::front::{Conn, Front, Limits, Request, State};
-    use crate::diag::head::Peer;
+    use crate::diag::request_head::Peer;
     use crate::infra::stop::Stop;
 
     /// A front (never run) with `max_connections` 1 and a probe room of 2,

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::{again, Front, State, Then};
-use crate::diag::head::simple_response;
+use crate::diag::request_head::simple_response;
 use crate::log;
 
 /// Where tiny_http listens, and the kept connections' places under the cap.
@@ -126,11 +126,11 @@ pub(super) enum Framing {
     UntilClose { head: Option<usize> },
 }
 
-/// Frames a response to a request (`head_request`: a HEAD, whose response
+/// Frames a response to a request (`head_method`: a HEAD, whose response
 /// has no body whatever its `Content-Length` says; RFC 9112 §6.3). This is
 /// the one parse of a response head: the head length it finds is carried
 /// with the response ([`Relayed`]) to where its `Connection` is set.
-pub(super) fn framing(resp: &[u8], head_request: bool) -> Framing {
+pub(super) fn framing(resp: &[u8], head_method: bool) -> Framing {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut r = httparse::Response::new(&mut headers);
     let head = match r.parse(resp) {
@@ -140,7 +140,7 @@ pub(super) fn framing(resp: &[u8], head_request: bool) -> Framing {
     };
     let until_close = Framing::UntilClose { head: Some(head) };
     let code = r.code.unwrap_or(0);
-    if head_request || code == 204 || code == 304 {
+    if head_method || code == 204 || code == 304 {
         return Framing::Length { head, total: head };
     }
     if (100..200).contains(&code) {
@@ -186,7 +186,7 @@ impl Relayed {
     /// serving loop's are made by [`crate::diag::response::Response::wire`],
     /// which leaves it out; tiny_http 0.12 writes one only for an upgrade,
     /// which tbot never asks for; and the front's own 301
-    /// ([`crate::diag::head::Parsed::Answer`]) has none. A response whose
+    /// ([`crate::diag::request_head::Parsed::Answer`]) has none. A response whose
     /// head could not be read goes as it is.
     pub fn closing(self, close: bool) -> Vec<u8> {
         let mut bytes = self.bytes;
@@ -258,13 +258,13 @@ impl Front {
         let State::Backend {
             resp,
             resp_head,
-            head_request,
+            head_method,
             ..
         } = &mut self.conns[i].state
         else {
             return false;
         };
-        match framing(resp, *head_request) {
+        match framing(resp, *head_method) {
             Framing::Length { head, total } if resp.len() >= total => {
                 // Anything after the one response asked for is dropped.
                 resp.truncate(total);
