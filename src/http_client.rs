@@ -42,11 +42,16 @@ pub fn send<S: Read + Write>(s: &mut S, request: &[u8]) -> io::Result<Head> {
                     body_start: got.split_off(len),
                 });
             }
-            Ok(httparse::Status::Partial) if got.len() <= MAX_HEAD_BYTES => {}
+            Ok(httparse::Status::Partial) if got.len() < MAX_HEAD_BYTES => {}
             Ok(httparse::Status::Partial) => return Err(invalid("answer head too large")),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(invalid("answer head has too many header lines"))
+            }
             Err(_) => return Err(invalid("not an HTTP answer")),
         }
-        match s.read(&mut chunk) {
+        // Never past the bound: a head that ends beyond it is refused.
+        let room = (MAX_HEAD_BYTES - got.len()).min(chunk.len());
+        match s.read(&mut chunk[..room]) {
             Ok(0) => {
                 return Err(sent.err().unwrap_or_else(|| {
                     io::Error::new(ErrorKind::UnexpectedEof, "closed before an answer")
@@ -72,12 +77,13 @@ mod tests {
         answer: io::Cursor<Vec<u8>>,
         got: Vec<u8>,
         refuse_writes: bool,
+        /// Bytes a read gives at most.
+        chunk: usize,
     }
 
     impl Read for Peer {
         fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            // One byte a read: heads split anywhere.
-            let n = buf.len().min(1);
+            let n = buf.len().min(self.chunk);
             self.answer.read(&mut buf[..n])
         }
     }
@@ -100,6 +106,8 @@ mod tests {
             answer: io::Cursor::new(answer.to_vec()),
             got: Vec::new(),
             refuse_writes,
+            // One byte a read: heads split anywhere.
+            chunk: 1,
         }
     }
 
@@ -134,5 +142,19 @@ mod tests {
         assert_eq!(kind(b"HTTP/1.1 200 OK\r\n"), ErrorKind::UnexpectedEof);
         let huge = [&b"HTTP/1.1 200 OK\r\nX: "[..], &vec![b'a'; MAX_HEAD_BYTES]].concat();
         assert_eq!(kind(&huge), ErrorKind::InvalidData);
+        // One that ends just past the bound, read in big chunks, too.
+        let over = MAX_HEAD_BYTES - b"HTTP/1.1 200 OK\r\nX: \r\n\r\n".len() + 1;
+        let just = [
+            &b"HTTP/1.1 200 OK\r\nX: "[..],
+            &vec![b'a'; over],
+            b"\r\n\r\n",
+        ]
+        .concat();
+        let mut p = peer(&just, false);
+        p.chunk = 16 * 1024;
+        assert_eq!(
+            send(&mut p, b"x").err().map(|e| e.kind()),
+            Some(ErrorKind::InvalidData)
+        );
     }
 }

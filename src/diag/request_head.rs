@@ -4,8 +4,10 @@
 //! request head: what the front's other parts (the probe room, the
 //! connection it takes, basic auth) and the router need is decided here
 //! and handed on, never read again from the client's bytes. tiny_http gets
-//! a canonical head (`METHOD PATH HTTP/1.1`, the decision in
-//! [`routes::MARK_HEADER`], no client header) that it cannot misread.
+//! a canonical head that it cannot misread: `METHOD TARGET HTTP/1.1` (the
+//! clean origin-form path and query, visible ASCII), the decision in
+//! [`routes::MARK_HEADER`], the peer in `X-Tbot-Peer` while debug lines are
+//! written, and no client header.
 //!
 //! HTTP behaviour follows RFC 9112/9110 and, where they leave room, Go's
 //! net/http (tbot's upstream stack):
@@ -594,7 +596,7 @@ mod tests {
         let readyz = crate::diag::endpoints::find("/readyz", false)
             .and_then(crate::diag::endpoints::index_of)
             .unwrap();
-        let mark = format!("\r\n{}: {readyz} local\r\n", routes::MARK_HEADER);
+        let mark = format!("\r\n{}: {readyz} 7 local\r\n", routes::MARK_HEADER);
         assert!(String::from_utf8(head).unwrap().contains(&mark));
         assert!(matches!(parse(put), Parsed::Refuse(405, _)));
         // Only the front marks a request: a TCP client's own mark (or any
@@ -605,7 +607,10 @@ mod tests {
             panic!("not forwarded")
         };
         let head = String::from_utf8(head).unwrap();
-        assert_eq!(head, "GET /log-level HTTP/1.1\r\nX-Tbot-Route: -\r\n\r\n");
+        assert_eq!(
+            head,
+            "GET /log-level HTTP/1.1\r\nX-Tbot-Route: - 10\r\n\r\n"
+        );
     }
 
     #[test]
@@ -630,17 +635,30 @@ mod tests {
         // does (the peer does, but only while debug lines are written: not
         // in unit tests).
         assert_eq!(
-            h, "GET /readyz?x=1 HTTP/1.1\r\nX-Tbot-Route: 1 gzip\r\n\r\n",
+            h, "GET /readyz?x=1 HTTP/1.1\r\nX-Tbot-Route: 1 7 gzip\r\n\r\n",
             "{h}"
         );
         assert_eq!(&h[path], "/readyz", "the path basic auth matches");
         assert_eq!(authorization.as_deref(), Some(&b"Basic eDp5"[..]));
-        let r = routes::Request::marked("/readyz?x=1", Some("1 gzip")).unwrap();
+        let r = routes::Request::marked("/readyz?x=1", Some("1 7 gzip")).unwrap();
         assert_eq!(
             r.endpoint.map(|e| e.kind),
             Some(crate::diag::endpoints::Kind::Readyz)
         );
-        assert!(r.gzip && !r.local && r.query == "x=1");
+        assert!(r.gzip && !r.local && r.path == "/readyz" && r.query == "x=1");
+        // A mark that does not fit its target is not the front's.
+        for (target, mark) in [
+            ("/readyz?x=1", "1 8 gzip"),
+            ("/readyz", "1 9"),
+            ("/readyz", "1"),
+            ("/readyz", "99 7"),
+            ("/readyz", "1 7 loud"),
+        ] {
+            assert!(
+                routes::Request::marked(target, Some(mark)).is_none(),
+                "{mark}"
+            );
+        }
         assert!(
             !h.contains("Cookie")
                 && !h.contains("keep-alive")

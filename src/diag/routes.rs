@@ -52,8 +52,10 @@ pub struct Request<'a> {
 }
 
 /// The header of the canonical head that carries the front's decision to
-/// the serving loop: `<row index or -> [gzip] [local]`, space-separated.
-/// Only the front writes it: no client header is passed on to tiny_http.
+/// the serving loop: `<row index or -> <path length> [gzip] [local]`,
+/// space-separated (the path length splits the target from its query
+/// without a search). Only the front writes it: no client header is passed
+/// on to tiny_http.
 pub const MARK_HEADER: &str = "X-Tbot-Route";
 
 impl<'a> Request<'a> {
@@ -76,6 +78,8 @@ impl<'a> Request<'a> {
             Some(i) => i.to_string(),
             None => "-".to_string(),
         };
+        out.push(' ');
+        out.push_str(&self.path.len().to_string());
         if self.gzip {
             out.push_str(" gzip");
         }
@@ -93,7 +97,13 @@ impl<'a> Request<'a> {
             "-" => None,
             i => Some(endpoints::ENDPOINTS.get(i.parse::<usize>().ok()?)?),
         };
-        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        let path_len = words.next()?.parse::<usize>().ok()?;
+        let (path, rest) = (target.get(..path_len)?, target.get(path_len..)?);
+        let query = match rest.strip_prefix('?') {
+            Some(query) => query,
+            None if rest.is_empty() => "",
+            None => return None,
+        };
         let mut req = Request {
             endpoint,
             path,

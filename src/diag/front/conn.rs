@@ -193,7 +193,9 @@ impl Front {
                     Peer::Tcp(_) => {
                         let sec = auth::current(&self.security);
                         let asked = auth::Asked {
-                            path: std::str::from_utf8(&head[path]).unwrap_or("/"),
+                            // ASCII (the front wrote it); were it not, no
+                            // open path would match: fail closed.
+                            path: std::str::from_utf8(&head[path]).unwrap_or(""),
                             authorization: authorization.as_deref(),
                             certificate: c.client.has_certificate(),
                         };

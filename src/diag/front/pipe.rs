@@ -13,7 +13,7 @@
 //! (util/sequential.rs: the writer of request N+1 waits until N's is
 //! done), so a request joins a connection that carries others only if
 //! every one of them, and it, is answered by the serving loop as it takes
-//! it ([`crate::diag::endpoints::answered`]). A page the renderer
+//! it (its row's [`crate::diag::endpoints::Answered`]). A page the renderer
 //! thread makes (`/metrics`) goes on an idle connection and nothing goes
 //! behind it: else the serving loop would wait on the renderer. At most
 //! [`MAX_PIPELINED`] requests ride one connection. Renders never hold every

@@ -34,7 +34,7 @@
 //!   every slot: `diag/mod.rs`.) For probes beside them, `probe_room`
 //!   more connections may read a head and be served there if it is a
 //!   probe's (`/livez`, `/readyz`, `/readyz/NAME`: see
-//!   [`crate::diag::endpoints::probe`]), or answered by the front itself
+//!   [`crate::diag::endpoints::Endpoint::probe`]), or answered by the front itself
 //!   (a refusal, a redirect); any other request made there needs a slot
 //!   (a victim's, else a 503). A newcomer whose request is not known yet
 //!   goes there rather than put out a rank 4 connection; once its request

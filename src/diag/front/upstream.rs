@@ -192,7 +192,7 @@ impl Relayed {
         let mut bytes = self.bytes;
         if let (true, Some(head)) = (close, self.head) {
             // A head that ends in bare LFs is left alone.
-            if bytes[..head.min(bytes.len())].ends_with(b"\r\n\r\n") {
+            if head <= bytes.len() && bytes[..head].ends_with(b"\r\n\r\n") {
                 let at = head - 2;
                 bytes.splice(at..at, b"Connection: close\r\n".iter().copied());
             }
@@ -272,11 +272,16 @@ impl Front {
                 self.finish(i, now);
                 true
             }
+            Framing::Length { head, .. } => {
+                // Kept for a body that tiny_http cuts short with a close.
+                *resp_head = Some(head);
+                false
+            }
             Framing::UntilClose { head } => {
                 *resp_head = head;
                 false
             }
-            _ => false,
+            Framing::Partial => false,
         }
     }
 
