@@ -3,7 +3,7 @@
 //! debug` finds its agent's): `debug_socket:`, else `<storage>/debug.sock`.
 //!
 //! Each sends one HTTP/1.1 request with `Connection: close` and reads the
-//! answer to its end. When the socket cannot be reached, the error says
+//! answer to its end ([`crate::http_client`]). When the socket cannot be reached, the error says
 //! where tbot looked and why: no such file, permission denied (the socket
 //! is for tbot's user and root), or nobody listening.
 
@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::cli::{Ask, DebugArgs};
-use crate::{exit, log};
+use crate::{exit, http_client, log};
 
 /// How long a request may take beyond its own work (a profile's seconds).
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -87,32 +87,11 @@ fn request(
         "{head}Host: localhost\r\nConnection: close\r\nUser-Agent: tbot/{}\r\n\r\n",
         env!("CARGO_PKG_VERSION")
     );
-    // A refusal (403) may come and the socket close before the request
-    // is all written: the answer is read whatever the write said.
-    let sent = s.write_all(req.as_bytes()).and_then(|()| s.write_all(body));
-    let mut got = Vec::new();
-    let mut chunk = [0u8; 16 * 1024];
-    let end = loop {
-        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        match s.read(&mut chunk) {
-            Ok(0) => {
-                let e = sent.err().unwrap_or_else(|| {
-                    io::Error::new(ErrorKind::UnexpectedEof, "closed before an answer")
-                });
-                return Err(at(e));
-            }
-            Ok(n) => got.extend_from_slice(&chunk[..n]),
-            Err(e) => return Err(at(sent.err().unwrap_or(e))),
-        }
-    };
-    let status = std::str::from_utf8(&got[..end])
-        .ok()
-        .and_then(|h| h.split(' ').nth(1))
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| at(io::Error::new(ErrorKind::InvalidData, "not an HTTP answer")))?;
-    let mut rest = got.split_off(end);
+    let mut request = req.into_bytes();
+    request.extend_from_slice(body);
+    let head = http_client::send(&mut s, &request).map_err(at)?;
+    let status = head.status;
+    let mut rest = head.body_start;
     match body_to {
         Some(out) if status == 200 => {
             let copied = out

@@ -24,6 +24,7 @@ mod debug_client;
 mod diag;
 mod exit;
 mod health;
+mod http_client;
 mod infra;
 mod log;
 mod metrics;

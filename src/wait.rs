@@ -1,11 +1,12 @@
 //! `tbot wait`: poll a running bot's `/wait` until it answers 200.
 
 use crate::infra::backoff::Backoff;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use crate::cli::WaitArgs;
+use crate::http_client;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -59,24 +60,19 @@ pub fn http_get(addr: &str, path: &str, timeout: Duration) -> Result<(u16, Strin
         .map_err(|e| e.to_string())?;
     s.set_write_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
-    write!(
-        s,
+    let req = format!(
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: tbot-wait\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| format!("{addr}: {e}"))?;
-    let mut buf = Vec::new();
-    s.take(1 << 20)
-        .read_to_end(&mut buf)
+    );
+    let head = http_client::send(&mut s, req.as_bytes()).map_err(|e| format!("{addr}: {e}"))?;
+    let mut body = head.body_start;
+    s.take(MAX_BODY_BYTES)
+        .read_to_end(&mut body)
         .map_err(|e| format!("{addr}: {e}"))?;
-    let text = String::from_utf8_lossy(&buf);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("{addr}: not an HTTP response"))?;
-    Ok((status, body.to_string()))
+    Ok((head.status, String::from_utf8_lossy(&body).into_owned()))
 }
+
+/// The most of an answer's body read (a `/wait` body is a few KB).
+const MAX_BODY_BYTES: u64 = 1 << 20;
 
 /// What was not ready, from a /readyz-shaped body.
 fn describe(body: &str, service: Option<&str>) -> String {

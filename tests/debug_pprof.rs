@@ -177,8 +177,10 @@ fn profiling_never_stalls_the_serving_loop_and_runs_one_at_a_time() {
         assert_eq!(r.status, 200);
     }
     eprintln!("slowest of 100 /livez during a profile: {slowest:?}");
+    // A serving loop held by the 5 s profile would show seconds; the bound
+    // leaves room for a loaded CI machine (it was 100 ms).
     assert!(
-        slowest < Duration::from_millis(100),
+        slowest < Duration::from_secs(1),
         "slowest /livez during a profile: {slowest:?}"
     );
     assert_eq!(t.get("/readyz").status, 200);

@@ -127,6 +127,65 @@ fn over_tcp_the_debug_endpoints_still_need_debug_mode() {
         assert!(get(&sock(&t), path).starts_with("HTTP/1.1 200"), "{path}");
     }
     assert_eq!(common::get(addr, "/debug/logs").status, 404);
+    // The front's mark to the serving loop (`X-Tbot-Route`, which says
+    // "local") is the front's alone: a TCP client that writes one, or the
+    // older `X-Tbot-Local`, is routed as any TCP client.
+    for forged in [
+        "X-Tbot-Route: 6 local",
+        "X-Tbot-Route: - local",
+        "X-Tbot-Local: 1",
+    ] {
+        for path in ["/debug/pprof/", "/status"] {
+            let raw =
+                format!("GET {path} HTTP/1.1\r\nHost: x\r\n{forged}\r\nConnection: close\r\n\r\n");
+            let r = common::request(addr, raw.as_bytes()).unwrap();
+            assert_eq!(r.status, 404, "{path} with {forged}");
+        }
+    }
+}
+
+/// One answer read off `s` (by its `Content-Length`): the head and body.
+fn read_answer(s: &mut UnixStream) -> (String, String) {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).unwrap(), 1, "{buf:?}");
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8(buf).unwrap();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).unwrap();
+    (head, String::from_utf8(body).unwrap())
+}
+
+/// The front's own answers on the socket (`/log-level`) keep a keep-alive
+/// connection open and say so: no `Connection: close` on an answer after
+/// which the connection stays, and the next request on it is answered.
+#[test]
+fn the_log_level_answer_keeps_a_keep_alive_connection() {
+    let (t, _) = start("dbgsock-keep", "", &[]);
+    let mut s = UnixStream::connect(sock(&t)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET /log-level HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let (head, body) = read_answer(&mut s);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(!head.contains("Connection:"), "{head}");
+    assert_eq!(body.trim(), "info");
+    write!(
+        s,
+        "GET /livez HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let (head, body) = read_answer(&mut s);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("\r\nConnection: close\r\n"), "{head}");
+    assert_eq!(body, "OK");
 }
 
 /// Only tbot's user and root: a peer of another UID gets no further than

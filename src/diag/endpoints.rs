@@ -1,7 +1,8 @@
 //! The one table of diagnostics endpoints. It feeds the router
 //! ([`super::routes`]), the 404 text, the `/debug/pprof/` index
-//! ([`super::debug`]) and the front's view of when each path is answered
-//! ([`answered`], read by `head.rs`): a new endpoint is one row here and
+//! ([`super::debug`]) and the front's view of each request (the row it
+//! finds once, in `request_head.rs`: when it is answered, whether it is a probe's):
+//! a new endpoint is one row here and
 //! one arm in `routes::route` (a router test holds the arm to the row's
 //! [`Answered`]).
 
@@ -99,7 +100,7 @@ use Listed::{NotFound as N, PprofIndex as P};
 
 /// Every endpoint, in the order the 404 text and the index list them.
 #[rustfmt::skip]
-pub const ENDPOINTS: &[Endpoint] = &[
+pub static ENDPOINTS: &[Endpoint] = &[
     row(Livez, "/livez", false, PLAIN, "/livez", N,
         "200 OK while tbot runs."),
     row(Readyz, "/readyz", false, PLAIN, "/readyz", N,
@@ -127,6 +128,13 @@ pub const ENDPOINTS: &[Endpoint] = &[
 ];
 
 impl Endpoint {
+    /// Whether this row is a probe's: `/livez`, `/readyz` or
+    /// `/readyz/NAME`, the only requests the front serves in its probe room
+    /// (see `front/room.rs`; the man page's LIMITS promises them room).
+    pub fn probe(&self) -> bool {
+        matches!(self.kind, Livez | Readyz | ReadyzService)
+    }
+
     /// Whether this row answers `path` (no query).
     pub fn matches(&self, path: &str) -> bool {
         if self.prefix {
@@ -145,19 +153,11 @@ pub fn find(path: &str, debug: bool) -> Option<&'static Endpoint> {
         .find(|e| (debug || !e.debug) && e.matches(path))
 }
 
-/// When a request for `path` (no query) is answered. Debug mode is not
-/// known where this is asked (the front), so debug-only rows count as if
-/// on: such a path in debug mode off merely gets its 404 on the connection
-/// its row would have had. Unknown paths (404) are answered at once.
-pub fn answered(path: &str) -> Answered {
-    find(path, true).map_or(Answered::AtOnce, |e| e.answered)
-}
-
-/// Whether `path` (no query) is a probe's: `/livez`, `/readyz` or
-/// `/readyz/NAME`, the only requests the front serves in its probe room
-/// (see `front/room.rs`; the man page's LIMITS promises them room).
-pub fn probe(path: &str) -> bool {
-    find(path, false).is_some_and(|e| matches!(e.kind, Livez | Readyz | ReadyzService))
+/// The place of row `e` in [`ENDPOINTS`] (how the front names a row to
+/// the serving loop: `routes::Request::mark`). By its kind, which names
+/// one row (a test holds it so), not by address.
+pub fn index_of(e: &Endpoint) -> Option<usize> {
+    ENDPOINTS.iter().position(|r| r.kind == e.kind)
 }
 
 /// The 404 answer's text: the listed endpoints, one line.
@@ -194,14 +194,15 @@ mod tests {
             ("/debug/pprof", AtOnce),
             ("/nope", AtOnce),
         ] {
-            assert_eq!(answered(path), want, "{path}");
+            let got = find(path, true).map_or(AtOnce, |e| e.answered);
+            assert_eq!(got, want, "{path}");
         }
     }
 
     #[test]
     fn probes_are_livez_and_readyz_only() {
         for path in ["/livez", "/readyz", "/readyz/", "/readyz/a"] {
-            assert!(probe(path), "{path}");
+            assert!(find(path, true).is_some_and(Endpoint::probe), "{path}");
         }
         for path in [
             "/nope",
@@ -211,7 +212,7 @@ mod tests {
             "/livez/",
             "/readyzx",
         ] {
-            assert!(!probe(path), "{path}");
+            assert!(!find(path, true).is_some_and(Endpoint::probe), "{path}");
         }
     }
 
@@ -243,7 +244,8 @@ mod tests {
 
     #[test]
     fn every_row_is_well_formed() {
-        for e in ENDPOINTS {
+        for (i, e) in ENDPOINTS.iter().enumerate() {
+            assert_eq!(index_of(e), Some(i), "a kind names one row: {e:?}");
             assert!(e.path.starts_with('/'), "{e:?}");
             assert!(e.usage.starts_with(e.path.trim_end_matches('/')), "{e:?}");
             assert!(!e.description.is_empty(), "{e:?}");

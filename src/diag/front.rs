@@ -41,8 +41,8 @@ use std::time::{Duration, Instant};
 
 use rustix::event::epoll::EventFlags;
 
-use super::head::{HeadLimits, Peer};
-use crate::infra::liveness::Beat;
+use super::request_head::{HeadLimits, Peer};
+use crate::infra::progress::Beat;
 use crate::infra::sockets::Spare;
 use crate::infra::stop::Stop;
 use crate::log;
@@ -64,7 +64,7 @@ mod upstream;
 pub struct Limits {
     /// Connections open at once (all states).
     pub max_connections: usize,
-    /// Request head sizes (head, header lines, target): see [`super::head`].
+    /// Request head sizes (head, header lines, target): see [`super::request_head`].
     pub head: HeadLimits,
     /// Time a client has to send its whole request head. Past it: 408.
     pub head_timeout: Duration,
@@ -173,9 +173,11 @@ enum State {
         out: Vec<u8>,
         sent: usize,
         resp: Vec<u8>,
+        /// The response's head length, once [`upstream::framing`] read it.
+        resp_head: Option<usize>,
         keep_alive: Option<Vec<u8>>,
         /// The request is a HEAD (its response has no body).
-        head_request: bool,
+        head_method: bool,
     },
     /// Waiting for its basic auth check ([`auth`]), then forwarded.
     Auth(auth::Pending),

@@ -1,5 +1,5 @@
 //! tiny_http plumbing, and nothing else: a `tiny_http::Request` read into
-//! what the router needs ([`routes::Request`]), the router's [`Action`]
+//! what the router needs (the front's decision, [`routes::Request::marked`]), the router's [`Action`]
 //! carried out, and a [`Response`] written back. The serving loop
 //! (`mod.rs`) calls [`handle`] for each request and keeps the parked
 //! `/wait` requests ([`Parked`]).
@@ -64,8 +64,12 @@ pub struct Parked {
 pub fn handle(ctx: &Ctx, renderer: &Renderer, req: tiny_http::Request) -> Option<Parked> {
     let action = {
         let url = req.url();
-        let r = routes::Request::new(url, header(&req, "Accept-Encoding"))
-            .local(header(&req, "X-Tbot-Local").is_some());
+        let Some(r) = routes::Request::marked(url, header(&req, routes::MARK_HEADER)) else {
+            // Only the front writes to tiny_http's private socket, and it
+            // marks every request: this one it did not write.
+            send(Response::text(400, "not a request from the front"), req);
+            return None;
+        };
         // The front names the client (tiny_http only sees its Unix socket).
         if log::debug_enabled() {
             log::debug(

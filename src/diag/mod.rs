@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use crate::health::{Health, Listener};
 use crate::infra::limits::explain;
-use crate::infra::liveness::{Beat, Poke};
+use crate::infra::progress::{Beat, Poke};
 use crate::infra::stop::{Stop, Stopper};
 use crate::infra::subscribers::Subscription;
 use crate::log;
@@ -42,15 +42,15 @@ pub mod debug_socket;
 pub mod endpoints;
 pub mod front;
 mod gzip;
-mod head;
 mod http;
-mod live;
 mod private_dir;
+mod reconfigure;
 mod render;
+mod request_head;
 pub mod response;
 pub mod routes;
 
-pub use live::Slots;
+pub use reconfigure::Slots;
 
 /// Binds the public listener. Done before any service starts, so a bad or
 /// busy address fails the start cleanly.
@@ -142,7 +142,7 @@ pub struct Diag {
     /// Wakes the loop on each health change, while the service runs.
     _changes: Subscription<Listener>,
     /// The front on the public port; a reload may replace it (see `live`).
-    front: live::FrontRun,
+    front: reconfigure::FrontRun,
     threads: Vec<JoinHandle<()>>,
     dir: PathBuf,
     /// Held for the service's life: what marks `dir` as live.
@@ -205,7 +205,7 @@ pub fn start(
     match (&started, local_path) {
         (Ok(d), _) => {
             let path = d.local.as_ref().map(|l| l.1.as_path());
-            live::announce(d.front.addr, path, d.debug(), d.secured);
+            reconfigure::announce(d.front.addr, path, d.debug(), d.secured);
         }
         (Err(_), Some(path)) => debug_socket::remove(&path),
         (Err(_), None) => {}
@@ -238,7 +238,7 @@ fn start_on(
             beat: slots.http.beat(),
         });
         let backend_lost = backend_lost(&state, &backend_path);
-        let front = live::FrontRun::spawn(
+        let front = reconfigure::FrontRun::spawn(
             (listeners.tcp, local_for_front),
             &backend_path,
             &backend_lost,

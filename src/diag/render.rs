@@ -31,7 +31,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use super::response::Response;
 use super::{debug, gzip};
-use crate::infra::liveness::{Beat, Watched};
+use crate::infra::progress::{Beat, Watched};
 use crate::infra::stop::{Stop, Stopper};
 use crate::log;
 use crate::metrics::Metrics;

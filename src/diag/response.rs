@@ -74,9 +74,9 @@ impl Response {
     /// (the front frames relayed answers by it), and no `Connection`
     /// header: the front sets it for its own client. A header with a
     /// control character in its name or value is left out (RFC 9110 §5.5).
-    pub fn wire(self, head_request: bool, now: SystemTime) -> (Vec<u8>, Vec<u8>) {
+    pub fn wire(self, head_method: bool, now: SystemTime) -> (Vec<u8>, Vec<u8>) {
         let reason = tiny_http::StatusCode(self.status).default_reason_phrase();
-        let bodiless = head_request || matches!(self.status, 100..=199 | 204 | 304);
+        let bodiless = head_method || matches!(self.status, 100..=199 | 204 | 304);
         let mut out = Vec::with_capacity(256);
         let _ = write!(out, "HTTP/1.1 {} {reason}\r\n", self.status);
         let mut line = |name: &str, value: &str| {

@@ -25,38 +25,100 @@ pub struct Ctx {
     pub debug: Arc<AtomicBool>,
 }
 
-/// What the router needs of a request. Its method is GET or HEAD, the same
-/// answer for both (`Response::wire` drops a HEAD's body): the front
-/// refuses every other method with 405 and `Allow` before any routing
-/// (`parse_head` in `head.rs`, which calls this module: not the other way).
+/// What the router needs of a request, as the front decided it: the
+/// front judges the client's head once (`parse_head` in `request_head.rs`, which
+/// calls this module: not the other way), finds the endpoint row, and
+/// hands its decision to the serving loop in the one header of the
+/// canonical head it writes for tiny_http ([`Request::mark`],
+/// [`MARK_HEADER`]). The router reads that decision and parses nothing.
+/// Its method is GET or HEAD, the same answer for both (`Response::wire`
+/// drops a HEAD's body): the front refuses every other method with 405
+/// and `Allow` before any routing.
 #[derive(Clone, Copy, Debug)]
 pub struct Request<'a> {
+    /// The row that answers the path whatever the debug mode (debug-only
+    /// rows included: the router applies the mode); None: no row (404).
+    pub endpoint: Option<&'static Endpoint>,
     /// The path, still percent-encoded, without the query.
     pub path: &'a str,
     /// The raw query string without `?` (empty when none).
     pub query: &'a str,
-    /// The `Accept-Encoding` header's value, if any.
-    pub accept_encoding: Option<&'a str>,
+    /// The client accepts gzip (its `Accept-Encoding`, judged by the
+    /// front with [`gzip::accepted`]).
+    pub gzip: bool,
     /// It came over the local debug socket (the front says so): the debug
     /// endpoints are served whatever the mode.
     pub local: bool,
 }
 
+/// The header of the canonical head that carries the front's decision to
+/// the serving loop: `<row index or -> <path length> [gzip] [local]`,
+/// space-separated (the path length splits the target from its query
+/// without a search). Only the front writes it: no client header is passed
+/// on to tiny_http.
+pub const MARK_HEADER: &str = "X-Tbot-Route";
+
 impl<'a> Request<'a> {
-    /// A request for `target` (path and optional `?query`).
-    pub fn new(target: &'a str, accept_encoding: Option<&'a str>) -> Request<'a> {
+    /// The front's decision for a client's `target` (path and optional
+    /// `?query`, origin-form, clean): the row is found here, once.
+    pub fn decide(target: &'a str, accept_encoding: Option<&str>, local: bool) -> Request<'a> {
         let (path, query) = target.split_once('?').unwrap_or((target, ""));
         Request {
+            endpoint: endpoints::find(path, true),
             path,
             query,
-            accept_encoding,
-            local: false,
+            gzip: accept_encoding.is_some_and(gzip::accepted),
+            local,
         }
     }
 
-    /// The same request, from the local debug socket or not.
-    pub fn local(self, local: bool) -> Request<'a> {
-        Request { local, ..self }
+    /// The value of [`MARK_HEADER`] for this decision.
+    pub fn mark(&self) -> String {
+        let mut out = match self.endpoint.and_then(endpoints::index_of) {
+            Some(i) => i.to_string(),
+            None => "-".to_string(),
+        };
+        out.push(' ');
+        out.push_str(&self.path.len().to_string());
+        if self.gzip {
+            out.push_str(" gzip");
+        }
+        if self.local {
+            out.push_str(" local");
+        }
+        out
+    }
+
+    /// The decision the front wrote for `target` as `mark`; None for a
+    /// request that does not carry one (it was not sent by the front).
+    pub fn marked(target: &'a str, mark: Option<&str>) -> Option<Request<'a>> {
+        let mut words = mark?.split(' ');
+        let endpoint = match words.next()? {
+            "-" => None,
+            i => Some(endpoints::ENDPOINTS.get(i.parse::<usize>().ok()?)?),
+        };
+        let path_len = words.next()?.parse::<usize>().ok()?;
+        let (path, rest) = (target.get(..path_len)?, target.get(path_len..)?);
+        let query = match rest.strip_prefix('?') {
+            Some(query) => query,
+            None if rest.is_empty() => "",
+            None => return None,
+        };
+        let mut req = Request {
+            endpoint,
+            path,
+            query,
+            gzip: false,
+            local: false,
+        };
+        for w in words {
+            match w {
+                "gzip" => req.gzip = true,
+                "local" => req.local = true,
+                _ => return None,
+            }
+        }
+        Some(req)
     }
 }
 
@@ -85,7 +147,7 @@ const MAX_WAIT: Duration = Duration::from_secs(300);
 /// The answer to `req`.
 pub fn route(ctx: &Ctx, req: &Request) -> Action {
     let debug = ctx.debug.load(Ordering::Relaxed) || req.local;
-    let Some(e) = endpoints::find(req.path, debug) else {
+    let Some(e) = req.endpoint.filter(|e| debug || !e.debug) else {
         return Action::Respond(if debug && req.path.starts_with("/debug/pprof/") {
             debug::not_found()
         } else {
@@ -102,9 +164,7 @@ pub fn route(ctx: &Ctx, req: &Request) -> Action {
             Ok(name) if e.kind == Kind::WaitService => wait(ctx, Some(name), req.query),
             Ok(name) => Action::Respond(readiness(&ctx.health, Some(&name))),
         },
-        Kind::Metrics => Action::Render(Job::Metrics {
-            gzip: req.accept_encoding.is_some_and(gzip::accepted),
-        }),
+        Kind::Metrics => Action::Render(Job::Metrics { gzip: req.gzip }),
         Kind::PprofIndex => Action::Respond(debug::index()),
         Kind::Profile | Kind::Flamegraph => {
             let kind = if e.kind == Kind::Profile {
@@ -306,7 +366,7 @@ mod tests {
     }
 
     fn get(ctx: &Ctx, target: &str) -> Action {
-        route(ctx, &Request::new(target, None))
+        route(ctx, &Request::decide(target, None, false))
     }
 
     #[test]
@@ -406,7 +466,7 @@ mod tests {
     #[test]
     fn metrics_goes_to_the_renderer_with_gzip_as_accepted() {
         let c = ctx(false);
-        let metrics = |ae| route(&c, &Request::new("/metrics", ae));
+        let metrics = |ae| route(&c, &Request::decide("/metrics", ae, false));
         assert_eq!(metrics(None), Action::Render(Job::Metrics { gzip: false }));
         assert_eq!(
             metrics(Some("gzip, deflate")),

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{Receiver, Sender};
 use serde::Serialize;
 
-use crate::infra::liveness::{Beat, Watched};
+use crate::infra::progress::{Beat, Watched};
 use crate::infra::subscribers::{List, Subscription};
 use crate::log;
 use crate::metrics::Metrics;

@@ -20,7 +20,7 @@
 //! - retries: `backoff` (exponential, the one kind);
 //! - threads: `threads` (named threads), `deep_work` (the few shared
 //!   threads that run the services' deep work), `malloc` (glibc arenas for a
-//!   thread per service, and no per-thread caches), `liveness` (turn counters the
+//!   thread per service, and no per-thread caches), `progress` (turn counters the
 //!   watchdog reads);
 //! - systemd: `systemd` (`sd_notify`, `STATUS=`, the watchdog, journald);
 //! - the host: `host` (its name); `limits` (RLIMIT_NOFILE raised at start,
@@ -43,12 +43,12 @@ pub mod host;
 pub mod inotify;
 pub mod instance_lock;
 pub mod limits;
-pub mod liveness;
 pub mod lookup;
 pub mod malloc;
 pub mod owner;
 pub mod poll;
 pub mod procstat;
+pub mod progress;
 pub mod quote;
 pub mod signals;
 pub mod sockets;

@@ -32,6 +32,10 @@
 #   tests/bench/cost.sh                      # about 5 minutes after the builds
 #   SLICES=3 RATES="500" DUR=3 tests/bench/cost.sh
 #   SECTIONS="1 2" tests/bench/cost.sh       # the sections with the floor
+#   FLOOR_HOPS=2 SECTIONS="1 2" tests/bench/cost.sh  # the floor with tbot's hops:
+#                                            # each answer passed through 2 threads
+#                                            # (3 cross-thread wake-ups, as tbot's
+#                                            # front, tiny_http worker, serving loop)
 #   ROWS="/livez:keep-alive /readyz:keep-alive" tests/bench/cost.sh  # those rows only
 #   TBOT=/tmp/tbot-before tests/bench/cost.sh  # another tbot binary
 #
@@ -42,6 +46,7 @@
 # root for the cpuacct groups (else /proc/PID/stat ticks, coarser).
 set -euo pipefail
 DUR=${DUR:-5}
+FLOOR_HOPS=${FLOOR_HOPS:-0}
 # PROFILE=debug: a quick check of the script itself (figures not comparable).
 PROFILE=${PROFILE:-release} TOOLS="wrk go cc python3 curl"
 . "$(dirname "$0")/common.sh"
@@ -51,13 +56,14 @@ tbot=${TBOT:-$tbot}
 
 write_tbot_config
 start_both
-cc -O2 -o "$work/floor" "$here/floor.c"
+cc -O2 -pthread -o "$work/floor" "$here/floor.c"
 fport=$(free_port)
-"$work/floor" "$fport" &
+"$work/floor" "$fport" "$FLOOR_HOPS" &
 fpid=$!; pids+=("$fpid")
 wait_up "127.0.0.1:$fport"
 
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r); tbot ${TBOT:-commit $(git -C "$root" rev-parse --short HEAD)$(git -C "$root" diff --quiet HEAD -- src || echo '+dirty')}"
+echo "floor: tests/bench/floor.c with FLOOR_HOPS=$FLOOR_HOPS hop threads"
 echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 # SECTIONS picks the sections by number (default all: 1 2 3 4).
 SECTIONS=${SECTIONS:-1 2 3 4}

@@ -18,7 +18,7 @@ use super::local::Stream;
 use super::room::Place;
 use super::tls::Client;
 use super::{auth, Conn, Front, State};
-use crate::diag::head::{simple_response, Peer};
+use crate::diag::request_head::{simple_response, Peer};
 use crate::infra::sockets::out_of_descriptors;
 use crate::log::{self, once_a_second};
 

@@ -35,7 +35,7 @@ use super::conn::How;
 use super::tls::TlsSource;
 use super::{Front, State, Then};
 use crate::config::{ClientAuth, WebConfig};
-use crate::diag::head::simple_response;
+use crate::diag::request_head::simple_response;
 use crate::log;
 
 /// Successful checks remembered (exporter-toolkit keeps 100).
@@ -132,29 +132,27 @@ pub(super) enum Verdict {
     Check(Job),
 }
 
-/// Judges a complete request head `head` (already parsed once by
-/// [`crate::diag::head`]) from a client that did (`cert`) or did not show
-/// a verified certificate.
-pub(super) fn judge(sec: &Security, head: &[u8], cert: bool) -> Verdict {
+/// What a request asks of [`judge`], as the front's one parse of its head
+/// found it ([`crate::diag::request_head::Parsed::Forward`]).
+pub(super) struct Asked<'a> {
+    /// The path: clean, origin-form, no query.
+    pub path: &'a str,
+    /// The `Authorization` value, if the client sent one.
+    pub authorization: Option<&'a [u8]>,
+    /// The client showed a verified certificate.
+    pub certificate: bool,
+}
+
+/// Judges a request by what its head asked.
+pub(super) fn judge(sec: &Security, asked: &Asked) -> Verdict {
     if !sec.gated() {
         return Verdict::Pass;
     }
-    let mut headers = [httparse::EMPTY_HEADER; crate::diag::head::MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) {
-        return Verdict::Refuse(simple_response(400, "malformed request"));
-    }
-    let target = req.path.unwrap_or("/");
-    let path = target.split_once('?').map_or(target, |(p, _)| p);
-    // Absolute-form targets (`http://host/livez`) are judged by their path.
-    let path = match path.split_once("://") {
-        Some((_, rest)) => rest.find('/').map_or("/", |i| &rest[i..]),
-        None => path,
-    };
+    let path = asked.path;
     if sec.open_paths.iter().any(|p| p == path) {
         return Verdict::Pass;
     }
-    if sec.cert_per_request && !cert {
+    if sec.cert_per_request && !asked.certificate {
         return Verdict::Refuse(simple_response(
             403,
             "a verified client certificate is required",
@@ -163,11 +161,7 @@ pub(super) fn judge(sec: &Security, head: &[u8], cert: bool) -> Verdict {
     if sec.users.is_empty() {
         return Verdict::Pass;
     }
-    let credentials = req
-        .headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("authorization"))
-        .and_then(|h| basic_credentials(h.value));
+    let credentials = asked.authorization.and_then(basic_credentials);
     let Some((user, password)) = credentials else {
         return Verdict::Refuse(unauthorized());
     };
@@ -390,8 +384,27 @@ impl Front {
 mod tests {
     use super::*;
 
-    fn head(auth: &str, path: &str) -> Vec<u8> {
-        format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n\r\n").into_bytes()
+    /// The verdict on a client's head, through the front's one parse of
+    /// it (as `conn.rs` does).
+    fn judge_head(sec: &Security, auth: &str, target: &str) -> Verdict {
+        use crate::diag::request_head::{parse_head, HeadLimits, Parsed, Peer};
+        let raw = format!("GET {target} HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n\r\n");
+        let peer = Peer::Tcp("127.0.0.1:9".parse().unwrap());
+        let Parsed::Forward {
+            head,
+            path,
+            authorization,
+            ..
+        } = parse_head(raw.as_bytes(), &HeadLimits::default(), peer)
+        else {
+            panic!("{target}: not forwarded");
+        };
+        let asked = Asked {
+            path: std::str::from_utf8(&head[path]).unwrap(),
+            authorization: authorization.as_deref(),
+            certificate: false,
+        };
+        judge(sec, &asked)
     }
 
     #[test]
@@ -400,31 +413,30 @@ mod tests {
         sec.users
             .insert("prometheus".into(), bcrypt::hash("secret", 4).unwrap());
         sec.open_paths.push("/livez".into());
-        let good = head("Basic cHJvbWV0aGV1czpzZWNyZXQ=", "/metrics");
-        let Verdict::Check(job) = judge(&sec, &good, false) else {
+        let good = ("Basic cHJvbWV0aGV1czpzZWNyZXQ=", "/metrics");
+        let Verdict::Check(job) = judge_head(&sec, good.0, good.1) else {
             panic!("the first request needs a bcrypt check");
         };
         assert!(job.known && bcrypt::verify(&job.password, &job.hash).unwrap());
         sec.cache.lock().unwrap().insert(job.key);
-        assert!(matches!(judge(&sec, &good, false), Verdict::Pass));
+        assert!(matches!(judge_head(&sec, good.0, good.1), Verdict::Pass));
         // Another password, or an unknown user, is checked again.
-        let other = head("Basic cHJvbWV0aGV1czpvdGhlcg==", "/metrics");
-        assert!(matches!(judge(&sec, &other, false), Verdict::Check(_)));
-        let unknown = head("Basic YWxpY2U6c2VjcmV0", "/metrics");
+        let other = judge_head(&sec, "Basic cHJvbWV0aGV1czpvdGhlcg==", "/metrics");
+        assert!(matches!(other, Verdict::Check(_)));
         assert!(matches!(
-            judge(&sec, &unknown, false),
+            judge_head(&sec, "Basic YWxpY2U6c2VjcmV0", "/metrics"),
             Verdict::Check(Job { known: false, .. })
         ));
         assert!(matches!(
-            judge(&sec, &head("Bearer x", "/metrics"), false),
+            judge_head(&sec, "Bearer x", "/metrics"),
             Verdict::Refuse(_)
         ));
         assert!(matches!(
-            judge(&sec, &head("Bearer x", "/livez?x=1"), false),
+            judge_head(&sec, "Bearer x", "/livez?x=1"),
             Verdict::Pass
         ));
         assert!(matches!(
-            judge(&sec, &head("Bearer x", "/livez/"), false),
+            judge_head(&sec, "Bearer x", "/livez/"),
             Verdict::Refuse(_)
         ));
     }

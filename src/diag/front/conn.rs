@@ -8,8 +8,9 @@ use std::time::Instant;
 
 use rustix::event::epoll::EventFlags;
 
+use super::upstream::Relayed;
 use super::{again, auth, Conn, Front, Request, State, Then};
-use crate::diag::head::{parse_head, set_connection_header, simple_response, Parsed, Peer};
+use crate::diag::request_head::{parse_head, simple_response, Parsed, Peer};
 use crate::log::{self, once_a_second};
 
 impl Conn {
@@ -152,6 +153,7 @@ impl Front {
             }
             Parsed::Answer {
                 resp,
+                head,
                 keep_alive,
                 len,
             } => {
@@ -159,7 +161,11 @@ impl Front {
                 // gets answers to the requests it sent before.
                 let next = Some(buf[len..].to_vec())
                     .filter(|next| keep_alive && (!c.half_closed || !next.is_empty()));
-                let resp = set_connection_header(resp, next.is_none());
+                let resp = Relayed {
+                    bytes: resp,
+                    head: Some(head),
+                }
+                .closing(next.is_none());
                 let then = next.map_or(Then::Close, Then::KeepAlive);
                 c.reply(resp, then, now + self.limits.write_timeout);
             }
@@ -175,6 +181,8 @@ impl Front {
                 slow,
                 at_once,
                 probe,
+                path,
+                authorization,
             } => {
                 let next = keep_alive.then(|| buf[len..].to_vec());
                 // Basic auth and client certificates ([`super::auth`]) on
@@ -184,7 +192,14 @@ impl Front {
                     Peer::Local { .. } => auth::Verdict::Pass,
                     Peer::Tcp(_) => {
                         let sec = auth::current(&self.security);
-                        auth::judge(&sec, &buf[..len], c.client.has_certificate())
+                        let asked = auth::Asked {
+                            // ASCII (the front wrote it); were it not, no
+                            // open path would match: fail closed.
+                            path: std::str::from_utf8(&head[path]).unwrap_or(""),
+                            authorization: authorization.as_deref(),
+                            certificate: c.client.has_certificate(),
+                        };
+                        auth::judge(&sec, &asked)
                     }
                 };
                 if c.probe_room && !probe && !self.slot_for(i, now) {
@@ -238,7 +253,7 @@ impl Front {
             Ok(up) => up,
             Err(e) => return self.unreachable(i, now, &path, e),
         };
-        let head_request = head.starts_with(b"HEAD ");
+        let head_method = head.starts_with(b"HEAD ");
         let mut head = head;
         // For this request only: tiny_http's worker ends with it.
         head.truncate(head.len() - 2);
@@ -249,8 +264,9 @@ impl Front {
             out: head,
             sent: 0,
             resp: Vec::new(),
+            resp_head: None,
             keep_alive: next,
-            head_request,
+            head_method,
         };
         self.send_head_now(i);
     }

@@ -10,10 +10,11 @@
 //!   closed. The mode keeps others out of a socket in a directory they can
 //!   reach; the check holds when the mode or a directory's ACL lets them in.
 //! - Served peers are ordinary connections of the front (the same cap,
-//!   limits and timeouts); their forwarded requests carry `X-Tbot-Local`,
+//!   limits and timeouts); their forwarded requests are marked `local`
+//!   (`routes::MARK_HEADER`),
 //!   so the endpoints serve `/debug/pprof/` to them in any mode.
 //! - `GET`/`PUT /log-level` and `GET /debug/logs` are answered here
-//!   ([`crate::diag::head::LocalAsk`]): the level is a global of
+//!   ([`crate::diag::request_head::LocalAsk`]): the level is a global of
 //!   [`crate::log`], and a log stream is an answer without end, handed to
 //!   [`crate::log::follow`], which writes it from the threads that log.
 
@@ -25,7 +26,7 @@ use std::time::{Duration, Instant};
 use super::room::Place;
 use super::tls::Client;
 use super::{Front, State, Then};
-use crate::diag::head::{simple_response, LocalAsk, Peer};
+use crate::diag::request_head::{simple_response, LocalAsk, Peer};
 use crate::log::{self, once_a_second};
 
 /// A socket as accept(2) gives it, before it becomes a connection's
@@ -156,8 +157,7 @@ impl Front {
             },
             LocalAsk::Follow(query) => return self.follow(i, &query),
         };
-        let out =
-            crate::diag::head::set_connection_header(simple_response(status, body), next.is_none());
+        let out = crate::diag::request_head::text_response(status, body, next.is_none());
         let then = next.map_or(Then::Close, Then::KeepAlive);
         self.conns[i].reply(out, then, deadline);
     }

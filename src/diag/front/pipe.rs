@@ -13,7 +13,7 @@
 //! (util/sequential.rs: the writer of request N+1 waits until N's is
 //! done), so a request joins a connection that carries others only if
 //! every one of them, and it, is answered by the serving loop as it takes
-//! it ([`crate::diag::endpoints::answered`]). A page the renderer
+//! it (its row's [`crate::diag::endpoints::Answered`]). A page the renderer
 //! thread makes (`/metrics`) goes on an idle connection and nothing goes
 //! behind it: else the serving loop would wait on the renderer. At most
 //! [`MAX_PIPELINED`] requests ride one connection. Renders never hold every
@@ -40,7 +40,7 @@ use std::time::Instant;
 use rustix::event::epoll::EventFlags;
 
 use super::turn::Events;
-use super::upstream::{framing, Framing, Kept};
+use super::upstream::{framing, Framing, Kept, Relayed};
 use super::{again, Front, State};
 use crate::log;
 
@@ -82,14 +82,15 @@ pub(super) struct Pipe {
     resp: Vec<u8>,
     /// The requests sent, oldest (next to be answered) first.
     waiting: VecDeque<Waiter>,
-    /// The first answer is delimited by the connection's close.
-    until_close: bool,
+    /// The first answer is delimited by the connection's close (Some),
+    /// with its head's length if [`framing`] could read it.
+    until_close: Option<Option<usize>>,
 }
 
 struct Waiter {
     /// The client's [`super::Conn::id`].
     client: u64,
-    head_request: bool,
+    head_method: bool,
     at_once: bool,
 }
 
@@ -107,7 +108,7 @@ impl Pipe {
     /// down this connection now.
     fn takes(&self, at_once: bool, generation: u64) -> bool {
         self.generation == generation
-            && !self.until_close
+            && self.until_close.is_none()
             && (self.waiting.is_empty()
                 || (at_once
                     && self.waiting.len() < MAX_PIPELINED
@@ -184,7 +185,7 @@ impl Front {
                                 sent: 0,
                                 resp: Vec::new(),
                                 waiting: VecDeque::new(),
-                                until_close: false,
+                                until_close: None,
                             });
                             self.pipes.len() - 1
                         }
@@ -207,7 +208,7 @@ impl Front {
             pipe.out.extend_from_slice(&rq.head);
             pipe.waiting.push_back(Waiter {
                 client: c.id,
-                head_request: rq.head.starts_with(b"HEAD "),
+                head_method: rq.head.starts_with(b"HEAD "),
                 at_once,
             });
             c.state = State::Piped(rq);
@@ -291,19 +292,23 @@ impl Front {
                     false => Err(false),
                 };
             };
-            let len = match framing(&pipe.resp, w.head_request) {
-                Framing::Length(len) if pipe.resp.len() >= len => len,
-                Framing::Length(_) | Framing::Partial => return Ok(()),
-                Framing::UntilClose => {
+            let (head, len) = match framing(&pipe.resp, w.head_method) {
+                Framing::Length { head, total } if pipe.resp.len() >= total => (head, total),
+                Framing::Length { .. } | Framing::Partial => return Ok(()),
+                Framing::UntilClose { head } => {
                     // Relayed when tiny_http closes the connection; nothing
                     // more goes down it.
-                    pipe.until_close = true;
+                    pipe.until_close = Some(head);
                     return Ok(());
                 }
             };
-            let resp = match pipe.resp.len() == len {
+            let bytes = match pipe.resp.len() == len {
                 true => std::mem::take(&mut pipe.resp),
                 false => pipe.resp.drain(..len).collect(),
+            };
+            let resp = Relayed {
+                bytes,
+                head: Some(head),
             };
             let client = w.client;
             pipe.waiting.pop_front();
@@ -313,7 +318,7 @@ impl Front {
 
     /// Client `id`'s answer came (empty: none will): it goes out this turn.
     /// A client gone meanwhile is not looked for.
-    fn deliver(&mut self, id: u64, resp: Vec<u8>, now: Instant) {
+    fn deliver(&mut self, id: u64, resp: Relayed, now: Instant) {
         let Some(i) = self.conns.iter().position(|c| c.id == id) else {
             return;
         };
@@ -337,10 +342,14 @@ impl Front {
     /// still bounded by its own response timeout).
     fn break_pipe(&mut self, p: usize, now: Instant, blame: Blame) {
         let mut pipe = self.pipes.swap_remove(p);
-        if pipe.until_close && blame == Blame::Head {
+        if let (Some(head), Blame::Head) = (pipe.until_close, blame) {
             // The oldest's answer ended with the connection.
             if let Some(w) = pipe.waiting.pop_front() {
-                self.deliver(w.client, std::mem::take(&mut pipe.resp), now);
+                let resp = Relayed {
+                    bytes: std::mem::take(&mut pipe.resp),
+                    head,
+                };
+                self.deliver(w.client, resp, now);
             }
         }
         for (k, w) in pipe.waiting.into_iter().enumerate() {
@@ -352,7 +361,7 @@ impl Front {
             };
             let blamed = k == 0 && blame != Blame::NoOne;
             if blamed && (rq.retried || blame == Blame::HeadFails) {
-                self.deliver(w.client, Vec::new(), now);
+                self.deliver(w.client, Relayed::default(), now);
             } else {
                 rq.retried |= blamed;
                 let State::Piped(rq) =
@@ -377,7 +386,7 @@ impl Front {
             return;
         };
         self.pipes[p].waiting.retain(|w| w.client != id);
-        self.pipes[p].until_close = false;
+        self.pipes[p].until_close = None;
         // The front gave up on it, not tiny_http: no one behind is to blame.
         self.break_pipe(p, Instant::now(), Blame::NoOne);
     }

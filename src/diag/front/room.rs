@@ -34,7 +34,7 @@
 //!   every slot: `diag/mod.rs`.) For probes beside them, `probe_room`
 //!   more connections may read a head and be served there if it is a
 //!   probe's (`/livez`, `/readyz`, `/readyz/NAME`: see
-//!   [`crate::diag::endpoints::probe`]), or answered by the front itself
+//!   [`crate::diag::endpoints::Endpoint::probe`]), or answered by the front itself
 //!   (a refusal, a redirect); any other request made there needs a slot
 //!   (a victim's, else a 503). A newcomer whose request is not known yet
 //!   goes there rather than put out a rank 4 connection; once its request
@@ -259,7 +259,7 @@ mod tests {
     use super::Place;
     use crate::diag::front::tls::Client;
     use crate::diag::front::{Conn, Front, Limits, Request, State};
-    use crate::diag::head::Peer;
+    use crate::diag::request_head::Peer;
     use crate::infra::stop::Stop;
 
     /// A front (never run) with `max_connections` 1 and a probe room of 2,

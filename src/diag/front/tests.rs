@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::{Front, Limits};
-use crate::infra::liveness::Beat;
+use crate::infra::progress::Beat;
 use crate::infra::stop::{Stop, Stopper};
 
 /// The test's end of a front's stop signal: dropping it stops the front;

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::{again, Front, State, Then};
-use crate::diag::head::{set_connection_header, simple_response};
+use crate::diag::request_head::simple_response;
 use crate::log;
 
 /// Where tiny_http listens, and the kept connections' places under the cap.
@@ -117,47 +117,88 @@ pub(super) const MAX_KEPT: usize = 3;
 pub(super) enum Framing {
     /// The head is not complete yet.
     Partial,
-    /// The response is this many bytes (head and body).
-    Length(usize),
+    /// The response is `total` bytes, of which its head (through the
+    /// blank line) is `head`.
+    Length { head: usize, total: usize },
     /// Delimited by the connection's close (no `Content-Length`, chunked,
-    /// or a head the front cannot read): the connection is not reused.
-    UntilClose,
+    /// or a head the front cannot read: `head` None): the connection is not
+    /// reused.
+    UntilClose { head: Option<usize> },
 }
 
-/// Frames a response to a request (`head_request`: a HEAD, whose response
-/// has no body whatever its `Content-Length` says; RFC 9112 §6.3).
-pub(super) fn framing(resp: &[u8], head_request: bool) -> Framing {
+/// Frames a response to a request (`head_method`: a HEAD, whose response
+/// has no body whatever its `Content-Length` says; RFC 9112 §6.3). This is
+/// the one parse of a response head: the head length it finds is carried
+/// with the response ([`Relayed`]) to where its `Connection` is set.
+pub(super) fn framing(resp: &[u8], head_method: bool) -> Framing {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut r = httparse::Response::new(&mut headers);
-    let len = match r.parse(resp) {
+    let head = match r.parse(resp) {
         Ok(httparse::Status::Partial) => return Framing::Partial,
         Ok(httparse::Status::Complete(len)) => len,
-        Err(_) => return Framing::UntilClose,
+        Err(_) => return Framing::UntilClose { head: None },
     };
+    let until_close = Framing::UntilClose { head: Some(head) };
     let code = r.code.unwrap_or(0);
-    if head_request || code == 204 || code == 304 {
-        return Framing::Length(len);
+    if head_method || code == 204 || code == 304 {
+        return Framing::Length { head, total: head };
     }
     if (100..200).contains(&code) {
-        return Framing::UntilClose;
+        return until_close;
     }
     let mut length = None;
     for h in r.headers.iter() {
         if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            return Framing::UntilClose;
+            return until_close;
         }
         if h.name.eq_ignore_ascii_case("content-length") {
             let n = std::str::from_utf8(h.value)
                 .ok()
                 .and_then(|v| v.trim().parse::<usize>().ok());
             match (length, n) {
-                (_, None) => return Framing::UntilClose,
-                (Some(a), Some(b)) if a != b => return Framing::UntilClose,
+                (_, None) => return until_close,
+                (Some(a), Some(b)) if a != b => return until_close,
                 (_, n) => length = n,
             }
         }
     }
-    length.map_or(Framing::UntilClose, |n| Framing::Length(len + n))
+    length.map_or(until_close, |n| Framing::Length {
+        head,
+        total: head + n,
+    })
+}
+
+/// A whole response for a client: relayed from tiny_http, or the front's
+/// own.
+#[derive(Debug, Default)]
+pub(super) struct Relayed {
+    /// Head and body; empty: tiny_http closed the connection without one.
+    pub bytes: Vec<u8>,
+    /// Its head's length, through the blank line (None: no head the front
+    /// could read).
+    pub head: Option<usize>,
+}
+
+impl Relayed {
+    /// The response with `Connection: close` added to its head, when the
+    /// connection closes after it (RFC 9112 §9.6); else as it is. No
+    /// response that comes here has a `Connection` header of its own: the
+    /// serving loop's are made by [`crate::diag::response::Response::wire`],
+    /// which leaves it out; tiny_http 0.12 writes one only for an upgrade,
+    /// which tbot never asks for; and the front's own 301
+    /// ([`crate::diag::request_head::Parsed::Answer`]) has none. A response whose
+    /// head could not be read goes as it is.
+    pub fn closing(self, close: bool) -> Vec<u8> {
+        let mut bytes = self.bytes;
+        if let (true, Some(head)) = (close, self.head) {
+            // A head that ends in bare LFs is left alone.
+            if head <= bytes.len() && bytes[..head].ends_with(b"\r\n\r\n") {
+                let at = head - 2;
+                bytes.splice(at..at, b"Connection: close\r\n".iter().copied());
+            }
+        }
+        bytes
+    }
 }
 
 impl Front {
@@ -215,20 +256,33 @@ impl Front {
     /// Bytes of a response arrived: if it is whole, relay it (true).
     fn framed(&mut self, i: usize, now: Instant) -> bool {
         let State::Backend {
-            resp, head_request, ..
+            resp,
+            resp_head,
+            head_method,
+            ..
         } = &mut self.conns[i].state
         else {
             return false;
         };
-        if let Framing::Length(n) = framing(resp, *head_request) {
-            if resp.len() >= n {
+        match framing(resp, *head_method) {
+            Framing::Length { head, total } if resp.len() >= total => {
                 // Anything after the one response asked for is dropped.
-                resp.truncate(n);
+                resp.truncate(total);
+                *resp_head = Some(head);
                 self.finish(i, now);
-                return true;
+                true
             }
+            Framing::Length { head, .. } => {
+                // Kept for a body that tiny_http cuts short with a close.
+                *resp_head = Some(head);
+                false
+            }
+            Framing::UntilClose { head } => {
+                *resp_head = head;
+                false
+            }
+            Framing::Partial => false,
         }
-        false
     }
 
     /// Writes what it can of the request head at once (the socket is most
@@ -247,10 +301,17 @@ impl Front {
     fn finish(&mut self, i: usize, now: Instant) {
         let c = &mut self.conns[i];
         let State::Backend {
-            resp, keep_alive, ..
+            resp,
+            resp_head,
+            keep_alive,
+            ..
         } = std::mem::replace(&mut c.state, State::Linger { drained: 0 })
         else {
             return;
+        };
+        let resp = Relayed {
+            bytes: resp,
+            head: resp_head,
         };
         self.answer(i, resp, keep_alive, now);
     }
@@ -261,30 +322,28 @@ impl Front {
     pub(super) fn answer(
         &mut self,
         i: usize,
-        resp: Vec<u8>,
+        resp: Relayed,
         keep_alive: Option<Vec<u8>>,
         now: Instant,
     ) {
         let c = &mut self.conns[i];
-        let mut out = resp;
-        let mut then = Then::Close;
-        if out.is_empty() {
+        let (out, then) = if resp.bytes.is_empty() {
             // tiny_http dropped the connection (its accept thread died with
             // it): say so, not just close.
-            out = simple_response(
+            let out = simple_response(
                 502,
                 "the diagnostics service closed the connection without answering",
             );
+            (out, Then::Close)
         } else if let Some(next) = keep_alive.filter(|next| !c.half_closed || !next.is_empty()) {
             // The client's connection stays open. (One that has half-closed
             // still gets answers to the requests it sent before.)
-            out = set_connection_header(out, false);
-            then = Then::KeepAlive(next);
+            (resp.closing(false), Then::KeepAlive(next))
         } else {
             // The client's connection closes after this answer: say so
             // (RFC 9112 §9.6).
-            out = set_connection_header(out, true);
-        }
+            (resp.closing(true), Then::Close)
+        };
         c.state = State::Reply { out, sent: 0, then };
         c.deadline = now + self.limits.write_timeout;
     }
@@ -305,9 +364,57 @@ mod tests {
     fn frames_by_content_length() {
         let r = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK";
         assert_eq!(framing(&r[..10], false), Framing::Partial);
-        assert_eq!(framing(&r[..r.len() - 1], false), Framing::Length(r.len()));
-        assert_eq!(framing(r, false), Framing::Length(r.len()));
-        assert_eq!(framing(r, true), Framing::Length(r.len() - 2), "HEAD");
+        let head = r.len() - 2;
+        let whole = Framing::Length {
+            head,
+            total: r.len(),
+        };
+        assert_eq!(framing(&r[..r.len() - 1], false), whole);
+        assert_eq!(framing(r, false), whole);
+        assert_eq!(
+            framing(r, true),
+            Framing::Length { head, total: head },
+            "HEAD"
+        );
+    }
+
+    /// The head length that framing found is where `Connection: close`
+    /// goes: the head is not read again.
+    #[test]
+    fn connection_close_goes_where_framing_found_the_head_end() {
+        let relayed = |r: &[u8]| match framing(r, false) {
+            Framing::Length { head, .. } | Framing::UntilClose { head: Some(head) } => Relayed {
+                bytes: r.to_vec(),
+                head: Some(head),
+            },
+            _ => Relayed {
+                bytes: r.to_vec(),
+                head: None,
+            },
+        };
+        let r = b"HTTP/1.1 200 OK\r\nServer: x\r\nContent-Length: 2\r\n\r\nOK";
+        assert_eq!(relayed(r).closing(false), r);
+        assert_eq!(
+            relayed(r).closing(true),
+            b"HTTP/1.1 200 OK\r\nServer: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nOK"
+        );
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nOK\r\n0\r\n\r\n";
+        assert!(String::from_utf8(relayed(chunked).closing(true))
+            .unwrap()
+            .starts_with(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n2\r\n"
+            ));
+        for left_alone in [
+            &b"HTTP/1.1 200 OK\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nX: y\n\n",
+            b"garbage",
+        ] {
+            assert_eq!(
+                relayed(left_alone).closing(true),
+                left_alone,
+                "{left_alone:?}"
+            );
+        }
     }
 
     #[test]
@@ -340,11 +447,17 @@ mod tests {
             b"HTTP/1.1 100 Continue\r\n\r\n",
             b"garbage\r\n\r\n",
         ] {
-            assert_eq!(framing(r, false), Framing::UntilClose, "{r:?}");
+            assert!(
+                matches!(framing(r, false), Framing::UntilClose { .. }),
+                "{r:?}"
+            );
         }
         assert_eq!(
             framing(b"HTTP/1.1 204 No Content\r\n\r\n", false),
-            Framing::Length(27)
+            Framing::Length {
+                head: 27,
+                total: 27
+            }
         );
     }
 }

@@ -2,7 +2,7 @@
 //! `WATCHDOG=1` every half of `$WATCHDOG_USEC`, but only while tbot's loops
 //! respond, so that systemd restarts a wedged tbot.
 //!
-//! The loops watched ([`crate::infra::liveness`]): the health applier
+//! The loops watched ([`crate::infra::progress`]): the health applier
 //! (`health`: every service report, and so every restart the supervisor
 //! reports, goes through it), and the diagnostics service's front, which
 //! holds every client connection (`diag-front`), the serving loop behind it
@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
-use crate::infra::liveness::Watched;
+use crate::infra::progress::Watched;
 use crate::log;
 
 /// The ping period (half of `WATCHDOG_USEC`) from the environment, or None
@@ -171,7 +171,7 @@ impl Gate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::infra::liveness::Beat;
+    use crate::infra::progress::Beat;
     use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
     use std::sync::Arc;
 

@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 
 use super::{front, Diag};
 use crate::infra::limits::explain;
-use crate::infra::liveness::{Beat, Poke, Slot, Watched};
+use crate::infra::progress::{Beat, Poke, Slot, Watched};
 use crate::infra::stop::{Stop, Stopper};
 use crate::log;
 
