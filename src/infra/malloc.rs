@@ -68,7 +68,6 @@ pub const TCACHE_OFF: &str = "glibc.malloc.tcache_count=0";
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 pub fn exec_without_tcache() -> Option<String> {
     use std::ffi::CString;
-    use std::os::unix::ffi::OsStringExt;
 
     let current = std::env::var_os("GLIBC_TUNABLES").map(|v| v.to_string_lossy().into_owned());
     let set = |v: &String| {
@@ -87,27 +86,10 @@ pub fn exec_without_tcache() -> Option<String> {
         return Some("secure-execution mode (AT_SECURE)".to_string());
     }
     let tunables = match current {
-        Some(v) if !v.is_empty() => format!("GLIBC_TUNABLES={v}:{TCACHE_OFF}"),
-        _ => format!("GLIBC_TUNABLES={TCACHE_OFF}"),
+        Some(v) if !v.is_empty() => format!("{v}:{TCACHE_OFF}"),
+        _ => TCACHE_OFF.to_string(),
     };
-    let c = |b: Vec<u8>| CString::new(b).map_err(|_| "a NUL byte in an argument".to_string());
-    let build = || -> Result<(Vec<CString>, Vec<CString>), String> {
-        let argv = std::env::args_os()
-            .map(|a| c(a.into_vec()))
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut envp = Vec::new();
-        for (k, v) in std::env::vars_os() {
-            if k != "GLIBC_TUNABLES" {
-                let mut kv = k.into_vec();
-                kv.push(b'=');
-                kv.extend(v.into_vec());
-                envp.push(c(kv)?);
-            }
-        }
-        envp.push(c(tunables.into_bytes())?);
-        Ok((argv, envp))
-    };
-    let (argv, envp) = match build() {
+    let (argv, envp) = match args_and_env(&tunables) {
         Ok(v) => v,
         Err(e) => return Some(e),
     };
@@ -136,6 +118,31 @@ pub fn exec_without_tcache() -> Option<String> {
         path.to_string_lossy(),
         std::io::Error::last_os_error()
     ))
+}
+
+/// This process's arguments, and its environment with `GLIBC_TUNABLES`
+/// set to `tunables`, as C strings for execve(2).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn args_and_env(
+    tunables: &str,
+) -> Result<(Vec<std::ffi::CString>, Vec<std::ffi::CString>), String> {
+    use std::os::unix::ffi::OsStringExt;
+    let c =
+        |b: Vec<u8>| std::ffi::CString::new(b).map_err(|_| "a NUL byte in an argument".to_string());
+    let argv = std::env::args_os()
+        .map(|a| c(a.into_vec()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut envp = Vec::new();
+    for (k, v) in std::env::vars_os() {
+        if k != "GLIBC_TUNABLES" {
+            let mut kv = k.into_vec();
+            kv.push(b'=');
+            kv.extend(v.into_vec());
+            envp.push(c(kv)?);
+        }
+    }
+    envp.push(c(format!("GLIBC_TUNABLES={tunables}").into_bytes())?);
+    Ok((argv, envp))
 }
 
 /// The path of the running binary, if that path still names it (the same
