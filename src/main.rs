@@ -60,6 +60,12 @@ fn main() {
             exit(exit::USAGE);
         }
     };
+    // The daemon runs without glibc's per-thread caches: still before any
+    // thread exists (see infra::malloc). Returns only if it did not exec.
+    let no_exec = match command {
+        Command::Start(_) => infra::malloc::exec_without_tcache(),
+        _ => None,
+    };
     // Before any budget is sized from it (see infra::limits).
     infra::limits::raise_nofile();
     if !matches!(command, Command::Start(_)) {
@@ -85,6 +91,12 @@ fn main() {
         Command::Debug(args) => debug_client::run(&args),
         Command::Start(args) => {
             supervisor::install_panic_hook();
+            if let Some(why) = no_exec {
+                log::info(
+                    "glibc's per-thread malloc caches stay on (more memory, nothing else)",
+                    &[("reason", &why)],
+                );
+            }
             daemon::start(args)
         }
     };

@@ -68,9 +68,9 @@ fn oneshot(cfg: &Path) {
     assert_eq!(code, Some(0), "{stderr}");
 }
 
-/// Starts tbot with the failpoint `identity-step-<n>` holding every write
-/// there, waits until both outputs' writers are held, and SIGKILLs it.
-fn kill_at_step(cfg: &Path, n: usize, outs: &[&Path]) {
+/// Starts tbot on `cfg` with the failpoint `identity-step-<n>` holding
+/// every write that reaches it for 30 s.
+fn start_held_at(cfg: &Path, n: usize) -> Tbot {
     let mut cmd = Command::new(BIN);
     cmd.args(["start", "-c"])
         .arg(cfg)
@@ -79,7 +79,13 @@ fn kill_at_step(cfg: &Path, n: usize, outs: &[&Path]) {
         .env_remove("TBOT_CONFIG_PATH")
         .env_remove("NOTIFY_SOCKET")
         .env("TBOT_FAILPOINTS", format!("identity-step-{n}=sleep:30000"));
-    let mut t = Tbot::spawn(cmd, TempDir::new("gen-kill-run"));
+    Tbot::spawn(cmd, TempDir::new("gen-kill-run"))
+}
+
+/// Starts tbot with the failpoint `identity-step-<n>` holding every write
+/// there, waits until both outputs' writers are held, and SIGKILLs it.
+fn kill_at_step(cfg: &Path, n: usize, outs: &[&Path]) {
+    let mut t = start_held_at(cfg, n);
     let needle = format!("failpoint reached name=identity-step-{n} ");
     let reached = |log: &str| log.matches(&needle).count();
     let end = std::time::Instant::now() + Duration::from_secs(15);
@@ -149,5 +155,70 @@ fn a_kill_at_any_step_of_an_issue_leaves_a_whole_set() {
             let mode = fs::metadata(out.join(f)).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600, "{}", out.join(f).display());
         }
+    }
+}
+
+/// The first write into a destination tbot makes (every output's first
+/// start): the directory is known empty, so `..data` is made in place by
+/// one symlinkat, with no `..data_tmp` and no rename (step 7 is not on its
+/// way), and the links without looking for old ones. A kill at any other
+/// step leaves nothing published or one whole generation behind `..data`
+/// (the links come after it, as on every write); the next start then
+/// finishes a whole set and leaves nothing else.
+#[test]
+fn a_kill_at_any_step_of_a_first_write_leaves_nothing_or_a_whole_set() {
+    let dir = TempDir::new("gen-first");
+    let links = |out: &Path| -> Vec<String> {
+        FILES
+            .iter()
+            .filter(|f| fs::symlink_metadata(out.join(f)).is_ok())
+            .map(|f| {
+                let target = fs::read_link(out.join(f)).unwrap();
+                assert_eq!(target, Path::new("..data").join(f), "{}", out.display());
+                f.to_string()
+            })
+            .collect()
+    };
+    for n in (1..=STEPS).filter(|&n| n != 7) {
+        let (a, b) = (dir.join(&format!("s{n}/a")), dir.join(&format!("s{n}/b")));
+        let cfg_text = config_text(dir.path(), "", &(output("a", &a) + &output("b", &b)));
+        let cfg = dir.write("tbot.yaml", &cfg_text);
+        let outs = [a.as_path(), b.as_path()];
+        kill_at_step(&cfg, n, &outs);
+        for out in outs {
+            let data = fs::symlink_metadata(out.join("..data")).is_ok();
+            assert_eq!(data, n >= 8, "step {n}: ..data in {}", out.display());
+            if data {
+                // The generation is whole; the links made so far lead to it.
+                assert_whole_set(&out.join("..data"));
+                assert_eq!(links(out).len(), n.saturating_sub(8).min(4), "step {n}");
+            } else {
+                assert_eq!(links(out), Vec::<String>::new(), "step {n}");
+            }
+            assert!(!out.join("..data_tmp").exists(), "step {n}");
+        }
+        oneshot(&cfg);
+        for out in outs {
+            assert_whole_set(out);
+            assert_eq!(leftovers(out), Vec::<String>::new(), "after step {n}");
+        }
+    }
+
+    // Held at step 7 (the renewal's ..data_tmp), first writes go by it:
+    // both outputs are written and healthy all the same.
+    let (a, b) = (dir.join("s7/a"), dir.join("s7/b"));
+    let cfg_text = config_text(dir.path(), "", &(output("a", &a) + &output("b", &b)));
+    let cfg = dir.write("tbot.yaml", &cfg_text);
+    let t = start_held_at(&cfg, 7);
+    let written = |log: &str| log.matches("identity output written").count();
+    let end = std::time::Instant::now() + Duration::from_secs(15);
+    while written(&t.log()) < 2 && std::time::Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(written(&t.log()), 2, "{}", t.log());
+    assert!(!t.log().contains("name=identity-step-7 "), "{}", t.log());
+    for out in [&a, &b] {
+        assert_whole_set(out);
+        assert_eq!(leftovers(out), Vec::<String>::new());
     }
 }

@@ -12,10 +12,14 @@
 //! DEST/key -> ..data/key  (and key.pub, key-cert.pub, ssh_ca.pub)
 //! ```
 //!
-//! A write makes a new generation directory, writes and fsyncs the four
-//! files in it, fsyncs it, then points a new symlink `..data_tmp` at it and
-//! renames that over `..data`: that `rename(2)` is the one step that
-//! switches every file at once. The paths users configure (`DEST/key`, which
+//! A write makes a new generation directory, writes the four files in it,
+//! then fsyncs them (one after the other once all are written, so that the
+//! file system writes them out together) and the directory, then points a
+//! new symlink `..data_tmp` at it and renames that over `..data`: that
+//! `rename(2)` is the one step that switches every file at once. Into a
+//! destination this write made (empty: there is no `..data` to replace),
+//! `..data` itself is made with one `symlinkat(2)`, as atomic, and the
+//! links are made without looking for old ones first. The paths users configure (`DEST/key`, which
 //! ssh reads with `key-cert.pub` beside it) are symlinks through `..data`
 //! that never change; they are made (or, for a destination from the old
 //! flat layout, swapped in over the regular files, one rename each) after
@@ -51,15 +55,22 @@ pub const GEN_PREFIX: &str = "..gen-";
 /// Writes `cred` and the CA public key line `ca_pub` into `dest` as a new
 /// generation, creating `dest` (0700) if missing. The generation carries
 /// the readers' ACLs of `readers` before it is published (see
-/// [`grant_generation`]). Errors are one line: `<path>: <reason>`.
+/// [`grant_generation`]). `clean`: first remove what an interrupted write
+/// left (see [`remove_stale_temps`]; for the output's first write since it
+/// started). Errors are one line: `<path>: <reason>`.
 pub fn write_identity(
     dest: &Path,
     cred: &Credential,
     ca_pub: &str,
     readers: &mut Policy,
+    clean: bool,
 ) -> Result<(), String> {
     let dir = open_dir(dest, true)?;
-    if dir.read_link(DATA_LINK).is_none() {
+    // A directory this call made holds nothing: no leftovers, no old layout.
+    if clean && !dir.created() {
+        remove_leftovers(&dir);
+    }
+    if !dir.created() && dir.read_link(DATA_LINK).is_none() {
         migrate_flat(&dir, readers)?;
     }
     let files: [(&str, &[u8]); 4] = [
@@ -94,8 +105,10 @@ fn migrate_flat(dir: &DirHandle, readers: &mut Policy) -> Result<(), String> {
 }
 
 /// Writes `files` as a new generation, grants the readers, switches
-/// `..data` to it, makes the links, removes older generations. `steps`:
-/// reach the failpoints.
+/// `..data` to it, makes the links, removes older generations (in a
+/// destination this write made, [`DirHandle::created`], there are none,
+/// and `..data` and the links are made in place). `steps`: reach the
+/// failpoints.
 fn publish(
     dir: &DirHandle,
     files: &[(&str, &[u8])],
@@ -115,18 +128,28 @@ fn publish(
         let _ = dir.remove_dir_with_files(&gen_name);
         return Err(e);
     }
-    // The switch: ..data_tmp -> the new generation, renamed over ..data.
-    dir.remove_file(DATA_TMP)?;
-    dir.symlink(&gen_name, DATA_TMP)?;
-    step(7, &dir.join(DATA_TMP));
-    dir.rename(DATA_TMP, DATA_LINK)?;
+    // The switch: ..data_tmp -> the new generation, renamed over ..data;
+    // into an empty destination, ..data made at once (as atomic: it is
+    // there, whole, or not at all).
+    if !(dir.created() && dir.symlink(&gen_name, DATA_LINK).is_ok()) {
+        dir.remove_file(DATA_TMP)?;
+        dir.symlink(&gen_name, DATA_TMP)?;
+        step(7, &dir.join(DATA_TMP));
+        dir.rename(DATA_TMP, DATA_LINK)?;
+    }
     step(8, &dir.join(DATA_LINK));
     for (n, (name, _)) in files.iter().enumerate() {
-        ensure_link(dir, name)?;
+        let target = format!("{DATA_LINK}/{name}");
+        if !(dir.created() && dir.symlink(&target, name).is_ok()) {
+            ensure_link(dir, name)?;
+        }
         step(9 + n, &dir.join(name));
     }
     dir.sync()?;
     step(13, dir.path());
+    if dir.created() {
+        return Ok(());
+    }
     remove_old_generations(dir, Some(&gen_name))
 }
 
@@ -158,8 +181,12 @@ fn make_generation(dir: &DirHandle) -> Result<String, String> {
     ))
 }
 
-/// Writes and fsyncs every file in the generation directory, then the
-/// directory itself.
+/// Writes every file in the generation directory, then fsyncs each and
+/// the directory itself: all written before the first fsync, so that the
+/// file system writes their blocks and inodes out together rather than
+/// one fsync each (the inodes of one directory share a block). Nothing is
+/// published until all are durable; on an error the caller removes the
+/// whole generation.
 fn write_generation(
     dir: &DirHandle,
     gen_name: &str,
@@ -167,12 +194,16 @@ fn write_generation(
     step: &dyn Fn(usize, &Path),
 ) -> Result<(), String> {
     let gen = dir.subdir(gen_name)?;
+    let mut written = Vec::with_capacity(files.len());
     for (n, (name, contents)) in files.iter().enumerate() {
         let contents = with_newline(contents);
-        gen.create_file(name, &contents, FILE_MODE, |p| {
+        written.push(gen.create_unsynced(name, &contents, FILE_MODE, |p| {
             crate::infra::failpoints::hit_in_write("stage-half", p)
-        })?;
+        })?);
         step(2 + n, &gen.join(name));
+    }
+    for file in written {
+        file.sync()?;
     }
     gen.sync()?;
     step(6, gen.path());
@@ -287,7 +318,12 @@ pub fn remove_stale_temps(dest: &Path) {
     let Ok(dir) = open_dir(dest, false) else {
         return;
     };
-    if let Err(e) = remove_old_generations(&dir, None) {
+    remove_leftovers(&dir);
+}
+
+/// [`remove_stale_temps`] in an opened destination.
+fn remove_leftovers(dir: &DirHandle) {
+    if let Err(e) = remove_old_generations(dir, None) {
         crate::log::warn(
             "could not remove the leftovers of an interrupted write",
             &[("error", &e)],
@@ -347,7 +383,7 @@ mod tests {
         let issuer = Issuer::load_or_create(&d.0.join("storage")).unwrap();
         let dest = d.0.join("out").join("machine-id");
         let c1 = issue(&issuer, "deploy");
-        write_identity(&dest, &c1, &issuer.ca_public_openssh(), &mut plain()).unwrap();
+        write_identity(&dest, &c1, &issuer.ca_public_openssh(), &mut plain(), false).unwrap();
         assert_eq!(mode_of(&dest), 0o700);
         let mut names: Vec<String> = fs::read_dir(&dest)
             .unwrap()
@@ -388,7 +424,7 @@ mod tests {
         );
 
         let c2 = issue(&issuer, "deploy");
-        write_identity(&dest, &c2, &issuer.ca_public_openssh(), &mut plain()).unwrap();
+        write_identity(&dest, &c2, &issuer.ca_public_openssh(), &mut plain(), false).unwrap();
         assert_eq!(
             fs::read_to_string(dest.join("key-cert.pub")).unwrap(),
             format!("{}\n", c2.certificate_openssh)
@@ -408,16 +444,16 @@ mod tests {
         let file = d.0.join("plain");
         fs::write(&file, b"x").unwrap();
         // A file where the destination directory should be.
-        let e = write_identity(&file, &cred, "ca", &mut plain()).unwrap_err();
+        let e = write_identity(&file, &cred, "ca", &mut plain(), false).unwrap_err();
         assert_eq!(e, format!("{}: not a directory", file.display()));
-        let e = write_identity(&file.join("sub"), &cred, "ca", &mut plain()).unwrap_err();
+        let e = write_identity(&file.join("sub"), &cred, "ca", &mut plain(), false).unwrap_err();
         assert_eq!(e, format!("{}: not a directory", file.display()));
         // A directory where a file's link should be: the new generation is
         // published, the error names the file, and the next write after the
         // cause is gone succeeds.
         let dest = d.0.join("dest");
         fs::create_dir_all(dest.join(CERT_FILE).join("x")).unwrap();
-        let e = write_identity(&dest, &cred, "ca", &mut plain()).unwrap_err();
+        let e = write_identity(&dest, &cred, "ca", &mut plain(), false).unwrap_err();
         assert_eq!(
             e,
             format!(
@@ -426,7 +462,7 @@ mod tests {
             )
         );
         fs::remove_dir_all(dest.join(CERT_FILE)).unwrap();
-        write_identity(&dest, &cred, "ca", &mut plain()).unwrap();
+        write_identity(&dest, &cred, "ca", &mut plain(), false).unwrap();
         assert_eq!(fs::read_dir(&dest).unwrap().count(), 6);
     }
 
@@ -446,7 +482,7 @@ mod tests {
         remove_stale_temps(&dest);
         assert_eq!(fs::read_dir(&dest).unwrap().count(), 4);
         let c = issue(&issuer, "deploy");
-        write_identity(&dest, &c, &issuer.ca_public_openssh(), &mut plain()).unwrap();
+        write_identity(&dest, &c, &issuer.ca_public_openssh(), &mut plain(), false).unwrap();
         for f in FILES {
             assert!(
                 fs::symlink_metadata(dest.join(f)).unwrap().is_symlink(),

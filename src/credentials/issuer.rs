@@ -43,7 +43,8 @@ pub const USER_EXTENSIONS: [&str; 5] = [
 
 /// The loaded CA.
 pub struct Issuer {
-    ca: PrivateKey,
+    /// The CA key, expanded once for signing (see [`CaSigner`]).
+    signer: CaSigner,
     key_path: PathBuf,
     fingerprint: String,
     ca_public: String,
@@ -136,6 +137,7 @@ impl Issuer {
     }
 
     fn new(ca: PrivateKey, key_path: PathBuf, stamp: KeyFileStamp) -> Result<Issuer, String> {
+        let signer = CaSigner::new(&ca).map_err(|e| format!("{}: {e}", key_path.display()))?;
         let fingerprint = ca.public_key().fingerprint(HashAlg::Sha256).to_string();
         let mut public = ca.public_key().clone();
         public.set_comment(CA_COMMENT);
@@ -143,7 +145,7 @@ impl Issuer {
             .to_openssh()
             .map_err(|e| format!("{}: encoding the CA public key: {e}", key_path.display()))?;
         Ok(Issuer {
-            ca,
+            signer,
             key_path,
             fingerprint,
             ca_public,
@@ -238,7 +240,7 @@ impl Issuer {
                 .extension(ext, "")
                 .map_err(|e| fail("extension", e))?;
         }
-        let cert = builder.sign(&self.ca).map_err(|e| fail("signing", e))?;
+        let cert = builder.sign(&self.signer).map_err(|e| fail("signing", e))?;
 
         Ok(Credential {
             private_key_openssh: key
@@ -254,6 +256,55 @@ impl Issuer {
             valid_after: UNIX_EPOCH + Duration::from_secs(valid_after),
             valid_before: UNIX_EPOCH + Duration::from_secs(valid_before),
         })
+    }
+}
+
+/// The CA's ed25519 signing key, expanded once when the CA is loaded.
+/// ssh-key's own `Signer` for a `PrivateKey` expands the secret again for
+/// every signature and checks it against the stored public key (a
+/// basepoint multiplication and a point decompression each time); this
+/// signs with the expanded key, as `ssh-keygen -s` does with its loaded
+/// key. The signature is the same: ed25519 signing is deterministic
+/// (RFC 8032 §5.1.6).
+struct CaSigner {
+    key: ed25519_dalek::SigningKey,
+    public: ssh_key::public::KeyData,
+}
+
+impl CaSigner {
+    /// Errors: the key is not ed25519, or its public half does not match
+    /// its secret (a damaged file).
+    fn new(ca: &PrivateKey) -> Result<CaSigner, String> {
+        let pair = ca.key_data().ed25519().ok_or_else(|| {
+            format!(
+                "the key is {}; the CA key must be ssh-ed25519",
+                ca.algorithm()
+            )
+        })?;
+        let key = ed25519_dalek::SigningKey::try_from(pair)
+            .map_err(|e| format!("the CA key does not match its public key ({e})"))?;
+        Ok(CaSigner {
+            key,
+            public: ca.public_key().key_data().clone(),
+        })
+    }
+}
+
+impl ed25519_dalek::Signer<ssh_key::Signature> for CaSigner {
+    fn try_sign(
+        &self,
+        message: &[u8],
+    ) -> Result<ssh_key::Signature, ed25519_dalek::SignatureError> {
+        let signature = ed25519_dalek::Signer::sign(&self.key, message);
+        ssh_key::Signature::new(Algorithm::Ed25519, signature.to_bytes().to_vec())
+            .map_err(ed25519_dalek::SignatureError::from_source)
+    }
+}
+
+/// What ssh-key's certificate builder puts in `signature_key`.
+impl From<&CaSigner> for ssh_key::public::KeyData {
+    fn from(signer: &CaSigner) -> ssh_key::public::KeyData {
+        signer.public.clone()
     }
 }
 

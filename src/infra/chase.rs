@@ -38,6 +38,47 @@ const MAX_LINKS: usize = 40;
 pub struct DirHandle {
     fd: OwnedFd,
     path: PathBuf,
+    /// The call that opened it also made it (`mkdirat` succeeded): it is
+    /// empty, 0700 and tbot's, and nothing can be in it that tbot did not
+    /// put there (see [`DirHandle::created`]).
+    created: bool,
+}
+
+/// A file [`DirHandle::create_unsynced`] wrote, not yet fsynced.
+#[derive(Debug)]
+pub struct Unsynced {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl Unsynced {
+    /// fsyncs the file (its contents and its inode: durable from now on)
+    /// and drops its pages from the page cache, where they would be
+    /// charged to tbot's cgroup for good, 4 KiB or more a file (ssh reads
+    /// these files once a connection, from the disk). Errors name the file.
+    pub fn sync(self) -> Result<(), String> {
+        self.file
+            .sync_all()
+            .map_err(|e| format!("{}: {e}", self.path.display()))?;
+        let _ = rfs::fadvise(&self.file, 0, None, rfs::Advice::DontNeed);
+        Ok(())
+    }
+}
+
+/// Starts writing `file`'s dirty pages to the disk without waiting
+/// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`, which rustix does not wrap):
+/// the files of a generation are then on their way together, and each
+/// fsync after them finds its data written or being written. Only a hint
+/// to the kernel: durability still comes from the fsync alone, so an
+/// error here changes nothing and is ignored.
+fn start_writeback(file: &std::fs::File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: sync_file_range(2) takes a descriptor this function borrows
+    // (open for its whole call), two offsets and flags; it touches no
+    // memory of ours.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+    }
 }
 
 /// Whether `uid` may own a symlink that tbot follows: root or tbot's own
@@ -79,6 +120,7 @@ pub fn open_dir(path: &Path, create: bool) -> Result<DirHandle, String> {
             return Ok(DirHandle {
                 fd,
                 path: path.to_path_buf(),
+                created: false,
             })
         }
         Err(Errno::NOENT) => from_ancestor(path, create),
@@ -143,11 +185,20 @@ impl Walk {
             todo: components(path),
             links: 0,
             create,
+            made: false,
         })
     }
 
     /// The directory the walk ended in, opened for reading, as `path`.
     fn finish(self, path: &Path) -> Result<DirHandle, String> {
+        if self.made {
+            // Made by the last step and opened for reading there.
+            return Ok(DirHandle {
+                fd: self.cur,
+                path: path.to_path_buf(),
+                created: true,
+            });
+        }
         let shown = if self.walked.as_os_str().is_empty() {
             PathBuf::from(".")
         } else {
@@ -163,6 +214,7 @@ impl Walk {
         Ok(DirHandle {
             fd,
             path: path.to_path_buf(),
+            created: false,
         })
     }
 }
@@ -196,6 +248,7 @@ fn from_ancestor(path: &Path, create: bool) -> Option<Walk> {
                     todo: components(rest),
                     links: 0,
                     create,
+                    made: false,
                 });
             }
             Err(Errno::NOENT) => continue,
@@ -226,10 +279,13 @@ struct Walk {
     todo: VecDeque<OsString>,
     links: usize,
     create: bool,
+    /// The last step made `cur` (and opened it for reading).
+    made: bool,
 }
 
 impl Walk {
     fn step(&mut self, name: OsString) -> Result<(), String> {
+        self.made = false;
         if name == ".." {
             self.cur = rfs::openat(&self.cur, "..", path_flags(), Mode::empty())
                 .map_err(|e| describe(&self.walked, e))?;
@@ -242,7 +298,8 @@ impl Walk {
             Ok(fd) => fd,
             Err(Errno::NOENT) if self.create => {
                 match rfs::mkdirat(&self.cur, name.as_os_str(), Mode::from_raw_mode(0o700)) {
-                    Ok(()) | Err(Errno::EXIST) => {}
+                    Ok(()) => return self.enter_made(&name),
+                    Err(Errno::EXIST) => {}
                     Err(e) => return Err(describe(&self.walked, e)),
                 }
                 rfs::openat(&self.cur, name.as_os_str(), flags, Mode::empty())
@@ -259,6 +316,19 @@ impl Walk {
             FileType::Symlink => self.follow(&fd, st.st_uid),
             _ => Err(format!("{}: not a directory", self.walked.display())),
         }
+    }
+
+    /// Enters the directory `name` this step just made: opened for reading
+    /// at once, never through a symlink (`O_DIRECTORY|O_NOFOLLOW`: a name
+    /// swapped for anything but a directory since the `mkdirat` is an
+    /// error), so no `fstat` is needed and [`Walk::finish`] need not open
+    /// it again.
+    fn enter_made(&mut self, name: &OsStr) -> Result<(), String> {
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        self.cur = rfs::openat(&self.cur, name, flags, Mode::empty())
+            .map_err(|e| describe(&self.walked, e))?;
+        self.made = true;
+        Ok(())
     }
 
     /// Follows the symlink opened as `link` (owned by `uid`), or refuses it.
@@ -298,6 +368,13 @@ impl DirHandle {
         &self.path
     }
 
+    /// Whether the [`open_dir`] that opened this directory made it: then
+    /// it was empty when opened, mode 0700 and tbot's, so a writer may skip
+    /// looking for what an earlier one left there.
+    pub fn created(&self) -> bool {
+        self.created
+    }
+
     /// `path/name`, for messages.
     pub fn join(&self, name: &str) -> PathBuf {
         self.path.join(name)
@@ -319,6 +396,7 @@ impl DirHandle {
         Ok(DirHandle {
             fd,
             path: self.join(name),
+            created: false,
         })
     }
 
@@ -335,6 +413,25 @@ impl DirHandle {
         mode: u32,
         step: impl FnOnce(&Path),
     ) -> Result<(), String> {
+        self.create_unsynced(name, contents, mode, step)?
+            .sync()
+            .inspect_err(|_| {
+                let _ = rfs::unlinkat(&self.fd, name, AtFlags::empty());
+            })
+    }
+
+    /// [`DirHandle::create_file`] up to the fsync: the file is written but
+    /// not yet durable, and not removed if [`Unsynced::sync`] fails later.
+    /// For a writer that writes several files and then fsyncs them one
+    /// after the other, so that the file system writes them out together
+    /// (see `identity_files`). A failed write removes the file.
+    pub fn create_unsynced(
+        &self,
+        name: &str,
+        contents: &[u8],
+        mode: u32,
+        step: impl FnOnce(&Path),
+    ) -> Result<Unsynced, String> {
         let path = self.join(name);
         let fd = rfs::openat(
             &self.fd,
@@ -360,17 +457,16 @@ impl DirHandle {
             if !rest.is_empty() {
                 std::io::Write::write_all(&mut file, rest)?;
             }
-            file.sync_all()?;
-            // Clean now: its pages leave the page cache (where they would
-            // be charged to tbot's cgroup for good, 4 KiB or more a file;
-            // ssh reads these files once a connection, from the disk).
-            let _ = rfs::fadvise(&file, 0, None, rfs::Advice::DontNeed);
-            Ok::<(), std::io::Error>(())
+            start_writeback(&file);
+            Ok::<std::fs::File, std::io::Error>(file)
         })();
-        written.map_err(|e| {
-            let _ = rfs::unlinkat(&self.fd, name, AtFlags::empty());
-            format!("{}: {e}", path.display())
-        })
+        match written {
+            Ok(file) => Ok(Unsynced { file, path }),
+            Err(e) => {
+                let _ = rfs::unlinkat(&self.fd, name, AtFlags::empty());
+                Err(format!("{}: {e}", path.display()))
+            }
+        }
     }
 
     /// Reads the regular file `name` (never through a symlink), at most

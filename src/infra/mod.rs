@@ -20,7 +20,7 @@
 //! - retries: `backoff` (exponential, the one kind);
 //! - threads: `threads` (named threads), `deep_work` (the few shared
 //!   threads that run the services' deep work), `malloc` (glibc arenas for a
-//!   thread per service), `progress` (turn counters the
+//!   thread per service, and no per-thread caches), `progress` (turn counters the
 //!   watchdog reads);
 //! - systemd: `systemd` (`sd_notify`, `STATUS=`, the watchdog, journald);
 //! - the host: `host` (its name); `limits` (RLIMIT_NOFILE raised at start,

@@ -95,7 +95,7 @@ pub fn issue_to(
     issuer: &Issuer,
     key_id: &str,
 ) -> Result<SystemTime, String> {
-    issue_validity(config, issuer, key_id, &readers_of(config)).map(|v| v.valid_before)
+    issue_validity(config, issuer, key_id, &readers_of(config), false).map(|v| v.valid_before)
 }
 
 /// The validity window of the certificate an output wrote.
@@ -127,11 +127,14 @@ impl Validity {
     }
 }
 
+/// Issues and writes a credential; `clean`: remove an interrupted write's
+/// leftovers first (see `identity_files::write_identity`).
 fn issue_validity(
     config: &IdentityConfig,
     issuer: &Issuer,
     key_id: &str,
     readers: &Readers,
+    clean: bool,
 ) -> Result<Validity, String> {
     let cred = issuer.issue(&config.principals, key_id, config.credential_ttl)?;
     identity_files::write_identity(
@@ -139,6 +142,7 @@ fn issue_validity(
         &cred,
         &issuer.ca_public_openssh(),
         &mut readers.lock(),
+        clean,
     )?;
     Ok(Validity {
         valid_after: cred.valid_after,
@@ -180,6 +184,10 @@ fn wait(
 
 /// What the loop knows: the certificate on disk and the last attempt.
 struct State {
+    /// What an interrupted write left in the destination is still to be
+    /// removed (this run has not yet had a deep-work job): the next job
+    /// does it before anything else.
+    clean: bool,
     held: Option<Validity>,
     /// The last attempt's error; None after a success.
     error: Option<String>,
@@ -194,17 +202,28 @@ impl IdentityOutput {
     /// `infra::deep_work`): their stack depth and freed blocks would
     /// otherwise stay with every identity service's thread for good, and
     /// at most `deep_work::WORKERS` attempts run at once, whatever the
-    /// number of outputs. None: tbot stopped the service before the
-    /// attempt began.
-    fn renew(&self, ctx: &Context) -> Option<Result<(Validity, String), String>> {
+    /// number of outputs. The first job of a run also removes what an
+    /// interrupted write left (`st.clean`), before it writes: one job, one
+    /// hand-over, where a start used to take two. None: tbot stopped the
+    /// service before the attempt began.
+    fn renew(&self, ctx: &Context, st: &mut State) -> Option<Result<(Validity, String), String>> {
         let issuer = match ctx.shared.ca.get() {
             Ok(i) => i,
-            Err(e) => return Some(Err(e)),
+            Err(e) => {
+                if std::mem::take(&mut st.clean) {
+                    let dest = self.config.destination.clone();
+                    deep_work::run(ctx.name(), ctx.stop(), move || {
+                        identity_files::remove_stale_temps(&dest)
+                    })?;
+                }
+                return Some(Err(e));
+            }
         };
         let (config, key_id) = (self.config.clone(), self.key_id.clone());
         let readers = self.readers.clone();
+        let clean = std::mem::take(&mut st.clean);
         deep_work::run(ctx.name(), ctx.stop(), move || {
-            issue_validity(&config, &issuer, &key_id, &readers)
+            issue_validity(&config, &issuer, &key_id, &readers, clean)
                 .map(|v| (v, issuer.fingerprint().to_string()))
         })
     }
@@ -217,7 +236,7 @@ impl IdentityOutput {
             while r.receiver().try_recv().is_ok() {}
         }
         let timer = Iteration::start(ctx, TASK);
-        let Some(result) = self.renew(ctx) else {
+        let Some(result) = self.renew(ctx, st) else {
             return false;
         };
         let now = SystemTime::now();
@@ -328,15 +347,11 @@ impl Service for IdentityOutput {
             recv(ctx.shared.ca.attempted()) -> _ => {},
             recv(ctx.stop()) -> _ => return Ok(()),
         }
-        // This service owns its destination: no other writer is running.
-        let dest = self.config.destination.clone();
-        let cleaned = deep_work::run(ctx.name(), ctx.stop(), move || {
-            identity_files::remove_stale_temps(&dest)
-        });
-        if cleaned.is_none() {
-            return Ok(());
-        }
+        // This service owns its destination: no other writer is running,
+        // so the first attempt's job removes an interrupted write's
+        // leftovers.
         let mut st = State {
+            clean: true,
             held: None,
             error: None,
             failures: 0,
@@ -414,6 +429,7 @@ mod tests {
         );
 
         let mut st = State {
+            clean: false,
             held: Some(v),
             error: None,
             failures: 0,

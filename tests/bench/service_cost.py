@@ -3,7 +3,8 @@
 binary. Run by tests/bench/service_cost.sh (which builds the release binary);
 as root, for the cgroup rows.
 
-Rows (ROWS picks some, default all: fds memory limit idle reload exec):
+Rows (ROWS picks some, default all: fds memory limit idle reload exec
+syscalls):
   fds     descriptors per identity output: (fds at 500 outputs - fds at 10) / 490
   memory  the cgroup memory peak (RSS, kernel memory and page cache together:
           v2 memory.peak, v1 memory.max_usage_in_bytes) of 500 identity outputs
@@ -20,6 +21,11 @@ Rows (ROWS picks some, default all: fds memory limit idle reload exec):
           outputs, fresh destinations; the median of EXEC_ROUNDS (default 3),
           with tbot's CPU time (user + system) until then; NICE=-10 runs
           that tbot at nice -10
+  syscalls the system calls of a start of SYSCALL_OUTPUTS (default 100)
+          identity outputs into fresh destinations, per output, until every
+          service is healthy (strace -f -c, so slower than the exec row):
+          the file-system ones (open, create, write, fsync, link, rename,
+          stat, read a link or a directory, close...) and futex
 
 Every process started here is killed by PID, every cgroup made here removed.
 Loopback only. The load average column is the machine's 1-minute load at the
@@ -37,7 +43,17 @@ import tempfile
 import time
 
 TBOT = sys.argv[1]
-ROWS = os.environ.get("ROWS", "fds memory limit idle reload exec").split()
+ROWS = os.environ.get("ROWS", "fds memory limit idle reload exec syscalls").split()
+SYSCALL_OUTPUTS = int(os.environ.get("SYSCALL_OUTPUTS", "100"))
+# What the syscalls row counts as file-system calls (strace's names).
+FS_CALLS = {
+    "open", "openat", "openat2", "creat", "close", "read", "write", "pwrite64",
+    "fsync", "fdatasync", "sync_file_range", "fadvise64", "fchmod", "fchown",
+    "fstat", "newfstatat", "statx", "stat", "lstat", "readlink", "readlinkat",
+    "symlink", "symlinkat", "rename", "renameat", "renameat2", "unlink",
+    "unlinkat", "mkdir", "mkdirat", "getdents64", "fsetxattr", "fgetxattr",
+    "getxattr", "setxattr", "flock", "fcntl",
+}
 LIMIT_MB = int(os.environ.get("LIMIT_MB", "32"))
 IDLE = int(os.environ.get("IDLE", "30"))
 RELOADS = int(os.environ.get("RELOADS", "1000"))
@@ -444,6 +460,53 @@ def main():
         row(f"exec -> every service healthy, 1000 outputs (s){how}",
             f"{wall:.3f}", "<= 0.5",
             f"CPU {cpu:.2f}s; rounds " + " ".join(f"{w:.3f} (CPU {c:.2f})" for w, c in times))
+    if "syscalls" in ROWS:
+        syscalls_row()
+
+
+def syscalls_row():
+    """strace -f -c of a start of SYSCALL_OUTPUTS outputs until healthy."""
+    if not shutil.which("strace"):
+        row(f"file-system calls per output ({SYSCALL_OUTPUTS} outputs)", "no strace", "", "")
+        return
+    port = free_port()
+    d = os.path.join(WORK, "syscalls")
+    os.makedirs(d)
+    text = config(d, SYSCALL_OUTPUTS, port)
+    counts = os.path.join(d, "strace.txt")
+    global TBOT
+    tbot = TBOT
+    wrapper = os.path.join(d, "traced")
+    with open(wrapper, "w") as f:
+        f.write(f"#!/bin/sh\nexec strace -f -c -o {counts} {tbot} \"$@\"\n")
+    os.chmod(wrapper, 0o755)
+    TBOT = wrapper
+    try:
+        t = Tbot("syscalls", text)
+    finally:
+        TBOT = tbot
+    t.until_ready(port, within=120)
+    # The pid started is strace's: tbot is its child. SIGTERM tbot (by its
+    # pid); strace writes its table when it has gone, and ends.
+    children = open(f"/proc/{t.pid}/task/{t.pid}/children").read().split()
+    for child in children:
+        os.kill(int(child), signal.SIGTERM)
+    try:
+        t.p.wait(20)
+    finally:
+        t.stop()
+    calls = {}
+    for l in open(counts):
+        f = l.split()
+        if len(f) >= 5 and f[-1].isidentifier() and f[3].isdigit():
+            calls[f[-1]] = int(f[3])
+    fs = sum(n for k, n in calls.items() if k in FS_CALLS)
+    top = sorted(((n, k) for k, n in calls.items() if k in FS_CALLS), reverse=True)[:8]
+    row(f"file-system calls per output ({SYSCALL_OUTPUTS} outputs, start to healthy)",
+        f"{fs / SYSCALL_OUTPUTS:.1f}", "",
+        f"futex {calls.get('futex', 0) / SYSCALL_OUTPUTS:.1f}, clone3 "
+        f"{calls.get('clone3', 0) / SYSCALL_OUTPUTS:.2f} per output; "
+        + " ".join(f"{k} {n / SYSCALL_OUTPUTS:.1f}" for n, k in top))
 
 
 def cleanup():

@@ -2,8 +2,9 @@
 # What a service costs (issue 21, section 3): descriptors per service, the
 # cgroup memory peak of 500 identity outputs that start, renew and serve
 # scrapes (and whether they survive a 32 MB limit), idle wake-ups in 30 s,
-# RSS over 1,000 reloads that add and remove 10 outputs, and exec -> every
-# service healthy at 1,000 outputs. Each row prints its target; the rows and
+# RSS over 1,000 reloads that add and remove 10 outputs, exec -> every
+# service healthy at 1,000 outputs, and the system calls of a start per
+# output (strace). Each row prints its target; the rows and
 # their method are in tests/bench/service_cost.py.
 #
 #   tests/bench/service_cost.sh                 # about 3 minutes after the build
