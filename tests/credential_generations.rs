@@ -27,9 +27,14 @@ const STEPS: usize = 13;
 const FILES: [&str; 4] = ["key", "key.pub", "key-cert.pub", "ssh_ca.pub"];
 
 fn output(name: &str, dest: &Path) -> String {
+    output_renewed(name, dest, "100ms")
+}
+
+/// [`output`] renewed every `renewal`.
+fn output_renewed(name: &str, dest: &Path, renewal: &str) -> String {
     format!(
         "  - type: identity\n    name: {name}\n    principals: [{}]\n    \
-         renewal_interval: 100ms\n    credential_ttl: 1m\n    \
+         renewal_interval: {renewal}\n    credential_ttl: 1m\n    \
          destination: {{type: directory, path: {}}}\n",
         current_user(),
         dest.display()
@@ -205,9 +210,13 @@ fn a_kill_at_any_step_of_a_first_write_leaves_nothing_or_a_whole_set() {
     }
 
     // Held at step 7 (the renewal's ..data_tmp), first writes go by it:
-    // both outputs are written and healthy all the same.
+    // both outputs are written and healthy all the same. Renewed every
+    // 50 s (under the 1 m TTL): with 100 ms, a renewal held at step 7 (its
+    // ..data_tmp and generation, rightly there) raced the check below (CI,
+    // once).
     let (a, b) = (dir.join("s7/a"), dir.join("s7/b"));
-    let cfg_text = config_text(dir.path(), "", &(output("a", &a) + &output("b", &b)));
+    let outputs = output_renewed("a", &a, "50s") + &output_renewed("b", &b, "50s");
+    let cfg_text = config_text(dir.path(), "", &outputs);
     let cfg = dir.write("tbot.yaml", &cfg_text);
     let t = start_held_at(&cfg, 7);
     let written = |log: &str| log.matches("identity output written").count();
