@@ -124,13 +124,7 @@ fn profile_top(t: &Tbot) -> String {
         .is_some_and(|d| d.contains("filename=")));
     let file = t.dir.join("cpu.pb");
     std::fs::write(&file, &r.raw_body).unwrap();
-    let out = std::process::Command::new("go")
-        .args(["tool", "pprof", "-top"])
-        .arg(&file)
-        .env("HOME", t.dir.path())
-        .env("GOCACHE", t.dir.join("gocache"))
-        .output()
-        .expect("go (Debian golang-go) must be installed: run tests/run-all.sh");
+    let out = pprof_top(&file, t.dir.path());
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
         out.status.success(),

@@ -48,6 +48,18 @@ fn start_with(tag: &str, top: &str, services: &str, extra: &[&str]) -> (Tbot, Pa
     (t, cfg)
 }
 
+/// The TCP address tbot logged it listens on (`--diag-addr 127.0.0.1:0`).
+fn tcp_addr(t: &Tbot) -> std::net::SocketAddr {
+    t.wait_log_value(
+        "diagnostics service listening",
+        "addr",
+        Duration::from_secs(5),
+    )
+    .expect("no diagnostics address in the log")
+    .parse()
+    .expect("a socket address")
+}
+
 fn sock(t: &Tbot) -> PathBuf {
     t.dir.join("storage/debug.sock")
 }
@@ -112,15 +124,7 @@ fn the_socket_serves_the_endpoints_without_diag_addr_or_debug_mode() {
 #[test]
 fn over_tcp_the_debug_endpoints_still_need_debug_mode() {
     let (t, _) = start("dbgsock-tcp", "", &["--diag-addr", "127.0.0.1:0"]);
-    let addr: std::net::SocketAddr = t
-        .wait_log_value(
-            "diagnostics service listening",
-            "addr",
-            Duration::from_secs(5),
-        )
-        .unwrap()
-        .parse()
-        .unwrap();
+    let addr = tcp_addr(&t);
     assert_eq!(common::get(addr, "/wait").status, 200);
     for path in ["/debug/pprof/", "/status", "/log-level"] {
         assert_eq!(common::get(addr, path).status, 404, "{path}");
@@ -475,13 +479,7 @@ fn debug_profile_is_read_by_go_tool_pprof() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let pprof = Command::new("go")
-        .args(["tool", "pprof", "-top"])
-        .arg(&file)
-        .env("HOME", t.dir.path())
-        .env("GOCACHE", t.dir.join("gocache"))
-        .output()
-        .expect("go (Debian golang-go) must be installed: run tests/run-all.sh");
+    let pprof = common::pprof_top(&file, t.dir.path());
     let text = String::from_utf8_lossy(&pprof.stdout);
     assert!(
         pprof.status.success() && text.contains("Type: cpu"),
@@ -504,15 +502,7 @@ fn basic_auth_on_the_port_does_not_gate_the_debug_socket() {
     );
     let top = format!("web_config_file: {}\n", web.display());
     let (t, cfg) = start_with("dbgsock-auth", &top, "", &["--diag-addr", "127.0.0.1:0"]);
-    let addr: std::net::SocketAddr = t
-        .wait_log_value(
-            "diagnostics service listening",
-            "addr",
-            Duration::from_secs(5),
-        )
-        .unwrap()
-        .parse()
-        .unwrap();
+    let addr = tcp_addr(&t);
     assert_eq!(common::get(addr, "/readyz").status, 401);
     let r = get(&sock(&t), "/wait?timeout=10s");
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");

@@ -349,6 +349,18 @@ impl Tbot {
     }
 }
 
+/// `go tool pprof -top FILE` (Debian's golang-go), with its home and
+/// build cache under `home`: the whole output, whatever its status.
+pub fn pprof_top(file: &Path, home: &Path) -> std::process::Output {
+    Command::new("go")
+        .args(["tool", "pprof", "-top"])
+        .arg(file)
+        .env("HOME", home)
+        .env("GOCACHE", home.join("gocache"))
+        .output()
+        .expect("go (Debian golang-go) must be installed: run tests/run-all.sh")
+}
+
 pub fn proc_status_kb(pid: u32, key: &str) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     s.lines()
