@@ -24,10 +24,12 @@
 //! and anything else then gets a quick 503 ([`room`] has the whole rule).
 //! Every close after an answer is a lingering close (RFC 9112 §9.6), so a
 //! client gets what was written for it, not a reset.
-//! Accept errors (EMFILE and friends) never end the loop: a spare file
-//! descriptor lets the front accept and refuse a client even when the process
-//! is out of descriptors, and new connections resume as soon as fds free up
-//! ([`accept`], on the toolkit of [`crate::infra::sockets`]).
+//! Accept errors (EMFILE and friends) never end the loop. The front holds
+//! [`RESERVE_FDS`] descriptors in reserve, so that when the process is out
+//! of them (services may hold every one) a probe is still accepted and
+//! answered, and the client after it is told why it is refused; new
+//! connections resume as soon as descriptors free up ([`accept`], on the
+//! toolkit of [`crate::infra::sockets`]).
 //! If tiny_http stops listening on its socket (its accept thread dies on
 //! some accept-time errors, one of them a panic), the front notices the
 //! refused connection and the serving loop rebuilds it.
@@ -43,7 +45,7 @@ use rustix::event::epoll::EventFlags;
 
 use super::request_head::{HeadLimits, Peer};
 use crate::infra::progress::Beat;
-use crate::infra::sockets::Spare;
+use crate::infra::sockets::Reserve;
 use crate::infra::stop::Stop;
 use crate::log;
 
@@ -122,16 +124,30 @@ impl Default for Limits {
 /// a kubelet's liveness, readiness and startup probes at once, and one more.
 const PROBE_ROOM: usize = 4;
 
+/// Descriptors the front holds in reserve for when the process is out of
+/// them ([`accept`]): [`PIPE_FDS`] to open a kept connection to tiny_http,
+/// 2 for probe clients, and 1 to accept the client beyond them and tell it
+/// why it is refused.
+pub const RESERVE_FDS: usize = PIPE_FDS + 2 + 1;
+
+/// Descriptors a new connection to tiny_http takes: ours; the duplicate
+/// tiny_http makes of its end (util/refined_tcp_stream.rs `try_clone`,
+/// which panics when there is none); and the number its accept thread's
+/// next accept(2) takes before it waits (Linux numbers the new descriptor
+/// first: with none free, accept fails at once and tiny_http's accept loop
+/// ends). Its end takes the number its waiting accept(2) holds already.
+const PIPE_FDS: usize = 3;
+
 /// Descriptors one slot can hold: the client's, ours to tiny_http, and
 /// tiny_http's end of that, which it holds twice (it `try_clone`s every
 /// accepted stream into a read and a write half); and one client lingering
 /// beside it ([`room`]: as many may linger as there are slots).
 const FDS_PER_CONNECTION: u64 = 5;
 /// Descriptors kept for everything else in the process (the kept
-/// connections to tiny_http among them, three descriptors each); the probe
-/// room's, one per place (its requests go down those kept connections),
-/// come on top.
-const FDS_RESERVED: u64 = 24 + 3 * upstream::MAX_KEPT as u64;
+/// connections to tiny_http among them, three descriptors each, and the
+/// front's reserve); the probe room's, one per place (its requests go down
+/// those kept connections), come on top.
+const FDS_RESERVED: u64 = 24 + 3 * upstream::MAX_KEPT as u64 + RESERVE_FDS as u64;
 
 /// Caps `limits.max_connections` so that every connection's descriptors,
 /// and those of its `probe_room`, fit under the soft RLIMIT_NOFILE, with
@@ -244,6 +260,9 @@ struct Conn {
     kick: bool,
     /// It holds a place in the probe room, not a slot ([`room`]).
     probe_room: bool,
+    /// It was accepted on a descriptor of the reserve: only probes are
+    /// answered ([`accept`]).
+    on_reserve: bool,
     /// Since when its answer waits for the client to take some of it (its
     /// socket is full); None while the answer goes out.
     stalled_since: Option<Instant>,
@@ -264,6 +283,7 @@ impl Conn {
             sent_more: false,
             kick: false,
             probe_room: false,
+            on_reserve: false,
             stalled_since: None,
         }
     }
@@ -282,9 +302,11 @@ pub struct Front {
     stop: Stop,
     /// One turn per pass of the loop (for the systemd watchdog).
     beat: Beat,
-    spare: Spare,
+    /// Descriptors for probes when the process has none free
+    /// ([`RESERVE_FDS`]).
+    reserve: Reserve,
     /// A client was closed to free a descriptor for the one waiting in
-    /// accept(): the spare must not take it first.
+    /// accept(): the reserve must not take it first.
     newcomer_first: bool,
     conns: Vec<Conn>,
     /// The id of the next connection.
@@ -329,7 +351,7 @@ impl Front {
             limits,
             stop,
             beat: Beat::default(),
-            spare: Spare::new(),
+            reserve: Reserve::new(RESERVE_FDS),
             newcomer_first: false,
             conns: Vec::new(),
             next_id: 0,

@@ -482,43 +482,48 @@ fn serve(
 ) {
     let mut parked: Vec<http::Parked> = Vec::new();
     let mut generation = 0;
+    // When to try a rebuild again that failed (out of descriptors, most
+    // likely); the loop serves the connections it has meanwhile.
+    let mut rebuild_at: Option<Instant> = None;
     while !state.stop.is_set() {
         state.beat.beat();
         if state.lost.swap(false, Ordering::SeqCst) {
+            rebuild_at = Some(Instant::now());
+        }
+        if rebuild_at.is_some_and(|t| t <= Instant::now()) {
             generation += 1;
-            if !rebuild(&state, &dir, generation, &backend_path) {
-                // Out of descriptors, most likely: try again in a while.
-                std::thread::sleep(Duration::from_secs(1));
-                state.lost.store(true, Ordering::SeqCst);
-            }
-        } else {
-            let server = state.server();
-            let next = parked.iter().map(|p| p.deadline).min();
-            // recv_timeout answers Ok(None) both on timeout and on unblock
-            // (stop, a health change, the front saying the socket is gone);
-            // an error means tiny_http's accept thread died.
-            let wait = next.map_or(IDLE_WAKE, |t| t.saturating_duration_since(Instant::now()));
-            match server.recv_timeout(wait) {
-                Ok(Some(req)) => {
-                    // Tests wedge the loop here (`diag-request=sleep:MS`).
-                    crate::infra::failpoints::hit("diag-request");
-                    // A bug in an endpoint must not take the whole
-                    // diagnostics service down with this thread.
-                    match catch_unwind(AssertUnwindSafe(|| http::handle(&ctx, &renderer, req))) {
-                        Ok(Some(p)) => parked.push(p),
-                        Ok(None) => {}
-                        Err(_) => log::error("a diagnostics request panicked; dropped", &[]),
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    log::warn(
-                        "diagnostics serving loop lost its listener; rebuilding",
-                        &[("error", &e)],
-                    );
-                    state.lost.store(true, Ordering::SeqCst);
+            rebuild_at = match rebuild(&state, &dir, generation, &backend_path) {
+                true => None,
+                false => Some(Instant::now() + Duration::from_secs(1)),
+            };
+        }
+        let server = state.server();
+        let next = parked.iter().map(|p| p.deadline).chain(rebuild_at).min();
+        // recv_timeout answers Ok(None) both on timeout and on unblock
+        // (stop, a health change, the front saying the socket is gone).
+        let wait = next.map_or(IDLE_WAKE, |t| t.saturating_duration_since(Instant::now()));
+        match server.recv_timeout(wait) {
+            Ok(Some(req)) => {
+                // Tests wedge the loop here (`diag-request=sleep:MS`).
+                crate::infra::failpoints::hit("diag-request");
+                // A bug in an endpoint must not take the whole
+                // diagnostics service down with this thread.
+                match catch_unwind(AssertUnwindSafe(|| http::handle(&ctx, &renderer, req))) {
+                    Ok(Some(p)) => parked.push(p),
+                    Ok(None) => {}
+                    Err(_) => log::error("a diagnostics request panicked; dropped", &[]),
                 }
             }
+            Ok(None) => {}
+            // tiny_http's accept thread ended (out of descriptors: its
+            // accept(2) numbers the new descriptor before it waits). The
+            // connections it accepted still carry requests, and the front
+            // keeps using them: the socket is rebuilt only once the front
+            // needs a new connection and finds it refused.
+            Err(e) => log::warn(
+                "diagnostics serving loop: tiny_http stopped accepting; its connections still serve",
+                &[("error", &e)],
+            ),
         }
         if parked.len() > max_parked {
             // In the order they were parked (`answer_ready` keeps it).

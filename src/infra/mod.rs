@@ -11,7 +11,7 @@
 //!   `instance_lock` (flock(2): one tbot per storage directory),
 //!   `acl` (POSIX ACLs for a destination's readers), `owner` (whose a
 //!   directory is; no running on another user's storage);
-//! - public sockets: `sockets` (spare descriptor, out-of-descriptors
+//! - public sockets: `sockets` (descriptors in reserve, out-of-descriptors
 //!   check, lingering close); `lookup` (name lookups, bounded and capped);
 //! - stopping: `stop` (the one stop signal: a flag and a channel, and a
 //!   descriptor for those who ask);

@@ -1,6 +1,6 @@
 //! The hardened-socket toolkit of tbot's public entry points (the
-//! multiplexer socket and the diagnostics front): a spare descriptor for
-//! running out of them, the out-of-descriptors check, and the lingering
+//! multiplexer socket and the diagnostics front): descriptors held in
+//! reserve for running out of them, the out-of-descriptors check, and the lingering
 //! close.
 
 use std::fs::File;
@@ -23,31 +23,51 @@ pub fn out_of_descriptors(e: &io::Error) -> bool {
     )
 }
 
-/// A descriptor held in reserve (`/dev/null`), given up to accept and
-/// refuse one waiting client when out of descriptors, so that the client
-/// is told why rather than left waiting.
-pub struct Spare(Option<File>);
+/// Descriptors held in reserve (`/dev/null`), given up when the process is
+/// out of them, so that the work that must not fail for want of one still
+/// gets a number: accepting a probe and the connection that answers it (the
+/// diagnostics front), or refusing a client with the reason rather than
+/// leaving it waiting (both public sockets).
+///
+/// Linux gives the lowest free number to whichever thread asks next
+/// (open(2)), so a descriptor given up is only the caller's if it asks at
+/// once: release, then accept or connect, with nothing in between.
+pub struct Reserve {
+    held: Vec<File>,
+    size: usize,
+}
 
-impl Spare {
-    /// Holds one (none if even that fails; [`Spare::restore`] tries again).
-    pub fn new() -> Spare {
-        Spare(File::open("/dev/null").ok())
+impl Reserve {
+    /// Holds `size` descriptors, or as many as can be had
+    /// ([`Reserve::refill`] tries again).
+    pub fn new(size: usize) -> Reserve {
+        let mut r = Reserve {
+            held: Vec::with_capacity(size),
+            size,
+        };
+        r.refill();
+        r
     }
 
-    /// Gives the descriptor up. False if none was held.
-    pub fn release(&mut self) -> bool {
-        self.0.take().is_some()
+    /// Descriptors held now.
+    pub fn held(&self) -> usize {
+        self.held.len()
     }
 
-    /// Whether the descriptor is held (not given up).
-    pub fn is_held(&self) -> bool {
-        self.0.is_some()
+    /// Gives up at most `n` descriptors; returns how many were given up.
+    pub fn release(&mut self, n: usize) -> usize {
+        let n = n.min(self.held.len());
+        self.held.truncate(self.held.len() - n);
+        n
     }
 
-    /// Holds one again if none is held.
-    pub fn restore(&mut self) {
-        if self.0.is_none() {
-            self.0 = File::open("/dev/null").ok();
+    /// Holds its full size again, as far as descriptors are free.
+    pub fn refill(&mut self) {
+        while self.held.len() < self.size {
+            match File::open("/dev/null") {
+                Ok(f) => self.held.push(f),
+                Err(_) => return,
+            }
         }
     }
 }
@@ -114,14 +134,15 @@ mod tests {
         a.set_nonblocking(true).unwrap();
         drop(b);
         assert!(drained(&a, &mut 0, 10));
-        // The spare comes and goes.
-        let mut spare = Spare::new();
-        assert!(spare.is_held());
-        assert!(spare.release());
-        assert!(!spare.is_held());
-        assert!(!spare.release());
-        spare.restore();
-        assert!(spare.release());
+        // The reserve comes and goes.
+        let mut reserve = Reserve::new(3);
+        assert_eq!(reserve.held(), 3);
+        assert_eq!(reserve.release(2), 2);
+        assert_eq!(reserve.held(), 1);
+        assert_eq!(reserve.release(2), 1);
+        assert_eq!(reserve.release(1), 0);
+        reserve.refill();
+        assert_eq!(reserve.held(), 3);
         assert!(out_of_descriptors(&io::Error::from_raw_os_error(
             libc::EMFILE
         )));

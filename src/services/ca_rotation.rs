@@ -112,12 +112,16 @@ impl Service for CaRotation {
         let mut watch = None;
         // Why the directory cannot be watched, as last logged.
         let mut unwatched: Option<String> = None;
+        // A watch that failed is tried again after a poll's wait, not at
+        // once: out of descriptors, that would be a busy loop taking the
+        // numbers every other thread needs.
+        let mut watch_again = Instant::now();
         loop {
             if ctx.stopping() {
                 return Ok(());
             }
             // Watch first, check next: a change after the check is an event.
-            if watch.is_none() {
+            if watch.is_none() && Instant::now() >= watch_again {
                 watch = self.watch(ctx, &mut unwatched);
             }
             let now = self.check(ctx, &mut seen);
@@ -143,6 +147,7 @@ impl Service for CaRotation {
                 Woke::WatchFailed(e) => {
                     cannot_watch(ctx, &mut unwatched, e);
                     watch = None;
+                    watch_again = Instant::now() + POLL;
                 }
             }
         }
@@ -179,7 +184,13 @@ impl CaRotation {
     /// A watch of the storage directory, or None: then the caller polls.
     /// Logs when watching stops or resumes being possible, and why, once.
     fn watch(&self, ctx: &Context, unwatched: &mut Option<String>) -> Option<Watch> {
-        match Watch::dir(&self.storage, EVENTS) {
+        // The stop descriptor first (made once, then kept): the wait needs
+        // both.
+        let watched = ctx
+            .stop_fd()
+            .map_err(|e| format!("stop descriptor: {}", explain(&e)))
+            .and_then(|_| Watch::dir(&self.storage, EVENTS));
+        match watched {
             Ok(w) => {
                 if unwatched.take().is_some() {
                     log::info(

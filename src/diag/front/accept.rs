@@ -4,12 +4,15 @@
 //!
 //! Who gets a slot, and who loses one, is [`super::room`]'s rule.
 //!
-//! Accept errors never end the front's loop. Out of descriptors, a
-//! lingering connection is closed to make room, else the connection the
-//! room rule would put out; if there is none, the spare descriptor is given
-//! up to accept the waiting client and refuse it with a 503 (then a
-//! lingering close), and new connections resume as soon as descriptors
-//! free up.
+//! Accept errors never end the front's loop. Out of descriptors (services
+//! may hold every one), a lingering connection is closed to make room, else
+//! the connection the room rule would put out; if there is none, a
+//! descriptor of the reserve ([`super::RESERVE_FDS`]) is given up to accept
+//! the waiting client, which gets an answer only if it asks for a probe
+//! (`/livez`, `/readyz`; anything else a 503 that says why), and with the
+//! reserve's last one the client is accepted only to be refused with that
+//! 503 (then a lingering close). The reserve fills up again as soon as
+//! descriptors free up.
 
 use std::io::{self, ErrorKind, Write};
 use std::time::{Duration, Instant};
@@ -17,10 +20,16 @@ use std::time::{Duration, Instant};
 use super::local::Stream;
 use super::room::Place;
 use super::tls::Client;
+use super::RESERVE_FDS;
 use super::{auth, Conn, Front, State};
 use crate::diag::request_head::{simple_response, Peer};
+use crate::infra::poll::wait_readable;
 use crate::infra::sockets::out_of_descriptors;
 use crate::log::{self, once_a_second};
+
+/// What a client is told when the front has no descriptor to serve it
+/// with (503).
+pub(super) const OUT_OF_DESCRIPTORS: &str = "the diagnostics service is out of file descriptors";
 
 impl Front {
     /// Accepts the waiting clients, a batch of at most `max_connections +
@@ -42,7 +51,7 @@ impl Front {
                 Ok((stream, peer)) => self.admit(Stream::Tcp(stream), Peer::Tcp(peer), place),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if out_of_descriptors(&e) => {
-                    self.refuse_without_descriptors(&e);
+                    self.without_descriptors(&e, place);
                     return;
                 }
                 // The client went away between SYN and accept, a signal, or
@@ -62,41 +71,62 @@ impl Front {
     }
 
     /// accept() failed for want of descriptors: free one (a lingering
-    /// connection, the one the room rule would put out, or the spare),
-    /// refuse the waiting client, and pause briefly when nothing can be
-    /// freed.
-    fn refuse_without_descriptors(&mut self, e: &io::Error) {
-        self.note_accept_error(e);
-        let victim = self.victim(Instant::now(), false, usize::MAX);
-        let freed =
-            self.drop_oldest_lingering() || victim.map(|i| self.conns.swap_remove(i)).is_some();
-        if freed {
-            // The freed descriptor is for the newcomer: the spare, if it
-            // is out, waits for the next one.
-            self.newcomer_first = !self.spare.is_held();
+    /// connection, one that makes no progress of its own doing, or one of
+    /// the reserve) for the waiting client, and pause briefly when nothing
+    /// can be freed. `place`: where the room rule put the client.
+    ///
+    /// Linux takes the new descriptor's number before it looks for a
+    /// client (accept(2) fails with EMFILE with none waiting), so whether
+    /// one waits is asked first: else the last client accepted, its request
+    /// not read yet, would be put out for no one.
+    fn without_descriptors(&mut self, e: &io::Error, place: Place) {
+        let waiting = self
+            .listener
+            .as_ref()
+            .is_some_and(|l| wait_readable(l, Duration::ZERO).unwrap_or(true));
+        if !waiting {
             return;
         }
-        if self.spare.release() {
-            // The spare's number goes to the refused client, which keeps
-            // it while it reads the refusal: the 503 is written, then what
-            // the client sent is read and dropped (the lingering close), so
-            // the client sees the reason rather than a reset. The spare
-            // comes back once a descriptor is free (`restore_spare`).
+        self.note_accept_error(e);
+        // Never a connection still waiting for its head a moment after it
+        // came (rank 4): most likely a probe whose request is on its way.
+        let victim = self
+            .ranked_victim(Instant::now(), false, usize::MAX)
+            .filter(|&(rank, _)| rank < 4);
+        let freed = self.drop_oldest_lingering()
+            || victim.map(|(_, i)| self.conns.swap_remove(i)).is_some();
+        if freed {
+            // The freed descriptor is for the newcomer: the reserve, if it
+            // is short, waits for the next one.
+            self.newcomer_first = self.reserve.held() < RESERVE_FDS;
+            return;
+        }
+        // Accepted at once on the number given up (the lowest free: any
+        // thread that opens a file first would take it).
+        let served = self.reserve.held() > 1 && place != Place::Full;
+        if self.reserve.release(1) == 1 {
             if let Some(Ok((stream, peer))) = self.listener.as_ref().map(|l| l.accept()) {
-                let why = "the diagnostics service is out of file descriptors";
                 let (stream, peer) = (Stream::Tcp(stream), Peer::Tcp(peer));
-                self.refuse(stream, peer, Instant::now(), (503, why));
+                match served {
+                    true => self.admit_on_reserve(stream, peer),
+                    // The refused client keeps the number while it reads
+                    // the refusal (the lingering close), so that it sees
+                    // the reason rather than a reset.
+                    false => self.refuse(stream, peer, Instant::now(), (503, OUT_OF_DESCRIPTORS)),
+                }
+                return;
             }
-            self.restore_spare();
         }
         self.accept_paused_until = Some(Instant::now() + Duration::from_millis(50));
     }
 
-    /// Takes the spare descriptor back when it was given away and one is
-    /// free again (unless the one just freed is for a waiting newcomer).
-    pub(super) fn restore_spare(&mut self) {
-        if !std::mem::take(&mut self.newcomer_first) {
-            self.spare.restore();
+    /// Fills the reserve up again, as far as descriptors are free, unless
+    /// the one just freed is for a waiting newcomer or tiny_http is still
+    /// to accept a connection made on the reserve ([`super::pipe`]).
+    pub(super) fn refill_reserve(&mut self) {
+        let now = Instant::now();
+        if !std::mem::take(&mut self.newcomer_first) && self.backend_to_accept(now).is_none() {
+            self.reserve.refill();
         }
     }
 
@@ -121,6 +151,23 @@ impl Front {
             let why = "too many connections to the diagnostics service";
             return self.refuse(stream, peer, now, (503, why));
         };
+        self.open(stream, peer, probe_room, false);
+    }
+
+    /// [`Front::admit`] for a client accepted on a descriptor of the
+    /// reserve: it takes no one's place (it counts in the probe room, and
+    /// the reserve bounds how many there are), and only a probe is
+    /// answered.
+    fn admit_on_reserve(&mut self, stream: Stream, peer: Peer) {
+        if stream.set_nonblocking(true).is_ok() {
+            self.open(stream, peer, true, true);
+        }
+    }
+
+    /// Opens a connection on the admitted `stream` (nonblocking) and reads
+    /// what it sent already.
+    fn open(&mut self, stream: Stream, peer: Peer, probe_room: bool, on_reserve: bool) {
+        let now = Instant::now();
         let client = match stream {
             Stream::Tcp(stream) => {
                 let _ = stream.set_nodelay(true);
@@ -142,6 +189,7 @@ impl Front {
         let deadline = now + self.limits.head_timeout;
         let mut c = Conn::new(self.next_id, client, peer, state, deadline);
         c.probe_room = probe_room;
+        c.on_reserve = on_reserve;
         self.conns.push(c);
         self.next_id += 1;
         // Read at once: a request that is there already (a client that

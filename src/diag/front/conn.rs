@@ -9,8 +9,9 @@ use std::time::Instant;
 use rustix::event::epoll::EventFlags;
 
 use super::upstream::Relayed;
-use super::{again, auth, Conn, Front, Request, State, Then};
+use super::{accept, again, auth, Conn, Front, Request, State, Then};
 use crate::diag::request_head::{parse_head, simple_response, Parsed, Peer};
+use crate::infra::sockets::out_of_descriptors;
 use crate::log::{self, once_a_second};
 
 impl Conn {
@@ -184,7 +185,9 @@ impl Front {
                 path,
                 authorization,
             } => {
-                let next = keep_alive.then(|| buf[len..].to_vec());
+                // A client on the reserve's descriptor gives it back after
+                // its answer.
+                let next = (keep_alive && !c.on_reserve).then(|| buf[len..].to_vec());
                 // Basic auth and client certificates ([`super::auth`]) on
                 // TCP; a debug socket peer passed its own rule at accept
                 // ([`super::local`]).
@@ -202,6 +205,12 @@ impl Front {
                         auth::judge(&sec, &asked)
                     }
                 };
+                if c.on_reserve && !probe {
+                    // Accepted on the reserve: it is there for probes.
+                    let out = simple_response(503, accept::OUT_OF_DESCRIPTORS);
+                    c.reply(out, Then::Close, now + self.limits.write_timeout);
+                    return;
+                }
                 if c.probe_room && !probe && !self.slot_for(i, now) {
                     // In the probe room, only probes are served.
                     let out =
@@ -274,7 +283,11 @@ impl Front {
     /// tiny_http cannot be reached at `path` (`e`): the client `i` gets a
     /// 503, and a socket no one listens on is reported.
     pub(super) fn unreachable(&mut self, i: usize, now: Instant, path: &Path, e: io::Error) {
-        let out = simple_response(503, "the diagnostics service is busy; try again");
+        let why = match out_of_descriptors(&e) {
+            true => accept::OUT_OF_DESCRIPTORS,
+            false => "the diagnostics service is busy; try again",
+        };
+        let out = simple_response(503, why);
         self.conns[i].reply(out, Then::Close, now + self.limits.write_timeout);
         if matches!(e.kind(), ErrorKind::ConnectionRefused | ErrorKind::NotFound) {
             (self.backend_lost)(path);

@@ -35,13 +35,15 @@ use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::time::Instant;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use rustix::event::epoll::EventFlags;
 
 use super::turn::Events;
 use super::upstream::{framing, Framing, Kept, Relayed};
-use super::{again, Front, State};
+use super::{again, Front, State, PIPE_FDS};
+use crate::infra::sockets::out_of_descriptors;
 use crate::log;
 
 /// Requests on one kept connection at once, at most. It was 8: a saturated
@@ -85,7 +87,20 @@ pub(super) struct Pipe {
     /// The first answer is delimited by the connection's close (Some),
     /// with its head's length if [`framing`] could read it.
     until_close: Option<Option<usize>>,
+    /// It was made with descriptors of the reserve given up, and tiny_http
+    /// may still be accepting it (nothing read from it so far): until then,
+    /// at most [`ACCEPT_GRACE`], the front neither accepts clients nor
+    /// refills its reserve, which would take the numbers tiny_http needs
+    /// ([`Front::connect_pipe`]).
+    to_accept: Option<Instant>,
 }
+
+/// How long the front leaves the descriptors it gave up to tiny_http's
+/// accept thread at most ([`Pipe::to_accept`]); its first answer ends the
+/// wait sooner. A bound, not a guarantee: should the accept thread lose
+/// them anyway, the serving loop rebuilds it when the front next finds its
+/// socket refusing (`diag::serve`).
+const ACCEPT_GRACE: Duration = Duration::from_millis(50);
 
 struct Waiter {
     /// The client's [`super::Conn::id`].
@@ -143,19 +158,28 @@ impl Front {
     /// fewer than `max_rendering` carry one), one write per connection (at
     /// the end of every turn).
     pub(super) fn dispatch_queued(&mut self, now: Instant) {
-        let mut queued: Vec<usize> = (0..self.conns.len())
-            .filter(|&i| matches!(self.conns[i].state, State::Queued(_)))
-            .collect();
-        if queued.is_empty() {
+        let queued = |c: &super::Conn| matches!(c.state, State::Queued(_));
+        if !self.conns.iter().any(queued) {
             return;
         }
-        let at_once = |c: &super::Conn| matches!(&c.state, State::Queued(rq) if rq.at_once);
-        queued.sort_by_key(|&i| (!at_once(&self.conns[i]), self.conns[i].since));
         let path = self.backend_path();
         let generation = self.pool.follow(&path);
-        // Idle connections to a replaced tiny_http are closed.
-        self.pipes
-            .retain(|p| p.generation == generation || !p.waiting.is_empty());
+        // Connections to a replaced tiny_http: the idle ones close, and the
+        // requests on the others are sent again (the serving loop reads
+        // only the new one).
+        for p in (0..self.pipes.len()).rev() {
+            if self.pipes[p].generation != generation {
+                match self.pipes[p].waiting.is_empty() {
+                    true => drop(self.pipes.swap_remove(p)),
+                    false => self.break_pipe(p, now, Blame::NoOne),
+                }
+            }
+        }
+        let mut queued: Vec<usize> = (0..self.conns.len())
+            .filter(|&i| queued(&self.conns[i]))
+            .collect();
+        let at_once = |c: &super::Conn| matches!(&c.state, State::Queued(rq) if rq.at_once);
+        queued.sort_by_key(|&i| (!at_once(&self.conns[i]), self.conns[i].since));
         let mut rendering = self.pipes.iter().filter(|p| p.renders()).count();
         for i in queued {
             let State::Queued(rq) = &self.conns[i].state else {
@@ -174,8 +198,8 @@ impl Front {
             let p = match best {
                 Some(p) => p,
                 None => match self.pool.kept() {
-                    Some(kept) => match self.pool.connect(&path) {
-                        Ok(stream) => {
+                    Some(kept) => match self.connect_pipe(&path, at_once) {
+                        Ok((stream, to_accept)) => {
                             self.pipes.push(Pipe {
                                 stream,
                                 ev: EventFlags::empty(),
@@ -186,6 +210,7 @@ impl Front {
                                 resp: Vec::new(),
                                 waiting: VecDeque::new(),
                                 until_close: None,
+                                to_accept,
                             });
                             self.pipes.len() - 1
                         }
@@ -217,6 +242,45 @@ impl Front {
             // An error shows in the next wait (the socket hung up).
             let _ = pipe.flush();
         }
+    }
+
+    /// A new kept connection to tiny_http at `path`, and until when
+    /// tiny_http may still be accepting it on descriptors of the reserve.
+    ///
+    /// Once it accepts, tiny_http takes two descriptors: the duplicate it
+    /// makes of the connection, and the number its next accept(2) takes
+    /// before it waits. When there are none, its accept thread ends (a
+    /// panic, or an error that ends its loop) and no new connection can
+    /// be made until the serving loop rebuilds it. So two of the reserve
+    /// are given up first; and a request answered at once (a probe) that
+    /// finds no descriptor for the front's own end gets a third.
+    fn connect_pipe(
+        &mut self,
+        path: &Path,
+        at_once: bool,
+    ) -> io::Result<(UnixStream, Option<Instant>)> {
+        let released = self.reserve.release(PIPE_FDS - 1);
+        let stream = match self.pool.connect(path) {
+            Err(e) if out_of_descriptors(&e) && at_once && self.reserve.release(1) == 1 => {
+                self.pool.connect(path)?
+            }
+            other => other?,
+        };
+        Ok((
+            stream,
+            (released > 0).then(|| Instant::now() + ACCEPT_GRACE),
+        ))
+    }
+
+    /// Whether tiny_http may still be accepting a kept connection made
+    /// with descriptors of the reserve given up (until when, the
+    /// earliest).
+    pub(super) fn backend_to_accept(&self, now: Instant) -> Option<Instant> {
+        self.pipes
+            .iter()
+            .filter_map(|p| p.to_accept)
+            .filter(|&t| t > now)
+            .min()
     }
 
     /// Acts on what the wait reported for the kept connections: writes
@@ -272,6 +336,8 @@ impl Front {
                 return Err(true);
             }
             pipe.resp.extend_from_slice(&chunk[..n]);
+            // tiny_http answered: it has accepted the connection.
+            pipe.to_accept = None;
         };
         let relayed = self.relay_answers(p, now);
         match ended {

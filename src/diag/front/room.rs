@@ -118,14 +118,14 @@ impl Front {
     }
 
     /// The connection that loses its place, if any, by the module's ranks
-    /// 1 to 4. `slots_only`: not one in the probe room (its place frees no
-    /// slot). Never `except`.
-    pub(super) fn victim(&self, now: Instant, slots_only: bool, except: usize) -> Option<usize> {
-        self.ranked_victim(now, slots_only, except).map(|(_, j)| j)
-    }
-
-    /// [`Front::victim`], and its rank.
-    fn ranked_victim(&self, now: Instant, slots_only: bool, except: usize) -> Option<(u8, usize)> {
+    /// 1 to 4, and its rank. `slots_only`: not one in the probe room (its
+    /// place frees no slot). Never `except`.
+    pub(super) fn ranked_victim(
+        &self,
+        now: Instant,
+        slots_only: bool,
+        except: usize,
+    ) -> Option<(u8, usize)> {
         self.conns
             .iter()
             .enumerate()

@@ -159,7 +159,9 @@ impl Front {
     /// Brings the epoll set in line with every connection's state, then
     /// waits for events until the nearest deadline.
     pub(super) fn wait(&mut self, events: &mut Events, now: Instant) -> io::Result<()> {
-        let listen = self.accept_paused_until.is_none();
+        // Not while tiny_http is to accept a connection made on the
+        // reserve: an accept here could take the number it needs.
+        let listen = self.accept_paused_until.is_none() && self.backend_to_accept(now).is_none();
         if listen != events.listening {
             let (have, want) = match listen {
                 true => (EventFlags::empty(), EventFlags::IN),
@@ -210,7 +212,8 @@ impl Front {
     }
 
     /// How long this turn may wait: until the nearest deadline (or the end
-    /// of an accept pause), between 1 ms and 60 s; None: no deadline.
+    /// of an accept pause, or of tiny_http's time to accept), between 1 ms
+    /// and 60 s; None: no deadline.
     pub(super) fn timeout(&self, now: Instant) -> Option<Duration> {
         if self.kicked() {
             // An answer is ready to go (a kept connection broke late in
@@ -218,7 +221,10 @@ impl Front {
             return Some(Duration::ZERO);
         }
         let mut next = self.conns.iter().map(|c| c.deadline).min();
-        if let Some(t) = self.accept_paused_until {
+        for t in [self.accept_paused_until, self.backend_to_accept(now)]
+            .into_iter()
+            .flatten()
+        {
             next = Some(next.map_or(t, |n| n.min(t)));
         }
         next.map(|t| {
@@ -275,8 +281,8 @@ impl Front {
             }
         }
         // Before any new client: a descriptor freed above goes back to the
-        // spare first.
-        self.restore_spare();
+        // reserve first.
+        self.refill_reserve();
         let ready = |l: Option<BorrowedFd>| l.is_some_and(|l| !events.of(l.as_raw_fd()).is_empty());
         if ready(self.listener.as_ref().map(|l| l.as_fd())) {
             // Tests wedge the front here (`diag-front-accept=sleep:MS`).

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::infra::sockets::{drained, linger, Spare};
+use crate::infra::sockets::{drained, linger, Reserve};
 use crate::log;
 use crate::metrics::Metrics;
 
@@ -117,8 +117,8 @@ impl Connections {
     /// one waiting client on it and refuses it with the reason (counted as
     /// `ERROR`; logged only by the caller's rate-limited warning), then takes
     /// the spare back. False if there was no spare or no client accepted.
-    pub(super) fn refuse_with_spare(&self, socket: &Socket, spare: &mut Spare) -> bool {
-        if !spare.release() {
+    pub(super) fn refuse_with_spare(&self, socket: &Socket, spare: &mut Reserve) -> bool {
+        if spare.release(1) == 0 {
             return false;
         }
         let refused = match socket.listener.accept() {
@@ -134,7 +134,7 @@ impl Connections {
             }
             Err(_) => false,
         };
-        spare.restore();
+        spare.refill();
         refused
     }
 

@@ -49,7 +49,7 @@ use crate::config::{Config, MultiplexerConfig};
 use crate::infra::inotify;
 use crate::infra::limits::explain;
 use crate::infra::poll::{poll, woke, PollFd, PollFlags};
-use crate::infra::sockets::{out_of_descriptors, Spare};
+use crate::infra::sockets::{out_of_descriptors, Reserve};
 use crate::log::{self, once_a_second};
 use crate::services::readers::{Layout, Readers};
 use crate::services::{Context, Drain, Service};
@@ -263,7 +263,7 @@ fn accept_loop(
     // A change between the bind and the watch sent no event.
     socket.check_still_ours()?;
     let mut accepter = Accepter {
-        spare: Spare::new(),
+        spare: Reserve::new(1),
         last_error: None,
     };
     loop {
@@ -367,7 +367,7 @@ impl Ownership {
 /// The accept side of the loop: the spare descriptor for running out of
 /// descriptors, and the rate limit of its warning.
 struct Accepter {
-    spare: Spare,
+    spare: Reserve,
     last_error: Option<Instant>,
 }
 
@@ -406,7 +406,7 @@ impl Accepter {
                     if !ctx.sleep(Duration::from_millis(100)) {
                         return false;
                     }
-                    self.spare.restore();
+                    self.spare.refill();
                     break;
                 }
             }
