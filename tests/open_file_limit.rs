@@ -245,6 +245,21 @@ fn probes_are_answered_when_every_descriptor_is_in_use() {
             assert_eq!(r.status, 200, "probe {i}: {path}: {}\n{}", r.body, t.log());
         }
     }
+    // The local debug socket too (`tbot status` asks there).
+    for i in 0..5 {
+        let mut s = std::os::unix::net::UnixStream::connect(t.dir.join("storage/debug.sock"))
+            .unwrap_or_else(|e| panic!("debug socket: {e}"));
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET /readyz HTTP/1.1\r\nHost: local\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut answer = String::new();
+        let read = std::io::Read::read_to_string(&mut s, &mut answer);
+        assert!(
+            read.is_ok() && answer.starts_with("HTTP/1.1 200"),
+            "debug socket, probe {i}: {read:?} {answer:?}\n{}",
+            t.log()
+        );
+    }
     let r = t.get("/metrics");
     assert_eq!(r.status, 503, "{}", r.body);
     assert!(r.body.contains("out of file descriptors"), "{}", r.body);

@@ -15,6 +15,7 @@
 //! descriptors free up.
 
 use std::io::{self, ErrorKind, Write};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
 use super::local::Stream;
@@ -27,31 +28,40 @@ use crate::infra::poll::wait_readable;
 use crate::infra::sockets::out_of_descriptors;
 use crate::log::{self, once_a_second};
 
+/// Where clients come in.
+#[derive(Clone, Copy)]
+pub(super) enum Door {
+    /// The TCP port (`diag_addr`).
+    Tcp,
+    /// The local debug socket ([`super::local`]).
+    Local,
+}
+
 /// What a client is told when the front has no descriptor to serve it
 /// with (503).
 pub(super) const OUT_OF_DESCRIPTORS: &str = "the diagnostics service is out of file descriptors";
 
 impl Front {
-    /// Accepts the waiting clients, a batch of at most `max_connections +
-    /// probe_room` a turn, so that the requests of those accepted are read
-    /// (at the next turn) before more come in: a newcomer never puts out
-    /// one accepted in the same batch ([`super::room`]); when only that
-    /// would make room, the rest wait in the listen backlog.
-    pub(super) fn accept_all(&mut self) {
+    /// Accepts the clients waiting at `door`, a batch of at most
+    /// `max_connections + probe_room` a turn, so that the requests of those
+    /// accepted are read (at the next turn) before more come in: a
+    /// newcomer never puts out one accepted in the same batch
+    /// ([`super::room`]); when only that would make room, the rest wait in
+    /// the listen backlog.
+    pub(super) fn accept_from(&mut self, door: Door) {
         let batch = self.next_id;
         for _ in 0..self.limits.max_connections + self.limits.probe_room {
             let place = self.place_for_newcomer(Instant::now(), batch);
             if place == Place::NextTurn {
                 return;
             }
-            let Some(listener) = &self.listener else {
-                return;
-            };
-            match listener.accept() {
-                Ok((stream, peer)) => self.admit(Stream::Tcp(stream), Peer::Tcp(peer), place),
+            match self.accept_one(door) {
+                Ok(Some((stream, peer))) => self.admit(stream, peer, place),
+                // Refused (a debug socket peer of another user) or gone.
+                Ok(None) => {}
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if out_of_descriptors(&e) => {
-                    self.without_descriptors(&e, place);
+                    self.without_descriptors(&e, place, door);
                     return;
                 }
                 // The client went away between SYN and accept, a signal, or
@@ -70,21 +80,39 @@ impl Front {
         }
     }
 
-    /// accept() failed for want of descriptors: free one (a lingering
-    /// connection, one that makes no progress of its own doing, or one of
-    /// the reserve) for the waiting client, and pause briefly when nothing
-    /// can be freed. `place`: where the room rule put the client.
+    /// One client from `door` (WouldBlock: none, or no such door).
+    fn accept_one(&mut self, door: Door) -> io::Result<Option<(Stream, Peer)>> {
+        match (door, &self.listener) {
+            (Door::Tcp, Some(l)) => l
+                .accept()
+                .map(|(s, peer)| Some((Stream::Tcp(s), Peer::Tcp(peer)))),
+            (Door::Tcp, None) => Err(ErrorKind::WouldBlock.into()),
+            (Door::Local, _) => self.accept_local_peer(),
+        }
+    }
+
+    /// Whether a client waits at `door` (an error says yes: then accept
+    /// tells).
+    fn waiting(&self, door: Door) -> bool {
+        let ready = |fd: BorrowedFd| wait_readable(fd, Duration::ZERO).unwrap_or(true);
+        match door {
+            Door::Tcp => self.listener.as_ref().is_some_and(|l| ready(l.as_fd())),
+            Door::Local => self.local.as_ref().is_some_and(|l| ready(l.as_fd())),
+        }
+    }
+
+    /// accept() failed for want of descriptors at `door`: free one (a
+    /// lingering connection, one that makes no progress of its own doing,
+    /// or one of the reserve) for the waiting client, and pause briefly
+    /// when nothing can be freed. `place`: where the room rule put the
+    /// client.
     ///
     /// Linux takes the new descriptor's number before it looks for a
     /// client (accept(2) fails with EMFILE with none waiting), so whether
     /// one waits is asked first: else the last client accepted, its request
     /// not read yet, would be put out for no one.
-    fn without_descriptors(&mut self, e: &io::Error, place: Place) {
-        let waiting = self
-            .listener
-            .as_ref()
-            .is_some_and(|l| wait_readable(l, Duration::ZERO).unwrap_or(true));
-        if !waiting {
+    fn without_descriptors(&mut self, e: &io::Error, place: Place, door: Door) {
+        if !self.waiting(door) {
             return;
         }
         self.note_accept_error(e);
@@ -105,8 +133,10 @@ impl Front {
         // thread that opens a file first would take it).
         let served = self.reserve.held() > 1 && place != Place::Full;
         if self.reserve.release(1) == 1 {
-            if let Some(Ok((stream, peer))) = self.listener.as_ref().map(|l| l.accept()) {
-                let (stream, peer) = (Stream::Tcp(stream), Peer::Tcp(peer));
+            if let Ok(accepted) = self.accept_one(door) {
+                let Some((stream, peer)) = accepted else {
+                    return;
+                };
                 match served {
                     true => self.admit_on_reserve(stream, peer),
                     // The refused client keeps the number while it reads

@@ -21,9 +21,8 @@
 use std::io::{self, ErrorKind, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use super::room::Place;
 use super::tls::Client;
 use super::{Front, State, Then};
 use crate::diag::request_head::{simple_response, LocalAsk, Peer};
@@ -66,45 +65,22 @@ pub fn allowed(uid: u32, own: u32) -> bool {
 }
 
 impl Front {
-    /// Accepts every peer waiting on the local debug socket: those
-    /// [`allowed`] become connections, the others are refused.
-    pub(super) fn accept_local(&mut self) {
-        let own = rustix::process::geteuid().as_raw();
-        // As for TCP: a batch a turn, each with its place ([`super::room`]).
-        let batch = self.next_id;
-        for _ in 0..self.limits.max_connections + self.limits.probe_room {
-            let place = self.place_for_newcomer(Instant::now(), batch);
-            if place == Place::NextTurn {
-                return;
-            }
-            let Some(local) = &self.local else {
-                return;
-            };
-            let stream = match local.accept() {
-                Ok((s, _)) => s,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                Err(e) if matches!(e.raw_os_error(), Some(libc::ECONNABORTED | libc::EINTR)) => {
-                    continue
-                }
-                Err(e) => {
-                    self.note_accept_error(&e);
-                    self.accept_paused_until = Some(Instant::now() + Duration::from_millis(100));
-                    return;
-                }
-            };
-            let cred = match rustix::net::sockopt::socket_peercred(&stream) {
-                Ok(c) => c,
-                // The peer is gone already, or the kernel cannot say who
-                // it is: not served.
-                Err(_) => continue,
-            };
-            let (uid, pid) = (cred.uid.as_raw(), cred.pid.as_raw_nonzero().get());
-            if !allowed(uid, own) {
-                self.refuse_local(stream, uid, pid);
-                continue;
-            }
-            self.admit(Stream::Unix(stream), Peer::Local { uid, pid }, place);
+    /// One peer from the local debug socket: one [`allowed`] (None: it was
+    /// refused, or is gone already, or the kernel cannot say who it is).
+    pub(super) fn accept_local_peer(&mut self) -> io::Result<Option<(Stream, Peer)>> {
+        let Some(local) = &self.local else {
+            return Err(ErrorKind::WouldBlock.into());
+        };
+        let (stream, _) = local.accept()?;
+        let Ok(cred) = rustix::net::sockopt::socket_peercred(&stream) else {
+            return Ok(None);
+        };
+        let (uid, pid) = (cred.uid.as_raw(), cred.pid.as_raw_nonzero().get());
+        if !allowed(uid, rustix::process::geteuid().as_raw()) {
+            self.refuse_local(stream, uid, pid);
+            return Ok(None);
         }
+        Ok(Some((Stream::Unix(stream), Peer::Local { uid, pid })))
     }
 
     /// A peer of another user: a 403, then the lingering close (closing a

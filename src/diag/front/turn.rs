@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use rustix::event::epoll::{self, EventData, EventFlags};
 
+use super::accept::Door;
 use super::{Conn, Front, State};
 
 /// The epoll set and the events of the last wait.
@@ -287,10 +288,10 @@ impl Front {
         if ready(self.listener.as_ref().map(|l| l.as_fd())) {
             // Tests wedge the front here (`diag-front-accept=sleep:MS`).
             crate::infra::failpoints::hit("diag-front-accept");
-            self.accept_all();
+            self.accept_from(Door::Tcp);
         }
         if ready(self.local.as_ref().map(|l| l.as_fd())) {
-            self.accept_local();
+            self.accept_from(Door::Local);
         }
         // Every request queued this turn goes down the kept connections,
         // several in one write where they can.
