@@ -158,6 +158,7 @@ fn run(args: StartArgs, config: Arc<Config>) -> Result<(), String> {
     // tbot's own threads before any service's: a limit on threads that
     // the services reach leaves these running (and the services waiting).
     let (stopper, stop) = Stop::new();
+    systemd::open_notify_socket();
     let diag_slots = diag::Slots::default();
     let mut watched = vec![crate::health::watched(&health, &updates_tx)];
     watched.extend(diag_slots.watched());

@@ -189,13 +189,17 @@ fn a_renewal_out_of_descriptors_names_the_limit() {
 /// renewals) and waits until it is quiet: its first output written, and
 /// the count of open descriptors steady. Returns it and that count.
 fn quiet_identity(tag: &str) -> (Tbot, usize) {
-    let dir = TempDir::new(tag);
+    quiet_identity_with(TempDir::new(tag), &[])
+}
+
+/// [`quiet_identity`] in `dir`, with `env` set.
+fn quiet_identity_with(dir: TempDir, env: &[(&str, &str)]) -> (Tbot, usize) {
     let services = format!(
         "  - type: identity\n    name: web\n    principals: [a]\n    destination: {{type: directory, path: {}}}\n",
         dir.join("out").display()
     );
     let cfg = config_text(dir.path(), "", &services);
-    let t = Tbot::start(dir, &cfg, &[]);
+    let t = Tbot::start_with(dir, &cfg, &[], env);
     for needle in ["every service has reported", "identity output written"] {
         assert!(t.wait_log(needle, Duration::from_secs(20)), "{}", t.log());
     }
@@ -272,4 +276,40 @@ fn probes_are_answered_when_every_descriptor_is_in_use() {
     set_nofile(t.pid(), 4096, 4096);
     let r = t.until("/metrics", Duration::from_secs(10), |r| r.status == 200);
     assert_eq!(r.status, 200, "{}", r.body);
+}
+
+/// Every descriptor in use: systemd's watchdog still gets its pings (one
+/// notify socket for the process, made at start). With a socket made per
+/// message, not one went out, and systemd would have killed a tbot that
+/// still served.
+#[test]
+fn the_watchdog_is_pinged_when_every_descriptor_is_in_use() {
+    let dir = TempDir::new("nofile-watchdog");
+    let path = dir.join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let sock = path.display().to_string();
+    // A ping every 100 ms (half of WATCHDOG_USEC).
+    let env = [
+        ("NOTIFY_SOCKET", sock.as_str()),
+        ("WATCHDOG_USEC", "200000"),
+    ];
+    let (t, open) = quiet_identity_with(dir, &env);
+    set_nofile(t.pid(), open as u64, 4096);
+    let mut buf = [0u8; 4096];
+    // What was sent before the limit came down.
+    notify.set_nonblocking(true).unwrap();
+    while notify.recv(&mut buf).is_ok() {}
+    notify.set_nonblocking(false).unwrap();
+    let end = std::time::Instant::now() + Duration::from_secs(1);
+    let mut pings = 0;
+    while std::time::Instant::now() < end {
+        if let Ok(n) = notify.recv(&mut buf) {
+            pings += usize::from(buf[..n].starts_with(b"WATCHDOG=1"));
+        }
+    }
+    assert!(pings >= 5, "{pings} pings in 1 s\n{}", t.log());
+    assert!(!t.log().contains("cannot notify systemd"), "{}", t.log());
 }

@@ -38,6 +38,34 @@ pub fn notify_socket_set() -> bool {
     std::env::var_os("NOTIFY_SOCKET").is_some_and(|s| !s.is_empty())
 }
 
+/// The socket notifications are sent from: one for the process, made
+/// before any service starts ([`open_notify_socket`]), so that a process
+/// whose services hold every descriptor still pings the watchdog (one made
+/// per message failed with EMFILE there, and systemd would have killed a
+/// tbot that still served).
+static SOCKET: std::sync::OnceLock<UnixDatagram> = std::sync::OnceLock::new();
+
+/// The notify socket (nonblocking, unbound), made now if it was not yet.
+/// Errors: no descriptor or socket to be had.
+fn notify_socket() -> std::io::Result<&'static UnixDatagram> {
+    if let Some(sock) = SOCKET.get() {
+        return Ok(sock);
+    }
+    let sock = UnixDatagram::unbound()?;
+    sock.set_nonblocking(true)?;
+    // Another thread may have made one meanwhile: then this one closes.
+    Ok(SOCKET.get_or_init(|| sock))
+}
+
+/// Makes the notify socket when running under a service manager; at
+/// start, before any service takes descriptors. An error shows at the
+/// first notification.
+pub fn open_notify_socket() {
+    if notify_socket_set() {
+        let _ = notify_socket();
+    }
+}
+
 /// Whether the last datagram could not be sent.
 static FAILING: AtomicBool = AtomicBool::new(false);
 
@@ -72,11 +100,10 @@ pub fn notify(state: &str) {
             sock.send_to(state.as_bytes(), &target)
         }
     };
-    let sent = UnixDatagram::unbound().and_then(|sock| {
-        sock.set_nonblocking(true)?;
+    let sent = notify_socket().and_then(|sock| {
         let end = std::time::Instant::now() + PATIENCE;
         loop {
-            match send(&sock) {
+            match send(sock) {
                 Err(e)
                     if once
                         && e.kind() == std::io::ErrorKind::WouldBlock
