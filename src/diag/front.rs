@@ -12,7 +12,7 @@
 //!    Requests that declare a body are refused (the endpoints take none).
 //! 2. `Queued`, `Piped`: forward a clean copy of the head to tiny_http on
 //!    a kept connection, several in one write when they come together
-//!    ([`pipe`]), and take its response from there; or `Backend`: on a
+//!    ([`kept`]), and take its response from there; or `Backend`: on a
 //!    connection of its own (`Connection: close`) for a slow request.
 //! 3. `Reply`: write the response back, bounded in time.
 //!
@@ -52,8 +52,8 @@ use crate::log;
 mod accept;
 pub mod auth;
 mod conn;
+mod kept;
 mod local;
-mod pipe;
 mod room;
 #[cfg(test)]
 mod tests;
@@ -97,7 +97,7 @@ pub struct Limits {
     /// Connections to tiny_http kept open for the next requests (see
     /// [`upstream`]; never more than 3): each holds one of tiny_http's
     /// worker threads.
-    pub kept_backend_connections: usize,
+    pub kept_connections: usize,
 }
 
 impl Default for Limits {
@@ -115,7 +115,7 @@ impl Default for Limits {
             linger_bytes: 1024 * 1024,
             probe_room: PROBE_ROOM,
             stall_time: Duration::from_secs(1),
-            kept_backend_connections: upstream::MAX_KEPT,
+            kept_connections: upstream::MAX_KEPT,
         }
     }
 }
@@ -197,10 +197,10 @@ enum State {
     },
     /// Waiting for its basic auth check ([`auth`]), then forwarded.
     Auth(auth::Pending),
-    /// Waiting for room on a kept connection to tiny_http (see [`pipe`]).
+    /// Waiting for room on a kept connection to tiny_http (see [`kept`]).
     Queued(Request),
     /// Sent down a kept connection to tiny_http, waiting for its answer
-    /// there, in order ([`pipe`]).
+    /// there, in order ([`kept`]).
     Piped(Request),
     Reply {
         out: Vec<u8>,
@@ -215,7 +215,7 @@ enum State {
 
 /// A request for a kept connection to tiny_http.
 struct Request {
-    /// The clean head to send (kept to send again once, see [`pipe`]).
+    /// The clean head to send (kept to send again once, see [`kept`]).
     head: Vec<u8>,
     /// The client's connection stays open, and these bytes of its next
     /// request arrived already.
@@ -314,7 +314,7 @@ pub struct Front {
     /// Where tiny_http is, and the cap on kept connections.
     pool: upstream::Pool,
     /// The kept connections to tiny_http, idle or carrying requests.
-    pipes: Vec<pipe::Pipe>,
+    kept: Vec<kept::KeptConn>,
     accept_paused_until: Option<Instant>,
     /// TLS and auth for new connections and requests ([`auth`]).
     security: auth::SecurityHandle,
@@ -342,7 +342,7 @@ impl Front {
         if let Some(l) = &local {
             l.set_nonblocking(true)?;
         }
-        let pool = upstream::Pool::new(limits.kept_backend_connections);
+        let pool = upstream::Pool::new(limits.kept_connections);
         Ok(Front {
             listener,
             local,
@@ -356,7 +356,7 @@ impl Front {
             conns: Vec::new(),
             next_id: 0,
             pool,
-            pipes: Vec::new(),
+            kept: Vec::new(),
             accept_paused_until: None,
             security: Arc::new(Mutex::new(Arc::new(auth::Security::none()))),
             checker: None,

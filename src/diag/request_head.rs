@@ -236,7 +236,7 @@ fn complete(req: &httparse::Request, len: usize, limits: &HeadLimits, peer: Peer
         let _ = write!(out, "X-Tbot-Peer: {peer}\r\n");
     }
     // No `Connection: close`: the front keeps its connections to tiny_http
-    // open and pipelines requests down them (see front/pipe.rs).
+    // open and pipelines requests down them (see front/kept.rs).
     out.push_str("\r\n");
     let answered = decided.endpoint.map_or(Answered::AtOnce, |e| e.answered);
     Parsed::Forward {

@@ -152,7 +152,7 @@ impl Front {
 
     /// Fills the reserve up again, as far as descriptors are free, unless
     /// the one just freed is for a waiting newcomer or tiny_http is still
-    /// to accept a connection made on the reserve ([`super::pipe`]).
+    /// to accept a connection made on the reserve ([`super::kept`]).
     pub(super) fn refill_reserve(&mut self) {
         let now = Instant::now();
         if !std::mem::take(&mut self.newcomer_first) && self.backend_to_accept(now).is_none() {

@@ -45,7 +45,7 @@ impl Front {
                     // tiny_http has not answered on that kept connection:
                     // the requests behind would wait as long.
                     let id = c.id;
-                    self.drop_pipe_of(id);
+                    self.drop_kept_of(id);
                 }
             }
             // The client did not take its answer in time: the rest is cut.
@@ -85,7 +85,7 @@ impl Front {
                 true
             }
             State::Backend { .. } => self.step_backend(i, now),
-            // Not polled: the kept connections move them on ([`super::pipe`]).
+            // Not polled: the kept connections move them on ([`super::kept`]).
             State::Queued(_) | State::Piped(_) | State::Auth(_) => true,
             State::Reply { .. } => self.step_reply(i, now),
             State::Linger { drained: total } => !c.client.drained(total, self.limits.linger_bytes),
@@ -225,7 +225,7 @@ impl Front {
     }
 
     /// Hands a clean request head to tiny_http: queued for a kept
-    /// connection ([`super::pipe`], sent at the end of the turn), or on a
+    /// connection ([`super::kept`], sent at the end of the turn), or on a
     /// new connection of its own for a slow request (or when no
     /// connections are kept); `next`: the client's connection stays open,
     /// and these bytes of its next request arrived already. A tiny_http

@@ -1,6 +1,6 @@
 //! The front against a stand-in for tiny_http that the test drives: what
 //! goes down a kept connection, and what happens when one closes with
-//! requests on it ([`super::pipe`]).
+//! requests on it ([`super::kept`]).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -40,7 +40,7 @@ fn front_beating(sock: PathBuf, beat: Beat) -> (SocketAddr, StopEnd, std::thread
 /// The default limits, with one kept connection.
 fn one_kept() -> Limits {
     Limits {
-        kept_backend_connections: 1,
+        kept_connections: 1,
         ..Limits::default()
     }
 }

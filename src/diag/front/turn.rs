@@ -17,7 +17,7 @@
 //!
 //! Where a registration is kept: a client's in its [`Conn`], a connection
 //! to tiny_http's beside it (`State::Backend`'s `up_ev`, a kept one's in its
-//! [`super::pipe::Pipe`]). A socket closed leaves the epoll set by itself,
+//! [`super::kept::KeptConn`]). A socket closed leaves the epoll set by itself,
 //! so a new socket that reuses its number starts unregistered.
 
 use std::io;
@@ -202,7 +202,7 @@ impl Front {
                 events.set(&*up, up_ev, want);
             }
         }
-        for p in &mut self.pipes {
+        for p in &mut self.kept {
             let want = p.interest();
             events.set(&p.stream, &mut p.ev, want);
         }
@@ -239,7 +239,7 @@ impl Front {
     pub(super) fn serve(&mut self, events: &Events) {
         let now = Instant::now();
         // Answers first: their clients are stepped below.
-        self.serve_pipes(events, now);
+        self.serve_kept(events, now);
         // Checked passwords: those requests go on ([`super::auth`]).
         if let Some(a) = &self.checker {
             if !events.of(a.wake.as_raw_fd()).is_empty() {

@@ -5,7 +5,7 @@
 //! Connecting a fresh Unix socket per request cost a connect, tiny_http's
 //! accept and its hand-off of the connection to a pool worker, two clones of
 //! the stream, and a close on both sides (issue 11, item 4). Instead,
-//! requests go down kept connections ([`super::pipe`]), whose responses are
+//! requests go down kept connections ([`super::kept`]), whose responses are
 //! framed by their `Content-Length`.
 //!
 //! At most [`MAX_KEPT`] kept connections exist at once, fewer than
@@ -49,9 +49,9 @@ pub(super) struct Pool {
 /// One kept connection's place under the cap; given back when dropped.
 /// (An atomic only so that the front can move to its thread: it is the
 /// only one to touch it.)
-pub(super) struct Kept(Arc<AtomicUsize>);
+pub(super) struct Permit(Arc<AtomicUsize>);
 
-impl Drop for Kept {
+impl Drop for Permit {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
@@ -101,10 +101,10 @@ impl Pool {
 
     /// A place for one more kept connection, if there is room under the
     /// cap.
-    pub(super) fn kept(&mut self) -> Option<Kept> {
+    pub(super) fn permit(&mut self) -> Option<Permit> {
         (self.live.load(Ordering::Relaxed) < self.max_kept).then(|| {
             self.live.fetch_add(1, Ordering::Relaxed);
-            Kept(self.live.clone())
+            Permit(self.live.clone())
         })
     }
 }
@@ -421,11 +421,11 @@ mod tests {
     fn kept_connections_stay_under_the_cap() {
         let mut pool = Pool::new(100);
         assert_eq!(pool.max_kept, MAX_KEPT, "never above tiny_http's minimum");
-        let out: Vec<Kept> = (0..MAX_KEPT + 2).filter_map(|_| pool.kept()).collect();
+        let out: Vec<Permit> = (0..MAX_KEPT + 2).filter_map(|_| pool.permit()).collect();
         assert_eq!(out.len(), MAX_KEPT, "the rest are for one request");
         drop(out);
         assert_eq!(pool.live.load(Ordering::Relaxed), 0, "given back on drop");
-        assert!(pool.kept().is_some());
+        assert!(pool.permit().is_some());
         assert!(!Pool::new(0).keeps());
     }
 

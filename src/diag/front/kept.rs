@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 use rustix::event::epoll::EventFlags;
 
 use super::turn::Events;
-use super::upstream::{framing, Framing, Kept, Relayed};
+use super::upstream::{framing, Framing, Permit, Relayed};
 use super::{again, Front, State, PIPE_FDS};
 use crate::infra::sockets::out_of_descriptors;
 use crate::log;
@@ -54,7 +54,7 @@ use crate::log;
 /// none waits on a slow one.
 pub(super) const MAX_PIPELINED: usize = 32;
 
-/// Whom a kept connection that ends unanswered blames ([`Front::break_pipe`]).
+/// Whom a kept connection that ends unanswered blames ([`Front::break_kept`]).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Blame {
     /// tiny_http dropped it over the request at its head: that one is sent
@@ -69,12 +69,12 @@ enum Blame {
 }
 
 /// One kept connection to tiny_http and the requests it carries.
-pub(super) struct Pipe {
+pub(super) struct KeptConn {
     pub(super) stream: UnixStream,
     /// `stream`'s registration in the epoll set.
     pub(super) ev: EventFlags,
     /// Its place under the cap on kept connections.
-    _kept: Kept,
+    _permit: Permit,
     /// The pool's generation when it was made.
     generation: u64,
     /// Heads not yet written, from `sent` on.
@@ -91,12 +91,12 @@ pub(super) struct Pipe {
     /// may still be accepting it (nothing read from it so far): until then,
     /// at most [`ACCEPT_GRACE`], the front neither accepts clients nor
     /// refills its reserve, which would take the numbers tiny_http needs
-    /// ([`Front::connect_pipe`]).
+    /// ([`Front::connect_kept`]).
     to_accept: Option<Instant>,
 }
 
 /// How long the front leaves the descriptors it gave up to tiny_http's
-/// accept thread at most ([`Pipe::to_accept`]); its first answer ends the
+/// accept thread at most ([`KeptConn::to_accept`]); its first answer ends the
 /// wait sooner. A bound, not a guarantee: should the accept thread lose
 /// them anyway, the serving loop rebuilds it when the front next finds its
 /// socket refusing (`diag::serve`).
@@ -109,7 +109,7 @@ struct Waiter {
     at_once: bool,
 }
 
-impl Pipe {
+impl KeptConn {
     /// What its socket waits for: readable always, writable too while
     /// heads are left to write.
     pub(super) fn interest(&self) -> EventFlags {
@@ -167,11 +167,11 @@ impl Front {
         // Connections to a replaced tiny_http: the idle ones close, and the
         // requests on the others are sent again (the serving loop reads
         // only the new one).
-        for p in (0..self.pipes.len()).rev() {
-            if self.pipes[p].generation != generation {
-                match self.pipes[p].waiting.is_empty() {
-                    true => drop(self.pipes.swap_remove(p)),
-                    false => self.break_pipe(p, now, Blame::NoOne),
+        for p in (0..self.kept.len()).rev() {
+            if self.kept[p].generation != generation {
+                match self.kept[p].waiting.is_empty() {
+                    true => drop(self.kept.swap_remove(p)),
+                    false => self.break_kept(p, now, Blame::NoOne),
                 }
             }
         }
@@ -180,7 +180,7 @@ impl Front {
             .collect();
         let at_once = |c: &super::Conn| matches!(&c.state, State::Queued(rq) if rq.at_once);
         queued.sort_by_key(|&i| (!at_once(&self.conns[i]), self.conns[i].since));
-        let mut rendering = self.pipes.iter().filter(|p| p.renders()).count();
+        let mut rendering = self.kept.iter().filter(|p| p.renders()).count();
         for i in queued {
             let State::Queued(rq) = &self.conns[i].state else {
                 continue;
@@ -192,18 +192,18 @@ impl Front {
             }
             // The fullest that takes it: one write and one wake of
             // tiny_http's worker carry more requests.
-            let best = (0..self.pipes.len())
-                .filter(|&p| self.pipes[p].takes(at_once, generation))
-                .max_by_key(|&p| self.pipes[p].waiting.len());
+            let best = (0..self.kept.len())
+                .filter(|&p| self.kept[p].takes(at_once, generation))
+                .max_by_key(|&p| self.kept[p].waiting.len());
             let p = match best {
                 Some(p) => p,
-                None => match self.pool.kept() {
-                    Some(kept) => match self.connect_pipe(&path, at_once) {
+                None => match self.pool.permit() {
+                    Some(permit) => match self.connect_kept(&path, at_once) {
                         Ok((stream, to_accept)) => {
-                            self.pipes.push(Pipe {
+                            self.kept.push(KeptConn {
                                 stream,
                                 ev: EventFlags::empty(),
-                                _kept: kept,
+                                _permit: permit,
                                 generation,
                                 out: Vec::new(),
                                 sent: 0,
@@ -212,7 +212,7 @@ impl Front {
                                 until_close: None,
                                 to_accept,
                             });
-                            self.pipes.len() - 1
+                            self.kept.len() - 1
                         }
                         Err(e) => {
                             self.unreachable(i, now, &path, e);
@@ -228,19 +228,19 @@ impl Front {
             else {
                 continue;
             };
-            let pipe = &mut self.pipes[p];
+            let kc = &mut self.kept[p];
             rendering += usize::from(!at_once);
-            pipe.out.extend_from_slice(&rq.head);
-            pipe.waiting.push_back(Waiter {
+            kc.out.extend_from_slice(&rq.head);
+            kc.waiting.push_back(Waiter {
                 client: c.id,
                 head_method: rq.head.starts_with(b"HEAD "),
                 at_once,
             });
             c.state = State::Piped(rq);
         }
-        for pipe in &mut self.pipes {
+        for kc in &mut self.kept {
             // An error shows in the next wait (the socket hung up).
-            let _ = pipe.flush();
+            let _ = kc.flush();
         }
     }
 
@@ -254,7 +254,7 @@ impl Front {
     /// be made until the serving loop rebuilds it. So two of the reserve
     /// are given up first; and a request answered at once (a probe) that
     /// finds no descriptor for the front's own end gets a third.
-    fn connect_pipe(
+    fn connect_kept(
         &mut self,
         path: &Path,
         at_once: bool,
@@ -276,7 +276,7 @@ impl Front {
     /// with descriptors of the reserve given up (until when, the
     /// earliest).
     pub(super) fn backend_to_accept(&self, now: Instant) -> Option<Instant> {
-        self.pipes
+        self.kept
             .iter()
             .filter_map(|p| p.to_accept)
             .filter(|&t| t > now)
@@ -286,30 +286,30 @@ impl Front {
     /// Acts on what the wait reported for the kept connections: writes
     /// heads, relays answers, drops connections that closed (sending their
     /// unanswered requests again).
-    pub(super) fn serve_pipes(&mut self, events: &Events, now: Instant) {
-        for p in (0..self.pipes.len()).rev() {
-            let ev = events.of(self.pipes[p].stream.as_raw_fd());
+    pub(super) fn serve_kept(&mut self, events: &Events, now: Instant) {
+        for p in (0..self.kept.len()).rev() {
+            let ev = events.of(self.kept[p].stream.as_raw_fd());
             if ev.is_empty() {
                 continue;
             }
-            if self.pipes[p].waiting.is_empty() {
+            if self.kept[p].waiting.is_empty() {
                 // tiny_http sends nothing unasked: it closed, or sent
                 // stray bytes.
-                self.pipes.swap_remove(p);
+                self.kept.swap_remove(p);
                 continue;
             }
-            if ev.contains(EventFlags::OUT) && self.pipes[p].flush().is_err() {
-                self.break_pipe(p, now, Blame::Head);
+            if ev.contains(EventFlags::OUT) && self.kept[p].flush().is_err() {
+                self.break_kept(p, now, Blame::Head);
                 continue;
             }
             if ev.intersects(EventFlags::IN | EventFlags::HUP | EventFlags::ERR) {
-                if let Err(first_fails) = self.read_pipe(p, now) {
+                if let Err(first_fails) = self.read_kept(p, now) {
                     let blame = if first_fails {
                         Blame::HeadFails
                     } else {
                         Blame::Head
                     };
-                    self.break_pipe(p, now, blame);
+                    self.break_kept(p, now, blame);
                 }
             }
         }
@@ -318,26 +318,26 @@ impl Front {
     /// Reads answers on kept connection `p` and relays the whole ones.
     /// Err: the connection is done (`true`: and the oldest request on it
     /// is not to be sent again).
-    fn read_pipe(&mut self, p: usize, now: Instant) -> Result<(), bool> {
+    fn read_kept(&mut self, p: usize, now: Instant) -> Result<(), bool> {
         let mut chunk = [0u8; 16 * 1024];
-        let pipe = &mut self.pipes[p];
+        let kc = &mut self.kept[p];
         // All there is now, not one chunk a turn: a large page (megabytes
         // of /metrics) would cost a turn of the whole loop per 16 KiB. The
         // answers read before an end or an error still go out.
         let ended = loop {
-            let n = match (&pipe.stream).read(&mut chunk) {
+            let n = match (&kc.stream).read(&mut chunk) {
                 Ok(0) => break true,
                 Ok(n) => n,
                 Err(e) if again(&e) => break false,
                 Err(_) => break true,
             };
-            if pipe.resp.len() + n > self.limits.max_response_bytes {
+            if kc.resp.len() + n > self.limits.max_response_bytes {
                 log::warn("diagnostics front: response too large; dropped", &[]);
                 return Err(true);
             }
-            pipe.resp.extend_from_slice(&chunk[..n]);
+            kc.resp.extend_from_slice(&chunk[..n]);
             // tiny_http answered: it has accepted the connection.
-            pipe.to_accept = None;
+            kc.to_accept = None;
         };
         let relayed = self.relay_answers(p, now);
         match ended {
@@ -350,34 +350,34 @@ impl Front {
     /// Err(false): bytes no request asked for.
     fn relay_answers(&mut self, p: usize, now: Instant) -> Result<(), bool> {
         loop {
-            let pipe = &mut self.pipes[p];
-            let Some(w) = pipe.waiting.front() else {
+            let kc = &mut self.kept[p];
+            let Some(w) = kc.waiting.front() else {
                 // Bytes no request asked for.
-                return match pipe.resp.is_empty() {
+                return match kc.resp.is_empty() {
                     true => Ok(()),
                     false => Err(false),
                 };
             };
-            let (head, len) = match framing(&pipe.resp, w.head_method) {
-                Framing::Length { head, total } if pipe.resp.len() >= total => (head, total),
+            let (head, len) = match framing(&kc.resp, w.head_method) {
+                Framing::Length { head, total } if kc.resp.len() >= total => (head, total),
                 Framing::Length { .. } | Framing::Partial => return Ok(()),
                 Framing::UntilClose { head } => {
                     // Relayed when tiny_http closes the connection; nothing
                     // more goes down it.
-                    pipe.until_close = Some(head);
+                    kc.until_close = Some(head);
                     return Ok(());
                 }
             };
-            let bytes = match pipe.resp.len() == len {
-                true => std::mem::take(&mut pipe.resp),
-                false => pipe.resp.drain(..len).collect(),
+            let bytes = match kc.resp.len() == len {
+                true => std::mem::take(&mut kc.resp),
+                false => kc.resp.drain(..len).collect(),
             };
             let resp = Relayed {
                 bytes,
                 head: Some(head),
             };
             let client = w.client;
-            pipe.waiting.pop_front();
+            kc.waiting.pop_front();
             self.deliver(client, resp, now);
         }
     }
@@ -406,19 +406,19 @@ impl Front {
     /// ones behind are sent again unblamed,
     /// so one client's bad request cannot fail its neighbours' (each is
     /// still bounded by its own response timeout).
-    fn break_pipe(&mut self, p: usize, now: Instant, blame: Blame) {
-        let mut pipe = self.pipes.swap_remove(p);
-        if let (Some(head), Blame::Head) = (pipe.until_close, blame) {
+    fn break_kept(&mut self, p: usize, now: Instant, blame: Blame) {
+        let mut kc = self.kept.swap_remove(p);
+        if let (Some(head), Blame::Head) = (kc.until_close, blame) {
             // The oldest's answer ended with the connection.
-            if let Some(w) = pipe.waiting.pop_front() {
+            if let Some(w) = kc.waiting.pop_front() {
                 let resp = Relayed {
-                    bytes: std::mem::take(&mut pipe.resp),
+                    bytes: std::mem::take(&mut kc.resp),
                     head,
                 };
                 self.deliver(w.client, resp, now);
             }
         }
-        for (k, w) in pipe.waiting.into_iter().enumerate() {
+        for (k, w) in kc.waiting.into_iter().enumerate() {
             let Some(i) = self.conns.iter().position(|c| c.id == w.client) else {
                 continue;
             };
@@ -443,18 +443,18 @@ impl Front {
     /// Client `id` gives up on its request (late): the kept connection
     /// carrying it is dropped, and the requests behind its own are sent
     /// again.
-    pub(super) fn drop_pipe_of(&mut self, id: u64) {
+    pub(super) fn drop_kept_of(&mut self, id: u64) {
         let Some(p) = self
-            .pipes
+            .kept
             .iter()
             .position(|p| p.waiting.iter().any(|w| w.client == id))
         else {
             return;
         };
-        self.pipes[p].waiting.retain(|w| w.client != id);
-        self.pipes[p].until_close = None;
+        self.kept[p].waiting.retain(|w| w.client != id);
+        self.kept[p].until_close = None;
         // The front gave up on it, not tiny_http: no one behind is to blame.
-        self.break_pipe(p, Instant::now(), Blame::NoOne);
+        self.break_kept(p, Instant::now(), Blame::NoOne);
     }
 
     /// Whether some client's answer is ready to go without an event.
