@@ -268,6 +268,7 @@ fn a_diagnostics_service_that_a_reload_stops_leaves_no_thread_or_descriptor() {
     let t = start_without_flag(dir, &with, &[]);
     t.until("/readyz", Duration::from_secs(20), |r| r.status == 200);
     let (threads, fds) = (t.threads(), t.open_fds());
+    let before = fd_targets(t.pid());
     for _ in 0..3 {
         for text in [&without, &with] {
             rewrite(&t, text);
@@ -281,12 +282,30 @@ fn a_diagnostics_service_that_a_reload_stops_leaves_no_thread_or_descriptor() {
     while t.threads() > threads || t.open_fds() > fds {
         assert!(
             Instant::now() < end,
-            "{} threads (from {threads}), {} descriptors (from {fds}) after three stops",
+            "{} threads (from {threads}), {} descriptors (from {fds}) after three stops\nbefore: {before:?}\nafter: {:?}",
             t.threads(),
-            t.open_fds()
+            t.open_fds(),
+            fd_targets(t.pid())
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// What each descriptor of `pid` leads to (`/proc/PID/fd/N` read as a
+/// link), by number.
+fn fd_targets(pid: u32) -> Vec<(u32, String)> {
+    let dir = format!("/proc/{pid}/fd");
+    let mut all: Vec<(u32, String)> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{dir}: {e}"))
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let n = e.file_name().to_str()?.parse().ok()?;
+            let to = std::fs::read_link(e.path()).ok()?;
+            Some((n, to.display().to_string()))
+        })
+        .collect();
+    all.sort();
+    all
 }
 
 fn mean(v: &[u64]) -> f64 {

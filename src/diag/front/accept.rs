@@ -154,8 +154,7 @@ impl Front {
     /// the one just freed is for a waiting newcomer or tiny_http is still
     /// to accept a connection made on the reserve ([`super::kept`]).
     pub(super) fn refill_reserve(&mut self) {
-        let now = Instant::now();
-        if !std::mem::take(&mut self.newcomer_first) && self.backend_to_accept(now).is_none() {
+        if !self.newcomer_first && self.backend_to_accept(Instant::now()).is_none() {
             self.reserve.refill();
         }
     }

@@ -240,6 +240,10 @@ impl Front {
         let now = Instant::now();
         // Answers first: their clients are stepped below.
         self.serve_kept(events, now);
+        // An answer ends tiny_http's time to accept a connection made with
+        // the reserve given up: the reserve is whole again before the
+        // answer goes out.
+        self.refill_reserve();
         // Checked passwords: those requests go on ([`super::auth`]).
         if let Some(a) = &self.checker {
             if !events.of(a.wake.as_raw_fd()).is_empty() {
@@ -282,8 +286,10 @@ impl Front {
             }
         }
         // Before any new client: a descriptor freed above goes back to the
-        // reserve first.
+        // reserve first (unless it was freed for a newcomer in the last
+        // turn's accept: that one takes it now).
         self.refill_reserve();
+        self.newcomer_first = false;
         let ready = |l: Option<BorrowedFd>| l.is_some_and(|l| !events.of(l.as_raw_fd()).is_empty());
         if ready(self.listener.as_ref().map(|l| l.as_fd())) {
             // Tests wedge the front here (`diag-front-accept=sleep:MS`).
