@@ -267,7 +267,7 @@ fn a_diagnostics_service_that_a_reload_stops_leaves_no_thread_or_descriptor() {
     let without = config_text(&d, "", "");
     let t = start_without_flag(dir, &with, &[]);
     t.until("/readyz", Duration::from_secs(20), |r| r.status == 200);
-    let (threads, fds) = (t.threads(), t.open_fds());
+    let (threads, fds) = (t.threads(), t.settled_fds());
     let before = fd_targets(t.pid());
     for _ in 0..3 {
         for text in [&without, &with] {

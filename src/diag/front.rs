@@ -125,9 +125,11 @@ impl Default for Limits {
 const PROBE_ROOM: usize = 4;
 
 /// Descriptors the front holds in reserve for when the process is out of
-/// them ([`accept`]): [`PIPE_FDS`] to open a kept connection to tiny_http,
+/// them ([`accept`]): [`PIPE_FDS`] to open a connection to tiny_http (the
+/// reserve is given up for every new one: `upstream::connect_upstream`),
 /// 2 for probe clients, and 1 to accept the client beyond them and tell it
-/// why it is refused.
+/// why it is refused. Probe clients may take the first 3 too once a kept
+/// connection is open.
 pub const RESERVE_FDS: usize = PIPE_FDS + 2 + 1;
 
 /// Descriptors a new connection to tiny_http takes: ours; the duplicate
@@ -261,7 +263,8 @@ struct Conn {
     /// It holds a place in the probe room, not a slot ([`room`]).
     probe_room: bool,
     /// It was accepted on a descriptor of the reserve: only probes are
-    /// answered ([`accept`]).
+    /// answered (anything else is refused, with the reason), it closes
+    /// after its answer, and it takes no place ([`accept`]).
     on_reserve: bool,
     /// Since when its answer waits for the client to take some of it (its
     /// socket is full); None while the answer goes out.
@@ -308,6 +311,12 @@ pub struct Front {
     /// A client was closed to free a descriptor for the one waiting in
     /// accept(): the reserve must not take it first.
     newcomer_first: bool,
+    /// Until when tiny_http may still be accepting a connection the front
+    /// made ([`Front::connect_upstream`]).
+    upstream_accepting: Option<Instant>,
+    /// When the front last found descriptors short (an accept or a connect
+    /// failed for want of one, or the reserve could not be filled).
+    short_at: Option<Instant>,
     conns: Vec<Conn>,
     /// The id of the next connection.
     next_id: u64,
@@ -353,6 +362,8 @@ impl Front {
             beat: Beat::default(),
             reserve: Reserve::new(RESERVE_FDS),
             newcomer_first: false,
+            upstream_accepting: None,
+            short_at: None,
             conns: Vec::new(),
             next_id: 0,
             pool,

@@ -37,6 +37,7 @@ use crate::infra::subscribers::Subscription;
 use crate::log;
 use crate::metrics::Metrics;
 
+mod backend;
 pub mod debug;
 pub mod debug_socket;
 pub mod endpoints;
@@ -164,28 +165,6 @@ pub struct Diag {
     slots: Slots,
 }
 
-/// tiny_http on a fresh socket in `dir`. tiny_http starts its accept
-/// thread with `std::thread::spawn`, which panics when no thread can be
-/// made (a pids cgroup limit): that panic is this error, not the end of
-/// the calling thread (the main thread, at a reload).
-fn backend(dir: &Path, generation: usize) -> Result<(tiny_http::Server, PathBuf), String> {
-    let path = dir.join(format!("http-{generation}.sock"));
-    let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let server = catch_unwind(|| tiny_http::Server::from_listener(listener, None))
-        .map_err(|p| {
-            let why = crate::supervisor::panic_message(p.as_ref());
-            // std's message carries the error's code only.
-            let limit = match why.contains("code: 11") {
-                true => explain(&std::io::Error::from_raw_os_error(libc::EAGAIN)),
-                false => why,
-            };
-            format!("tiny_http cannot start its thread: {limit}")
-        })?
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok((server, path))
-}
-
 /// Starts the service on `listeners` (bound by the caller). Once every
 /// thread runs, the watchdog's pokes go to its loops, whose turns count on
 /// `slots` (made once by the daemon, shared by each service it starts; see
@@ -227,7 +206,7 @@ fn start_on(
     let debug_on = opts.debug;
     let Secured(security, secured) = opts.security;
     let security: front::auth::SecurityHandle = Arc::new(Mutex::new(Arc::new(security)));
-    let started = backend(&dir, 0).and_then(|(server, path)| {
+    let started = backend::make(&dir, 0).and_then(|(server, path)| {
         let backend_path: front::BackendPath = Arc::new(Mutex::new(path));
         let (stopper, stop) = Stop::new();
         let state = Arc::new(Loop {
@@ -237,7 +216,7 @@ fn start_on(
             changed: AtomicBool::new(false),
             beat: slots.http.beat(),
         });
-        let backend_lost = backend_lost(&state, &backend_path);
+        let backend_lost = backend::lost(&state, &backend_path);
         let front = reconfigure::FrontRun::spawn(
             (listeners.tcp, local_for_front),
             &backend_path,
@@ -317,7 +296,10 @@ fn spawn_loops(
         drop(renderer);
         Err("diag-http: injected failure (failpoint diag-start)".to_string())
     } else {
-        spawn_serving(state, (pages, renderer), dir, backend_path, max_parked)
+        let poke_front = slots.front.watched().poke;
+        let rebuilder =
+            backend::Rebuilder::new(dir.to_path_buf(), backend_path.clone(), poke_front);
+        spawn_serving(state, (pages, renderer), rebuilder, max_parked)
     };
     match serving {
         Ok(serving) => Ok((vec![serving, render_thread], render_poke)),
@@ -349,28 +331,14 @@ fn wake_on_change(health: &Health, state: &Arc<Loop>) -> Subscription<Listener> 
 fn spawn_serving(
     state: &Arc<Loop>,
     pages: (routes::Ctx, render::Renderer),
-    dir: &Path,
-    backend_path: &front::BackendPath,
+    rebuilder: backend::Rebuilder,
     max_parked: usize,
 ) -> Result<JoinHandle<()>, String> {
-    let (state, dir, backend_path) = (state.clone(), dir.to_path_buf(), backend_path.clone());
+    let state = state.clone();
     crate::infra::threads::spawn("diag-http", move || {
-        serve(state, pages, dir, backend_path, max_parked)
+        serve(state, pages, rebuilder, max_parked)
     })
     .map_err(|e| format!("diag-http: {}", explain(&e)))
-}
-
-/// What the front calls when tiny_http refused a connection at `path`: the
-/// serving loop rebuilds it, unless it has moved on from `path` already.
-fn backend_lost(state: &Arc<Loop>, backend_path: &front::BackendPath) -> front::BackendLost {
-    let state = state.clone();
-    let current = backend_path.clone();
-    Arc::new(move |path: &Path| {
-        if *current.lock().unwrap_or_else(|p| p.into_inner()) == path {
-            state.lost.store(true, Ordering::SeqCst);
-            state.wake();
-        }
-    })
 }
 
 /// The front's limits for `opts`: the connection cap fitted to the
@@ -476,29 +444,19 @@ fn max_parked(max_connections: usize) -> usize {
 fn serve(
     state: Arc<Loop>,
     (ctx, renderer): (routes::Ctx, render::Renderer),
-    dir: PathBuf,
-    backend_path: front::BackendPath,
+    mut rebuilder: backend::Rebuilder,
     max_parked: usize,
 ) {
     let mut parked: Vec<http::Parked> = Vec::new();
-    let mut generation = 0;
-    // When to try a rebuild again that failed (out of descriptors, most
-    // likely); the loop serves the connections it has meanwhile.
-    let mut rebuild_at: Option<Instant> = None;
     while !state.stop.is_set() {
         state.beat.beat();
-        if state.lost.swap(false, Ordering::SeqCst) {
-            rebuild_at = Some(Instant::now());
-        }
-        if rebuild_at.is_some_and(|t| t <= Instant::now()) {
-            generation += 1;
-            rebuild_at = match rebuild(&state, &dir, generation, &backend_path) {
-                true => None,
-                false => Some(Instant::now() + Duration::from_secs(1)),
-            };
-        }
+        rebuilder.run(&state);
         let server = state.server();
-        let next = parked.iter().map(|p| p.deadline).chain(rebuild_at).min();
+        let next = parked
+            .iter()
+            .map(|p| p.deadline)
+            .chain(rebuilder.due())
+            .min();
         // recv_timeout answers Ok(None) both on timeout and on unblock
         // (stop, a health change, the front saying the socket is gone).
         let wait = next.map_or(IDLE_WAKE, |t| t.saturating_duration_since(Instant::now()));
@@ -519,7 +477,7 @@ fn serve(
             // accept(2) numbers the new descriptor before it waits). The
             // connections it accepted still carry requests, and the front
             // keeps using them: the socket is rebuilt only once the front
-            // needs a new connection and finds it refused.
+            // needs a new connection and finds it refused ([`backend`]).
             Err(e) => log::warn(
                 "diagnostics serving loop: tiny_http stopped accepting; its connections still serve",
                 &[("error", &e)],
@@ -537,33 +495,6 @@ fn serve(
         let now = Instant::now();
         if state.changed.swap(false, Ordering::SeqCst) || parked.iter().any(|p| p.deadline <= now) {
             parked = http::answer_ready(&ctx, parked);
-        }
-    }
-}
-
-/// Replaces tiny_http with a fresh server on a fresh socket. Parked requests
-/// belong to the old one and are still answered through it.
-fn rebuild(state: &Loop, dir: &Path, generation: usize, backend_path: &front::BackendPath) -> bool {
-    match backend(dir, generation) {
-        Ok((server, path)) => {
-            let old = std::mem::replace(
-                &mut *backend_path.lock().unwrap_or_else(|p| p.into_inner()),
-                path,
-            );
-            *state.server.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(server);
-            let _ = std::fs::remove_file(old);
-            log::info(
-                "diagnostics serving socket rebuilt",
-                &[("generation", &generation)],
-            );
-            true
-        }
-        Err(e) => {
-            log::error(
-                "diagnostics: cannot rebuild the serving socket",
-                &[("error", &e)],
-            );
-            false
         }
     }
 }

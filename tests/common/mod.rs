@@ -323,16 +323,29 @@ impl Tbot {
     /// baseline taken earlier counts threads still starting and makes a
     /// "no new threads" check fail by chance.
     pub fn settled_threads(&self) -> u64 {
+        self.settled(Tbot::threads)
+    }
+
+    /// Descriptors once settled, as [`Tbot::settled_threads`] (the
+    /// diagnostics front also takes its reserve of descriptors back 50 ms
+    /// after it opens a connection to its serving loop).
+    pub fn settled_fds(&self) -> usize {
+        self.settled(|t| t.open_fds() as u64) as usize
+    }
+
+    /// `count` once every service has reported and it has held for half a
+    /// second (at most 10 s more).
+    fn settled(&self, count: impl Fn(&Tbot) -> u64) -> u64 {
         assert!(
             self.wait_log("every service has reported", Duration::from_secs(20)),
             "services never all reported:\n{}",
             self.log()
         );
         let end = Instant::now() + Duration::from_secs(10);
-        let (mut last, mut same) = (self.threads(), 0);
+        let (mut last, mut same) = (count(self), 0);
         while same < 5 && Instant::now() < end {
             std::thread::sleep(Duration::from_millis(100));
-            let now = self.threads();
+            let now = count(self);
             same = if now == last { same + 1 } else { 0 };
             last = now;
         }

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use super::local::Stream;
 use super::room::Place;
 use super::tls::Client;
-use super::RESERVE_FDS;
 use super::{auth, Conn, Front, State};
+use super::{PIPE_FDS, RESERVE_FDS};
 use crate::diag::request_head::{simple_response, Peer};
 use crate::infra::poll::wait_readable;
 use crate::infra::sockets::out_of_descriptors;
@@ -112,6 +112,7 @@ impl Front {
     /// one waits is asked first: else the last client accepted, its request
     /// not read yet, would be put out for no one.
     fn without_descriptors(&mut self, e: &io::Error, place: Place, door: Door) {
+        self.short_at = Some(Instant::now());
         if !self.waiting(door) {
             return;
         }
@@ -131,7 +132,10 @@ impl Front {
         }
         // Accepted at once on the number given up (the lowest free: any
         // thread that opens a file first would take it).
-        let served = self.reserve.held() > 1 && place != Place::Full;
+        // Served while what a connection to tiny_http needs stays in the
+        // reserve (when none is kept yet) beside the one for refusing.
+        let keep = 1 + if self.kept.is_empty() { PIPE_FDS } else { 0 };
+        let served = self.reserve.held() > keep && place != Place::Full;
         if self.reserve.release(1) == 1 {
             if let Ok(accepted) = self.accept_one(door) {
                 let Some((stream, peer)) = accepted else {
@@ -154,8 +158,12 @@ impl Front {
     /// the one just freed is for a waiting newcomer or tiny_http is still
     /// to accept a connection made on the reserve ([`super::kept`]).
     pub(super) fn refill_reserve(&mut self) {
-        if !self.newcomer_first && self.backend_to_accept(Instant::now()).is_none() {
+        let now = Instant::now();
+        if !self.newcomer_first && self.upstream_accepting(now).is_none() {
             self.reserve.refill();
+            if self.reserve.held() < RESERVE_FDS {
+                self.short_at = Some(now);
+            }
         }
     }
 
@@ -184,12 +192,12 @@ impl Front {
     }
 
     /// [`Front::admit`] for a client accepted on a descriptor of the
-    /// reserve: it takes no one's place (it counts in the probe room, and
-    /// the reserve bounds how many there are), and only a probe is
-    /// answered.
+    /// reserve: it takes no one's place (it counts neither in the slots
+    /// nor in the probe room; the reserve bounds how many there are), and
+    /// only a probe is answered.
     fn admit_on_reserve(&mut self, stream: Stream, peer: Peer) {
         if stream.set_nonblocking(true).is_ok() {
-            self.open(stream, peer, true, true);
+            self.open(stream, peer, false, true);
         }
     }
 

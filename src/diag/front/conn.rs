@@ -146,7 +146,13 @@ impl Front {
         if buf.is_empty() {
             return;
         }
-        match parse_head(buf, &self.limits.head, c.peer) {
+        let parsed = match parse_head(buf, &self.limits.head, c.peer) {
+            // What the debug socket asks of the front itself (the log
+            // level, the log's stream) is no probe.
+            Parsed::Local { .. } if c.on_reserve => Parsed::Refuse(503, accept::OUT_OF_DESCRIPTORS),
+            parsed => parsed,
+        };
+        match parsed {
             Parsed::Partial => {}
             Parsed::Refuse(status, why) => {
                 let out = simple_response(status, why);
@@ -159,9 +165,11 @@ impl Front {
                 len,
             } => {
                 // As for a relayed answer: one that has half-closed still
-                // gets answers to the requests it sent before.
-                let next = Some(buf[len..].to_vec())
-                    .filter(|next| keep_alive && (!c.half_closed || !next.is_empty()));
+                // gets answers to the requests it sent before; one on the
+                // reserve's descriptor gives it back after its answer.
+                let next = Some(buf[len..].to_vec()).filter(|next| {
+                    keep_alive && !c.on_reserve && (!c.half_closed || !next.is_empty())
+                });
                 let resp = Relayed {
                     bytes: resp,
                     head: Some(head),
@@ -188,39 +196,56 @@ impl Front {
                 // A client on the reserve's descriptor gives it back after
                 // its answer.
                 let next = (keep_alive && !c.on_reserve).then(|| buf[len..].to_vec());
-                // Basic auth and client certificates ([`super::auth`]) on
-                // TCP; a debug socket peer passed its own rule at accept
-                // ([`super::local`]).
-                let verdict = match c.peer {
-                    Peer::Local { .. } => auth::Verdict::Pass,
-                    Peer::Tcp(_) => {
-                        let sec = auth::current(&self.security);
-                        let asked = auth::Asked {
-                            // ASCII (the front wrote it); were it not, no
-                            // open path would match: fail closed.
-                            path: std::str::from_utf8(&head[path]).unwrap_or(""),
-                            authorization: authorization.as_deref(),
-                            certificate: c.client.has_certificate(),
-                        };
-                        auth::judge(&sec, &asked)
-                    }
-                };
-                if c.on_reserve && !probe {
-                    // Accepted on the reserve: it is there for probes.
-                    let out = simple_response(503, accept::OUT_OF_DESCRIPTORS);
-                    c.reply(out, Then::Close, now + self.limits.write_timeout);
-                    return;
-                }
-                if c.probe_room && !probe && !self.slot_for(i, now) {
-                    // In the probe room, only probes are served.
-                    let out =
-                        simple_response(503, "too many connections to the diagnostics service");
+                let verdict = self.verdict(i, &head[path], authorization.as_deref());
+                if let Some(why) = self.refusal(i, probe, now) {
                     let c = &mut self.conns[i];
-                    c.reply(out, Then::Close, now + self.limits.write_timeout);
+                    c.reply(
+                        simple_response(503, why),
+                        Then::Close,
+                        now + self.limits.write_timeout,
+                    );
                     return;
                 }
                 self.admit_request(i, now, verdict, head, next, How { slow, at_once });
             }
+        }
+    }
+
+    /// Whether connection `i` may ask for `path` (the target's path, as the
+    /// front wrote it), with the `Authorization` header it sent: basic auth
+    /// and client certificates ([`super::auth`]) on TCP; a debug socket
+    /// peer passed its own rule at accept ([`super::local`]).
+    fn verdict(&self, i: usize, path: &[u8], authorization: Option<&[u8]>) -> auth::Verdict {
+        let c = &self.conns[i];
+        match c.peer {
+            Peer::Local { .. } => auth::Verdict::Pass,
+            Peer::Tcp(_) => {
+                let sec = auth::current(&self.security);
+                let asked = auth::Asked {
+                    // ASCII (the front wrote it); were it not, no open path
+                    // would match: fail closed.
+                    path: std::str::from_utf8(path).unwrap_or(""),
+                    authorization,
+                    certificate: c.client.has_certificate(),
+                };
+                auth::judge(&sec, &asked)
+            }
+        }
+    }
+
+    /// Why connection `i`, which asks for a probe or not (`probe`), is not
+    /// served where it is (503): on a descriptor of the reserve, only
+    /// probes are ([`super::accept`]); in the probe room, only probes, or
+    /// a request that finds a slot to move to ([`super::room`]).
+    fn refusal(&mut self, i: usize, probe: bool, now: Instant) -> Option<&'static str> {
+        if probe {
+            None
+        } else if self.conns[i].on_reserve {
+            Some(accept::OUT_OF_DESCRIPTORS)
+        } else if self.conns[i].probe_room && !self.slot_for(i, now) {
+            Some("too many connections to the diagnostics service")
+        } else {
+            None
         }
     }
 
@@ -258,7 +283,7 @@ impl Front {
             return;
         }
         let path = self.backend_path();
-        let up = match self.pool.connect(&path) {
+        let up = match self.connect_upstream(&path, false) {
             Ok(up) => up,
             Err(e) => return self.unreachable(i, now, &path, e),
         };
@@ -289,7 +314,7 @@ impl Front {
         };
         let out = simple_response(503, why);
         self.conns[i].reply(out, Then::Close, now + self.limits.write_timeout);
-        if matches!(e.kind(), ErrorKind::ConnectionRefused | ErrorKind::NotFound) {
+        if super::upstream::gone(&e) {
             (self.backend_lost)(path);
         }
         if once_a_second(&mut self.last_backend_error) {

@@ -36,14 +36,14 @@ use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rustix::event::epoll::EventFlags;
 
 use super::turn::Events;
+use super::upstream::gone;
 use super::upstream::{framing, Framing, Permit, Relayed};
-use super::{again, Front, State, PIPE_FDS};
-use crate::infra::sockets::out_of_descriptors;
+use super::{again, Front, State};
 use crate::log;
 
 /// Requests on one kept connection at once, at most. It was 8: a saturated
@@ -87,20 +87,7 @@ pub(super) struct KeptConn {
     /// The first answer is delimited by the connection's close (Some),
     /// with its head's length if [`framing`] could read it.
     until_close: Option<Option<usize>>,
-    /// It was made with descriptors of the reserve given up, and tiny_http
-    /// may still be accepting it (nothing read from it so far): until then,
-    /// at most [`ACCEPT_GRACE`], the front neither accepts clients nor
-    /// refills its reserve, which would take the numbers tiny_http needs
-    /// ([`Front::connect_kept`]).
-    to_accept: Option<Instant>,
 }
-
-/// How long the front leaves the descriptors it gave up to tiny_http's
-/// accept thread at most ([`KeptConn::to_accept`]); its first answer ends the
-/// wait sooner. A bound, not a guarantee: should the accept thread lose
-/// them anyway, the serving loop rebuilds it when the front next finds its
-/// socket refusing (`diag::serve`).
-const ACCEPT_GRACE: Duration = Duration::from_millis(50);
 
 struct Waiter {
     /// The client's [`super::Conn::id`].
@@ -158,29 +145,19 @@ impl Front {
     /// fewer than `max_rendering` carry one), one write per connection (at
     /// the end of every turn).
     pub(super) fn dispatch_queued(&mut self, now: Instant) {
+        let generation = self.follow_upstream(now);
         let queued = |c: &super::Conn| matches!(c.state, State::Queued(_));
         if !self.conns.iter().any(queued) {
             return;
         }
         let path = self.backend_path();
-        let generation = self.pool.follow(&path);
-        // Connections to a replaced tiny_http: the idle ones close, and the
-        // requests on the others are sent again (the serving loop reads
-        // only the new one).
-        for p in (0..self.kept.len()).rev() {
-            if self.kept[p].generation != generation {
-                match self.kept[p].waiting.is_empty() {
-                    true => drop(self.kept.swap_remove(p)),
-                    false => self.break_kept(p, now, Blame::NoOne),
-                }
-            }
-        }
         let mut queued: Vec<usize> = (0..self.conns.len())
             .filter(|&i| queued(&self.conns[i]))
             .collect();
         let at_once = |c: &super::Conn| matches!(&c.state, State::Queued(rq) if rq.at_once);
         queued.sort_by_key(|&i| (!at_once(&self.conns[i]), self.conns[i].since));
         let mut rendering = self.kept.iter().filter(|p| p.renders()).count();
+        let mut refused = false;
         for i in queued {
             let State::Queued(rq) = &self.conns[i].state else {
                 continue;
@@ -197,22 +174,18 @@ impl Front {
                 .max_by_key(|&p| self.kept[p].waiting.len());
             let p = match best {
                 Some(p) => p,
+                None if refused => continue,
                 None => match self.pool.permit() {
-                    Some(permit) => match self.connect_kept(&path, at_once) {
-                        Ok((stream, to_accept)) => {
-                            self.kept.push(KeptConn {
-                                stream,
-                                ev: EventFlags::empty(),
-                                _permit: permit,
-                                generation,
-                                out: Vec::new(),
-                                sent: 0,
-                                resp: Vec::new(),
-                                waiting: VecDeque::new(),
-                                until_close: None,
-                                to_accept,
-                            });
-                            self.kept.len() - 1
+                    Some(permit) => match self.open_kept(&path, generation, permit) {
+                        Ok(p) => p,
+                        // tiny_http stopped accepting (its accept thread
+                        // ended): the serving loop makes a new one and
+                        // pokes the front, and the request waits for it,
+                        // within its deadline. No other connect this turn.
+                        Err(e) if gone(&e) => {
+                            (self.backend_lost)(&path);
+                            refused = true;
+                            continue;
                         }
                         Err(e) => {
                             self.unreachable(i, now, &path, e);
@@ -244,43 +217,44 @@ impl Front {
         }
     }
 
-    /// A new kept connection to tiny_http at `path`, and until when
-    /// tiny_http may still be accepting it on descriptors of the reserve.
-    ///
-    /// Once it accepts, tiny_http takes two descriptors: the duplicate it
-    /// makes of the connection, and the number its next accept(2) takes
-    /// before it waits. When there are none, its accept thread ends (a
-    /// panic, or an error that ends its loop) and no new connection can
-    /// be made until the serving loop rebuilds it. So two of the reserve
-    /// are given up first; and a request answered at once (a probe) that
-    /// finds no descriptor for the front's own end gets a third.
-    fn connect_kept(
-        &mut self,
-        path: &Path,
-        at_once: bool,
-    ) -> io::Result<(UnixStream, Option<Instant>)> {
-        let released = self.reserve.release(PIPE_FDS - 1);
-        let stream = match self.pool.connect(path) {
-            Err(e) if out_of_descriptors(&e) && at_once && self.reserve.release(1) == 1 => {
-                self.pool.connect(path)?
-            }
-            other => other?,
-        };
-        Ok((
+    /// A new kept connection to tiny_http at `path` (of `generation`,
+    /// holding `permit`): its index.
+    fn open_kept(&mut self, path: &Path, generation: u64, permit: Permit) -> io::Result<usize> {
+        let stream = self.connect_upstream(path, true)?;
+        self.kept.push(KeptConn {
             stream,
-            (released > 0).then(|| Instant::now() + ACCEPT_GRACE),
-        ))
+            ev: EventFlags::empty(),
+            _permit: permit,
+            generation,
+            out: Vec::new(),
+            sent: 0,
+            resp: Vec::new(),
+            waiting: VecDeque::new(),
+            until_close: None,
+        });
+        Ok(self.kept.len() - 1)
     }
 
-    /// Whether tiny_http may still be accepting a kept connection made
-    /// with descriptors of the reserve given up (until when, the
-    /// earliest).
-    pub(super) fn backend_to_accept(&self, now: Instant) -> Option<Instant> {
-        self.kept
-            .iter()
-            .filter_map(|p| p.to_accept)
-            .filter(|&t| t > now)
-            .min()
+    /// Follows tiny_http when the serving loop made a new one (checked
+    /// every turn: the loop pokes the front when it has): the connections
+    /// to the old one that are idle close, and the requests on the others
+    /// are sent again (the serving loop reads only the new one). Returns
+    /// the current generation.
+    fn follow_upstream(&mut self, now: Instant) -> u64 {
+        if self.pool.follows(&self.backend) {
+            return self.pool.generation();
+        }
+        let path = self.backend_path();
+        let generation = self.pool.follow(&path);
+        for p in (0..self.kept.len()).rev() {
+            if self.kept[p].generation != generation {
+                match self.kept[p].waiting.is_empty() {
+                    true => drop(self.kept.swap_remove(p)),
+                    false => self.break_kept(p, now, Blame::NoOne),
+                }
+            }
+        }
+        generation
     }
 
     /// Acts on what the wait reported for the kept connections: writes
@@ -336,8 +310,6 @@ impl Front {
                 return Err(true);
             }
             kc.resp.extend_from_slice(&chunk[..n]);
-            // tiny_http answered: it has accepted the connection.
-            kc.to_accept = None;
         };
         let relayed = self.relay_answers(p, now);
         match ended {

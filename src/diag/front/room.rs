@@ -79,7 +79,8 @@ impl Front {
     fn occupancy(&self) -> (usize, usize) {
         let mut slots = 0;
         let mut room = 0;
-        for c in self.conns.iter().filter(|c| c.served()) {
+        // Those on the reserve's descriptors take no place ([`super::accept`]).
+        for c in self.conns.iter().filter(|c| c.served() && !c.on_reserve) {
             match c.probe_room {
                 true => room += 1,
                 false => slots += 1,

@@ -6,7 +6,9 @@
 //! Interest per socket:
 //! - the stop descriptor (`infra::stop`): readable at the stop, or for a
 //!   watchdog poke (read off);
-//! - the listener: readable, unless accepting is paused;
+//! - the listeners (the TCP port, the debug socket): readable, unless
+//!   accepting is paused, or tiny_http is taking the descriptors it needs
+//!   to accept a connection the front made (`Front::connect_upstream`);
 //! - a client: readable and its hang-up (`EPOLLRDHUP`) while its head is
 //!   read, while it lingers, and while tiny_http has its request or it is
 //!   queued (see `client_interest`), writable while its answer is written,
@@ -27,7 +29,10 @@ use std::time::{Duration, Instant};
 use rustix::event::epoll::{self, EventData, EventFlags};
 
 use super::accept::Door;
-use super::{Conn, Front, State};
+use super::{Conn, Front, State, RESERVE_FDS};
+
+/// How often a front whose reserve is short looks for free descriptors.
+const RESERVE_RETRY: Duration = Duration::from_millis(100);
 
 /// The epoll set and the events of the last wait.
 pub(super) struct Events {
@@ -162,7 +167,7 @@ impl Front {
     pub(super) fn wait(&mut self, events: &mut Events, now: Instant) -> io::Result<()> {
         // Not while tiny_http is to accept a connection made on the
         // reserve: an accept here could take the number it needs.
-        let listen = self.accept_paused_until.is_none() && self.backend_to_accept(now).is_none();
+        let listen = self.accept_paused_until.is_none() && self.upstream_accepting(now).is_none();
         if listen != events.listening {
             let (have, want) = match listen {
                 true => (EventFlags::empty(), EventFlags::IN),
@@ -213,8 +218,9 @@ impl Front {
     }
 
     /// How long this turn may wait: until the nearest deadline (or the end
-    /// of an accept pause, or of tiny_http's time to accept), between 1 ms
-    /// and 60 s; None: no deadline.
+    /// of an accept pause, or of tiny_http's time to accept, or the next
+    /// look for descriptors while the reserve is short), between 1 ms and
+    /// 60 s; None: no deadline.
     pub(super) fn timeout(&self, now: Instant) -> Option<Duration> {
         if self.kicked() {
             // An answer is ready to go (a kept connection broke late in
@@ -222,9 +228,17 @@ impl Front {
             return Some(Duration::ZERO);
         }
         let mut next = self.conns.iter().map(|c| c.deadline).min();
-        for t in [self.accept_paused_until, self.backend_to_accept(now)]
-            .into_iter()
-            .flatten()
+        // A reserve short of descriptors is filled again as they free up,
+        // which nothing may announce (tiny_http closes its ends on its own
+        // threads): look again in a while.
+        let refill = (self.reserve.held() < RESERVE_FDS).then(|| now + RESERVE_RETRY);
+        for t in [
+            self.accept_paused_until,
+            self.upstream_accepting(now),
+            refill,
+        ]
+        .into_iter()
+        .flatten()
         {
             next = Some(next.map_or(t, |n| n.min(t)));
         }

@@ -27,10 +27,11 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use super::{again, Front, State, Then};
+use super::{again, Front, State, Then, PIPE_FDS};
 use crate::diag::request_head::simple_response;
+use crate::infra::sockets::out_of_descriptors;
 use crate::log;
 
 /// Where tiny_http listens, and the kept connections' places under the cap.
@@ -79,6 +80,17 @@ impl Pool {
         self.generation
     }
 
+    /// Whether `backend` (where tiny_http listens now) is where the pool
+    /// leads already.
+    pub(super) fn follows(&self, backend: &super::BackendPath) -> bool {
+        *backend.lock().unwrap_or_else(|p| p.into_inner()) == self.path
+    }
+
+    /// The current generation (see [`Pool::follow`]).
+    pub(super) fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// Whether connections are kept at all (else every request has one of
     /// its own).
     pub(super) fn keeps(&self) -> bool {
@@ -106,6 +118,71 @@ impl Pool {
             self.live.fetch_add(1, Ordering::Relaxed);
             Permit(self.live.clone())
         })
+    }
+}
+
+/// How long the front leaves the descriptors it gave up for a new
+/// connection to tiny_http ([`Front::connect_upstream`]) to tiny_http's
+/// accept thread: it takes them on its own thread, in its own time. A
+/// bound, not a proof (an answer on the connection shows the accept and
+/// the duplicate, not the next accept): should the accept thread lose them
+/// anyway, the serving loop makes a new tiny_http when the front next finds
+/// the socket refusing.
+const ACCEPT_GRACE: Duration = Duration::from_millis(50);
+
+/// tiny_http no longer listens at the socket: its accept thread ended (or
+/// it was rebuilt elsewhere).
+pub(super) fn gone(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound
+    )
+}
+
+/// How long after the front last found descriptors short it still gives
+/// its reserve up for a connection of tiny_http's own (a slow request's):
+/// see [`Front::connect_upstream`].
+const SHORT_MEMORY: Duration = Duration::from_secs(10);
+
+impl Front {
+    /// A new connection to tiny_http at `path`: a kept one (`kept`), or
+    /// one of its own for a slow request.
+    ///
+    /// Once it accepts, tiny_http takes two descriptors more: the
+    /// duplicate it makes of the connection, and the number its next
+    /// accept(2) takes before it waits (Linux numbers the descriptor
+    /// first). Without them its accept thread ends (a panic, or an error
+    /// that ends its loop). So [`PIPE_FDS`] of the reserve are given up
+    /// first (ours and those two), and for [`ACCEPT_GRACE`] the front
+    /// neither accepts clients nor refills its reserve, which would take
+    /// them. Always for a kept connection (there are few: they last); for
+    /// one of a slow request's (`/wait`, profiles) only when the front
+    /// found descriptors short in the last [`SHORT_MEMORY`], so that
+    /// `/wait` clients do not hold up accepting otherwise.
+    pub(super) fn connect_upstream(&mut self, path: &Path, kept: bool) -> io::Result<UnixStream> {
+        let now = Instant::now();
+        let careful = kept
+            || self
+                .short_at
+                .is_some_and(|t| now.saturating_duration_since(t) < SHORT_MEMORY);
+        if careful {
+            self.reserve.release(PIPE_FDS);
+        }
+        let stream = self.pool.connect(path).inspect_err(|e| {
+            if out_of_descriptors(e) {
+                self.short_at = Some(now);
+            }
+        })?;
+        if careful {
+            self.upstream_accepting = Some(now + ACCEPT_GRACE);
+        }
+        Ok(stream)
+    }
+
+    /// Until when tiny_http may still be accepting a connection the front
+    /// made ([`Front::connect_upstream`]); None: it is not.
+    pub(super) fn upstream_accepting(&self, now: Instant) -> Option<Instant> {
+        self.upstream_accepting.filter(|&t| t > now)
     }
 }
 
