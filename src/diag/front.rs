@@ -390,37 +390,42 @@ impl Front {
         self
     }
 
+    /// The front with its epoll set made, ready to run: made before its
+    /// thread starts, so that a start (or a reload's move to a new port)
+    /// that cannot have one fails whole, with the reason.
+    pub fn ready(self) -> io::Result<Ready> {
+        let set = turn::Events::epoll_set(&self)?;
+        Ok(Ready(self, set))
+    }
+}
+
+/// A front with its epoll set ([`Front::ready`]).
+pub struct Ready(Front, std::os::fd::OwnedFd);
+
+impl Ready {
     /// Serves until the stop.
-    pub fn run(mut self) {
-        let mut events = match turn::Events::new(&self) {
-            Ok(events) => events,
-            Err(e) => {
-                log::error(
-                    "diagnostics front: cannot create its epoll set",
-                    &[("error", &e)],
-                );
-                return;
-            }
-        };
+    pub fn run(self) {
+        let Ready(mut front, set) = self;
+        let mut events = turn::Events::of_set(set);
         loop {
             let now = Instant::now();
-            if self.accept_paused_until.is_some_and(|t| now >= t) {
-                self.accept_paused_until = None;
+            if front.accept_paused_until.is_some_and(|t| now >= t) {
+                front.accept_paused_until = None;
             }
-            if let Err(e) = self.wait(&mut events, now) {
+            if let Err(e) = front.wait(&mut events, now) {
                 log::error("diagnostics front: epoll_wait failed", &[("error", &e)]);
                 std::thread::sleep(Duration::from_millis(100));
                 continue;
             }
             // A turn is a wait that worked (one that keeps failing serves
             // no one, and the watchdog should see it).
-            self.beat.beat();
-            if self.stopping(&events) {
+            front.beat.beat();
+            if front.stopping(&events) {
                 // This last turn counted too: a poke taken just before
                 // the stop is answered (the next front takes the next).
                 return;
             }
-            self.serve(&events);
+            front.serve(&events);
         }
     }
 }

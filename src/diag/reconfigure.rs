@@ -104,7 +104,9 @@ impl FrontRun {
         )
         .map_err(|e| format!("diagnostics listener: {e}"))?
         .beating(beat)
-        .securing(security.clone());
+        .securing(security.clone())
+        .ready()
+        .map_err(|e| format!("diag-front: epoll set: {}", explain(&e)))?;
         // A thread limit is named (a reload that moves the front onto a
         // port past a pids limit says why it failed).
         let thread = crate::infra::threads::spawn("diag-front", move || front.run())

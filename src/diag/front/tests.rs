@@ -66,7 +66,9 @@ fn front_with(
         stop_far,
     )
     .unwrap()
-    .beating(beat);
+    .beating(beat)
+    .ready()
+    .unwrap();
     // A stack glibc will not hand to a later, smaller thread once this
     // one ends (its cache reuses a stack up to 4 times the size asked):
     // infra::threads' test checks that service threads get small stacks.

@@ -45,20 +45,27 @@ pub(super) struct Events {
 }
 
 impl Events {
-    /// An epoll set holding the stop descriptor and the listener.
-    pub(super) fn new(front: &Front) -> io::Result<Events> {
+    /// An epoll set holding the stop descriptor and the listeners (made
+    /// before the front's thread starts: [`super::Front::ready`]).
+    pub(super) fn epoll_set(front: &Front) -> io::Result<OwnedFd> {
         let ep = epoll::create(epoll::CreateFlags::CLOEXEC)?;
         let stop = front.stop.fd()?;
         epoll::add(&ep, stop, data(stop.as_raw_fd()), EventFlags::IN)?;
         for l in front.listeners() {
             epoll::add(&ep, l, data(l.as_raw_fd()), EventFlags::IN)?;
         }
-        Ok(Events {
+        Ok(ep)
+    }
+
+    /// The events of the epoll set `ep` ([`Events::epoll_set`]), on the front's
+    /// thread.
+    pub(super) fn of_set(ep: OwnedFd) -> Events {
+        Events {
             ep,
             ready: Vec::with_capacity(256),
             got: Vec::with_capacity(256),
             listening: true,
-        })
+        }
     }
 
     /// Makes `fd`'s registration `want` (empty: out of the set), from what
