@@ -189,16 +189,17 @@ fn a_renewal_out_of_descriptors_names_the_limit() {
 /// renewals) and waits until it is quiet: its first output written, and
 /// the count of open descriptors steady. Returns it and that count.
 fn quiet_identity(tag: &str) -> (Tbot, usize) {
-    quiet_identity_with(TempDir::new(tag), &[])
+    quiet_identity_with(TempDir::new(tag), "", &[])
 }
 
-/// [`quiet_identity`] in `dir`, with `env` set.
-fn quiet_identity_with(dir: TempDir, env: &[(&str, &str)]) -> (Tbot, usize) {
+/// [`quiet_identity`] in `dir`, with `top` added to its tbot.yaml and
+/// `env` set.
+fn quiet_identity_with(dir: TempDir, top: &str, env: &[(&str, &str)]) -> (Tbot, usize) {
     let services = format!(
         "  - type: identity\n    name: web\n    principals: [a]\n    destination: {{type: directory, path: {}}}\n",
         dir.join("out").display()
     );
-    let cfg = config_text(dir.path(), "", &services);
+    let cfg = config_text(dir.path(), top, &services);
     let t = Tbot::start_with(dir, &cfg, &[], env);
     for needle in ["every service has reported", "identity output written"] {
         assert!(t.wait_log(needle, Duration::from_secs(20)), "{}", t.log());
@@ -296,7 +297,7 @@ fn the_watchdog_is_pinged_when_every_descriptor_is_in_use() {
         ("NOTIFY_SOCKET", sock.as_str()),
         ("WATCHDOG_USEC", "200000"),
     ];
-    let (t, open) = quiet_identity_with(dir, &env);
+    let (t, open) = quiet_identity_with(dir, "", &env);
     set_nofile(t.pid(), open as u64, 4096);
     let mut buf = [0u8; 4096];
     // What was sent before the limit came down.
@@ -312,4 +313,20 @@ fn the_watchdog_is_pinged_when_every_descriptor_is_in_use() {
     }
     assert!(pings >= 5, "{pings} pings in 1 s\n{}", t.log());
     assert!(!t.log().contains("cannot notify systemd"), "{}", t.log());
+}
+
+/// Basic auth on every path: a probe with good credentials is answered when
+/// every descriptor is in use (`diag-auth`, its thread and its socket pair,
+/// starts with the front, not at the first check: it could not, then).
+#[test]
+fn an_authenticated_probe_is_answered_when_every_descriptor_is_in_use() {
+    let dir = TempDir::new("nofile-auth");
+    let hash = bcrypt::hash("pw", 4).unwrap();
+    dir.write("web.yml", &format!("basic_auth_users:\n  ops: {hash}\n"));
+    let (t, open) = quiet_identity_with(dir, "web_config_file: web.yml\n", &[]);
+    set_nofile(t.pid(), open as u64, 4096);
+    // "ops:pw"
+    let raw = "GET /livez HTTP/1.1\r\nHost: t\r\nAuthorization: Basic b3BzOnB3\r\nConnection: close\r\n\r\n";
+    let r = request(t.addr(), raw.as_bytes()).unwrap_or_else(|e| panic!("{e}\n{}", t.log()));
+    assert_eq!((r.status, r.body.as_str()), (200, "OK"), "{}", t.log());
 }

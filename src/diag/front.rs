@@ -327,10 +327,13 @@ pub struct Front {
     accept_paused_until: Option<Instant>,
     /// TLS and auth for new connections and requests ([`auth`]).
     security: auth::SecurityHandle,
-    /// `diag-auth`, started at the first bcrypt check.
+    /// `diag-auth`, started with the front when basic auth is on, else at
+    /// the first bcrypt check ([`auth`]).
     checker: Option<auth::Checker>,
     last_accept_error: Option<Instant>,
     last_backend_error: Option<Instant>,
+    /// The last error starting `diag-auth` logged ([`auth`]).
+    last_auth_error: Option<Instant>,
     /// The last warning about a refused debug socket peer ([`local`]).
     last_local_refusal: Option<Instant>,
 }
@@ -373,6 +376,7 @@ impl Front {
             checker: None,
             last_accept_error: None,
             last_backend_error: None,
+            last_auth_error: None,
             last_local_refusal: None,
         })
     }
@@ -387,6 +391,9 @@ impl Front {
     /// Applies the web configuration in `security` (a reload may swap it).
     pub fn securing(mut self, security: auth::SecurityHandle) -> Front {
         self.security = security;
+        if auth::current(&self.security).checks_passwords() {
+            self.start_checker();
+        }
         self
     }
 

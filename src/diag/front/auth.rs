@@ -36,7 +36,7 @@ use super::tls::TlsSource;
 use super::{Front, State, Then};
 use crate::config::{ClientAuth, WebConfig};
 use crate::diag::request_head::simple_response;
-use crate::log;
+use crate::log::{self, once_a_second};
 
 /// Successful checks remembered (exporter-toolkit keeps 100).
 pub const CACHE_ENTRIES: usize = 100;
@@ -66,6 +66,11 @@ pub struct Security {
 pub type SecurityHandle = Arc<Mutex<Arc<Security>>>;
 
 impl Security {
+    /// Whether basic auth is on (passwords are checked, on `diag-auth`).
+    pub(super) fn checks_passwords(&self) -> bool {
+        !self.users.is_empty()
+    }
+
     /// Plain HTTP, no auth.
     pub fn none() -> Security {
         Security {
@@ -279,6 +284,27 @@ impl Checker {
     }
 }
 
+impl Front {
+    /// Starts `diag-auth` unless it runs: when the front is made with basic
+    /// auth on (so that its thread and socket are there before services
+    /// may take every descriptor), else at the first check (a reload that
+    /// turned basic auth on). An error is logged once a second at most,
+    /// and the request waiting for it gets a 503.
+    pub(super) fn start_checker(&mut self) {
+        if self.checker.is_some() {
+            return;
+        }
+        match Checker::spawn() {
+            Ok(c) => self.checker = Some(c),
+            Err(e) => {
+                if once_a_second(&mut self.last_auth_error) {
+                    log::error("diagnostics: cannot start diag-auth", &[("error", &e)]);
+                }
+            }
+        }
+    }
+}
+
 /// A request waiting for its bcrypt check, then forwarded as it came.
 pub(super) struct Pending {
     head: Vec<u8>,
@@ -311,12 +337,7 @@ impl Front {
             Verdict::Check(job) => job,
         };
         job.conn = self.conns[i].id;
-        if self.checker.is_none() {
-            match Checker::spawn() {
-                Ok(c) => self.checker = Some(c),
-                Err(e) => log::error("diagnostics: cannot start diag-auth", &[("error", &e)]),
-            }
-        }
+        self.start_checker();
         let queued = match &self.checker {
             Some(c) => c.jobs.try_send(job),
             None => Err(TrySendError::Disconnected(job)),
