@@ -5,14 +5,17 @@
 //! Who gets a slot, and who loses one, is [`super::room`]'s rule.
 //!
 //! Accept errors never end the front's loop. Out of descriptors (services
-//! may hold every one), a lingering connection is closed to make room, else
-//! the connection the room rule would put out; if there is none, a
-//! descriptor of the reserve ([`super::RESERVE_FDS`]) is given up to accept
-//! the waiting client, which gets an answer only if it asks for a probe
-//! (`/livez`, `/readyz`; anything else a 503 that says why), and with the
-//! reserve's last one the client is accepted only to be refused with that
-//! 503 (then a lingering close). The reserve fills up again as soon as
-//! descriptors free up.
+//! may hold every one), at either door (the TCP port, the debug socket),
+//! and only when a client does wait (accept(2) fails with EMFILE with none
+//! waiting): a lingering connection is closed to make room, else one that
+//! makes no progress of its own doing (the room rule's ranks 1 to 3, never
+//! a connection still waiting for its head a moment after it came); if
+//! there is none, a descriptor of the reserve ([`super::RESERVE_FDS`]) is
+//! given up to accept the waiting client, which gets an answer only if it
+//! asks for a probe (`/livez`, `/readyz`, `/readyz/NAME`; anything else a
+//! 503 that says why), and with the reserve's last one the client is
+//! accepted only to be refused with that 503 (then a lingering close). The
+//! reserve fills up again as soon as descriptors free up.
 
 use std::io::{self, ErrorKind, Write};
 use std::os::fd::{AsFd, BorrowedFd};
