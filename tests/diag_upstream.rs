@@ -204,3 +204,53 @@ fn concurrent_keep_alive_clients_each_get_their_own_answers() {
     );
     assert_eq!(t.get("/livez").status, 200);
 }
+
+/// tiny_http's socket file, in the service's private directory (which
+/// `pid` holds open for its lock).
+fn serving_socket(pid: u32) -> Option<std::path::PathBuf> {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .find(|l| {
+            l.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("tbot-diag-"))
+        })?;
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|f| f.ok())
+        .find_map(|f| {
+            let name = f.file_name().to_string_lossy().into_owned();
+            (name.starts_with("http-") && name.ends_with(".sock")).then(|| f.path())
+        })
+}
+
+/// When tiny_http can no longer be reached at its socket, the kept
+/// connections keep serving; the first request that needs a new connection
+/// has the serving loop make a new tiny_http (its answer: 503, try again),
+/// and the front follows it: every endpoint is served again, on the new
+/// socket.
+#[test]
+fn a_lost_serving_socket_is_made_again_and_followed() {
+    let t = start("rebuild");
+    assert_eq!(t.get("/readyz").status, 200);
+    let first = serving_socket(t.pid()).expect("no tiny_http socket");
+    std::fs::remove_file(&first).unwrap();
+    // The kept connection still carries requests.
+    for _ in 0..5 {
+        assert_eq!(t.get("/livez").status, 200, "{}", t.log());
+    }
+    // A /wait goes on a connection of its own: it finds no socket.
+    let r = t.get("/wait?timeout=0s");
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(
+        t.wait_log("diagnostics serving socket rebuilt", Duration::from_secs(5)),
+        "{}",
+        t.log()
+    );
+    let second = serving_socket(t.pid()).expect("no new tiny_http socket");
+    assert_ne!(first, second);
+    for path in ["/livez", "/readyz", "/metrics", "/wait?timeout=0s"] {
+        let r = t.until(path, Duration::from_secs(5), |r| r.status == 200);
+        assert_eq!(r.status, 200, "{path}: {}\n{}", r.body, t.log());
+    }
+}

@@ -250,6 +250,12 @@ fn probes_are_answered_when_every_descriptor_is_in_use() {
             assert_eq!(r.status, 200, "probe {i}: {path}: {}\n{}", r.body, t.log());
         }
     }
+    // A keep-alive probe on the reserve gives its descriptor back: its
+    // connection closes after the answer.
+    let raw = b"GET /livez HTTP/1.1\r\nHost: test\r\n\r\n";
+    let r = request(t.addr(), raw).unwrap_or_else(|e| panic!("{e}\n{}", t.log()));
+    assert_eq!(r.status, 200, "{}", t.log());
+    assert_eq!(r.header("connection"), Some("close"), "{:?}", r.headers);
     // The local debug socket too (`tbot status` asks there).
     for i in 0..5 {
         let mut s = std::os::unix::net::UnixStream::connect(t.dir.join("storage/debug.sock"))

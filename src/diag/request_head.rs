@@ -100,6 +100,19 @@ pub enum Parsed {
     },
 }
 
+impl Parsed {
+    /// The same request, with its connection to close after the answer.
+    pub fn closing(mut self) -> Parsed {
+        if let Parsed::Answer { keep_alive, .. }
+        | Parsed::Local { keep_alive, .. }
+        | Parsed::Forward { keep_alive, .. } = &mut self
+        {
+            *keep_alive = false;
+        }
+        self
+    }
+}
+
 /// Who sent a request: a TCP client, or a peer on the local debug socket
 /// (its credentials from `SO_PEERCRED`, already judged by the front).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

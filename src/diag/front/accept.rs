@@ -133,12 +133,12 @@ impl Front {
             self.newcomer_first = self.reserve.held() < RESERVE_FDS;
             return;
         }
-        // Accepted at once on the number given up (the lowest free: any
-        // thread that opens a file first would take it).
         // Served while what a connection to tiny_http needs stays in the
         // reserve (when none is kept yet) beside the one for refusing.
         let keep = 1 + if self.kept.is_empty() { PIPE_FDS } else { 0 };
         let served = self.reserve.held() > keep && place != Place::Full;
+        // Accepted at once on the number given up (the lowest free: any
+        // thread that opens a file first would take it).
         if self.reserve.release(1) == 1 {
             if let Ok(accepted) = self.accept_one(door) {
                 let Some((stream, peer)) = accepted else {
@@ -158,8 +158,9 @@ impl Front {
     }
 
     /// Fills the reserve up again, as far as descriptors are free, unless
-    /// the one just freed is for a waiting newcomer or tiny_http is still
-    /// to accept a connection made on the reserve ([`super::kept`]).
+    /// the one just freed is for a waiting newcomer or tiny_http may still
+    /// be taking the descriptors given up for a new connection
+    /// ([`Front::connect_upstream`]). Still short after: descriptors are.
     pub(super) fn refill_reserve(&mut self) {
         let now = Instant::now();
         if !self.newcomer_first && self.upstream_accepting(now).is_none() {

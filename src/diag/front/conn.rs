@@ -150,6 +150,9 @@ impl Front {
             // What the debug socket asks of the front itself (the log
             // level, the log's stream) is no probe.
             Parsed::Local { .. } if c.on_reserve => Parsed::Refuse(503, accept::OUT_OF_DESCRIPTORS),
+            // A client on the reserve's descriptor gives it back after its
+            // answer.
+            parsed if c.on_reserve => parsed.closing(),
             parsed => parsed,
         };
         match parsed {
@@ -165,11 +168,9 @@ impl Front {
                 len,
             } => {
                 // As for a relayed answer: one that has half-closed still
-                // gets answers to the requests it sent before; one on the
-                // reserve's descriptor gives it back after its answer.
-                let next = Some(buf[len..].to_vec()).filter(|next| {
-                    keep_alive && !c.on_reserve && (!c.half_closed || !next.is_empty())
-                });
+                // gets answers to the requests it sent before.
+                let next = Some(buf[len..].to_vec())
+                    .filter(|next| keep_alive && (!c.half_closed || !next.is_empty()));
                 let resp = Relayed {
                     bytes: resp,
                     head: Some(head),
@@ -193,9 +194,7 @@ impl Front {
                 path,
                 authorization,
             } => {
-                // A client on the reserve's descriptor gives it back after
-                // its answer.
-                let next = (keep_alive && !c.on_reserve).then(|| buf[len..].to_vec());
+                let next = keep_alive.then(|| buf[len..].to_vec());
                 let verdict = self.verdict(i, &head[path], authorization.as_deref());
                 if let Some(why) = self.refusal(i, probe, now) {
                     let c = &mut self.conns[i];

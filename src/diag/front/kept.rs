@@ -41,8 +41,7 @@ use std::time::Instant;
 use rustix::event::epoll::EventFlags;
 
 use super::turn::Events;
-use super::upstream::gone;
-use super::upstream::{framing, Framing, Permit, Relayed};
+use super::upstream::{framing, gone, Framing, Permit, Relayed};
 use super::{again, Front, State};
 use crate::log;
 
