@@ -232,7 +232,8 @@ fn serving_socket(pid: u32) -> Option<std::path::PathBuf> {
 #[test]
 fn a_lost_serving_socket_is_made_again_and_followed() {
     let t = start("rebuild");
-    assert_eq!(t.get("/readyz").status, 200);
+    // Ready (every service reported), over the kept connection.
+    t.until("/readyz", Duration::from_secs(20), |r| r.status == 200);
     let first = serving_socket(t.pid()).expect("no tiny_http socket");
     std::fs::remove_file(&first).unwrap();
     // The kept connection still carries requests.
